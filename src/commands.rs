@@ -1,0 +1,64 @@
+//! The commands of the binary, one library function each, so that tests and embedders call
+//! exactly what the CLI calls. A command that is not built yet says so with
+//! [`Error::NotBuilt`] (exit code 2): it never pretends to succeed.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// How `query` prints its result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `lakewriter run`: initial snapshot of the tables not yet in the lake, then streaming, until
+/// SIGTERM or SIGINT (which flush, commit and exit 0).
+pub async fn run(_config: &Config) -> Result<()> {
+    Err(Error::NotBuilt {
+        what: "`lakewriter run` (the replication pipeline)",
+    })
+}
+
+/// `lakewriter compact`: rewrite small files and apply deletes, expire snapshots, remove
+/// orphan files, for every table or just `table`.
+pub async fn compact(_config: &Config, _table: Option<&str>) -> Result<()> {
+    Err(Error::NotBuilt {
+        what: "`lakewriter compact`",
+    })
+}
+
+/// `lakewriter verify`: compare the lake with PostgreSQL row by row; `Ok(true)` when every
+/// table is equal.
+pub async fn verify(_config: &Config, _table: Option<&str>, _json: bool) -> Result<bool> {
+    Err(Error::NotBuilt {
+        what: "`lakewriter verify`",
+    })
+}
+
+/// `lakewriter query`: DataFusion SQL over every lake table of the config.
+pub async fn query(_config: &Config, _sql: &str, _format: OutputFormat) -> Result<()> {
+    Err(Error::NotBuilt {
+        what: "`lakewriter query`",
+    })
+}
+
+/// `lakewriter doctor`: check the source and the sink before a run; `Ok(true)` when a run
+/// would start.
+pub async fn doctor(_config: &Config) -> Result<bool> {
+    Err(Error::NotBuilt {
+        what: "`lakewriter doctor`",
+    })
+}
+
+/// `lakewriter status`: per table, checkpoint LSN, lag, snapshots and files.
+pub async fn status(_config: &Config) -> Result<()> {
+    Err(Error::NotBuilt {
+        what: "`lakewriter status`",
+    })
+}

@@ -1,0 +1,701 @@
+//! The configuration: one TOML file, typed here, every option documented where it is declared
+//! with its default. Unknown keys are errors that name the key and the file;
+//! `LAKEWRITER__SECTION__KEY` environment variables override the file; secrets never print.
+//!
+//! `catalogs/` in the repository holds a ready profile for each catalog.
+
+mod overrides;
+mod pattern;
+mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use pattern::TablePattern;
+pub use units::{ByteSize, Secret, Span};
+
+use crate::error::{Error, Result};
+
+/// The prefix of environment variables that override the file: `LAKEWRITER__FLUSH__MAX_ROWS=10`
+/// sets `max_rows` in `[flush]`. Nested sections add segments:
+/// `LAKEWRITER__SINK__GLUE__REGION=eu-west-1`.
+pub const ENV_PREFIX: &str = "LAKEWRITER__";
+
+/// The whole configuration of one pipeline.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The PostgreSQL database to replicate. Required.
+    pub source: SourceConfig,
+    /// Where and how the lake tables are written. Default: Iceberg tables in `./warehouse`
+    /// with the local SQLite catalog.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// When buffered changes are committed to the lake.
+    #[serde(default)]
+    pub flush: FlushConfig,
+    /// Table maintenance (`lakewriter compact`, and its schedule inside `run`).
+    #[serde(default)]
+    pub compaction: CompactionConfig,
+    /// Progress reporting and metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[source]`: the PostgreSQL connection, the publication and slot, which tables to copy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Host name or IP address of the server. Default: `"127.0.0.1"`.
+    #[serde(default = "defaults::host")]
+    pub host: String,
+    /// Port. Default: `5432`.
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    /// Database name. Required.
+    pub database: String,
+    /// Role to connect as; it needs the REPLICATION attribute and SELECT on the replicated
+    /// tables (`sql/setup.sql` creates one). Default: `"lakewriter"`.
+    #[serde(default = "defaults::user")]
+    pub user: String,
+    /// Password of that role. Default: empty (trust or peer authentication). Prefer setting it
+    /// with `LAKEWRITER__SOURCE__PASSWORD` over writing it in the file. Never printed.
+    #[serde(default)]
+    pub password: Secret,
+    /// How long to wait for a connection. Default: `"10s"`.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Span,
+    /// Publication to stream. Default: `"lakewriter"`.
+    #[serde(default = "defaults::publication")]
+    pub publication: String,
+    /// Logical replication slot (pgoutput). Default: `"lakewriter"`.
+    #[serde(default = "defaults::slot")]
+    pub slot: String,
+    /// Create the publication (for the included tables) when it is missing. Needs ownership of
+    /// the tables. When false, a missing publication is an error. Default: `false`.
+    #[serde(default)]
+    pub create_publication: bool,
+    /// Create the replication slot when it is missing. When false, a missing slot is an error.
+    /// Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub create_slot: bool,
+    /// Tables to replicate, as `schema.table` patterns where `*` matches any run of characters
+    /// (like DMS table mappings). A table must also be in the publication. Default:
+    /// `["public.*"]`.
+    #[serde(default = "defaults::include")]
+    pub include: Vec<TablePattern>,
+    /// Tables to leave out, as patterns; exclusion wins over inclusion. Default: `[]`.
+    #[serde(default)]
+    pub exclude: Vec<TablePattern>,
+    /// Copy each table's existing rows before streaming (tables already in the lake are not
+    /// copied again). Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub initial_snapshot: bool,
+    /// How many COPY streams one large table's snapshot uses at once. Default: `2`.
+    #[serde(default = "defaults::snapshot_parallelism")]
+    pub snapshot_parallelism: usize,
+    /// Per-table settings, keyed by `schema.table`:
+    /// `[source.tables."public.orders"] key = ["order_id"], mode = "changelog"`.
+    #[serde(default)]
+    pub tables: BTreeMap<String, SourceTableConfig>,
+}
+
+/// `[source.tables."schema.table"]`: one table's overrides.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceTableConfig {
+    /// Columns that identify a row, instead of the primary key or replica identity index
+    /// (for tables without one; they must be unique and must be sent in the old tuple, so the
+    /// table needs `REPLICA IDENTITY FULL`). Default: the table's replica identity.
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// How changes are written. Default: `"upsert"`.
+    #[serde(default)]
+    pub mode: TableMode,
+}
+
+/// How a table's changes land in the lake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableMode {
+    /// The lake table holds the current state of every row (updates and deletes applied).
+    #[default]
+    Upsert,
+    /// The lake table is append-only: every change as a row, with its operation (I/U/D), commit
+    /// LSN and commit time, like DMS's S3 output.
+    Changelog,
+}
+
+/// `[sink]`: the table format, catalog and storage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Table format: `"iceberg"` or `"delta"`. Default: `"iceberg"`.
+    #[serde(default)]
+    pub format: TableFormat,
+    /// Catalog the tables are registered in: `"sqlite"` (a local file, readable by pyiceberg's
+    /// SQL catalog) or `"glue"` (AWS Glue, readable by Athena). Default: `"sqlite"`.
+    #[serde(default)]
+    pub catalog: CatalogKind,
+    /// Where table files go: a local directory or `s3://bucket/prefix`. A relative path is taken
+    /// from the working directory. Default: `"./warehouse"`.
+    #[serde(default = "defaults::warehouse")]
+    pub warehouse: String,
+    /// Namespace (Glue database) of the lake tables. Default: `"lakewriter"`.
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    /// Size a data file is rolled at. Default: `"128MiB"`.
+    #[serde(default = "defaults::target_file_size")]
+    pub target_file_size: ByteSize,
+    /// The SQLite catalog, when `catalog = "sqlite"`.
+    #[serde(default)]
+    pub sqlite: SqliteCatalogConfig,
+    /// The Glue catalog, when `catalog = "glue"`.
+    #[serde(default)]
+    pub glue: GlueCatalogConfig,
+    /// S3 access, when the warehouse is `s3://…`.
+    #[serde(default)]
+    pub s3: S3Config,
+    /// Per-table settings, keyed by the source's `schema.table`:
+    /// `[sink.tables."public.orders"] partition_by = ["day(order_date)"]`.
+    #[serde(default)]
+    pub tables: BTreeMap<String, SinkTableConfig>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            format: TableFormat::default(),
+            catalog: CatalogKind::default(),
+            warehouse: defaults::warehouse(),
+            namespace: defaults::namespace(),
+            target_file_size: defaults::target_file_size(),
+            sqlite: SqliteCatalogConfig::default(),
+            glue: GlueCatalogConfig::default(),
+            s3: S3Config::default(),
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+/// The lake table format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableFormat {
+    /// Apache Iceberg v2, upserts as equality deletes.
+    #[default]
+    Iceberg,
+    /// Delta Lake, upserts as MERGE.
+    Delta,
+}
+
+/// The catalog lake tables are registered in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogKind {
+    /// A local SQLite file in the schema of pyiceberg's SQL catalog.
+    #[default]
+    Sqlite,
+    /// AWS Glue Data Catalog.
+    Glue,
+}
+
+/// `[sink.sqlite]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteCatalogConfig {
+    /// The catalog file. Default: `catalog.db` inside a local warehouse.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// The catalog name recorded in the file (pyiceberg's `catalog_name` column).
+    /// Default: `"lakewriter"`.
+    #[serde(default = "defaults::catalog_name")]
+    pub name: String,
+}
+
+/// `[sink.glue]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlueCatalogConfig {
+    /// AWS region. Default: the AWS SDK's (`AWS_REGION`, the profile).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The Data Catalog's account id, for a catalog in another account. Default: the caller's.
+    #[serde(default)]
+    pub catalog_id: Option<String>,
+    /// Endpoint override, for a local Glue server. Default: AWS's (or `AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// `[sink.s3]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// AWS region of the bucket. Default: the AWS SDK's.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override, for S3-compatible servers. Default: AWS's (or `AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Address buckets by path (`endpoint/bucket/key`), as most local S3 servers need.
+    /// Default: `false`.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Static access key id. Default: the AWS SDK's credential chain (environment, profile,
+    /// instance or task role) — prefer that.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Static secret access key, with `access_key_id`. Never printed.
+    #[serde(default)]
+    pub secret_access_key: Secret,
+}
+
+/// `[sink.tables."schema.table"]`: one table's layout.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTableConfig {
+    /// Partition spec as Iceberg transforms of source columns: `"status"`, `"day(created_at)"`,
+    /// `"bucket(16, customer_id)"`, `"truncate(4, sku)"`, `"year(…)"`, `"month(…)"`, `"hour(…)"`.
+    /// A spec on columns outside the key needs `REPLICA IDENTITY FULL`. Default: unpartitioned.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+}
+
+/// `[flush]`: a table's buffered changes are committed when any limit is reached, always on a
+/// source-transaction boundary.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlushConfig {
+    /// Rows buffered for one table. Default: `1000000`.
+    #[serde(default = "defaults::max_rows")]
+    pub max_rows: usize,
+    /// Arrow bytes buffered for one table. Default: `"128MiB"`.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Age of the oldest buffered change: how stale the lake may be. Default: `"10s"`.
+    #[serde(default = "defaults::max_latency")]
+    pub max_latency: Span,
+    /// Memory for all buffers together; past it the largest table flushes, and a transaction
+    /// larger than it streams into files that are committed at its end. Default: `"1GiB"`.
+    #[serde(default = "defaults::memory_budget")]
+    pub memory_budget: ByteSize,
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        FlushConfig {
+            max_rows: defaults::max_rows(),
+            max_bytes: defaults::max_bytes(),
+            max_latency: defaults::max_latency(),
+            memory_budget: defaults::memory_budget(),
+        }
+    }
+}
+
+/// `[compaction]`: what `lakewriter compact` does, and how often `run` does it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// How often `run` compacts its tables; `"0"` leaves it to `lakewriter compact`.
+    /// Default: `"1h"`.
+    #[serde(default = "defaults::compaction_interval")]
+    pub interval: Span,
+    /// Size of the rewritten files. Default: the sink's `target_file_size`.
+    #[serde(default)]
+    pub target_file_size: Option<ByteSize>,
+    /// Data files smaller than this fraction of the target size are rewritten. Default: `0.75`.
+    #[serde(default = "defaults::small_file_ratio")]
+    pub small_file_ratio: f64,
+    /// Data files that this many equality-delete files apply to are rewritten. Default: `1`.
+    #[serde(default = "defaults::one")]
+    pub min_delete_files: usize,
+    /// Sort rewritten files by the table's key. Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub sort_by_key: bool,
+    /// Snapshots older than this are expired. Default: `"7d"`.
+    #[serde(default = "defaults::snapshot_retention")]
+    pub snapshot_retention: Span,
+    /// The newest snapshots always kept, whatever their age. Default: `10`.
+    #[serde(default = "defaults::keep_snapshots")]
+    pub keep_snapshots: usize,
+    /// Files no snapshot references are removed only when older than this, so the files of a
+    /// commit in flight are never touched. Default: `"3d"`.
+    #[serde(default = "defaults::orphan_age")]
+    pub orphan_age: Span,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            interval: defaults::compaction_interval(),
+            target_file_size: None,
+            small_file_ratio: defaults::small_file_ratio(),
+            min_delete_files: defaults::one(),
+            sort_by_key: true,
+            snapshot_retention: defaults::snapshot_retention(),
+            keep_snapshots: defaults::keep_snapshots(),
+            orphan_age: defaults::orphan_age(),
+        }
+    }
+}
+
+/// `[metrics]`: how the running service reports itself.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of a Prometheus text endpoint (`/metrics`), such as `"127.0.0.1:9187"`.
+    /// Default: none (no endpoint).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// How often progress is logged when not on a terminal. Default: `"30s"`.
+    #[serde(default = "defaults::progress_interval")]
+    pub progress_interval: Span,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            progress_interval: defaults::progress_interval(),
+        }
+    }
+}
+
+mod defaults {
+    use super::{ByteSize, Span, TablePattern};
+
+    pub fn host() -> String {
+        "127.0.0.1".into()
+    }
+    pub fn port() -> u16 {
+        5432
+    }
+    pub fn user() -> String {
+        "lakewriter".into()
+    }
+    pub fn connect_timeout() -> Span {
+        Span::secs(10)
+    }
+    pub fn publication() -> String {
+        "lakewriter".into()
+    }
+    pub fn slot() -> String {
+        "lakewriter".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn include() -> Vec<TablePattern> {
+        vec![TablePattern::any_in_schema("public")]
+    }
+    pub fn snapshot_parallelism() -> usize {
+        2
+    }
+    pub fn warehouse() -> String {
+        "./warehouse".into()
+    }
+    pub fn namespace() -> String {
+        "lakewriter".into()
+    }
+    pub fn catalog_name() -> String {
+        "lakewriter".into()
+    }
+    pub fn target_file_size() -> ByteSize {
+        ByteSize::mib(128)
+    }
+    pub fn max_rows() -> usize {
+        1_000_000
+    }
+    pub fn max_bytes() -> ByteSize {
+        ByteSize::mib(128)
+    }
+    pub fn max_latency() -> Span {
+        Span::secs(10)
+    }
+    pub fn memory_budget() -> ByteSize {
+        ByteSize::mib(1024)
+    }
+    pub fn compaction_interval() -> Span {
+        Span::secs(3600)
+    }
+    pub fn small_file_ratio() -> f64 {
+        0.75
+    }
+    pub fn snapshot_retention() -> Span {
+        Span::secs(7 * 86400)
+    }
+    pub fn keep_snapshots() -> usize {
+        10
+    }
+    pub fn orphan_age() -> Span {
+        Span::secs(3 * 86400)
+    }
+    pub fn progress_interval() -> Span {
+        Span::secs(30)
+    }
+}
+
+impl Config {
+    /// Reads the file at `path`, applies `LAKEWRITER__…` overrides from the process
+    /// environment, and validates the result.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path, std::env::vars())
+    }
+
+    /// Parses configuration `text` (that came from `path`, for messages), with overrides from
+    /// `env` (pairs of variable name and value; names without the prefix are ignored).
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let overrides = overrides::collect(env);
+        let config: Config = if overrides.is_empty() {
+            // Straight from the text, so errors point at the line.
+            toml::from_str(text).map_err(|e| Error::config(path, e.to_string().trim_end()))?
+        } else {
+            let mut table: toml::Table =
+                toml::from_str(text).map_err(|e| Error::config(path, e.to_string().trim_end()))?;
+            for o in &overrides {
+                o.apply(&mut table).map_err(|m| Error::config(path, m))?;
+            }
+            let names: Vec<&str> = overrides.iter().map(|o| o.variable.as_str()).collect();
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+                Error::config(
+                    path,
+                    format!(
+                        "{} (after applying the environment overrides {})",
+                        e.to_string().trim_end(),
+                        names.join(", ")
+                    ),
+                )
+            })?
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: names, ranges and combinations.
+    fn validate(&self, path: &Path) -> Result<()> {
+        let fail = |message: String| Err(Error::config(path, message));
+        if self.source.database.trim().is_empty() {
+            return fail("source.database is empty: name the database to replicate".into());
+        }
+        for (name, what) in [
+            (&self.source.publication, "source.publication"),
+            (&self.source.slot, "source.slot"),
+        ] {
+            if !is_identifier(name) {
+                return fail(format!(
+                    "{what} = {name:?} is not a valid name: use lowercase letters, digits and _, \
+                     starting with a letter or _, at most 63 characters"
+                ));
+            }
+        }
+        if self.source.snapshot_parallelism == 0 {
+            return fail("source.snapshot_parallelism must be at least 1".into());
+        }
+        for name in self.source.tables.keys().chain(self.sink.tables.keys()) {
+            if name.split_once('.').is_none_or(|(s, t)| s.is_empty() || t.is_empty()) {
+                return fail(format!(
+                    "table {name:?}: per-table settings are keyed by \"schema.table\""
+                ));
+            }
+        }
+        for (name, table) in &self.source.tables {
+            if table.key.as_ref().is_some_and(|k| k.is_empty()) {
+                return fail(format!(
+                    "source.tables.\"{name}\".key is empty: name the columns, or remove it"
+                ));
+            }
+        }
+        if self.sink.namespace.trim().is_empty() {
+            return fail("sink.namespace is empty".into());
+        }
+        if self.sink.target_file_size.bytes() < 1 << 20 {
+            return fail(format!(
+                "sink.target_file_size = {} is below 1MiB",
+                self.sink.target_file_size
+            ));
+        }
+        if self.sink.catalog == CatalogKind::Glue && !self.sink.warehouse.starts_with("s3://") {
+            return fail(format!(
+                "sink.catalog = \"glue\" needs an s3:// warehouse (Athena reads from S3), \
+                 not {:?}",
+                self.sink.warehouse
+            ));
+        }
+        if self.sink.s3.access_key_id.is_some() != !self.sink.s3.secret_access_key.is_empty() {
+            return fail(
+                "sink.s3.access_key_id and sink.s3.secret_access_key go together: set both, \
+                 or neither to use the AWS credential chain"
+                    .into(),
+            );
+        }
+        if self.flush.max_rows == 0 {
+            return fail("flush.max_rows must be at least 1".into());
+        }
+        if self.flush.max_latency.is_zero() {
+            return fail("flush.max_latency must be above zero".into());
+        }
+        if self.flush.max_bytes > self.flush.memory_budget {
+            return fail(format!(
+                "flush.max_bytes = {} is above flush.memory_budget = {}",
+                self.flush.max_bytes, self.flush.memory_budget
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.compaction.small_file_ratio) {
+            return fail("compaction.small_file_ratio must be between 0 and 1".into());
+        }
+        Ok(())
+    }
+
+    /// The SQLite catalog file: `[sink.sqlite] path`, or `catalog.db` in a local warehouse.
+    pub fn sqlite_catalog_path(&self) -> PathBuf {
+        match &self.sink.sqlite.path {
+            Some(path) => path.clone(),
+            None => Path::new(&self.sink.warehouse).join("catalog.db"),
+        }
+    }
+
+    /// The configuration as TOML, secrets replaced by `***`: what `--print-config` shows.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}"))
+    }
+
+    /// Whether the table `schema.table` is selected by `include` and not by `exclude`.
+    pub fn includes_table(&self, schema: &str, table: &str) -> bool {
+        self.source.include.iter().any(|p| p.matches(schema, table))
+            && !self.source.exclude.iter().any(|p| p.matches(schema, table))
+    }
+}
+
+/// A PostgreSQL name lakewriter creates or looks up unquoted: publication and slot names.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("test.toml"), Vec::new())
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() -> Result<()> {
+        let config = parse("[source]\ndatabase = \"app\"\n")?;
+        assert_eq!(config.source.port, 5432);
+        assert_eq!(config.source.slot, "lakewriter");
+        assert_eq!(config.sink.format, TableFormat::Iceberg);
+        assert_eq!(config.sink.catalog, CatalogKind::Sqlite);
+        assert_eq!(config.sink.target_file_size, ByteSize::mib(128));
+        assert_eq!(config.flush.max_latency, Span::secs(10));
+        assert_eq!(config.sqlite_catalog_path(), Path::new("./warehouse/catalog.db"));
+        assert!(config.includes_table("public", "orders"));
+        assert!(!config.includes_table("audit", "orders"));
+        Ok(())
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_the_file() {
+        let err = parse("[source]\ndatabase = \"app\"\n[flush]\nmax_row = 10\n")
+            .expect_err("a misspelt key must be refused");
+        let message = err.to_string();
+        assert!(message.contains("max_row"), "{message}");
+        assert!(message.contains("test.toml"), "{message}");
+        assert!(message.contains("line 4"), "{message}");
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_typed() -> Result<()> {
+        let env = [
+            ("LAKEWRITER__FLUSH__MAX_ROWS", "42"),
+            ("LAKEWRITER__SOURCE__PASSWORD", "12345"),
+            ("LAKEWRITER__SINK__GLUE__REGION", "eu-west-1"),
+            ("LAKEWRITER__SOURCE__INCLUDE", "[\"app.*\"]"),
+            ("LAKEWRITER_PG_URL", "not an override: one underscore"),
+            ("HOME", "/"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let config = Config::parse(
+            "[source]\ndatabase = \"app\"\npassword = \"from-file\"\n",
+            Path::new("test.toml"),
+            env,
+        )?;
+        assert_eq!(config.flush.max_rows, 42);
+        assert_eq!(config.source.password.expose(), "12345");
+        assert_eq!(config.sink.glue.region.as_deref(), Some("eu-west-1"));
+        assert!(config.includes_table("app", "orders"));
+        assert!(!config.includes_table("public", "orders"));
+        Ok(())
+    }
+
+    #[test]
+    fn an_override_of_an_unknown_key_names_the_variable() {
+        let env = vec![("LAKEWRITER__FLUSH__MAX_ROW".to_string(), "1".to_string())];
+        let err = Config::parse("[source]\ndatabase = \"app\"\n", Path::new("x.toml"), env)
+            .expect_err("an unknown override must be refused");
+        let message = err.to_string();
+        assert!(message.contains("max_row"), "{message}");
+        assert!(message.contains("LAKEWRITER__FLUSH__MAX_ROW"), "{message}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_printed_config() -> Result<()> {
+        let config = parse(
+            "[source]\ndatabase = \"app\"\npassword = \"s3cr3t-pw\"\n\
+             [sink.s3]\naccess_key_id = \"AKIA\"\nsecret_access_key = \"s3cr3t-key\"\n",
+        )?;
+        for shown in [format!("{config:?}"), config.to_redacted_toml()] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn contradictions_are_refused_with_the_key() {
+        let cases = [
+            ("[source]\ndatabase = \"\"\n", "source.database"),
+            ("[source]\ndatabase = \"a\"\nslot = \"Bad-Slot\"\n", "source.slot"),
+            (
+                "[source]\ndatabase = \"a\"\n[sink]\ncatalog = \"glue\"\n",
+                "s3:// warehouse",
+            ),
+            ("[source]\ndatabase = \"a\"\n[flush]\nmax_latency = \"10\"\n", "unit"),
+            ("[source]\ndatabase = \"a\"\n[sink]\nformat = \"hudi\"\n", "hudi"),
+            (
+                "[source]\ndatabase = \"a\"\n[sink.tables.orders]\npartition_by = []\n",
+                "schema.table",
+            ),
+            (
+                "[source]\ndatabase = \"a\"\n[flush]\nmax_bytes = \"2GiB\"\nmemory_budget = \"1GiB\"\n",
+                "memory_budget",
+            ),
+        ];
+        for (text, expected) in cases {
+            match parse(text) {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(e) => assert!(e.to_string().contains(expected), "{text}: {e}"),
+            }
+        }
+    }
+}

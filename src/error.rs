@@ -1,0 +1,81 @@
+//! The one error type of the library. Each kind says whether retrying can help, so loops decide
+//! their policy from the kind alone; every message names what it is about (file, table, column,
+//! LSN) because the person reading it is an operator at three in the morning.
+
+use std::path::PathBuf;
+
+/// A library result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in lakewriter.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid: a parse error, an unknown key, a contradiction.
+    #[error("config {path}: {message}")]
+    Config {
+        /// The file the configuration came from.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+
+    /// A command or option exists in the interface but is not built yet.
+    #[error("{what} is not built yet")]
+    NotBuilt {
+        /// The command or feature.
+        what: &'static str,
+    },
+
+    /// Reading or writing a local file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A PostgreSQL query or connection failed.
+    #[error("postgres: {context}: {source}")]
+    Postgres {
+        /// What lakewriter was doing.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again (after a backoff): lost connections
+    /// do, bad configuration does not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Config { .. } | Error::NotBuilt { .. } => false,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            Error::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+        }
+    }
+
+    /// Builds a configuration error for `path`.
+    pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Config {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Builds a PostgreSQL error with what lakewriter was doing.
+    pub fn postgres(context: impl Into<String>, source: tokio_postgres::Error) -> Self {
+        Error::Postgres {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! lakewriter copies a PostgreSQL database into lakehouse tables — Apache Iceberg v2 (AWS Glue
+//! or a local SQLite catalog) and Delta Lake — from logical replication, exactly once.
+//!
+//! A tour of the crate, in the order data flows (DESIGN.md has the whole picture):
+//!
+//! - [`config`]: the one TOML file that describes a pipeline, with environment overrides.
+//! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,
+//!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
+//! - [`error`]: the one error type, whose kinds say whether to retry.
+
+pub mod commands;
+pub mod config;
+pub mod error;
+
+pub use config::Config;
+pub use error::{Error, Result};

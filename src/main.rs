@@ -1,0 +1,176 @@
+//! The `lakewriter` binary: parses arguments, sets up logging, loads the configuration and calls
+//! one library function per command. Exit codes: 0 success, 1 failure (or a difference found by
+//! `verify`, a problem found by `doctor`), 2 usage errors and commands not built yet.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lakewriter::commands::{self, OutputFormat};
+use lakewriter::{Config, Error};
+
+/// Copy PostgreSQL into Apache Iceberg and Delta Lake tables from logical replication, exactly
+/// once.
+#[derive(Debug, Parser)]
+#[command(name = "lakewriter", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr. The level comes from LAKEWRITER_LOG (default: info), e.g.
+    /// LAKEWRITER_LOG=lakewriter=debug.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The pipeline's TOML configuration (catalogs/ holds ready profiles). Values can be
+    /// overridden with LAKEWRITER__SECTION__KEY environment variables.
+    #[arg(long, short, env = "LAKEWRITER_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: snapshot the tables not yet in the lake, then stream changes into them.
+    ///
+    /// Reads the publication's tables through a logical replication slot (pgoutput), buffers
+    /// changes as Arrow batches and commits them as Iceberg snapshots or Delta commits, each
+    /// carrying the LSN it covers, so a restart continues exactly where the lake ends.
+    /// SIGTERM or SIGINT flushes, commits, acknowledges and exits 0.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Rewrite small files and apply deletes; expire old snapshots; remove orphan files.
+    ///
+    /// Safe beside a running `run`: the rewrite commits by compare-and-swap and keeps the
+    /// sequence numbers that make deletes committed meanwhile still apply.
+    Compact {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this table (`schema.table` of the source). Default: every table.
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// Compare the lake with PostgreSQL row by row; exit 0 only when they are equal.
+    ///
+    /// Prints, per table, equal or the number of missing, extra and different rows with
+    /// example keys.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this table (`schema.table` of the source). Default: every table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run DataFusion SQL over every lake table of the config (named `namespace.table`).
+    Query {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
+        /// The SQL statement.
+        sql: String,
+    },
+    /// Check the source and the sink before a run; print each problem with its fix.
+    ///
+    /// wal_level, slots and senders, privileges, the publication, the slot and its retained
+    /// WAL, replica identities and keys, catalog and bucket access. Exits 1 when a run would
+    /// fail.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Per table: checkpoint LSN, lag in bytes and seconds, snapshots, data and delete files.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum QueryFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            match e.downcast_ref::<Error>() {
+                Some(Error::NotBuilt { .. }) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// Runs one command; `Ok(false)` is a clean "no" (verify found differences, doctor problems).
+async fn dispatch(command: Command) -> anyhow::Result<bool> {
+    let load = |arg: &ConfigArg| Config::load(&arg.config);
+    match command {
+        Command::Run { config } => commands::run(&load(&config)?).await.map(|()| true),
+        Command::Compact { config, table } => commands::compact(&load(&config)?, table.as_deref())
+            .await
+            .map(|()| true),
+        Command::Verify {
+            config,
+            table,
+            json,
+        } => commands::verify(&load(&config)?, table.as_deref(), json).await,
+        Command::Query {
+            config,
+            format,
+            sql,
+        } => {
+            let format = match format {
+                QueryFormat::Table => OutputFormat::Table,
+                QueryFormat::Csv => OutputFormat::Csv,
+                QueryFormat::Json => OutputFormat::Json,
+            };
+            commands::query(&load(&config)?, &sql, format)
+                .await
+                .map(|()| true)
+        }
+        Command::Doctor { config } => commands::doctor(&load(&config)?).await,
+        Command::Status { config } => commands::status(&load(&config)?).await.map(|()| true),
+    }
+    .map_err(anyhow::Error::from)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEWRITER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
