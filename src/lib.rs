@@ -1,7 +1,7 @@
 //! lakewriter copies a PostgreSQL database into lakehouse tables — Apache Iceberg v2 (AWS Glue
 //! or a local SQLite catalog) and Delta Lake — from logical replication, exactly once.
 //!
-//! A tour of the crate, in the order data flows (DESIGN.md has the whole picture):
+//! A tour of the crate (the README has the whole picture):
 //!
 //! - [`config`]: the one TOML file that describes a pipeline, with environment overrides.
 //! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,

@@ -471,16 +471,18 @@ impl Config {
                 o.apply(&mut table).map_err(|m| Error::config(path, m))?;
             }
             let names: Vec<&str> = overrides.iter().map(|o| o.variable.as_str()).collect();
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-                Error::config(
-                    path,
-                    format!(
-                        "{} (after applying the environment overrides {})",
-                        e.to_string().trim_end(),
-                        names.join(", ")
-                    ),
-                )
-            })?
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    Error::config(
+                        path,
+                        format!(
+                            "{} (after applying the environment overrides {})",
+                            e.to_string().trim_end(),
+                            names.join(", ")
+                        ),
+                    )
+                })?
         };
         config.validate(path)?;
         Ok(config)
@@ -507,7 +509,10 @@ impl Config {
             return fail("source.snapshot_parallelism must be at least 1".into());
         }
         for name in self.source.tables.keys().chain(self.sink.tables.keys()) {
-            if name.split_once('.').is_none_or(|(s, t)| s.is_empty() || t.is_empty()) {
+            if name
+                .split_once('.')
+                .is_none_or(|(s, t)| s.is_empty() || t.is_empty())
+            {
                 return fail(format!(
                     "table {name:?}: per-table settings are keyed by \"schema.table\""
                 ));
@@ -536,7 +541,9 @@ impl Config {
                 self.sink.warehouse
             ));
         }
-        if self.sink.s3.access_key_id.is_some() != !self.sink.s3.secret_access_key.is_empty() {
+        let has_key_id = self.sink.s3.access_key_id.is_some();
+        let has_secret = !self.sink.s3.secret_access_key.is_empty();
+        if has_key_id != has_secret {
             return fail(
                 "sink.s3.access_key_id and sink.s3.secret_access_key go together: set both, \
                  or neither to use the AWS credential chain"
@@ -608,7 +615,10 @@ mod tests {
         assert_eq!(config.sink.catalog, CatalogKind::Sqlite);
         assert_eq!(config.sink.target_file_size, ByteSize::mib(128));
         assert_eq!(config.flush.max_latency, Span::secs(10));
-        assert_eq!(config.sqlite_catalog_path(), Path::new("./warehouse/catalog.db"));
+        assert_eq!(
+            config.sqlite_catalog_path(),
+            Path::new("./warehouse/catalog.db")
+        );
         assert!(config.includes_table("public", "orders"));
         assert!(!config.includes_table("audit", "orders"));
         Ok(())
@@ -675,13 +685,22 @@ mod tests {
     fn contradictions_are_refused_with_the_key() {
         let cases = [
             ("[source]\ndatabase = \"\"\n", "source.database"),
-            ("[source]\ndatabase = \"a\"\nslot = \"Bad-Slot\"\n", "source.slot"),
+            (
+                "[source]\ndatabase = \"a\"\nslot = \"Bad-Slot\"\n",
+                "source.slot",
+            ),
             (
                 "[source]\ndatabase = \"a\"\n[sink]\ncatalog = \"glue\"\n",
                 "s3:// warehouse",
             ),
-            ("[source]\ndatabase = \"a\"\n[flush]\nmax_latency = \"10\"\n", "unit"),
-            ("[source]\ndatabase = \"a\"\n[sink]\nformat = \"hudi\"\n", "hudi"),
+            (
+                "[source]\ndatabase = \"a\"\n[flush]\nmax_latency = \"10\"\n",
+                "unit",
+            ),
+            (
+                "[source]\ndatabase = \"a\"\n[sink]\nformat = \"hudi\"\n",
+                "hudi",
+            ),
             (
                 "[source]\ndatabase = \"a\"\n[sink.tables.orders]\npartition_by = []\n",
                 "schema.table",

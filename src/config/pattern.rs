@@ -112,7 +112,10 @@ mod tests {
         assert!(p("s.a*b*c").matches("s", "abc"));
         assert!(p("s.a*b*c").matches("s", "a__b__c"));
         assert!(!p("s.a*b*c").matches("s", "a__c__b"));
-        assert!(!p("s.ab*ba").matches("s", "aba"), "prefix and suffix must not overlap");
+        assert!(
+            !p("s.ab*ba").matches("s", "aba"),
+            "prefix and suffix must not overlap"
+        );
         assert!(p("public.orders").matches("public", "orders"));
         assert!(!p("public.orders").matches("public", "orders2"));
     }

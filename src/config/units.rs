@@ -30,10 +30,9 @@ impl ByteSize {
             .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
             .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
-        let number: f64 = number
-            .replace('_', "")
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size: write a number and a unit, like \"64MiB\""))?;
+        let number: f64 = number.replace('_', "").parse().map_err(|_| {
+            format!("`{text}` is not a size: write a number and a unit, like \"64MiB\"")
+        })?;
         let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
@@ -60,9 +59,14 @@ impl ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{name}", self.0 / size);
             }
         }
@@ -152,7 +156,11 @@ impl Span {
             "h" => number * 3600.0,
             "d" => number * 86400.0,
             "" => return Err(format!("`{text}` needs a unit (ms, s, m, h, d)")),
-            other => return Err(format!("`{other}` is not a duration unit (use ms, s, m, h, d)")),
+            other => {
+                return Err(format!(
+                    "`{other}` is not a duration unit (use ms, s, m, h, d)"
+                ));
+            }
         };
         Duration::try_from_secs_f64(seconds)
             .map(Span)
@@ -166,8 +174,13 @@ impl fmt::Display for Span {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (name, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-            if ms % size == 0 {
+        for (name, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms.is_multiple_of(size) {
                 return write!(f, "{}{name}", ms / size);
             }
         }
@@ -276,10 +289,16 @@ mod tests {
         assert_eq!(Span::parse("1.5h"), Ok(Span::secs(5400)));
         assert_eq!(Span::parse("7d"), Ok(Span::secs(7 * 86400)));
         assert_eq!(Span::parse("0"), Ok(Span::default()));
-        assert!(Span::parse("10").is_err(), "a duration without a unit is ambiguous");
+        assert!(
+            Span::parse("10").is_err(),
+            "a duration without a unit is ambiguous"
+        );
         assert!(Span::parse("10 fortnights").is_err());
         for text in ["7d", "1h", "5m", "10s", "250ms", "0s"] {
-            assert_eq!(Span::parse(text).map(|s| s.to_string()), Ok(text.to_string()));
+            assert_eq!(
+                Span::parse(text).map(|s| s.to_string()),
+                Ok(text.to_string())
+            );
         }
     }
 
@@ -288,7 +307,10 @@ mod tests {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret:?}"), "\"***\"");
         assert_eq!(format!("{secret}"), "***");
-        assert_eq!(serde_json::to_string(&secret).ok(), Some("\"***\"".to_string()));
+        assert_eq!(
+            serde_json::to_string(&secret).ok(),
+            Some("\"***\"".to_string())
+        );
         assert_eq!(secret.expose(), "hunter2");
     }
 }

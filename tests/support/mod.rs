@@ -1,0 +1,211 @@
+//! Test support: the real local stack (scripts/stack: PostgreSQL with logical replication, moto
+//! for S3 and Glue, the Python readers), started once and shared, and a private database per
+//! test with its own slot, publication, namespace and warehouse, so tests run in parallel.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio_postgres::{Client, NoTls};
+
+/// The running stack's settings (the `env` file `scripts/stack up` writes).
+#[derive(Debug)]
+pub struct Stack {
+    vars: HashMap<String, String>,
+}
+
+impl Stack {
+    /// A setting of the stack, such as `PGPORT` or `AWS_ENDPOINT_URL`.
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("the stack's env file has no {name}"))
+    }
+
+    /// The superuser URL of the cluster, for database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{db}",
+            self.var("PGPASSWORD"),
+            self.var("PGPORT")
+        )
+    }
+
+    /// The moto endpoint serving S3 and Glue.
+    pub fn aws_endpoint(&self) -> &str {
+        self.var("AWS_ENDPOINT_URL")
+    }
+
+    /// The project-local Python with DuckDB, pyiceberg, deltalake and moto.
+    pub fn python(&self) -> Command {
+        let mut command = Command::new(self.var("LAKEWRITER_PYTHON"));
+        command.envs(&self.vars);
+        command
+    }
+
+    /// A PostgreSQL client program (psql, pg_recvlogical) of the cluster's version.
+    pub fn pg_program(&self, name: &str) -> Command {
+        let mut command = Command::new(Path::new(self.var("LAKEWRITER_PG_BINDIR")).join(name));
+        command.envs(&self.vars);
+        command
+    }
+}
+
+/// The project's root directory.
+pub fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the stack if it is not running (idempotent, and safe from parallel test processes:
+/// the script takes a lock) and returns its settings.
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let output = Command::new(project_dir().join("scripts/stack"))
+            .arg("up")
+            .output()
+            .expect("scripts/stack runs");
+        assert!(
+            output.status.success(),
+            "scripts/stack up failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let dir = std::env::var("LAKEWRITER_STACK_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| project_dir().join(".stack"));
+        let text = std::fs::read_to_string(dir.join("run/env")).expect("the stack's env file");
+        let vars = text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Stack { vars }
+    })
+}
+
+/// Connects to `url` and drives the connection in the background.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the test cluster: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A database of one test, with names for its slot, publication and lake namespace, and a
+/// warehouse directory of its own. Dropped (slots first) when the test ends.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Database name (also the prefix of the other names).
+    pub name: String,
+    /// Superuser URL of this database.
+    pub url: String,
+    /// Replication slot name for this test.
+    pub slot: String,
+    /// Publication name for this test.
+    pub publication: String,
+    /// Lake namespace for this test.
+    pub namespace: String,
+    /// Local warehouse directory.
+    pub warehouse: tempfile::TempDir,
+}
+
+impl TestDb {
+    /// Creates a fresh database for the test `label`.
+    pub async fn new(label: &str) -> TestDb {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let label: String = label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(30)
+            .collect();
+        let name = format!(
+            "t_{label}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let stack = stack();
+        let admin = connect(&stack.url("postgres")).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+        TestDb {
+            url: stack.url(&name),
+            slot: format!("{name}_slot"),
+            publication: format!("{name}_pub"),
+            namespace: name.clone(),
+            warehouse: tempfile::tempdir().expect("a temporary warehouse"),
+            name,
+        }
+    }
+
+    /// A superuser client on this database.
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    /// A config file body for this database on the local default (SQLite catalog, local
+    /// warehouse); `extra` is appended.
+    pub fn config_toml(&self, extra: &str) -> String {
+        let stack = stack();
+        format!(
+            "[source]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"{db}\"\nuser = \"postgres\"\n\
+             password = \"{password}\"\npublication = \"{publication}\"\nslot = \"{slot}\"\n\
+             create_publication = true\n\n[sink]\nwarehouse = \"{warehouse}\"\n\
+             namespace = \"{namespace}\"\n{extra}",
+            port = stack.var("PGPORT"),
+            db = self.name,
+            password = stack.var("PGPASSWORD"),
+            publication = self.publication,
+            slot = self.slot,
+            warehouse = self.warehouse.path().display(),
+            namespace = self.namespace,
+        )
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let url = stack().url("postgres");
+        // Drop may run inside a runtime: do the async clean-up on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await else {
+                    return;
+                };
+                tokio::spawn(connection);
+                let _ = client
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE database = $1 AND NOT active",
+                        &[&name],
+                    )
+                    .await;
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
