@@ -4,6 +4,8 @@
 //! A tour of the crate (the README has the whole picture):
 //!
 //! - [`config`]: the one TOML file that describes a pipeline, with environment overrides.
+//! - [`source`]: PostgreSQL — the replication stream, our pgoutput decoder, types to Arrow.
+//! - [`lsn`]: [`Lsn`], the WAL position every checkpoint is made of.
 //! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,
 //!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
 //! - [`error`]: the one error type, whose kinds say whether to retry.
@@ -11,6 +13,9 @@
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod lsn;
+pub mod source;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use lsn::Lsn;

@@ -1,0 +1,1 @@
+//! The pgoutput decoder (being written).

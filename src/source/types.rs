@@ -1,0 +1,1 @@
+//! PostgreSQL types to Arrow (being written).
