@@ -50,10 +50,21 @@ pub async fn query(_config: &Config, _sql: &str, _format: OutputFormat) -> Resul
 
 /// `lakewriter doctor`: check the source and the sink before a run; `Ok(true)` when a run
 /// would start.
-pub async fn doctor(_config: &Config) -> Result<bool> {
-    Err(Error::NotBuilt {
-        what: "`lakewriter doctor`",
-    })
+pub async fn doctor(config: &Config) -> Result<bool> {
+    let report = crate::doctor::check(config).await;
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    let (errors, warnings) = (
+        report.count(crate::doctor::Severity::Error),
+        report.count(crate::doctor::Severity::Warning),
+    );
+    if report.passed() {
+        println!("\nready to run ({warnings} warning(s))");
+    } else {
+        println!("\nlakewriter run would fail: {errors} error(s), {warnings} warning(s)");
+    }
+    Ok(report.passed())
 }
 
 /// `lakewriter status`: per table, checkpoint LSN, lag, snapshots and files.

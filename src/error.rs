@@ -36,8 +36,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The source database is not in a state lakewriter can replicate from (a missing slot or
+    /// publication, a table without a key, …), or sent something it cannot read.
+    #[error("source: {message}")]
+    Source {
+        /// What is wrong, naming the table, column or LSN, and the fix when there is one.
+        message: String,
+    },
+
     /// A PostgreSQL query or connection failed.
-    #[error("postgres: {context}: {source}")]
+    #[error("postgres: {context}: {}", describe_postgres(source))]
     Postgres {
         /// What lakewriter was doing.
         context: String,
@@ -52,7 +60,7 @@ impl Error {
     /// do, bad configuration does not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Config { .. } | Error::NotBuilt { .. } => false,
+            Error::Config { .. } | Error::NotBuilt { .. } | Error::Source { .. } => false,
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted
@@ -78,4 +86,26 @@ impl Error {
             source,
         }
     }
+}
+
+/// tokio-postgres prints only the kind of an error ("db error"); the server's message, detail
+/// and hint, or the underlying I/O or configuration cause, are what an operator needs.
+fn describe_postgres(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{} ({})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; detail: {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }

@@ -6,15 +6,21 @@
 //! - [`config`]: the one TOML file that describes a pipeline, with environment overrides.
 //! - [`source`]: PostgreSQL — the replication stream, our pgoutput decoder, types to Arrow.
 //! - [`lsn`]: [`Lsn`], the WAL position every checkpoint is made of.
+//! - [`table`]: [`table::TableId`], the `schema.table` every buffer and lake table hangs on.
 //! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,
 //!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
+//! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
+//! - [`cloud`]: AWS clients (S3, Glue) from the configuration.
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
+pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod lsn;
 pub mod source;
+pub mod table;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -3,7 +3,9 @@
 //! values to Arrow ([`types`]), and takes back, from the pipeline, the durable LSN it may
 //! acknowledge.
 
+pub mod connection;
 pub mod pgoutput;
+pub mod schema;
 pub mod types;
 
 use std::fmt;

@@ -1,0 +1,152 @@
+//! Doctor's sink checks: the warehouse is writable (a local directory, or the S3 bucket and
+//! prefix) and the catalog answers (the SQLite file, or the Glue database).
+
+use std::path::Path;
+
+use aws_sdk_glue::error::ProvideErrorMetadata;
+
+use super::Finding;
+use crate::cloud;
+use crate::config::{CatalogKind, Config};
+
+const PROBE: &str = "_lakewriter_doctor_probe";
+
+pub(super) async fn check(config: &Config, out: &mut Vec<Finding>) {
+    match cloud::warehouse_location(config) {
+        Err(e) => out.push(Finding::error(e.to_string(), "fix [sink] warehouse")),
+        Ok(None) => check_local_dir(Path::new(&config.sink.warehouse), out),
+        Ok(Some(location)) => check_s3(config, &location, out).await,
+    }
+    match config.sink.catalog {
+        CatalogKind::Sqlite => {
+            let path = config.sqlite_catalog_path();
+            match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(dir) if dir != Path::new(&config.sink.warehouse) => check_local_dir(dir, out),
+                _ => {}
+            }
+            out.push(Finding::ok(format!("SQLite catalog at {}", path.display())));
+        }
+        CatalogKind::Glue => check_glue(config, out).await,
+    }
+}
+
+fn check_local_dir(dir: &Path, out: &mut Vec<Finding>) {
+    let probe = dir.join(PROBE);
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b"probe"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    match result {
+        Ok(()) => out.push(Finding::ok(format!(
+            "warehouse {} is writable",
+            dir.display()
+        ))),
+        Err(e) => out.push(Finding::error(
+            format!("warehouse {} is not writable: {e}", dir.display()),
+            "create the directory and give the user running lakewriter write access, \
+             or change [sink] warehouse",
+        )),
+    }
+}
+
+async fn check_s3(config: &Config, location: &cloud::S3Location, out: &mut Vec<Finding>) {
+    let s3 = cloud::s3_client(config).await;
+    let key = location.key(PROBE);
+    let url = format!("s3://{}/{}", location.bucket, key);
+    let put = s3
+        .put_object()
+        .bucket(&location.bucket)
+        .key(&key)
+        .body(b"probe".to_vec().into())
+        .send()
+        .await;
+    if let Err(e) = put {
+        let e = e.into_service_error();
+        out.push(Finding::error(
+            format!(
+                "cannot write {url}: {}",
+                e.message().or(e.code()).unwrap_or("no answer from S3")
+            ),
+            format!(
+                "check the bucket exists, the region ([sink.s3] region), and that the role may \
+                 s3:PutObject, s3:GetObject and s3:DeleteObject on arn:aws:s3:::{}/{}* \
+                 (README: Production on AWS)",
+                location.bucket,
+                location.key("")
+            ),
+        ));
+        return;
+    }
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&location.bucket)
+        .prefix(location.key(""))
+        .max_keys(1)
+        .send()
+        .await;
+    let deleted = s3
+        .delete_object()
+        .bucket(&location.bucket)
+        .key(&key)
+        .send()
+        .await;
+    match (listed, deleted) {
+        (Ok(_), Ok(_)) => out.push(Finding::ok(format!(
+            "warehouse s3://{}/{} is writable, listable and deletable",
+            location.bucket, location.prefix
+        ))),
+        (Err(e), _) => out.push(Finding::error(
+            format!(
+                "cannot list s3://{}/{}: {}",
+                location.bucket,
+                location.prefix,
+                e.into_service_error()
+                    .message()
+                    .unwrap_or("no answer from S3")
+            ),
+            format!("allow s3:ListBucket on arn:aws:s3:::{}", location.bucket),
+        )),
+        (_, Err(e)) => out.push(Finding::warning(
+            format!(
+                "cannot delete {url}: {} — compact cannot remove expired files",
+                e.into_service_error()
+                    .message()
+                    .unwrap_or("no answer from S3")
+            ),
+            format!(
+                "allow s3:DeleteObject on arn:aws:s3:::{}/{}*",
+                location.bucket,
+                location.key("")
+            ),
+        )),
+    }
+}
+
+async fn check_glue(config: &Config, out: &mut Vec<Finding>) {
+    let glue = cloud::glue_client(config).await;
+    let namespace = &config.sink.namespace;
+    let mut request = glue.get_database().name(namespace);
+    if let Some(id) = &config.sink.glue.catalog_id {
+        request = request.catalog_id(id);
+    }
+    match request.send().await {
+        Ok(_) => out.push(Finding::ok(format!("Glue database {namespace} exists"))),
+        Err(e) => {
+            let e = e.into_service_error();
+            if e.is_entity_not_found_exception() {
+                out.push(Finding::ok(format!(
+                    "Glue database {namespace} does not exist yet: run creates it \
+                     (needs glue:CreateDatabase)"
+                )));
+            } else {
+                out.push(Finding::error(
+                    format!(
+                        "cannot read Glue database {namespace}: {}",
+                        e.message().or(e.code()).unwrap_or("no answer from Glue")
+                    ),
+                    "check [sink.glue] region and the role's Glue permissions \
+                     (README: Production on AWS)",
+                ));
+            }
+        }
+    }
+}
