@@ -21,7 +21,7 @@ SELECT setseed(0.7) \gset
 
 -- One statement per row, run in order by \gexec: each statement is its own transaction, except
 -- the BEGIN … COMMIT groups.
-SELECT format(step.sql, :batch, round_no % 17, round_no)
+SELECT format(step.sql, :batch, round_no % 17)
 FROM generate_series(1, :rounds) AS round_no
 CROSS JOIN (VALUES
   (1, $q$BEGIN$q$),
@@ -42,12 +42,18 @@ CROSS JOIN (VALUES
          WHERE order_id IN (SELECT order_id FROM public.orders WHERE status = 'cancelled'
                             ORDER BY order_id LIMIT %1$s / 10)$q$),
   (8, $q$BEGIN$q$),
-  (9, $q$INSERT INTO public.orders (order_id, customer_id, order_date, total_amount, status)
-         VALUES (-%3$s, 1, date '2025-02-01', 10.00, 'pending'),
-                (-%3$s - 1000000, 2, date '2025-02-01', 20.00, 'pending')$q$),
-  (10, $q$UPDATE public.orders SET status = 'paid' WHERE order_id = -%3$s$q$),
-  (11, $q$DELETE FROM public.orders WHERE order_id = -%3$s - 1000000$q$),
-  (12, $q$COMMIT$q$)
+  -- a fresh negative key each time, so the script can run again on the same table
+  (9, $q$SELECT set_config('lakewriter.workload_key',
+         (coalesce(-min(order_id), 0) + 1)::text, true)
+         FROM public.orders WHERE order_id < 0 AND order_id > -1000000$q$),
+  (10, $q$INSERT INTO public.orders (order_id, customer_id, order_date, total_amount, status)
+         VALUES (-current_setting('lakewriter.workload_key')::int, 1, date '2025-02-01', 10.00, 'pending'),
+                (-current_setting('lakewriter.workload_key')::int - 1000000, 2, date '2025-02-01', 20.00, 'pending')$q$),
+  (11, $q$UPDATE public.orders SET status = 'paid'
+          WHERE order_id = -current_setting('lakewriter.workload_key')::int$q$),
+  (12, $q$DELETE FROM public.orders
+          WHERE order_id = -current_setting('lakewriter.workload_key')::int - 1000000$q$),
+  (13, $q$COMMIT$q$)
 ) AS step(n, sql)
 ORDER BY round_no, step.n
 \gexec

@@ -44,6 +44,16 @@ pub enum Error {
         message: String,
     },
 
+    /// The replication connection failed or was refused.
+    #[error("replication: {context}: {source}")]
+    Replication {
+        /// What lakewriter was doing.
+        context: String,
+        /// The replication client's error.
+        #[source]
+        source: pgwire_replication::PgWireError,
+    },
+
     /// A PostgreSQL query or connection failed.
     #[error("postgres: {context}: {}", describe_postgres(source))]
     Postgres {
@@ -67,7 +77,18 @@ impl Error {
                     | std::io::ErrorKind::TimedOut
                     | std::io::ErrorKind::WouldBlock
             ),
-            Error::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            Error::Postgres { source, .. } => match source.as_db_error() {
+                Some(db) => is_transient_sqlstate(db.code().code()),
+                None => true,
+            },
+            Error::Replication { source, .. } => match source {
+                pgwire_replication::PgWireError::Io(_)
+                | pgwire_replication::PgWireError::Task(_) => true,
+                pgwire_replication::PgWireError::Server(message) => message
+                    .rsplit_once("SQLSTATE ")
+                    .is_some_and(|(_, code)| is_transient_sqlstate(code.trim_end_matches(')'))),
+                _ => false,
+            },
         }
     }
 
@@ -108,4 +129,15 @@ fn describe_postgres(error: &tokio_postgres::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// Server errors that a retry after a pause can get past: connection failures (class 08), the
+/// server shutting down or restarting (57P01-57P03), too many connections (53300), and a slot
+/// still held by a connection that is going away (55006).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "55006" | "40001"
+        )
 }

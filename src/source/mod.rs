@@ -3,9 +3,12 @@
 //! values to Arrow ([`types`]), and takes back, from the pipeline, the durable LSN it may
 //! acknowledge.
 
+pub mod changes;
 pub mod connection;
+pub mod copy;
 pub mod pgoutput;
 pub mod schema;
+pub mod stream;
 pub mod types;
 
 use std::fmt;

@@ -1,0 +1,544 @@
+//! The replication stream against a real PostgreSQL: every change of the sample workload
+//! arrives decoded into Arrow and, applied in order, rebuilds exactly the table PostgreSQL
+//! holds; nothing is acknowledged before the consumer says it is durable, and an idle slot's
+//! position still advances; a killed connection resumes without losing a change.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    Array, AsArray, Date32Array, Decimal128Array, Int32Array, StringArray,
+    TimestampMicrosecondArray,
+};
+use lakewriter::Lsn;
+use lakewriter::config::Config;
+use lakewriter::source::changes::{ChangeBatch, OldRow, Op};
+use lakewriter::source::stream::{SourceEvent, StreamSettings, stream};
+use support::{TestDb, stack};
+use tokio::sync::{mpsc, watch};
+
+/// One `orders` row, in units both sides compute independently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Order {
+    customer_id: i32,
+    order_date_days: i32,
+    total_cents: i128,
+    status: String,
+    created_micros: i64,
+    updated_micros: i64,
+}
+
+type Table = BTreeMap<i32, Order>;
+
+fn order_at(batch: &arrow::array::RecordBatch, row: usize) -> (Option<i32>, Option<Order>) {
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .unwrap_or_else(|| panic!("column {name}"))
+            .clone()
+    };
+    let id = col("order_id");
+    let id = id
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .expect("order_id is int");
+    let key = (!id.is_null(row)).then(|| id.value(row));
+    let customer = col("customer_id");
+    let customer = customer.as_any().downcast_ref::<Int32Array>().expect("int");
+    if customer.is_null(row) {
+        return (key, None);
+    }
+    let date = col("order_date");
+    let total = col("total_amount");
+    let status = col("status");
+    let created = col("created_at");
+    let updated = col("updated_at");
+    let order = Order {
+        customer_id: customer.value(row),
+        order_date_days: date
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .expect("date32")
+            .value(row),
+        total_cents: total
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .expect("decimal")
+            .value(row),
+        status: status
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8")
+            .value(row)
+            .to_string(),
+        created_micros: created
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("timestamp")
+            .value(row),
+        updated_micros: updated
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .expect("timestamp")
+            .value(row),
+    };
+    (key, Some(order))
+}
+
+fn apply(table: &mut Table, batch: &ChangeBatch) {
+    assert!(
+        batch.unchanged_toast.is_empty(),
+        "orders has no toasted columns"
+    );
+    for (row, op) in batch.ops.iter().enumerate() {
+        let (new_key, new_row) = order_at(&batch.new, row);
+        let (old_key, _) = order_at(&batch.old, row);
+        match op {
+            Op::Insert => {
+                let key = new_key.expect("an insert has its key");
+                let previous = table.insert(key, new_row.expect("an insert has its row"));
+                assert!(previous.is_none(), "insert of an existing key {key}");
+            }
+            Op::Update => {
+                if batch.old_rows[row] != OldRow::Absent {
+                    let old = old_key.expect("an old key");
+                    table.remove(&old);
+                }
+                table.insert(
+                    new_key.expect("an update has its key"),
+                    new_row.expect("an update has its row"),
+                );
+            }
+            Op::Delete => {
+                let old = old_key.expect("a delete names its key");
+                assert!(
+                    table.remove(&old).is_some(),
+                    "delete of a missing key {old}"
+                );
+            }
+        }
+    }
+}
+
+async fn postgres_orders(db: &TestDb) -> Table {
+    let client = db.client().await;
+    client
+        .query(
+            "SELECT order_id, customer_id, order_date - date '1970-01-01', \
+               (total_amount * 100)::bigint, status, \
+               (extract(epoch FROM created_at) * 1000000)::bigint, \
+               (extract(epoch FROM updated_at) * 1000000)::bigint FROM orders",
+            &[],
+        )
+        .await
+        .expect("read orders")
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Order {
+                    customer_id: r.get(1),
+                    order_date_days: r.get(2),
+                    total_cents: i128::from(r.get::<_, i64>(3)),
+                    status: r.get(4),
+                    created_micros: r.get(5),
+                    updated_micros: r.get(6),
+                },
+            )
+        })
+        .collect()
+}
+
+fn psql(db: &TestDb, args: &[&str]) {
+    let output = stack()
+        .pg_program("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url])
+        .args(args)
+        .current_dir(support::project_dir())
+        .output()
+        .expect("psql");
+    assert!(
+        output.status.success(),
+        "psql {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn current_lsn(db: &TestDb) -> Lsn {
+    let text: String = db
+        .client()
+        .await
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("lsn")
+        .get(0);
+    text.parse().expect("an LSN")
+}
+
+async fn confirmed_flush(db: &TestDb) -> Lsn {
+    let text: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot],
+        )
+        .await
+        .expect("slot")
+        .get(0);
+    text.parse().expect("an LSN")
+}
+
+/// A consumer standing in for the pipeline: applies changes to a model of `orders`, and
+/// acknowledges commits (and idle positions) only when told to.
+struct Consumer {
+    table: Table,
+    pending: Table,
+    pending_batches: Vec<ChangeBatch>,
+    last_end: Lsn,
+    starts: usize,
+    ack: bool,
+    durable: watch::Sender<Lsn>,
+    schemas: Vec<Vec<String>>,
+}
+
+impl Consumer {
+    fn handle(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Started { .. } => {
+                self.starts += 1;
+                self.pending_batches.clear();
+            }
+            SourceEvent::Begin { .. } => self.pending_batches.clear(),
+            SourceEvent::Schema { schema, .. } => self.schemas.push(
+                schema
+                    .arrow
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+            ),
+            SourceEvent::Changes(batch) => self.pending_batches.push(batch),
+            SourceEvent::Truncate { .. } => self.table.clear(),
+            SourceEvent::Commit { end_lsn, .. } => {
+                for batch in std::mem::take(&mut self.pending_batches) {
+                    if batch.schema.table.name == "orders" {
+                        apply(&mut self.table, &batch);
+                    }
+                }
+                self.last_end = end_lsn;
+                if self.ack {
+                    let _ = self.durable.send(end_lsn);
+                }
+            }
+            SourceEvent::Idle { server_lsn } => {
+                // the server has sent everything before this position (other databases share
+                // the WAL, so our last commit may never reach the current LSN by itself)
+                self.last_end = self.last_end.max(server_lsn);
+                if self.ack {
+                    let _ = self.durable.send(server_lsn);
+                }
+            }
+        }
+        let _ = &self.pending;
+    }
+}
+
+struct Running {
+    events: mpsc::Receiver<SourceEvent>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<lakewriter::Result<()>>,
+    consumer: Consumer,
+}
+
+impl Running {
+    async fn start(db: &TestDb, ack: bool) -> Running {
+        let config =
+            Config::parse(&db.config_toml(""), Path::new("test.toml"), Vec::new()).expect("config");
+        let (tx, events) = mpsc::channel(16);
+        let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let settings = StreamSettings {
+            batch_rows: 500,
+            status_interval: Duration::from_millis(100),
+            ..StreamSettings::default()
+        };
+        let task =
+            tokio::spawn(
+                async move { stream(&config, settings, tx, durable_rx, shutdown_rx).await },
+            );
+        Running {
+            events,
+            shutdown,
+            task,
+            consumer: Consumer {
+                table: Table::new(),
+                pending: Table::new(),
+                pending_batches: Vec::new(),
+                last_end: Lsn::ZERO,
+                starts: 0,
+                ack,
+                durable: durable_tx,
+                schemas: Vec::new(),
+            },
+        }
+    }
+
+    /// Consumes events until the consumer has every commit up to `lsn`.
+    async fn until(&mut self, lsn: Lsn) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.consumer.last_end < lsn {
+            assert!(
+                Instant::now() < deadline,
+                "stream stalled at {}",
+                self.consumer.last_end
+            );
+            match tokio::time::timeout(Duration::from_secs(5), self.events.recv()).await {
+                Ok(Some(event)) => self.consumer.handle(event),
+                Ok(None) => panic!("the stream ended: {:?}", (&mut self.task).await),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Consumes events for `time`.
+    async fn drain_for(&mut self, time: Duration) {
+        let deadline = tokio::time::Instant::now() + time;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            self.consumer.handle(event);
+        }
+    }
+
+    async fn stop(self) -> Consumer {
+        let _ = self.shutdown.send(true);
+        let mut events = self.events;
+        let drain = async { while events.recv().await.is_some() {} };
+        let (result, ()) = tokio::join!(self.task, drain);
+        result.expect("join").expect("the stream stops cleanly");
+        self.consumer
+    }
+}
+
+async fn orders_db(label: &str, rows: u32) -> TestDb {
+    let db = TestDb::new(label).await;
+    psql(
+        &db,
+        &["-v", &format!("rows={rows}"), "-f", "sql/orders.sql"],
+    );
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR TABLE orders",
+            db.publication
+        ))
+        .await
+        .expect("publication");
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&db.slot],
+        )
+        .await
+        .expect("slot");
+    db
+}
+
+#[tokio::test]
+async fn the_workload_streams_into_arrow_and_rebuilds_the_table() {
+    // the slot starts empty: the rows seeded before it are the consumer's starting point
+    let db = orders_db("stream_workload", 300).await;
+    let mut running = Running::start(&db, true).await;
+    running.consumer.table = postgres_orders(&db).await;
+    psql(
+        &db,
+        &[
+            "-v",
+            "rounds=4",
+            "-v",
+            "batch=700",
+            "-f",
+            "sql/workload.sql",
+        ],
+    );
+    let end = current_lsn(&db).await;
+    running.until(end).await;
+    let consumer = running.stop().await;
+    assert_eq!(
+        consumer.schemas.len(),
+        1,
+        "one Relation shape: {:?}",
+        consumer.schemas
+    );
+    let expected = postgres_orders(&db).await;
+    assert_eq!(consumer.table.len(), expected.len());
+    assert!(
+        consumer.table == expected,
+        "the streamed table differs from PostgreSQL"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_acknowledged_before_it_is_durable_and_idle_slots_advance() {
+    let db = orders_db("stream_ack", 10).await;
+    let start = confirmed_flush(&db).await;
+    let initial = postgres_orders(&db).await;
+
+    // A consumer that never acknowledges: the slot must not move past the changes.
+    let mut running = Running::start(&db, false).await;
+    running.consumer.table = initial.clone();
+    psql(
+        &db,
+        &["-v", "rounds=1", "-v", "batch=50", "-f", "sql/workload.sql"],
+    );
+    let end = current_lsn(&db).await;
+    running.until(end).await;
+    running.drain_for(Duration::from_millis(600)).await;
+    assert_eq!(
+        confirmed_flush(&db).await,
+        start,
+        "acknowledged what nobody made durable"
+    );
+    running.stop().await;
+
+    // Nothing was acknowledged, so a new session gets the whole workload again (as after a
+    // crash before the lake commit): applied to the initial rows, it rebuilds the table.
+    // Then traffic on an unpublished table only: the slot's position still advances past it,
+    // so it holds no WAL for nothing.
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE unpublished (id int); INSERT INTO unpublished SELECT generate_series(1, 1000)",
+        )
+        .await
+        .expect("unpublished traffic");
+    let after_unpublished = current_lsn(&db).await;
+    let mut running = Running::start(&db, true).await;
+    running.consumer.table = initial;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        running.drain_for(Duration::from_millis(300)).await;
+        if confirmed_flush(&db).await >= after_unpublished {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle slot stayed at {} below {after_unpublished}",
+            confirmed_flush(&db).await
+        );
+    }
+    let consumer = running.stop().await;
+    assert!(
+        consumer.table == postgres_orders(&db).await,
+        "the replay rebuilt the table"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_connection_resumes_from_the_durable_position() {
+    let db = orders_db("stream_reconnect", 100).await;
+    let mut running = Running::start(&db, true).await;
+    running.consumer.table = postgres_orders(&db).await;
+    psql(
+        &db,
+        &[
+            "-v",
+            "rounds=2",
+            "-v",
+            "batch=200",
+            "-f",
+            "sql/workload.sql",
+        ],
+    );
+    running.until(current_lsn(&db).await).await;
+    // Kill the walsender, as a network failure or a failover would.
+    let killed: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+            &[&db.slot],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 1);
+    psql(
+        &db,
+        &[
+            "-v",
+            "rounds=2",
+            "-v",
+            "batch=200",
+            "-f",
+            "sql/workload.sql",
+        ],
+    );
+    running.until(current_lsn(&db).await).await;
+    let consumer = running.stop().await;
+    assert!(consumer.starts >= 2, "the stream reconnected");
+    assert!(consumer.table == postgres_orders(&db).await);
+}
+
+#[tokio::test]
+async fn schema_changes_and_unchanged_toast_values_are_reported() {
+    let db = TestDb::new("stream_schema").await;
+    let client = db.client().await;
+    for statement in [
+        "CREATE TABLE docs (id int PRIMARY KEY, body text, n int)".to_string(),
+        format!("CREATE PUBLICATION {} FOR TABLE docs", db.publication),
+        format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", db.slot),
+        // a body far past the TOAST threshold, incompressible so it is stored out of line
+        "INSERT INTO docs SELECT 1, string_agg(md5(i::text), ''), 0 FROM generate_series(1, 2000) i"
+            .to_string(),
+        "UPDATE docs SET n = 1 WHERE id = 1".to_string(),
+        "ALTER TABLE docs ADD COLUMN tag text".to_string(),
+        "INSERT INTO docs VALUES (2, 'short', 2, 'new')".to_string(),
+    ] {
+        client.batch_execute(&statement).await.expect("statement");
+    }
+    let mut running = Running::start(&db, true).await;
+    let mut batches = Vec::new();
+    let mut schemas = Vec::new();
+    let end = current_lsn(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = Lsn::ZERO;
+    while last < end {
+        assert!(Instant::now() < deadline, "stalled");
+        if let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_secs(5), running.events.recv()).await
+        {
+            match event {
+                SourceEvent::Changes(batch) => batches.push(batch),
+                SourceEvent::Schema { schema, .. } => schemas.push(schema),
+                SourceEvent::Commit { end_lsn, .. } => last = last.max(end_lsn),
+                SourceEvent::Idle { server_lsn } => last = last.max(server_lsn),
+                _ => {}
+            }
+        }
+    }
+    running.stop().await;
+    let names = |i: usize| -> Vec<String> {
+        schemas[i]
+            .arrow
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    };
+    assert_eq!(schemas.len(), 2, "the first shape, then the added column");
+    assert_eq!(names(0), ["id", "body", "n"]);
+    assert_eq!(names(1), ["id", "body", "n", "tag"]);
+    // the update left the toasted body unchanged: marked, not sent, not a null
+    let update = batches
+        .iter()
+        .find(|b| b.ops == [Op::Update])
+        .expect("the update");
+    assert_eq!(update.unchanged_toast, vec![(0, 1)]);
+    let insert = batches.last().expect("the last insert");
+    assert_eq!(insert.new.num_columns(), 4);
+    assert_eq!(insert.new.column(3).as_string::<i32>().value(0), "new");
+}
