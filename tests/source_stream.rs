@@ -5,192 +5,17 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    Array, AsArray, Date32Array, Decimal128Array, Int32Array, StringArray,
-    TimestampMicrosecondArray,
-};
+use arrow::array::AsArray;
 use lakewriter::Lsn;
 use lakewriter::config::Config;
-use lakewriter::source::changes::{ChangeBatch, OldRow, Op};
+use lakewriter::source::changes::{ChangeBatch, Op};
 use lakewriter::source::stream::{SourceEvent, StreamSettings, stream};
-use support::{TestDb, stack};
+use support::TestDb;
+use support::orders::{Table, apply, postgres_orders};
 use tokio::sync::{mpsc, watch};
-
-/// One `orders` row, in units both sides compute independently.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Order {
-    customer_id: i32,
-    order_date_days: i32,
-    total_cents: i128,
-    status: String,
-    created_micros: i64,
-    updated_micros: i64,
-}
-
-type Table = BTreeMap<i32, Order>;
-
-fn order_at(batch: &arrow::array::RecordBatch, row: usize) -> (Option<i32>, Option<Order>) {
-    let col = |name: &str| {
-        batch
-            .column_by_name(name)
-            .unwrap_or_else(|| panic!("column {name}"))
-            .clone()
-    };
-    let id = col("order_id");
-    let id = id
-        .as_any()
-        .downcast_ref::<Int32Array>()
-        .expect("order_id is int");
-    let key = (!id.is_null(row)).then(|| id.value(row));
-    let customer = col("customer_id");
-    let customer = customer.as_any().downcast_ref::<Int32Array>().expect("int");
-    if customer.is_null(row) {
-        return (key, None);
-    }
-    let date = col("order_date");
-    let total = col("total_amount");
-    let status = col("status");
-    let created = col("created_at");
-    let updated = col("updated_at");
-    let order = Order {
-        customer_id: customer.value(row),
-        order_date_days: date
-            .as_any()
-            .downcast_ref::<Date32Array>()
-            .expect("date32")
-            .value(row),
-        total_cents: total
-            .as_any()
-            .downcast_ref::<Decimal128Array>()
-            .expect("decimal")
-            .value(row),
-        status: status
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("utf8")
-            .value(row)
-            .to_string(),
-        created_micros: created
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .expect("timestamp")
-            .value(row),
-        updated_micros: updated
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .expect("timestamp")
-            .value(row),
-    };
-    (key, Some(order))
-}
-
-fn apply(table: &mut Table, batch: &ChangeBatch) {
-    assert!(
-        batch.unchanged_toast.is_empty(),
-        "orders has no toasted columns"
-    );
-    for (row, op) in batch.ops.iter().enumerate() {
-        let (new_key, new_row) = order_at(&batch.new, row);
-        let (old_key, _) = order_at(&batch.old, row);
-        match op {
-            Op::Insert => {
-                let key = new_key.expect("an insert has its key");
-                let previous = table.insert(key, new_row.expect("an insert has its row"));
-                assert!(previous.is_none(), "insert of an existing key {key}");
-            }
-            Op::Update => {
-                if batch.old_rows[row] != OldRow::Absent {
-                    let old = old_key.expect("an old key");
-                    table.remove(&old);
-                }
-                table.insert(
-                    new_key.expect("an update has its key"),
-                    new_row.expect("an update has its row"),
-                );
-            }
-            Op::Delete => {
-                let old = old_key.expect("a delete names its key");
-                assert!(
-                    table.remove(&old).is_some(),
-                    "delete of a missing key {old}"
-                );
-            }
-        }
-    }
-}
-
-async fn postgres_orders(db: &TestDb) -> Table {
-    let client = db.client().await;
-    client
-        .query(
-            "SELECT order_id, customer_id, order_date - date '1970-01-01', \
-               (total_amount * 100)::bigint, status, \
-               (extract(epoch FROM created_at) * 1000000)::bigint, \
-               (extract(epoch FROM updated_at) * 1000000)::bigint FROM orders",
-            &[],
-        )
-        .await
-        .expect("read orders")
-        .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                Order {
-                    customer_id: r.get(1),
-                    order_date_days: r.get(2),
-                    total_cents: i128::from(r.get::<_, i64>(3)),
-                    status: r.get(4),
-                    created_micros: r.get(5),
-                    updated_micros: r.get(6),
-                },
-            )
-        })
-        .collect()
-}
-
-fn psql(db: &TestDb, args: &[&str]) {
-    let output = stack()
-        .pg_program("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db.url])
-        .args(args)
-        .current_dir(support::project_dir())
-        .output()
-        .expect("psql");
-    assert!(
-        output.status.success(),
-        "psql {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-async fn current_lsn(db: &TestDb) -> Lsn {
-    let text: String = db
-        .client()
-        .await
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .expect("lsn")
-        .get(0);
-    text.parse().expect("an LSN")
-}
-
-async fn confirmed_flush(db: &TestDb) -> Lsn {
-    let text: String = db
-        .client()
-        .await
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot],
-        )
-        .await
-        .expect("slot")
-        .get(0);
-    text.parse().expect("an LSN")
-}
 
 /// A consumer standing in for the pipeline: applies changes to a model of `orders`, and
 /// acknowledges commits (and idle positions) only when told to.
@@ -324,10 +149,7 @@ impl Running {
 
 async fn orders_db(label: &str, rows: u32) -> TestDb {
     let db = TestDb::new(label).await;
-    psql(
-        &db,
-        &["-v", &format!("rows={rows}"), "-f", "sql/orders.sql"],
-    );
+    db.psql(&["-v", &format!("rows={rows}"), "-f", "sql/orders.sql"]);
     let client = db.client().await;
     client
         .batch_execute(&format!(
@@ -352,18 +174,15 @@ async fn the_workload_streams_into_arrow_and_rebuilds_the_table() {
     let db = orders_db("stream_workload", 300).await;
     let mut running = Running::start(&db, true).await;
     running.consumer.table = postgres_orders(&db).await;
-    psql(
-        &db,
-        &[
-            "-v",
-            "rounds=4",
-            "-v",
-            "batch=700",
-            "-f",
-            "sql/workload.sql",
-        ],
-    );
-    let end = current_lsn(&db).await;
+    db.psql(&[
+        "-v",
+        "rounds=4",
+        "-v",
+        "batch=700",
+        "-f",
+        "sql/workload.sql",
+    ]);
+    let end = db.current_lsn().await;
     running.until(end).await;
     let consumer = running.stop().await;
     assert_eq!(
@@ -383,21 +202,18 @@ async fn the_workload_streams_into_arrow_and_rebuilds_the_table() {
 #[tokio::test]
 async fn nothing_is_acknowledged_before_it_is_durable_and_idle_slots_advance() {
     let db = orders_db("stream_ack", 10).await;
-    let start = confirmed_flush(&db).await;
+    let start = db.confirmed_flush().await;
     let initial = postgres_orders(&db).await;
 
     // A consumer that never acknowledges: the slot must not move past the changes.
     let mut running = Running::start(&db, false).await;
     running.consumer.table = initial.clone();
-    psql(
-        &db,
-        &["-v", "rounds=1", "-v", "batch=50", "-f", "sql/workload.sql"],
-    );
-    let end = current_lsn(&db).await;
+    db.psql(&["-v", "rounds=1", "-v", "batch=50", "-f", "sql/workload.sql"]);
+    let end = db.current_lsn().await;
     running.until(end).await;
     running.drain_for(Duration::from_millis(600)).await;
     assert_eq!(
-        confirmed_flush(&db).await,
+        db.confirmed_flush().await,
         start,
         "acknowledged what nobody made durable"
     );
@@ -414,19 +230,19 @@ async fn nothing_is_acknowledged_before_it_is_durable_and_idle_slots_advance() {
         )
         .await
         .expect("unpublished traffic");
-    let after_unpublished = current_lsn(&db).await;
+    let after_unpublished = db.current_lsn().await;
     let mut running = Running::start(&db, true).await;
     running.consumer.table = initial;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         running.drain_for(Duration::from_millis(300)).await;
-        if confirmed_flush(&db).await >= after_unpublished {
+        if db.confirmed_flush().await >= after_unpublished {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "the idle slot stayed at {} below {after_unpublished}",
-            confirmed_flush(&db).await
+            db.confirmed_flush().await
         );
     }
     let consumer = running.stop().await;
@@ -441,18 +257,15 @@ async fn a_killed_connection_resumes_from_the_durable_position() {
     let db = orders_db("stream_reconnect", 100).await;
     let mut running = Running::start(&db, true).await;
     running.consumer.table = postgres_orders(&db).await;
-    psql(
-        &db,
-        &[
-            "-v",
-            "rounds=2",
-            "-v",
-            "batch=200",
-            "-f",
-            "sql/workload.sql",
-        ],
-    );
-    running.until(current_lsn(&db).await).await;
+    db.psql(&[
+        "-v",
+        "rounds=2",
+        "-v",
+        "batch=200",
+        "-f",
+        "sql/workload.sql",
+    ]);
+    running.until(db.current_lsn().await).await;
     // Kill the walsender, as a network failure or a failover would.
     let killed: i64 = db
         .client()
@@ -466,18 +279,15 @@ async fn a_killed_connection_resumes_from_the_durable_position() {
         .expect("terminate")
         .get(0);
     assert_eq!(killed, 1);
-    psql(
-        &db,
-        &[
-            "-v",
-            "rounds=2",
-            "-v",
-            "batch=200",
-            "-f",
-            "sql/workload.sql",
-        ],
-    );
-    running.until(current_lsn(&db).await).await;
+    db.psql(&[
+        "-v",
+        "rounds=2",
+        "-v",
+        "batch=200",
+        "-f",
+        "sql/workload.sql",
+    ]);
+    running.until(db.current_lsn().await).await;
     let consumer = running.stop().await;
     assert!(consumer.starts >= 2, "the stream reconnected");
     assert!(consumer.table == postgres_orders(&db).await);
@@ -503,7 +313,7 @@ async fn schema_changes_and_unchanged_toast_values_are_reported() {
     let mut running = Running::start(&db, true).await;
     let mut batches = Vec::new();
     let mut schemas = Vec::new();
-    let end = current_lsn(&db).await;
+    let end = db.current_lsn().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = Lsn::ZERO;
     while last < end {

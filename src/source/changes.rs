@@ -6,11 +6,12 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::source::pgoutput::{self, OldTuple, TupleData, Value};
+use crate::source::schema::{ReplicaIdentity, SourceTable};
 use crate::source::types::{ColumnBuilder, PgType, TypeOptions, arrow_field};
 use crate::source::{Oid, RelationId};
 use crate::table::TableId;
@@ -39,7 +40,9 @@ pub struct TableSchema {
     pub replica_identity: pgoutput::ReplicaIdentity,
     /// Columns in table order.
     pub columns: Vec<ColumnSchema>,
-    /// The Arrow schema of the rows: key columns required, the rest nullable.
+    /// The Arrow schema of the rows. Every field is nullable: pgoutput does not say which
+    /// columns are NOT NULL, and with `REPLICA IDENTITY FULL` it flags every column as key, so
+    /// the lake table's required key columns are decided from the catalog, not from here.
     pub arrow: SchemaRef,
     /// The same fields all nullable: the layout of [`ChangeBatch::new`] and
     /// [`ChangeBatch::old`], where an absent row is all nulls.
@@ -57,16 +60,10 @@ impl TableSchema {
         let mut fields = Vec::with_capacity(relation.columns.len());
         let mut columns = Vec::with_capacity(relation.columns.len());
         for (column, pg_type) in relation.columns.iter().zip(types) {
-            let field = arrow_field(
-                column.name,
-                pg_type,
-                column.type_modifier,
-                !column.is_key(),
-                options,
-            )
-            .map_err(|e| Error::Source {
-                message: format!("table {table}: {e}"),
-            })?;
+            let field = arrow_field(column.name, pg_type, column.type_modifier, true, options)
+                .map_err(|e| Error::Source {
+                    message: format!("table {table}: {e}"),
+                })?;
             fields.push(field);
             columns.push(ColumnSchema {
                 name: column.name.to_string(),
@@ -75,17 +72,56 @@ impl TableSchema {
                 key: column.is_key(),
             });
         }
-        let nullable: Vec<Field> = fields
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
+        let arrow = Arc::new(Schema::new(fields));
         Ok(TableSchema {
             relation: relation.id,
             replica_identity: relation.replica_identity,
             columns,
-            arrow: Arc::new(Schema::new(fields)),
-            arrow_nullable: Arc::new(Schema::new(nullable)),
+            arrow_nullable: arrow.clone(),
+            arrow,
             table,
+        })
+    }
+
+    /// Builds the schema of a table from the catalog, the way the stream's Relation message
+    /// would describe it (key flags are the replica identity's columns), so a snapshot and the
+    /// stream that follows agree on the shape.
+    pub fn from_catalog(
+        table: &SourceTable,
+        types: &[PgType],
+        options: &TypeOptions,
+    ) -> Result<TableSchema> {
+        let logged = table.logged_old_columns();
+        let mut fields = Vec::with_capacity(table.columns.len());
+        let mut columns = Vec::with_capacity(table.columns.len());
+        for (column, pg_type) in table.columns.iter().zip(types) {
+            fields.push(
+                arrow_field(&column.name, pg_type, column.type_modifier, true, options).map_err(
+                    |e| Error::Source {
+                        message: format!("table {}: {e}", table.id),
+                    },
+                )?,
+            );
+            columns.push(ColumnSchema {
+                name: column.name.clone(),
+                type_oid: column.type_oid,
+                type_modifier: column.type_modifier,
+                key: logged.contains(&column.name),
+            });
+        }
+        let arrow = Arc::new(Schema::new(fields));
+        Ok(TableSchema {
+            table: table.id.clone(),
+            relation: table.oid,
+            replica_identity: match table.replica_identity {
+                ReplicaIdentity::Default => pgoutput::ReplicaIdentity::Default,
+                ReplicaIdentity::Nothing => pgoutput::ReplicaIdentity::Nothing,
+                ReplicaIdentity::Full => pgoutput::ReplicaIdentity::Full,
+                ReplicaIdentity::Index => pgoutput::ReplicaIdentity::Index,
+            },
+            columns,
+            arrow_nullable: arrow.clone(),
+            arrow,
         })
     }
 

@@ -3,6 +3,8 @@
 //! test with its own slot, publication, namespace and warehouse, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod orders;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -155,6 +157,50 @@ impl TestDb {
     /// A superuser client on this database.
     pub async fn client(&self) -> Client {
         connect(&self.url).await
+    }
+
+    /// Runs psql on this database from the project directory (so `-f sql/…` works); panics
+    /// with psql's message when it fails.
+    pub fn psql(&self, args: &[&str]) {
+        let output = stack()
+            .pg_program("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &self.url])
+            .args(args)
+            .current_dir(project_dir())
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "psql {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The server's current WAL position.
+    pub async fn current_lsn(&self) -> lakewriter::Lsn {
+        let text: String = self
+            .client()
+            .await
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("read the WAL position")
+            .get(0);
+        text.parse().expect("an LSN")
+    }
+
+    /// The position this test's slot has confirmed.
+    pub async fn confirmed_flush(&self) -> lakewriter::Lsn {
+        let text: String = self
+            .client()
+            .await
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .expect("read the slot")
+            .get(0);
+        text.parse().expect("an LSN")
     }
 
     /// A config file body for this database on the local default (SQLite catalog, local

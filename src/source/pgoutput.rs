@@ -1,1 +1,0 @@
-//! The pgoutput decoder (being written).

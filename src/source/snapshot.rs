@@ -1,0 +1,448 @@
+//! The initial snapshot: a slot created with an exported snapshot, and each table read with
+//! COPY inside that snapshot, so the rows copied and the changes streamed from the slot's
+//! consistent point on fit together with no gap and no overlap. Large tables are read in
+//! parallel ranges of pages (`ctid`), every range in its own transaction importing the same
+//! snapshot.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use futures::StreamExt;
+use pgwire_replication::ReplicationClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::source::changes::TableSchema;
+use crate::source::connection;
+use crate::source::copy::{CopyError, CopyReader, Row};
+use crate::source::schema::SourceTable;
+use crate::source::types::{ColumnBuilder, PgType, TypeOptions, resolve_type};
+use crate::table::{TableId, quote_ident, quote_literal};
+
+/// A snapshot exported by the creation of a replication slot: what COPY reads in it is the
+/// database exactly at `lsn`, the slot's consistent point, where streaming picks up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedSnapshot {
+    /// The snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub name: String,
+    /// The slot's consistent point.
+    pub lsn: Lsn,
+}
+
+/// A replication session that created a slot and holds its exported snapshot. The snapshot
+/// stays importable until the session runs another command or ends, so it must live until
+/// every COPY transaction has started.
+pub struct SnapshotSession {
+    client: ReplicationClient,
+    /// The exported snapshot.
+    pub snapshot: ExportedSnapshot,
+}
+
+impl std::fmt::Debug for SnapshotSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotSession")
+            .field("snapshot", &self.snapshot)
+            .finish()
+    }
+}
+
+impl SnapshotSession {
+    /// Creates the configured slot (or, with `temporary`, a slot named `slot` that disappears
+    /// with the session: for tables added while the stream runs) and exports its snapshot.
+    pub async fn create_slot(config: &Config, slot: &str, temporary: bool) -> Result<Self> {
+        let source = &config.source;
+        let mut client =
+            ReplicationClient::connect_gated(connection::replication_config(source, Lsn::ZERO))
+                .await
+                .map_err(|e| Error::Replication {
+                    context: format!(
+                        "open a replication session on {}",
+                        connection::describe(source)
+                    ),
+                    source: e,
+                })?;
+        let command = format!(
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput EXPORT_SNAPSHOT",
+            quote_ident(slot),
+            if temporary { " TEMPORARY" } else { "" }
+        );
+        let rows = client
+            .simple_query(&command)
+            .await
+            .map_err(|e| Error::Replication {
+                context: format!("create replication slot {slot}"),
+                source: e,
+            })?;
+        let text = |row: &Vec<Option<bytes::Bytes>>, i: usize| -> Option<String> {
+            row.get(i)
+                .and_then(|v| v.as_ref())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        };
+        let row = rows.first().ok_or_else(|| Error::Source {
+            message: format!("creating slot {slot} returned no row"),
+        })?;
+        let lsn = text(row, 1)
+            .and_then(|t| t.parse::<Lsn>().ok())
+            .ok_or_else(|| Error::Source {
+                message: format!("creating slot {slot} returned no consistent point"),
+            })?;
+        let name = text(row, 2).ok_or_else(|| Error::Source {
+            message: format!("creating slot {slot} exported no snapshot"),
+        })?;
+        tracing::info!(slot = %slot, lsn = %lsn, "slot created with an exported snapshot");
+        Ok(SnapshotSession {
+            client,
+            snapshot: ExportedSnapshot { name, lsn },
+        })
+    }
+
+    /// Ends the session (the snapshot with it; a permanent slot stays).
+    pub fn close(mut self) {
+        self.client.abort();
+    }
+}
+
+/// Rows of one table read by the snapshot, as of its consistent point.
+#[derive(Debug, Clone)]
+pub struct SnapshotRows {
+    /// The table's shape.
+    pub schema: Arc<TableSchema>,
+    /// The rows.
+    pub rows: RecordBatch,
+    /// The snapshot's consistent point: the table's first checkpoint.
+    pub lsn: Lsn,
+}
+
+/// How a table is copied.
+#[derive(Debug, Clone)]
+pub struct CopySettings {
+    /// Rows per batch handed on.
+    pub batch_rows: usize,
+    /// COPY streams for one table at once.
+    pub parallelism: usize,
+    /// A table is split into page ranges only above this many pages (8 KiB each).
+    pub pages_per_range: u32,
+    /// Type mapping options.
+    pub type_options: TypeOptions,
+}
+
+impl Default for CopySettings {
+    fn default() -> Self {
+        CopySettings {
+            batch_rows: 65_536,
+            parallelism: 2,
+            pages_per_range: 16_384,
+            type_options: TypeOptions::default(),
+        }
+    }
+}
+
+/// The shape of `table` with its column types resolved.
+pub async fn table_schema(
+    client: &tokio_postgres::Client,
+    table: &SourceTable,
+    options: &TypeOptions,
+) -> Result<Arc<TableSchema>> {
+    let mut types = Vec::with_capacity(table.columns.len());
+    for column in &table.columns {
+        let pg_type = match PgType::builtin(column.type_oid) {
+            Some(t) => t,
+            None => resolve_type(client, column.type_oid)
+                .await
+                .map_err(|e| Error::Source {
+                    message: format!("table {}, column {}: {e}", table.id, column.name),
+                })?,
+        };
+        types.push(pg_type);
+    }
+    Ok(Arc::new(TableSchema::from_catalog(table, &types, options)?))
+}
+
+/// Copies `schema`'s table as it is in `snapshot`, handing batches to `out` (whose bound gives
+/// back-pressure). Returns the number of rows. `progress` is told the rows as they come.
+pub async fn copy_table(
+    config: &Config,
+    snapshot: &ExportedSnapshot,
+    schema: Arc<TableSchema>,
+    settings: &CopySettings,
+    out: mpsc::Sender<SnapshotRows>,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<u64> {
+    let client = connection::connect(&config.source).await?;
+    let table = &schema.table;
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| Error::postgres("read the server version", e))?
+        .get(0);
+    let (pages, partitioned): (i64, bool) = {
+        let row = client
+            .query_one(
+                "SELECT c.relpages::bigint, c.relkind = 'p' FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("size of table {table}"), e))?;
+        (row.get(0), row.get(1))
+    };
+    drop(client);
+    // TID range scans (PostgreSQL 14) make page ranges cheap; before that each range would scan
+    // the whole table.
+    let per_range = i64::from(settings.pages_per_range.max(1));
+    let ranges: Vec<(Option<i64>, Option<i64>)> = if version >= 140_000
+        && !partitioned
+        && settings.parallelism > 1
+        && pages > 2 * per_range
+    {
+        let count = (pages + per_range - 1) / per_range;
+        (0..count)
+            .map(|i| {
+                let start = i * per_range;
+                let end = if i + 1 == count {
+                    None
+                } else {
+                    Some(start + per_range)
+                };
+                (Some(start), end)
+            })
+            .collect()
+    } else {
+        vec![(None, None)]
+    };
+    let started = Instant::now();
+    let progress = Arc::new(progress);
+    let mut tasks = JoinSet::new();
+    let mut pending = ranges.into_iter();
+    let mut total = 0u64;
+    loop {
+        while tasks.len() < settings.parallelism.max(1) {
+            let Some(range) = pending.next() else { break };
+            let (config, snapshot, schema, settings, out, progress) = (
+                config.clone(),
+                snapshot.clone(),
+                schema.clone(),
+                settings.clone(),
+                out.clone(),
+                progress.clone(),
+            );
+            tasks.spawn(async move {
+                copy_range(
+                    &config, &snapshot, schema, range, &settings, &out, &*progress,
+                )
+                .await
+            });
+        }
+        match tasks.join_next().await {
+            None => break,
+            Some(Ok(Ok(rows))) => total += rows,
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(e)) => {
+                return Err(Error::Source {
+                    message: format!("snapshot of table {table}: a copy task failed: {e}"),
+                });
+            }
+        }
+    }
+    tracing::info!(
+        table = %table,
+        rows = total,
+        seconds = started.elapsed().as_secs_f64(),
+        lsn = %snapshot.lsn,
+        "table copied"
+    );
+    Ok(total)
+}
+
+/// One COPY of one page range (or the whole table) in its own snapshot-importing transaction.
+async fn copy_range(
+    config: &Config,
+    snapshot: &ExportedSnapshot,
+    schema: Arc<TableSchema>,
+    (from_page, to_page): (Option<i64>, Option<i64>),
+    settings: &CopySettings,
+    out: &mpsc::Sender<SnapshotRows>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64> {
+    let table = schema.table.clone();
+    let client = connection::connect(&config.source).await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&snapshot.name)
+        ))
+        .await
+        .map_err(|e| {
+            Error::postgres(
+                format!("import snapshot {} to copy {table}", snapshot.name),
+                e,
+            )
+        })?;
+    let columns = schema
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut conditions = Vec::new();
+    if let Some(from) = from_page {
+        conditions.push(format!("ctid >= '({from},0)'::tid"));
+    }
+    if let Some(to) = to_page {
+        conditions.push(format!("ctid < '({to},0)'::tid"));
+    }
+    let query = if conditions.is_empty() {
+        format!("COPY (SELECT {columns} FROM {}) TO STDOUT", table.quoted())
+    } else {
+        format!(
+            "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT",
+            table.quoted(),
+            conditions.join(" AND ")
+        )
+    };
+    let stream = client
+        .copy_out(query.as_str())
+        .await
+        .map_err(|e| Error::postgres(format!("COPY table {table}"), e))?;
+    futures::pin_mut!(stream);
+    let mut batch = RowBatch::new(&schema, settings.batch_rows)?;
+    let mut reader = CopyReader::new();
+    let mut rows = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::postgres(format!("COPY table {table}"), e))?;
+        let mut full = Vec::new();
+        reader.push(&chunk, |row: &Row<'_>| -> Result<()> {
+            batch.append(row)?;
+            if batch.len() >= settings.batch_rows {
+                full.push(batch.finish()?);
+            }
+            Ok(())
+        })?;
+        for rows_batch in full {
+            rows += rows_batch.num_rows() as u64;
+            progress(rows_batch.num_rows() as u64);
+            send(out, &schema, rows_batch, snapshot.lsn).await?;
+        }
+    }
+    reader.finish().map_err(|e| copy_error(&table, e))?;
+    if !batch.is_empty() {
+        let last = batch.finish()?;
+        rows += last.num_rows() as u64;
+        progress(last.num_rows() as u64);
+        send(out, &schema, last, snapshot.lsn).await?;
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| Error::postgres(format!("end the snapshot transaction of {table}"), e))?;
+    Ok(rows)
+}
+
+async fn send(
+    out: &mpsc::Sender<SnapshotRows>,
+    schema: &Arc<TableSchema>,
+    rows: RecordBatch,
+    lsn: Lsn,
+) -> Result<()> {
+    out.send(SnapshotRows {
+        schema: schema.clone(),
+        rows,
+        lsn,
+    })
+    .await
+    .map_err(|_| Error::Source {
+        message: format!(
+            "snapshot of table {}: the consumer stopped listening",
+            schema.table
+        ),
+    })
+}
+
+fn copy_error(table: &TableId, error: CopyError) -> Error {
+    Error::Source {
+        message: format!("COPY table {table}: {error}"),
+    }
+}
+
+impl From<CopyError> for Error {
+    fn from(error: CopyError) -> Self {
+        Error::Source {
+            message: format!("COPY data: {error}"),
+        }
+    }
+}
+
+/// Builders for one batch of a table's rows.
+struct RowBatch<'a> {
+    schema: &'a TableSchema,
+    builders: Vec<ColumnBuilder>,
+}
+
+impl<'a> RowBatch<'a> {
+    fn new(schema: &'a TableSchema, capacity: usize) -> Result<Self> {
+        let builders = schema
+            .arrow
+            .fields()
+            .iter()
+            .map(|f| {
+                ColumnBuilder::with_capacity(f, capacity).map_err(|e| Error::Source {
+                    message: format!("table {}: {e}", schema.table),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RowBatch { schema, builders })
+    }
+
+    fn len(&self) -> usize {
+        self.builders.first().map_or(0, ColumnBuilder::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn append(&mut self, row: &Row<'_>) -> Result<()> {
+        if row.len() != self.builders.len() {
+            return Err(Error::Source {
+                message: format!(
+                    "COPY table {}: a row of {} fields for {} columns",
+                    self.schema.table,
+                    row.len(),
+                    self.builders.len()
+                ),
+            });
+        }
+        for (i, builder) in self.builders.iter_mut().enumerate() {
+            builder.append_text(row.get(i)).map_err(|e| Error::Source {
+                message: format!(
+                    "COPY table {}, column {}: {e}",
+                    self.schema.table, self.schema.columns[i].name
+                ),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch> {
+        let columns = self
+            .builders
+            .iter_mut()
+            .map(|b| {
+                b.finish().map_err(|e| Error::Source {
+                    message: format!("table {}: {e}", self.schema.table),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.schema.arrow.clone(), columns).map_err(|e| Error::Source {
+            message: format!(
+                "table {}: building a snapshot batch: {e}",
+                self.schema.table
+            ),
+        })
+    }
+}

@@ -1,1 +1,0 @@
-//! PostgreSQL types to Arrow (being written).
