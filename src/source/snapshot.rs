@@ -182,7 +182,8 @@ pub async fn copy_table(
     let (pages, partitioned): (i64, bool) = {
         let row = client
             .query_one(
-                "SELECT c.relpages::bigint, c.relkind = 'p' FROM pg_class c \
+                "SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint, \
+                   c.relkind = 'p' FROM pg_class c \
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2",
                 &[&table.schema, &table.name],
