@@ -11,6 +11,7 @@
 //!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
 //! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
 //! - [`cloud`]: AWS clients (S3, Glue) from the configuration.
+//! - [`progress`]: bars on a terminal, log lines elsewhere, for long work.
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
 pub mod cloud;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod lsn;
+pub mod progress;
 pub mod source;
 pub mod table;
 

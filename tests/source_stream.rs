@@ -307,6 +307,15 @@ async fn schema_changes_and_unchanged_toast_values_are_reported() {
         "UPDATE docs SET n = 1 WHERE id = 1".to_string(),
         "ALTER TABLE docs ADD COLUMN tag text".to_string(),
         "INSERT INTO docs VALUES (2, 'short', 2, 'new')".to_string(),
+        "ALTER TABLE docs RENAME COLUMN tag TO label".to_string(),
+        "INSERT INTO docs VALUES (3, 'x', 3, 'renamed')".to_string(),
+        "ALTER TABLE docs ALTER COLUMN n TYPE bigint".to_string(),
+        "INSERT INTO docs VALUES (4, 'y', 5000000000, 'wide')".to_string(),
+        "ALTER TABLE docs DROP COLUMN label".to_string(),
+        "INSERT INTO docs VALUES (5, 'z', 6)".to_string(),
+        // a DDL that changes nothing pgoutput describes sends no new shape
+        "CREATE INDEX ON docs (n)".to_string(),
+        "INSERT INTO docs VALUES (6, 'w', 7)".to_string(),
     ] {
         client.batch_execute(&statement).await.expect("statement");
     }
@@ -339,16 +348,39 @@ async fn schema_changes_and_unchanged_toast_values_are_reported() {
             .map(|f| f.name().clone())
             .collect()
     };
-    assert_eq!(schemas.len(), 2, "the first shape, then the added column");
+    let types = |i: usize| -> Vec<String> {
+        schemas[i]
+            .arrow
+            .fields()
+            .iter()
+            .map(|f| f.data_type().to_string())
+            .collect()
+    };
+    assert_eq!(
+        schemas.len(),
+        5,
+        "one shape per schema change: {:?}",
+        (0..schemas.len()).map(names).collect::<Vec<_>>()
+    );
     assert_eq!(names(0), ["id", "body", "n"]);
-    assert_eq!(names(1), ["id", "body", "n", "tag"]);
+    assert_eq!(names(1), ["id", "body", "n", "tag"], "ADD COLUMN");
+    assert_eq!(names(2), ["id", "body", "n", "label"], "RENAME COLUMN");
+    assert_eq!(types(2)[2], "Int32");
+    assert_eq!(types(3)[2], "Int64", "ALTER COLUMN TYPE");
+    assert_eq!(names(4), ["id", "body", "n"], "DROP COLUMN");
     // the update left the toasted body unchanged: marked, not sent, not a null
     let update = batches
         .iter()
         .find(|b| b.ops == [Op::Update])
         .expect("the update");
     assert_eq!(update.unchanged_toast, vec![(0, 1)]);
-    let insert = batches.last().expect("the last insert");
-    assert_eq!(insert.new.num_columns(), 4);
+    let insert = batches
+        .iter()
+        .find(|b| b.new.num_columns() == 4)
+        .expect("the insert after ADD COLUMN");
     assert_eq!(insert.new.column(3).as_string::<i32>().value(0), "new");
+    // every batch is in the shape of its own time
+    for batch in &batches {
+        assert!(batch.new.schema() == batch.schema.arrow_nullable);
+    }
 }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod copy;
 pub mod pgoutput;
 pub mod schema;
+pub mod setup;
 pub mod snapshot;
 pub mod stream;
 pub mod types;

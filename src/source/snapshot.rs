@@ -162,6 +162,25 @@ pub async fn table_schema(
     Ok(Arc::new(TableSchema::from_catalog(table, &types, options)?))
 }
 
+/// The planner's estimate of a table's rows (`reltuples`); `None` before the first ANALYZE.
+pub async fn estimated_rows(
+    client: &tokio_postgres::Client,
+    table: &TableId,
+) -> Result<Option<u64>> {
+    let row = client
+        .query_opt(
+            "SELECT c.reltuples::float8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("estimate the rows of {table}"), e))?;
+    Ok(row
+        .map(|r| r.get::<_, f64>(0))
+        .filter(|&n| n >= 0.0)
+        .map(|n| n as u64))
+}
+
 /// Copies `schema`'s table as it is in `snapshot`, handing batches to `out` (whose bound gives
 /// back-pressure). Returns the number of rows. `progress` is told the rows as they come.
 pub async fn copy_table(
