@@ -60,7 +60,11 @@ async fn snapshot_rows(
     .await
     .expect("copy");
     let batches = collect.await.expect("collector");
-    assert_eq!(counted.load(Ordering::Relaxed), copied, "progress saw every row");
+    assert_eq!(
+        counted.load(Ordering::Relaxed),
+        copied,
+        "progress saw every row"
+    );
     (batches, copied)
 }
 
@@ -70,7 +74,10 @@ async fn the_snapshot_and_the_stream_fit_together_exactly() {
     db.psql(&["-v", "rows=20000", "-f", "sql/orders.sql"]);
     db.client()
         .await
-        .batch_execute(&format!("CREATE PUBLICATION {} FOR TABLE orders", db.publication))
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR TABLE orders",
+            db.publication
+        ))
         .await
         .expect("publication");
     let config = config(&db);
@@ -80,7 +87,14 @@ async fn the_snapshot_and_the_stream_fit_together_exactly() {
     let at_snapshot = postgres_orders(&db).await;
 
     // Changes after the consistent point: the copy must not see them, the stream must.
-    db.psql(&["-v", "rounds=3", "-v", "batch=500", "-f", "sql/workload.sql"]);
+    db.psql(&[
+        "-v",
+        "rounds=3",
+        "-v",
+        "batch=500",
+        "-f",
+        "sql/workload.sql",
+    ]);
 
     let settings = CopySettings {
         batch_rows: 1000,
@@ -92,14 +106,23 @@ async fn the_snapshot_and_the_stream_fit_together_exactly() {
     assert_eq!(copied as usize, at_snapshot.len());
     let mut lake = Table::new();
     for batch in &batches {
-        assert_eq!(batch.lsn, session.snapshot.lsn, "rows carry the consistent point");
+        assert_eq!(
+            batch.lsn, session.snapshot.lsn,
+            "rows carry the consistent point"
+        );
         for row in 0..batch.rows.num_rows() {
             let (key, order) = order_at(&batch.rows, row);
             let previous = lake.insert(key.expect("key"), order.expect("row"));
-            assert!(previous.is_none(), "a row copied twice (overlapping page ranges)");
+            assert!(
+                previous.is_none(),
+                "a row copied twice (overlapping page ranges)"
+            );
         }
     }
-    assert!(lake == at_snapshot, "the copy differs from the table at the snapshot");
+    assert!(
+        lake == at_snapshot,
+        "the copy differs from the table at the snapshot"
+    );
     assert!(batches.len() > 2, "the copy came in several batches");
     session.close();
 
@@ -109,7 +132,14 @@ async fn the_snapshot_and_the_stream_fit_together_exactly() {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let stream_config = config.clone();
     let task = tokio::spawn(async move {
-        stream(&stream_config, StreamSettings::default(), tx, durable, shutdown).await
+        stream(
+            &stream_config,
+            StreamSettings::default(),
+            tx,
+            durable,
+            shutdown,
+        )
+        .await
     });
     let end = db.current_lsn().await;
     let mut seen = Lsn::ZERO;
@@ -124,7 +154,10 @@ async fn the_snapshot_and_the_stream_fit_together_exactly() {
         match event {
             SourceEvent::Changes(batch) => pending.push(batch),
             SourceEvent::Begin { commit_lsn, .. } => {
-                assert!(commit_lsn > session_lsn(&batches), "a change from before the snapshot");
+                assert!(
+                    commit_lsn > session_lsn(&batches),
+                    "a change from before the snapshot"
+                );
                 pending.clear();
             }
             SourceEvent::Commit { end_lsn, .. } => {
@@ -141,7 +174,10 @@ async fn the_snapshot_and_the_stream_fit_together_exactly() {
     let _ = shutdown_tx.send(true);
     drop(events);
     task.await.expect("join").expect("stream");
-    assert!(lake == postgres_orders(&db).await, "snapshot + stream differs from PostgreSQL");
+    assert!(
+        lake == postgres_orders(&db).await,
+        "snapshot + stream differs from PostgreSQL"
+    );
 }
 
 fn session_lsn(batches: &[SnapshotRows]) -> Lsn {
@@ -178,16 +214,36 @@ async fn values_copy_must_escape_come_through_intact() {
         .query("SELECT id, t, a, b FROM tricky ORDER BY id", &[])
         .await
         .expect("read");
-    let ids = rows.column(0).as_any().downcast_ref::<Int32Array>().expect("int");
-    let texts = rows.column(1).as_any().downcast_ref::<StringArray>().expect("text");
-    let arrays = rows.column(2).as_any().downcast_ref::<ListArray>().expect("list");
-    let bytes = rows.column(3).as_any().downcast_ref::<BinaryArray>().expect("bytea");
+    let ids = rows
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .expect("int");
+    let texts = rows
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("text");
+    let arrays = rows
+        .column(2)
+        .as_any()
+        .downcast_ref::<ListArray>()
+        .expect("list");
+    let bytes = rows
+        .column(3)
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .expect("bytea");
     for (i, row) in expected.iter().enumerate() {
         let at = (0..rows.num_rows())
             .find(|&r| ids.value(r) == row.get::<_, i32>(0))
             .expect("the row was copied");
         let t: Option<String> = row.get(1);
-        assert_eq!(texts.is_valid(at).then(|| texts.value(at).to_string()), t, "row {i}");
+        assert_eq!(
+            texts.is_valid(at).then(|| texts.value(at).to_string()),
+            t,
+            "row {i}"
+        );
         let a: Option<Vec<Option<String>>> = row.get(2);
         let got = arrays.is_valid(at).then(|| {
             let list = arrays.value(at);
@@ -198,7 +254,11 @@ async fn values_copy_must_escape_come_through_intact() {
         });
         assert_eq!(got, a, "row {i}");
         let b: Option<Vec<u8>> = row.get(3);
-        assert_eq!(bytes.is_valid(at).then(|| bytes.value(at).to_vec()), b, "row {i}");
+        assert_eq!(
+            bytes.is_valid(at).then(|| bytes.value(at).to_vec()),
+            b,
+            "row {i}"
+        );
     }
     session.close();
 }
