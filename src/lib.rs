@@ -5,8 +5,12 @@
 //!
 //! - [`config`]: the one TOML file that describes a pipeline, with environment overrides.
 //! - [`source`]: PostgreSQL — the replication stream, our pgoutput decoder, types to Arrow.
+//! - [`pipeline`]: per-table buffers, one final state per key, the flush policy, the durable LSN.
+//! - [`sink`]: lake table formats behind one trait (Iceberg).
 //! - [`lsn`]: [`Lsn`], the WAL position every checkpoint is made of.
 //! - [`table`]: [`table::TableId`], the `schema.table` every buffer and lake table hangs on.
+//! - [`catalog`]: the pointer from a lake table to its current Iceberg metadata, swapped by
+//!   compare-and-swap in AWS Glue or a local SQLite file (pyiceberg's schema).
 //! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,
 //!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
 //! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
@@ -14,13 +18,16 @@
 //! - [`progress`]: bars on a terminal, log lines elsewhere, for long work.
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
+pub mod catalog;
 pub mod cloud;
 pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod lsn;
+pub mod pipeline;
 pub mod progress;
+pub mod sink;
 pub mod source;
 pub mod table;
 

@@ -1,0 +1,838 @@
+//! Reduces one table's buffered changes to what a lake commit needs (DESIGN.md invariant 5):
+//! the final state of every key, and the old rows whose keys must be deleted. Equality deletes
+//! do not apply to rows of the same commit, so a commit must hold one final state per key:
+//! each key's changes are folded in stream order (commit LSN, then position), and
+//!
+//! - a key first seen as an INSERT was absent from the lake (exactly-once guarantees it), so
+//!   it needs no delete, whatever happens to it later in the flush;
+//! - a key first seen in an UPDATE or DELETE is in the lake: its old row becomes a delete
+//!   (routed by the old row's partition values), and its final state, if any, a new row;
+//! - an UPDATE that changes the key deletes the old key and adds the new one;
+//! - an unchanged TOAST value is taken from the change's own old row (`REPLICA IDENTITY
+//!   FULL`), from the key's previous version in the flush, or, failing both, looked up in the
+//!   lake — never written as a placeholder.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::compute::{cast, interleave};
+use arrow::datatypes::SchemaRef;
+use arrow::row::{OwnedRow, RowConverter, SortField};
+
+use crate::error::{Error, Result};
+use crate::source::changes::{ChangeBatch, OldRow, Op, TableSchema};
+
+/// A buffered item of one table, in stream order.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    /// Changes.
+    Changes(ChangeBatch),
+    /// A TRUNCATE: everything before it is gone.
+    Truncate,
+}
+
+/// Where a value comes from: `(source, row)`, a source being a batch side or a lookup batch.
+type At = (usize, usize);
+
+/// A key's fold.
+#[derive(Debug, Clone)]
+struct KeyState {
+    /// The key may be in the lake from earlier commits: its old row must be deleted.
+    in_lake: bool,
+    /// The row the delete is made from (the first old row seen: its partition is the lake's).
+    delete_from: Option<At>,
+    /// The final row, if the key survives the flush.
+    last: Option<At>,
+    /// Columns of `last` taken from elsewhere (unchanged TOAST), by column index; `None`: from
+    /// the lake row of `lake_key`.
+    patched: Vec<(usize, Option<At>)>,
+    /// The key under which the lake holds this row's earlier version (the old key of a
+    /// re-keyed row).
+    lake_key: Option<OwnedRow>,
+}
+
+/// The reduced changes of one table, before any lake lookup.
+#[derive(Debug)]
+pub struct Plan {
+    schema: Arc<TableSchema>,
+    key_columns: Vec<usize>,
+    truncate: bool,
+    /// Batch sides as sources: `2 * i` = new rows of batch `i`, `2 * i + 1` = its old rows.
+    sources: Vec<RecordBatch>,
+    /// Keys in order of first appearance, with their fold.
+    keys: Vec<(OwnedRow, KeyState)>,
+    /// The encoder of keys: rows of one encoder can only be decoded by it.
+    converter: RowConverter,
+}
+
+/// What a commit needs.
+#[derive(Debug)]
+pub struct Reduced {
+    /// Remove every row first.
+    pub truncate: bool,
+    /// Old rows whose keys must be deleted.
+    pub deletes: Option<RecordBatch>,
+    /// Final rows.
+    pub rows: Option<RecordBatch>,
+}
+
+/// Folds `entries` (one table's changes in stream order) into a plan, in the layout of
+/// `schema` (the table's latest shape; older batches are conformed to it by column name).
+pub fn plan(schema: Arc<TableSchema>, key: &[String], entries: &[Entry]) -> Result<Plan> {
+    let table = schema.table.clone();
+    let target = schema.arrow_nullable.clone();
+    let key_columns: Vec<usize> = key
+        .iter()
+        .map(|name| {
+            target.index_of(name).map_err(|_| Error::Source {
+                message: format!("table {table}: key column {name} is not in the table"),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let converter = RowConverter::new(
+        key_columns
+            .iter()
+            .map(|&i| SortField::new(target.field(i).data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| arrow_error(&schema, e))?;
+
+    let mut sources = Vec::new();
+    let mut index: HashMap<OwnedRow, usize> = HashMap::new();
+    let mut keys: Vec<(OwnedRow, KeyState)> = Vec::new();
+    let mut truncate = false;
+    for entry in entries {
+        let batch = match entry {
+            Entry::Truncate => {
+                truncate = true;
+                index.clear();
+                keys.clear();
+                continue;
+            }
+            Entry::Changes(batch) => batch,
+        };
+        let new_source = sources.len();
+        let old_source = new_source + 1;
+        let new = conform(&batch.new, &target, &schema)?;
+        let old = conform(&batch.old, &target, &schema)?;
+        let key_of = |rows: &RecordBatch| {
+            converter
+                .convert_columns(
+                    &key_columns
+                        .iter()
+                        .map(|&i| rows.column(i).clone())
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| arrow_error(&schema, e))
+        };
+        let new_keys = key_of(&new)?;
+        let old_keys = key_of(&old)?;
+        // unchanged TOAST values of this batch, by row, as columns of the target layout
+        let mut toast: HashMap<usize, Vec<usize>> = HashMap::new();
+        for &(row, column) in &batch.unchanged_toast {
+            let name = batch
+                .schema
+                .arrow_nullable
+                .fields()
+                .get(usize::from(column))
+                .map(|f| f.name().clone());
+            if let Some(target_column) = name.and_then(|n| target.index_of(&n).ok()) {
+                toast.entry(row as usize).or_default().push(target_column);
+            }
+        }
+        let key_nulls = |rows: &RecordBatch, row: usize| {
+            key_columns.iter().any(|&i| rows.column(i).is_null(row))
+        };
+        for (row, op) in batch.ops.iter().enumerate() {
+            let has_old =
+                batch.old_rows.get(row).copied().unwrap_or(OldRow::Absent) != OldRow::Absent;
+            match op {
+                Op::Insert => {
+                    if key_nulls(&new, row) {
+                        return Err(null_key(&schema, batch, "an insert"));
+                    }
+                    let key = new_keys.row(row).owned();
+                    let state = fold_state(&mut index, &mut keys, key.clone(), false);
+                    let previous = Previous::of(state, key);
+                    set_last(state, (new_source, row), toast.get(&row), None, previous);
+                }
+                Op::Update => {
+                    if key_nulls(&new, row) {
+                        return Err(null_key(&schema, batch, "an update"));
+                    }
+                    let new_key = new_keys.row(row).owned();
+                    let (old_key, delete_from) = if has_old && !key_nulls(&old, row) {
+                        (old_keys.row(row).owned(), (old_source, row))
+                    } else {
+                        (new_key.clone(), (new_source, row))
+                    };
+                    let full_old = (batch.old_rows.get(row) == Some(&OldRow::Full))
+                        .then_some((old_source, row));
+                    if old_key != new_key {
+                        // the key changed: the old key goes, the new one is new to the lake;
+                        // values the update did not send come from the old key's row
+                        let old_state = fold_state(&mut index, &mut keys, old_key.clone(), true);
+                        if old_state.in_lake {
+                            old_state.delete_from.get_or_insert(delete_from);
+                        }
+                        let previous = Previous::of(old_state, old_key);
+                        old_state.last = None;
+                        old_state.patched.clear();
+                        let state = fold_state(&mut index, &mut keys, new_key, false);
+                        set_last(
+                            state,
+                            (new_source, row),
+                            toast.get(&row),
+                            full_old,
+                            previous,
+                        );
+                    } else {
+                        let state = fold_state(&mut index, &mut keys, new_key.clone(), true);
+                        if state.in_lake {
+                            state.delete_from.get_or_insert(delete_from);
+                        }
+                        let previous = Previous::of(state, new_key);
+                        set_last(
+                            state,
+                            (new_source, row),
+                            toast.get(&row),
+                            full_old,
+                            previous,
+                        );
+                    }
+                }
+                Op::Delete => {
+                    if !has_old || key_nulls(&old, row) {
+                        return Err(null_key(&schema, batch, "a delete"));
+                    }
+                    let state = fold_state(&mut index, &mut keys, old_keys.row(row).owned(), true);
+                    if state.in_lake {
+                        state.delete_from.get_or_insert((old_source, row));
+                    }
+                    state.last = None;
+                    state.patched.clear();
+                }
+            }
+        }
+        sources.push(new);
+        sources.push(old);
+    }
+    Ok(Plan {
+        schema,
+        key_columns,
+        truncate,
+        sources,
+        keys,
+        converter,
+    })
+}
+
+/// The state of `key`, created on first sight: `seen_in_lake` says whether that first sight
+/// implies the key is already in the lake.
+fn fold_state<'a>(
+    index: &mut HashMap<OwnedRow, usize>,
+    keys: &'a mut Vec<(OwnedRow, KeyState)>,
+    key: OwnedRow,
+    seen_in_lake: bool,
+) -> &'a mut KeyState {
+    let at = match index.get(&key) {
+        Some(&at) => at,
+        None => {
+            index.insert(key.clone(), keys.len());
+            keys.push((
+                key,
+                KeyState {
+                    in_lake: seen_in_lake,
+                    delete_from: None,
+                    last: None,
+                    patched: Vec::new(),
+                    lake_key: None,
+                },
+            ));
+            keys.len() - 1
+        }
+    };
+    &mut keys[at].1
+}
+
+/// Where a key's values were before a change: its final row in the flush so far (with its
+/// patched columns), or the lake's row under `key` when the flush has none.
+struct Previous {
+    last: Option<At>,
+    patched: Vec<(usize, Option<At>)>,
+    lake_key: Option<OwnedRow>,
+    key: OwnedRow,
+    in_lake: bool,
+}
+
+impl Previous {
+    fn of(state: &KeyState, key: OwnedRow) -> Previous {
+        Previous {
+            last: state.last,
+            patched: state.patched.clone(),
+            lake_key: state.lake_key.clone(),
+            key,
+            in_lake: state.in_lake,
+        }
+    }
+}
+
+/// Makes `row` the key's final state, resolving its unchanged TOAST columns from the change's
+/// own old row (`full_old`), else from the previous version in the flush, else from the lake.
+fn set_last(
+    state: &mut KeyState,
+    row: At,
+    unchanged: Option<&Vec<usize>>,
+    full_old: Option<At>,
+    previous: Previous,
+) {
+    let mut patched = Vec::new();
+    let mut needs_lake = false;
+    for &column in unchanged.into_iter().flatten() {
+        let from = match (full_old, previous.last) {
+            (Some(old), _) => Some(old),
+            (None, Some(last)) => previous
+                .patched
+                .iter()
+                .find(|(c, _)| *c == column)
+                .map(|(_, from)| *from)
+                .unwrap_or(Some(last)),
+            (None, None) => None,
+        };
+        needs_lake |= from.is_none();
+        patched.push((column, from));
+    }
+    state.last = Some(row);
+    state.patched = patched;
+    state.lake_key = if needs_lake {
+        // the lake holds the row under the previous key's own lake key, or that key itself
+        previous
+            .lake_key
+            .clone()
+            .or_else(|| previous.in_lake.then(|| previous.key.clone()))
+    } else {
+        None
+    };
+}
+
+impl Plan {
+    /// The keys whose unchanged TOAST values must come from the lake, as a batch of key
+    /// columns; `None` when the flush resolved all of them.
+    pub fn lookup_keys(&self) -> Result<Option<RecordBatch>> {
+        let wanted: Vec<&OwnedRow> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.last.is_some() && s.patched.iter().any(|(_, f)| f.is_none()))
+            .filter_map(|(_, s)| s.lake_key.as_ref())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        let columns = self
+            .converter
+            .convert_rows(wanted.iter().map(|k| k.row()))
+            .map_err(|e| arrow_error(&self.schema, e))?;
+        let fields: Vec<_> = self
+            .key_columns
+            .iter()
+            .map(|&c| self.schema.arrow_nullable.field(c).clone())
+            .collect();
+        RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+            .map(Some)
+            .map_err(|e| arrow_error(&self.schema, e))
+    }
+
+    /// The commit's deletes and rows; `lake` holds the current lake rows of
+    /// [`Plan::lookup_keys`] (full table layout, conformed by column name).
+    pub fn materialize(&self, lake: &[RecordBatch]) -> Result<Reduced> {
+        let target = self.schema.arrow_nullable.clone();
+        let mut extra: Vec<RecordBatch> = Vec::with_capacity(lake.len());
+        for batch in lake {
+            extra.push(conform(batch, &target, &self.schema)?);
+        }
+        // where each looked-up key's lake row is
+        let mut in_lake: HashMap<OwnedRow, At> = HashMap::new();
+        if !extra.is_empty() {
+            let converter = &self.converter;
+            for (i, batch) in extra.iter().enumerate() {
+                let rows = converter
+                    .convert_columns(
+                        &self
+                            .key_columns
+                            .iter()
+                            .map(|&c| batch.column(c).clone())
+                            .collect::<Vec<_>>(),
+                    )
+                    .map_err(|e| arrow_error(&self.schema, e))?;
+                for r in 0..batch.num_rows() {
+                    in_lake.insert(rows.row(r).owned(), (self.sources.len() + i, r));
+                }
+            }
+        }
+        let deletes: Vec<At> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.in_lake)
+            .filter_map(|(_, s)| s.delete_from)
+            .collect();
+        let survivors: Vec<&(OwnedRow, KeyState)> =
+            self.keys.iter().filter(|(_, s)| s.last.is_some()).collect();
+        let mut columns = Vec::with_capacity(target.fields().len());
+        for column in 0..target.fields().len() {
+            let mut at = Vec::with_capacity(survivors.len());
+            for (_, state) in &survivors {
+                let Some(last) = state.last else { continue };
+                let from = match state.patched.iter().find(|(c, _)| *c == column) {
+                    None => last,
+                    Some((_, Some(from))) => *from,
+                    Some((_, None)) => *state
+                        .lake_key
+                        .as_ref()
+                        .and_then(|k| in_lake.get(k))
+                        .ok_or_else(|| Error::Source {
+                        message: format!(
+                            "table {}, column {}: an unchanged TOAST value whose row is neither in \
+                             this flush nor in the lake; refusing to write a placeholder",
+                            self.schema.table,
+                            target.field(column).name()
+                        ),
+                    })?,
+                };
+                at.push(from);
+            }
+            columns.push(self.take_column(column, &at, &extra)?);
+        }
+        let rows = if survivors.is_empty() {
+            None
+        } else {
+            Some(
+                RecordBatch::try_new(target.clone(), columns)
+                    .map_err(|e| arrow_error(&self.schema, e))?,
+            )
+        };
+        let deletes = if deletes.is_empty() {
+            None
+        } else {
+            let columns = (0..target.fields().len())
+                .map(|c| self.take_column(c, &deletes, &extra))
+                .collect::<Result<Vec<_>>>()?;
+            Some(RecordBatch::try_new(target, columns).map_err(|e| arrow_error(&self.schema, e))?)
+        };
+        Ok(Reduced {
+            truncate: self.truncate,
+            deletes,
+            rows,
+        })
+    }
+
+    fn take_column(&self, column: usize, at: &[At], extra: &[RecordBatch]) -> Result<ArrayRef> {
+        let arrays: Vec<&dyn Array> = self
+            .sources
+            .iter()
+            .chain(extra)
+            .map(|b| b.column(column).as_ref())
+            .collect();
+        if arrays.is_empty() {
+            return Ok(new_null_array(
+                self.schema.arrow_nullable.field(column).data_type(),
+                0,
+            ));
+        }
+        interleave(&arrays, at).map_err(|e| arrow_error(&self.schema, e))
+    }
+}
+
+/// `batch` in the `target` layout: columns matched by name, cast where a type was widened,
+/// nulls for columns the batch predates.
+pub fn conform(
+    batch: &RecordBatch,
+    target: &SchemaRef,
+    schema: &TableSchema,
+) -> Result<RecordBatch> {
+    if batch.schema() == *target {
+        return Ok(batch.clone());
+    }
+    let rows = batch.num_rows();
+    let columns = target
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            None => Ok(new_null_array(field.data_type(), rows)),
+            Some(column) if column.data_type() == field.data_type() => Ok(column.clone()),
+            Some(column) => cast(column, field.data_type()).map_err(|e| Error::Source {
+                message: format!(
+                    "table {}, column {}: cannot convert {} to {}: {e}",
+                    schema.table,
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                ),
+            }),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(target.clone(), columns).map_err(|e| arrow_error(schema, e))
+}
+
+fn arrow_error(schema: &TableSchema, error: arrow::error::ArrowError) -> Error {
+    Error::Source {
+        message: format!("table {}: {error}", schema.table),
+    }
+}
+
+fn null_key(schema: &TableSchema, batch: &ChangeBatch, what: &str) -> Error {
+    Error::Source {
+        message: format!(
+            "table {}: {what} at commit LSN {} has a NULL in its key columns; the key must be \
+             NOT NULL (or set [source.tables.\"{}\"] key to columns that are)",
+            schema.table, batch.commit_lsn, schema.table
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::array::{AsArray, Int32Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Int32Type, Schema};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::lsn::Lsn;
+    use crate::source::RelationId;
+    use crate::source::changes::ColumnSchema;
+    use crate::source::pgoutput::ReplicaIdentity;
+    use crate::table::TableId;
+
+    fn schema() -> Arc<TableSchema> {
+        let arrow = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, true),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        Arc::new(TableSchema {
+            table: TableId::new("public", "t"),
+            relation: RelationId(1),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                ColumnSchema {
+                    name: "id".into(),
+                    type_oid: crate::source::Oid(23),
+                    type_modifier: -1,
+                    key: true,
+                },
+                ColumnSchema {
+                    name: "v".into(),
+                    type_oid: crate::source::Oid(25),
+                    type_modifier: -1,
+                    key: false,
+                },
+            ],
+            arrow_nullable: arrow.clone(),
+            arrow,
+        })
+    }
+
+    /// One change: op, new row, old row, whether `v` of the new row is unchanged TOAST.
+    #[derive(Debug, Clone)]
+    struct Change {
+        op: Op,
+        new: Option<(i32, Option<String>)>,
+        old: Option<(i32, Option<String>)>,
+        old_row: OldRow,
+        toast: bool,
+    }
+
+    fn rows(schema: &TableSchema, values: &[Option<(i32, Option<String>)>]) -> RecordBatch {
+        let ids: Int32Array = values
+            .iter()
+            .map(|v| v.as_ref().map(|(id, _)| *id))
+            .collect();
+        let vs: StringArray = values
+            .iter()
+            .map(|v| v.as_ref().and_then(|(_, s)| s.clone()))
+            .collect();
+        RecordBatch::try_new(
+            schema.arrow_nullable.clone(),
+            vec![Arc::new(ids), Arc::new(vs)],
+        )
+        .expect("batch")
+    }
+
+    fn batch(changes: &[Change]) -> Entry {
+        let schema = schema();
+        let new: Vec<_> = changes.iter().map(|c| c.new.clone()).collect();
+        let old: Vec<_> = changes.iter().map(|c| c.old.clone()).collect();
+        Entry::Changes(ChangeBatch {
+            commit_lsn: Lsn(1),
+            first_position: 0,
+            ops: changes.iter().map(|c| c.op).collect(),
+            new: rows(&schema, &new),
+            old: rows(&schema, &old),
+            old_rows: changes.iter().map(|c| c.old_row).collect(),
+            unchanged_toast: changes
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.toast)
+                .map(|(i, _)| (i as u32, 1))
+                .collect(),
+            schema,
+        })
+    }
+
+    fn ins(id: i32, v: &str) -> Change {
+        Change {
+            op: Op::Insert,
+            new: Some((id, Some(v.into()))),
+            old: None,
+            old_row: OldRow::Absent,
+            toast: false,
+        }
+    }
+    fn upd(id: i32, v: &str) -> Change {
+        Change {
+            op: Op::Update,
+            new: Some((id, Some(v.into()))),
+            old: None,
+            old_row: OldRow::Absent,
+            toast: false,
+        }
+    }
+    fn upd_toast(id: i32) -> Change {
+        Change {
+            op: Op::Update,
+            new: Some((id, None)),
+            old: None,
+            old_row: OldRow::Absent,
+            toast: true,
+        }
+    }
+    fn rekey(from: i32, to: i32, v: &str) -> Change {
+        Change {
+            op: Op::Update,
+            new: Some((to, Some(v.into()))),
+            old: Some((from, None)),
+            old_row: OldRow::Key,
+            toast: false,
+        }
+    }
+    fn del(id: i32) -> Change {
+        Change {
+            op: Op::Delete,
+            new: None,
+            old: Some((id, None)),
+            old_row: OldRow::Key,
+            toast: false,
+        }
+    }
+
+    type Lake = BTreeMap<i32, Option<String>>;
+
+    fn ids(batch: &Option<RecordBatch>) -> Vec<i32> {
+        let mut ids: Vec<i32> = batch
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int32Type>().values().to_vec())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Applies a reduced commit to `lake` the way an equality-delete commit does, refusing a
+    /// row whose key is still live (that would be a duplicate).
+    fn commit(lake: &mut Lake, reduced: &Reduced) {
+        if reduced.truncate {
+            lake.clear();
+        }
+        for id in ids(&reduced.deletes) {
+            lake.remove(&id);
+        }
+        if let Some(rows) = &reduced.rows {
+            let id = rows.column(0).as_primitive::<Int32Type>();
+            let v = rows.column(1).as_string::<i32>();
+            for i in 0..rows.num_rows() {
+                let value = v.is_valid(i).then(|| v.value(i).to_string());
+                assert!(
+                    lake.insert(id.value(i), value).is_none(),
+                    "key {} would be duplicated",
+                    id.value(i)
+                );
+            }
+        }
+    }
+
+    fn reduce(entries: &[Entry], lake: &Lake) -> Result<Reduced> {
+        let plan = plan(schema(), &["id".to_string()], entries)?;
+        let looked_up = match plan.lookup_keys()? {
+            None => Vec::new(),
+            Some(keys) => {
+                let found: Vec<_> = keys
+                    .column(0)
+                    .as_primitive::<Int32Type>()
+                    .values()
+                    .iter()
+                    .filter_map(|k| lake.get(k).map(|v| Some((*k, v.clone()))))
+                    .collect();
+                vec![rows(&schema(), &found)]
+            }
+        };
+        plan.materialize(&looked_up)
+    }
+
+    #[test]
+    fn each_kind_of_change_reduces_to_final_states() -> Result<()> {
+        let lake: Lake = [(1, Some("a".into())), (2, Some("b".into()))].into();
+        let cases: Vec<(Vec<Change>, Vec<i32>, Vec<i32>)> = vec![
+            (vec![ins(3, "c"), ins(4, "d")], vec![], vec![3, 4]),
+            (vec![upd(1, "x")], vec![1], vec![1]),
+            (vec![ins(5, "e"), upd(5, "f"), del(5)], vec![], vec![]),
+            (vec![del(1), ins(1, "again")], vec![1], vec![1]),
+            (vec![rekey(1, 7, "moved")], vec![1], vec![7]),
+            (vec![ins(8, "x"), rekey(8, 9, "y")], vec![], vec![9]),
+        ];
+        for (changes, deletes, survivors) in cases {
+            let reduced = reduce(&[batch(&changes)], &lake)?;
+            assert_eq!(ids(&reduced.deletes), deletes, "{changes:?}");
+            assert_eq!(ids(&reduced.rows), survivors, "{changes:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_truncate_drops_everything_before_it() -> Result<()> {
+        let reduced = reduce(
+            &[
+                batch(&[upd(1, "x")]),
+                Entry::Truncate,
+                batch(&[ins(1, "new")]),
+            ],
+            &Lake::new(),
+        )?;
+        assert!(reduced.truncate);
+        assert_eq!(ids(&reduced.deletes), Vec::<i32>::new());
+        assert_eq!(ids(&reduced.rows), vec![1]);
+        Ok(())
+    }
+
+    #[test]
+    fn unchanged_toast_values_come_from_the_flush_or_the_lake_never_null() -> Result<()> {
+        let lake: Lake = [(1, Some("lake value".into()))].into();
+        let value = |reduced: &Reduced| {
+            reduced
+                .rows
+                .as_ref()
+                .map(|r| r.column(1).as_string::<i32>().value(0).to_string())
+        };
+        // from an earlier version in the same flush
+        let reduced = reduce(&[batch(&[ins(2, "big"), upd_toast(2)])], &lake)?;
+        assert_eq!(value(&reduced).as_deref(), Some("big"));
+        // from the lake
+        let reduced = reduce(&[batch(&[upd_toast(1)])], &lake)?;
+        assert_eq!(value(&reduced).as_deref(), Some("lake value"));
+        // from the change's own old row under REPLICA IDENTITY FULL
+        let full = Change {
+            old: Some((1, Some("old full".into()))),
+            old_row: OldRow::Full,
+            ..upd_toast(1)
+        };
+        let reduced = reduce(&[batch(&[full])], &Lake::new())?;
+        assert_eq!(value(&reduced).as_deref(), Some("old full"));
+        // a re-keyed row keeps the old key's value
+        let reduced = reduce(
+            &[batch(&[Change {
+                old: Some((1, None)),
+                old_row: OldRow::Key,
+                ..upd_toast(3)
+            }])],
+            &lake,
+        )?;
+        assert_eq!(value(&reduced).as_deref(), Some("lake value"));
+        // nowhere to be found: an error, not a null
+        let err = reduce(&[batch(&[upd_toast(1)])], &Lake::new()).expect_err("no source");
+        assert!(err.to_string().contains("placeholder"), "{err}");
+        Ok(())
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Insert(i32, u8),
+        Update(u8, u8),
+        Rekey(u8, i32),
+        Delete(u8),
+        Toast(u8),
+        Truncate,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            prop_oneof![
+                4 => (0..12i32, any::<u8>()).prop_map(|(k, v)| Step::Insert(k, v)),
+                4 => (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Step::Update(k, v)),
+                2 => (any::<u8>(), 0..12i32).prop_map(|(k, to)| Step::Rekey(k, to)),
+                2 => any::<u8>().prop_map(Step::Delete),
+                2 => any::<u8>().prop_map(Step::Toast),
+                1 => Just(Step::Truncate),
+            ],
+            0..40,
+        )
+    }
+
+    proptest! {
+        /// Reduced commits leave the lake exactly as applying every change in order would,
+        /// without ever writing a key twice, whatever the mix of changes and flush points.
+        #[test]
+        fn reduced_commits_equal_sequential_application(
+            initial in prop::collection::btree_map(0..12i32, any::<u8>(), 0..8),
+            steps in steps(),
+            flush_every in 1usize..10,
+        ) {
+            let mut expected: Lake = initial.iter().map(|(k, v)| (*k, Some(v.to_string()))).collect();
+            let mut lake = expected.clone();
+            let mut pending: Vec<Entry> = Vec::new();
+            let mut changes: Vec<Change> = Vec::new();
+            let pick = |model: &Lake, i: u8| model.keys().nth(i as usize % model.len().max(1)).copied();
+            for (n, step) in steps.iter().enumerate() {
+                match step.clone() {
+                    Step::Insert(k, v) if !expected.contains_key(&k) => {
+                        expected.insert(k, Some(v.to_string()));
+                        changes.push(ins(k, &v.to_string()));
+                    }
+                    Step::Update(i, v) => if let Some(k) = pick(&expected, i) {
+                        expected.insert(k, Some(v.to_string()));
+                        changes.push(upd(k, &v.to_string()));
+                    },
+                    Step::Rekey(i, to) => if let Some(k) = pick(&expected, i) {
+                        if !expected.contains_key(&to) {
+                            expected.remove(&k);
+                            expected.insert(to, Some("moved".into()));
+                            changes.push(rekey(k, to, "moved"));
+                        }
+                    },
+                    Step::Delete(i) => if let Some(k) = pick(&expected, i) {
+                        expected.remove(&k);
+                        changes.push(del(k));
+                    },
+                    Step::Toast(i) => if let Some(k) = pick(&expected, i) {
+                        changes.push(upd_toast(k));
+                    },
+                    Step::Truncate => {
+                        if !changes.is_empty() {
+                            pending.push(batch(&std::mem::take(&mut changes)));
+                        }
+                        pending.push(Entry::Truncate);
+                        expected.clear();
+                    }
+                    Step::Insert(..) => {}
+                }
+                if (n + 1) % flush_every == 0 || n + 1 == steps.len() {
+                    if !changes.is_empty() {
+                        pending.push(batch(&std::mem::take(&mut changes)));
+                    }
+                    let reduced = reduce(&pending, &lake).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    commit(&mut lake, &reduced);
+                    pending.clear();
+                }
+            }
+            prop_assert_eq!(lake, expected);
+        }
+    }
+}

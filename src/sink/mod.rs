@@ -1,0 +1,80 @@
+//! Sinks: lake table formats behind one trait, so a second format is a second implementation,
+//! not a second pipeline. A sink knows tables and files and nothing of PostgreSQL's protocol:
+//! the pipeline hands it, per table, the final state of every key a flush touched, and the
+//! sink makes that one atomic commit carrying the source position it covers.
+//!
+//! The contract every sink keeps:
+//! - [`Sink::commit`] is atomic: after it returns `Ok`, the table holds the whole delta and the
+//!   checkpoint `lsn`; after an error or a crash, it holds none of it.
+//! - The checkpoint lives in the commit itself (Iceberg: the snapshot summary's
+//!   `lakewriter.lsn`; Delta: a `txn` action), so [`Sink::prepare`] reads back exactly what
+//!   the lake holds.
+//! - Deletes apply to rows committed before, never to rows of the same commit.
+
+pub mod iceberg;
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+
+use crate::error::Result;
+use crate::lsn::Lsn;
+use crate::source::changes::TableSchema;
+use crate::table::TableId;
+
+/// The key in an Iceberg snapshot summary (and the Delta `txn` app id prefix) holding the
+/// source position a commit covers.
+pub const CHECKPOINT_PROPERTY: &str = "lakewriter.lsn";
+
+/// How a table is laid out in the lake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableLayout {
+    /// Columns identifying a row (Iceberg identifier fields; the equality-delete columns).
+    /// Empty for append-only (changelog) tables.
+    pub key: Vec<String>,
+    /// Partition expressions over source columns (`day(created_at)`, `bucket(16, id)`, …).
+    pub partition_by: Vec<String>,
+}
+
+/// One table's part of a flush: the final state of every key it touched.
+#[derive(Debug, Clone)]
+pub struct TableDelta {
+    /// The source table.
+    pub table: TableId,
+    /// The table's shape for these rows (the latest, after any schema change in the flush).
+    pub schema: Arc<TableSchema>,
+    /// Remove every row first (a TRUNCATE in the flush, before the rows below).
+    pub truncate: bool,
+    /// Old rows whose keys must no longer match any row committed before: updated, deleted
+    /// and re-keyed rows. In [`TableSchema::arrow_nullable`] layout; the key columns are always
+    /// set, and so are the partition columns (the delete goes to the old row's partition).
+    pub deletes: Vec<RecordBatch>,
+    /// Rows to add: the final state of inserted and updated keys, one per key, in
+    /// [`TableSchema::arrow_nullable`] layout.
+    pub rows: Vec<RecordBatch>,
+    /// The commit LSN of the last source transaction this delta contains: the table's new
+    /// checkpoint.
+    pub lsn: Lsn,
+}
+
+/// A lake table format.
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    /// Makes `table` ready to take deltas in `schema`: creates it (with `layout`) when it is
+    /// not in the lake, evolves its schema when `schema` adds columns or widens types.
+    /// Returns the table's checkpoint: the LSN of the last source transaction the lake holds,
+    /// `None` for a table never committed to (it needs an initial snapshot).
+    async fn prepare(
+        &mut self,
+        table: &TableId,
+        schema: &TableSchema,
+        layout: &TableLayout,
+    ) -> Result<Option<Lsn>>;
+
+    /// Commits `delta` atomically, with its checkpoint.
+    async fn commit(&mut self, delta: TableDelta) -> Result<()>;
+
+    /// The current rows of `keys` (a batch of key columns), for values the source did not
+    /// send (unchanged TOAST): returns the matching rows in the table's current layout.
+    async fn lookup(&mut self, table: &TableId, keys: &RecordBatch) -> Result<Vec<RecordBatch>>;
+}
