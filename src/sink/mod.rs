@@ -53,8 +53,11 @@ pub struct TableDelta {
     /// [`TableSchema::arrow_nullable`] layout.
     pub rows: Vec<RecordBatch>,
     /// The commit LSN of the last source transaction this delta contains: the table's new
-    /// checkpoint.
-    pub lsn: Lsn,
+    /// checkpoint, written into the commit (`lakewriter.lsn`). `None` for the chunks of an
+    /// initial snapshot before its last: a table whose current commit carries no checkpoint is
+    /// incomplete, and [`Sink::prepare`] reports it as `None` so it is copied again (the
+    /// first chunk of a copy truncates).
+    pub lsn: Option<Lsn>,
 }
 
 /// A lake table format.
@@ -62,8 +65,10 @@ pub struct TableDelta {
 pub trait Sink {
     /// Makes `table` ready to take deltas in `schema`: creates it (with `layout`) when it is
     /// not in the lake, evolves its schema when `schema` adds columns or widens types.
-    /// Returns the table's checkpoint: the LSN of the last source transaction the lake holds,
-    /// `None` for a table never committed to (it needs an initial snapshot).
+    /// Returns the table's checkpoint: the `lakewriter.lsn` of the table's current commit (the
+    /// LSN of the last source transaction the lake holds); `None` for a table never committed
+    /// to, or whose current commit carries none (an interrupted initial snapshot): it needs an
+    /// initial snapshot.
     async fn prepare(
         &mut self,
         table: &TableId,
