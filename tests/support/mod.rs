@@ -188,6 +188,23 @@ impl TestDb {
         text.parse().expect("an LSN")
     }
 
+    /// A position a stream reaches promptly: a transactional logical decoding message, which
+    /// the stream receives as a transaction of its own (an idle server otherwise reports its
+    /// position only every wal_sender_timeout / 2).
+    pub async fn sync_point(&self) -> lakewriter::Lsn {
+        let text: String = self
+            .client()
+            .await
+            .query_one(
+                "SELECT pg_logical_emit_message(true, 'lakewriter-test', 'sync')::text",
+                &[],
+            )
+            .await
+            .expect("emit a logical message")
+            .get(0);
+        text.parse().expect("an LSN")
+    }
+
     /// The position this test's slot has confirmed.
     pub async fn confirmed_flush(&self) -> lakewriter::Lsn {
         let text: String = self

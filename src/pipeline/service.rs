@@ -1,0 +1,347 @@
+//! `lakewriter run`: prepares the source (publication, slot) and the lake tables, copies the
+//! tables that need an initial snapshot, then streams until shutdown — on which it commits
+//! every whole transaction received, acknowledges the durable position and returns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, TableMode};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::pipeline::{Pipeline, TableState, changelog};
+use crate::progress::Progress;
+use crate::sink::{Sink, TableDelta, TableLayout};
+use crate::source::changes::TableSchema;
+use crate::source::setup::{self, Readiness};
+use crate::source::snapshot::{self, CopySettings, SnapshotRows, SnapshotSession};
+use crate::source::stream::{self, StreamSettings};
+use crate::source::types::TypeOptions;
+use crate::source::{connection, schema};
+use crate::table::{TableId, quote_literal};
+
+/// Runs the service until `shutdown` turns true.
+pub async fn run<S: Sink>(
+    config: Arc<Config>,
+    mut sink: S,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Pipeline<S>> {
+    let client = connection::connect(&config.source).await?;
+    setup::ensure_publication(&client, &config).await?;
+    let slot = setup::slot_state(&client, &config).await?;
+    let type_options = TypeOptions::default();
+
+    let published = schema::publication_tables(&client, &config.source.publication).await?;
+    let tables: Vec<TableId> = schema::selected_tables(&client, &config)
+        .await?
+        .into_iter()
+        .filter(|t| published.contains(t))
+        .collect();
+    if tables.is_empty() {
+        return Err(Error::Source {
+            message: format!(
+                "no table to replicate: none of the tables [source] include selects is in \
+                 publication {} (lakewriter doctor says more)",
+                config.source.publication
+            ),
+        });
+    }
+
+    // Each table: its shape, layout and lake checkpoint.
+    let mut states: HashMap<TableId, TableState> = HashMap::new();
+    let mut targets: HashMap<TableId, Arc<TableSchema>> = HashMap::new();
+    for table in &tables {
+        let Some(described) = schema::describe_table(&client, table).await? else {
+            continue;
+        };
+        let shape = snapshot::table_schema(&client, &described, &type_options).await?;
+        let settings = config.source.tables.get(&table.to_string());
+        let mode = settings.map(|s| s.mode).unwrap_or_default();
+        let key = match mode {
+            TableMode::Changelog => Vec::new(),
+            TableMode::Upsert => described.key_columns(&config),
+        };
+        if mode == TableMode::Upsert && key.is_empty() {
+            return Err(Error::Source {
+                message: format!(
+                    "table {table} has no primary key or replica identity index to upsert on: add \
+                     one, name key columns in [source.tables.\"{table}\"] key, or set mode = \
+                     \"changelog\" (lakewriter doctor shows the SQL)"
+                ),
+            });
+        }
+        let layout = TableLayout {
+            key,
+            partition_by: config
+                .sink
+                .tables
+                .get(&table.to_string())
+                .map(|t| t.partition_by.clone())
+                .unwrap_or_default(),
+        };
+        let target = match mode {
+            TableMode::Upsert => shape.clone(),
+            TableMode::Changelog => Arc::new(changelog::schema(&shape)),
+        };
+        let checkpoint = sink.prepare(table, &target, &layout).await?;
+        tracing::info!(table = %table, checkpoint = ?checkpoint.map(|c| c.to_string()), "table ready");
+        targets.insert(table.clone(), target);
+        states.insert(
+            table.clone(),
+            TableState::new(shape, layout, mode, checkpoint),
+        );
+    }
+
+    // Tables without a checkpoint need a copy; a new slot means every table does (changes
+    // between their checkpoint and the new slot are gone).
+    let needs_copy: Vec<TableId> = match slot {
+        Readiness::Missing => states.keys().cloned().collect(),
+        _ => states
+            .iter()
+            .filter(|(_, s)| s.checkpoint.is_none())
+            .map(|(t, _)| t.clone())
+            .collect(),
+    };
+    if !needs_copy.is_empty() || slot == Readiness::Missing {
+        let temporary = slot != Readiness::Missing;
+        let slot_name = if temporary {
+            format!("{}_snapshot", config.source.slot)
+        } else {
+            config.source.slot.clone()
+        };
+        let session = SnapshotSession::create_slot(&config, &slot_name, temporary).await?;
+        let lsn = session.snapshot.lsn;
+        let progress = Progress::new(config.metrics.progress_interval.get());
+        let mut sorted = needs_copy.clone();
+        sorted.sort();
+        for table in sorted {
+            let (Some(state), Some(target)) = (states.get_mut(&table), targets.get(&table)) else {
+                continue;
+            };
+            if config.source.initial_snapshot {
+                copy_into_lake(
+                    &config,
+                    &client,
+                    &mut sink,
+                    &session,
+                    state,
+                    target.clone(),
+                    &progress,
+                )
+                .await?;
+            } else {
+                // no copy wanted: the table starts from the snapshot's position, empty
+                sink.commit(TableDelta {
+                    table: table.clone(),
+                    schema: target.clone(),
+                    truncate: true,
+                    deletes: Vec::new(),
+                    rows: Vec::new(),
+                    lsn: Some(lsn),
+                })
+                .await?;
+            }
+            state.checkpoint = Some(lsn);
+        }
+        session.close();
+    }
+
+    // Stream from the lowest checkpoint; each table skips what it already holds.
+    let start = states
+        .values()
+        .filter_map(|s| s.checkpoint)
+        .min()
+        .unwrap_or(Lsn::ZERO);
+    let (events_tx, mut events) = mpsc::channel(64);
+    let (durable_tx, durable_rx) = watch::channel(start);
+    let stream_config = config.clone();
+    let settings = StreamSettings {
+        start,
+        type_options,
+        ..StreamSettings::default()
+    };
+    let stream_shutdown = shutdown.clone();
+    let streaming = tokio::spawn(async move {
+        stream::stream(
+            &stream_config,
+            settings,
+            events_tx,
+            durable_rx,
+            stream_shutdown,
+        )
+        .await
+    });
+    let mut pipeline = Pipeline::new(config.clone(), sink, states, durable_tx.clone());
+    let tick = (config.flush.max_latency.get() / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
+    // Events flow until the stream ends: on shutdown it stops and closes the channel, and
+    // what it had sent is still committed below.
+    let outcome: Result<()> = async {
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => pipeline.handle(event).await?,
+                    None => break,
+                },
+                _ = ticker.tick() => pipeline.tick().await?,
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let streamed = match streaming.await {
+        Ok(result) => result,
+        Err(e) => Err(Error::Source {
+            message: format!("the replication task failed: {e}"),
+        }),
+    };
+    outcome?;
+    streamed?;
+    pipeline.flush_all().await?;
+    let durable = *durable_tx.borrow();
+    advance_slot(&client, &config, durable).await?;
+    let stats = pipeline.stats();
+    tracing::info!(
+        durable = %durable,
+        transactions = stats.transactions,
+        changes = stats.changes,
+        commits = stats.commits,
+        skipped = stats.skipped,
+        "stopped"
+    );
+    Ok(pipeline)
+}
+
+/// Copies one table in the snapshot into the lake: chunks committed without a checkpoint
+/// (the first truncating, so an interrupted copy restarts clean), the last with the
+/// snapshot's consistent point.
+async fn copy_into_lake<S: Sink>(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    sink: &mut S,
+    session: &SnapshotSession,
+    state: &mut TableState,
+    target: Arc<TableSchema>,
+    progress: &Progress,
+) -> Result<()> {
+    let table = state.schema.table.clone();
+    let estimate = snapshot::estimated_rows(client, &table).await?;
+    let bar = Arc::new(progress.table("snapshot", &table.to_string(), estimate));
+    let (tx, mut rx) = mpsc::channel::<SnapshotRows>(4);
+    let copy_config = config.clone();
+    let snapshot = session.snapshot.clone();
+    let shape = state.schema.clone();
+    let counter = bar.clone();
+    let settings = CopySettings {
+        parallelism: config.source.snapshot_parallelism,
+        ..CopySettings::default()
+    };
+    let copying = tokio::spawn(async move {
+        snapshot::copy_table(&copy_config, &snapshot, shape, &settings, tx, move |n| {
+            counter.add(n)
+        })
+        .await
+    });
+    let chunk_bytes = config.flush.max_bytes.bytes() as usize;
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    let mut first = true;
+    let mut chunk: Vec<RecordBatch> = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(rows) = rx.recv().await {
+        let rows = match state.mode {
+            TableMode::Upsert => rows.rows,
+            TableMode::Changelog => {
+                changelog::snapshot_rows(&state.schema, &target, &rows.rows, rows.lsn, now_micros)?
+            }
+        };
+        bytes += rows.get_array_memory_size();
+        chunk.push(rows);
+        if bytes >= chunk_bytes {
+            sink.commit(TableDelta {
+                table: table.clone(),
+                schema: target.clone(),
+                truncate: first,
+                deletes: Vec::new(),
+                rows: std::mem::take(&mut chunk),
+                lsn: None,
+            })
+            .await?;
+            first = false;
+            bytes = 0;
+        }
+    }
+    match copying.await {
+        Ok(result) => result?,
+        Err(e) => {
+            return Err(Error::Source {
+                message: format!("snapshot of {table}: the copy task failed: {e}"),
+            });
+        }
+    };
+    sink.commit(TableDelta {
+        table: table.clone(),
+        schema: target,
+        truncate: first,
+        deletes: Vec::new(),
+        rows: chunk,
+        lsn: Some(session.snapshot.lsn),
+    })
+    .await?;
+    bar.finish();
+    Ok(())
+}
+
+/// Acknowledges `durable` after the stream has stopped, so a clean shutdown leaves the slot
+/// holding no WAL the lake already has.
+async fn advance_slot(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    durable: Lsn,
+) -> Result<()> {
+    let slot = &config.source.slot;
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("read slot {slot}"), e))?;
+    let confirmed = row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|t| t.parse::<Lsn>().ok())
+        .unwrap_or(Lsn::ZERO);
+    if durable <= confirmed {
+        return Ok(());
+    }
+    // the walsender of the stream that just ended may hold the slot for a moment longer
+    let mut attempts = 0;
+    loop {
+        let advanced = client
+            .batch_execute(&format!(
+                "SELECT pg_replication_slot_advance({}, {}::pg_lsn)",
+                quote_literal(slot),
+                quote_literal(&durable.to_string())
+            ))
+            .await;
+        match advanced {
+            Ok(()) => return Ok(()),
+            Err(e) if attempts < 50 && e.code().is_some_and(|c| c.code() == "55006") => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(Error::postgres(
+                    format!("acknowledge {durable} on slot {slot}"),
+                    e,
+                ));
+            }
+        }
+    }
+}
