@@ -321,7 +321,7 @@ impl<S: Sink> Pipeline<S> {
                 .filter(|(t, s)| !s.buffer.is_empty() && !due.contains(t))
                 .map(|(t, s)| (s.bytes, t.clone()))
                 .collect();
-            by_size.sort_by(|a, b| b.0.cmp(&a.0));
+            by_size.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
             let mut left = total;
             for (bytes, table) in by_size {
                 if left as u64 <= flush.memory_budget.bytes() / 2 {

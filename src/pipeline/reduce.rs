@@ -800,12 +800,12 @@ mod tests {
                         expected.insert(k, Some(v.to_string()));
                         changes.push(upd(k, &v.to_string()));
                     },
-                    Step::Rekey(i, to) => if let Some(k) = pick(&expected, i) {
-                        if !expected.contains_key(&to) {
-                            expected.remove(&k);
-                            expected.insert(to, Some("moved".into()));
-                            changes.push(rekey(k, to, "moved"));
-                        }
+                    Step::Rekey(i, to) => if let Some(k) = pick(&expected, i)
+                        && !expected.contains_key(&to)
+                    {
+                        expected.remove(&k);
+                        expected.insert(to, Some("moved".into()));
+                        changes.push(rekey(k, to, "moved"));
                     },
                     Step::Delete(i) => if let Some(k) = pick(&expected, i) {
                         expected.remove(&k);
