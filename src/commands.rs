@@ -19,10 +19,47 @@ pub enum OutputFormat {
 
 /// `lakewriter run`: initial snapshot of the tables not yet in the lake, then streaming, until
 /// SIGTERM or SIGINT (which flush, commit and exit 0).
-pub async fn run(_config: &Config) -> Result<()> {
-    Err(Error::NotBuilt {
-        what: "`lakewriter run` (the replication pipeline)",
-    })
+pub async fn run(config: &Config) -> Result<()> {
+    let config = std::sync::Arc::new(config.clone());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: committing what was received, then acknowledging");
+        let _ = stop.send(true);
+    });
+    match config.sink.format {
+        crate::config::TableFormat::Iceberg => {
+            let sink = crate::sink::iceberg::IcebergSink::from_config(&config).await?;
+            crate::pipeline::service::run(config, sink, shutdown).await?;
+            Ok(())
+        }
+        crate::config::TableFormat::Delta => Err(Error::NotBuilt {
+            what: "the Delta Lake sink (sink.format = \"delta\")",
+        }),
+    }
+}
+
+/// SIGTERM (how service managers stop a process) or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// `lakewriter compact`: rewrite small files and apply deletes, expire snapshots, remove
