@@ -19,7 +19,7 @@ use lakewriter::source::changes::TableSchema;
 use lakewriter::table::TableId;
 use lakewriter::{Lsn, Result};
 use support::TestDb;
-use support::orders::{Table, order_at, postgres_orders};
+use support::orders::{Table, order_at, postgres_orders, postgres_table};
 use tokio::sync::watch;
 
 /// A lake in memory: per table, the rows by key and the checkpoint, with commits applied
@@ -185,6 +185,40 @@ async fn snapshot_stream_stop_and_restart_keep_the_lake_equal_to_postgres() {
     assert!(
         *rows == postgres_orders(&db).await,
         "after the restart the lake differs"
+    );
+
+    // A table added to the publication while the service runs is copied (its rows from before)
+    // and then streamed.
+    let lake = run_until_caught_up(&db, lake, || {
+        db.psql(&[
+            "-c",
+            "CREATE TABLE orders_archive (LIKE orders INCLUDING ALL); \
+             INSERT INTO orders_archive SELECT * FROM orders WHERE order_id % 3 = 0;",
+        ]);
+        db.psql(&[
+            "-c",
+            &format!(
+                "ALTER PUBLICATION {} ADD TABLE orders_archive",
+                db.publication
+            ),
+        ]);
+        db.psql(&[
+            "-c",
+            "UPDATE orders_archive SET status = 'archived' WHERE order_id % 2 = 0; \
+             DELETE FROM orders_archive WHERE order_id % 5 = 0;",
+        ]);
+    })
+    .await;
+    let archive = TableId::new("public", "orders_archive");
+    let (rows, checkpoint) = lake
+        .tables
+        .get(&archive)
+        .expect("the new table is in the lake");
+    assert!(checkpoint.is_some());
+    assert!(!rows.is_empty());
+    assert!(
+        *rows == postgres_table(&db, "orders_archive").await,
+        "the new table differs"
     );
 
     // A restart with nothing new commits nothing and changes nothing.

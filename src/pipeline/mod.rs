@@ -51,6 +51,8 @@ pub struct TableState {
     /// Commit LSN of the first and last buffered transactions.
     first_commit: Option<Lsn>,
     last_commit: Option<Lsn>,
+    /// Discovered while streaming and not copied yet: buffered, never flushed.
+    awaiting_copy: bool,
 }
 
 impl TableState {
@@ -73,6 +75,7 @@ impl TableState {
             oldest: None,
             first_commit: None,
             last_commit: None,
+            awaiting_copy: false,
         }
     }
 }
@@ -111,6 +114,8 @@ pub struct Pipeline<S: Sink> {
     received: Lsn,
     durable: watch::Sender<Lsn>,
     stats: Stats,
+    /// Tables that appeared in the stream without being known at the start: they need a copy.
+    discovered: Vec<TableId>,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -132,6 +137,30 @@ impl<S: Sink> Pipeline<S> {
             received,
             durable,
             stats: Stats::default(),
+            discovered: Vec::new(),
+        }
+    }
+
+    /// Tables that appeared in the stream since the last call (added to the publication, or
+    /// created, while running). Until [`Pipeline::copied`] is called for one, its changes are
+    /// buffered and never flushed.
+    pub fn take_discovered(&mut self) -> Vec<TableId> {
+        std::mem::take(&mut self.discovered)
+    }
+
+    /// `table` was copied into the lake as of `lsn` (a snapshot taken while streaming): what
+    /// was buffered for it is in the copy, and the stream skips its changes up to `lsn`.
+    pub fn copied(&mut self, table: &TableId, lsn: Lsn, schema: Arc<TableSchema>) {
+        if let Some(state) = self.tables.get_mut(table) {
+            state.checkpoint = Some(lsn);
+            state.prepared = Some(schema);
+            state.awaiting_copy = false;
+            state.buffer.clear();
+            state.rows = 0;
+            state.bytes = 0;
+            state.oldest = None;
+            state.first_commit = None;
+            state.last_commit = None;
         }
     }
 
@@ -261,9 +290,11 @@ impl<S: Sink> Pipeline<S> {
                         .map(|t| t.partition_by.clone())
                         .unwrap_or_default(),
                 };
-                tracing::warn!(table = %table, "a table new to this run: streaming it from here on without an initial snapshot");
+                tracing::info!(table = %table, "a table new to the publication: copying it while streaming");
                 let mut state = TableState::new(schema, layout, mode, None);
                 state.prepared = None;
+                state.awaiting_copy = true;
+                self.discovered.push(table.clone());
                 self.tables.insert(table, state);
             }
         }
@@ -303,7 +334,7 @@ impl<S: Sink> Pipeline<S> {
         let mut due: Vec<TableId> = self
             .tables
             .iter()
-            .filter(|(_, s)| !s.buffer.is_empty())
+            .filter(|(_, s)| !s.buffer.is_empty() && !s.awaiting_copy)
             .filter(|(_, s)| {
                 all || s.rows >= flush.max_rows
                     || s.bytes as u64 >= flush.max_bytes.bytes()
@@ -318,7 +349,7 @@ impl<S: Sink> Pipeline<S> {
             let mut by_size: Vec<(usize, TableId)> = self
                 .tables
                 .iter()
-                .filter(|(t, s)| !s.buffer.is_empty() && !due.contains(t))
+                .filter(|(t, s)| !s.buffer.is_empty() && !s.awaiting_copy && !due.contains(t))
                 .map(|(t, s)| (s.bytes, t.clone()))
                 .collect();
             by_size.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));

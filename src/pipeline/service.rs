@@ -184,7 +184,12 @@ pub async fn run<S: Sink>(
         loop {
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(event) => pipeline.handle(event).await?,
+                    Some(event) => {
+                        pipeline.handle(event).await?;
+                        for table in pipeline.take_discovered() {
+                            copy_discovered(&config, &client, &mut pipeline, &table).await?;
+                        }
+                    }
                     None => break,
                 },
                 _ = ticker.tick() => pipeline.tick().await?,
@@ -214,6 +219,52 @@ pub async fn run<S: Sink>(
         "stopped"
     );
     Ok(pipeline)
+}
+
+/// Copies a table that appeared while streaming, in a snapshot of a temporary slot taken now:
+/// the copy holds everything up to that slot's consistent point, and the stream's changes of
+/// the table up to there are skipped. The stream waits meanwhile (back-pressure).
+async fn copy_discovered<S: Sink>(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    pipeline: &mut Pipeline<S>,
+    table: &TableId,
+) -> Result<()> {
+    let Some(described) = schema::describe_table(client, table).await? else {
+        return Ok(());
+    };
+    let shape = snapshot::table_schema(client, &described, &TypeOptions::default()).await?;
+    let Some(state) = pipeline.tables.get_mut(table) else {
+        return Ok(());
+    };
+    if state.mode == TableMode::Upsert {
+        state.layout.key = described.key_columns(config);
+    }
+    let target = match state.mode {
+        TableMode::Upsert => shape.clone(),
+        TableMode::Changelog => Arc::new(changelog::schema(&shape)),
+    };
+    let layout = state.layout.clone();
+    let mut state = TableState::new(shape.clone(), layout.clone(), state.mode, None);
+    pipeline.sink_mut().prepare(table, &target, &layout).await?;
+    let session =
+        SnapshotSession::create_slot(config, &format!("{}_snapshot", config.source.slot), true)
+            .await?;
+    let lsn = session.snapshot.lsn;
+    let progress = Progress::new(config.metrics.progress_interval.get());
+    copy_into_lake(
+        config,
+        client,
+        pipeline.sink_mut(),
+        &session,
+        &mut state,
+        target.clone(),
+        &progress,
+    )
+    .await?;
+    session.close();
+    pipeline.copied(table, lsn, target);
+    Ok(())
 }
 
 /// Copies one table in the snapshot into the lake: chunks committed without a checkpoint

@@ -117,13 +117,20 @@ pub fn apply(table: &mut Table, batch: &ChangeBatch) {
 }
 
 pub async fn postgres_orders(db: &TestDb) -> Table {
+    postgres_table(db, "orders").await
+}
+
+/// The rows of `table`, a table shaped like `orders`.
+pub async fn postgres_table(db: &TestDb, table: &str) -> Table {
     let client = db.client().await;
     client
         .query(
-            "SELECT order_id, customer_id, order_date - date '1970-01-01', \
-               (total_amount * 100)::bigint, status, \
-               (extract(epoch FROM created_at) * 1000000)::bigint, \
-               (extract(epoch FROM updated_at) * 1000000)::bigint FROM orders",
+            &format!(
+                "SELECT order_id, customer_id, order_date - date '1970-01-01', \
+                   (total_amount * 100)::bigint, status, \
+                   (extract(epoch FROM created_at) * 1000000)::bigint, \
+                   (extract(epoch FROM updated_at) * 1000000)::bigint FROM {table}"
+            ),
             &[],
         )
         .await
