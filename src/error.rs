@@ -54,6 +54,18 @@ pub enum Error {
         source: pgwire_replication::PgWireError,
     },
 
+    /// A lake table could not be prepared, written or committed (a file that could not be
+    /// written, a schema change the lake cannot take, a catalog commit lost too often).
+    #[error("sink: table {table}: {message}")]
+    Sink {
+        /// The lake table (`namespace.name`), or the source table when there is none yet.
+        table: String,
+        /// What failed, naming the column, file or LSN.
+        message: String,
+        /// Whether trying again later may succeed (storage or catalog hiccups, lost races).
+        retryable: bool,
+    },
+
     /// A PostgreSQL query or connection failed.
     #[error("postgres: {context}: {}", describe_postgres(source))]
     Postgres {
@@ -71,6 +83,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Config { .. } | Error::NotBuilt { .. } | Error::Source { .. } => false,
+            Error::Sink { retryable, .. } => *retryable,
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted

@@ -95,7 +95,7 @@ fn start(db: &TestDb) -> Child {
         .expect("start lakewriter run")
 }
 
-fn stop(mut child: Child) -> String {
+fn stop(child: Child) -> String {
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let output = child.wait_with_output().expect("wait for lakewriter");

@@ -1,0 +1,697 @@
+//! The Iceberg sink: Iceberg v2 tables, upserts as equality deletes, one snapshot per commit
+//! carrying its checkpoint (`lakewriter.lsn`), committed by a compare-and-swap of the catalog
+//! pointer (Glue or SQLite, [`crate::catalog`]).
+//!
+//! - `table`: schemas, partition specs, evolution and the checkpoint of a table;
+//! - `files`: data and equality-delete files, partitioned and rolled;
+//! - `parquet`: the Parquet files themselves, with Iceberg's metrics and UUID annotations;
+//! - `row_delta`: the snapshot iceberg 0.10.1 cannot commit (data and delete files at once);
+//! - `lookup`: current rows by key, merge-on-read.
+//!
+//! A commit writes its files once; a lost race re-stages only manifests and metadata on the
+//! winner's metadata. Files of a commit that fails are never referenced (compaction removes
+//! them later as orphans).
+
+mod files;
+mod lookup;
+mod parquet;
+mod row_delta;
+mod table;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arrow::array::RecordBatch;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::io::{
+    FileIO, FileIOBuilder, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_PATH_STYLE_ACCESS, S3_REGION,
+    S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
+};
+use iceberg::spec::TableMetadata;
+use iceberg_storage_opendal::OpenDalStorageFactory;
+
+pub use table::PartitionExpr;
+
+use self::files::FileWriter;
+use self::row_delta::{RowDelta, StageError};
+use crate::catalog::{
+    Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer, RetryPolicy, StagedMetadata,
+    commit_with_retry,
+};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::sink::{Sink, TableDelta, TableLayout};
+use crate::source::changes::TableSchema;
+use crate::table::TableId;
+
+/// The lake table a source table is written to: in `namespace`, named after the source table
+/// (`orders` for `public.orders`, `sales_orders` for `sales.orders`).
+pub fn lake_table(namespace: &str, table: &TableId) -> CatalogTable {
+    let name = if table.schema == "public" {
+        table.name.clone()
+    } else {
+        format!("{}_{}", table.schema, table.name)
+    };
+    CatalogTable::new(namespace, name)
+}
+
+/// The checkpoint a table's metadata holds: the `lakewriter.lsn` of its current snapshot
+/// (`None` when it has none), for `status` and `compact` (which carries it forward).
+pub fn checkpoint(table: &CatalogTable, metadata: &TableMetadata) -> Result<Option<Lsn>> {
+    table::checkpoint(metadata).map_err(|m| sink_error(table, m))
+}
+
+/// Where the sink puts tables, and how it writes them.
+#[derive(Debug, Clone)]
+pub struct IcebergSettings {
+    /// The warehouse root: an absolute local directory or `s3://bucket/prefix`, without a
+    /// trailing `/`.
+    pub warehouse: String,
+    /// The namespace of every lake table.
+    pub namespace: String,
+    /// Size a data or delete file is rolled at, in bytes.
+    pub target_file_size: usize,
+    /// How lost compare-and-swaps are retried.
+    pub retry: RetryPolicy,
+}
+
+impl IcebergSettings {
+    /// The settings of `config`'s `[sink]` (a relative local warehouse is taken from the
+    /// working directory).
+    pub fn from_config(config: &Config) -> Result<IcebergSettings> {
+        let warehouse = config.sink.warehouse.trim_end_matches('/');
+        let warehouse = if crate::cloud::warehouse_location(config)?.is_some() {
+            warehouse.to_string()
+        } else {
+            let path = std::path::absolute(warehouse).map_err(|source| Error::Io {
+                path: warehouse.into(),
+                source,
+            })?;
+            path.to_string_lossy().trim_end_matches('/').to_string()
+        };
+        Ok(IcebergSettings {
+            warehouse,
+            namespace: config.sink.namespace.clone(),
+            target_file_size: usize::try_from(config.sink.target_file_size.bytes())
+                .unwrap_or(usize::MAX),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Where `table`'s files go: `<warehouse>/<namespace>/<name>`.
+    pub fn table_location(&self, table: &CatalogTable) -> String {
+        format!("{}/{}/{}", self.warehouse, table.namespace, table.name)
+    }
+}
+
+/// The storage of `config`'s warehouse: the local file system, or S3 with the endpoint
+/// (`[sink.s3] endpoint`, else `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`), region, path-style
+/// addressing and static keys of the config, else the AWS credential chain (environment,
+/// profile, web identity, instance role).
+pub fn file_io(config: &Config) -> Result<FileIO> {
+    if crate::cloud::warehouse_location(config)?.is_none() {
+        return Ok(FileIO::new_with_fs());
+    }
+    let s3 = &config.sink.s3;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut props: Vec<(&str, String)> = Vec::new();
+    if let Some(endpoint) = s3
+        .endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+    {
+        props.push((S3_ENDPOINT, endpoint));
+    }
+    if let Some(region) = s3
+        .region
+        .clone()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+    {
+        props.push((S3_REGION, region));
+    }
+    if s3.force_path_style {
+        props.push((S3_PATH_STYLE_ACCESS, "true".into()));
+    }
+    if let Some(key_id) = &s3.access_key_id {
+        props.push((S3_ACCESS_KEY_ID, key_id.clone()));
+        props.push((
+            S3_SECRET_ACCESS_KEY,
+            s3.secret_access_key.expose().to_string(),
+        ));
+    } else if let (Some(key_id), Some(secret)) =
+        (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
+    {
+        props.push((S3_ACCESS_KEY_ID, key_id));
+        props.push((S3_SECRET_ACCESS_KEY, secret));
+        if let Some(token) = env("AWS_SESSION_TOKEN") {
+            props.push((S3_SESSION_TOKEN, token));
+        }
+    }
+    Ok(FileIOBuilder::new(Arc::new(OpenDalStorageFactory::S3 {
+        customized_credential_load: None,
+    }))
+    .with_props(props)
+    .build())
+}
+
+/// A table the sink has prepared: its pointer and the metadata that pointer names, and the
+/// source shape and layout it was prepared with.
+struct TableState {
+    lake: CatalogTable,
+    pointer: Pointer,
+    metadata: TableMetadata,
+    source: Arc<TableSchema>,
+    layout: TableLayout,
+}
+
+/// The Iceberg [`Sink`] over catalog `C` (Glue or SQLite: [`LakeCatalog`] picks from the
+/// config).
+pub struct IcebergSink<C: Catalog = LakeCatalog> {
+    catalog: C,
+    file_io: FileIO,
+    settings: IcebergSettings,
+    namespace_ready: bool,
+    tables: HashMap<TableId, TableState>,
+}
+
+impl<C: Catalog> fmt::Debug for IcebergSink<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IcebergSink")
+            .field("catalog", &self.catalog.describe())
+            .field("warehouse", &self.settings.warehouse)
+            .field("namespace", &self.settings.namespace)
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl IcebergSink<LakeCatalog> {
+    /// The sink of `config`: its catalog, warehouse storage and settings.
+    pub async fn from_config(config: &Config) -> Result<Self> {
+        let catalog = LakeCatalog::from_config(config)
+            .await
+            .map_err(|e| catalog_error(&config.sink.namespace, e))?;
+        Ok(IcebergSink::new(
+            catalog,
+            file_io(config)?,
+            IcebergSettings::from_config(config)?,
+        ))
+    }
+}
+
+/// Why one commit attempt (inside [`commit_with_retry`]) did not stage metadata.
+enum AttemptError {
+    /// The catalog failed.
+    Catalog(CatalogError),
+    /// Staging failed.
+    Failed(Error),
+    /// Nothing to commit on this metadata (another writer made the change already).
+    Unchanged(Pointer, Box<TableMetadata>),
+}
+
+impl From<CatalogError> for AttemptError {
+    fn from(e: CatalogError) -> Self {
+        AttemptError::Catalog(e)
+    }
+}
+
+/// A change the sink commits with compare-and-swap, re-applied on each attempt's metadata.
+enum Change<'a> {
+    /// Make the lake schema take rows of this (source) shape.
+    Evolve(&'a arrow::datatypes::Schema),
+    /// Commit these files as one snapshot.
+    Rows(&'a RowDelta),
+}
+
+impl<C: Catalog> IcebergSink<C> {
+    /// A sink committing through `catalog`, writing files with `file_io`.
+    pub fn new(catalog: C, file_io: FileIO, settings: IcebergSettings) -> Self {
+        IcebergSink {
+            catalog,
+            file_io,
+            settings,
+            namespace_ready: false,
+            tables: HashMap::new(),
+        }
+    }
+
+    /// The catalog the sink commits through.
+    pub fn catalog(&self) -> &C {
+        &self.catalog
+    }
+
+    /// The sink's settings.
+    pub fn settings(&self) -> &IcebergSettings {
+        &self.settings
+    }
+
+    /// The lake table of a source table.
+    pub fn lake_table(&self, table: &TableId) -> CatalogTable {
+        lake_table(&self.settings.namespace, table)
+    }
+
+    /// The metadata location and metadata of a prepared table as of its last commit by this
+    /// sink (`None` before [`Sink::prepare`]).
+    pub fn table_metadata(&self, table: &TableId) -> Option<(&str, &TableMetadata)> {
+        self.tables
+            .get(table)
+            .map(|s| (s.pointer.metadata_location.as_str(), &s.metadata))
+    }
+
+    async fn read_metadata(&self, lake: &CatalogTable, pointer: &Pointer) -> Result<TableMetadata> {
+        TableMetadata::read_from(&self.file_io, &pointer.metadata_location)
+            .await
+            .map_err(|e| {
+                iceberg_error(
+                    lake,
+                    &format!("read metadata {}", pointer.metadata_location),
+                    e,
+                )
+            })
+    }
+
+    /// Loads the table, creating it (with `schema` and `layout`) when it is not registered.
+    async fn load_or_create(
+        &mut self,
+        lake: &CatalogTable,
+        schema: &TableSchema,
+        layout: &TableLayout,
+    ) -> Result<(Pointer, TableMetadata)> {
+        if !self.namespace_ready {
+            self.catalog
+                .ensure_namespace(&lake.namespace)
+                .await
+                .map_err(|e| catalog_error(lake, e))?;
+            self.namespace_ready = true;
+        }
+        if let Some(pointer) = self
+            .catalog
+            .load(lake)
+            .await
+            .map_err(|e| catalog_error(lake, e))?
+        {
+            let metadata = self.read_metadata(lake, &pointer).await?;
+            return Ok((pointer, metadata));
+        }
+        let location = self.settings.table_location(lake);
+        let iceberg_schema =
+            table::new_schema(&schema.arrow, &layout.key).map_err(|m| sink_error(lake, m))?;
+        let metadata = table::new_table_metadata(&location, iceberg_schema, layout)
+            .map_err(|m| sink_error(lake, m))?;
+        let first = iceberg::MetadataLocation::new_with_metadata(&location, &metadata);
+        metadata
+            .write_to(&self.file_io, &first)
+            .await
+            .map_err(|e| iceberg_error(lake, "write the new table's metadata", e))?;
+        match self
+            .catalog
+            .create(lake, &first.to_string(), &metadata)
+            .await
+        {
+            Ok(pointer) => {
+                tracing::info!(table = %lake, location = %location, "created lake table");
+                Ok((pointer, metadata))
+            }
+            // Another writer created it meanwhile: use theirs (ours is an orphan file).
+            Err(CatalogError::AlreadyExists { .. }) => {
+                let pointer = self
+                    .catalog
+                    .load(lake)
+                    .await
+                    .map_err(|e| catalog_error(lake, e))?
+                    .ok_or_else(|| {
+                        sink_error(lake, "the table was created and dropped meanwhile")
+                    })?;
+                let metadata = self.read_metadata(lake, &pointer).await?;
+                Ok((pointer, metadata))
+            }
+            Err(e) => Err(catalog_error(lake, e)),
+        }
+    }
+
+    /// Builds `change` on `metadata` (what `pointer` names) and writes the metadata file that
+    /// would commit it; `None` when `metadata` needs no change.
+    async fn stage(
+        &self,
+        lake: &CatalogTable,
+        change: &Change<'_>,
+        pointer: &Pointer,
+        metadata: TableMetadata,
+    ) -> Result<Result<StagedMetadata, TableMetadata>> {
+        match change {
+            Change::Evolve(incoming) => {
+                let evolved = table::evolve(
+                    metadata.current_schema(),
+                    metadata.last_column_id(),
+                    incoming,
+                )
+                .map_err(|m| sink_error(lake, m))?;
+                let Some(evolved) = evolved else {
+                    return Ok(Err(metadata));
+                };
+                let updated = metadata
+                    .into_builder(Some(pointer.metadata_location.clone()))
+                    .add_current_schema(evolved)
+                    .and_then(|b| b.build())
+                    .map_err(|e| iceberg_error(lake, "evolve the schema", e))?
+                    .metadata;
+                row_delta::write_next_metadata(&self.file_io, &pointer.metadata_location, updated)
+                    .await
+                    .map(Ok)
+                    .map_err(|e| stage_error(lake, e))
+            }
+            Change::Rows(delta) => {
+                row_delta::stage(&self.file_io, &pointer.metadata_location, metadata, delta)
+                    .await
+                    .map(Ok)
+                    .map_err(|e| stage_error(lake, e))
+            }
+        }
+    }
+
+    /// Commits `change` by compare-and-swap, starting from the known `pointer` and
+    /// `metadata`; after a lost race, reloads and re-applies. Returns the table's pointer and
+    /// metadata after the commit (unchanged when there was nothing to do).
+    async fn commit_change(
+        &self,
+        lake: &CatalogTable,
+        pointer: &Pointer,
+        metadata: &TableMetadata,
+        change: Change<'_>,
+    ) -> Result<(Pointer, TableMetadata)> {
+        let staged: Mutex<Option<StagedMetadata>> = Mutex::new(None);
+        let outcome = commit_with_retry(&self.catalog, lake, &self.settings.retry, |current| {
+            let staged = &staged;
+            let change = &change;
+            async move {
+                let base = if current.metadata_location == pointer.metadata_location {
+                    metadata.clone()
+                } else {
+                    self.read_metadata(lake, &current)
+                        .await
+                        .map_err(AttemptError::Failed)?
+                };
+                match self
+                    .stage(lake, change, &current, base)
+                    .await
+                    .map_err(AttemptError::Failed)?
+                {
+                    Ok(next) => {
+                        *staged.lock().unwrap_or_else(PoisonError::into_inner) = Some(next.clone());
+                        Ok(next)
+                    }
+                    Err(unchanged) => Err(AttemptError::Unchanged(current, Box::new(unchanged))),
+                }
+            }
+        })
+        .await;
+        match outcome {
+            Ok(committed) => {
+                let staged = staged
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .filter(|s| s.location == committed.metadata_location);
+                let metadata = match staged {
+                    Some(staged) => staged.metadata,
+                    None => self.read_metadata(lake, &committed).await?,
+                };
+                Ok((committed, metadata))
+            }
+            Err(AttemptError::Unchanged(pointer, metadata)) => Ok((pointer, *metadata)),
+            Err(AttemptError::Failed(e)) => Err(e),
+            Err(AttemptError::Catalog(e)) => Err(catalog_error(lake, e)),
+        }
+    }
+
+    /// Brings the lake schema of `state` to take rows of `schema`.
+    async fn evolve(&self, state: &mut TableState, schema: &TableSchema) -> Result<()> {
+        let needed = table::evolve(
+            state.metadata.current_schema(),
+            state.metadata.last_column_id(),
+            &schema.arrow,
+        )
+        .map_err(|m| sink_error(&state.lake, m))?;
+        if needed.is_none() {
+            return Ok(());
+        }
+        let (pointer, metadata) = self
+            .commit_change(
+                &state.lake,
+                &state.pointer,
+                &state.metadata,
+                Change::Evolve(&schema.arrow),
+            )
+            .await?;
+        tracing::info!(
+            table = %state.lake,
+            schema_id = metadata.current_schema_id(),
+            "evolved lake schema"
+        );
+        state.pointer = pointer;
+        state.metadata = metadata;
+        Ok(())
+    }
+
+    /// The field ids of the key columns: the columns equality deletes compare.
+    fn equality_ids(state: &TableState) -> Result<Vec<i32>> {
+        let schema = state.metadata.current_schema();
+        state
+            .layout
+            .key
+            .iter()
+            .map(|name| {
+                schema.field_by_name(name).map(|f| f.id).ok_or_else(|| {
+                    sink_error(
+                        &state.lake,
+                        format!("key column {name} is not a column of the lake table"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Writes the delta's files against the table as it is now.
+    async fn write_files(&self, state: &TableState, delta: &TableDelta) -> Result<RowDelta> {
+        let lake = &state.lake;
+        let arrow = Arc::new(
+            schema_to_arrow_schema(state.metadata.current_schema())
+                .map_err(|e| iceberg_error(lake, "convert the schema to Arrow", e))?,
+        );
+        let conform = |batches: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
+            batches
+                .iter()
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| files::conform(b, &arrow).map_err(|m| sink_error(lake, m)))
+                .collect()
+        };
+        let rows = conform(&delta.rows)?;
+        let deletes = conform(&delta.deletes)?;
+        let commit_id = row_delta::unique_id();
+        let writer = FileWriter {
+            file_io: &self.file_io,
+            metadata: &state.metadata,
+            target_file_size: self.settings.target_file_size,
+            commit_id: &commit_id,
+        };
+        let data_files = writer
+            .write_rows(rows)
+            .await
+            .map_err(|e| iceberg_error(lake, "write data files", e))?;
+        let delete_files = if deletes.is_empty() {
+            Vec::new()
+        } else {
+            let ids = Self::equality_ids(state)?;
+            if ids.is_empty() {
+                return Err(sink_error(
+                    lake,
+                    "the delta deletes rows but the table has no key to delete them by",
+                ));
+            }
+            writer
+                .write_deletes(deletes, ids)
+                .await
+                .map_err(|e| iceberg_error(lake, "write equality-delete files", e))?
+        };
+        Ok(RowDelta {
+            data_files,
+            delete_files,
+            spec_id: state.metadata.default_partition_spec_id(),
+            truncate: delta.truncate,
+            lsn: delta.lsn,
+        })
+    }
+}
+
+impl<C: Catalog> Sink for IcebergSink<C> {
+    async fn prepare(
+        &mut self,
+        table: &TableId,
+        schema: &TableSchema,
+        layout: &TableLayout,
+    ) -> Result<Option<Lsn>> {
+        let lake = self.lake_table(table);
+        let (pointer, metadata) = self.load_or_create(&lake, schema, layout).await?;
+        let mut state = TableState {
+            lake,
+            pointer,
+            metadata,
+            source: Arc::new(schema.clone()),
+            layout: layout.clone(),
+        };
+        self.evolve(&mut state, schema).await?;
+        if !table::same_partitioning(&state.metadata, layout) {
+            tracing::warn!(
+                table = %state.lake,
+                partition_by = ?layout.partition_by,
+                "the lake table keeps its partition spec; the configured one differs and \
+                 applies only to new tables"
+            );
+        }
+        Self::equality_ids(&state)?;
+        let checkpoint = checkpoint(&state.lake, &state.metadata)?;
+        tracing::debug!(table = %state.lake, checkpoint = ?checkpoint, "prepared lake table");
+        self.tables.insert(table.clone(), state);
+        Ok(checkpoint)
+    }
+
+    async fn commit(&mut self, delta: TableDelta) -> Result<()> {
+        let Some(mut state) = self.tables.remove(&delta.table) else {
+            return Err(sink_error(
+                &self.lake_table(&delta.table),
+                "commit before prepare: the sink does not know the table yet",
+            ));
+        };
+        let result = self.commit_prepared(&mut state, &delta).await;
+        self.tables.insert(delta.table.clone(), state);
+        result
+    }
+
+    async fn lookup(&mut self, table: &TableId, keys: &RecordBatch) -> Result<Vec<RecordBatch>> {
+        let state = self.tables.get(table).ok_or_else(|| {
+            sink_error(
+                &self.lake_table(table),
+                "lookup before prepare: the sink does not know the table yet",
+            )
+        })?;
+        lookup::lookup(
+            &self.file_io,
+            &state.lake,
+            &state.metadata,
+            &state.pointer.metadata_location,
+            keys,
+            &state.source.arrow_nullable,
+        )
+        .await
+        .map_err(|m| sink_error(&state.lake, m))
+    }
+}
+
+impl<C: Catalog> IcebergSink<C> {
+    async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
+        if !delta.schema.same_shape(&state.source) {
+            self.evolve(state, &delta.schema).await?;
+            state.source = delta.schema.clone();
+        }
+        let files = self.write_files(state, delta).await?;
+        let (pointer, metadata) = self
+            .commit_change(
+                &state.lake,
+                &state.pointer,
+                &state.metadata,
+                Change::Rows(&files),
+            )
+            .await?;
+        tracing::info!(
+            table = %state.lake,
+            lsn = ?delta.lsn,
+            data_files = files.data_files.len(),
+            delete_files = files.delete_files.len(),
+            truncate = delta.truncate,
+            snapshot = ?metadata.current_snapshot_id(),
+            "committed"
+        );
+        state.pointer = pointer;
+        state.metadata = metadata;
+        Ok(())
+    }
+}
+
+/// A sink error about `table` that retrying will not fix.
+fn sink_error(table: &impl fmt::Display, message: impl Into<String>) -> Error {
+    Error::Sink {
+        table: table.to_string(),
+        message: message.into(),
+        retryable: false,
+    }
+}
+
+/// An iceberg failure while doing `context`: storage failures (iceberg reports them as
+/// unexpected) may pass on a retry.
+fn iceberg_error(table: &impl fmt::Display, context: &str, e: iceberg::Error) -> Error {
+    let retryable = e.retryable() || e.kind() == iceberg::ErrorKind::Unexpected;
+    Error::Sink {
+        table: table.to_string(),
+        message: format!("{context}: {e}"),
+        retryable,
+    }
+}
+
+fn catalog_error(table: &impl fmt::Display, e: CatalogError) -> Error {
+    Error::Sink {
+        table: table.to_string(),
+        retryable: e.is_retryable(),
+        message: e.to_string(),
+    }
+}
+
+fn stage_error(table: &CatalogTable, e: StageError) -> Error {
+    match e {
+        StageError::Iceberg(e) => iceberg_error(table, "stage the commit", e),
+        StageError::AlreadyCommitted { holds } => sink_error(
+            table,
+            format!(
+                "the table already holds checkpoint {holds}, at or past this commit's: another \
+                 writer is committing the same source (is a second lakewriter running?)"
+            ),
+        ),
+        StageError::Invalid(message) => sink_error(table, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_warehouse_is_taken_from_the_working_directory() {
+        let config = Config::parse(
+            "[source]\ndatabase = \"d\"\n[sink]\nwarehouse = \"./lake/\"\n",
+            std::path::Path::new("t.toml"),
+            Vec::new(),
+        )
+        .expect("a config");
+        let settings = IcebergSettings::from_config(&config).expect("settings");
+        let cwd = std::env::current_dir().expect("a working directory");
+        assert_eq!(settings.warehouse, format!("{}/lake", cwd.display()));
+        assert_eq!(
+            settings.table_location(&CatalogTable::new("ns", "orders")),
+            format!("{}/lake/ns/orders", cwd.display())
+        );
+    }
+
+    #[test]
+    fn lake_tables_are_named_after_the_source_table() {
+        assert_eq!(
+            lake_table("lake", &TableId::new("public", "orders")),
+            CatalogTable::new("lake", "orders")
+        );
+        assert_eq!(
+            lake_table("lake", &TableId::new("sales", "orders")),
+            CatalogTable::new("lake", "sales_orders")
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! The RowDelta commit iceberg 0.10.1 does not have: a snapshot that adds data files and
+//! equality-delete files at once (or, for a truncate, replaces everything), built from the
+//! crate's public pieces — manifests for the new files, the parent's manifests carried over,
+//! a manifest list, a snapshot with the checkpoint in its summary, and the next metadata file.
+//!
+//! Staging is a pure function of the table's current metadata and the files already written,
+//! so a lost compare-and-swap re-stages on the winner's metadata and reuses the files.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use iceberg::MetadataLocation;
+use iceberg::io::FileIO;
+use iceberg::spec::{
+    DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile,
+    ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary,
+    TableMetadata, UNASSIGNED_SEQUENCE_NUMBER,
+};
+
+use crate::catalog::StagedMetadata;
+use crate::lsn::Lsn;
+use crate::sink::CHECKPOINT_PROPERTY;
+
+/// A commit's files, written once and committed by one snapshot.
+#[derive(Debug, Clone)]
+pub(super) struct RowDelta {
+    /// New data files, written with partition spec `spec_id`.
+    pub data_files: Vec<DataFile>,
+    /// New equality-delete files, written with partition spec `spec_id`.
+    pub delete_files: Vec<DataFile>,
+    /// The partition spec the files were written with (a file does not say so publicly).
+    pub spec_id: i32,
+    /// Drop every file the table holds before adding these.
+    pub truncate: bool,
+    /// The checkpoint the snapshot carries; `None` for an initial snapshot's chunk before its
+    /// last.
+    pub lsn: Option<Lsn>,
+}
+
+/// Why a snapshot could not be staged.
+#[derive(Debug)]
+pub(super) enum StageError {
+    /// Reading or writing a manifest or metadata file, or building the metadata, failed.
+    Iceberg(iceberg::Error),
+    /// The table already holds this checkpoint or a later one: another writer committed it
+    /// (or this delta's commit landed although its answer was lost).
+    AlreadyCommitted {
+        /// The table's checkpoint.
+        holds: Lsn,
+    },
+    /// The metadata is not what this commit can build on.
+    Invalid(String),
+}
+
+impl From<iceberg::Error> for StageError {
+    fn from(e: iceberg::Error) -> Self {
+        StageError::Iceberg(e)
+    }
+}
+
+/// Builds, on `metadata` (read from `current_location`), the snapshot committing `delta`, and
+/// writes its manifests, manifest list and metadata file. The metadata file is not yet the
+/// table's: the catalog's compare-and-swap makes it so.
+pub(super) async fn stage(
+    file_io: &FileIO,
+    current_location: &str,
+    metadata: TableMetadata,
+    delta: &RowDelta,
+) -> Result<StagedMetadata, StageError> {
+    if metadata.format_version() != FormatVersion::V2 {
+        return Err(StageError::Invalid(format!(
+            "the table is Iceberg format {}; lakewriter writes equality deletes to v2 tables only",
+            metadata.format_version()
+        )));
+    }
+    if let (Ok(Some(holds)), Some(lsn)) = (super::table::checkpoint(&metadata), delta.lsn)
+        && holds >= lsn
+    {
+        return Err(StageError::AlreadyCommitted { holds });
+    }
+    let schema = metadata.current_schema().clone();
+    let snapshot_id = new_snapshot_id(&metadata);
+    let sequence_number = metadata.next_sequence_number();
+    let parent = metadata.snapshot_for_ref(MAIN_BRANCH).cloned();
+    let commit_id = unique_id();
+    let metadata_dir = format!("{}/metadata", metadata.location().trim_end_matches('/'));
+    let mut manifest_count = 0;
+    let mut next_manifest_path = || {
+        manifest_count += 1;
+        format!("{metadata_dir}/{commit_id}-m{manifest_count}.avro")
+    };
+
+    let mut metrics = Metrics::default();
+    let mut manifests: Vec<ManifestFile> = Vec::new();
+    let spec = metadata
+        .partition_spec_by_id(delta.spec_id)
+        .ok_or_else(|| {
+            StageError::Invalid(format!(
+                "the files were written with partition spec {}, which the table no longer has",
+                delta.spec_id
+            ))
+        })?
+        .as_ref()
+        .clone();
+    for (files, content) in [
+        (&delta.data_files, ManifestContentType::Data),
+        (&delta.delete_files, ManifestContentType::Deletes),
+    ] {
+        if files.is_empty() {
+            continue;
+        }
+        let builder = ManifestWriterBuilder::new(
+            file_io.new_output(next_manifest_path())?,
+            Some(snapshot_id),
+            schema.clone(),
+            spec.clone(),
+        );
+        let mut writer = match content {
+            ManifestContentType::Data => builder.build_v2_data(),
+            ManifestContentType::Deletes => builder.build_v2_deletes(),
+        };
+        for file in files {
+            metrics.add(file);
+            // Unassigned: the entry inherits the snapshot's sequence number from the manifest
+            // list, so a retried commit does not have to rewrite it.
+            writer.add_file(file.clone(), UNASSIGNED_SEQUENCE_NUMBER)?;
+        }
+        manifests.push(writer.write_manifest_file().await?);
+    }
+
+    if let Some(parent) = &parent {
+        let bytes = file_io.new_input(parent.manifest_list())?.read().await?;
+        let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
+        // `entries` rather than `consume_entries`, whose iterator is not `Send` across the
+        // awaits below.
+        for manifest in list.entries().iter().cloned() {
+            let live = manifest.has_added_files() || manifest.has_existing_files();
+            if !live {
+                // Only removals of an earlier snapshot: nothing for this one to carry.
+                continue;
+            }
+            if !delta.truncate {
+                manifests.push(manifest);
+                continue;
+            }
+            manifests.push(
+                remove_all(
+                    file_io,
+                    &manifest,
+                    snapshot_id,
+                    next_manifest_path(),
+                    &mut metrics,
+                )
+                .await?,
+            );
+        }
+    }
+
+    let manifest_list = format!("{metadata_dir}/snap-{snapshot_id}-1-{commit_id}.avro");
+    let mut list_writer = ManifestListWriter::v2(
+        file_io.new_output(&manifest_list)?.writer().await?,
+        snapshot_id,
+        parent.as_ref().map(|p| p.snapshot_id()),
+        sequence_number,
+    );
+    list_writer.add_manifests(manifests.into_iter())?;
+    list_writer.close().await?;
+
+    let operation = if delta.truncate || !delta.delete_files.is_empty() {
+        Operation::Overwrite
+    } else {
+        Operation::Append
+    };
+    let mut properties = metrics.summary(parent.as_ref().map(|p| p.summary()), delta.truncate);
+    if let Some(lsn) = delta.lsn {
+        properties.insert(CHECKPOINT_PROPERTY.to_string(), lsn.to_string());
+    }
+    // A snapshot older than the table's last update by more than a minute is refused, so a
+    // clock that went back does not stop commits.
+    let timestamp_ms = now_ms().max(metadata.last_updated_ms());
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent.as_ref().map(|p| p.snapshot_id()))
+        .with_sequence_number(sequence_number)
+        .with_timestamp_ms(timestamp_ms)
+        .with_manifest_list(manifest_list)
+        .with_summary(Summary {
+            operation,
+            additional_properties: properties,
+        })
+        .with_schema_id(schema.schema_id())
+        .build();
+    let updated = metadata
+        .into_builder(Some(current_location.to_string()))
+        .set_branch_snapshot(snapshot, MAIN_BRANCH)?
+        .build()?
+        .metadata;
+    write_next_metadata(file_io, current_location, updated).await
+}
+
+/// Writes `metadata` as the version after `current_location`
+/// (`<location>/metadata/<version>-<uuid>.metadata.json`).
+pub(super) async fn write_next_metadata(
+    file_io: &FileIO,
+    current_location: &str,
+    metadata: TableMetadata,
+) -> Result<StagedMetadata, StageError> {
+    let next = match MetadataLocation::from_str(current_location) {
+        Ok(current) => current.with_next_version().with_new_metadata(&metadata),
+        // A name another tool chose: number the next version after the metadata log.
+        Err(_) => {
+            let mut next = MetadataLocation::new_with_metadata(metadata.location(), &metadata);
+            for _ in 0..metadata.metadata_log().len() {
+                next = next.with_next_version();
+            }
+            next
+        }
+    };
+    metadata.write_to(file_io, &next).await?;
+    Ok(StagedMetadata {
+        location: next.to_string(),
+        metadata,
+    })
+}
+
+/// Rewrites the live entries of `manifest` as removed by `snapshot_id` (a truncate): readers
+/// of the new snapshot no longer see them, readers of older snapshots still do.
+async fn remove_all(
+    file_io: &FileIO,
+    manifest: &ManifestFile,
+    snapshot_id: i64,
+    path: String,
+    metrics: &mut Metrics,
+) -> Result<ManifestFile, StageError> {
+    let loaded = manifest.load_manifest(file_io).await?;
+    let (entries, manifest_metadata) = loaded.into_parts();
+    let builder = ManifestWriterBuilder::new(
+        file_io.new_output(path)?,
+        Some(snapshot_id),
+        manifest_metadata.schema().clone(),
+        manifest_metadata.partition_spec().clone(),
+    );
+    let mut writer = match manifest.content {
+        ManifestContentType::Data => builder.build_v2_data(),
+        ManifestContentType::Deletes => builder.build_v2_deletes(),
+    };
+    for entry in entries.iter().filter(|e| e.is_alive()) {
+        let sequence_number = entry.sequence_number().ok_or_else(|| {
+            StageError::Invalid(format!(
+                "manifest {}: entry {} has no sequence number",
+                manifest.manifest_path,
+                entry.file_path()
+            ))
+        })?;
+        metrics.remove(entry.data_file());
+        writer.add_delete_file(
+            entry.data_file().clone(),
+            sequence_number,
+            Some(entry.file_sequence_number.unwrap_or(sequence_number)),
+        )?;
+    }
+    Ok(writer.write_manifest_file().await?)
+}
+
+/// What a snapshot adds and removes, for its summary.
+#[derive(Debug, Default)]
+struct Metrics {
+    added_data_files: u64,
+    added_records: u64,
+    added_delete_files: u64,
+    added_equality_delete_files: u64,
+    added_equality_deletes: u64,
+    added_position_delete_files: u64,
+    added_position_deletes: u64,
+    added_size: u64,
+    removed_data_files: u64,
+    removed_records: u64,
+    removed_delete_files: u64,
+    removed_equality_delete_files: u64,
+    removed_equality_deletes: u64,
+    removed_position_delete_files: u64,
+    removed_position_deletes: u64,
+    removed_size: u64,
+}
+
+impl Metrics {
+    fn add(&mut self, file: &DataFile) {
+        self.added_size += file.file_size_in_bytes();
+        match file.content_type() {
+            DataContentType::Data => {
+                self.added_data_files += 1;
+                self.added_records += file.record_count();
+            }
+            DataContentType::EqualityDeletes => {
+                self.added_delete_files += 1;
+                self.added_equality_delete_files += 1;
+                self.added_equality_deletes += file.record_count();
+            }
+            DataContentType::PositionDeletes => {
+                self.added_delete_files += 1;
+                self.added_position_delete_files += 1;
+                self.added_position_deletes += file.record_count();
+            }
+        }
+    }
+
+    fn remove(&mut self, file: &DataFile) {
+        self.removed_size += file.file_size_in_bytes();
+        match file.content_type() {
+            DataContentType::Data => {
+                self.removed_data_files += 1;
+                self.removed_records += file.record_count();
+            }
+            DataContentType::EqualityDeletes => {
+                self.removed_delete_files += 1;
+                self.removed_equality_delete_files += 1;
+                self.removed_equality_deletes += file.record_count();
+            }
+            DataContentType::PositionDeletes => {
+                self.removed_delete_files += 1;
+                self.removed_position_delete_files += 1;
+                self.removed_position_deletes += file.record_count();
+            }
+        }
+    }
+
+    /// The summary properties, as the Iceberg spec names them: what changed (only what is
+    /// non-zero, as Java and pyiceberg write it) and the table's totals, carried from the
+    /// parent's. After a truncate the totals are exactly what this snapshot adds; otherwise a
+    /// total the parent does not state stays unstated rather than guessed.
+    fn summary(&self, parent: Option<&Summary>, truncate: bool) -> HashMap<String, String> {
+        let mut properties = HashMap::new();
+        let mut changed = |key: &str, value: u64| {
+            if value > 0 {
+                properties.insert(key.to_string(), value.to_string());
+            }
+        };
+        changed("added-data-files", self.added_data_files);
+        changed("added-records", self.added_records);
+        changed("added-delete-files", self.added_delete_files);
+        changed(
+            "added-equality-delete-files",
+            self.added_equality_delete_files,
+        );
+        changed("added-equality-deletes", self.added_equality_deletes);
+        changed(
+            "added-position-delete-files",
+            self.added_position_delete_files,
+        );
+        changed("added-position-deletes", self.added_position_deletes);
+        changed("added-files-size", self.added_size);
+        changed("deleted-data-files", self.removed_data_files);
+        changed("deleted-records", self.removed_records);
+        changed("removed-delete-files", self.removed_delete_files);
+        changed(
+            "removed-equality-delete-files",
+            self.removed_equality_delete_files,
+        );
+        changed("removed-equality-deletes", self.removed_equality_deletes);
+        changed(
+            "removed-position-delete-files",
+            self.removed_position_delete_files,
+        );
+        changed("removed-position-deletes", self.removed_position_deletes);
+        changed("removed-files-size", self.removed_size);
+
+        let totals = [
+            (
+                "total-data-files",
+                self.added_data_files,
+                self.removed_data_files,
+            ),
+            (
+                "total-delete-files",
+                self.added_delete_files,
+                self.removed_delete_files,
+            ),
+            ("total-records", self.added_records, self.removed_records),
+            ("total-files-size", self.added_size, self.removed_size),
+            (
+                "total-equality-deletes",
+                self.added_equality_deletes,
+                self.removed_equality_deletes,
+            ),
+            (
+                "total-position-deletes",
+                self.added_position_deletes,
+                self.removed_position_deletes,
+            ),
+        ];
+        for (key, added, removed) in totals {
+            let previous = match parent {
+                _ if truncate => Some(removed),
+                None => Some(0),
+                Some(summary) => summary
+                    .additional_properties
+                    .get(key)
+                    .and_then(|v| v.parse::<u64>().ok()),
+            };
+            if let Some(previous) = previous {
+                properties.insert(
+                    key.to_string(),
+                    (previous + added).saturating_sub(removed).to_string(),
+                );
+            }
+        }
+        properties
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A random 64-bit number from the standard library's randomly keyed hasher (a new key per
+/// call), mixed with the clock and a counter: enough for ids that must not collide, without a
+/// dependency.
+fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_i64(now_ms());
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// A 32-hex-digit id naming one commit's files.
+pub(super) fn unique_id() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// A positive snapshot id the table does not have yet.
+fn new_snapshot_id(metadata: &TableMetadata) -> i64 {
+    loop {
+        let id = i64::try_from(random_u64() >> 1).unwrap_or(1);
+        if id != 0 && metadata.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_carry_from_the_parent_and_reset_on_truncate() {
+        let metrics = Metrics {
+            added_data_files: 2,
+            added_records: 10,
+            added_delete_files: 1,
+            added_equality_delete_files: 1,
+            added_equality_deletes: 3,
+            added_size: 100,
+            ..Metrics::default()
+        };
+        let parent = Summary {
+            operation: Operation::Append,
+            additional_properties: HashMap::from([
+                ("total-data-files".to_string(), "5".to_string()),
+                ("total-records".to_string(), "50".to_string()),
+            ]),
+        };
+        let summary = metrics.summary(Some(&parent), false);
+        assert_eq!(summary["total-data-files"], "7");
+        assert_eq!(summary["total-records"], "60");
+        assert_eq!(summary["added-equality-deletes"], "3");
+        assert!(
+            !summary.contains_key("total-delete-files"),
+            "unknown totals stay unstated"
+        );
+        assert!(!summary.contains_key("deleted-records"));
+
+        let fresh = metrics.summary(None, false);
+        assert_eq!(fresh["total-delete-files"], "1");
+        assert_eq!(fresh["total-position-deletes"], "0");
+
+        let truncated = Metrics {
+            removed_data_files: 5,
+            removed_records: 50,
+            ..Metrics::default()
+        };
+        let summary = truncated.summary(Some(&parent), true);
+        assert_eq!(summary["total-data-files"], "0");
+        assert_eq!(summary["deleted-records"], "50");
+    }
+
+    #[test]
+    fn ids_do_not_repeat() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| unique_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.len() == 32));
+    }
+}

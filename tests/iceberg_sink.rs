@@ -1,0 +1,1069 @@
+//! The Iceberg sink against real components: a SQLite catalog (and Glue on moto), tables in a
+//! temporary warehouse (and on moto's S3), every outcome read back by an independent reader —
+//! DuckDB's iceberg_scan, which applies equality deletes by sequence number.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use arrow::array::{
+    ArrayRef, Date32Array, Decimal128Array, FixedSizeBinaryArray, Int32Array, Int64Array,
+    ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use iceberg::spec::{Operation, TableMetadata};
+use lakewriter::catalog::Catalog;
+use lakewriter::sink::iceberg::IcebergSink;
+use lakewriter::sink::{CHECKPOINT_PROPERTY, Sink, TableDelta, TableLayout};
+use lakewriter::source::changes::{ColumnSchema, TableSchema};
+use lakewriter::source::pgoutput::ReplicaIdentity;
+use lakewriter::source::{Oid, RelationId};
+use lakewriter::table::TableId;
+use lakewriter::{Config, Lsn};
+use support::{project_dir, stack};
+
+/// One test's lake: a warehouse directory and a namespace of its own, with the SQLite catalog
+/// in the warehouse (or Glue and S3 on moto), opened from a config as `run` opens it.
+struct Lake {
+    _warehouse: tempfile::TempDir,
+    namespace: String,
+    config: Config,
+}
+
+impl Lake {
+    fn new(label: &str) -> Lake {
+        Lake::with_sink(label, |warehouse, _| {
+            format!("warehouse = \"{}\"\n", warehouse.display())
+        })
+    }
+
+    /// A lake whose `[sink]` section (after the namespace) is `sink(warehouse dir, namespace)`.
+    fn with_sink(label: &str, sink: impl FnOnce(&Path, &str) -> String) -> Lake {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let namespace = format!(
+            "sink_{label}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let warehouse = tempfile::tempdir().expect("a temporary warehouse");
+        let text = format!(
+            "[source]\ndatabase = \"unused\"\n\n[sink]\nnamespace = \"{namespace}\"\n{}",
+            sink(warehouse.path(), &namespace)
+        );
+        let config = Config::parse(&text, Path::new("iceberg-sink-test.toml"), Vec::new())
+            .expect("a valid config");
+        Lake {
+            _warehouse: warehouse,
+            namespace,
+            config,
+        }
+    }
+
+    /// A sink on this lake, as a separate writer (its own catalog connection) would open it.
+    async fn sink(&self) -> IcebergSink {
+        IcebergSink::from_config(&self.config)
+            .await
+            .expect("open the sink")
+    }
+}
+
+/// Builds a table's shape by hand, as the source would describe it: every field nullable,
+/// with the PostgreSQL type in the field metadata.
+fn table_schema(
+    table: &TableId,
+    columns: &[(&str, DataType, u32, bool)],
+    uuid_columns: &[&str],
+) -> Arc<TableSchema> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, data_type, _, _)| {
+            let mut metadata =
+                HashMap::from([("lakewriter.pg_type".to_string(), format!("{data_type}"))]);
+            if uuid_columns.contains(name) {
+                metadata.insert("ARROW:extension:name".into(), "arrow.uuid".into());
+            }
+            Field::new(*name, data_type.clone(), true).with_metadata(metadata)
+        })
+        .collect();
+    let arrow = Arc::new(Schema::new(fields));
+    Arc::new(TableSchema {
+        table: table.clone(),
+        relation: RelationId(16384),
+        replica_identity: ReplicaIdentity::Full,
+        columns: columns
+            .iter()
+            .map(|(name, _, oid, key)| ColumnSchema {
+                name: name.to_string(),
+                type_oid: Oid(*oid),
+                type_modifier: -1,
+                key: *key,
+            })
+            .collect(),
+        arrow: arrow.clone(),
+        arrow_nullable: arrow,
+    })
+}
+
+/// `public.items (id int PRIMARY KEY, name text)`.
+fn items_schema() -> Arc<TableSchema> {
+    table_schema(
+        &TableId::new("public", "items"),
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("name", DataType::Utf8, 25, false),
+        ],
+        &[],
+    )
+}
+
+fn keyed(key: &[&str], partition_by: &[&str]) -> TableLayout {
+    TableLayout {
+        key: key.iter().map(|k| k.to_string()).collect(),
+        partition_by: partition_by.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// Rows of `items`; a `None` name leaves the column null (a key-only old row).
+fn items(schema: &TableSchema, rows: &[(i32, Option<&str>)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(
+                rows.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|(_, name)| *name).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("an items batch")
+}
+
+fn delta(
+    schema: &Arc<TableSchema>,
+    deletes: Vec<RecordBatch>,
+    rows: Vec<RecordBatch>,
+    lsn: u64,
+) -> TableDelta {
+    TableDelta {
+        table: schema.table.clone(),
+        schema: schema.clone(),
+        truncate: false,
+        deletes,
+        rows,
+        lsn: Some(Lsn(lsn)),
+    }
+}
+
+/// The table's current metadata file, as its catalog names it.
+async fn current_metadata(sink: &IcebergSink, table: &TableId) -> (String, TableMetadata) {
+    let lake = sink.lake_table(table);
+    let pointer = sink
+        .catalog()
+        .load(&lake)
+        .await
+        .expect("load the pointer")
+        .expect("the table is registered");
+    let (cached, metadata) = sink
+        .table_metadata(table)
+        .expect("the sink knows the table");
+    assert_eq!(
+        cached, pointer.metadata_location,
+        "the sink's view is the catalog's"
+    );
+    (cached.to_string(), metadata.clone())
+}
+
+/// Runs `query` in DuckDB (with the iceberg extension, after the `setup` statements) and
+/// returns its rows, every value as text (`None` for NULL).
+fn duck(query: &str, setup: &[String]) -> Vec<Vec<Option<String>>> {
+    const SCRIPT: &str = r#"
+import json, sys
+import duck
+con = duck.connect()
+for statement in sys.argv[2:]:
+    con.execute(statement)
+rows = con.execute(sys.argv[1]).fetchall()
+print(json.dumps([[None if v is None else str(v) for v in row] for row in rows]))
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(query)
+        .args(setup)
+        .env("PYTHONPATH", project_dir().join("tests/readers"))
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "duckdb failed on {query}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("duckdb's answer is JSON")
+}
+
+/// The table's rows as DuckDB reads them from `metadata_location`: `columns` as text, ordered
+/// by the first.
+fn duck_rows(metadata_location: &str, columns: &str) -> Vec<Vec<Option<String>>> {
+    duck(
+        &format!("SELECT {columns} FROM iceberg_scan('{metadata_location}') ORDER BY 1"),
+        &[],
+    )
+}
+
+fn text_rows(rows: &[(i32, Option<&str>)]) -> Vec<Vec<Option<String>>> {
+    rows.iter()
+        .map(|(id, name)| vec![Some(id.to_string()), name.map(str::to_string)])
+        .collect()
+}
+
+/// Commits a delta and checks that DuckDB then reads exactly `expected` from the table.
+async fn commit_and_read(
+    sink: &mut IcebergSink,
+    delta: TableDelta,
+    expected: &[(i32, Option<&str>)],
+) -> TableMetadata {
+    let table = delta.table.clone();
+    sink.commit(delta).await.expect("commit");
+    let (location, metadata) = current_metadata(sink, &table).await;
+    assert_eq!(
+        duck_rows(&location, "id, name"),
+        text_rows(expected),
+        "after the commit of snapshot {:?}",
+        metadata.current_snapshot_id()
+    );
+    metadata
+}
+
+#[tokio::test]
+async fn upserts_deletes_rekeys_and_truncate_read_back_in_duckdb() {
+    let lake = Lake::new("upserts");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let mut sink = lake.sink().await;
+    let checkpoint = sink
+        .prepare(&table, &schema, &keyed(&["id"], &[]))
+        .await
+        .expect("create the table");
+    assert_eq!(checkpoint, None, "a new table needs its initial copy");
+
+    // inserts
+    let s = &schema;
+    let rows = |r: &[(i32, Option<&str>)]| vec![items(s, r)];
+    commit_and_read(
+        &mut sink,
+        delta(
+            s,
+            vec![],
+            rows(&[(1, Some("a")), (2, Some("b")), (3, Some("c"))]),
+            10,
+        ),
+        &[(1, Some("a")), (2, Some("b")), (3, Some("c"))],
+    )
+    .await;
+    // an update: the old key deleted, the new row added (the old row may carry only its key)
+    commit_and_read(
+        &mut sink,
+        delta(s, rows(&[(2, None)]), rows(&[(2, Some("b2"))]), 20),
+        &[(1, Some("a")), (2, Some("b2")), (3, Some("c"))],
+    )
+    .await;
+    // a delete
+    commit_and_read(
+        &mut sink,
+        delta(s, rows(&[(3, Some("c"))]), vec![], 30),
+        &[(1, Some("a")), (2, Some("b2"))],
+    )
+    .await;
+    // a key change: 1 becomes 10
+    commit_and_read(
+        &mut sink,
+        delta(s, rows(&[(1, Some("a"))]), rows(&[(10, Some("a"))]), 40),
+        &[(2, Some("b2")), (10, Some("a"))],
+    )
+    .await;
+    // an insert and a delete of the same key in one commit: the delete applies to rows
+    // committed before, never to the row of its own commit; a delete of a key the lake never
+    // had changes nothing
+    commit_and_read(
+        &mut sink,
+        delta(
+            s,
+            rows(&[(10, None), (77, None)]),
+            rows(&[(10, Some("a2")), (11, Some("k"))]),
+            50,
+        ),
+        &[(2, Some("b2")), (10, Some("a2")), (11, Some("k"))],
+    )
+    .await;
+
+    // lookups see the current rows only: 3 was deleted, 10 replaced
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)])),
+        vec![Arc::new(Int32Array::from(vec![2, 3, 10]))],
+    )
+    .expect("a key batch");
+    let found = sink.lookup(&table, &keys).await.expect("lookup");
+    let mut seen: Vec<(i32, String)> = Vec::new();
+    for batch in &found {
+        assert_eq!(batch.schema(), schema.arrow_nullable, "the source's layout");
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .expect("ids");
+        let names = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("names");
+        for i in 0..batch.num_rows() {
+            seen.push((ids.value(i), names.value(i).to_string()));
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![(2, "b2".to_string()), (10, "a2".to_string())]);
+
+    // a truncate, then rows
+    let mut truncate = delta(s, vec![], rows(&[(100, Some("z"))]), 60);
+    truncate.truncate = true;
+    let metadata = commit_and_read(&mut sink, truncate, &[(100, Some("z"))]).await;
+    let summary = metadata.current_snapshot().expect("a snapshot").summary();
+    assert_eq!(summary.operation, Operation::Overwrite);
+    let props = &summary.additional_properties;
+    assert_eq!(props["total-records"], "1");
+    assert_eq!(props["total-data-files"], "1");
+    assert_eq!(props["total-delete-files"], "0");
+    assert_eq!(
+        props["deleted-data-files"], "4",
+        "every earlier data file is removed"
+    );
+    assert_eq!(props["removed-delete-files"], "4");
+    assert_eq!(props[CHECKPOINT_PROPERTY], "0/3C");
+
+    // the snapshot before the truncate still reads its rows (time travel keeps them)
+    let before = metadata
+        .snapshots()
+        .filter(|s| s.sequence_number() == 5)
+        .map(|s| s.snapshot_id())
+        .next()
+        .expect("the fifth snapshot");
+    let (location, _) = current_metadata(&sink, &table).await;
+    assert_eq!(
+        duck(
+            &format!(
+                "SELECT count(*) FROM iceberg_scan('{location}', snapshot_from_id => {before})"
+            ),
+            &[]
+        ),
+        vec![vec![Some("3".to_string())]]
+    );
+}
+
+#[tokio::test]
+async fn a_delete_goes_to_the_partition_of_the_old_row() {
+    let lake = Lake::new("partitioned");
+    let table = TableId::new("sales", "orders");
+    let schema = table_schema(
+        &table,
+        &[
+            ("order_id", DataType::Int32, 23, true),
+            ("order_date", DataType::Date32, 1082, false),
+            ("total", DataType::Decimal128(10, 2), 1700, false),
+        ],
+        &[],
+    );
+    let orders = |rows: &[(i32, i32, i128)]| {
+        RecordBatch::try_new(
+            schema.arrow_nullable.clone(),
+            vec![
+                Arc::new(Int32Array::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )) as ArrayRef,
+                Arc::new(Date32Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(
+                    Decimal128Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+                        .with_precision_and_scale(10, 2)
+                        .expect("decimal(10,2)"),
+                ),
+            ],
+        )
+        .expect("an orders batch")
+    };
+    // 2024-01-15, 2024-02-10, 2024-03-01 as days since 1970-01-01
+    let (jan, feb, mar) = (19737, 19763, 19783);
+    let mut sink = lake.sink().await;
+    sink.prepare(
+        &table,
+        &schema,
+        &keyed(&["order_id"], &["month(order_date)"]),
+    )
+    .await
+    .expect("create the table");
+    sink.commit(delta(
+        &schema,
+        vec![],
+        vec![orders(&[(1, jan, 1050), (2, feb, 999)])],
+        100,
+    ))
+    .await
+    .expect("insert");
+    // order 1 moves from January to March: its delete must land in January's partition
+    sink.commit(delta(
+        &schema,
+        vec![orders(&[(1, jan, 1050)])],
+        vec![orders(&[(1, mar, 2000)])],
+        200,
+    ))
+    .await
+    .expect("update across partitions");
+
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    assert_eq!(
+        sink.lake_table(&table).name,
+        "sales_orders",
+        "non-public schemas prefix the name"
+    );
+    let spec = metadata.default_partition_spec();
+    assert_eq!(spec.fields().len(), 1);
+    assert_eq!(spec.fields()[0].name, "order_date_month");
+    assert_eq!(
+        duck_rows(
+            &location,
+            "order_id, CAST(order_date AS VARCHAR), CAST(total AS VARCHAR)"
+        ),
+        vec![
+            vec![
+                Some("1".into()),
+                Some("2024-03-01".into()),
+                Some("20.00".into())
+            ],
+            vec![
+                Some("2".into()),
+                Some("2024-02-10".into()),
+                Some("9.99".into())
+            ],
+        ]
+    );
+    // the files sit in their partitions' directories
+    let data_dir = Path::new(metadata.location()).join("data");
+    let mut partitions: Vec<String> = std::fs::read_dir(&data_dir)
+        .expect("the data directory")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    partitions.sort();
+    // iceberg-rust names month directories by months since 1970 (648 is January 2024)
+    assert_eq!(
+        partitions,
+        vec![
+            "order_date_month=648",
+            "order_date_month=649",
+            "order_date_month=650"
+        ]
+    );
+    let january = std::fs::read_dir(data_dir.join("order_date_month=648"))
+        .expect("january")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("-delete-"))
+        .count();
+    assert_eq!(january, 1, "the equality delete is in January's partition");
+}
+
+#[tokio::test]
+async fn the_checkpoint_round_trips_through_snapshot_summaries() {
+    let lake = Lake::new("checkpoint");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("create");
+
+    // an initial copy in two chunks: only the last carries the checkpoint
+    let mut first = delta(&schema, vec![], vec![items(&schema, &[(1, Some("a"))])], 0);
+    first.truncate = true;
+    first.lsn = None;
+    sink.commit(first).await.expect("first chunk");
+    assert_eq!(
+        lake.sink()
+            .await
+            .prepare(&table, &schema, &layout)
+            .await
+            .expect("prepare"),
+        None,
+        "an interrupted copy has no checkpoint"
+    );
+    let lsn = "16/B374D848".parse::<Lsn>().expect("an LSN");
+    let mut last = delta(&schema, vec![], vec![items(&schema, &[(2, Some("b"))])], 0);
+    last.lsn = Some(lsn);
+    sink.commit(last).await.expect("last chunk");
+    sink.commit(delta(
+        &schema,
+        vec![items(&schema, &[(1, None)])],
+        vec![],
+        lsn.0 + 8,
+    ))
+    .await
+    .expect("a streamed delete");
+
+    let mut fresh = lake.sink().await;
+    assert_eq!(
+        fresh
+            .prepare(&table, &schema, &layout)
+            .await
+            .expect("prepare"),
+        Some(Lsn(lsn.0 + 8)),
+        "a fresh sink reads the checkpoint back from the lake"
+    );
+
+    let (_, metadata) = current_metadata(&fresh, &table).await;
+    let mut snapshots: Vec<_> = metadata.snapshots().cloned().collect();
+    snapshots.sort_by_key(|s| s.sequence_number());
+    let seen: Vec<(i64, Operation, Option<String>)> = snapshots
+        .iter()
+        .map(|s| {
+            (
+                s.sequence_number(),
+                s.summary().operation.clone(),
+                s.summary()
+                    .additional_properties
+                    .get(CHECKPOINT_PROPERTY)
+                    .cloned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, Operation::Overwrite, None),
+            (2, Operation::Append, Some("16/B374D848".into())),
+            (3, Operation::Overwrite, Some("16/B374D850".into())),
+        ]
+    );
+    for pair in snapshots.windows(2) {
+        assert_eq!(pair[1].parent_snapshot_id(), Some(pair[0].snapshot_id()));
+    }
+    let props = &snapshots[2].summary().additional_properties;
+    assert_eq!(props["added-equality-deletes"], "1");
+    assert_eq!(props["total-equality-deletes"], "1");
+    assert_eq!(props["total-records"], "2", "records in data files");
+    assert_eq!(props["total-delete-files"], "1");
+
+    // a commit at or below the checkpoint is refused and changes nothing
+    let stale = fresh
+        .commit(delta(
+            &schema,
+            vec![],
+            vec![items(&schema, &[(9, Some("x"))])],
+            lsn.0,
+        ))
+        .await
+        .expect_err("a commit below the checkpoint");
+    assert!(stale.to_string().contains("16/B374D850"), "{stale}");
+    let (after, _) = current_metadata(&fresh, &table).await;
+    assert_eq!(duck_rows(&after, "id, name"), text_rows(&[(2, Some("b"))]));
+}
+
+#[tokio::test]
+async fn a_writer_with_stale_metadata_reloads_and_both_commits_land() {
+    let lake = Lake::new("race");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let mut first = lake.sink().await;
+    let mut second = lake.sink().await;
+    first
+        .prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    second
+        .prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    first
+        .commit(delta(
+            &schema,
+            vec![],
+            vec![items(&schema, &[(1, Some("a")), (2, Some("b"))])],
+            10,
+        ))
+        .await
+        .expect("first writer");
+    // the second writer still holds the table before the first commit: it loses the
+    // compare-and-swap, reloads, and re-applies on the winner's snapshot
+    second
+        .commit(delta(
+            &schema,
+            vec![items(&schema, &[(1, None)])],
+            vec![items(&schema, &[(1, Some("a2")), (3, Some("c"))])],
+            20,
+        ))
+        .await
+        .expect("second writer");
+
+    let (location, metadata) = current_metadata(&second, &table).await;
+    assert_eq!(
+        duck_rows(&location, "id, name"),
+        text_rows(&[(1, Some("a2")), (2, Some("b")), (3, Some("c"))])
+    );
+    let mut sequence: Vec<i64> = metadata.snapshots().map(|s| s.sequence_number()).collect();
+    sequence.sort();
+    assert_eq!(sequence, vec![1, 2]);
+    assert_eq!(metadata.last_sequence_number(), 2);
+    assert_eq!(metadata.metadata_log().len(), 2, "create, first commit");
+}
+
+#[tokio::test]
+async fn racing_writers_lose_the_swap_retry_and_lose_no_commit() {
+    let lake = Lake::new("racing");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let mut first = lake.sink().await;
+    let mut second = lake.sink().await;
+    first
+        .prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    second
+        .prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+
+    // Both commit at once, round after round, until one of them has lost a race: its staged
+    // metadata file was never committed, and it retried on the winner's metadata.
+    let metadata_dir = |location: &str| {
+        Path::new(location)
+            .parent()
+            .expect("the metadata directory")
+            .to_path_buf()
+    };
+    let mut rounds = 0;
+    let mut expected = Vec::new();
+    loop {
+        let (a, b) = (rounds * 2, rounds * 2 + 1);
+        // the copy's chunks carry no checkpoint, the stream's do: neither refuses the other
+        let mut chunk = delta(&schema, vec![], vec![items(&schema, &[(a, Some("a"))])], 0);
+        chunk.lsn = None;
+        let streamed = delta(
+            &schema,
+            vec![],
+            vec![items(&schema, &[(b, Some("b"))])],
+            u64::try_from(b).expect("positive"),
+        );
+        let (ra, rb) = tokio::join!(first.commit(chunk), second.commit(streamed));
+        ra.expect("first writer");
+        rb.expect("second writer");
+        expected.extend([(a, Some("a")), (b, Some("b"))]);
+        rounds += 1;
+        let (location, metadata) = current_metadata(&second, &table).await;
+        let files = std::fs::read_dir(metadata_dir(&location))
+            .expect("the metadata directory")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".metadata.json"))
+            .count();
+        let committed = metadata.metadata_log().len() + 1;
+        if files > committed || rounds == 20 {
+            assert!(files > committed, "no race was lost in {rounds} rounds");
+            assert_eq!(duck_rows(&location, "id, name"), text_rows(&expected));
+            let mut sequence: Vec<i64> =
+                metadata.snapshots().map(|s| s.sequence_number()).collect();
+            sequence.sort();
+            assert_eq!(sequence, (1..=i64::from(rounds) * 2).collect::<Vec<_>>());
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn large_commits_roll_files_at_the_target_size() {
+    let lake = Lake::with_sink("rolling", |warehouse, _| {
+        format!(
+            "warehouse = \"{}\"\ntarget_file_size = \"1MiB\"\n",
+            warehouse.display()
+        )
+    });
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &keyed(&["id"], &[]))
+        .await
+        .expect("create");
+    let rows: i32 = 200_000;
+    let ids: Vec<i32> = (0..rows).collect();
+    // distinct, poorly compressible names: about 6 MB of text
+    let names: Vec<String> = ids
+        .iter()
+        .map(|i| format!("{:x}", (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+        .collect();
+    let batch = RecordBatch::try_new(
+        schema.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(ids)),
+            Arc::new(StringArray::from(names)),
+        ],
+    )
+    .expect("a large batch");
+    sink.commit(delta(&schema, vec![], vec![batch], 10))
+        .await
+        .expect("commit");
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    let summary = &metadata
+        .current_snapshot()
+        .expect("a snapshot")
+        .summary()
+        .additional_properties;
+    let files: u64 = summary["added-data-files"].parse().expect("a count");
+    assert!(files > 1, "one file for {rows} rows: {summary:?}");
+    assert_eq!(summary["added-records"], rows.to_string());
+    assert_eq!(
+        duck(
+            &format!("SELECT count(*), count(DISTINCT id) FROM iceberg_scan('{location}')"),
+            &[]
+        ),
+        vec![vec![Some(rows.to_string()), Some(rows.to_string())]]
+    );
+}
+
+/// The sink's futures can run on any task of a multi-threaded runtime.
+#[allow(dead_code)]
+fn sink_futures_are_send(sink: &mut IcebergSink, delta: TableDelta, keys: &RecordBatch) {
+    fn send<T: Send>(_: T) {}
+    let schema = delta.schema.clone();
+    send(sink.prepare(&delta.table.clone(), &schema, &keyed(&[], &[])));
+    send(sink.commit(delta.clone()));
+    send(sink.lookup(&delta.table, keys));
+}
+
+#[tokio::test]
+async fn schema_evolution_adds_columns_and_widens_types() {
+    let lake = Lake::new("evolution");
+    let table = TableId::new("public", "counters");
+    let layout = keyed(&["id"], &[]);
+    let v1 = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("hits", DataType::Int32, 23, false),
+        ],
+        &[],
+    );
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &v1, &layout).await.expect("create");
+    let batch = RecordBatch::try_new(
+        v1.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![1, 2])),
+            Arc::new(Int32Array::from(vec![Some(5), None])),
+        ],
+    )
+    .expect("v1 rows");
+    sink.commit(delta(&v1, vec![], vec![batch], 10))
+        .await
+        .expect("v1 rows");
+
+    // ALTER TABLE … ALTER hits TYPE bigint, ADD note text
+    let v2 = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("hits", DataType::Int64, 20, false),
+            ("note", DataType::Utf8, 25, false),
+        ],
+        &[],
+    );
+    sink.prepare(&table, &v2, &layout).await.expect("evolve");
+    let batch = RecordBatch::try_new(
+        v2.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![3])),
+            Arc::new(Int64Array::from(vec![5_000_000_000])),
+            Arc::new(StringArray::from(vec!["big"])),
+        ],
+    )
+    .expect("v2 rows");
+    sink.commit(delta(&v2, vec![], vec![batch], 20))
+        .await
+        .expect("v2 rows");
+
+    // ALTER TABLE … DROP hits: the lake keeps the column, new rows hold nulls in it
+    let v3 = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("note", DataType::Utf8, 25, false),
+        ],
+        &[],
+    );
+    let batch = RecordBatch::try_new(
+        v3.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![4])),
+            Arc::new(StringArray::from(vec!["dropped"])),
+        ],
+    )
+    .expect("v3 rows");
+    // the schema change arrives with the delta, without a prepare
+    sink.commit(delta(&v3, vec![], vec![batch], 30))
+        .await
+        .expect("v3 rows");
+
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    let schema = metadata.current_schema();
+    assert_eq!(
+        schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["id", "hits", "note"]
+    );
+    assert_eq!(
+        duck_rows(&location, "id, hits, note"),
+        vec![
+            vec![Some("1".into()), Some("5".into()), None],
+            vec![Some("2".into()), None, None],
+            vec![
+                Some("3".into()),
+                Some("5000000000".into()),
+                Some("big".into())
+            ],
+            vec![Some("4".into()), None, Some("dropped".into())],
+        ]
+    );
+
+    // a change Iceberg cannot follow is refused, naming the column
+    let v4 = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("note", DataType::Int32, 23, false),
+        ],
+        &[],
+    );
+    let error = sink
+        .prepare(&table, &v4, &layout)
+        .await
+        .expect_err("text → int");
+    let message = error.to_string();
+    assert!(
+        message.contains("column note") && message.contains("counters"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn uuid_keys_decimals_lists_and_timestamps_land_and_look_up() {
+    let lake = Lake::new("types");
+    let table = TableId::new("public", "events");
+    let schema = table_schema(
+        &table,
+        &[
+            ("id", DataType::FixedSizeBinary(16), 2950, true),
+            ("amount", DataType::Decimal128(12, 3), 1700, false),
+            (
+                "tags",
+                DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
+                1009,
+                false,
+            ),
+            (
+                "happened_at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                1184,
+                false,
+            ),
+        ],
+        &["id"],
+    );
+    let ids = [[0x11_u8; 16], [0x22_u8; 16]];
+    let batch = |which: &[usize]| {
+        let mut tags = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+            "element",
+            DataType::Utf8,
+            true,
+        )));
+        for &i in which {
+            tags.values().append_value(format!("t{i}"));
+            tags.values().append_null();
+            tags.append(true);
+        }
+        RecordBatch::try_new(
+            schema.arrow_nullable.clone(),
+            vec![
+                Arc::new(
+                    FixedSizeBinaryArray::try_from_iter(which.iter().map(|&i| ids[i]))
+                        .expect("uuids"),
+                ) as ArrayRef,
+                Arc::new(
+                    Decimal128Array::from(
+                        which
+                            .iter()
+                            .map(|&i| -1_234_567 * (i as i128 + 1))
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_precision_and_scale(12, 3)
+                    .expect("decimal(12,3)"),
+                ),
+                Arc::new(tags.finish()),
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        which
+                            .iter()
+                            .map(|&i| 1_700_000_000_000_000 + i as i64)
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone("+00:00"),
+                ),
+            ],
+        )
+        .expect("an events batch")
+    };
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &keyed(&["id"], &["bucket(4, id)"]))
+        .await
+        .expect("create");
+    sink.commit(delta(&schema, vec![], vec![batch(&[0, 1])], 10))
+        .await
+        .expect("insert");
+    sink.commit(delta(&schema, vec![batch(&[0])], vec![], 20))
+        .await
+        .expect("delete by uuid");
+
+    let (location, _) = current_metadata(&sink, &table).await;
+    assert_eq!(
+        duck_rows(
+            &location,
+            "CAST(id AS VARCHAR), CAST(amount AS VARCHAR), CAST(tags AS VARCHAR), \
+             CAST(epoch_us(happened_at) AS VARCHAR)"
+        ),
+        vec![vec![
+            Some("22222222-2222-2222-2222-222222222222".into()),
+            Some("-2469.134".into()),
+            Some("[t1, NULL]".into()),
+            Some("1700000000000001".into()),
+        ]]
+    );
+
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![schema.arrow_nullable.field(0).clone()])),
+        vec![Arc::new(
+            FixedSizeBinaryArray::try_from_iter(ids.iter().copied()).expect("uuids"),
+        )],
+    )
+    .expect("keys");
+    let found = sink.lookup(&table, &keys).await.expect("lookup");
+    let rows: usize = found.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, 1, "only the live key");
+    let found_ids = found[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<FixedSizeBinaryArray>()
+        .expect("uuids");
+    assert_eq!(found_ids.value(0), &ids[1]);
+}
+
+#[tokio::test]
+async fn on_s3_with_glue_a_commit_lands_and_duckdb_reads_it() {
+    let endpoint = stack().aws_endpoint().to_string();
+    let bucket = format!("lake-{}", std::process::id());
+    let lake = Lake::with_sink("s3", |_, _| {
+        format!(
+            "catalog = \"glue\"\nwarehouse = \"s3://{bucket}/warehouse\"\n\
+             [sink.glue]\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\n\
+             [sink.s3]\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\n\
+             force_path_style = true\naccess_key_id = \"testing\"\n\
+             secret_access_key = \"testing\"\n"
+        )
+    });
+    let s3 = lakewriter::cloud::s3_client(&lake.config).await;
+    match s3.create_bucket().bucket(&bucket).send().await {
+        Ok(_) => {}
+        Err(e) => {
+            let text = format!("{e:?}");
+            assert!(
+                text.contains("BucketAlreadyOwnedByYou"),
+                "create bucket: {text}"
+            );
+        }
+    }
+
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &keyed(&["id"], &[]))
+        .await
+        .expect("create on glue");
+    sink.commit(delta(
+        &schema,
+        vec![],
+        vec![items(&schema, &[(1, Some("a")), (2, Some("b"))])],
+        10,
+    ))
+    .await
+    .expect("insert");
+    sink.commit(delta(
+        &schema,
+        vec![items(&schema, &[(1, None)])],
+        vec![items(&schema, &[(3, Some("c"))])],
+        20,
+    ))
+    .await
+    .expect("delete and insert");
+
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    assert!(
+        location.starts_with(&format!(
+            "s3://{bucket}/warehouse/{}/items/metadata/",
+            lake.namespace
+        )),
+        "{location}"
+    );
+    assert_eq!(
+        metadata.current_snapshot().map(|s| s.sequence_number()),
+        Some(2)
+    );
+    let port = endpoint
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .trim_end_matches('/');
+    let setup = vec![
+        format!("SET s3_endpoint='127.0.0.1:{port}'"),
+        "SET s3_use_ssl=false".to_string(),
+        "SET s3_url_style='path'".to_string(),
+        "SET s3_access_key_id='testing'".to_string(),
+        "SET s3_secret_access_key='testing'".to_string(),
+        "SET s3_region='us-east-1'".to_string(),
+    ];
+    assert_eq!(
+        duck(
+            &format!("SELECT id, name FROM iceberg_scan('{location}') ORDER BY 1"),
+            &setup
+        ),
+        text_rows(&[(2, Some("b")), (3, Some("c"))])
+    );
+
+    // a fresh sink reads the checkpoint back through Glue
+    assert_eq!(
+        lake.sink()
+            .await
+            .prepare(&table, &schema, &keyed(&["id"], &[]))
+            .await
+            .expect("prepare"),
+        Some(Lsn(20))
+    );
+}
