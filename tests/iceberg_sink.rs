@@ -177,6 +177,20 @@ async fn current_metadata(sink: &IcebergSink, table: &TableId) -> (String, Table
     (cached.to_string(), metadata.clone())
 }
 
+/// The table's current metadata as the catalog points at it, read from the file (a sink's
+/// cached view may be behind another writer's commit).
+async fn catalog_metadata(sink: &IcebergSink, table: &TableId) -> (String, TableMetadata) {
+    let pointer = sink
+        .catalog()
+        .load(&sink.lake_table(table))
+        .await
+        .expect("load the pointer")
+        .expect("the table is registered");
+    let bytes = std::fs::read(&pointer.metadata_location).expect("read the metadata file");
+    let metadata: TableMetadata = serde_json::from_slice(&bytes).expect("parse the metadata");
+    (pointer.metadata_location, metadata)
+}
+
 /// Runs `query` in DuckDB (with the iceberg extension, after the `setup` statements) and
 /// returns its rows, every value as text (`None` for NULL).
 fn duck(query: &str, setup: &[String]) -> Vec<Vec<Option<String>>> {
@@ -668,7 +682,8 @@ async fn racing_writers_lose_the_swap_retry_and_lose_no_commit() {
         rb.expect("second writer");
         expected.extend([(a, Some("a")), (b, Some("b"))]);
         rounds += 1;
-        let (location, metadata) = current_metadata(&second, &table).await;
+        // either writer may have committed last: read what the catalog points at
+        let (location, metadata) = catalog_metadata(&second, &table).await;
         let files = std::fs::read_dir(metadata_dir(&location))
             .expect("the metadata directory")
             .filter_map(|e| e.ok())
