@@ -226,3 +226,20 @@ async fn snapshot_stream_stop_and_restart_keep_the_lake_equal_to_postgres() {
     let lake = run_until_caught_up(&db, lake, || {}).await;
     assert_eq!(lake.commits, commits_before);
 }
+
+#[tokio::test]
+async fn a_partition_outside_the_replica_identity_is_refused() {
+    let db = TestDb::new("service_partition").await;
+    db.psql(&["-v", "rows=10", "-f", "sql/orders.sql"]);
+    let text =
+        db.config_toml("[sink.tables.\"public.orders\"]\npartition_by = [\"month(order_date)\"]\n");
+    let config =
+        Arc::new(Config::parse(&text, Path::new("test.toml"), Vec::new()).expect("config"));
+    let (_stop, shutdown) = watch::channel(false);
+    let err = service::run(config, MemoryLake::default(), shutdown)
+        .await
+        .expect_err("a delete could not reach the old partition");
+    let message = err.to_string();
+    assert!(message.contains("REPLICA IDENTITY FULL"), "{message}");
+    assert!(message.contains("order_date"), "{message}");
+}

@@ -82,6 +82,25 @@ pub async fn run<S: Sink>(
                 .map(|t| t.partition_by.clone())
                 .unwrap_or_default(),
         };
+        // a delete goes to the old row's partition: the old row must carry the partition
+        // columns (DESIGN.md invariant 6)
+        if mode == TableMode::Upsert {
+            let logged = described.logged_old_columns();
+            for expression in &layout.partition_by {
+                let column = schema::partition_source_column(expression);
+                if !logged.iter().any(|c| c == column) {
+                    return Err(Error::Source {
+                        message: format!(
+                            "table {table}: [sink.tables.\"{table}\"] partitions on {column}, which \
+                             is outside the table's replica identity, so a delete could not reach \
+                             the old row's partition; run `ALTER TABLE {} REPLICA IDENTITY FULL;` \
+                             or partition on key columns",
+                            table.quoted()
+                        ),
+                    });
+                }
+            }
+        }
         let target = match mode {
             TableMode::Upsert => shape.clone(),
             TableMode::Changelog => Arc::new(changelog::schema(&shape)),
