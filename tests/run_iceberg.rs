@@ -226,3 +226,108 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     stop(child);
     assert_eq!(lake_lines(&db), postgres_lines(&db).await);
 }
+
+/// Runs `query` (with `{scan}` standing for the table's scan) in DuckDB over the lake table
+/// `name` and returns its rows as lines.
+fn duck_query(db: &TestDb, name: &str, query: &str) -> Vec<String> {
+    let catalog = db.warehouse.path().join("catalog.db");
+    let script = format!(
+        r#"
+import sqlite3, sys
+import duck
+row = sqlite3.connect({catalog:?}).execute(
+    "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
+    ({namespace:?}, {name:?}),
+).fetchone()
+if row is None:
+    sys.exit("no such table in the catalog")
+con = duck.connect()
+query = {query:?}.replace("{{scan}}", f"iceberg_scan('{{row[0]}}')")
+for values in con.sql(query).fetchall():
+    print("|".join("NULL" if v is None else str(v) for v in values))
+"#,
+        catalog = catalog.display().to_string(),
+        namespace = db.namespace,
+    );
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", support::project_dir().join("tests/readers"))
+        .output()
+        .expect("run DuckDB");
+    assert!(
+        output.status.success(),
+        "DuckDB: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn schema_changes_truncates_and_unchanged_toast_values_reach_the_lake() {
+    let db = TestDb::new("run_evolve").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+             INSERT INTO docs SELECT i, repeat(md5(i::text), 400), i FROM generate_series(1, 20) i;",
+        )
+        .await
+        .expect("schema");
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    for statement in [
+        // the toasted body is not sent: the writer must find it in the lake
+        "UPDATE docs SET n = n + 100 WHERE id <= 5",
+        "ALTER TABLE docs ADD COLUMN tag text",
+        "UPDATE docs SET tag = 'tagged' WHERE id BETWEEN 3 AND 8",
+        "ALTER TABLE docs ALTER COLUMN n TYPE bigint",
+        "INSERT INTO docs VALUES (21, 'short', 5000000000, 'wide')",
+        "DELETE FROM docs WHERE id = 20",
+    ] {
+        db.client()
+            .await
+            .batch_execute(statement)
+            .await
+            .expect(statement);
+    }
+    caught_up(&db, &mut child).await;
+    let expected: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT id || '|' || md5(body) || '|' || n || '|' || coalesce(tag, 'NULL') \
+             FROM docs ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        duck_query(
+            &db,
+            "docs",
+            "SELECT id, md5(body), n, tag FROM {scan} ORDER BY id"
+        ),
+        expected
+    );
+
+    // a truncate empties the lake table, and later rows arrive
+    db.client()
+        .await
+        .batch_execute("TRUNCATE docs; INSERT INTO docs VALUES (1, 'after', 1, NULL)")
+        .await
+        .expect("truncate");
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert_eq!(
+        duck_query(&db, "docs", "SELECT id, body FROM {scan} ORDER BY id"),
+        vec!["1|after".to_string()]
+    );
+}
