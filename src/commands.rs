@@ -105,8 +105,6 @@ pub async fn doctor(config: &Config) -> Result<bool> {
 }
 
 /// `lakewriter status`: per table, checkpoint LSN, lag, snapshots and files.
-pub async fn status(_config: &Config) -> Result<()> {
-    Err(Error::NotBuilt {
-        what: "`lakewriter status`",
-    })
+pub async fn status(config: &Config) -> Result<()> {
+    crate::status::print(config).await
 }

@@ -13,6 +13,7 @@
 //!   compare-and-swap in AWS Glue or a local SQLite file (pyiceberg's schema).
 //! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,
 //!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
+//! - [`status`]: per lake table, checkpoint, lag, snapshots and files.
 //! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
 //! - [`cloud`]: AWS clients (S3, Glue) from the configuration.
 //! - [`progress`]: bars on a terminal, log lines elsewhere, for long work.
@@ -29,6 +30,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod table;
 
 pub use config::Config;

@@ -149,6 +149,28 @@ async fn run_streams_into_iceberg_and_duckdb_reads_what_postgres_holds() {
     let log = stop(child);
     assert!(log.contains("stopped"), "{log}");
     assert_eq!(lake_lines(&db), postgres_lines(&db).await);
+
+    // status shows the table with its checkpoint, and the slot
+    let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(["status", "--config"])
+        .arg(config_path(&db))
+        .output()
+        .expect("run lakewriter status");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{}.orders ", db.namespace)))
+        .unwrap_or_else(|| panic!("no orders line in:\n{text}"));
+    assert!(!line.contains("incomplete"), "{line}");
+    assert!(
+        text.contains(&format!("slot {}: confirmed", db.slot)),
+        "{text}"
+    );
 }
 
 /// A small deterministic generator, so a failing run can be replayed from its seed.
