@@ -7,15 +7,21 @@
 //! 2. Stream: `stream()` delivering every change of the workload to a counting consumer that
 //!    acknowledges, against `pg_recvlogical` draining a twin slot to a file.
 //! 3. Snapshot: `copy_table` (COPY text parsed into Arrow batches) against
-//!    `COPY … TO STDOUT (FORMAT binary)` drained and counted.
+//!    `COPY … TO STDOUT (FORMAT binary)` drained and counted; with, between them, the text COPY
+//!    drained unparsed (PostgreSQL's share of the gap), and first, the recorded text parsed in
+//!    memory (ours).
+//!
+//! Each side of 2 and 3 runs `--runs` times (default 2), alternating, and keeps its best run;
+//! the CPU seconds shown are this process's (or pg_recvlogical's) during the run. The decoder
+//! passes repeat for at least a second. Ratios are this side's rate over the reference's.
 //!
 //! ```text
 //! cargo bench --bench source -- [--rounds N] [--batch N] [--seed-rows N]
-//!                               [--snapshot-rows N] [--passes N] [--only LIST]
+//!                               [--snapshot-rows N] [--runs N] [--passes N] [--only LIST]
 //! ```
 //!
 //! or the same through `LAKEWRITER_BENCH_ROUNDS`, `…_BATCH`, `…_SEED_ROWS`, `…_SNAPSHOT_ROWS`,
-//! `…_PASSES`, `…_ONLY` (`--only decoder,stream,snapshot`).
+//! `…_RUNS`, `…_PASSES`, `…_ONLY` (`--only decoder,stream,snapshot`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -33,14 +39,15 @@ use lakewriter::config::Config;
 use lakewriter::source::RelationId;
 use lakewriter::source::changes::{ChangeBuilder, TableSchema};
 use lakewriter::source::connection;
+use lakewriter::source::copy::{CopyReader, Row};
 use lakewriter::source::pgoutput::{self, Message};
 use lakewriter::source::schema::describe_table;
 use lakewriter::source::snapshot::{
     CopySettings, SnapshotRows, SnapshotSession, copy_table, table_schema,
 };
 use lakewriter::source::stream::{SourceEvent, StreamSettings, stream};
-use lakewriter::source::types::{PgType, TypeOptions};
-use lakewriter::table::TableId;
+use lakewriter::source::types::{ColumnBuilder, PgType, TypeOptions};
+use lakewriter::table::{TableId, quote_ident};
 use support::{TestDb, stack};
 use tokio::sync::{mpsc, watch};
 
@@ -55,6 +62,8 @@ struct Args {
     seed_rows: u64,
     /// Rows in `orders` for the snapshot measurement.
     snapshot_rows: u64,
+    /// Runs of each side of the stream and snapshot measurements; the best is kept.
+    runs: usize,
     /// Passes over the recording for each decoder measurement; the best is kept.
     passes: u32,
     /// Which measurements run.
@@ -73,6 +82,7 @@ impl Args {
             "SEED_ROWS",
             "SNAPSHOT_ROWS",
             "PASSES",
+            "RUNS",
             "ONLY",
         ] {
             if let Some(value) = env(name) {
@@ -115,6 +125,7 @@ impl Args {
             "seed-rows",
             "snapshot-rows",
             "passes",
+            "runs",
             "only",
         ];
         for name in values.keys() {
@@ -125,6 +136,9 @@ impl Args {
             batch: u32::try_from(number("batch", 2000)).expect("--batch fits u32"),
             seed_rows: number("seed-rows", 10_000),
             snapshot_rows: number("snapshot-rows", 1_500_000),
+            runs: usize::try_from(number("runs", 2))
+                .expect("--runs fits usize")
+                .max(1),
             passes: u32::try_from(number("passes", 5))
                 .expect("--passes fits u32")
                 .max(1),
@@ -143,6 +157,8 @@ struct Line {
     seconds: f64,
     /// `(reference name, reference seconds for the same work)`.
     reference: Option<(String, f64)>,
+    /// CPU seconds (user and system) the measured side spent: this process, or the child.
+    cpu: Option<f64>,
     note: &'static str,
 }
 
@@ -155,8 +171,8 @@ impl Line {
 fn print_table(title: &str, lines: &[Line]) {
     println!("\n{title}");
     println!(
-        "  {:<44} {:>10} {:>9} {:>12} {:>9} {:>8}",
-        "measurement", "rows", "seconds", "rows/s", "MB/s", "ratio"
+        "  {:<48} {:>10} {:>9} {:>12} {:>9} {:>7} {:>8}",
+        "measurement", "rows", "seconds", "rows/s", "MB/s", "CPU s", "ratio"
     );
     for line in lines {
         let mb = line.bytes.map_or_else(
@@ -167,13 +183,17 @@ fn print_table(title: &str, lines: &[Line]) {
             || "ref".to_string(),
             |(_, seconds)| format!("{:.3}", seconds / line.seconds),
         );
+        let cpu = line
+            .cpu
+            .map_or_else(|| "-".to_string(), |c| format!("{c:.2}"));
         println!(
-            "  {:<44} {:>10} {:>9.3} {:>12.0} {:>9} {:>8}",
+            "  {:<48} {:>10} {:>9.3} {:>12.0} {:>9} {:>7} {:>8}",
             line.name,
             line.rows,
             line.seconds,
             line.rate(),
             mb,
+            cpu,
             ratio
         );
     }
@@ -193,9 +213,18 @@ fn print_table(title: &str, lines: &[Line]) {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "an unknown CPU".into());
     println!(
-        "lakewriter source benchmarks: {} cores; {args:?}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "lakewriter source benchmarks: {} cores ({cpu}), load average {}\n{args:?}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
     );
     let db = TestDb::new("bench_source").await;
     let started = Instant::now();
@@ -209,23 +238,35 @@ async fn main() {
             decoder_bench(workload, &args);
         }
         if args.stream {
-            stream_bench(&db, workload).await;
+            stream_bench(&db, workload, &args).await;
         }
         workload.drop_slots(&db).await;
     }
     if args.snapshot {
         snapshot_bench(&db, &args).await;
     }
-    println!("\ntotal time {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\ntotal time {:.1} s; load average {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
 }
 
-/// The orders workload committed after four slots were created (two for `stream()`, two for
-/// pg_recvlogical: each side runs twice), and its pgoutput stream recorded in memory.
+/// The 1, 5 and 15 minute load averages: on a shared machine they say how much the figures
+/// can be trusted.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The orders workload committed after its slots were created (one per run for `stream()`, one
+/// per run for pg_recvlogical), and its pgoutput stream recorded in memory.
 struct Workload {
     /// Slots for `stream()`, one per run.
-    lakewriter_slots: [String; 2],
+    lakewriter_slots: Vec<String>,
     /// Slots for pg_recvlogical, one per run.
-    recvlogical_slots: [String; 2],
+    recvlogical_slots: Vec<String>,
     /// The recorded messages, in stream order.
     messages: Vec<Vec<u8>>,
     /// The end LSN of the last commit: where both streams stop.
@@ -254,8 +295,8 @@ impl Workload {
             .await
             .expect("create the publication");
         let slot = |what: &str, run: usize| format!("{}_{what}{run}", db.slot);
-        let lakewriter_slots = [slot("lw", 1), slot("lw", 2)];
-        let recvlogical_slots = [slot("recv", 1), slot("recv", 2)];
+        let lakewriter_slots: Vec<String> = (1..=args.runs).map(|run| slot("lw", run)).collect();
+        let recvlogical_slots: Vec<String> = (1..=args.runs).map(|run| slot("recv", run)).collect();
         for name in lakewriter_slots.iter().chain(&recvlogical_slots) {
             client
                 .execute(
@@ -356,10 +397,31 @@ fn config_for(db: &TestDb, slot: &str) -> Config {
     config
 }
 
-/// Runs `pass` `passes` times and keeps the fastest; returns its seconds and its result.
+/// CPU seconds (user and system) so far of this process, and of its children waited for.
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (in parentheses, maybe with spaces) start at field 3.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    // utime, stime, cutime, cstime: fields 14 to 17, in clock ticks of 1/100 s on Linux.
+    let ticks = |field: usize| fields.get(field - 3).copied().unwrap_or(0) as f64 / 100.0;
+    (ticks(14) + ticks(15), ticks(16) + ticks(17))
+}
+
+/// Runs `pass` at least `passes` times and for at least a second in all, and keeps the
+/// fastest; returns its seconds and its result.
 fn best_of<T>(passes: u32, mut pass: impl FnMut() -> T) -> (f64, T) {
     let mut best: Option<(f64, T)> = None;
-    for _ in 0..passes {
+    let started = Instant::now();
+    let mut done = 0;
+    while done < passes || started.elapsed() < Duration::from_secs(1) {
+        done += 1;
         let started = Instant::now();
         let out = black_box(pass());
         let seconds = started.elapsed().as_secs_f64();
@@ -411,12 +473,13 @@ fn decoder_bench(workload: &Workload, args: &Args) {
         bytes: Some(bytes),
         seconds,
         reference: reference.then(|| ("sum of bytes".to_string(), floor)),
+        cpu: None,
         note,
     };
     print_table(
         &format!(
             "1. decoder, in memory: {} messages, {} row changes, {:.1} MB \
-             (best of {} passes each)",
+             (best of at least {} passes and 1 s each)",
             messages.len(),
             workload.changes,
             bytes as f64 / 1e6,
@@ -475,7 +538,20 @@ fn decode_into_arrow(messages: &[Vec<u8>]) -> u64 {
                     .collect();
                 let schema = TableSchema::from_relation(&relation, &types, &options)
                     .expect("the relation's schema");
-                builders.retain(|(id, _)| *id != relation.id);
+                // pgoutput repeats a Relation after cache invalidations: only a new shape
+                // hands on the rows built so far and starts a new builder
+                if schemas
+                    .get(&relation.id)
+                    .is_some_and(|known| known.same_shape(&schema))
+                {
+                    continue;
+                }
+                if let Some(index) = builders.iter().position(|(id, _)| *id == relation.id) {
+                    let (_, mut builder) = builders.remove(index);
+                    if !builder.is_empty() {
+                        rows += black_box(builder.finish(position).expect("finish")).len() as u64;
+                    }
+                }
                 schemas.insert(relation.id, Arc::new(schema));
                 continue;
             }
@@ -512,59 +588,87 @@ fn decode_into_arrow(messages: &[Vec<u8>]) -> u64 {
     rows
 }
 
-async fn stream_bench(db: &TestDb, workload: &Workload) {
+/// One timed run: wall seconds and the measured side's CPU seconds.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    seconds: f64,
+    cpu: f64,
+}
+
+/// The fastest of `runs`.
+fn fastest(runs: &[Run]) -> Run {
+    runs.iter()
+        .copied()
+        .fold(None, |best: Option<Run>, run| match best {
+            Some(b) if b.seconds <= run.seconds => Some(b),
+            _ => Some(run),
+        })
+        .expect("at least one run")
+}
+
+async fn stream_bench(db: &TestDb, workload: &Workload, args: &Args) {
     let dir = tempfile::tempdir().expect("a directory for pg_recvlogical's output");
     let mut recvlogical = Vec::new();
     let mut lakewriter = Vec::new();
-    for run in 0..2 {
+    // Alternated, so that a drift of the machine's load touches both sides alike.
+    for run in 0..args.runs {
         let file = dir.path().join(format!("recv{run}.out"));
-        let (seconds, written) =
+        let (timed, written) =
             recvlogical_drain(db, &workload.recvlogical_slots[run], workload.end, &file);
         println!(
-            "  run {}: pg_recvlogical {seconds:.3} s ({:.1} MB written)",
+            "  run {}: pg_recvlogical {:.3} s, {:.2} CPU s ({:.1} MB written)",
             run + 1,
+            timed.seconds,
+            timed.cpu,
             written as f64 / 1e6
         );
-        recvlogical.push(seconds);
-        let (seconds, rows) = stream_drain(db, &workload.lakewriter_slots[run], workload.end).await;
+        recvlogical.push(timed);
+        let (timed, rows) = stream_drain(db, &workload.lakewriter_slots[run], workload.end).await;
         assert_eq!(
             rows, workload.changes,
             "stream() delivered every recorded change"
         );
-        println!("  run {}: stream() {seconds:.3} s", run + 1);
-        lakewriter.push(seconds);
+        println!(
+            "  run {}: stream() {:.3} s, {:.2} CPU s",
+            run + 1,
+            timed.seconds,
+            timed.cpu
+        );
+        lakewriter.push(timed);
     }
-    let best = |times: &[f64]| times.iter().copied().fold(f64::INFINITY, f64::min);
-    let reference = best(&recvlogical);
+    let reference = fastest(&recvlogical);
+    let ours = fastest(&lakewriter);
     print_table(
         &format!(
             "2. stream, PostgreSQL to Arrow: {} row changes in {} transactions \
-             (each side run twice on its own slot; best run kept)",
-            workload.changes, workload.transactions
+             (each side run {} times, each run on its own slot; best run kept)",
+            workload.changes, workload.transactions, args.runs
         ),
         &[
             Line {
                 name: "pg_recvlogical (pgoutput, to a file)".into(),
                 rows: workload.changes,
                 bytes: None,
-                seconds: reference,
+                seconds: reference.seconds,
                 reference: None,
+                cpu: Some(reference.cpu),
                 note: "",
             },
             Line {
                 name: "stream() to a counting, acknowledging consumer".into(),
                 rows: workload.changes,
                 bytes: None,
-                seconds: best(&lakewriter),
-                reference: Some(("pg_recvlogical".into(), reference)),
-                note: "",
+                seconds: ours.seconds,
+                reference: Some(("pg_recvlogical".into(), reference.seconds)),
+                cpu: Some(ours.cpu),
+                note: "from the call to the last commit, connections included on both sides",
             },
         ],
     );
 }
 
-/// pg_recvlogical drains `slot` up to `end` into `file`; returns its seconds and bytes written.
-fn recvlogical_drain(db: &TestDb, slot: &str, end: Lsn, file: &Path) -> (f64, u64) {
+/// pg_recvlogical drains `slot` up to `end` into `file`; returns its time and bytes written.
+fn recvlogical_drain(db: &TestDb, slot: &str, end: Lsn, file: &Path) -> (Run, u64) {
     let mut command: Command = stack().pg_program("pg_recvlogical");
     command.args([
         "-d",
@@ -582,9 +686,11 @@ fn recvlogical_drain(db: &TestDb, slot: &str, end: Lsn, file: &Path) -> (f64, u6
         "-f",
     ]);
     command.arg(file);
+    let (_, children_before) = cpu_seconds();
     let started = Instant::now();
     let output = command.output().expect("run pg_recvlogical");
     let seconds = started.elapsed().as_secs_f64();
+    let (_, children_after) = cpu_seconds();
     assert!(
         output.status.success(),
         "pg_recvlogical failed: {}",
@@ -592,16 +698,18 @@ fn recvlogical_drain(db: &TestDb, slot: &str, end: Lsn, file: &Path) -> (f64, u6
     );
     let written = std::fs::metadata(file).map_or(0, |m| m.len());
     assert!(written > 0, "pg_recvlogical wrote nothing");
-    (seconds, written)
+    let cpu = children_after - children_before;
+    (Run { seconds, cpu }, written)
 }
 
-/// `stream()` on `slot` until the commit ending at `end` arrives; returns the seconds from the
+/// `stream()` on `slot` until the commit ending at `end` arrives; returns the time from the
 /// call to that commit and the rows delivered.
-async fn stream_drain(db: &TestDb, slot: &str, end: Lsn) -> (f64, u64) {
+async fn stream_drain(db: &TestDb, slot: &str, end: Lsn) -> (Run, u64) {
     let config = config_for(db, slot);
     let (events_tx, mut events) = mpsc::channel(16);
     let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (cpu_before, _) = cpu_seconds();
     let started = Instant::now();
     let task = tokio::spawn(async move {
         stream(
@@ -635,13 +743,30 @@ async fn stream_drain(db: &TestDb, slot: &str, end: Lsn) -> (f64, u64) {
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (cpu_after, _) = cpu_seconds();
     let _ = shutdown_tx.send(true);
     let drain = async { while events.recv().await.is_some() {} };
     let (result, ()) = tokio::join!(task, drain);
     result
         .expect("join stream()")
         .expect("stream() stops cleanly");
-    (seconds, rows)
+    let cpu = cpu_after - cpu_before;
+    (Run { seconds, cpu }, rows)
+}
+
+/// Drains `COPY … TO STDOUT` of `query` on `client`, counting bytes.
+async fn copy_drain(client: &tokio_postgres::Client, query: &str) -> (Run, u64) {
+    let (cpu_before, _) = cpu_seconds();
+    let started = Instant::now();
+    let stream = client.copy_out(query).await.expect("COPY");
+    futures::pin_mut!(stream);
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk.expect("a COPY chunk").len() as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().0 - cpu_before;
+    (Run { seconds, cpu }, bytes)
 }
 
 async fn snapshot_bench(db: &TestDb, args: &Args) {
@@ -666,8 +791,7 @@ async fn snapshot_bench(db: &TestDb, args: &Args) {
     if missing > 0 || !has_orders {
         db.psql(&["-v", &format!("rows={missing}"), "-f", "sql/orders.sql"]);
     }
-    // Hint bits and the visibility map set, statistics fresh, pages cached: both sides read a
-    // settled table.
+    // Hint bits and the visibility map set, statistics fresh: both sides read a settled table.
     client
         .batch_execute("VACUUM (ANALYZE) public.orders")
         .await
@@ -710,27 +834,46 @@ async fn snapshot_bench(db: &TestDb, args: &Args) {
         parallelism: 1,
         ..CopySettings::default()
     };
+    // The query copy_table sends, drained without parsing: splits the gap between the text
+    // and the binary format (PostgreSQL's side) from the parsing into Arrow (ours).
+    let text_query = format!(
+        "COPY (SELECT {} FROM {}) TO STDOUT",
+        schema
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", "),
+        table.quoted()
+    );
 
-    let mut binary = Vec::new();
-    let mut arrow = Vec::new();
-    for run in 0..2 {
-        let started = Instant::now();
-        let stream = catalog
-            .copy_out("COPY public.orders TO STDOUT (FORMAT binary)")
-            .await
-            .expect("COPY binary");
-        futures::pin_mut!(stream);
-        let mut bytes = 0u64;
-        while let Some(chunk) = stream.next().await {
-            bytes += chunk.expect("a COPY chunk").len() as u64;
-        }
-        let seconds = started.elapsed().as_secs_f64();
+    copy_parse_bench(&catalog, &text_query, &schema, rows, args).await;
+
+    let (mut binary, mut text, mut arrow) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut binary_bytes, mut text_bytes) = (0, 0);
+    for run in 0..args.runs {
+        let (timed, bytes) =
+            copy_drain(&catalog, "COPY public.orders TO STDOUT (FORMAT binary)").await;
         println!(
-            "  run {}: COPY binary {seconds:.3} s ({:.1} MB)",
+            "  run {}: COPY binary {:.3} s, {:.2} CPU s ({:.1} MB)",
             run + 1,
+            timed.seconds,
+            timed.cpu,
             bytes as f64 / 1e6
         );
-        binary.push((seconds, bytes));
+        binary.push(timed);
+        binary_bytes = bytes;
+
+        let (timed, bytes) = copy_drain(&catalog, &text_query).await;
+        println!(
+            "  run {}: COPY text {:.3} s, {:.2} CPU s ({:.1} MB)",
+            run + 1,
+            timed.seconds,
+            timed.cpu,
+            bytes as f64 / 1e6
+        );
+        text.push(timed);
+        text_bytes = bytes;
 
         let (tx, mut rx) = mpsc::channel(4);
         let counter = tokio::spawn(async move {
@@ -742,6 +885,7 @@ async fn snapshot_bench(db: &TestDb, args: &Args) {
             }
             (rows, bytes)
         });
+        let (cpu_before, _) = cpu_seconds();
         let started = Instant::now();
         let copied = copy_table(
             &config,
@@ -754,43 +898,149 @@ async fn snapshot_bench(db: &TestDb, args: &Args) {
         .await
         .expect("copy_table");
         let (counted, arrow_bytes) = counter.await.expect("the counting consumer");
-        let seconds = started.elapsed().as_secs_f64();
+        let timed = Run {
+            seconds: started.elapsed().as_secs_f64(),
+            cpu: cpu_seconds().0 - cpu_before,
+        };
         assert_eq!(copied, rows, "copy_table copied every row");
         assert_eq!(counted, rows, "every row reached the consumer");
         println!(
-            "  run {}: copy_table {seconds:.3} s ({:.1} MB of Arrow arrays)",
+            "  run {}: copy_table {:.3} s, {:.2} CPU s ({:.1} MB of Arrow arrays)",
             run + 1,
+            timed.seconds,
+            timed.cpu,
             arrow_bytes as f64 / 1e6
         );
-        arrow.push(seconds);
+        arrow.push(timed);
     }
     session.close();
-    let (reference, bytes) = binary
-        .iter()
-        .copied()
-        .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
-    let best = arrow.iter().copied().fold(f64::INFINITY, f64::min);
+    let reference = fastest(&binary);
+    let text = fastest(&text);
+    let ours = fastest(&arrow);
     print_table(
         &format!(
-            "3. snapshot, one COPY stream each: {rows} rows (each side run twice; best run kept)"
+            "3. snapshot, one COPY stream each: {rows} rows (each side run {} times; best run \
+             kept)",
+            args.runs
         ),
         &[
             Line {
                 name: "COPY binary, drained and counted".into(),
                 rows,
-                bytes: Some(bytes),
-                seconds: reference,
+                bytes: Some(binary_bytes),
+                seconds: reference.seconds,
                 reference: None,
+                cpu: Some(reference.cpu),
                 note: "",
+            },
+            Line {
+                name: "COPY text, drained and counted".into(),
+                rows,
+                bytes: Some(text_bytes),
+                seconds: text.seconds,
+                reference: Some(("COPY binary".into(), reference.seconds)),
+                cpu: Some(text.cpu),
+                note: "copy_table's own query without the parsing: PostgreSQL's cost of text",
             },
             Line {
                 name: "copy_table: COPY text into Arrow batches".into(),
                 rows,
-                bytes: None,
-                seconds: best,
-                reference: Some(("COPY binary".into(), reference)),
-                note: "",
+                bytes: Some(text_bytes),
+                seconds: ours.seconds,
+                reference: Some(("COPY binary".into(), reference.seconds)),
+                cpu: Some(ours.cpu),
+                note: "connections and snapshot import included; the slot's creation is not",
             },
+        ],
+    );
+}
+
+/// COPY text recorded into memory (the chunks as tokio-postgres hands them over, one row each),
+/// then parsed into Arrow with `CopyReader` and `ColumnBuilder` as `copy_table` does, against
+/// a pass that sums the bytes: our side of the snapshot without the server or the network.
+async fn copy_parse_bench(
+    client: &tokio_postgres::Client,
+    query: &str,
+    schema: &TableSchema,
+    rows: u64,
+    args: &Args,
+) {
+    let stream = client.copy_out(query).await.expect("COPY text");
+    futures::pin_mut!(stream);
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        chunks.push(chunk.expect("a COPY chunk"));
+    }
+    let bytes: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let (floor, sum) = best_of(args.passes, || {
+        chunks
+            .iter()
+            .map(|c| black_box(&c[..]).iter().map(|&b| u64::from(b)).sum::<u64>())
+            .fold(0u64, u64::wrapping_add)
+    });
+    black_box(sum);
+    let batch_rows = CopySettings::default().batch_rows;
+    let (parse, parsed) = best_of(args.passes, || {
+        let mut builders: Vec<ColumnBuilder> = schema
+            .arrow
+            .fields()
+            .iter()
+            .map(|f| ColumnBuilder::with_capacity(f, batch_rows).expect("a builder"))
+            .collect();
+        let mut reader = CopyReader::new();
+        let mut parsed = 0u64;
+        for chunk in &chunks {
+            reader
+                .push(chunk, |row: &Row<'_>| -> lakewriter::Result<()> {
+                    for (i, builder) in builders.iter_mut().enumerate() {
+                        builder
+                            .append_text(row.get(i))
+                            .map_err(|e| lakewriter::Error::Source {
+                                message: e.to_string(),
+                            })?;
+                    }
+                    parsed += 1;
+                    if parsed.is_multiple_of(batch_rows as u64) {
+                        for builder in &mut builders {
+                            black_box(builder.finish().expect("an array"));
+                        }
+                    }
+                    Ok(())
+                })
+                .expect("the COPY text parses");
+        }
+        reader.finish().expect("whole rows");
+        for builder in &mut builders {
+            black_box(builder.finish().expect("an array"));
+        }
+        parsed
+    });
+    assert_eq!(parsed, rows, "every row parsed");
+    let line = |name: &str, seconds: f64, reference: bool, note: &'static str| Line {
+        name: name.to_string(),
+        rows,
+        bytes: Some(bytes),
+        seconds,
+        reference: reference.then(|| ("sum of bytes".to_string(), floor)),
+        cpu: None,
+        note,
+    };
+    print_table(
+        &format!(
+            "3a. COPY text parsing, in memory: {rows} rows in {} chunks, {:.1} MB \
+             (best of at least {} passes and 1 s each)",
+            chunks.len(),
+            bytes as f64 / 1e6,
+            args.passes
+        ),
+        &[
+            line(
+                "sum of bytes (floor)",
+                floor,
+                false,
+                "a floor, not a target: reads every byte once and decides nothing",
+            ),
+            line("CopyReader + ColumnBuilder (Arrow)", parse, true, ""),
         ],
     );
 }

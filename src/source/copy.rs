@@ -34,6 +34,9 @@ pub struct CopyReader {
     scratch: Vec<u8>,
     /// Where each unescaped field lies in `scratch` (`None` for NULL).
     spans: Vec<Option<(usize, usize)>>,
+    /// Field bounds of a row without escapes, reused: PostgreSQL sends each row of COPY in a
+    /// message of its own, so a vector per chunk would be an allocation (or two) per row.
+    bounds: Vec<(usize, usize)>,
     rows: u64,
 }
 
@@ -140,7 +143,8 @@ impl CopyReader {
                 }
             }
         }
-        let mut bounds = Vec::new();
+        // (lost on an error, after which the reader is not used again)
+        let mut bounds = std::mem::take(&mut self.bounds);
         while let Some(at) = memchr_newline(rest) {
             let line = &rest[..at];
             rest = &rest[at + 1..];
@@ -158,6 +162,7 @@ impl CopyReader {
                 self.rows += 1;
             }
         }
+        self.bounds = bounds;
         self.pending.extend_from_slice(rest);
         Ok(())
     }
