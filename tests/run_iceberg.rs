@@ -33,48 +33,23 @@ async fn postgres_lines(db: &TestDb) -> Vec<String> {
 /// The same lines from the lake, read by DuckDB's iceberg extension through the metadata file
 /// the SQLite catalog points at; also checks no key appears twice.
 fn lake_lines(db: &TestDb) -> Vec<String> {
-    let catalog = db.warehouse.path().join("catalog.db");
-    let script = format!(
-        r#"
-import sqlite3, sys
-import duck
-row = sqlite3.connect({catalog:?}).execute(
-    "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = 'orders'",
-    ({namespace:?},),
-).fetchone()
-if row is None:
-    sys.exit("no orders table in the catalog")
-con = duck.connect()
-scan = f"iceberg_scan('{{row[0]}}')"
-dupes = con.sql(f"SELECT count(*) - count(DISTINCT order_id) FROM {{scan}}").fetchone()[0]
-if dupes:
-    sys.exit(f"{{dupes}} duplicated keys in the lake")
-for (line,) in con.sql(f'''
-    SELECT order_id::VARCHAR || '|' || customer_id || '|' || order_date::VARCHAR || '|' ||
-           total_amount::VARCHAR || '|' || status || '|' || epoch_us(created_at) || '|' ||
-           epoch_us(updated_at)
-    FROM {{scan}} ORDER BY order_id''').fetchall():
-    print(line)
-"#,
-        catalog = catalog.display().to_string(),
-        namespace = db.namespace,
+    let duplicates = duck_query(
+        db,
+        "orders",
+        "SELECT count(*) - count(DISTINCT order_id) FROM {scan}",
     );
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .env("PYTHONPATH", support::project_dir().join("tests/readers"))
-        .output()
-        .expect("run DuckDB");
-    assert!(
-        output.status.success(),
-        "DuckDB could not read the lake: {}",
-        String::from_utf8_lossy(&output.stderr)
+    assert_eq!(
+        duplicates,
+        vec!["0".to_string()],
+        "duplicated keys in the lake"
     );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    duck_query(
+        db,
+        "orders",
+        "SELECT order_id::VARCHAR || '|' || customer_id || '|' || order_date::VARCHAR || '|' || \
+           total_amount::VARCHAR || '|' || status || '|' || epoch_us(created_at) || '|' || \
+           epoch_us(updated_at) FROM {scan} ORDER BY order_id",
+    )
 }
 
 fn config_path(db: &TestDb) -> std::path::PathBuf {
