@@ -27,7 +27,10 @@ use tokio::sync::watch;
 #[derive(Debug, Default)]
 struct MemoryLake {
     tables: HashMap<TableId, (Table, Option<Lsn>)>,
+    /// Parts of a transaction too large for memory, waiting for its commit.
+    staged: HashMap<TableId, Vec<TableDelta>>,
     commits: usize,
+    staged_parts: usize,
 }
 
 impl Sink for MemoryLake {
@@ -42,17 +45,20 @@ impl Sink for MemoryLake {
     }
 
     async fn commit(&mut self, delta: TableDelta) -> Result<()> {
+        let staged = self.staged.remove(&delta.table).unwrap_or_default();
         let (rows, checkpoint) = self.tables.entry(delta.table.clone()).or_default();
         if delta.truncate {
             rows.clear();
         }
-        for batch in &delta.deletes {
+        // every delete of the commit applies before any of its rows, as in Iceberg
+        let parts: Vec<&TableDelta> = staged.iter().chain([&delta]).collect();
+        for batch in parts.iter().flat_map(|p| &p.deletes) {
             for row in 0..batch.num_rows() {
                 let (key, _) = order_at(batch, row);
                 rows.remove(&key.expect("a delete has its key"));
             }
         }
-        for batch in &delta.rows {
+        for batch in parts.iter().flat_map(|p| &p.rows) {
             for row in 0..batch.num_rows() {
                 let (key, order) = order_at(batch, row);
                 let key = key.expect("key");
@@ -71,21 +77,39 @@ impl Sink for MemoryLake {
         Ok(())
     }
 
+    async fn stage(&mut self, part: TableDelta) -> Result<()> {
+        self.staged_parts += 1;
+        self.staged
+            .entry(part.table.clone())
+            .or_default()
+            .push(part);
+        Ok(())
+    }
+
+    fn discard_staged(&mut self, table: &TableId) {
+        self.staged.remove(table);
+    }
+
     async fn lookup(&mut self, _table: &TableId, _keys: &RecordBatch) -> Result<Vec<RecordBatch>> {
         panic!("orders has no TOAST columns")
     }
 }
 
-fn config(db: &TestDb) -> Arc<Config> {
-    let text = db.config_toml("[flush]\nmax_latency = \"200ms\"\n");
+fn config(db: &TestDb, flush: &str) -> Arc<Config> {
+    let text = db.config_toml(&format!("[flush]\nmax_latency = \"200ms\"\n{flush}"));
     Arc::new(Config::parse(&text, Path::new("test.toml"), Vec::new()).expect("config"))
 }
 
 /// Runs the service, with `during` running while it streams, until the lake holds everything
 /// PostgreSQL committed; then stops it the way SIGTERM does.
 async fn run_until_caught_up(db: &TestDb, lake: MemoryLake, during: impl FnOnce()) -> MemoryLake {
+    run_with(db, "", lake, during).await
+}
+
+/// [`run_until_caught_up`] with more `[flush]` settings.
+async fn run_with(db: &TestDb, flush: &str, lake: MemoryLake, during: impl FnOnce()) -> MemoryLake {
     let (stop, shutdown) = watch::channel(false);
-    let config = config(db);
+    let config = config(db, flush);
     let task = tokio::spawn(async move { service::run(config, lake, shutdown).await });
     during();
     let target = db.sync_point().await;
@@ -225,6 +249,54 @@ async fn snapshot_stream_stop_and_restart_keep_the_lake_equal_to_postgres() {
     let commits_before = lake.commits;
     let lake = run_until_caught_up(&db, lake, || {}).await;
     assert_eq!(lake.commits, commits_before);
+}
+
+#[tokio::test]
+async fn a_transaction_larger_than_the_memory_budget_is_committed_whole() {
+    let db = TestDb::new("service_spill").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let table = TableId::new("public", "orders");
+    // a budget of 256 KiB: the transaction below holds several MiB of changes
+    let spill = tempfile::tempdir().expect("a temporary directory");
+    let flush = format!(
+        "memory_budget = \"256KiB\"\nmax_bytes = \"128KiB\"\nspill_dir = {:?}\n",
+        spill.path().display().to_string()
+    );
+    let flush = flush.as_str();
+    let lake = run_with(&db, flush, MemoryLake::default(), || {}).await;
+    let commits_before = lake.commits;
+    let lake = run_with(&db, flush, lake, || {
+        db.psql(&[
+            "-c",
+            "BEGIN; \
+             INSERT INTO orders (customer_id, order_date, total_amount, status) \
+               SELECT g % 97, date '2024-06-01', g, 'new' FROM generate_series(1, 20000) g; \
+             UPDATE orders SET status = 'paid', total_amount = total_amount + 1 \
+               WHERE order_id % 3 = 0; \
+             UPDATE orders SET order_id = order_id + 1000000 WHERE order_id % 7 = 0; \
+             DELETE FROM orders WHERE order_id % 11 = 0; \
+             INSERT INTO orders (order_id, customer_id, order_date, total_amount, status) \
+               SELECT g, 1, date '2024-06-02', 0, 'again' FROM generate_series(7, 700, 7) g \
+               WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = g); \
+             COMMIT;",
+        ]);
+    })
+    .await;
+    assert!(lake.staged_parts > 1, "the transaction was not spilled");
+    assert_eq!(
+        lake.commits,
+        commits_before + 1,
+        "the transaction was not committed as one"
+    );
+    let (rows, _) = &lake.tables[&table];
+    assert!(
+        *rows == postgres_orders(&db).await,
+        "after a spilled transaction the lake differs from PostgreSQL"
+    );
+    let left: Vec<_> = std::fs::read_dir(spill.path())
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "spill files were left behind: {left:?}");
 }
 
 #[tokio::test]

@@ -328,3 +328,106 @@ async fn schema_changes_truncates_and_unchanged_toast_values_reach_the_lake() {
         vec!["1|after".to_string()]
     );
 }
+
+/// Starts the writer with one more setting, as an environment override (`SINK__KEY`).
+fn start_with(db: &TestDb, key: &str, value: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(["run", "--config"])
+        .arg(config_path(db))
+        .env(format!("LAKEWRITER__{key}"), value)
+        .env("LAKEWRITER_LOG", "lakewriter=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lakewriter run")
+}
+
+/// Waits until DuckDB reads `expected` from `query` over lake table `name`.
+async fn lake_shows(db: &TestDb, child: &mut Child, name: &str, query: &str, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if duck_query(db, name, query) == expected {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("lakewriter exited early with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lake table {name} never showed {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
+    let db = TestDb::new("run_table_error").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, v int);
+             CREATE TABLE b (id int PRIMARY KEY, v text);
+             INSERT INTO a VALUES (1, 10), (2, 20);
+             INSERT INTO b VALUES (1, 'one');",
+        )
+        .await
+        .expect("schema");
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    let before = acknowledged(&db).await;
+
+    // int to text is no widening: table a stops; b goes on
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE a ALTER COLUMN v TYPE text USING v::text;
+             UPDATE a SET v = 'ten' WHERE id = 1;",
+        )
+        .await
+        .expect("change a");
+    db.client()
+        .await
+        .batch_execute("INSERT INTO b VALUES (2, 'two')")
+        .await
+        .expect("insert into b");
+    let b_rows = "SELECT id, v FROM {scan} ORDER BY id";
+    lake_shows(&db, &mut child, "b", b_rows, &["1|one", "2|two"]).await;
+    assert_eq!(
+        duck_query(&db, "a", "SELECT id, v FROM {scan} ORDER BY id"),
+        vec!["1|10".to_string(), "2|20".to_string()],
+        "table a stays at its last good commit"
+    );
+    // the slot keeps a's WAL: the acknowledged position stays below a's change
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = acknowledged(&db).await;
+    assert!(
+        held < db.sync_point().await && held >= before,
+        "the slot must hold table a's unwritten change (acknowledged {held})"
+    );
+    let log = stop(child);
+    assert!(
+        log.contains("public.a") && log.contains("column v"),
+        "the error names the table and column: {log}"
+    );
+    assert!(log.contains("LSN"), "the error names the LSN: {log}");
+
+    // with stop_all, the same change stops the run, and nothing of a or b is lost
+    db.client()
+        .await
+        .batch_execute("INSERT INTO b VALUES (3, 'three')")
+        .await
+        .expect("insert into b");
+    let child = start_with(&db, "SINK__ON_TABLE_ERROR", "stop_all");
+    let output = child.wait_with_output().expect("wait for lakewriter");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "stop_all must fail the run: {log}"
+    );
+    assert!(log.contains("column v"), "{log}");
+    assert_eq!(
+        duck_query(&db, "a", "SELECT id, v FROM {scan} ORDER BY id"),
+        vec!["1|10".to_string(), "2|20".to_string()]
+    );
+}

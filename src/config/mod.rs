@@ -129,6 +129,23 @@ pub enum TableMode {
     Changelog,
 }
 
+/// What a table error that retrying cannot fix (a schema change the lake cannot take, a row
+/// without its key) does to the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableErrorPolicy {
+    /// The table stops at its last good commit and the other tables go on. The slot keeps the
+    /// table's WAL from there, so after the fix a restart resumes it with nothing lost (watch
+    /// the retained WAL: `lakewriter status`).
+    #[default]
+    StopTable,
+    /// The table leaves the run and its WAL is released; its lake table is marked incomplete,
+    /// so the next start copies it again.
+    SuspendTable,
+    /// The run stops with the error.
+    StopAll,
+}
+
 /// `[sink]`: the table format, catalog and storage.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -163,6 +180,11 @@ pub struct SinkConfig {
     /// `[sink.tables."public.orders"] partition_by = ["day(order_date)"]`.
     #[serde(default)]
     pub tables: BTreeMap<String, SinkTableConfig>,
+    /// A table error retrying cannot fix: `"stop_table"` (the others go on), `"suspend_table"`
+    /// (and release its WAL; copied again on the next start) or `"stop_all"`. Default:
+    /// `"stop_table"`.
+    #[serde(default)]
+    pub on_table_error: TableErrorPolicy,
 }
 
 impl Default for SinkConfig {
@@ -173,6 +195,7 @@ impl Default for SinkConfig {
             warehouse: defaults::warehouse(),
             namespace: defaults::namespace(),
             target_file_size: defaults::target_file_size(),
+            on_table_error: TableErrorPolicy::default(),
             sqlite: SqliteCatalogConfig::default(),
             glue: GlueCatalogConfig::default(),
             s3: S3Config::default(),
@@ -283,6 +306,10 @@ pub struct FlushConfig {
     /// larger than it streams into files that are committed at its end. Default: `"1GiB"`.
     #[serde(default = "defaults::memory_budget")]
     pub memory_budget: ByteSize,
+    /// Where such a transaction's changes wait for its commit (removed after it). Default: the
+    /// system's temporary directory (`TMPDIR`).
+    #[serde(default)]
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for FlushConfig {
@@ -292,6 +319,7 @@ impl Default for FlushConfig {
             max_bytes: defaults::max_bytes(),
             max_latency: defaults::max_latency(),
             memory_budget: defaults::memory_budget(),
+            spill_dir: None,
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod changelog;
 pub mod reduce;
 pub mod service;
+pub mod spill;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +21,11 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::config::{Config, TableMode};
-use crate::error::Result;
+use crate::config::{Config, TableErrorPolicy, TableMode};
+use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::pipeline::reduce::Entry;
+use crate::pipeline::spill::Spill;
 use crate::sink::{Sink, TableDelta, TableLayout};
 use crate::source::changes::TableSchema;
 use crate::source::stream::SourceEvent;
@@ -53,6 +55,9 @@ pub struct TableState {
     last_commit: Option<Lsn>,
     /// Discovered while streaming and not copied yet: buffered, never flushed.
     awaiting_copy: bool,
+    /// Stopped by an error retrying cannot fix (`[sink] on_table_error`): its changes are no
+    /// longer applied.
+    pub stopped: Option<String>,
 }
 
 impl TableState {
@@ -76,6 +81,7 @@ impl TableState {
             first_commit: None,
             last_commit: None,
             awaiting_copy: false,
+            stopped: None,
         }
     }
 }
@@ -86,6 +92,19 @@ struct OpenTransaction {
     commit_lsn: Lsn,
     entries: Vec<(TableId, Entry)>,
     schemas: Vec<Arc<TableSchema>>,
+    /// Arrow bytes of `entries`.
+    bytes: usize,
+    /// Where the transaction went once it outgrew its share of the memory budget: from then
+    /// on every change goes there, and `entries` stays empty.
+    spill: Option<Spill>,
+}
+
+/// A table's part of a flush, reduced: the shape it is committed in, and what it holds.
+struct Reduced {
+    target: Arc<TableSchema>,
+    truncate: bool,
+    deletes: Option<arrow::array::RecordBatch>,
+    rows: Option<arrow::array::RecordBatch>,
 }
 
 /// Counters for logs and `status`.
@@ -200,6 +219,8 @@ impl<S: Sink> Pipeline<S> {
                     commit_lsn,
                     entries: Vec::new(),
                     schemas: Vec::new(),
+                    bytes: 0,
+                    spill: None,
                 });
             }
             SourceEvent::Schema { schema, .. } => {
@@ -212,14 +233,16 @@ impl<S: Sink> Pipeline<S> {
             SourceEvent::Changes(batch) => {
                 self.stats.changes += batch.len() as u64;
                 let table = batch.schema.table.clone();
-                if let Some(open) = &mut self.open {
-                    open.entries.push((table, Entry::Changes(batch)));
+                if self.open.is_some() {
+                    let bytes =
+                        batch.new.get_array_memory_size() + batch.old.get_array_memory_size();
+                    self.receive(table, Entry::Changes(batch), bytes)?;
                 }
             }
             SourceEvent::Truncate { tables, .. } => {
-                if let Some(open) = &mut self.open {
+                if self.open.is_some() {
                     for table in tables {
-                        open.entries.push((table, Entry::Truncate));
+                        self.receive(table, Entry::Truncate, 0)?;
                     }
                 }
             }
@@ -229,8 +252,11 @@ impl<S: Sink> Pipeline<S> {
                 ..
             } => {
                 self.stats.transactions += 1;
-                if let Some(open) = self.open.take() {
-                    self.commit_transaction(open, commit_lsn).await?;
+                if let Some(mut open) = self.open.take() {
+                    match open.spill.take() {
+                        Some(spill) => self.commit_spilled(open, spill, commit_lsn).await?,
+                        None => self.commit_transaction(open, commit_lsn).await?,
+                    }
                 }
                 self.received = self.received.max(end_lsn);
                 self.flush_due(false).await?;
@@ -258,6 +284,275 @@ impl<S: Sink> Pipeline<S> {
     pub async fn flush_all(&mut self) -> Result<()> {
         self.flush_due(true).await?;
         self.acknowledge();
+        Ok(())
+    }
+
+    /// Takes one entry of the open transaction: kept in memory while the transaction fits its
+    /// share of the budget (half of it, less what the tables hold), else spilled to local
+    /// files (invariant 4: the transaction is still committed whole, at its end).
+    fn receive(&mut self, table: TableId, entry: Entry, bytes: usize) -> Result<()> {
+        let buffered: usize = self.tables.values().map(|s| s.bytes).sum();
+        let budget = self.config.flush.memory_budget.bytes();
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        open.bytes += bytes;
+        if open.spill.is_none() && (open.bytes + buffered) as u64 > budget / 2 {
+            let dir = self
+                .config
+                .flush
+                .spill_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            tracing::info!(
+                lsn = %open.commit_lsn,
+                bytes = open.bytes,
+                dir = %dir.display(),
+                "a transaction larger than its share of the memory budget: spilling it to \
+                 local files until its commit"
+            );
+            open.spill = Some(Spill::create(&dir, open.commit_lsn)?);
+            for (table, entry) in std::mem::take(&mut open.entries) {
+                spill_entry(&self.tables, open, table, entry)?;
+            }
+        }
+        if open.spill.is_some() {
+            spill_entry(&self.tables, open, table, entry)
+        } else {
+            open.entries.push((table, entry));
+            Ok(())
+        }
+    }
+
+    /// Commits a spilled transaction: per table, each bucket is reduced and written to files
+    /// on its own, and one commit takes them all in.
+    async fn commit_spilled(
+        &mut self,
+        open: OpenTransaction,
+        mut spill: Spill,
+        commit_lsn: Lsn,
+    ) -> Result<()> {
+        for schema in open.schemas {
+            self.apply_schema(schema).await?;
+        }
+        spill.finish()?;
+        // a flush below may drop commit times it thinks unused; a changelog table needs this one
+        let time = self.commit_times.get(&commit_lsn).copied();
+        tracing::info!(
+            lsn = %commit_lsn,
+            changes = spill.rows(),
+            bytes = spill.bytes(),
+            "committing a spilled transaction"
+        );
+        for table in spill.tables().to_vec() {
+            let Some(state) = self.tables.get(&table) else {
+                continue;
+            };
+            if state.awaiting_copy
+                || state.stopped.is_some()
+                || state.checkpoint.is_some_and(|c| commit_lsn <= c)
+            {
+                continue;
+            }
+            // what the table buffered before goes first, in its own commit
+            if !state.buffer.is_empty() {
+                let first = state.first_commit.unwrap_or(commit_lsn);
+                if let Err(e) = self.flush_table(&table).await {
+                    self.table_failed(&table, first, e).await?;
+                    continue;
+                }
+            }
+            if let Some(time) = time {
+                self.commit_times.insert(commit_lsn, time);
+            }
+            if let Err(e) = self.commit_spilled_table(&table, &spill, commit_lsn).await {
+                self.sink.discard_staged(&table);
+                self.table_failed(&table, commit_lsn, e).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A flush of `table` from the transaction at `first` on failed with `error`: stops the
+    /// run, or only the table, as `[sink] on_table_error` says. Errors retrying may fix, and
+    /// errors that are not the table's, always stop the run.
+    async fn table_failed(&mut self, table: &TableId, first: Lsn, error: Error) -> Result<()> {
+        let policy = self.config.sink.on_table_error;
+        let the_tables = matches!(
+            error,
+            Error::Sink {
+                retryable: false,
+                ..
+            } | Error::Source { .. }
+        );
+        if policy == TableErrorPolicy::StopAll || !the_tables {
+            return Err(error);
+        }
+        let Some(state) = self.tables.get_mut(table) else {
+            return Err(error);
+        };
+        let message = format!("{error} (in the transaction committed at LSN {first})");
+        state.buffer.clear();
+        state.rows = 0;
+        state.bytes = 0;
+        state.oldest = None;
+        state.last_commit = None;
+        state.stopped = Some(message.clone());
+        match policy {
+            TableErrorPolicy::StopTable => {
+                // the acknowledged position stays below this transaction: the slot keeps the
+                // table's WAL, and a restart after the fix resumes it
+                state.first_commit = Some(state.first_commit.map_or(first, |f| f.min(first)));
+                tracing::error!(
+                    table = %table,
+                    lsn = %first,
+                    error = %message,
+                    "the table stops at its last commit; the other tables go on, and the slot \
+                     keeps its WAL until a restart after the fix"
+                );
+            }
+            TableErrorPolicy::SuspendTable | TableErrorPolicy::StopAll => {
+                state.first_commit = None;
+                let schema = state
+                    .prepared
+                    .clone()
+                    .unwrap_or_else(|| state.schema.clone());
+                tracing::error!(
+                    table = %table,
+                    lsn = %first,
+                    error = %message,
+                    "the table is suspended: its WAL is released and the next start copies it \
+                     again"
+                );
+                // a commit without a checkpoint marks the lake table incomplete
+                self.sink
+                    .commit(TableDelta {
+                        table: table.clone(),
+                        schema,
+                        truncate: false,
+                        deletes: Vec::new(),
+                        rows: Vec::new(),
+                        lsn: None,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_spilled_table(
+        &mut self,
+        table: &TableId,
+        spill: &Spill,
+        commit_lsn: Lsn,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let (mut written, mut deleted, mut target) = (0, 0, None);
+        for group in 0..spill.groups(table) {
+            let entries = spill.group(table, group)?;
+            if entries.is_empty() {
+                continue;
+            }
+            let reduced = self.reduce(table, &entries).await?;
+            self.prepare_for(table, &reduced.target).await?;
+            written += reduced.rows.as_ref().map_or(0, |b| b.num_rows());
+            deleted += reduced.deletes.as_ref().map_or(0, |b| b.num_rows());
+            self.sink
+                .stage(TableDelta {
+                    table: table.clone(),
+                    schema: reduced.target.clone(),
+                    truncate: false,
+                    deletes: reduced.deletes.into_iter().collect(),
+                    rows: reduced.rows.into_iter().collect(),
+                    lsn: None,
+                })
+                .await?;
+            target = Some(reduced.target);
+        }
+        let target = match target {
+            Some(target) => target,
+            None => self.reduce(table, &[]).await?.target,
+        };
+        self.prepare_for(table, &target).await?;
+        self.sink
+            .commit(TableDelta {
+                table: table.clone(),
+                schema: target.clone(),
+                truncate: spill.truncates(table),
+                deletes: Vec::new(),
+                rows: Vec::new(),
+                lsn: Some(commit_lsn),
+            })
+            .await?;
+        self.stats.commits += 1;
+        if let Some(state) = self.tables.get_mut(table) {
+            state.prepared = Some(target);
+            state.checkpoint = Some(commit_lsn);
+        }
+        tracing::info!(
+            table = %table,
+            rows = written,
+            deletes = deleted,
+            lsn = %commit_lsn,
+            ms = started.elapsed().as_millis() as u64,
+            "committed a spilled transaction"
+        );
+        Ok(())
+    }
+
+    /// Reduces `entries` of `table` to what one commit holds: the final state of each key
+    /// (upsert), or every change as a row (changelog).
+    async fn reduce(&mut self, table: &TableId, entries: &[Entry]) -> Result<Reduced> {
+        let Some(state) = self.tables.get(table) else {
+            return Err(Error::Source {
+                message: format!("table {table}: changes for a table the pipeline does not know"),
+            });
+        };
+        let schema = state.schema.clone();
+        match state.mode {
+            TableMode::Upsert => {
+                let plan = reduce::plan(schema.clone(), &state.layout.key, entries)?;
+                let lake = match plan.lookup_keys()? {
+                    Some(keys) => self.sink.lookup(table, &keys).await?,
+                    None => Vec::new(),
+                };
+                let reduced = plan.materialize(&lake)?;
+                Ok(Reduced {
+                    target: schema,
+                    truncate: reduced.truncate,
+                    deletes: reduced.deletes,
+                    rows: reduced.rows,
+                })
+            }
+            TableMode::Changelog => {
+                let target = Arc::new(changelog::schema(&schema));
+                let rows = changelog::rows(&schema, &target, entries, &self.commit_times)?;
+                Ok(Reduced {
+                    target,
+                    truncate: false,
+                    deletes: None,
+                    rows,
+                })
+            }
+        }
+    }
+
+    /// Prepares the sink for `table` in `target` when it was last prepared in another shape.
+    async fn prepare_for(&mut self, table: &TableId, target: &Arc<TableSchema>) -> Result<()> {
+        let Some(state) = self.tables.get_mut(table) else {
+            return Ok(());
+        };
+        let needs_prepare = state
+            .prepared
+            .as_ref()
+            .is_none_or(|p| !p.same_shape(target));
+        if needs_prepare {
+            let layout = state.layout.clone();
+            self.sink.prepare(table, target, &layout).await?;
+            if let Some(state) = self.tables.get_mut(table) {
+                state.prepared = Some(target.clone());
+            }
+        }
         Ok(())
     }
 
@@ -310,6 +605,9 @@ impl<S: Sink> Pipeline<S> {
             let Some(state) = self.tables.get_mut(&table) else {
                 continue;
             };
+            if state.stopped.is_some() {
+                continue;
+            }
             if state.checkpoint.is_some_and(|c| commit_lsn <= c) {
                 if let Entry::Changes(batch) = &entry {
                     self.stats.skipped += batch.len() as u64;
@@ -334,7 +632,7 @@ impl<S: Sink> Pipeline<S> {
         let mut due: Vec<TableId> = self
             .tables
             .iter()
-            .filter(|(_, s)| !s.buffer.is_empty() && !s.awaiting_copy)
+            .filter(|(_, s)| !s.buffer.is_empty() && !s.awaiting_copy && s.stopped.is_none())
             .filter(|(_, s)| {
                 all || s.rows >= flush.max_rows
                     || s.bytes as u64 >= flush.max_bytes.bytes()
@@ -349,7 +647,12 @@ impl<S: Sink> Pipeline<S> {
             let mut by_size: Vec<(usize, TableId)> = self
                 .tables
                 .iter()
-                .filter(|(t, s)| !s.buffer.is_empty() && !s.awaiting_copy && !due.contains(t))
+                .filter(|(t, s)| {
+                    !s.buffer.is_empty()
+                        && !s.awaiting_copy
+                        && s.stopped.is_none()
+                        && !due.contains(t)
+                })
                 .map(|(t, s)| (s.bytes, t.clone()))
                 .collect();
             by_size.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
@@ -363,7 +666,11 @@ impl<S: Sink> Pipeline<S> {
             }
         }
         for table in due {
-            self.flush_table(&table).await?;
+            let first = self.tables.get(&table).and_then(|s| s.first_commit);
+            if let Err(e) = self.flush_table(&table).await {
+                self.table_failed(&table, first.unwrap_or_default(), e)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -376,34 +683,13 @@ impl<S: Sink> Pipeline<S> {
         let lsn = state.last_commit;
         let rows = state.rows;
         let started = Instant::now();
-        let schema = state.schema.clone();
-        let (target, truncate, deletes, rows_out) = match state.mode {
-            TableMode::Upsert => {
-                let plan = reduce::plan(schema.clone(), &state.layout.key, &entries)?;
-                let lake = match plan.lookup_keys()? {
-                    Some(keys) => self.sink.lookup(table, &keys).await?,
-                    None => Vec::new(),
-                };
-                let reduced = plan.materialize(&lake)?;
-                (schema, reduced.truncate, reduced.deletes, reduced.rows)
-            }
-            TableMode::Changelog => {
-                let target = Arc::new(changelog::schema(&schema));
-                let rows = changelog::rows(&schema, &target, &entries, &self.commit_times)?;
-                (target, false, None, rows)
-            }
-        };
-        let Some(state) = self.tables.get_mut(table) else {
-            return Ok(());
-        };
-        let needs_prepare = state
-            .prepared
-            .as_ref()
-            .is_none_or(|p| !p.same_shape(&target));
-        if needs_prepare {
-            let layout = state.layout.clone();
-            self.sink.prepare(table, &target, &layout).await?;
-        }
+        let Reduced {
+            target,
+            truncate,
+            deletes,
+            rows: rows_out,
+        } = self.reduce(table, &entries).await?;
+        self.prepare_for(table, &target).await?;
         let delta = TableDelta {
             table: table.clone(),
             schema: target.clone(),
@@ -466,5 +752,33 @@ impl<S: Sink> Pipeline<S> {
                 false
             }
         });
+    }
+}
+
+/// Adds `entry` of `table` to the open transaction's spill, unless the table would skip it
+/// (already in the lake, unknown, or waiting for its copy, which covers it). A changelog table
+/// keeps every change, so a TRUNCATE removes nothing of its spill.
+fn spill_entry(
+    tables: &HashMap<TableId, TableState>,
+    open: &mut OpenTransaction,
+    table: TableId,
+    entry: Entry,
+) -> Result<()> {
+    let Some(state) = tables.get(&table) else {
+        return Ok(());
+    };
+    if state.awaiting_copy
+        || state.stopped.is_some()
+        || state.checkpoint.is_some_and(|c| open.commit_lsn <= c)
+    {
+        return Ok(());
+    }
+    let Some(spill) = open.spill.as_mut() else {
+        return Ok(());
+    };
+    match state.mode {
+        TableMode::Upsert => spill.add(&table, &state.layout.key, entry),
+        TableMode::Changelog if matches!(entry, Entry::Truncate) => Ok(()),
+        TableMode::Changelog => spill.add(&table, &[], entry),
     }
 }

@@ -500,6 +500,7 @@ mod tests {
 
     use super::*;
     use crate::lsn::Lsn;
+    use crate::pipeline::spill::Spill;
     use crate::source::RelationId;
     use crate::source::changes::ColumnSchema;
     use crate::source::pgoutput::ReplicaIdentity;
@@ -757,6 +758,8 @@ mod tests {
         Insert(i32, u8),
         Update(u8, u8),
         Rekey(u8, i32),
+        /// A key change that leaves the TOASTed value unchanged (sent as a placeholder).
+        RekeyToast(u8, i32),
         Delete(u8),
         Toast(u8),
         Truncate,
@@ -768,12 +771,79 @@ mod tests {
                 4 => (0..12i32, any::<u8>()).prop_map(|(k, v)| Step::Insert(k, v)),
                 4 => (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Step::Update(k, v)),
                 2 => (any::<u8>(), 0..12i32).prop_map(|(k, to)| Step::Rekey(k, to)),
+                1 => (any::<u8>(), 0..12i32).prop_map(|(k, to)| Step::RekeyToast(k, to)),
                 2 => any::<u8>().prop_map(Step::Delete),
                 2 => any::<u8>().prop_map(Step::Toast),
                 1 => Just(Step::Truncate),
             ],
             0..40,
         )
+    }
+
+    /// Plays `step` on the model `expected`, adding its change to `changes` (a truncate closes
+    /// `changes` into `pending` and adds itself there).
+    fn play(step: Step, expected: &mut Lake, changes: &mut Vec<Change>, pending: &mut Vec<Entry>) {
+        let pick = |model: &Lake, i: u8| model.keys().nth(i as usize % model.len().max(1)).copied();
+        match step {
+            Step::Insert(k, v) if !expected.contains_key(&k) => {
+                expected.insert(k, Some(v.to_string()));
+                changes.push(ins(k, &v.to_string()));
+            }
+            Step::Update(i, v) => {
+                if let Some(k) = pick(expected, i) {
+                    expected.insert(k, Some(v.to_string()));
+                    changes.push(upd(k, &v.to_string()));
+                }
+            }
+            Step::Rekey(i, to) => {
+                if let Some(k) = pick(expected, i)
+                    && !expected.contains_key(&to)
+                {
+                    expected.remove(&k);
+                    expected.insert(to, Some("moved".into()));
+                    changes.push(rekey(k, to, "moved"));
+                }
+            }
+            Step::RekeyToast(i, to) => {
+                if let Some(k) = pick(expected, i)
+                    && !expected.contains_key(&to)
+                {
+                    let value = expected.remove(&k).flatten();
+                    expected.insert(to, value);
+                    changes.push(Change {
+                        old: Some((k, None)),
+                        old_row: OldRow::Key,
+                        ..upd_toast(to)
+                    });
+                }
+            }
+            Step::Delete(i) => {
+                if let Some(k) = pick(expected, i) {
+                    expected.remove(&k);
+                    changes.push(del(k));
+                }
+            }
+            Step::Toast(i) => {
+                if let Some(k) = pick(expected, i) {
+                    changes.push(upd_toast(k));
+                }
+            }
+            Step::Truncate => {
+                if !changes.is_empty() {
+                    pending.push(batch(&std::mem::take(changes)));
+                }
+                pending.push(Entry::Truncate);
+                expected.clear();
+            }
+            Step::Insert(..) => {}
+        }
+    }
+
+    fn model(initial: &BTreeMap<i32, u8>) -> Lake {
+        initial
+            .iter()
+            .map(|(k, v)| (*k, Some(v.to_string())))
+            .collect()
     }
 
     proptest! {
@@ -785,44 +855,12 @@ mod tests {
             steps in steps(),
             flush_every in 1usize..10,
         ) {
-            let mut expected: Lake = initial.iter().map(|(k, v)| (*k, Some(v.to_string()))).collect();
+            let mut expected = model(&initial);
             let mut lake = expected.clone();
             let mut pending: Vec<Entry> = Vec::new();
             let mut changes: Vec<Change> = Vec::new();
-            let pick = |model: &Lake, i: u8| model.keys().nth(i as usize % model.len().max(1)).copied();
             for (n, step) in steps.iter().enumerate() {
-                match step.clone() {
-                    Step::Insert(k, v) if !expected.contains_key(&k) => {
-                        expected.insert(k, Some(v.to_string()));
-                        changes.push(ins(k, &v.to_string()));
-                    }
-                    Step::Update(i, v) => if let Some(k) = pick(&expected, i) {
-                        expected.insert(k, Some(v.to_string()));
-                        changes.push(upd(k, &v.to_string()));
-                    },
-                    Step::Rekey(i, to) => if let Some(k) = pick(&expected, i)
-                        && !expected.contains_key(&to)
-                    {
-                        expected.remove(&k);
-                        expected.insert(to, Some("moved".into()));
-                        changes.push(rekey(k, to, "moved"));
-                    },
-                    Step::Delete(i) => if let Some(k) = pick(&expected, i) {
-                        expected.remove(&k);
-                        changes.push(del(k));
-                    },
-                    Step::Toast(i) => if let Some(k) = pick(&expected, i) {
-                        changes.push(upd_toast(k));
-                    },
-                    Step::Truncate => {
-                        if !changes.is_empty() {
-                            pending.push(batch(&std::mem::take(&mut changes)));
-                        }
-                        pending.push(Entry::Truncate);
-                        expected.clear();
-                    }
-                    Step::Insert(..) => {}
-                }
+                play(step.clone(), &mut expected, &mut changes, &mut pending);
                 if (n + 1) % flush_every == 0 || n + 1 == steps.len() {
                     if !changes.is_empty() {
                         pending.push(batch(&std::mem::take(&mut changes)));
@@ -834,5 +872,54 @@ mod tests {
             }
             prop_assert_eq!(lake, expected);
         }
+
+        /// A transaction spilled by key bucket, each bucket reduced on its own and all of them
+        /// committed as one, leaves the lake as applying every change in order would: key
+        /// changes across buckets, unchanged TOAST and truncates included.
+        #[test]
+        fn spilled_transactions_commit_like_sequential_application(
+            initial in prop::collection::btree_map(0..12i32, any::<u8>(), 0..8),
+            steps in steps(),
+            batch_every in 1usize..10,
+        ) {
+            let fail = |e: crate::error::Error| TestCaseError::fail(e.to_string());
+            let mut expected = model(&initial);
+            let mut lake = expected.clone();
+            let mut pending: Vec<Entry> = Vec::new();
+            let mut changes: Vec<Change> = Vec::new();
+            for (n, step) in steps.iter().enumerate() {
+                play(step.clone(), &mut expected, &mut changes, &mut pending);
+                if ((n + 1) % batch_every == 0 || n + 1 == steps.len()) && !changes.is_empty() {
+                    pending.push(batch(&std::mem::take(&mut changes)));
+                }
+            }
+            let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let table = schema().table.clone();
+            let mut spill = Spill::create(dir.path(), Lsn(1)).map_err(fail)?;
+            for entry in pending {
+                spill.add(&table, &["id".to_string()], entry).map_err(fail)?;
+            }
+            spill.finish().map_err(fail)?;
+            let mut parts = Vec::new();
+            for group in 0..spill.groups(&table) {
+                let entries = spill.group(&table, group).map_err(fail)?;
+                if !entries.is_empty() {
+                    parts.push(reduce(&entries, &lake).map_err(fail)?);
+                }
+            }
+            // one commit: every delete first, then every row, refusing a key written twice
+            let merged = Reduced {
+                truncate: spill.truncates(&table),
+                deletes: concat(parts.iter().filter_map(|p| p.deletes.clone()).collect()),
+                rows: concat(parts.iter().filter_map(|p| p.rows.clone()).collect()),
+            };
+            commit(&mut lake, &merged);
+            prop_assert_eq!(lake, expected);
+        }
+    }
+
+    fn concat(batches: Vec<RecordBatch>) -> Option<RecordBatch> {
+        let first = batches.first()?;
+        Some(arrow::compute::concat_batches(&first.schema(), &batches).expect("same schema"))
     }
 }

@@ -76,8 +76,18 @@ pub trait Sink {
         layout: &TableLayout,
     ) -> Result<Option<Lsn>>;
 
-    /// Commits `delta` atomically, with its checkpoint.
+    /// Commits `delta` atomically, with its checkpoint, together with every part staged for
+    /// its table since the last commit.
     async fn commit(&mut self, delta: TableDelta) -> Result<()>;
+
+    /// Writes `part` (a piece of a source transaction too large for memory: rows and deletes,
+    /// `truncate` and `lsn` unused) into files that stay uncommitted until the next
+    /// [`Sink::commit`] of its table takes them in. After a crash they are orphans no
+    /// snapshot references.
+    async fn stage(&mut self, part: TableDelta) -> Result<()>;
+
+    /// Forgets the parts staged for `table` (the transaction they belong to failed).
+    fn discard_staged(&mut self, table: &TableId);
 
     /// The current rows of `keys` (a batch of key columns), for values the source did not
     /// send (unchanged TOAST): returns the matching rows in the table's current layout.

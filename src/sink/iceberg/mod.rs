@@ -166,6 +166,8 @@ struct TableState {
     metadata: TableMetadata,
     source: Arc<TableSchema>,
     layout: TableLayout,
+    /// Files written for the next commit (parts of a transaction too large for memory).
+    staged: Vec<RowDelta>,
 }
 
 /// The Iceberg [`Sink`] over catalog `C` (Glue or SQLite: [`LakeCatalog`] picks from the
@@ -541,6 +543,11 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             metadata,
             source: Arc::new(schema.clone()),
             layout: layout.clone(),
+            staged: self
+                .tables
+                .remove(table)
+                .map(|s| s.staged)
+                .unwrap_or_default(),
         };
         self.evolve(&mut state, schema).await?;
         if !table::same_partitioning(&state.metadata, layout) {
@@ -570,6 +577,24 @@ impl<C: Catalog> Sink for IcebergSink<C> {
         result
     }
 
+    async fn stage(&mut self, part: TableDelta) -> Result<()> {
+        let Some(mut state) = self.tables.remove(&part.table) else {
+            return Err(sink_error(
+                &self.lake_table(&part.table),
+                "stage before prepare: the sink does not know the table yet",
+            ));
+        };
+        let result = self.stage_prepared(&mut state, &part).await;
+        self.tables.insert(part.table.clone(), state);
+        result
+    }
+
+    fn discard_staged(&mut self, table: &TableId) {
+        if let Some(state) = self.tables.get_mut(table) {
+            state.staged.clear();
+        }
+    }
+
     async fn lookup(&mut self, table: &TableId, keys: &RecordBatch) -> Result<Vec<RecordBatch>> {
         let state = self.tables.get(table).ok_or_else(|| {
             sink_error(
@@ -591,12 +616,32 @@ impl<C: Catalog> Sink for IcebergSink<C> {
 }
 
 impl<C: Catalog> IcebergSink<C> {
+    async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
+        if !part.schema.same_shape(&state.source) {
+            self.evolve(state, &part.schema).await?;
+            state.source = part.schema.clone();
+        }
+        let files = self.write_files(state, part).await?;
+        tracing::debug!(
+            table = %state.lake,
+            data_files = files.data_files.len(),
+            delete_files = files.delete_files.len(),
+            "staged files for the transaction's commit"
+        );
+        state.staged.push(files);
+        Ok(())
+    }
+
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
         if !delta.schema.same_shape(&state.source) {
             self.evolve(state, &delta.schema).await?;
             state.source = delta.schema.clone();
         }
-        let files = self.write_files(state, delta).await?;
+        let mut files = self.write_files(state, delta).await?;
+        for part in state.staged.drain(..) {
+            files.data_files.extend(part.data_files);
+            files.delete_files.extend(part.delete_files);
+        }
         let (pointer, metadata) = self
             .commit_change(
                 &state.lake,
