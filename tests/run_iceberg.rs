@@ -224,8 +224,8 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     assert_eq!(lake_lines(&db), postgres_lines(&db).await);
 }
 
-/// Runs `query` (with `{scan}` standing for the table's scan) in DuckDB over the lake table
-/// `name` and returns its rows as lines.
+/// Runs `query` (with `{scan}` standing for the table's scan, `{metadata}` for its metadata
+/// file) in DuckDB over the lake table `name` and returns its rows as lines.
 fn duck_query(db: &TestDb, name: &str, query: &str) -> Vec<String> {
     let catalog = db.warehouse.path().join("catalog.db");
     let script = format!(
@@ -239,7 +239,7 @@ row = sqlite3.connect({catalog:?}).execute(
 if row is None:
     sys.exit("no such table in the catalog")
 con = duck.connect()
-query = {query:?}.replace("{{scan}}", f"iceberg_scan('{{row[0]}}')")
+query = {query:?}.replace("{{scan}}", f"iceberg_scan('{{row[0]}}')").replace("{{metadata}}", row[0])
 for values in con.sql(query).fetchall():
     print("|".join("NULL" if v is None else str(v) for v in values))
 "#,
@@ -315,10 +315,48 @@ async fn schema_changes_truncates_and_unchanged_toast_values_reach_the_lake() {
         expected
     );
 
+    // a dropped column stays in the lake, null from then on; a renamed one is a new column
+    // (matched by name), its old name null from then on
+    for statement in [
+        "ALTER TABLE docs DROP COLUMN tag",
+        "INSERT INTO docs VALUES (22, 'after drop', 7)",
+        "UPDATE docs SET n = n + 1 WHERE id = 4",
+        "ALTER TABLE docs RENAME COLUMN n TO amount",
+        "UPDATE docs SET amount = amount + 1 WHERE id = 1",
+    ] {
+        db.client()
+            .await
+            .batch_execute(statement)
+            .await
+            .expect(statement);
+    }
+    caught_up(&db, &mut child).await;
+    let amount_of_1: i64 = db
+        .client()
+        .await
+        .query_one("SELECT amount FROM docs WHERE id = 1", &[])
+        .await
+        .expect("read")
+        .get(0);
+    assert_eq!(
+        duck_query(
+            &db,
+            "docs",
+            "SELECT id, coalesce(tag, 'NULL'), coalesce(n::VARCHAR, 'NULL'), \
+               coalesce(amount::VARCHAR, 'NULL') FROM {scan} WHERE id IN (1, 3, 4, 22) ORDER BY id"
+        ),
+        vec![
+            format!("1|NULL|NULL|{amount_of_1}"),
+            "3|tagged|103|NULL".to_string(),
+            "4|NULL|105|NULL".to_string(),
+            "22|NULL|7|NULL".to_string(),
+        ]
+    );
+
     // a truncate empties the lake table, and later rows arrive
     db.client()
         .await
-        .batch_execute("TRUNCATE docs; INSERT INTO docs VALUES (1, 'after', 1, NULL)")
+        .batch_execute("TRUNCATE docs; INSERT INTO docs VALUES (1, 'after', 1)")
         .await
         .expect("truncate");
     caught_up(&db, &mut child).await;
@@ -329,12 +367,16 @@ async fn schema_changes_truncates_and_unchanged_toast_values_reach_the_lake() {
     );
 }
 
-/// Starts the writer with one more setting, as an environment override (`SINK__KEY`).
-fn start_with(db: &TestDb, key: &str, value: &str) -> Child {
+/// Starts the writer with more settings, as environment overrides (`SECTION__KEY`).
+fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_lakewriter"))
         .args(["run", "--config"])
         .arg(config_path(db))
-        .env(format!("LAKEWRITER__{key}"), value)
+        .envs(
+            settings
+                .iter()
+                .map(|(k, v)| (format!("LAKEWRITER__{k}"), *v)),
+        )
         .env("LAKEWRITER_LOG", "lakewriter=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -418,7 +460,7 @@ async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
         .batch_execute("INSERT INTO b VALUES (3, 'three')")
         .await
         .expect("insert into b");
-    let child = start_with(&db, "SINK__ON_TABLE_ERROR", "stop_all");
+    let child = start_with(&db, &[("SINK__ON_TABLE_ERROR", "stop_all")]);
     let output = child.wait_with_output().expect("wait for lakewriter");
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -429,5 +471,52 @@ async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
     assert_eq!(
         duck_query(&db, "a", "SELECT id, v FROM {scan} ORDER BY id"),
         vec!["1|10".to_string(), "2|20".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_larger_than_the_memory_budget_reaches_the_lake_whole() {
+    let db = TestDb::new("run_spill").await;
+    db.psql(&["-v", "rows=1000", "-f", "sql/orders.sql"]);
+    let spill = tempfile::tempdir().expect("a temporary directory");
+    let spill_dir = spill.path().display().to_string();
+    let settings = [
+        ("FLUSH__MEMORY_BUDGET", "256KiB"),
+        ("FLUSH__MAX_BYTES", "128KiB"),
+        ("FLUSH__SPILL_DIR", spill_dir.as_str()),
+    ];
+    let mut child = start_with(&db, &settings);
+    caught_up(&db, &mut child).await;
+    let snapshots = "SELECT count(*) FROM iceberg_snapshots('{metadata}')";
+    let copied = duck_query(&db, "orders", snapshots);
+    db.client()
+        .await
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO orders (customer_id, order_date, total_amount, status)
+               SELECT g % 97, date '2024-06-01', g, 'new' FROM generate_series(1, 20000) g;
+             UPDATE orders SET status = 'paid' WHERE order_id % 3 = 0;
+             UPDATE orders SET order_id = order_id + 1000000 WHERE order_id % 7 = 0;
+             DELETE FROM orders WHERE order_id % 11 = 0;
+             COMMIT;",
+        )
+        .await
+        .expect("one large transaction");
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        log.contains("spilling"),
+        "the transaction was not spilled: {log}"
+    );
+    assert_eq!(
+        lake_lines(&db),
+        postgres_lines(&db).await,
+        "after a spilled transaction the lake differs from PostgreSQL"
+    );
+    // one more snapshot: the whole transaction
+    let count = |lines: Vec<String>| lines.concat().parse::<u32>().expect("a count");
+    assert_eq!(
+        count(duck_query(&db, "orders", snapshots)),
+        count(copied) + 1
     );
 }

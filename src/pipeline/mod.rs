@@ -508,7 +508,16 @@ impl<S: Sink> Pipeline<S> {
                 message: format!("table {table}: changes for a table the pipeline does not know"),
             });
         };
-        let schema = state.schema.clone();
+        // rows of an older shape keep the values of columns dropped or renamed since
+        let mut schema = state.schema.clone();
+        for entry in entries {
+            if let Entry::Changes(batch) = entry
+                && !batch.schema.same_shape(&schema)
+                && let Some(wider) = schema.with_columns_of(&batch.schema)
+            {
+                schema = Arc::new(wider);
+            }
+        }
         match state.mode {
             TableMode::Upsert => {
                 let plan = reduce::plan(schema.clone(), &state.layout.key, entries)?;

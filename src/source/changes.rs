@@ -133,6 +133,54 @@ impl TableSchema {
             && self.replica_identity == other.replica_identity
     }
 
+    /// This shape plus the columns of `older` it no longer has (dropped, or renamed since: a
+    /// rename reaches lakewriter as another column), so rows written in the older shape keep
+    /// their values there. `None` when it has them all.
+    pub fn with_columns_of(&self, older: &TableSchema) -> Option<TableSchema> {
+        let missing: Vec<usize> = older
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !self.columns.iter().any(|own| own.name == c.name))
+            .map(|(i, _)| i)
+            .collect();
+        if missing.is_empty() {
+            return None;
+        }
+        let mut columns = self.columns.clone();
+        let mut fields: Vec<_> = self.arrow.fields().iter().cloned().collect();
+        let mut nullable: Vec<_> = self.arrow_nullable.fields().iter().cloned().collect();
+        for i in missing {
+            let (Some(column), Some(field), Some(field_nullable)) = (
+                older.columns.get(i),
+                older.arrow.fields().get(i),
+                older.arrow_nullable.fields().get(i),
+            ) else {
+                continue;
+            };
+            columns.push(ColumnSchema {
+                key: false,
+                ..column.clone()
+            });
+            fields.push(field.clone());
+            nullable.push(field_nullable.clone());
+        }
+        Some(TableSchema {
+            table: self.table.clone(),
+            relation: self.relation,
+            replica_identity: self.replica_identity,
+            columns,
+            arrow: Arc::new(Schema::new_with_metadata(
+                fields,
+                self.arrow.metadata().clone(),
+            )),
+            arrow_nullable: Arc::new(Schema::new_with_metadata(
+                nullable,
+                self.arrow_nullable.metadata().clone(),
+            )),
+        })
+    }
+
     /// Indexes of the key columns.
     pub fn key_indices(&self) -> Vec<usize> {
         (0..self.columns.len())
