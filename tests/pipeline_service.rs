@@ -90,6 +90,17 @@ impl Sink for MemoryLake {
         self.staged.remove(table);
     }
 
+    fn known_checkpoint(&self, table: &TableId) -> Option<Lsn> {
+        self.tables
+            .get(table)
+            .and_then(|(_, checkpoint)| *checkpoint)
+    }
+
+    async fn mark_incomplete(&mut self, table: &TableId) -> Result<()> {
+        self.tables.entry(table.clone()).or_default().1 = None;
+        Ok(())
+    }
+
     async fn lookup(&mut self, _table: &TableId, _keys: &RecordBatch) -> Result<Vec<RecordBatch>> {
         panic!("orders has no TOAST columns")
     }

@@ -100,7 +100,11 @@ async fn caught_up(db: &TestDb, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while acknowledged(db).await < target {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("lakewriter exited early with {status}");
+            let mut log = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+            }
+            panic!("lakewriter exited early with {status}: {log}");
         }
         assert!(Instant::now() < deadline, "the writer did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -454,12 +458,23 @@ async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
     );
     assert!(log.contains("LSN"), "the error names the LSN: {log}");
 
-    // with stop_all, the same change stops the run, and nothing of a or b is lost
+    // a restart before the fix keeps table a stopped, from the start, and b still goes on
+    let mut child = start(&db);
     db.client()
         .await
         .batch_execute("INSERT INTO b VALUES (3, 'three')")
         .await
         .expect("insert into b");
+    let all_of_b = ["1|one", "2|two", "3|three"];
+    lake_shows(&db, &mut child, "b", b_rows, &all_of_b).await;
+    assert_eq!(
+        acknowledged(&db).await,
+        held,
+        "the slot still holds table a's WAL"
+    );
+    stop(child);
+
+    // with stop_all, the same change stops the run, and nothing of a or b is lost
     let child = start_with(&db, &[("SINK__ON_TABLE_ERROR", "stop_all")]);
     let output = child.wait_with_output().expect("wait for lakewriter");
     let log = String::from_utf8_lossy(&output.stderr);
@@ -472,6 +487,26 @@ async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
         duck_query(&db, "a", "SELECT id, v FROM {scan} ORDER BY id"),
         vec!["1|10".to_string(), "2|20".to_string()]
     );
+
+    // with suspend_table, the table's WAL is released and b goes on
+    let mut child = start_with(&db, &[("SINK__ON_TABLE_ERROR", "suspend_table")]);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(log.contains("suspended"), "{log}");
+    lake_shows_now(&db, "b", b_rows, &all_of_b);
+
+    // and the next start copies it again, its column replaced by one of the new type
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert_eq!(
+        duck_query(&db, "a", "SELECT id, v FROM {scan} ORDER BY id"),
+        vec!["1|ten".to_string(), "2|20".to_string()]
+    );
+}
+
+fn lake_shows_now(db: &TestDb, name: &str, query: &str, expected: &[&str]) {
+    assert_eq!(duck_query(db, name, query), expected, "lake table {name}");
 }
 
 #[tokio::test]

@@ -60,7 +60,36 @@ pub struct TableState {
     pub stopped: Option<String>,
 }
 
+/// Whether `error` belongs to one table (a schema the lake cannot take, a row without its key),
+/// so `[sink] on_table_error` decides, rather than to the run (retryable failures, the source
+/// connection, local files).
+pub fn is_table_error(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Sink {
+            retryable: false,
+            ..
+        } | Error::Source { .. }
+    )
+}
+
 impl TableState {
+    /// A table stopped at startup by `message` (`[sink] on_table_error = "stop_table"`): it
+    /// takes no change, and the acknowledged position stays at its `checkpoint`, so the slot
+    /// keeps its WAL.
+    pub fn stopped(
+        schema: Arc<TableSchema>,
+        layout: TableLayout,
+        mode: TableMode,
+        checkpoint: Lsn,
+        message: String,
+    ) -> Self {
+        let mut state = TableState::new(schema, layout, mode, Some(checkpoint));
+        state.first_commit = Some(Lsn(checkpoint.get().saturating_add(1)));
+        state.stopped = Some(message);
+        state
+    }
+
     /// A table ready to stream, with its lake checkpoint.
     pub fn new(
         schema: Arc<TableSchema>,
@@ -378,14 +407,7 @@ impl<S: Sink> Pipeline<S> {
     /// errors that are not the table's, always stop the run.
     async fn table_failed(&mut self, table: &TableId, first: Lsn, error: Error) -> Result<()> {
         let policy = self.config.sink.on_table_error;
-        let the_tables = matches!(
-            error,
-            Error::Sink {
-                retryable: false,
-                ..
-            } | Error::Source { .. }
-        );
-        if policy == TableErrorPolicy::StopAll || !the_tables {
+        if policy == TableErrorPolicy::StopAll || !is_table_error(&error) {
             return Err(error);
         }
         let Some(state) = self.tables.get_mut(table) else {
@@ -413,10 +435,6 @@ impl<S: Sink> Pipeline<S> {
             }
             TableErrorPolicy::SuspendTable | TableErrorPolicy::StopAll => {
                 state.first_commit = None;
-                let schema = state
-                    .prepared
-                    .clone()
-                    .unwrap_or_else(|| state.schema.clone());
                 tracing::error!(
                     table = %table,
                     lsn = %first,
@@ -424,17 +442,8 @@ impl<S: Sink> Pipeline<S> {
                     "the table is suspended: its WAL is released and the next start copies it \
                      again"
                 );
-                // a commit without a checkpoint marks the lake table incomplete
-                self.sink
-                    .commit(TableDelta {
-                        table: table.clone(),
-                        schema,
-                        truncate: false,
-                        deletes: Vec::new(),
-                        rows: Vec::new(),
-                        lsn: None,
-                    })
-                    .await?;
+                self.sink.discard_staged(table);
+                self.sink.mark_incomplete(table).await?;
             }
         }
         Ok(())

@@ -9,10 +9,10 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, TableMode};
+use crate::config::{Config, TableErrorPolicy, TableMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::pipeline::{Pipeline, TableState, changelog};
+use crate::pipeline::{Pipeline, TableState, changelog, is_table_error};
 use crate::progress::Progress;
 use crate::sink::{Sink, TableDelta, TableLayout};
 use crate::source::changes::TableSchema;
@@ -105,7 +105,40 @@ pub async fn run<S: Sink>(
             TableMode::Upsert => shape.clone(),
             TableMode::Changelog => Arc::new(changelog::schema(&shape)),
         };
-        let checkpoint = sink.prepare(table, &target, &layout).await?;
+        let checkpoint = match sink.prepare(table, &target, &layout).await {
+            Ok(checkpoint) => checkpoint,
+            Err(e) if is_table_error(&e) => match config.sink.on_table_error {
+                TableErrorPolicy::StopAll => return Err(e),
+                TableErrorPolicy::StopTable => {
+                    let Some(checkpoint) = sink.known_checkpoint(table) else {
+                        return Err(e);
+                    };
+                    tracing::error!(
+                        table = %table,
+                        checkpoint = %checkpoint,
+                        error = %e,
+                        "the table stays stopped at its last commit; the other tables go on, \
+                         and the slot keeps its WAL until a restart after the fix"
+                    );
+                    states.insert(
+                        table.clone(),
+                        TableState::stopped(shape, layout, mode, checkpoint, e.to_string()),
+                    );
+                    continue;
+                }
+                TableErrorPolicy::SuspendTable => {
+                    tracing::error!(
+                        table = %table,
+                        error = %e,
+                        "the table is suspended: its WAL is released and the next start copies \
+                         it again"
+                    );
+                    sink.mark_incomplete(table).await?;
+                    continue;
+                }
+            },
+            Err(e) => return Err(e),
+        };
         tracing::info!(table = %table, checkpoint = ?checkpoint.map(|c| c.to_string()), "table ready");
         targets.insert(table.clone(), target);
         states.insert(
@@ -117,7 +150,11 @@ pub async fn run<S: Sink>(
     // Tables without a checkpoint need a copy; a new slot means every table does (changes
     // between their checkpoint and the new slot are gone).
     let needs_copy: Vec<TableId> = match slot {
-        Readiness::Missing => states.keys().cloned().collect(),
+        Readiness::Missing => states
+            .iter()
+            .filter(|(_, s)| s.stopped.is_none())
+            .map(|(t, _)| t.clone())
+            .collect(),
         _ => states
             .iter()
             .filter(|(_, s)| s.checkpoint.is_none())

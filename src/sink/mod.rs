@@ -89,6 +89,14 @@ pub trait Sink {
     /// Forgets the parts staged for `table` (the transaction they belong to failed).
     fn discard_staged(&mut self, table: &TableId);
 
+    /// The checkpoint of `table` as last read from the lake, also when [`Sink::prepare`]
+    /// failed after reading it (a schema the lake cannot take); `None` when unknown.
+    fn known_checkpoint(&self, table: &TableId) -> Option<Lsn>;
+
+    /// Marks `table` incomplete, so the next start copies it again: a commit without a
+    /// checkpoint and without rows. Works after a failed [`Sink::prepare`] too.
+    async fn mark_incomplete(&mut self, table: &TableId) -> Result<()>;
+
     /// The current rows of `keys` (a batch of key columns), for values the source did not
     /// send (unchanged TOAST): returns the matching rows in the table's current layout.
     async fn lookup(&mut self, table: &TableId, keys: &RecordBatch) -> Result<Vec<RecordBatch>>;

@@ -223,8 +223,9 @@ impl From<CatalogError> for AttemptError {
 
 /// A change the sink commits with compare-and-swap, re-applied on each attempt's metadata.
 enum Change<'a> {
-    /// Make the lake schema take rows of this (source) shape.
-    Evolve(&'a arrow::datatypes::Schema),
+    /// Make the lake schema take rows of this (source) shape; `replace`: columns it cannot
+    /// take are replaced (the table is copied again from scratch).
+    Evolve(&'a arrow::datatypes::Schema, bool),
     /// Commit these files as one snapshot.
     Rows(&'a RowDelta),
 }
@@ -345,11 +346,12 @@ impl<C: Catalog> IcebergSink<C> {
         metadata: TableMetadata,
     ) -> Result<Result<StagedMetadata, TableMetadata>> {
         match change {
-            Change::Evolve(incoming) => {
+            Change::Evolve(incoming, replace) => {
                 let evolved = table::evolve(
                     metadata.current_schema(),
                     metadata.last_column_id(),
                     incoming,
+                    *replace,
                 )
                 .map_err(|m| sink_error(lake, m))?;
                 let Some(evolved) = evolved else {
@@ -430,11 +432,17 @@ impl<C: Catalog> IcebergSink<C> {
     }
 
     /// Brings the lake schema of `state` to take rows of `schema`.
-    async fn evolve(&self, state: &mut TableState, schema: &TableSchema) -> Result<()> {
+    async fn evolve(
+        &self,
+        state: &mut TableState,
+        schema: &TableSchema,
+        replace: bool,
+    ) -> Result<()> {
         let needed = table::evolve(
             state.metadata.current_schema(),
             state.metadata.last_column_id(),
             &schema.arrow,
+            replace,
         )
         .map_err(|m| sink_error(&state.lake, m))?;
         if needed.is_none() {
@@ -445,7 +453,7 @@ impl<C: Catalog> IcebergSink<C> {
                 &state.lake,
                 &state.pointer,
                 &state.metadata,
-                Change::Evolve(&schema.arrow),
+                Change::Evolve(&schema.arrow, replace),
             )
             .await?;
         tracing::info!(
@@ -549,7 +557,14 @@ impl<C: Catalog> Sink for IcebergSink<C> {
                 .map(|s| s.staged)
                 .unwrap_or_default(),
         };
-        self.evolve(&mut state, schema).await?;
+        // a table without a checkpoint is copied again from scratch: a column whose type changed
+        // beyond what Iceberg can widen may then be replaced
+        let incomplete = checkpoint(&state.lake, &state.metadata)?.is_none();
+        if let Err(e) = self.evolve(&mut state, schema, incomplete).await {
+            // known as it is in the lake, for known_checkpoint and mark_incomplete
+            self.tables.insert(table.clone(), state);
+            return Err(e);
+        }
         if !table::same_partitioning(&state.metadata, layout) {
             tracing::warn!(
                 table = %state.lake,
@@ -589,6 +604,41 @@ impl<C: Catalog> Sink for IcebergSink<C> {
         result
     }
 
+    fn known_checkpoint(&self, table: &TableId) -> Option<Lsn> {
+        let state = self.tables.get(table)?;
+        checkpoint(&state.lake, &state.metadata).ok().flatten()
+    }
+
+    async fn mark_incomplete(&mut self, table: &TableId) -> Result<()> {
+        let Some(state) = self.tables.get(table) else {
+            return Err(sink_error(
+                &self.lake_table(table),
+                "mark incomplete before prepare: the sink does not know the table yet",
+            ));
+        };
+        let empty = RowDelta {
+            data_files: Vec::new(),
+            delete_files: Vec::new(),
+            spec_id: state.metadata.default_partition_spec_id(),
+            truncate: false,
+            lsn: None,
+        };
+        let (pointer, metadata) = self
+            .commit_change(
+                &state.lake,
+                &state.pointer,
+                &state.metadata,
+                Change::Rows(&empty),
+            )
+            .await?;
+        tracing::info!(table = %state.lake, "marked incomplete: the next start copies it again");
+        if let Some(state) = self.tables.get_mut(table) {
+            state.pointer = pointer;
+            state.metadata = metadata;
+        }
+        Ok(())
+    }
+
     fn discard_staged(&mut self, table: &TableId) {
         if let Some(state) = self.tables.get_mut(table) {
             state.staged.clear();
@@ -618,7 +668,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
 impl<C: Catalog> IcebergSink<C> {
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
         if !part.schema.same_shape(&state.source) {
-            self.evolve(state, &part.schema).await?;
+            self.evolve(state, &part.schema, false).await?;
             state.source = part.schema.clone();
         }
         let files = self.write_files(state, part).await?;
@@ -634,7 +684,7 @@ impl<C: Catalog> IcebergSink<C> {
 
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
         if !delta.schema.same_shape(&state.source) {
-            self.evolve(state, &delta.schema).await?;
+            self.evolve(state, &delta.schema, false).await?;
             state.source = delta.schema.clone();
         }
         let mut files = self.write_files(state, delta).await?;

@@ -177,13 +177,18 @@ fn fit(lake: &Type, incoming: &Type) -> Option<Fit> {
 /// The schema the lake table needs to take rows of `incoming`: `None` when the current one
 /// does; otherwise the current schema with widened columns and the new columns appended (as
 /// optional, with ids after `last_column_id`). Columns the source dropped stay. A column whose
-/// type changed in a way Iceberg cannot follow is an error naming it.
+/// type changed in a way Iceberg cannot follow is an error naming it, unless `replace` (the
+/// table is about to be copied again from scratch): then it is replaced by a new column of
+/// the new type (a new field id, so old files do not read into it). Key columns are never
+/// replaced.
 pub(super) fn evolve(
     current: &Schema,
     last_column_id: i32,
     incoming: &ArrowSchema,
+    replace: bool,
 ) -> Result<Option<Schema>, String> {
     let mut widened: HashMap<i32, Type> = HashMap::new();
+    let mut replaced: Vec<i32> = Vec::new();
     let mut added: Vec<&Field> = Vec::new();
     for field in incoming.fields() {
         // Types of new columns are converted with throwaway ids, only to compare.
@@ -194,6 +199,10 @@ pub(super) fn evolve(
                 Some(Fit::Fits) => {}
                 Some(Fit::Widen(t)) => {
                     widened.insert(lake.id, t);
+                }
+                None if replace && !current.identifier_field_ids().any(|id| id == lake.id) => {
+                    replaced.push(lake.id);
+                    added.push(field);
                 }
                 None => {
                     return Err(format!(
@@ -211,11 +220,24 @@ pub(super) fn evolve(
     if widened.is_empty() && added.is_empty() {
         return Ok(None);
     }
+    if !replaced.is_empty() {
+        tracing::warn!(
+            columns = ?incoming
+                .fields()
+                .iter()
+                .filter(|f| current.field_by_name(f.name()).is_some_and(|l| replaced.contains(&l.id)))
+                .map(|f| f.name())
+                .collect::<Vec<_>>(),
+            "columns whose type changed incompatibly are replaced by new columns: the table is \
+             copied again"
+        );
+    }
     let mut next_id = last_column_id.max(current.highest_field_id()) + 1;
     let mut fields: Vec<NestedFieldRef> = current
         .as_struct()
         .fields()
         .iter()
+        .filter(|f| !replaced.contains(&f.id))
         .map(|f| match widened.get(&f.id) {
             Some(t) => {
                 let mut field = NestedField::clone(f);
@@ -475,7 +497,9 @@ mod tests {
     fn evolution_adds_columns_widens_types_and_keeps_dropped_columns() {
         let current = new_schema(&orders(), &["id".to_string()]).expect("a schema");
         assert!(
-            evolve(&current, 6, &orders()).expect("fits").is_none(),
+            evolve(&current, 6, &orders(), false)
+                .expect("fits")
+                .is_none(),
             "same shape"
         );
 
@@ -484,7 +508,7 @@ mod tests {
             field("total", DataType::Decimal128(12, 2)),
             field("note", DataType::Utf8),
         ]);
-        let evolved = evolve(&current, 6, &incoming)
+        let evolved = evolve(&current, 6, &incoming, false)
             .expect("fits")
             .expect("changed");
         let id = evolved.field_by_name("id").expect("id");
@@ -500,13 +524,17 @@ mod tests {
 
         // A narrower source type is written into the wider lake column.
         let narrower = ArrowSchema::new(vec![field("total", DataType::Decimal128(8, 2))]);
-        assert!(evolve(&current, 6, &narrower).expect("fits").is_none());
+        assert!(
+            evolve(&current, 6, &narrower, false)
+                .expect("fits")
+                .is_none()
+        );
 
         let incompatible = ArrowSchema::new(vec![field("total", DataType::Utf8)]);
-        let error = evolve(&current, 6, &incompatible).expect_err("refused");
+        let error = evolve(&current, 6, &incompatible, false).expect_err("refused");
         assert!(error.contains("column total"), "{error}");
         let rescaled = ArrowSchema::new(vec![field("total", DataType::Decimal128(12, 4))]);
-        assert!(evolve(&current, 6, &rescaled).is_err());
+        assert!(evolve(&current, 6, &rescaled, false).is_err());
     }
 
     #[test]
