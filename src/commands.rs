@@ -78,11 +78,12 @@ pub async fn verify(_config: &Config, _table: Option<&str>, _json: bool) -> Resu
     })
 }
 
-/// `lakewriter query`: DataFusion SQL over every lake table of the config.
-pub async fn query(_config: &Config, _sql: &str, _format: OutputFormat) -> Result<()> {
-    Err(Error::NotBuilt {
-        what: "`lakewriter query`",
-    })
+/// `lakewriter query`: DataFusion SQL over every lake table of the config, as
+/// `namespace.table`, printed to stdout.
+pub async fn query(config: &Config, sql: &str, format: OutputFormat) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    crate::verify::query::run(config, sql, format, &mut out).await
 }
 
 /// `lakewriter doctor`: check the source and the sink before a run; `Ok(true)` when a run

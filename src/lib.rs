@@ -17,6 +17,7 @@
 //! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
 //! - [`cloud`]: AWS clients (S3, Glue) from the configuration.
 //! - [`progress`]: bars on a terminal, log lines elsewhere, for long work.
+//! - [`verify`]: `query` and `verify`, DataFusion over the lake (merge-on-read as an anti-join).
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
 pub mod catalog;
@@ -32,6 +33,7 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod table;
+pub mod verify;
 
 pub use config::Config;
 pub use error::{Error, Result};

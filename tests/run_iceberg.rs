@@ -6,9 +6,13 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use support::writer::{
+    acknowledged, caught_up, config_path, duck_query, lake_shows, lake_shows_now, start,
+    start_with, stop,
+};
 use support::{TestDb, stack};
 
 /// The orders table as sorted text lines, from PostgreSQL.
@@ -50,65 +54,6 @@ fn lake_lines(db: &TestDb) -> Vec<String> {
            total_amount::VARCHAR || '|' || status || '|' || epoch_us(created_at) || '|' || \
            epoch_us(updated_at) FROM {scan} ORDER BY order_id",
     )
-}
-
-fn config_path(db: &TestDb) -> std::path::PathBuf {
-    let path = db.warehouse.path().join("lakewriter.toml");
-    let text = db.config_toml("[flush]\nmax_latency = \"300ms\"\n");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-fn start(db: &TestDb) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
-        .args(["run", "--config"])
-        .arg(config_path(db))
-        .env("LAKEWRITER_LOG", "lakewriter=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start lakewriter run")
-}
-
-fn stop(child: Child) -> String {
-    let pid = child.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let output = child.wait_with_output().expect("wait for lakewriter");
-    let log = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "lakewriter run failed: {log}");
-    log
-}
-
-/// The slot's acknowledged position (zero before the writer created it).
-async fn acknowledged(db: &TestDb) -> lakewriter::Lsn {
-    db.client()
-        .await
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&db.slot],
-        )
-        .await
-        .expect("read the slot")
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_default()
-}
-
-/// Waits until the writer has acknowledged everything committed so far.
-async fn caught_up(db: &TestDb, child: &mut Child) {
-    let target = db.sync_point().await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while acknowledged(db).await < target {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut log = String::new();
-            if let Some(mut stderr) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
-            }
-            panic!("lakewriter exited early with {status}: {log}");
-        }
-        assert!(Instant::now() < deadline, "the writer did not catch up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -228,46 +173,6 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     assert_eq!(lake_lines(&db), postgres_lines(&db).await);
 }
 
-/// Runs `query` (with `{scan}` standing for the table's scan, `{metadata}` for its metadata
-/// file) in DuckDB over the lake table `name` and returns its rows as lines.
-fn duck_query(db: &TestDb, name: &str, query: &str) -> Vec<String> {
-    let catalog = db.warehouse.path().join("catalog.db");
-    let script = format!(
-        r#"
-import sqlite3, sys
-import duck
-row = sqlite3.connect({catalog:?}).execute(
-    "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
-    ({namespace:?}, {name:?}),
-).fetchone()
-if row is None:
-    sys.exit("no such table in the catalog")
-con = duck.connect()
-query = {query:?}.replace("{{scan}}", f"iceberg_scan('{{row[0]}}')").replace("{{metadata}}", row[0])
-for values in con.sql(query).fetchall():
-    print("|".join("NULL" if v is None else str(v) for v in values))
-"#,
-        catalog = catalog.display().to_string(),
-        namespace = db.namespace,
-    );
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .env("PYTHONPATH", support::project_dir().join("tests/readers"))
-        .output()
-        .expect("run DuckDB");
-    assert!(
-        output.status.success(),
-        "DuckDB: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 #[tokio::test]
 async fn schema_changes_truncates_and_unchanged_toast_values_reach_the_lake() {
     let db = TestDb::new("run_evolve").await;
@@ -371,41 +276,6 @@ async fn schema_changes_truncates_and_unchanged_toast_values_reach_the_lake() {
     );
 }
 
-/// Starts the writer with more settings, as environment overrides (`SECTION__KEY`).
-fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
-        .args(["run", "--config"])
-        .arg(config_path(db))
-        .envs(
-            settings
-                .iter()
-                .map(|(k, v)| (format!("LAKEWRITER__{k}"), *v)),
-        )
-        .env("LAKEWRITER_LOG", "lakewriter=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start lakewriter run")
-}
-
-/// Waits until DuckDB reads `expected` from `query` over lake table `name`.
-async fn lake_shows(db: &TestDb, child: &mut Child, name: &str, query: &str, expected: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if duck_query(db, name, query) == expected {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("lakewriter exited early with {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lake table {name} never showed {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
     let db = TestDb::new("run_table_error").await;
@@ -503,10 +373,6 @@ async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
         duck_query(&db, "a", "SELECT id, v FROM {scan} ORDER BY id"),
         vec!["1|ten".to_string(), "2|20".to_string()]
     );
-}
-
-fn lake_shows_now(db: &TestDb, name: &str, query: &str, expected: &[&str]) {
-    assert_eq!(duck_query(db, name, query), expected, "lake table {name}");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod orders;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,435 @@
+//! The lake's tables as DataFusion tables, with a merge-on-read that scales.
+//!
+//! iceberg 0.10.1's scan turns each equality-deleted row into a predicate, so its cost grows
+//! with rows × deletes. Here a table's current snapshot becomes a plan DataFusion runs as a
+//! hash anti-join: the live data files (each tagged with its data sequence number and its
+//! partition) left-anti-joined with the rows of the live equality-delete files (tagged the
+//! same way) on the key, the partition, and `data sequence < delete sequence` — the Iceberg
+//! rule that a delete applies to files committed before it, in its own partition.
+//!
+//! Files are read through DataFusion's Parquet reader with the table's current schema, by
+//! column name: columns added since a file was written read as null, widened ones are cast.
+//! It reads through the catalog, never around it: the file list is the snapshot's manifests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::{JoinType, TableReference};
+use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, col, lit};
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::io::FileIO;
+use iceberg::spec::{DataContentType, ManifestContentType, ManifestList, TableMetadata};
+
+use crate::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog};
+use crate::cloud::S3Location;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::sink::iceberg::{checkpoint, file_io};
+
+const SEQUENCE: &str = "__lakewriter_seq";
+const PARTITION: &str = "__lakewriter_partition";
+const DELETE_SEQUENCE: &str = "__lakewriter_delete_seq";
+const DELETE_PARTITION: &str = "__lakewriter_delete_partition";
+const DELETE_PREFIX: &str = "__lakewriter_delete_";
+
+/// One lake table as DataFusion reads it.
+#[derive(Debug, Clone)]
+pub struct LakeTable {
+    /// Its name in the catalog.
+    pub name: CatalogTable,
+    /// The metadata file the catalog points at.
+    pub metadata_location: String,
+    /// The checkpoint its current snapshot carries.
+    pub checkpoint: Option<Lsn>,
+    /// The names of its key (identifier) columns.
+    pub key: Vec<String>,
+    /// Its columns, as Arrow (the current schema).
+    pub schema: SchemaRef,
+    /// Live data and equality-delete files.
+    pub data_files: usize,
+    /// Live equality-delete files.
+    pub delete_files: usize,
+}
+
+/// A live file of the current snapshot.
+#[derive(Debug, Clone)]
+struct LiveFile {
+    path: String,
+    sequence: i64,
+    /// The partition spec id and the partition tuple, as one comparable text.
+    partition: String,
+}
+
+/// The files of a table's current snapshot.
+#[derive(Debug, Default)]
+struct LiveFiles {
+    data: Vec<LiveFile>,
+    /// Equality deletes, by their equality field ids.
+    deletes: BTreeMap<Vec<i32>, Vec<LiveFile>>,
+}
+
+/// A DataFusion session over the lake tables of `config`, each registered as
+/// `namespace.table` (only `only` when given, as the lake names it). Returns the session and
+/// the tables it registered.
+pub async fn session(
+    config: &Config,
+    only: Option<&CatalogTable>,
+) -> Result<(SessionContext, Vec<LakeTable>)> {
+    let catalog_error = |e: CatalogError| Error::Sink {
+        table: config.sink.namespace.clone(),
+        message: e.to_string(),
+        retryable: e.is_retryable(),
+    };
+    let catalog = LakeCatalog::from_config(config)
+        .await
+        .map_err(catalog_error)?;
+    let io = file_io(config)?;
+    let ctx = SessionContext::new();
+    register_object_store(config, &ctx)?;
+    let names = match only {
+        Some(table) => vec![table.clone()],
+        None => catalog
+            .list(&config.sink.namespace)
+            .await
+            .map_err(catalog_error)?,
+    };
+    let schemas = MemorySchemaProvider::new();
+    let mut tables = Vec::new();
+    for name in names {
+        let Some(pointer) = catalog.load(&name).await.map_err(catalog_error)? else {
+            if only.is_some() {
+                return Err(Error::Sink {
+                    table: name.to_string(),
+                    message: "no such table in the catalog".into(),
+                    retryable: false,
+                });
+            }
+            continue;
+        };
+        let metadata = TableMetadata::read_from(&io, &pointer.metadata_location)
+            .await
+            .map_err(|e| Error::Sink {
+                table: name.to_string(),
+                message: format!("read {}: {e}", pointer.metadata_location),
+                retryable: true,
+            })?;
+        let (table, frame) =
+            table_frame(&ctx, &io, &name, &pointer.metadata_location, &metadata).await?;
+        datafusion::catalog::SchemaProvider::register_table(
+            &schemas,
+            name.name.clone(),
+            frame.into_view(),
+        )
+        .map_err(|e| df_error(&name, "register", e))?;
+        tables.push(table);
+    }
+    let default_catalog = ctx
+        .catalog(&ctx.state().config().options().catalog.default_catalog)
+        .ok_or_else(|| Error::Sink {
+            table: config.sink.namespace.clone(),
+            message: "DataFusion has no default catalog".into(),
+            retryable: false,
+        })?;
+    default_catalog
+        .register_schema(&config.sink.namespace, Arc::new(schemas))
+        .map_err(|e| Error::Sink {
+            table: config.sink.namespace.clone(),
+            message: format!("register the namespace in DataFusion: {e}"),
+            retryable: false,
+        })?;
+    Ok((ctx, tables))
+}
+
+/// The reference of `table` in a [`session`].
+pub fn reference(table: &CatalogTable) -> TableReference {
+    TableReference::partial(table.namespace.clone(), table.name.clone())
+}
+
+/// The plan of `name`'s current snapshot: data files anti-joined with equality deletes.
+async fn table_frame(
+    ctx: &SessionContext,
+    io: &FileIO,
+    name: &CatalogTable,
+    metadata_location: &str,
+    metadata: &TableMetadata,
+) -> Result<(LakeTable, DataFrame)> {
+    let iceberg_schema = metadata.current_schema();
+    let schema = plain(
+        &schema_to_arrow_schema(iceberg_schema)
+            .map_err(|e| sink_error(name, format!("convert the schema to Arrow: {e}")))?,
+    );
+    let key: Vec<String> = iceberg_schema
+        .identifier_field_ids()
+        .filter_map(|id| iceberg_schema.name_by_field_id(id).map(str::to_string))
+        .collect();
+    let files = live_files(io, name, metadata).await?;
+    let table = LakeTable {
+        name: name.clone(),
+        metadata_location: metadata_location.to_string(),
+        checkpoint: checkpoint(name, metadata)?,
+        key,
+        schema: schema.clone(),
+        data_files: files.data.len(),
+        delete_files: files.deletes.values().map(Vec::len).sum(),
+    };
+    let columns: Vec<Expr> = schema
+        .fields()
+        .iter()
+        .map(|f| col(quoted(f.name())))
+        .collect();
+    let mut data = match read_groups(ctx, name, &files.data, &schema, SEQUENCE, PARTITION).await? {
+        Some(data) => data,
+        None => {
+            let empty = ctx
+                .read_batch(RecordBatch::new_empty(schema.clone()))
+                .map_err(|e| df_error(name, "plan an empty table", e))?;
+            return Ok((table, empty));
+        }
+    };
+    for (ids, deletes) in &files.deletes {
+        let delete_columns: Vec<Arc<Field>> = ids
+            .iter()
+            .map(|id| {
+                let field_name = iceberg_schema.name_by_field_id(*id).ok_or_else(|| {
+                    sink_error(
+                        name,
+                        format!("equality-delete field id {id} is not in the schema"),
+                    )
+                })?;
+                schema
+                    .field_with_name(field_name)
+                    .map(|f| Arc::new(f.clone()))
+                    .map_err(|e| sink_error(name, e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let delete_schema = Arc::new(Schema::new(delete_columns.clone()));
+        let Some(frame) = read_groups(
+            ctx,
+            name,
+            deletes,
+            &delete_schema,
+            DELETE_SEQUENCE,
+            DELETE_PARTITION,
+        )
+        .await?
+        else {
+            continue;
+        };
+        // the delete side's key columns renamed apart from the data side's
+        let mut renamed: Vec<Expr> = delete_columns
+            .iter()
+            .map(|f| col(quoted(f.name())).alias(format!("{DELETE_PREFIX}{}", f.name())))
+            .collect();
+        renamed.push(col(DELETE_SEQUENCE));
+        renamed.push(col(DELETE_PARTITION));
+        let frame = frame
+            .select(renamed)
+            .map_err(|e| df_error(name, "plan the deletes", e))?;
+        let mut on: Vec<Expr> = delete_columns
+            .iter()
+            .map(|f| col(quoted(f.name())).eq(col(format!("{DELETE_PREFIX}{}", f.name()))))
+            .collect();
+        on.push(col(PARTITION).eq(col(DELETE_PARTITION)));
+        on.push(col(SEQUENCE).lt(col(DELETE_SEQUENCE)));
+        data = data
+            .join_on(frame, JoinType::LeftAnti, on)
+            .map_err(|e| df_error(name, "plan the merge-on-read", e))?;
+    }
+    let data = data
+        .select(columns)
+        .map_err(|e| df_error(name, "plan the projection", e))?;
+    Ok((table, data))
+}
+
+/// Reads `files` grouped by sequence number and partition, each group tagged with both, as
+/// one frame in `schema` (plus the two tags); `None` for no file.
+async fn read_groups(
+    ctx: &SessionContext,
+    name: &CatalogTable,
+    files: &[LiveFile],
+    schema: &SchemaRef,
+    sequence_column: &str,
+    partition_column: &str,
+) -> Result<Option<DataFrame>> {
+    let mut groups: BTreeMap<(i64, &str), Vec<String>> = BTreeMap::new();
+    for file in files {
+        groups
+            .entry((file.sequence, file.partition.as_str()))
+            .or_default()
+            .push(file_url(&file.path));
+    }
+    let mut frame: Option<DataFrame> = None;
+    for ((sequence, partition), paths) in groups {
+        let options = ParquetReadOptions {
+            file_extension: "",
+            schema: Some(schema),
+            ..Default::default()
+        };
+        let group = ctx
+            .read_parquet(paths, options)
+            .await
+            .map_err(|e| df_error(name, "read data files", e))?
+            .with_column(sequence_column, lit(sequence))
+            .and_then(|f| f.with_column(partition_column, lit(partition)))
+            .map_err(|e| df_error(name, "tag data files", e))?;
+        frame = Some(match frame {
+            None => group,
+            Some(frame) => frame
+                .union(group)
+                .map_err(|e| df_error(name, "plan the union of files", e))?,
+        });
+    }
+    Ok(frame)
+}
+
+/// The live files of the current snapshot, with their data sequence numbers and partitions.
+async fn live_files(
+    io: &FileIO,
+    name: &CatalogTable,
+    metadata: &TableMetadata,
+) -> Result<LiveFiles> {
+    let mut files = LiveFiles::default();
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok(files);
+    };
+    let list_error = |e: iceberg::Error| {
+        sink_error(
+            name,
+            format!("read manifest list {}: {e}", snapshot.manifest_list()),
+        )
+    };
+    let bytes = io
+        .new_input(snapshot.manifest_list())
+        .map_err(list_error)?
+        .read()
+        .await
+        .map_err(list_error)?;
+    let list =
+        ManifestList::parse_with_version(&bytes, metadata.format_version()).map_err(list_error)?;
+    for manifest_file in list.entries() {
+        let manifest = manifest_file.load_manifest(io).await.map_err(|e| {
+            sink_error(
+                name,
+                format!("read manifest {}: {e}", manifest_file.manifest_path),
+            )
+        })?;
+        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let sequence = entry.sequence_number().ok_or_else(|| {
+                sink_error(
+                    name,
+                    format!(
+                        "{}: a live file without a sequence number",
+                        entry.file_path()
+                    ),
+                )
+            })?;
+            let file = entry.data_file();
+            let live = LiveFile {
+                path: file.file_path().to_string(),
+                sequence,
+                partition: format!("{}/{:?}", manifest_file.partition_spec_id, file.partition()),
+            };
+            match (manifest_file.content, file.content_type()) {
+                (ManifestContentType::Data, _) => files.data.push(live),
+                (ManifestContentType::Deletes, DataContentType::EqualityDeletes) => {
+                    let ids = file.equality_ids().unwrap_or_default();
+                    files.deletes.entry(ids).or_default().push(live);
+                }
+                (ManifestContentType::Deletes, _) => {
+                    return Err(sink_error(
+                        name,
+                        format!(
+                            "{}: position deletes are not read here (lakewriter writes none)",
+                            file.file_path()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The schema without field metadata (Iceberg field ids), for DataFusion's readers.
+fn plain(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_metadata(Default::default()))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A column name as DataFusion's `col` takes it verbatim (quoted: case and dots kept).
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A file path as a URL DataFusion's object stores resolve.
+fn file_url(path: &str) -> String {
+    if path.starts_with('/') {
+        format!("file://{path}")
+    } else {
+        path.to_string()
+    }
+}
+
+/// Registers the S3 store of an `s3://` warehouse (local files need none).
+fn register_object_store(config: &Config, ctx: &SessionContext) -> Result<()> {
+    let Some(location) = S3Location::parse(&config.sink.warehouse)
+        .map_err(|m| Error::config("sink.warehouse", m))?
+    else {
+        return Ok(());
+    };
+    let s3 = &config.sink.s3;
+    let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(&location.bucket)
+        .with_virtual_hosted_style_request(!s3.force_path_style);
+    let region = s3
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
+    if let Some(region) = region {
+        builder = builder.with_region(region);
+    }
+    let endpoint = s3
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+    if let Some(endpoint) = endpoint {
+        builder = builder
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_endpoint(endpoint);
+    }
+    if let Some(key) = &s3.access_key_id {
+        builder = builder
+            .with_access_key_id(key)
+            .with_secret_access_key(s3.secret_access_key.expose());
+    }
+    let store = builder
+        .build()
+        .map_err(|e| Error::config("sink.s3", format!("the S3 store for queries: {e}")))?;
+    let url = url::Url::parse(&format!("s3://{}", location.bucket))
+        .map_err(|e| Error::config("sink.warehouse", e.to_string()))?;
+    ctx.register_object_store(&url, Arc::new(store));
+    Ok(())
+}
+
+fn sink_error(table: &CatalogTable, message: impl Into<String>) -> Error {
+    Error::Sink {
+        table: table.to_string(),
+        message: message.into(),
+        retryable: false,
+    }
+}
+
+fn df_error(table: &CatalogTable, context: &str, e: datafusion::error::DataFusionError) -> Error {
+    sink_error(table, format!("{context}: {e}"))
+}

@@ -1,0 +1,5 @@
+//! `query` and `verify`: DataFusion over the lake, through the catalog, and the proof that the
+//! lake equals the source.
+
+pub mod lake;
+pub mod query;

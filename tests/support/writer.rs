@@ -1,0 +1,148 @@
+//! `lakewriter run` as a child process, and the lake it writes read back by DuckDB: the
+//! helpers the end-to-end tests share.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{TestDb, project_dir, stack};
+
+/// The test database's config file for the writer (a 300 ms flush latency), written out.
+pub fn config_path(db: &TestDb) -> std::path::PathBuf {
+    let path = db.warehouse.path().join("lakewriter.toml");
+    let text = db.config_toml("[flush]\nmax_latency = \"300ms\"\n");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Starts `lakewriter run` on the test database.
+pub fn start(db: &TestDb) -> Child {
+    start_with(db, &[])
+}
+
+/// Stops the writer the way a service manager does (SIGTERM), asserts it exited 0, and
+/// returns its log.
+pub fn stop(child: Child) -> String {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let output = child.wait_with_output().expect("wait for lakewriter");
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "lakewriter run failed: {log}");
+    log
+}
+
+/// The slot's acknowledged position (zero before the writer created it).
+pub async fn acknowledged(db: &TestDb) -> lakewriter::Lsn {
+    db.client()
+        .await
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.slot],
+        )
+        .await
+        .expect("read the slot")
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Waits until the writer has acknowledged everything committed so far.
+pub async fn caught_up(db: &TestDb, child: &mut Child) {
+    let target = db.sync_point().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acknowledged(db).await < target {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut log = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+            }
+            panic!("lakewriter exited early with {status}: {log}");
+        }
+        assert!(Instant::now() < deadline, "the writer did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `query` (with `{scan}` standing for the table's scan, `{metadata}` for its metadata
+/// file) in DuckDB over the lake table `name` and returns its rows as lines.
+pub fn duck_query(db: &TestDb, name: &str, query: &str) -> Vec<String> {
+    let catalog = db.warehouse.path().join("catalog.db");
+    let script = format!(
+        r#"
+import sqlite3, sys
+import duck
+row = sqlite3.connect({catalog:?}).execute(
+    "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
+    ({namespace:?}, {name:?}),
+).fetchone()
+if row is None:
+    sys.exit("no such table in the catalog")
+con = duck.connect()
+query = {query:?}.replace("{{scan}}", f"iceberg_scan('{{row[0]}}')").replace("{{metadata}}", row[0])
+for values in con.sql(query).fetchall():
+    print("|".join("NULL" if v is None else str(v) for v in values))
+"#,
+        catalog = catalog.display().to_string(),
+        namespace = db.namespace,
+    );
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", project_dir().join("tests/readers"))
+        .output()
+        .expect("run DuckDB");
+    assert!(
+        output.status.success(),
+        "DuckDB: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Starts the writer with more settings, as environment overrides (`SECTION__KEY`).
+pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(["run", "--config"])
+        .arg(config_path(db))
+        .envs(
+            settings
+                .iter()
+                .map(|(k, v)| (format!("LAKEWRITER__{k}"), *v)),
+        )
+        .env("LAKEWRITER_LOG", "lakewriter=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lakewriter run")
+}
+
+/// Waits until DuckDB reads `expected` from `query` over lake table `name`.
+pub async fn lake_shows(
+    db: &TestDb,
+    child: &mut Child,
+    name: &str,
+    query: &str,
+    expected: &[&str],
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if duck_query(db, name, query) == expected {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("lakewriter exited early with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lake table {name} never showed {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+pub fn lake_shows_now(db: &TestDb, name: &str, query: &str, expected: &[&str]) {
+    assert_eq!(duck_query(db, name, query), expected, "lake table {name}");
+}
