@@ -72,10 +72,8 @@ pub async fn compact(_config: &Config, _table: Option<&str>) -> Result<()> {
 
 /// `lakewriter verify`: compare the lake with PostgreSQL row by row; `Ok(true)` when every
 /// table is equal.
-pub async fn verify(_config: &Config, _table: Option<&str>, _json: bool) -> Result<bool> {
-    Err(Error::NotBuilt {
-        what: "`lakewriter verify`",
-    })
+pub async fn verify(config: &Config, table: Option<&str>, json: bool) -> Result<bool> {
+    crate::verify::compare::run(config, table, json).await
 }
 
 /// `lakewriter query`: DataFusion SQL over every lake table of the config, as

@@ -9,6 +9,21 @@ use std::process::Command;
 use support::TestDb;
 use support::writer::{caught_up, config_path, duck_query, start, stop};
 
+/// Runs `lakewriter verify` with `args`: its exit success, stdout and stderr.
+fn verify(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(["verify", "--config"])
+        .arg(config_path(db))
+        .args(args)
+        .output()
+        .expect("run lakewriter verify");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Runs `lakewriter query` and returns its stdout lines (CSV without the header).
 fn query(db: &TestDb, sql: &str) -> Vec<String> {
     let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
@@ -104,4 +119,35 @@ async fn query_reads_the_lake_as_postgres_and_duckdb_do() {
         .expect("count")
         .get(0);
     assert_eq!(count, vec![back.to_string()]);
+
+    // verify finds them equal
+    let (equal, out, log) = verify(&db, &[]);
+    assert!(equal, "verify: {out} {log}");
+    assert!(
+        out.contains("public.orders") && out.contains("equal"),
+        "{out}"
+    );
+
+    // and names what differs once PostgreSQL moves on without the writer
+    db.client()
+        .await
+        .batch_execute(
+            "UPDATE orders SET status = 'changed' WHERE order_id = 2;
+             DELETE FROM orders WHERE order_id = 3;
+             INSERT INTO orders (order_id, customer_id, order_date, total_amount, status)
+               VALUES (900001, 1, date '2024-01-01', 1, 'new');",
+        )
+        .await
+        .expect("change orders");
+    let (equal, out, log) = verify(&db, &["--table", "public.orders", "--json"]);
+    assert!(!equal, "verify must fail: {out} {log}");
+    let report: serde_json::Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("verify --json prints JSON ({e}): {out} {log}"));
+    let table = &report[0];
+    assert_eq!(table["missing"], 1, "{out}");
+    assert_eq!(table["extra"], 1, "{out}");
+    assert_eq!(table["different"], 1, "{out}");
+    assert_eq!(table["missing_keys"][0], "order_id=900001", "{out}");
+    assert_eq!(table["extra_keys"][0], "order_id=3", "{out}");
+    assert_eq!(table["different_keys"][0], "order_id=2", "{out}");
 }
