@@ -81,8 +81,12 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
         format: QueryFormat,
-        /// The SQL statement.
-        sql: String,
+        /// Read the SQL from this file (`sql/athena/*.sql`) instead.
+        #[arg(long, conflicts_with = "sql")]
+        file: Option<std::path::PathBuf>,
+        /// The SQL statement (it may start with a `--` comment).
+        #[arg(allow_hyphen_values = true, required_unless_present = "file")]
+        sql: Option<String>,
     },
     /// Check the source and the sink before a run; print each problem with its fix.
     ///
@@ -149,12 +153,23 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Query {
             config,
             format,
+            file,
             sql,
         } => {
             let format = match format {
                 QueryFormat::Table => OutputFormat::Table,
                 QueryFormat::Csv => OutputFormat::Csv,
                 QueryFormat::Json => OutputFormat::Json,
+            };
+            let sql = match (sql, file) {
+                (Some(sql), _) => sql,
+                (None, Some(file)) => {
+                    std::fs::read_to_string(&file).map_err(|source| Error::Io {
+                        path: file.clone(),
+                        source,
+                    })?
+                }
+                (None, None) => String::new(),
             };
             commands::query(&load(&config)?, &sql, format)
                 .await

@@ -151,3 +151,78 @@ async fn query_reads_the_lake_as_postgres_and_duckdb_do() {
     assert_eq!(table["extra_keys"][0], "order_id=3", "{out}");
     assert_eq!(table["different_keys"][0], "order_id=2", "{out}");
 }
+
+/// Runs the SQL of `file` (in `sql/athena`, written for Athena's `lakewriter` database)
+/// through `lakewriter query`, on the test's namespace.
+fn athena_query(db: &TestDb, file: &str) -> Vec<String> {
+    let path = support::project_dir().join("sql/athena").join(file);
+    let text = std::fs::read_to_string(&path).expect("read the query");
+    query(
+        db,
+        &text.replace("lakewriter.", &format!("{}.", db.namespace)),
+    )
+}
+
+/// `sql/athena/*.sql` read through `lakewriter query` what PostgreSQL answers to the same
+/// questions.
+#[tokio::test]
+async fn the_athena_queries_run_through_query_and_match_postgres() {
+    let db = TestDb::new("athena").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    db.psql(&[
+        "-v",
+        "rounds=1",
+        "-v",
+        "batch=100",
+        "-f",
+        "sql/workload.sql",
+    ]);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    let postgres = |sql: &'static str| {
+        let db = &db;
+        async move {
+            db.client()
+                .await
+                .query(sql, &[])
+                .await
+                .expect(sql)
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        athena_query(&db, "current_state.sql"),
+        postgres(
+            "SELECT order_id || ',' || customer_id || ',' || order_date || ',' || total_amount \
+               || ',' || status FROM orders ORDER BY order_id LIMIT 100"
+        )
+        .await
+    );
+    assert_eq!(
+        athena_query(&db, "counts_by_status.sql"),
+        postgres(
+            "SELECT status || ',' || count(*) || ',' || sum(total_amount) FROM orders \
+             GROUP BY status ORDER BY status"
+        )
+        .await
+    );
+    let latest = athena_query(&db, "latest_changes.sql");
+    let expected = postgres(
+        "SELECT order_id::text FROM orders \
+         WHERE updated_at >= (SELECT max(updated_at) FROM orders) - interval '1 day' \
+         ORDER BY updated_at DESC, orders.order_id LIMIT 20",
+    )
+    .await;
+    assert!(!latest.is_empty());
+    assert_eq!(
+        latest
+            .iter()
+            .map(|l| l.split(',').next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>(),
+        expected
+    );
+}
