@@ -131,8 +131,9 @@ async fn wait_for_writer(config: &Config, client: &tokio_postgres::Client) -> Re
                 slot = %config.source.slot,
                 confirmed = ?confirmed.map(|c| c.to_string()),
                 source = %current,
-                "no writer is streaming from the slot and it is behind the source: the lake may \
-                 miss recent changes"
+                behind_bytes = confirmed.map(|c| current.bytes_since(c)),
+                "no writer is streaming from the slot, and the source's WAL has moved past its \
+                 position: changes made since then are not in the lake"
             );
             return Ok(());
         }
