@@ -155,7 +155,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         let wait = 300 + random.next(2500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         if let Ok(Some(status)) = child.try_wait() {
-            let output = child.wait_with_output().expect("output");
+            let output = child.into_child().wait_with_output().expect("output");
             panic!(
                 "round {round}: lakewriter exited by itself with {status}: {}",
                 String::from_utf8_lossy(&output.stderr)
@@ -346,7 +346,10 @@ async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
 
     // with stop_all, the same change stops the run, and nothing of a or b is lost
     let child = start_with(&db, &[("SINK__ON_TABLE_ERROR", "stop_all")]);
-    let output = child.wait_with_output().expect("wait for lakewriter");
+    let output = child
+        .into_child()
+        .wait_with_output()
+        .expect("wait for lakewriter");
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success(),

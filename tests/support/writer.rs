@@ -1,6 +1,7 @@
 //! `lakewriter run` as a child process, and the lake it writes read back by DuckDB: the
 //! helpers the end-to-end tests share.
 
+use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,14 +15,49 @@ pub fn config_path(db: &TestDb) -> std::path::PathBuf {
     path
 }
 
+/// A running `lakewriter run`, killed if the test panics before stopping it (so no writer
+/// outlives its test).
+#[derive(Debug)]
+pub struct Writer(Option<Child>);
+
+impl Writer {
+    /// The process, no longer killed on drop.
+    pub fn into_child(mut self) -> Child {
+        self.0.take().expect("the writer is running")
+    }
+}
+
+impl Deref for Writer {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("the writer is running")
+    }
+}
+
+impl DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the writer is running")
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `lakewriter run` on the test database.
-pub fn start(db: &TestDb) -> Child {
+pub fn start(db: &TestDb) -> Writer {
     start_with(db, &[])
 }
 
 /// Stops the writer the way a service manager does (SIGTERM), asserts it exited 0, and
 /// returns its log.
-pub fn stop(child: Child) -> String {
+pub fn stop(child: Writer) -> String {
+    let child = child.into_child();
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let output = child.wait_with_output().expect("wait for lakewriter");
@@ -103,7 +139,7 @@ for values in con.sql(query).fetchall():
 }
 
 /// Starts the writer with more settings, as environment overrides (`SECTION__KEY`).
-pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Child {
+pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Writer {
     Command::new(env!("CARGO_BIN_EXE_lakewriter"))
         .args(["run", "--config"])
         .arg(config_path(db))
@@ -116,6 +152,7 @@ pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(|child| Writer(Some(child)))
         .expect("start lakewriter run")
 }
 
