@@ -123,6 +123,12 @@ async fn run_with(db: &TestDb, flush: &str, lake: MemoryLake, during: impl FnOnc
     let config = config(db, flush);
     let task = tokio::spawn(async move { service::run(config, lake, shutdown).await });
     during();
+    // a position taken once the slot exists is past its consistent point, so reaching it means
+    // the initial copy is in the lake
+    while slot_position(db).await == Lsn::ZERO {
+        assert!(!task.is_finished(), "the service stopped early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let target = db.sync_point().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -83,6 +83,19 @@ pub async fn acknowledged(db: &TestDb) -> lakewriter::Lsn {
 
 /// Waits until the writer has acknowledged everything committed so far.
 pub async fn caught_up(db: &TestDb, child: &mut Child) {
+    // the slot's first position is its consistent point, before the initial copy: a position
+    // taken once the slot exists is past it, so reaching it means the copy is in the lake
+    let created = Instant::now() + Duration::from_secs(120);
+    while acknowledged(db).await == lakewriter::Lsn::ZERO {
+        assert!(
+            Instant::now() < created,
+            "the writer never created its slot"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("lakewriter exited early with {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let target = db.sync_point().await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while acknowledged(db).await < target {
