@@ -424,3 +424,62 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_the_lake_whole() {
         count(copied) + 1
     );
 }
+
+#[tokio::test]
+async fn toast_under_replica_identity_full_and_a_transaction_across_tables() {
+    let db = TestDb::new("run_full").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+             ALTER TABLE docs REPLICA IDENTITY FULL;
+             CREATE TABLE notes (id int PRIMARY KEY, note text);
+             INSERT INTO docs SELECT i, repeat(md5(i::text), 400), i FROM generate_series(1, 10) i;",
+        )
+        .await
+        .expect("schema");
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    // one transaction over both tables: unchanged TOAST under FULL, a row inserted and deleted
+    // within it, a re-keyed row, and a row of the other table inserted then updated
+    db.client()
+        .await
+        .batch_execute(
+            "BEGIN;
+             UPDATE docs SET n = n + 100 WHERE id <= 5;
+             INSERT INTO notes VALUES (1, 'first');
+             INSERT INTO docs VALUES (100, 'short-lived', 1);
+             DELETE FROM docs WHERE id = 100;
+             UPDATE docs SET id = 50 WHERE id = 6;
+             UPDATE notes SET note = 'second' WHERE id = 1;
+             COMMIT;",
+        )
+        .await
+        .expect("one transaction");
+    caught_up(&db, &mut child).await;
+    stop(child);
+    let expected: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT id || '|' || md5(body) || '|' || n FROM docs ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        duck_query(
+            &db,
+            "docs",
+            "SELECT id, md5(body), n FROM {scan} ORDER BY id"
+        ),
+        expected
+    );
+    assert_eq!(
+        duck_query(&db, "notes", "SELECT id, note FROM {scan}"),
+        vec!["1|second".to_string()]
+    );
+}
