@@ -4,7 +4,9 @@
 //! the lake read through [`super::lake`] (merge-on-read), PostgreSQL read with COPY into Arrow
 //! by the snapshot code, each column cast to the lake column's type, and both encoded with
 //! Arrow's row format (equal values encode equally, nulls included). The lake side is kept as
-//! a map from key to hash; the PostgreSQL side streams through it.
+//! a map from the key's 64-bit hash to the row's (16 bytes a row, plus the map's overhead);
+//! the PostgreSQL side streams through it, and the lake is read a second time only to name
+//! extra keys when there are some.
 //!
 //! Against a running writer it first waits until the slot has acknowledged the source's
 //! current position, so every transaction committed before `verify` started is in the lake.
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use arrow::util::display::array_value_to_string;
 use futures::StreamExt;
 use serde::Serialize;
@@ -174,9 +176,10 @@ struct Side<'a> {
 }
 
 impl Side<'_> {
-    /// `(key, hash of the compared columns)` for each row of `batch`, whose columns are
-    /// found at the given indexes and cast to the given types.
-    fn hashes(&self, batch: &RecordBatch) -> std::result::Result<Vec<(OwnedRow, u64)>, String> {
+    /// For `batch`, whose columns are found at the given indexes and cast to the given
+    /// types: its keys (encoded), and for each row the hash of its key and the hash of its
+    /// compared columns.
+    fn hashes(&self, batch: &RecordBatch) -> std::result::Result<(Rows, Vec<(u64, u64)>), String> {
         let pick = |columns: &[(usize, DataType)]| -> std::result::Result<Vec<ArrayRef>, String> {
             columns
                 .iter()
@@ -202,14 +205,19 @@ impl Side<'_> {
             .rows
             .convert_columns(&pick(&self.compared)?)
             .map_err(|e| e.to_string())?;
-        Ok((0..batch.num_rows())
-            .map(|i| {
-                let mut hasher = DefaultHasher::new();
-                hasher.write(rows.row(i).as_ref());
-                (keys.row(i).owned(), hasher.finish())
-            })
-            .collect())
+        let hashes = (0..batch.num_rows())
+            .map(|i| (hash(keys.row(i).as_ref()), hash(rows.row(i).as_ref())))
+            .collect();
+        Ok((keys, hashes))
     }
+}
+
+/// A 64-bit hash of an encoded row (keys are told apart by it: two of ten million keys
+/// collide with a chance of about one in a million).
+fn hash(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
 }
 
 async fn compare_table(
@@ -329,16 +337,16 @@ async fn compare_table(
         .execute_stream()
         .await
         .map_err(|e| verify_error(table, e.to_string()))?;
-    let mut lake_rows: HashMap<OwnedRow, u64> = HashMap::new();
+    let mut lake_rows: HashMap<u64, u64> = HashMap::new();
     let mut duplicates = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| verify_error(table, e.to_string()))?;
         report.lake_rows += batch.num_rows() as u64;
-        for (k, hash) in lake_side
+        let (_, hashes) = lake_side
             .hashes(&batch)
-            .map_err(|m| verify_error(table, m))?
-        {
-            if lake_rows.insert(k, hash).is_some() {
+            .map_err(|m| verify_error(table, m))?;
+        for (key, row) in hashes {
+            if lake_rows.insert(key, row).is_some() {
                 duplicates += 1;
             }
         }
@@ -375,21 +383,21 @@ async fn compare_table(
     let mut examples: Vec<(u8, OwnedRow)> = Vec::new();
     while let Some(rows) = rx.recv().await {
         report.source_rows += rows.rows.num_rows() as u64;
-        for (k, hash) in source_side
+        let (keys, hashes) = source_side
             .hashes(&rows.rows)
-            .map_err(|m| verify_error(table, m))?
-        {
-            match lake_rows.remove(&k) {
+            .map_err(|m| verify_error(table, m))?;
+        for (i, (key, row)) in hashes.into_iter().enumerate() {
+            match lake_rows.remove(&key) {
                 None => {
                     report.missing += 1;
                     if report.missing as usize <= EXAMPLES {
-                        examples.push((0, k));
+                        examples.push((0, keys.row(i).owned()));
                     }
                 }
-                Some(h) if h != hash => {
+                Some(h) if h != row => {
                     report.different += 1;
                     if report.different as usize <= EXAMPLES {
-                        examples.push((2, k));
+                        examples.push((2, keys.row(i).owned()));
                     }
                 }
                 Some(_) => {}
@@ -400,8 +408,31 @@ async fn compare_table(
         .map_err(|e| verify_error(table, format!("the copy task failed: {e}")))??;
     let _ = exporter.batch_execute("COMMIT").await;
     report.extra = lake_rows.len() as u64 + duplicates;
-    for k in lake_rows.into_keys().take(EXAMPLES) {
-        examples.push((1, k));
+    if !lake_rows.is_empty() {
+        // the extra keys' values: a second read of the lake, only when there are some
+        let mut stream = ctx
+            .table(lake::reference(&lake_name))
+            .await
+            .map_err(|e| verify_error(table, e.to_string()))?
+            .execute_stream()
+            .await
+            .map_err(|e| verify_error(table, e.to_string()))?;
+        let mut found = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| verify_error(table, e.to_string()))?;
+            let (keys, hashes) = lake_side
+                .hashes(&batch)
+                .map_err(|m| verify_error(table, m))?;
+            for (i, (key, _)) in hashes.into_iter().enumerate() {
+                if found < EXAMPLES && lake_rows.contains_key(&key) {
+                    examples.push((1, keys.row(i).owned()));
+                    found += 1;
+                }
+            }
+            if found >= EXAMPLES {
+                break;
+            }
+        }
     }
     let key_names: Vec<&str> = key.iter().map(String::as_str).collect();
     for (kind, row) in examples {
