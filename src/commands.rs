@@ -62,12 +62,17 @@ async fn wait_for_signal() {
     }
 }
 
-/// `lakewriter compact`: rewrite small files and apply deletes, expire snapshots, remove
-/// orphan files, for every table or just `table`.
-pub async fn compact(_config: &Config, _table: Option<&str>) -> Result<()> {
-    Err(Error::NotBuilt {
-        what: "`lakewriter compact`",
-    })
+/// `lakewriter compact`: rewrite each table's files with its equality deletes applied, for
+/// every table or just `table` (snapshot expiry and orphan removal are not built yet).
+pub async fn compact(config: &Config, table: Option<&str>) -> Result<()> {
+    if config.sink.format != crate::config::TableFormat::Iceberg {
+        return Err(Error::NotBuilt {
+            what: "`lakewriter compact` for Delta tables",
+        });
+    }
+    let outcomes = crate::maintenance::compact::run(config, table).await?;
+    crate::maintenance::compact::print(&outcomes);
+    Ok(())
 }
 
 /// `lakewriter verify`: compare the lake with PostgreSQL row by row; `Ok(true)` when every

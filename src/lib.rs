@@ -17,6 +17,7 @@
 //! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
 //! - [`cloud`]: AWS clients (S3, Glue) from the configuration.
 //! - [`progress`]: bars on a terminal, log lines elsewhere, for long work.
+//! - [`maintenance`]: `compact`, which rewrites files with their deletes applied.
 //! - [`verify`]: `query` and `verify`, DataFusion over the lake (merge-on-read as an anti-join).
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
@@ -27,6 +28,7 @@ pub mod config;
 pub mod doctor;
 pub mod error;
 pub mod lsn;
+pub mod maintenance;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;

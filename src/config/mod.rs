@@ -227,7 +227,7 @@ pub enum CatalogKind {
 }
 
 /// `[sink.sqlite]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteCatalogConfig {
     /// The catalog file. Default: `catalog.db` inside a local warehouse.
@@ -237,6 +237,15 @@ pub struct SqliteCatalogConfig {
     /// Default: `"lakewriter"`.
     #[serde(default = "defaults::catalog_name")]
     pub name: String,
+}
+
+impl Default for SqliteCatalogConfig {
+    fn default() -> Self {
+        SqliteCatalogConfig {
+            path: None,
+            name: defaults::catalog_name(),
+        }
+    }
 }
 
 /// `[sink.glue]`.
@@ -647,6 +656,9 @@ mod tests {
             config.sqlite_catalog_path(),
             Path::new("./warehouse/catalog.db")
         );
+        // pyiceberg opens the file by this name: it must not be empty without a [sink.sqlite]
+        assert_eq!(config.sink.sqlite.name, "lakewriter");
+        assert_eq!(config.sink.on_table_error, TableErrorPolicy::StopTable);
         assert!(config.includes_table("public", "orders"));
         assert!(!config.includes_table("audit", "orders"));
         Ok(())

@@ -57,19 +57,21 @@ pub struct LakeTable {
 
 /// A live file of the current snapshot.
 #[derive(Debug, Clone)]
-struct LiveFile {
-    path: String,
-    sequence: i64,
+pub(crate) struct LiveFile {
+    pub path: String,
+    /// Its data sequence number.
+    pub sequence: i64,
     /// The partition spec id and the partition tuple, as one comparable text.
-    partition: String,
+    pub partition: String,
+    pub size: u64,
 }
 
 /// The files of a table's current snapshot.
 #[derive(Debug, Default)]
-struct LiveFiles {
-    data: Vec<LiveFile>,
+pub(crate) struct LiveFiles {
+    pub data: Vec<LiveFile>,
     /// Equality deletes, by their equality field ids.
-    deletes: BTreeMap<Vec<i32>, Vec<LiveFile>>,
+    pub deletes: BTreeMap<Vec<i32>, Vec<LiveFile>>,
 }
 
 /// A DataFusion session over the lake tables of `config`, each registered as
@@ -150,7 +152,7 @@ pub fn reference(table: &CatalogTable) -> TableReference {
 }
 
 /// The plan of `name`'s current snapshot: data files anti-joined with equality deletes.
-async fn table_frame(
+pub(crate) async fn table_frame(
     ctx: &SessionContext,
     io: &FileIO,
     name: &CatalogTable,
@@ -287,7 +289,7 @@ async fn read_groups(
 }
 
 /// The live files of the current snapshot, with their data sequence numbers and partitions.
-async fn live_files(
+pub(crate) async fn live_files(
     io: &FileIO,
     name: &CatalogTable,
     metadata: &TableMetadata,
@@ -332,6 +334,7 @@ async fn live_files(
                 path: file.file_path().to_string(),
                 sequence,
                 partition: format!("{}/{:?}", manifest_file.partition_spec_id, file.partition()),
+                size: file.file_size_in_bytes(),
             };
             match (manifest_file.content, file.content_type()) {
                 (ManifestContentType::Data, _) => files.data.push(live),
@@ -380,7 +383,7 @@ fn file_url(path: &str) -> String {
 }
 
 /// Registers the S3 store of an `s3://` warehouse (local files need none).
-fn register_object_store(config: &Config, ctx: &SessionContext) -> Result<()> {
+pub(crate) fn register_object_store(config: &Config, ctx: &SessionContext) -> Result<()> {
     let Some(location) = S3Location::parse(&config.sink.warehouse)
         .map_err(|m| Error::config("sink.warehouse", m))?
     else {

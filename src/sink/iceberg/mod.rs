@@ -28,12 +28,13 @@ use iceberg::io::{
     FileIO, FileIOBuilder, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_PATH_STYLE_ACCESS, S3_REGION,
     S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
 };
-use iceberg::spec::TableMetadata;
+use iceberg::spec::{DataFile, TableMetadata};
 use iceberg_storage_opendal::OpenDalStorageFactory;
 
 pub use table::PartitionExpr;
 
 use self::files::FileWriter;
+pub use self::row_delta::Rewrite;
 use self::row_delta::{RowDelta, StageError};
 use crate::catalog::{
     Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer, RetryPolicy, StagedMetadata,
@@ -532,6 +533,7 @@ impl<C: Catalog> IcebergSink<C> {
             spec_id: state.metadata.default_partition_spec_id(),
             truncate: delta.truncate,
             lsn: delta.lsn,
+            rewrite: None,
         })
     }
 }
@@ -622,6 +624,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             spec_id: state.metadata.default_partition_spec_id(),
             truncate: false,
             lsn: None,
+            rewrite: None,
         };
         let (pointer, metadata) = self
             .commit_change(
@@ -666,6 +669,61 @@ impl<C: Catalog> Sink for IcebergSink<C> {
 }
 
 impl<C: Catalog> IcebergSink<C> {
+    /// Writes `batches` (rows in the layout of `metadata`'s schema) as data files of that
+    /// table, partitioned and rolled at the target size, for [`IcebergSink::commit_rewrite`].
+    pub async fn write_data(
+        &self,
+        lake: &CatalogTable,
+        metadata: &TableMetadata,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Vec<DataFile>> {
+        let arrow = Arc::new(
+            schema_to_arrow_schema(metadata.current_schema())
+                .map_err(|e| iceberg_error(lake, "convert the schema to Arrow", e))?,
+        );
+        let rows = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| files::conform(b, &arrow).map_err(|m| sink_error(lake, m)))
+            .collect::<Result<Vec<_>>>()?;
+        let commit_id = row_delta::unique_id();
+        FileWriter {
+            file_io: &self.file_io,
+            metadata,
+            target_file_size: self.settings.target_file_size,
+            commit_id: &commit_id,
+        }
+        .write_rows(rows)
+        .await
+        .map_err(|e| iceberg_error(lake, "write data files", e))
+    }
+
+    /// Commits a compaction of `lake` (at `pointer`, `metadata`): `data_files` (written by
+    /// [`IcebergSink::write_data`] from what `rewrite` read) replace its files. The new files
+    /// keep the data sequence number of the snapshot read, so equality deletes committed since
+    /// still apply; the snapshot carries the table's latest checkpoint. Commits that landed
+    /// meanwhile are kept; one that removed a replaced file or changed the schema makes this
+    /// fail with an error [`is_conflict`] recognises.
+    pub async fn commit_rewrite(
+        &self,
+        lake: &CatalogTable,
+        pointer: &Pointer,
+        metadata: &TableMetadata,
+        data_files: Vec<DataFile>,
+        rewrite: Rewrite,
+    ) -> Result<(Pointer, TableMetadata)> {
+        let delta = RowDelta {
+            data_files,
+            delete_files: Vec::new(),
+            spec_id: metadata.default_partition_spec_id(),
+            truncate: false,
+            lsn: None,
+            rewrite: Some(rewrite),
+        };
+        self.commit_change(lake, pointer, metadata, Change::Rows(&delta))
+            .await
+    }
+
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
         if !part.schema.same_shape(&state.source) {
             self.evolve(state, &part.schema, false).await?;
@@ -754,7 +812,17 @@ fn stage_error(table: &CatalogTable, e: StageError) -> Error {
             ),
         ),
         StageError::Invalid(message) => sink_error(table, message),
+        StageError::Conflict(message) => sink_error(table, format!("{CONFLICT}{message}")),
     }
+}
+
+/// How a rewrite's lost conflict begins its message ([`is_conflict`]).
+const CONFLICT: &str = "rewrite conflict: ";
+
+/// Whether `error` is a rewrite that lost to a commit changing what it read: reading the table
+/// again and rewriting may succeed.
+pub fn is_conflict(error: &Error) -> bool {
+    matches!(error, Error::Sink { message, .. } if message.starts_with(CONFLICT))
 }
 
 #[cfg(test)]

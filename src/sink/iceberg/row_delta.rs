@@ -6,8 +6,8 @@
 //! Staging is a pure function of the table's current metadata and the files already written,
 //! so a lost compare-and-swap re-stages on the winner's metadata and reuses the files.
 
-use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +38,21 @@ pub(super) struct RowDelta {
     /// The checkpoint the snapshot carries; `None` for an initial snapshot's chunk before its
     /// last.
     pub lsn: Option<Lsn>,
+    /// A compaction: the data files replace `removes`, read from an earlier snapshot.
+    pub rewrite: Option<Rewrite>,
+}
+
+/// What a compaction replaces, and what it read (DESIGN.md invariant 8).
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// The data sequence number of the snapshot the rewrite read: its new files carry it, so
+    /// equality deletes committed since still apply to their rows.
+    pub data_sequence: i64,
+    /// The schema the rewrite read with; a commit on another one is a conflict.
+    pub schema_id: i32,
+    /// The live data and delete files it replaces, by path. One no longer live (a truncate or
+    /// another rewrite committed meanwhile) is a conflict.
+    pub removes: HashSet<String>,
 }
 
 /// Why a snapshot could not be staged.
@@ -53,6 +68,9 @@ pub(super) enum StageError {
     },
     /// The metadata is not what this commit can build on.
     Invalid(String),
+    /// A rewrite lost to a commit that changed what it read (a truncate, another rewrite, a
+    /// schema change): it must read the table again.
+    Conflict(String),
 }
 
 impl From<iceberg::Error> for StageError {
@@ -82,6 +100,24 @@ pub(super) async fn stage(
         return Err(StageError::AlreadyCommitted { holds });
     }
     let schema = metadata.current_schema().clone();
+    if let Some(rewrite) = &delta.rewrite
+        && rewrite.schema_id != schema.schema_id()
+    {
+        return Err(StageError::Conflict(format!(
+            "the schema changed (to {}) since the rewrite read the table (with {})",
+            schema.schema_id(),
+            rewrite.schema_id
+        )));
+    }
+    // a rewrite carries the latest checkpoint forward
+    let carried = match &delta.rewrite {
+        Some(_) => super::table::checkpoint(&metadata).ok().flatten(),
+        None => None,
+    };
+    let added_sequence = delta
+        .rewrite
+        .as_ref()
+        .map_or(UNASSIGNED_SEQUENCE_NUMBER, |r| r.data_sequence);
     let snapshot_id = new_snapshot_id(&metadata);
     let sequence_number = metadata.next_sequence_number();
     let parent = metadata.snapshot_for_ref(MAIN_BRANCH).cloned();
@@ -125,12 +161,14 @@ pub(super) async fn stage(
         for file in files {
             metrics.add(file);
             // Unassigned: the entry inherits the snapshot's sequence number from the manifest
-            // list, so a retried commit does not have to rewrite it.
-            writer.add_file(file.clone(), UNASSIGNED_SEQUENCE_NUMBER)?;
+            // list, so a retried commit does not have to rewrite it. A rewrite's files keep the
+            // sequence number of the snapshot it read.
+            writer.add_file(file.clone(), added_sequence)?;
         }
         manifests.push(writer.write_manifest_file().await?);
     }
 
+    let mut removed = 0usize;
     if let Some(parent) = &parent {
         let bytes = file_io.new_input(parent.manifest_list())?.read().await?;
         let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
@@ -140,6 +178,21 @@ pub(super) async fn stage(
             let live = manifest.has_added_files() || manifest.has_existing_files();
             if !live {
                 // Only removals of an earlier snapshot: nothing for this one to carry.
+                continue;
+            }
+            if let Some(rewrite) = &delta.rewrite {
+                manifests.push(
+                    remove_some(
+                        file_io,
+                        &manifest,
+                        snapshot_id,
+                        &rewrite.removes,
+                        &mut next_manifest_path,
+                        &mut removed,
+                        &mut metrics,
+                    )
+                    .await?,
+                );
                 continue;
             }
             if !delta.truncate {
@@ -159,6 +212,17 @@ pub(super) async fn stage(
         }
     }
 
+    if let Some(rewrite) = &delta.rewrite
+        && removed != rewrite.removes.len()
+    {
+        return Err(StageError::Conflict(format!(
+            "{} of the {} files the rewrite replaces are no longer live: a truncate or another \
+             rewrite committed meanwhile",
+            rewrite.removes.len() - removed,
+            rewrite.removes.len()
+        )));
+    }
+
     let manifest_list = format!("{metadata_dir}/snap-{snapshot_id}-1-{commit_id}.avro");
     let mut list_writer = ManifestListWriter::v2(
         file_io.new_output(&manifest_list)?.writer().await?,
@@ -169,13 +233,15 @@ pub(super) async fn stage(
     list_writer.add_manifests(manifests.into_iter())?;
     list_writer.close().await?;
 
-    let operation = if delta.truncate || !delta.delete_files.is_empty() {
+    let operation = if delta.rewrite.is_some() {
+        Operation::Replace
+    } else if delta.truncate || !delta.delete_files.is_empty() {
         Operation::Overwrite
     } else {
         Operation::Append
     };
     let mut properties = metrics.summary(parent.as_ref().map(|p| p.summary()), delta.truncate);
-    if let Some(lsn) = delta.lsn {
+    if let Some(lsn) = delta.lsn.or(carried) {
         properties.insert(CHECKPOINT_PROPERTY.to_string(), lsn.to_string());
     }
     // A snapshot older than the table's last update by more than a minute is refused, so a
@@ -224,6 +290,60 @@ pub(super) async fn write_next_metadata(
         location: next.to_string(),
         metadata,
     })
+}
+
+/// `manifest` with its live entries among `removes` marked removed by `snapshot_id` (a
+/// rewrite), counted in `removed`; unchanged (the same file) when it holds none of them.
+async fn remove_some(
+    file_io: &FileIO,
+    manifest: &ManifestFile,
+    snapshot_id: i64,
+    removes: &HashSet<String>,
+    next_path: &mut impl FnMut() -> String,
+    removed: &mut usize,
+    metrics: &mut Metrics,
+) -> Result<ManifestFile, StageError> {
+    let loaded = manifest.load_manifest(file_io).await?;
+    let (entries, manifest_metadata) = loaded.into_parts();
+    let hit =
+        |e: &&iceberg::spec::ManifestEntryRef| e.is_alive() && removes.contains(e.file_path());
+    if !entries.iter().any(|e| hit(&e)) {
+        return Ok(manifest.clone());
+    }
+    let builder = ManifestWriterBuilder::new(
+        file_io.new_output(next_path())?,
+        Some(snapshot_id),
+        manifest_metadata.schema().clone(),
+        manifest_metadata.partition_spec().clone(),
+    );
+    let mut writer = match manifest.content {
+        ManifestContentType::Data => builder.build_v2_data(),
+        ManifestContentType::Deletes => builder.build_v2_deletes(),
+    };
+    for entry in entries.iter().filter(|e| e.is_alive()) {
+        let sequence_number = entry.sequence_number().ok_or_else(|| {
+            StageError::Invalid(format!(
+                "manifest {}: entry {} has no sequence number",
+                manifest.manifest_path,
+                entry.file_path()
+            ))
+        })?;
+        let file_sequence = Some(entry.file_sequence_number.unwrap_or(sequence_number));
+        if removes.contains(entry.file_path()) {
+            *removed += 1;
+            metrics.remove(entry.data_file());
+            writer.add_delete_file(entry.data_file().clone(), sequence_number, file_sequence)?;
+        } else {
+            let added_by = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
+            writer.add_existing_file(
+                entry.data_file().clone(),
+                added_by,
+                sequence_number,
+                file_sequence,
+            )?;
+        }
+    }
+    Ok(writer.write_manifest_file().await?)
 }
 
 /// Rewrites the live entries of `manifest` as removed by `snapshot_id` (a truncate): readers

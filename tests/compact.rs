@@ -1,0 +1,223 @@
+//! `lakewriter compact` beside a running writer: the rewrite keeps the data sequence number
+//! of the snapshot it read, so the writer's equality deletes committed meanwhile still apply;
+//! afterwards DuckDB and `verify` find the lake equal to PostgreSQL, and pyiceberg, which
+//! refuses tables with equality deletes, reads the compacted table. A truncate committed
+//! while a rewrite is in flight makes the rewrite read again, never undo it.
+
+mod support;
+
+use std::process::Command;
+
+use lakewriter::catalog::Catalog;
+use lakewriter::sink::iceberg::{IcebergSink, Rewrite, lake_table};
+use lakewriter::table::TableId;
+use support::writer::{caught_up, config_path, duck_query, start, stop};
+use support::{TestDb, stack};
+
+/// Runs a lakewriter command on the test config; returns stdout, asserting success.
+fn lakewriter(db: &TestDb, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(&args[..1])
+        .arg("--config")
+        .arg(config_path(db))
+        .args(&args[1..])
+        .output()
+        .expect("run lakewriter");
+    assert!(
+        output.status.success(),
+        "lakewriter {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn postgres_rows(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT order_id || '|' || customer_id || '|' || total_amount || '|' || status \
+             FROM orders ORDER BY order_id",
+            &[],
+        )
+        .await
+        .expect("read orders")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn lake_rows(db: &TestDb) -> Vec<String> {
+    duck_query(
+        db,
+        "orders",
+        "SELECT order_id, customer_id, total_amount, status FROM {scan} ORDER BY order_id",
+    )
+}
+
+/// The live files of the lake's orders table (data and delete files), as DuckDB's metadata
+/// reader lists them.
+fn live_files(db: &TestDb) -> Vec<String> {
+    duck_query(
+        db,
+        "orders",
+        // (DuckDB 1.5.5 names an entry's status in both `status` and `content`)
+        "SELECT manifest_content || ' ' || file_path FROM iceberg_metadata('{metadata}') \
+         WHERE status <> 'DELETED' AND content <> 'DELETED'",
+    )
+}
+
+#[tokio::test]
+async fn compaction_beside_a_streaming_writer_keeps_the_lake_equal_to_postgres() {
+    let db = TestDb::new("compact").await;
+    db.psql(&["-v", "rows=3000", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+
+    // a workload of updates and deletes runs while compact rewrites, twice
+    let url = db.url.clone();
+    let workload = std::thread::spawn(move || {
+        let status = stack()
+            .pg_program("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url])
+            .args([
+                "-v",
+                "rounds=6",
+                "-v",
+                "batch=200",
+                "-f",
+                "sql/workload.sql",
+            ])
+            .current_dir(support::project_dir())
+            .status()
+            .expect("run the workload");
+        assert!(status.success(), "workload failed");
+    });
+    for _ in 0..2 {
+        let report = lakewriter(&db, &["compact"]);
+        assert!(report.contains("orders"), "{report}");
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    workload.join().expect("workload");
+    caught_up(&db, &mut child).await;
+    assert_eq!(
+        lake_rows(&db),
+        postgres_rows(&db).await,
+        "after compacting under load"
+    );
+    stop(child);
+
+    // quiet: a last compaction leaves no delete file, and every reader agrees
+    let report = lakewriter(&db, &["compact", "--table", "public.orders"]);
+    assert!(report.contains("data files"), "{report}");
+    let files = live_files(&db);
+    assert!(
+        files.iter().all(|f| f.starts_with("DATA ")),
+        "delete files left after compaction: {files:?}"
+    );
+    assert_eq!(lake_rows(&db), postgres_rows(&db).await, "after compaction");
+    let verify = lakewriter(&db, &["verify"]);
+    assert!(verify.contains("equal"), "{verify}");
+
+    // pyiceberg refuses equality deletes: reading the table proves they are gone
+    let script = r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+path, warehouse, ident = sys.argv[1:4]
+catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+table = catalog.load_table(ident)
+print(table.scan().to_arrow().num_rows)
+print(table.current_snapshot().summary.get("lakewriter.lsn"))
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(db.warehouse.path().join("catalog.db"))
+        .arg(format!("file://{}", db.warehouse.path().display()))
+        .arg(format!("{}.orders", db.namespace))
+        .output()
+        .expect("run pyiceberg");
+    assert!(
+        output.status.success(),
+        "pyiceberg could not read the compacted table: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let mut lines = stdout.lines();
+    let rows: usize = lines.next().and_then(|l| l.parse().ok()).expect("a count");
+    assert_eq!(rows, postgres_rows(&db).await.len());
+    let lsn = lines.next().unwrap_or_default();
+    assert!(
+        lsn.contains('/'),
+        "the checkpoint was not carried forward: {lsn:?}"
+    );
+}
+
+/// A truncate that lands while a rewrite is in flight wins: the rewrite's commit sees a
+/// rewritten file gone, and the table is never brought back.
+#[tokio::test]
+async fn a_truncate_during_a_rewrite_is_never_undone() {
+    let db = TestDb::new("compact_conflict").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    db.client()
+        .await
+        .batch_execute("UPDATE orders SET status = 'x' WHERE order_id % 2 = 0")
+        .await
+        .expect("update");
+    caught_up(&db, &mut child).await;
+
+    // the rewrite reads and writes against the table as it is now …
+    let config = lakewriter::Config::load(&config_path(&db)).expect("config");
+    let sink = IcebergSink::from_config(&config).await.expect("sink");
+    let lake = lake_table(&config.sink.namespace, &TableId::new("public", "orders"));
+    let pointer = sink
+        .catalog()
+        .load(&lake)
+        .await
+        .expect("load")
+        .expect("the table");
+    let io = lakewriter::sink::iceberg::file_io(&config).expect("file io");
+    let metadata = iceberg::spec::TableMetadata::read_from(&io, &pointer.metadata_location)
+        .await
+        .expect("metadata");
+    let snapshot = metadata.current_snapshot().expect("a snapshot").clone();
+    let removes: std::collections::HashSet<String> = live_files(&db)
+        .iter()
+        .filter_map(|f| f.split_once(' ').map(|(_, path)| path.to_string()))
+        .collect();
+    assert!(!removes.is_empty());
+
+    // … a truncate commits meanwhile …
+    db.client()
+        .await
+        .batch_execute("TRUNCATE orders")
+        .await
+        .expect("truncate");
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert!(lake_rows(&db).is_empty());
+
+    // … and the rewrite, committing the old rows as a replacement of files the truncate
+    // removed, must lose
+    let rows = duck_query(&db, "orders", "SELECT count(*) FROM {scan}");
+    assert_eq!(rows, vec!["0".to_string()]);
+    let err = sink
+        .commit_rewrite(
+            &lake,
+            &pointer,
+            &metadata,
+            Vec::new(),
+            Rewrite {
+                data_sequence: snapshot.sequence_number(),
+                schema_id: metadata.current_schema_id(),
+                removes,
+            },
+        )
+        .await
+        .expect_err("the rewrite must lose to the truncate");
+    assert!(lakewriter::sink::iceberg::is_conflict(&err), "{err}");
+    assert!(lake_rows(&db).is_empty(), "the truncated rows came back");
+}
