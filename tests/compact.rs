@@ -16,11 +16,21 @@ use support::{TestDb, stack};
 
 /// Runs a lakewriter command on the test config; returns stdout, asserting success.
 fn lakewriter(db: &TestDb, args: &[&str]) -> String {
+    lakewriter_with(db, args, &[])
+}
+
+/// [`lakewriter`] with settings as environment overrides (`SECTION__KEY`).
+fn lakewriter_with(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
         .args(&args[..1])
         .arg("--config")
         .arg(config_path(db))
         .args(&args[1..])
+        .envs(
+            settings
+                .iter()
+                .map(|(k, v)| (format!("LAKEWRITER__{k}"), *v)),
+        )
         .output()
         .expect("run lakewriter");
     assert!(
@@ -220,4 +230,87 @@ async fn a_truncate_during_a_rewrite_is_never_undone() {
         .expect_err("the rewrite must lose to the truncate");
     assert!(lakewriter::sink::iceberg::is_conflict(&err), "{err}");
     assert!(lake_rows(&db).is_empty(), "the truncated rows came back");
+}
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn expiry_and_orphan_removal_never_touch_a_live_file() {
+    let db = TestDb::new("compact_clean").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    for round in 0..3 {
+        db.client()
+            .await
+            .batch_execute(&format!(
+                "UPDATE orders SET status = 'r{round}' WHERE order_id % 3 = {round}"
+            ))
+            .await
+            .expect("update");
+        caught_up(&db, &mut child).await;
+    }
+    stop(child);
+    // an orphan a failed commit could leave: a data file no snapshot references
+    let data_dir = db
+        .warehouse
+        .path()
+        .join(&db.namespace)
+        .join("orders")
+        .join("data");
+    let orphan = data_dir.join("orphan-from-a-lost-commit.parquet");
+    std::fs::write(&orphan, b"not referenced").expect("write an orphan");
+
+    // the default safety window keeps everything recent, orphan included
+    let report = lakewriter(&db, &["compact"]);
+    assert!(report.contains("0 orphan files"), "{report}");
+    assert!(orphan.exists());
+
+    // no window, one snapshot kept: the old snapshots' files and the orphan go
+    let settings = [
+        ("COMPACTION__SNAPSHOT_RETENTION", "0s"),
+        ("COMPACTION__KEEP_SNAPSHOTS", "1"),
+        ("COMPACTION__ORPHAN_AGE", "0s"),
+    ];
+    let report = lakewriter_with(&db, &["compact"], &settings);
+    assert!(!report.contains(" 0 snapshots expired"), "{report}");
+    assert!(!orphan.exists(), "the orphan is still there: {report}");
+    assert_eq!(
+        lake_rows(&db),
+        postgres_rows(&db).await,
+        "a live file was removed"
+    );
+
+    // what is left on disk is exactly what the table references
+    let live: std::collections::BTreeSet<String> = live_files(&db)
+        .iter()
+        .filter_map(|f| f.split_once(' ').map(|(_, path)| path.to_string()))
+        .collect();
+    let on_disk: std::collections::BTreeSet<String> = files_under(&data_dir)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        on_disk, live,
+        "data files on disk differ from the live ones"
+    );
+    let again = lakewriter_with(&db, &["compact"], &settings);
+    assert!(again.contains("0 orphan files"), "{again}");
+    let verify = lakewriter(&db, &["verify"]);
+    assert!(verify.contains("equal"), "{verify}");
 }

@@ -15,6 +15,8 @@
 //!   (three tries), then give up, leaving the table as it was;
 //! - the snapshot carries the table's latest `lakewriter.lsn`.
 //!
+//! Then [`super::cleanup`] expires old snapshots and removes orphan files.
+//!
 //! The whole table is rewritten at once and sorted in memory: expect memory about the size of
 //! the table's live rows in Arrow (`sort_by_key = false` streams instead).
 
@@ -29,6 +31,7 @@ use iceberg::spec::{DataFile, TableMetadata};
 use crate::catalog::{Catalog, CatalogError, CatalogTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::maintenance::cleanup::{Cleanup, clean_table};
 use crate::progress::Progress;
 use crate::sink::iceberg::{IcebergSink, Rewrite, file_io, is_conflict, lake_table};
 use crate::table::TableId;
@@ -58,6 +61,8 @@ pub struct Outcome {
     pub rows: u64,
     /// How long it took.
     pub duration: Duration,
+    /// Snapshots expired, and orphan files removed with their bytes, after the rewrite.
+    pub cleanup: Cleanup,
 }
 
 /// Compacts every lake table of the config, or only `only` (a source `schema.table`), and
@@ -91,7 +96,15 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
     let progress = Progress::new(config.metrics.progress_interval.get());
     let mut outcomes = Vec::new();
     for lake in tables {
-        let outcome = compact_table(&config, &sink, &io, &lake, &progress).await?;
+        let mut outcome = compact_table(&config, &sink, &io, &lake, &progress).await?;
+        outcome.cleanup = clean_table(&config, &sink, &io, &lake).await?;
+        tracing::info!(
+            table = %lake,
+            snapshots_expired = outcome.cleanup.snapshots,
+            files_removed = outcome.cleanup.files,
+            bytes_removed = outcome.cleanup.bytes,
+            "cleaned"
+        );
         match &outcome.skipped {
             Some(why) => tracing::info!(table = %lake, "not compacted: {why}"),
             None => tracing::info!(
@@ -252,10 +265,15 @@ async fn compact_table(
 /// Prints what compaction did, one line per table.
 pub fn print(outcomes: &[Outcome]) {
     for o in outcomes {
+        let cleaned = format!(
+            "; {} snapshots expired, {} orphan files ({} bytes) removed",
+            o.cleanup.snapshots, o.cleanup.files, o.cleanup.bytes
+        );
         match &o.skipped {
-            Some(why) => println!("{}: not compacted ({why})", o.table),
+            Some(why) => println!("{}: not compacted ({why}){cleaned}", o.table),
             None => println!(
-                "{}: {} data + {} delete files ({} bytes) → {} data files ({} bytes), {} rows, {:.1}s",
+                "{}: {} data + {} delete files ({} bytes) → {} data files ({} bytes), {} rows, \
+                 {:.1}s{cleaned}",
                 o.table,
                 o.data_files_in,
                 o.delete_files_in,

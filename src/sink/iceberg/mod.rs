@@ -229,6 +229,9 @@ enum Change<'a> {
     Evolve(&'a arrow::datatypes::Schema, bool),
     /// Commit these files as one snapshot.
     Rows(&'a RowDelta),
+    /// Remove the snapshots older than `older_than_ms`, except the current one and the
+    /// newest `keep`.
+    Expire { older_than_ms: i64, keep: usize },
 }
 
 impl<C: Catalog> IcebergSink<C> {
@@ -375,7 +378,54 @@ impl<C: Catalog> IcebergSink<C> {
                     .map(Ok)
                     .map_err(|e| stage_error(lake, e))
             }
+            Change::Expire {
+                older_than_ms,
+                keep,
+            } => {
+                let expired = expired_snapshots(&metadata, *older_than_ms, *keep);
+                if expired.is_empty() {
+                    return Ok(Err(metadata));
+                }
+                let updated = metadata
+                    .into_builder(Some(pointer.metadata_location.clone()))
+                    .remove_snapshots(&expired)
+                    .build()
+                    .map_err(|e| iceberg_error(lake, "expire snapshots", e))?
+                    .metadata;
+                row_delta::write_next_metadata(&self.file_io, &pointer.metadata_location, updated)
+                    .await
+                    .map(Ok)
+                    .map_err(|e| stage_error(lake, e))
+            }
         }
+    }
+
+    /// Expires the snapshots of `lake` older than `older_than_ms` (milliseconds since the
+    /// epoch), keeping the current one and the newest `keep`, by compare-and-swap (a commit
+    /// landing meanwhile is kept and the choice made again). Returns the table after it and
+    /// how many snapshots went.
+    pub async fn expire_snapshots(
+        &self,
+        lake: &CatalogTable,
+        pointer: &Pointer,
+        metadata: &TableMetadata,
+        older_than_ms: i64,
+        keep: usize,
+    ) -> Result<(Pointer, TableMetadata, usize)> {
+        let before = metadata.snapshots().len();
+        let (pointer, metadata) = self
+            .commit_change(
+                lake,
+                pointer,
+                metadata,
+                Change::Expire {
+                    older_than_ms,
+                    keep,
+                },
+            )
+            .await?;
+        let expired = before.saturating_sub(metadata.snapshots().len());
+        Ok((pointer, metadata, expired))
     }
 
     /// Commits `change` by compare-and-swap, starting from the known `pointer` and
@@ -771,6 +821,23 @@ impl<C: Catalog> IcebergSink<C> {
         state.metadata = metadata;
         Ok(())
     }
+}
+
+/// The snapshots of `metadata` older than `older_than_ms`, except the current one and the
+/// newest `keep`.
+fn expired_snapshots(metadata: &TableMetadata, older_than_ms: i64, keep: usize) -> Vec<i64> {
+    let current = metadata.current_snapshot_id();
+    let mut snapshots: Vec<(i64, i64)> = metadata
+        .snapshots()
+        .map(|s| (s.timestamp_ms(), s.snapshot_id()))
+        .collect();
+    snapshots.sort_unstable_by(|a, b| b.cmp(a));
+    snapshots
+        .into_iter()
+        .skip(keep)
+        .filter(|(at, id)| *at < older_than_ms && Some(*id) != current)
+        .map(|(_, id)| id)
+        .collect()
 }
 
 /// A sink error about `table` that retrying will not fix.
