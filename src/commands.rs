@@ -30,13 +30,49 @@ pub async fn run(config: &Config) -> Result<()> {
     match config.sink.format {
         crate::config::TableFormat::Iceberg => {
             let sink = crate::sink::iceberg::IcebergSink::from_config(&config).await?;
-            crate::pipeline::service::run(config, sink, shutdown).await?;
-            Ok(())
+            let compaction = scheduled_compaction(config.clone());
+            let result = crate::pipeline::service::run(config, sink, shutdown).await;
+            // a rewrite cut short leaves only unreferenced files, which a later cleanup removes
+            if let Some(task) = compaction {
+                task.abort();
+            }
+            result.map(|_| ())
         }
         crate::config::TableFormat::Delta => Err(Error::NotBuilt {
             what: "the Delta Lake sink (sink.format = \"delta\")",
         }),
     }
+}
+
+/// `compact` every `[compaction] interval` beside the writer (none when it is zero): both
+/// commit by compare-and-swap, and a rewrite keeps the writer's deletes applying.
+fn scheduled_compaction(config: std::sync::Arc<Config>) -> Option<tokio::task::JoinHandle<()>> {
+    let every = config.compaction.interval.get();
+    if every.is_zero() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // the first tick is immediate: the first compaction waits one interval
+        timer.tick().await;
+        loop {
+            timer.tick().await;
+            match crate::maintenance::compact::run(&config, None).await {
+                Ok(outcomes) => {
+                    let rewritten = outcomes.iter().filter(|o| o.skipped.is_none()).count();
+                    tracing::info!(
+                        tables = outcomes.len(),
+                        rewritten,
+                        "scheduled compaction done"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduled compaction failed; the next one retries")
+                }
+            }
+        }
+    }))
 }
 
 /// SIGTERM (how service managers stop a process) or SIGINT (Ctrl-C).

@@ -11,7 +11,7 @@ use std::process::Command;
 use lakewriter::catalog::Catalog;
 use lakewriter::sink::iceberg::{IcebergSink, Rewrite, lake_table};
 use lakewriter::table::TableId;
-use support::writer::{caught_up, config_path, duck_query, start, stop};
+use support::writer::{caught_up, config_path, duck_query, start, start_with, stop};
 use support::{TestDb, stack};
 
 /// Runs a lakewriter command on the test config; returns stdout, asserting success.
@@ -313,4 +313,29 @@ async fn expiry_and_orphan_removal_never_touch_a_live_file() {
     assert!(again.contains("0 orphan files"), "{again}");
     let verify = lakewriter(&db, &["verify"]);
     assert!(verify.contains("equal"), "{verify}");
+}
+
+#[tokio::test]
+async fn run_compacts_on_its_schedule_while_it_streams() {
+    let db = TestDb::new("compact_scheduled").await;
+    db.psql(&["-v", "rows=1000", "-f", "sql/orders.sql"]);
+    let mut child = start_with(&db, &[("COMPACTION__INTERVAL", "1s")]);
+    caught_up(&db, &mut child).await;
+    for round in 0..4 {
+        db.client()
+            .await
+            .batch_execute(&format!(
+                "UPDATE orders SET status = 's{round}' WHERE order_id % 4 = {round};
+                 DELETE FROM orders WHERE order_id % 29 = {round};"
+            ))
+            .await
+            .expect("update");
+        caught_up(&db, &mut child).await;
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    }
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(log.contains("scheduled compaction done"), "{log}");
+    assert!(log.contains("compacted"), "no table was rewritten: {log}");
+    assert_eq!(lake_rows(&db), postgres_rows(&db).await);
 }
