@@ -1,0 +1,1597 @@
+//! End-to-end benchmarks of the writer, PostgreSQL to committed Iceberg, each measured against a
+//! reference in the same run and reported as a ratio (DESIGN.md, "Performance"): never a timed
+//! assertion. The lakes are the default local kind (SQLite catalog, local warehouse), in a
+//! temporary directory removed at the end.
+//!
+//! 1. Stream: `orders` seeded and copied into one lake per run by `service::run` (then stopped);
+//!    a twin pgoutput slot per run for pg_recvlogical; the orders workload committed; its row
+//!    changes counted and its last commit found by peeking a twin slot. Then, alternating:
+//!    pg_recvlogical draining a twin slot to the workload's end into a file (the reference),
+//!    and `service::run` restarted on a lake until that lake's checkpoint (`lakewriter.lsn`,
+//!    read through the catalog every 50 ms) reaches the workload's last commit — with
+//!    `[flush] max_latency = "1s"`, so up to about a second of the time is the flush policy
+//!    waiting. Also shown: when `pg_stat_replication` says the writer's walsender had sent the
+//!    workload's end (PostgreSQL's side done). Afterwards DuckDB counts the first lake against
+//!    PostgreSQL (slow: DuckDB's merge-on-read of equality deletes takes a minute or more).
+//! 2. Freshness: `service::run` with the default flush policy (`max_latency = "10s"`) on a
+//!    fresh lake; after its initial snapshot, `--commits` single-row transactions, one every
+//!    `--spacing` seconds (not waiting for the lake); for each, the time from the commit
+//!    returning to the lake's checkpoint reaching it, against `max_latency`. The commit's
+//!    position is bounded below by `pg_current_wal_insert_lsn()` read inside it, and no other
+//!    transaction touches the table, so "checkpoint ≥ that bound" means "the commit is in".
+//! 3. Snapshot: `orders` grown to `--snapshot-rows` and vacuumed; `service::run` copying it into
+//!    a fresh lake with a new slot (from the call until the table's checkpoint exists, i.e.
+//!    the initial snapshot is committed; slot creation, connections and the default two COPY
+//!    streams included), against `COPY orders TO STDOUT (FORMAT binary)` drained and counted.
+//! 4. Memory: the `lakewriter` binary (`run --config F`, same build profile as this bench) as
+//!    a child with `[flush] memory_budget = "--budget-mib MiB"` and its spill directory in the
+//!    temporary directory; after its initial snapshot of a small table, one transaction
+//!    inserting `--big-rows` rows; when the lake's checkpoint reaches that transaction, the
+//!    child's peak RSS (VmHWM of /proc/PID/status, read just before SIGTERM; VmRSS is also
+//!    sampled every 100 ms) against the budget. The lake's row count (snapshot summary
+//!    `total-records`, and DuckDB) is compared with PostgreSQL's. This part takes minutes.
+//!
+//! Each side of 1 and 3 runs `--runs` times (default 2), alternating, and keeps its best run;
+//! the CPU seconds shown are this process's (the writer runs in it) or pg_recvlogical's. Rate
+//! ratios are the measured side's rate over the reference's; freshness and memory ratios are
+//! the measured value over the configured limit.
+//!
+//! ```text
+//! cargo bench --bench lake -- [--seed-rows N] [--rounds N] [--batch N] [--snapshot-rows N]
+//!                             [--big-rows N] [--budget-mib N] [--runs N] [--commits N]
+//!                             [--spacing SECONDS] [--only LIST]
+//! ```
+//!
+//! or the same through `LAKEWRITER_BENCH_SEED_ROWS`, `…_ROUNDS`, `…_BATCH`, `…_SNAPSHOT_ROWS`,
+//! `…_BIG_ROWS`, `…_BUDGET_MIB`, `…_RUNS`, `…_COMMITS`, `…_SPACING`, `…_ONLY`
+//! (`--only stream,freshness,snapshot,memory`, the default; the parts run in that order).
+//! Defaults: 100 000 seed rows, 16 rounds of 4 000 (about 210 k row changes), 1 000 000
+//! snapshot rows, 10 000 000 big rows, 256 MiB, 2 runs, 3 commits 3 s apart; about 4 minutes
+//! on 2 cores, most of it the memory part (and DuckDB's count of the streamed lake).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use iceberg::io::FileIO;
+use iceberg::spec::TableMetadata;
+use lakewriter::Lsn;
+use lakewriter::catalog::{Catalog, CatalogTable, LakeCatalog};
+use lakewriter::config::Config;
+use lakewriter::pipeline::{Stats, service};
+use lakewriter::sink::iceberg::{IcebergSink, checkpoint, file_io, lake_table};
+use lakewriter::source::pgoutput::{self, Message};
+use lakewriter::table::TableId;
+use support::{TestDb, stack};
+use tokio::sync::watch;
+
+/// How often the lake's checkpoint is read while waiting for it.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Rows of the small table the memory measurement's writer copies first.
+const MEMORY_SEED_ROWS: u64 = 10_000;
+
+/// The parts, in the order they run.
+const PARTS: [&str; 4] = ["stream", "freshness", "snapshot", "memory"];
+
+/// Sizes and choices, from arguments or the environment.
+#[derive(Debug, Clone)]
+struct Args {
+    /// Rows in `orders` before the workload (copied into the lakes, not streamed).
+    seed_rows: u64,
+    /// Rounds of sql/workload.sql.
+    rounds: u64,
+    /// Inserts per round; the other statements scale with it and with the table.
+    batch: u64,
+    /// Rows in `orders` for the snapshot measurement.
+    snapshot_rows: u64,
+    /// Rows of the one large transaction of the memory measurement.
+    big_rows: u64,
+    /// `[flush] memory_budget` of the memory measurement, in MiB.
+    budget_mib: u64,
+    /// Runs of each side of the stream and snapshot measurements; the best is kept.
+    runs: usize,
+    /// Single-row commits of the freshness measurement.
+    commits: usize,
+    /// Seconds between those commits.
+    spacing: u64,
+    /// Which parts run.
+    only: Vec<String>,
+}
+
+impl Args {
+    fn parse() -> Args {
+        const OPTIONS: [&str; 10] = [
+            "seed-rows",
+            "rounds",
+            "batch",
+            "snapshot-rows",
+            "big-rows",
+            "budget-mib",
+            "runs",
+            "commits",
+            "spacing",
+            "only",
+        ];
+        // the environment first, so that arguments win
+        let mut given: BTreeMap<String, String> = OPTIONS
+            .iter()
+            .filter_map(|option| {
+                let var = format!(
+                    "LAKEWRITER_BENCH_{}",
+                    option.to_uppercase().replace('-', "_")
+                );
+                std::env::var(var).ok().map(|v| (option.to_string(), v))
+            })
+            .collect();
+        let mut argv = std::env::args().skip(1).peekable();
+        while let Some(arg) = argv.next() {
+            // cargo bench hands a harness-less bench `--bench`
+            if arg == "--bench" {
+                continue;
+            }
+            let name = arg.strip_prefix("--").unwrap_or_else(|| {
+                panic!(
+                    "unexpected argument {arg:?}: the header of benches/lake.rs lists the options"
+                )
+            });
+            let (name, value) = if let Some((name, value)) = name.split_once('=') {
+                (name.to_string(), value.to_string())
+            } else {
+                let value = argv
+                    .next()
+                    .unwrap_or_else(|| panic!("--{name} takes a value"));
+                (name.to_string(), value)
+            };
+            assert!(
+                OPTIONS.contains(&name.as_str()),
+                "unknown option --{name}: the header of benches/lake.rs lists the options"
+            );
+            given.insert(name, value);
+        }
+        let number = |name: &str, default: u64| match given.get(name) {
+            None => default,
+            Some(text) => text
+                .replace('_', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("--{name} {text:?}: a whole number is expected")),
+        };
+        let only: Vec<String> = given
+            .get("only")
+            .map_or_else(|| PARTS.join(","), Clone::clone)
+            .split(',')
+            .map(|part| part.trim().to_string())
+            .filter(|part| !part.is_empty())
+            .collect();
+        for part in &only {
+            assert!(
+                PARTS.contains(&part.as_str()),
+                "--only: unknown part {part:?} (the parts: {})",
+                PARTS.join(",")
+            );
+        }
+        Args {
+            seed_rows: number("seed-rows", 100_000),
+            rounds: number("rounds", 16),
+            batch: number("batch", 4000),
+            snapshot_rows: number("snapshot-rows", 1_000_000),
+            big_rows: number("big-rows", 10_000_000),
+            budget_mib: number("budget-mib", 256).max(1),
+            runs: usize::try_from(number("runs", 2))
+                .expect("--runs fits usize")
+                .max(1),
+            commits: usize::try_from(number("commits", 3))
+                .expect("--commits fits usize")
+                .max(1),
+            spacing: number("spacing", 3),
+            only,
+        }
+    }
+
+    fn runs_part(&self, part: &str) -> bool {
+        self.only.iter().any(|p| p == part)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|line| {
+                line.strip_prefix("model name")
+                    .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "an unknown CPU".to_string());
+    println!(
+        "lakewriter lake benchmarks: {} cores ({cpu}), load average {}\n{args:?}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+    let started = Instant::now();
+    let root = tempfile::Builder::new()
+        .prefix("lakewriter-bench-lake-")
+        .tempdir()
+        .expect("a temporary directory for the lakes");
+    let db = TestDb::new("bench_lake").await;
+    if args.runs_part("stream") {
+        stream_bench(&db, root.path(), &args).await;
+    }
+    if args.runs_part("freshness") {
+        freshness_bench(&db, root.path(), &args).await;
+    }
+    if args.runs_part("snapshot") {
+        snapshot_bench(&db, root.path(), &args).await;
+    }
+    drop(db);
+    if args.runs_part("memory") {
+        memory_bench(root.path(), &args).await;
+    }
+    println!(
+        "\ntotal time {:.1} s; load average {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
+}
+
+/// The 1, 5 and 15 minute load averages: how far a shared machine's figures can be trusted.
+fn load_average() -> String {
+    match std::fs::read_to_string("/proc/loadavg") {
+        Ok(text) => {
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            fields
+                .get(..3)
+                .map_or_else(|| text.clone(), |f| f.join(" "))
+        }
+        Err(_) => "unknown".to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring and printing
+
+/// CPU seconds (user + system) of `/proc/<pid>/stat`: the process's own, and those of its
+/// children it has waited for. Clock ticks are 1/100 s on Linux.
+fn cpu_of(pid: &str) -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return (0.0, 0.0);
+    };
+    // the command name, in parentheses, may hold spaces: count fields after its end
+    let Some((_, after_name)) = stat.rsplit_once(')') else {
+        return (0.0, 0.0);
+    };
+    // after the name come field 3 (state) onwards; utime, stime, cutime, cstime are 14 to 17
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let seconds = |number: usize| -> f64 {
+        fields
+            .get(number - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .map_or(0.0, |ticks| ticks as f64 / 100.0)
+    };
+    (seconds(14) + seconds(15), seconds(16) + seconds(17))
+}
+
+fn cpu_seconds() -> (f64, f64) {
+    cpu_of("self")
+}
+
+/// One timed run: wall seconds, and CPU seconds of the side measured.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    seconds: f64,
+    cpu: f64,
+}
+
+/// The run with the fewest wall seconds.
+fn best(runs: &[Run]) -> Run {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    *sorted.first().expect("at least one run")
+}
+
+/// A line of a rate table: rows moved in some seconds, maybe against a reference.
+struct Rate {
+    name: String,
+    rows: u64,
+    run: Run,
+    /// Seconds the reference took for the same rows; `None` on the reference itself.
+    reference: Option<f64>,
+    note: String,
+}
+
+fn print_rates(title: &str, reference: &str, lines: &[Rate]) {
+    println!("\n{title}");
+    println!(
+        "  {:<52} {:>10} {:>9} {:>12} {:>7} {:>8}",
+        "measurement", "rows", "seconds", "rows/s", "CPU s", "ratio"
+    );
+    for line in lines {
+        let ratio = match line.reference {
+            Some(seconds) => format!("{:.3}", seconds / line.run.seconds),
+            None => "ref".to_string(),
+        };
+        println!(
+            "  {:<52} {:>10} {:>9.3} {:>12.0} {:>7.2} {:>8}",
+            line.name,
+            line.rows,
+            line.run.seconds,
+            line.rows as f64 / line.run.seconds,
+            line.run.cpu,
+            ratio
+        );
+    }
+    println!("  ratio = rows/s of the line / rows/s of {reference:?}");
+    for line in lines.iter().filter(|l| !l.note.is_empty()) {
+        println!("  {}: {}", line.name, line.note);
+    }
+}
+
+/// A line of a value table: a measured quantity against a limit of the same unit.
+struct Value {
+    name: String,
+    value: f64,
+    /// The limit it is held against; `None` on the limit's own line.
+    limit: Option<f64>,
+}
+
+fn print_values(title: &str, unit: &str, limit: &str, lines: &[Value]) {
+    println!("\n{title}");
+    println!("  {:<52} {:>12} {:>8}", "measurement", unit, "ratio");
+    for line in lines {
+        let ratio = match line.limit {
+            Some(limit) => format!("{:.3}", line.value / limit),
+            None => "ref".to_string(),
+        };
+        println!("  {:<52} {:>12.3} {:>8}", line.name, line.value, ratio);
+    }
+    println!("  ratio = the line's value / {limit}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lakes and the writer
+
+/// One lake: a config naming its own slot and warehouse directory.
+struct Lake {
+    config: Arc<Config>,
+    warehouse: PathBuf,
+}
+
+impl Lake {
+    /// A lake of `db` in `root/name`, streaming `slot`; `extra` is appended to the config.
+    fn new(db: &TestDb, root: &Path, name: &str, slot: &str, extra: &str) -> Lake {
+        let warehouse = root.join(name);
+        std::fs::create_dir_all(&warehouse).expect("create a warehouse directory");
+        let mut config = Config::parse(&db.config_toml(extra), Path::new("bench.toml"), Vec::new())
+            .expect("the bench config parses");
+        config.source.slot = slot.to_string();
+        config.sink.warehouse = warehouse.display().to_string();
+        Lake {
+            config: Arc::new(config),
+            warehouse,
+        }
+    }
+
+    async fn drop_slot(&self, db: &TestDb) {
+        drop_slot(db, &self.config.source.slot).await;
+    }
+
+    fn remove(self) {
+        std::fs::remove_dir_all(&self.warehouse).expect("remove a warehouse directory");
+    }
+}
+
+async fn drop_slot(db: &TestDb, slot: &str) {
+    db.client()
+        .await
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("drop a replication slot");
+}
+
+/// What the catalog says of the lake's `orders` now.
+#[derive(Debug, Clone)]
+struct LakeState {
+    metadata_location: String,
+    checkpoint: Option<Lsn>,
+    /// `total-records` of the current snapshot's summary.
+    records: Option<u64>,
+    snapshots: usize,
+}
+
+impl LakeState {
+    fn reached(&self, lsn: Lsn) -> bool {
+        self.checkpoint.is_some_and(|c| c >= lsn)
+    }
+}
+
+/// Reads the lake's `orders` through the catalog, as `lakewriter status` does; the metadata
+/// file is read again only when the catalog's pointer moved.
+struct LakeProbe {
+    catalog: LakeCatalog,
+    io: FileIO,
+    table: CatalogTable,
+    last: Option<LakeState>,
+}
+
+impl LakeProbe {
+    async fn open(config: &Config) -> LakeProbe {
+        LakeProbe {
+            catalog: LakeCatalog::from_config(config)
+                .await
+                .expect("open the lake's catalog"),
+            io: file_io(config).expect("the lake's file IO"),
+            table: lake_table(&config.sink.namespace, &TableId::new("public", "orders")),
+            last: None,
+        }
+    }
+
+    /// The table's state, `None` while it is not registered.
+    async fn read(&mut self) -> Option<LakeState> {
+        let pointer = self
+            .catalog
+            .load(&self.table)
+            .await
+            .expect("load the lake table's pointer")?;
+        if let Some(last) = &self.last
+            && last.metadata_location == pointer.metadata_location
+        {
+            return Some(last.clone());
+        }
+        let metadata = TableMetadata::read_from(&self.io, &pointer.metadata_location)
+            .await
+            .expect("read the lake table's metadata");
+        let records = metadata.current_snapshot().and_then(|snapshot| {
+            snapshot
+                .summary()
+                .additional_properties
+                .get("total-records")
+                .and_then(|n| n.parse().ok())
+        });
+        let state = LakeState {
+            checkpoint: checkpoint(&self.table, &metadata).expect("the lake's checkpoint"),
+            records,
+            snapshots: metadata.snapshots().count(),
+            metadata_location: pointer.metadata_location,
+        };
+        self.last = Some(state.clone());
+        Some(state)
+    }
+
+    /// Polls until `done` holds; panics when the writer stopped (`stopped`) or after `limit`.
+    async fn wait(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut stopped: impl FnMut() -> bool,
+        mut done: impl FnMut(&LakeState) -> bool,
+    ) -> LakeState {
+        let started = Instant::now();
+        loop {
+            if let Some(state) = self.read().await
+                && done(&state)
+            {
+                return state;
+            }
+            assert!(!stopped(), "the writer stopped before {what}");
+            assert!(
+                started.elapsed() < limit,
+                "{what}: not reached within {limit:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// `service::run` on a task of its own, with an Iceberg sink of the config.
+struct Service {
+    task: tokio::task::JoinHandle<Option<Stats>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Service {
+    async fn start(config: Arc<Config>) -> Service {
+        let sink = IcebergSink::from_config(&config)
+            .await
+            .expect("open the Iceberg sink");
+        let (shutdown, stop) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            match service::run(config, sink, stop).await {
+                Ok(pipeline) => Some(pipeline.stats()),
+                Err(e) => {
+                    eprintln!("service::run failed: {e}");
+                    None
+                }
+            }
+        });
+        Service { task, shutdown }
+    }
+
+    fn stopped(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Asks it to stop (it commits what it holds) and waits; returns its counters.
+    async fn stop(self) -> Stats {
+        let _ = self.shutdown.send(true);
+        self.task
+            .await
+            .expect("join the service::run task")
+            .expect("service::run stops cleanly (its error is printed above)")
+    }
+}
+
+/// What [`run_until`] saw.
+struct Until {
+    /// From the start to the poll that saw the state wanted.
+    run: Run,
+    /// That state.
+    state: LakeState,
+    /// The writer's counters when it stopped.
+    stats: Stats,
+    /// Seconds from the start to the first poll that found the table in the catalog.
+    registered: f64,
+}
+
+/// Starts `service::run` on `lake` and stops it once the lake's state satisfies `done`; times
+/// it (with this process's CPU seconds meanwhile).
+async fn run_until(
+    lake: &Lake,
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut(&LakeState) -> bool,
+) -> Until {
+    let mut probe = LakeProbe::open(&lake.config).await;
+    let cpu_before = cpu_seconds().0;
+    let started = Instant::now();
+    let service = Service::start(lake.config.clone()).await;
+    let mut registered = None;
+    let state = probe
+        .wait(
+            what,
+            limit,
+            || service.stopped(),
+            |state| {
+                registered.get_or_insert_with(|| started.elapsed().as_secs_f64());
+                done(state)
+            },
+        )
+        .await;
+    let run = Run {
+        seconds: started.elapsed().as_secs_f64(),
+        cpu: cpu_seconds().0 - cpu_before,
+    };
+    let stats = service.stop().await;
+    Until {
+        run,
+        state,
+        stats,
+        registered: registered.unwrap_or(run.seconds),
+    }
+}
+
+/// Polls `pg_stat_replication` until the walsender streaming `slot` has sent up to `end`
+/// (PostgreSQL's side done: decoded and handed to the socket); returns the seconds from
+/// `started`, or `None` if that was not seen within `limit`.
+fn watch_sent(
+    url: String,
+    slot: String,
+    end: Lsn,
+    started: Instant,
+    limit: Duration,
+) -> tokio::task::JoinHandle<Option<f64>> {
+    tokio::spawn(async move {
+        let client = support::connect(&url).await;
+        while started.elapsed() < limit {
+            let sent = client
+                .query_opt(
+                    "SELECT r.sent_lsn::text FROM pg_stat_replication r \
+                     JOIN pg_replication_slots s ON s.active_pid = r.pid \
+                     WHERE s.slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .expect("read pg_stat_replication")
+                .and_then(|row| row.get::<_, Option<String>>(0))
+                .and_then(|text| text.parse::<Lsn>().ok());
+            if sent.is_some_and(|sent| sent >= end) {
+                return Some(started.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        None
+    })
+}
+
+/// `SELECT count(*), count(DISTINCT order_id)` of a lake table by DuckDB (an independent
+/// reader), through its metadata file; `None`, with the reason printed, when DuckDB fails.
+fn duck_count(metadata_location: &str) -> Option<(u64, u64)> {
+    let script = "import sys, duck\n\
+                  con = duck.connect()\n\
+                  con.execute('SET enable_progress_bar = false')\n\
+                  row = con.sql(\n\
+                  \"SELECT count(*), count(DISTINCT order_id) FROM iceberg_scan('\" + sys.argv[1] + \"')\"\n\
+                  ).fetchone()\n\
+                  print(row[0], row[1])\n";
+    let started = Instant::now();
+    let output = stack()
+        .python()
+        .args(["-c", script, metadata_location])
+        .env(
+            "PYTHONPATH",
+            support::project_dir().join("tests").join("readers"),
+        )
+        .output()
+        .expect("run the project's Python for DuckDB");
+    if !output.status.success() {
+        println!(
+            "  DuckDB could not read the lake: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    // the counts are the last line (anything before is DuckDB's own output)
+    let last = text.lines().last().unwrap_or_default();
+    let mut numbers = last.split_whitespace().map(|n| n.parse::<u64>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(rows), Some(keys)) => {
+            println!(
+                "  (DuckDB counted the lake in {:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+            Some((rows, keys))
+        }
+        _ => {
+            println!("  DuckDB printed {text:?}, not two counts");
+            None
+        }
+    }
+}
+
+/// Rows of `public.orders` in PostgreSQL.
+async fn postgres_count(db: &TestDb) -> u64 {
+    let count: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM public.orders", &[])
+        .await
+        .expect("count orders in PostgreSQL")
+        .get(0);
+    count.unsigned_abs()
+}
+
+/// Prints how DuckDB's count of the lake compares with PostgreSQL's.
+fn print_check(what: &str, lake: Option<(u64, u64)>, postgres: u64) {
+    match lake {
+        Some((rows, keys)) if rows == postgres && keys == rows => {
+            println!("  {what}: DuckDB reads {rows} rows, as PostgreSQL holds: equal");
+        }
+        Some((rows, keys)) => println!(
+            "  {what}: MISMATCH: DuckDB reads {rows} rows ({keys} distinct keys), PostgreSQL \
+             holds {postgres}"
+        ),
+        None => println!("  {what}: not checked (DuckDB failed); PostgreSQL holds {postgres}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Stream
+
+/// The workload committed after its lakes and slots existed.
+struct Workload {
+    /// One lake per run, each copied before the workload, each with its own slot.
+    lakes: Vec<Lake>,
+    /// One pg_recvlogical slot per run.
+    twins: Vec<String>,
+    /// Inserts, updates and deletes of the workload.
+    changes: u64,
+    /// Its transactions (those holding changes).
+    transactions: u64,
+    /// Commit LSN of its last transaction holding changes: the checkpoint the lake must reach.
+    last_commit: Lsn,
+    /// End of its last commit: where pg_recvlogical stops.
+    end: Lsn,
+}
+
+impl Workload {
+    async fn prepare(db: &TestDb, root: &Path, args: &Args) -> Workload {
+        let seeded = Instant::now();
+        db.psql(&[
+            "-v",
+            &format!("rows={}", args.seed_rows),
+            "-f",
+            "sql/orders.sql",
+        ]);
+        // Each lake is copied by its own first run, which creates its slot and the
+        // publication; nothing changes orders between the copies and the twins' creation, so
+        // every slot starts where its lake ends.
+        let mut lakes = Vec::new();
+        for run in 0..args.runs {
+            let lake = Lake::new(
+                db,
+                root,
+                &format!("stream{run}"),
+                &format!("{}_lake{run}", db.slot),
+                "[flush]\nmax_latency = \"1s\"\n",
+            );
+            let copied = run_until(
+                &lake,
+                "the initial snapshot",
+                Duration::from_secs(600),
+                |s| s.checkpoint.is_some(),
+            )
+            .await;
+            assert_eq!(
+                copied.state.records,
+                Some(args.seed_rows),
+                "the initial snapshot holds the seed rows"
+            );
+            lakes.push(lake);
+        }
+        let client = db.client().await;
+        let twins: Vec<String> = (0..args.runs)
+            .map(|run| format!("{}_twin{run}", db.slot))
+            .collect();
+        for twin in &twins {
+            client
+                .execute(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[twin],
+                )
+                .await
+                .expect("create a twin slot for pg_recvlogical");
+        }
+        let committing = Instant::now();
+        db.psql(&[
+            "-v",
+            &format!("rounds={}", args.rounds),
+            "-v",
+            &format!("batch={}", args.batch),
+            "-f",
+            "sql/workload.sql",
+        ]);
+        let committed = committing.elapsed().as_secs_f64();
+
+        // Counted from the pgoutput stream itself (peeked: the slot is left as it was).
+        let peeked = Instant::now();
+        let rows = client
+            .query(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, \
+                 'proto_version', '1', 'publication_names', $2)",
+                &[&twins[0], &db.publication],
+            )
+            .await
+            .expect("peek the twin slot");
+        let (mut changes, mut transactions, mut in_transaction) = (0u64, 0u64, 0u64);
+        let (mut last_commit, mut end) = (Lsn::ZERO, Lsn::ZERO);
+        let mut bytes = 0usize;
+        for row in &rows {
+            let data: &[u8] = row.get(0);
+            bytes += data.len();
+            match pgoutput::decode(data).expect("a peeked pgoutput message decodes") {
+                Message::Begin(_) => in_transaction = 0,
+                Message::Insert(_) | Message::Update(_) | Message::Delete(_) => {
+                    in_transaction += 1;
+                }
+                Message::Commit(commit) => {
+                    end = end.max(commit.end_lsn);
+                    if in_transaction > 0 {
+                        changes += in_transaction;
+                        transactions += 1;
+                        last_commit = last_commit.max(commit.commit_lsn);
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(changes > 0, "the workload made no change");
+        println!(
+            "\nworkload: {} seed rows copied into {} lake(s) (setup {:.1} s); {} rounds of {} \
+             committed in {committed:.1} s: {changes} row changes in {transactions} transactions, \
+             {:.1} MB of pgoutput, last commit at {last_commit}, ending at {end} (counted in \
+             {:.1} s)",
+            args.seed_rows,
+            lakes.len(),
+            committing.duration_since(seeded).as_secs_f64(),
+            args.rounds,
+            args.batch,
+            bytes as f64 / 1e6,
+            peeked.elapsed().as_secs_f64()
+        );
+        Workload {
+            lakes,
+            twins,
+            changes,
+            transactions,
+            last_commit,
+            end,
+        }
+    }
+}
+
+async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
+    let workload = Workload::prepare(db, root, args).await;
+    let output = root.join("recvlogical");
+    std::fs::create_dir_all(&output).expect("a directory for pg_recvlogical's files");
+    let (mut references, mut ours) = (Vec::new(), Vec::new());
+    let mut lake_states = Vec::new();
+    // alternated, so that a drift of the machine's load touches both sides alike
+    for run in 0..args.runs {
+        let file = output.join(format!("run{run}.out"));
+        let (timed, written) = recvlogical_drain(db, &workload.twins[run], workload.end, &file);
+        println!(
+            "  run {}: pg_recvlogical {:.3} s, {:.2} CPU s ({:.1} MB written)",
+            run + 1,
+            timed.seconds,
+            timed.cpu,
+            written as f64 / 1e6
+        );
+        std::fs::remove_file(&file).expect("remove pg_recvlogical's file");
+        references.push(timed);
+
+        let lake = &workload.lakes[run];
+        let limit = Duration::from_secs(1800);
+        let sent = watch_sent(
+            db.url.clone(),
+            lake.config.source.slot.clone(),
+            workload.end,
+            Instant::now(),
+            limit,
+        );
+        let until = run_until(lake, "the workload's last commit in the lake", limit, |s| {
+            s.reached(workload.last_commit)
+        })
+        .await;
+        sent.abort();
+        let sent = sent.await.ok().flatten();
+        println!(
+            "  run {}: service::run {:.3} s, {:.2} CPU s (received {} changes in {} \
+             transactions; {} lake commits; the walsender had sent the end after {})",
+            run + 1,
+            until.run.seconds,
+            until.run.cpu,
+            until.stats.changes,
+            until.stats.transactions,
+            until.stats.commits,
+            sent.map_or_else(|| "-".to_string(), |s| format!("{s:.3} s")),
+        );
+        ours.push(until.run);
+        lake_states.push(until.state);
+    }
+    // the lakes are alike: DuckDB reads one (merge-on-read of equality deletes is slow there)
+    let postgres = postgres_count(db).await;
+    if let Some(state) = lake_states.first() {
+        print_check(
+            "lake of run 1",
+            duck_count(&state.metadata_location),
+            postgres,
+        );
+    }
+    for lake in &workload.lakes {
+        lake.drop_slot(db).await;
+    }
+    for twin in &workload.twins {
+        drop_slot(db, twin).await;
+    }
+    for lake in workload.lakes {
+        lake.remove();
+    }
+    let reference = best(&references);
+    print_rates(
+        &format!(
+            "1. stream, PostgreSQL to committed Iceberg: {} row changes in {} transactions \
+             (each side run {} times, each run on its own slot; best run kept)",
+            workload.changes, workload.transactions, args.runs
+        ),
+        "pg_recvlogical",
+        &[
+            Rate {
+                name: "pg_recvlogical (pgoutput, to a file)".into(),
+                rows: workload.changes,
+                run: reference,
+                reference: None,
+                note: String::new(),
+            },
+            Rate {
+                name: "service::run to the last commit in the lake".into(),
+                rows: workload.changes,
+                run: best(&ours),
+                reference: Some(reference.seconds),
+                note: "[flush] max_latency = \"1s\" for this measurement (so up to ~1.25 s of \
+                       the time is the flush policy waiting); from the call (restart on the \
+                       lake: connections, table preparation) to the poll (every 50 ms) that \
+                       saw the checkpoint reach the workload's last commit; target ratio ≥ 0.8"
+                    .into(),
+            },
+        ],
+    );
+}
+
+/// pg_recvlogical drains `slot` up to `end` into `file`; returns its time and CPU, and the
+/// bytes it wrote.
+fn recvlogical_drain(db: &TestDb, slot: &str, end: Lsn, file: &Path) -> (Run, u64) {
+    let mut command = stack().pg_program("pg_recvlogical");
+    command
+        .args(["--dbname", &db.name, "--slot", slot, "--start", "--no-loop"])
+        .args(["--option", "proto_version=1"])
+        .arg("--option")
+        .arg(format!("publication_names={}", db.publication))
+        .arg("--endpos")
+        .arg(end.to_string())
+        .arg("--file")
+        .arg(file);
+    let children_before = cpu_seconds().1;
+    let started = Instant::now();
+    let output = command.output().expect("run pg_recvlogical");
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().1 - children_before;
+    assert!(
+        output.status.success(),
+        "pg_recvlogical failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = std::fs::metadata(file).map_or(0, |m| m.len());
+    assert!(written > 0, "pg_recvlogical wrote nothing");
+    (Run { seconds, cpu }, written)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Freshness
+
+/// Creates `orders` with `rows` rows when it does not exist yet.
+async fn ensure_orders(db: &TestDb, rows: u64) {
+    let exists: bool = db
+        .client()
+        .await
+        .query_one("SELECT to_regclass('public.orders') IS NOT NULL", &[])
+        .await
+        .expect("look for orders")
+        .get(0);
+    if !exists {
+        db.psql(&["-v", &format!("rows={rows}"), "-f", "sql/orders.sql"]);
+    }
+}
+
+/// One committed single-row insert into orders: a lower bound of its commit LSN, and when the
+/// commit returned.
+async fn single_row_commit(client: &mut tokio_postgres::Client, n: usize) -> (Lsn, Instant) {
+    let transaction = client
+        .transaction()
+        .await
+        .expect("begin a single-row transaction");
+    transaction
+        .execute(
+            "INSERT INTO public.orders (customer_id, order_date, total_amount, status) \
+             VALUES ($1, date '2025-03-01', 1.00, 'pending')",
+            &[&i32::try_from(n).expect("a small number")],
+        )
+        .await
+        .expect("insert one row");
+    let lsn: String = transaction
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .expect("read the WAL insert position")
+        .get(0);
+    transaction
+        .commit()
+        .await
+        .expect("commit the single-row transaction");
+    (lsn.parse().expect("an LSN"), Instant::now())
+}
+
+async fn freshness_bench(db: &TestDb, root: &Path, args: &Args) {
+    ensure_orders(db, args.seed_rows).await;
+    let lake = Lake::new(db, root, "fresh", &format!("{}_fresh", db.slot), "");
+    let max_latency = lake.config.flush.max_latency.get();
+    let mut probe = LakeProbe::open(&lake.config).await;
+    let service = Service::start(lake.config.clone()).await;
+    let copied = probe
+        .wait(
+            "the initial snapshot",
+            Duration::from_secs(600),
+            || service.stopped(),
+            |s| s.checkpoint.is_some(),
+        )
+        .await;
+    // let the writer settle into streaming
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut client = db.client().await;
+    let spacing = Duration::from_secs(args.spacing);
+    let limit = max_latency * 3 + spacing * args.commits as u32 + Duration::from_secs(60);
+    let mut freshness: Vec<Option<f64>> = vec![None; args.commits];
+    let mut pending: Vec<(usize, Lsn, Instant)> = Vec::new();
+    let first = Instant::now();
+    let mut made = 0;
+    while made < args.commits || !pending.is_empty() {
+        if made < args.commits && first.elapsed() >= spacing * made as u32 {
+            let (lsn, at) = single_row_commit(&mut client, made + 1).await;
+            pending.push((made, lsn, at));
+            made += 1;
+        }
+        if let Some(state) = probe.read().await {
+            pending.retain(|&(n, lsn, at)| {
+                if state.reached(lsn) {
+                    freshness[n] = Some(at.elapsed().as_secs_f64());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        assert!(!service.stopped(), "the writer stopped while streaming");
+        assert!(
+            first.elapsed() < limit,
+            "freshness: the commits did not all reach the lake within {limit:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let stats = service.stop().await;
+    lake.drop_slot(db).await;
+    lake.remove();
+    let mut seconds: Vec<f64> = freshness
+        .iter()
+        .map(|f| f.expect("every commit measured"))
+        .collect();
+    for (n, s) in seconds.iter().enumerate() {
+        println!(
+            "  commit {} (made {} s after the first): in the lake {s:.3} s after it returned",
+            n + 1,
+            args.spacing * n as u64
+        );
+    }
+    seconds.sort_by(f64::total_cmp);
+    let median = if seconds.len() % 2 == 1 {
+        seconds[seconds.len() / 2]
+    } else {
+        (seconds[seconds.len() / 2 - 1] + seconds[seconds.len() / 2]) / 2.0
+    };
+    let limit = max_latency.as_secs_f64();
+    print_values(
+        &format!(
+            "2. freshness at the default flush policy: {} single-row commits {} s apart, \
+             while streaming (the lake copied {} rows first; {} lake commits in all)",
+            args.commits,
+            args.spacing,
+            copied.records.unwrap_or(0),
+            stats.commits
+        ),
+        "seconds",
+        "[flush] max_latency",
+        &[
+            Value {
+                name: "[flush] max_latency (default)".into(),
+                value: limit,
+                limit: None,
+            },
+            Value {
+                name: "freshness, min".into(),
+                value: seconds[0],
+                limit: Some(limit),
+            },
+            Value {
+                name: "freshness, median".into(),
+                value: median,
+                limit: Some(limit),
+            },
+            Value {
+                name: "freshness, max".into(),
+                value: seconds[seconds.len() - 1],
+                limit: Some(limit),
+            },
+        ],
+    );
+    println!(
+        "  freshness = from the commit returning to the poll (every 50 ms) that saw the lake's \
+         checkpoint reach it; a buffer is flushed when its oldest change is max_latency old, \
+         checked every max_latency / 4 clamped to [50 ms, 1 s]"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Snapshot
+
+async fn snapshot_bench(db: &TestDb, root: &Path, args: &Args) {
+    let grown = Instant::now();
+    ensure_orders(db, 0).await;
+    let present = postgres_count(db).await;
+    let missing = args.snapshot_rows.saturating_sub(present);
+    if missing > 0 {
+        db.psql(&["-v", &format!("rows={missing}"), "-f", "sql/orders.sql"]);
+    }
+    let client = db.client().await;
+    // hint bits and the visibility map set, statistics fresh: both sides read a settled table
+    client
+        .batch_execute("VACUUM (ANALYZE) public.orders")
+        .await
+        .expect("vacuum orders");
+    let rows = postgres_count(db).await;
+    let pages: i64 = client
+        .query_one(
+            "SELECT relpages::bigint FROM pg_class WHERE oid = 'public.orders'::regclass",
+            &[],
+        )
+        .await
+        .expect("read the size of orders")
+        .get(0);
+    println!(
+        "\nsnapshot table: {rows} rows, {pages} pages of 8 KiB (grown and vacuumed in {:.1} s)",
+        grown.elapsed().as_secs_f64()
+    );
+    let (mut references, mut ours) = (Vec::new(), Vec::new());
+    let mut copy_bytes = 0;
+    for run in 0..args.runs {
+        let (timed, bytes) =
+            copy_drain(&client, "COPY public.orders TO STDOUT (FORMAT binary)").await;
+        println!(
+            "  run {}: COPY binary {:.3} s, {:.2} CPU s ({:.1} MB)",
+            run + 1,
+            timed.seconds,
+            timed.cpu,
+            bytes as f64 / 1e6
+        );
+        references.push(timed);
+        copy_bytes = bytes;
+
+        let lake = Lake::new(
+            db,
+            root,
+            &format!("snapshot{run}"),
+            &format!("{}_snap{run}", db.slot),
+            "",
+        );
+        let until = run_until(
+            &lake,
+            "the initial snapshot",
+            Duration::from_secs(1800),
+            |s| s.checkpoint.is_some(),
+        )
+        .await;
+        println!(
+            "  run {}: service::run {:.3} s, {:.2} CPU s ({} rows in the lake, {} snapshots; \
+             the table was in the catalog after {:.3} s)",
+            run + 1,
+            until.run.seconds,
+            until.run.cpu,
+            until.state.records.unwrap_or(0),
+            until.state.snapshots,
+            until.registered
+        );
+        if until.state.records != Some(rows) {
+            println!(
+                "  MISMATCH: the lake's snapshot holds {:?} records, PostgreSQL {rows}",
+                until.state.records
+            );
+        }
+        ours.push(until.run);
+        lake.drop_slot(db).await;
+        lake.remove();
+    }
+    let reference = best(&references);
+    print_rates(
+        &format!(
+            "3. snapshot into committed Iceberg: {rows} rows, {:.1} MB as COPY binary (each \
+             side run {} times; best run kept)",
+            copy_bytes as f64 / 1e6,
+            args.runs
+        ),
+        "COPY binary",
+        &[
+            Rate {
+                name: "COPY binary, drained and counted".into(),
+                rows,
+                run: reference,
+                reference: None,
+                note: String::new(),
+            },
+            Rate {
+                name: "service::run to the initial snapshot committed".into(),
+                rows,
+                run: best(&ours),
+                reference: Some(reference.seconds),
+                note: "a fresh lake and slot: from the call (slot with exported snapshot, \
+                       connections, COPY text with the default snapshot_parallelism = 2, \
+                       Parquet, commits) to the poll (every 50 ms) that saw the checkpoint; \
+                       target ratio ≥ 0.5"
+                    .into(),
+            },
+        ],
+    );
+}
+
+/// Drains `COPY … TO STDOUT` of `query`; returns its time and this process's CPU, and the
+/// bytes received.
+async fn copy_drain(client: &tokio_postgres::Client, query: &str) -> (Run, u64) {
+    let cpu_before = cpu_seconds().0;
+    let started = Instant::now();
+    let mut stream = std::pin::pin!(client.copy_out(query).await.expect("start the COPY"));
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk.expect("a chunk of the COPY").len() as u64;
+    }
+    let run = Run {
+        seconds: started.elapsed().as_secs_f64(),
+        cpu: cpu_seconds().0 - cpu_before,
+    };
+    (run, bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Memory
+
+/// Reads VmRSS and VmHWM (kB) of `/proc/<pid>/status`.
+fn memory_of(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Bytes of the files under `dir` (0 when it is gone).
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// What the sampler saw.
+#[derive(Debug, Clone, Copy, Default)]
+struct Samples {
+    /// The largest VmRSS sampled, kB.
+    rss_kb: u64,
+    /// The last VmHWM read, kB: the kernel's own peak of RSS.
+    hwm_kb: u64,
+    /// The largest size of the spill directory sampled, bytes.
+    spill_bytes: u64,
+}
+
+/// A thread sampling a child's memory every 100 ms (and its spill directory every second).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Samples>>,
+    thread: JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(pid: u32, spill: PathBuf) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Samples::default()));
+        let thread = {
+            let (stop, samples) = (stop.clone(), samples.clone());
+            std::thread::spawn(move || {
+                let mut tick = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let Some((rss, hwm)) = memory_of(pid) else {
+                        break;
+                    };
+                    let spill_bytes = if tick.is_multiple_of(10) {
+                        tree_bytes(&spill)
+                    } else {
+                        0
+                    };
+                    {
+                        let mut s = samples.lock().unwrap_or_else(PoisonError::into_inner);
+                        s.rss_kb = s.rss_kb.max(rss);
+                        s.hwm_kb = s.hwm_kb.max(hwm);
+                        s.spill_bytes = s.spill_bytes.max(spill_bytes);
+                    }
+                    tick += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        Sampler {
+            stop,
+            samples,
+            thread,
+        }
+    }
+
+    fn now(&self) -> Samples {
+        *self.samples.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn finish(self) -> Samples {
+        let Sampler {
+            stop,
+            samples,
+            thread,
+        } = self;
+        stop.store(true, Ordering::Relaxed);
+        thread.join().expect("join the memory sampler");
+        *samples.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The writer's process: SIGKILLed if still running when dropped (a failed bench).
+struct Writer(Child);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+async fn memory_bench(root: &Path, args: &Args) {
+    let db = TestDb::new("bench_lake_memory").await;
+    db.psql(&[
+        "-v",
+        &format!("rows={MEMORY_SEED_ROWS}"),
+        "-f",
+        "sql/orders.sql",
+    ]);
+    let spill = root.join("spill");
+    std::fs::create_dir_all(&spill).expect("create the spill directory");
+    // max_bytes (default 128 MiB) may not exceed the budget: a small budget halves it
+    let max_bytes = if args.budget_mib < 128 {
+        format!("max_bytes = \"{}KiB\"\n", args.budget_mib * 512)
+    } else {
+        String::new()
+    };
+    let text = db.config_toml(&format!(
+        "[flush]\nmemory_budget = \"{}MiB\"\n{max_bytes}spill_dir = \"{}\"\n",
+        args.budget_mib,
+        spill.display()
+    ));
+    let path = root.join("memory.toml");
+    std::fs::write(&path, &text).expect("write the memory measurement's config");
+    let config = Config::parse(&text, &path, Vec::new()).expect("the memory config parses");
+    let budget = config.flush.memory_budget.bytes();
+    let log_path = root.join("memory.log");
+    let log = File::create(&log_path).expect("create the writer's log file");
+    let binary = env!("CARGO_BIN_EXE_lakewriter");
+    let started = Instant::now();
+    let mut writer = Writer(
+        Command::new(binary)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("LAKEWRITER_LOG", "lakewriter=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start lakewriter run"),
+    );
+    let pid = writer.0.id();
+    let sampler = Sampler::start(pid, spill.clone());
+    let mut probe = LakeProbe::open(&config).await;
+    let mut exited = || matches!(writer.0.try_wait(), Ok(Some(_)));
+    probe
+        .wait(
+            "the initial snapshot",
+            Duration::from_secs(600),
+            &mut exited,
+            |s| s.checkpoint.is_some(),
+        )
+        .await;
+    let after_snapshot = memory_of(pid).expect("the writer's memory after its snapshot");
+    println!(
+        "\nmemory: {binary} run, [flush] memory_budget = {}, max_bytes = {}, max_rows = {}; \
+         initial snapshot of {MEMORY_SEED_ROWS} rows committed in {:.1} s, RSS then {:.1} MiB",
+        config.flush.memory_budget,
+        config.flush.max_bytes,
+        config.flush.max_rows,
+        started.elapsed().as_secs_f64(),
+        after_snapshot.0 as f64 / 1024.0
+    );
+
+    let mut client = db.client().await;
+    let inserting = Instant::now();
+    let transaction = client
+        .transaction()
+        .await
+        .expect("begin the large transaction");
+    let inserted = transaction
+        .execute(
+            "INSERT INTO public.orders \
+               (customer_id, order_date, total_amount, status, created_at, updated_at) \
+             SELECT 1 + g % 9999, date '2025-04-01' + (g % 30)::int, \
+                    ((g % 100000) / 100.0)::numeric(10, 2), \
+                    (ARRAY['pending', 'paid', 'shipped', 'delivered', 'cancelled'])[1 + g % 5], \
+                    timestamptz '2025-04-01 00:00:00+00' + g * interval '1 ms', \
+                    timestamptz '2025-04-01 00:00:00+00' + g * interval '2 ms' \
+             FROM generate_series(1::bigint, $1::bigint) AS g",
+            &[&i64::try_from(args.big_rows).expect("--big-rows fits i64")],
+        )
+        .await
+        .expect("insert the large transaction's rows");
+    let lsn: String = transaction
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .expect("read the WAL insert position")
+        .get(0);
+    let lsn: Lsn = lsn.parse().expect("an LSN");
+    transaction
+        .commit()
+        .await
+        .expect("commit the large transaction");
+    let committed = Instant::now();
+    println!(
+        "  one transaction of {inserted} rows committed in {:.1} s (its commit at or after {lsn})",
+        committed.duration_since(inserting).as_secs_f64()
+    );
+    // waited for by hand, to show the memory on the way
+    let limit = Duration::from_secs(3 * 3600);
+    let mut shown = Instant::now();
+    let state = loop {
+        if let Some(state) = probe.read().await
+            && state.reached(lsn)
+        {
+            break state;
+        }
+        assert!(
+            !exited(),
+            "the writer exited before committing the large transaction (log: {})",
+            log_tail(&log_path)
+        );
+        assert!(
+            committed.elapsed() < limit,
+            "the large transaction did not reach the lake within {limit:?}"
+        );
+        if shown.elapsed() >= Duration::from_secs(30) {
+            shown = Instant::now();
+            let samples = sampler.now();
+            let current = memory_of(pid).map_or(0, |m| m.0);
+            println!(
+                "  +{:.0} s: RSS {:.1} MiB (peak {:.1} MiB), spill directory {:.1} MiB",
+                committed.elapsed().as_secs_f64(),
+                current as f64 / 1024.0,
+                samples.hwm_kb as f64 / 1024.0,
+                tree_bytes(&spill) as f64 / MIB
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let to_lake = committed.elapsed().as_secs_f64();
+    // read just before SIGTERM: the peak of the whole run so far
+    let (rss_now, hwm) = memory_of(pid).expect("the writer's memory before SIGTERM");
+    let (cpu, _) = cpu_of(&pid.to_string());
+    let stopping = Instant::now();
+    let signalled = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(signalled.success(), "SIGTERM to the writer");
+    let status = writer.0.wait().expect("wait for the writer");
+    let stop_seconds = stopping.elapsed().as_secs_f64();
+    let samples = sampler.finish();
+    assert!(
+        status.success(),
+        "the writer failed: {status} (log: {})",
+        log_tail(&log_path)
+    );
+    let postgres = postgres_count(&db).await;
+
+    println!(
+        "  in the lake {to_lake:.1} s after the commit ({:.0} rows/s), {cpu:.1} CPU s in the \
+         writer in all; RSS {:.1} MiB when seen; stopped {stop_seconds:.1} s after SIGTERM; \
+         spill directory peaked at {:.1} MiB (sampled every second)",
+        args.big_rows as f64 / to_lake,
+        rss_now as f64 / 1024.0,
+        samples.spill_bytes as f64 / MIB
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    for line in log.lines().filter(|line| {
+        ["spill", "stopp", "WARN", "ERROR"]
+            .iter()
+            .any(|word| line.contains(word))
+    }) {
+        println!("  log: {}", strip_ansi(line));
+    }
+    match state.records {
+        Some(records) if records == postgres => println!(
+            "  the lake's snapshot summary holds {records} records, as PostgreSQL holds: equal"
+        ),
+        records => println!(
+            "  MISMATCH: the lake's snapshot summary holds {records:?} records, PostgreSQL \
+             {postgres}"
+        ),
+    }
+    print_check(
+        "the lake after the large transaction",
+        duck_count(&state.metadata_location),
+        postgres,
+    );
+    // the database and its warehouse (the lake DuckDB just read) go only now
+    drop(db);
+    let budget_mib = budget as f64 / MIB;
+    let peak_mib = hwm.max(samples.hwm_kb) as f64 / 1024.0;
+    print_values(
+        &format!(
+            "4. memory: one transaction of {} rows streamed through the writer's binary",
+            args.big_rows
+        ),
+        "MiB",
+        "[flush] memory_budget",
+        &[
+            Value {
+                name: "[flush] memory_budget".into(),
+                value: budget_mib,
+                limit: None,
+            },
+            Value {
+                name: "RSS after the initial snapshot".into(),
+                value: after_snapshot.0 as f64 / 1024.0,
+                limit: Some(budget_mib),
+            },
+            Value {
+                name: "largest RSS sampled (every 100 ms)".into(),
+                value: samples.rss_kb as f64 / 1024.0,
+                limit: Some(budget_mib),
+            },
+            Value {
+                name: "peak RSS (VmHWM before SIGTERM)".into(),
+                value: peak_mib,
+                limit: Some(budget_mib),
+            },
+        ],
+    );
+    let over = peak_mib - budget_mib;
+    println!(
+        "  peak RSS - budget = {over:.1} MiB (target ≤ 100 MiB): {}",
+        if over <= 100.0 { "within" } else { "OVER" }
+    );
+}
+
+/// The last lines of the writer's log, for a failure message.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..]
+        .iter()
+        .map(|line| strip_ansi(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The line without terminal colour codes (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
