@@ -308,7 +308,9 @@ pub struct FlushConfig {
     /// Arrow bytes buffered for one table. Default: `"128MiB"`.
     #[serde(default = "defaults::max_bytes")]
     pub max_bytes: ByteSize,
-    /// Age of the oldest buffered change: how stale the lake may be. Default: `"10s"`.
+    /// Age of the oldest buffered change at which its table is committed: the lake trails the
+    /// source by up to this plus the check interval (a quarter of it, at most 1 s) and the
+    /// commit. Default: `"10s"`.
     #[serde(default = "defaults::max_latency")]
     pub max_latency: Span,
     /// Memory for all buffers together; past it the largest table flushes, and a transaction
