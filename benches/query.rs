@@ -40,6 +40,10 @@
 //!    equal (its JSON report is printed). A full scan of the lake table through
 //!    `verify::lake::session` (every column, counted) is shown as a diagnostic: the lake side
 //!    of verify without its hashing.
+//! 3. Compact (`--only compact`): a table built like 1's with `--compact-rows` live rows and
+//!    `--compact-deleted` equality-deleted keys (defaults 200 000 and 20 000, so DuckDB answers
+//!    before); its files, and `SELECT count(*), sum(v)` through lakewriter's plan and DuckDB,
+//!    before and after `maintenance::compact::run`, and the compaction's rows/s.
 //!
 //! The CPU seconds shown are this process's during the run (the iceberg crate and DuckDB run in
 //! child processes: their CPU is not shown).
@@ -48,12 +52,13 @@
 //! cargo bench --bench query -- [--rows N] [--deleted N] [--commits N] [--runs N]
 //!                              [--iceberg-timeout SECONDS] [--duckdb-timeout SECONDS]
 //!                              [--small N,N,…]
-//!                              [--verify-rows N] [--verify-runs N] [--only LIST]
+//!                              [--verify-rows N] [--verify-runs N]
+//!                              [--compact-rows N] [--compact-deleted N] [--only LIST]
 //! ```
 //!
 //! or the same through `LAKEWRITER_BENCH_ROWS`, `…_DELETED`, `…_COMMITS`, `…_RUNS`,
-//! `…_ICEBERG_TIMEOUT`, `…_DUCKDB_TIMEOUT`, `…_SMALL`, `…_VERIFY_ROWS`, `…_VERIFY_RUNS`, `…_ONLY`
-//! (`--only mor,verify`, the default). Defaults: 2 000 000 rows, 1 000 000 deleted keys in 4
+//! `…_ICEBERG_TIMEOUT`, `…_DUCKDB_TIMEOUT`, `…_SMALL`, `…_VERIFY_ROWS`, `…_VERIFY_RUNS`,
+//! `…_COMPACT_ROWS`, `…_COMPACT_DELETED`, `…_ONLY` (`--only mor,verify,compact`, the default). Defaults: 2 000 000 rows, 1 000 000 deleted keys in 4
 //! commits, 3 runs, 300 s limits, small sizes 10 000 and 100 000 deleted keys, 10 000 000
 //! verify rows, 1 verify run. `--small none` skips the smaller sizes. Needs the local stack
 //! (`scripts/stack up`, started on demand like the tests do).
@@ -102,7 +107,7 @@ const BATCH_ROWS: usize = 65_536;
 const REPEAT_BELOW: Duration = Duration::from_secs(10);
 
 /// The parts, in the order they run.
-const PARTS: [&str; 2] = ["mor", "verify"];
+const PARTS: [&str; 3] = ["mor", "verify", "compact"];
 
 /// Sizes and choices, from arguments or the environment.
 #[derive(Debug, Clone)]
@@ -123,6 +128,9 @@ struct Args {
     small: Vec<u64>,
     /// Rows of the verify table.
     verify_rows: u64,
+    /// Live rows and equality-deleted keys of the table `compact` rewrites.
+    compact_rows: u64,
+    compact_deleted: u64,
     /// Runs of each side of measurement 2; the best is kept.
     verify_runs: usize,
     /// The parts that run.
@@ -141,6 +149,8 @@ impl Args {
             "small",
             "verify-rows",
             "verify-runs",
+            "compact-rows",
+            "compact-deleted",
             "only",
         ];
         let mut values: HashMap<String, String> = HashMap::new();
@@ -212,6 +222,8 @@ impl Args {
             duckdb_timeout: number("duckdb-timeout", 300),
             small,
             verify_rows: number("verify-rows", 10_000_000),
+            compact_rows: number("compact-rows", 200_000),
+            compact_deleted: number("compact-deleted", 20_000),
             verify_runs: usize::try_from(number("verify-runs", 1))
                 .expect("--verify-runs fits usize")
                 .max(1),
@@ -265,6 +277,11 @@ async fn main() {
         let part = Instant::now();
         verify_bench(&db, &config, &args).await;
         println!("  (part 2 took {:.1} s)", part.elapsed().as_secs_f64());
+    }
+    if args.runs_part("compact") {
+        let part = Instant::now();
+        compact_bench(&db, &config, &args).await;
+        println!("  (part 3 took {:.1} s)", part.elapsed().as_secs_f64());
     }
     println!(
         "\ntotal time {:.1} s; load average {}",
@@ -1305,5 +1322,84 @@ async fn verify_bench(db: &TestDb, config: &Config, args: &Args) {
         "  ratio = rows/s of the line / rows/s of COPY binary. verify reads the lake (merge-on-\
          read, every column), then COPY text from PostgreSQL (copy_table's default streams) \
          into Arrow, hashing every row on both sides: it does more than the reference."
+    );
+}
+
+/// Part 3, `compact`: a table of `--compact-rows` live rows with `--compact-deleted`
+/// equality-deleted keys (small enough for DuckDB to answer before); files, the query
+/// (lakewriter's plan and DuckDB's) before and after, and the compaction's rows/s.
+async fn compact_bench(db: &TestDb, base: &Config, args: &Args) {
+    let mut config = base.clone();
+    config.sink.namespace = format!("{}_compact", db.namespace);
+    let before = build_mor_table(
+        &config,
+        "compacted",
+        args.compact_rows,
+        args.compact_deleted,
+        args.commits,
+    )
+    .await;
+    let limit = Duration::from_secs(args.duckdb_timeout);
+    let (ours_before, _, answer_before, files_before) = lakewriter_run(&config, &before).await;
+    let duck_before = duckdb_run(&before, 1, limit).await;
+    let started = Instant::now();
+    let outcomes = lakewriter::maintenance::compact::run(&config, Some("public.compacted"))
+        .await
+        .expect("compact");
+    let compact_seconds = started.elapsed().as_secs_f64();
+    let outcome = outcomes.first().expect("one table compacted");
+    let pointer = IcebergSink::from_config(&config)
+        .await
+        .expect("open the sink")
+        .catalog()
+        .load(&before.lake)
+        .await
+        .expect("load")
+        .expect("the table");
+    let after = MorTable {
+        metadata_location: pointer.metadata_location,
+        deleted: 0,
+        ..before.clone()
+    };
+    let (ours_after, _, answer_after, files_after) = lakewriter_run(&config, &after).await;
+    let duck_after = duckdb_run(&after, 1, limit).await;
+    assert_eq!(answer_before, answer_after, "compaction changed the answer");
+    println!(
+        "\n3. compact: {} live rows, {} equality-deleted keys in {} commits",
+        before.rows, before.deleted, args.commits
+    );
+    println!("  files before: {files_before}; after: {files_after}");
+    println!(
+        "  compact: {} data + {} delete files ({} bytes) -> {} data files ({} bytes), {} rows in {:.2} s: {:.0} rows/s",
+        outcome.data_files_in,
+        outcome.delete_files_in,
+        outcome.bytes_in,
+        outcome.data_files_out,
+        outcome.bytes_out,
+        outcome.rows,
+        compact_seconds,
+        outcome.rows as f64 / compact_seconds
+    );
+    println!(
+        "  {:<44} {:>12} {:>12} {:>10}",
+        "query (SELECT count(*), sum(v))", "before s", "after s", "speed-up"
+    );
+    println!(
+        "  {:<44} {:>12.3} {:>12.3} {:>9.1}x",
+        "lakewriter query",
+        ours_before.seconds,
+        ours_after.seconds,
+        ours_before.seconds / ours_after.seconds
+    );
+    let speed_up = match (duck_before.seconds(), duck_after.seconds()) {
+        (Some(b), Some(a)) => format!("{:.1}x", b / a),
+        _ => "-".into(),
+    };
+    println!(
+        "  {:<44} {:>12} {:>12} {:>10}",
+        "DuckDB iceberg_scan",
+        duck_before.seconds_text(),
+        duck_after.seconds_text(),
+        speed_up
     );
 }
