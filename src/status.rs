@@ -7,11 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use iceberg::spec::TableMetadata;
 
-use crate::catalog::{Catalog, CatalogError, LakeCatalog};
+use crate::catalog::{Catalog, LakeCatalog};
 use crate::config::{Config, TableFormat};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::sink::iceberg::{checkpoint, file_io};
+use crate::sink::iceberg::{catalog_error, checkpoint, file_io};
 use crate::source::connection;
 
 /// Prints the status of every lake table of the config.
@@ -21,19 +21,15 @@ pub async fn print(config: &Config) -> Result<()> {
             what: "status for Delta tables",
         });
     }
-    let catalog_error = |e: CatalogError| Error::Sink {
-        table: config.sink.namespace.clone(),
-        message: e.to_string(),
-        retryable: e.is_retryable(),
-    };
+    let namespace_error = |e| catalog_error(&config.sink.namespace, e);
     let catalog = LakeCatalog::from_config(config)
         .await
-        .map_err(catalog_error)?;
+        .map_err(namespace_error)?;
     let io = file_io(config)?;
     let tables = catalog
         .list(&config.sink.namespace)
         .await
-        .map_err(catalog_error)?;
+        .map_err(namespace_error)?;
 
     // the source side is optional: the lake's state is worth showing without it
     let (server, slot) = match connection::connect(&config.source).await {
@@ -101,7 +97,7 @@ pub async fn print(config: &Config) -> Result<()> {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     for table in tables {
-        let Some(pointer) = catalog.load(&table).await.map_err(catalog_error)? else {
+        let Some(pointer) = catalog.load(&table).await.map_err(namespace_error)? else {
             continue;
         };
         let metadata = TableMetadata::read_from(&io, &pointer.metadata_location)

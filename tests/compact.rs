@@ -6,12 +6,10 @@
 
 mod support;
 
-use std::process::Command;
-
 use lakewriter::catalog::Catalog;
 use lakewriter::sink::iceberg::{IcebergSink, Rewrite, lake_table};
 use lakewriter::table::TableId;
-use support::writer::{caught_up, config_path, duck_query, start, start_with, stop};
+use support::writer::{caught_up, command, config_path, duck_query, start, start_with, stop};
 use support::{TestDb, stack};
 
 /// Runs a lakewriter command on the test config; returns stdout, asserting success.
@@ -21,18 +19,7 @@ fn lakewriter(db: &TestDb, args: &[&str]) -> String {
 
 /// [`lakewriter`] with settings as environment overrides (`SECTION__KEY`).
 fn lakewriter_with(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
-        .args(&args[..1])
-        .arg("--config")
-        .arg(config_path(db))
-        .args(&args[1..])
-        .envs(
-            settings
-                .iter()
-                .map(|(k, v)| (format!("LAKEWRITER__{k}"), *v)),
-        )
-        .output()
-        .expect("run lakewriter");
+    let output = command(db, args, settings);
     assert!(
         output.status.success(),
         "lakewriter {args:?} failed: {}{}",

@@ -4,19 +4,12 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::TestDb;
-use support::writer::{caught_up, config_path, duck_query, start, stop};
+use support::writer::{caught_up, command, config_path, duck_query, start, stop};
 
 /// Runs `lakewriter verify` with `args`: its exit success, stdout and stderr.
 fn verify(db: &TestDb, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
-        .args(["verify", "--config"])
-        .arg(config_path(db))
-        .args(args)
-        .output()
-        .expect("run lakewriter verify");
+    let output = command(db, &[&["verify"], args].concat(), &[]);
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -26,12 +19,7 @@ fn verify(db: &TestDb, args: &[&str]) -> (bool, String, String) {
 
 /// Runs `lakewriter query` and returns its stdout lines (CSV without the header).
 fn query(db: &TestDb, sql: &str) -> Vec<String> {
-    let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
-        .args(["query", "--format", "csv", "--config"])
-        .arg(config_path(db))
-        .arg(sql)
-        .output()
-        .expect("run lakewriter query");
+    let output = command(db, &["query", "--format", "csv", sql], &[]);
     assert!(
         output.status.success(),
         "lakewriter query failed: {}",

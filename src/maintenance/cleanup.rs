@@ -19,7 +19,7 @@ use crate::catalog::{Catalog, CatalogTable, Pointer};
 use crate::cloud::{S3Location, s3_client};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::sink::iceberg::IcebergSink;
+use crate::sink::iceberg::{IcebergSink, catalog_error};
 
 /// What cleaning one table removed.
 #[derive(Debug, Clone, Default)]
@@ -57,7 +57,7 @@ pub async fn clean_table(
         .catalog()
         .load(lake)
         .await
-        .map_err(|e| sink_error(lake, e.to_string()))?
+        .map_err(|e| catalog_error(lake, e))?
     else {
         return Ok(cleanup);
     };

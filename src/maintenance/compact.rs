@@ -28,12 +28,12 @@ use datafusion::prelude::{SessionContext, col};
 use futures::StreamExt;
 use iceberg::spec::{DataFile, TableMetadata};
 
-use crate::catalog::{Catalog, CatalogError, CatalogTable};
+use crate::catalog::{Catalog, CatalogTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::maintenance::cleanup::{Cleanup, clean_table};
 use crate::progress::Progress;
-use crate::sink::iceberg::{IcebergSink, Rewrite, file_io, is_conflict, lake_table};
+use crate::sink::iceberg::{IcebergSink, Rewrite, catalog_error, file_io, is_conflict, lake_table};
 use crate::table::TableId;
 use crate::verify::lake::{live_files, register_object_store, table_frame};
 
@@ -74,11 +74,7 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
     }
     let sink = IcebergSink::from_config(&config).await?;
     let io = file_io(&config)?;
-    let catalog_error = |e: CatalogError| Error::Sink {
-        table: config.sink.namespace.clone(),
-        message: e.to_string(),
-        retryable: e.is_retryable(),
-    };
+    let namespace_error = |e| catalog_error(&config.sink.namespace, e);
     let tables: Vec<CatalogTable> = match only {
         Some(name) => {
             let (schema, table) = name.split_once('.').unwrap_or(("public", name));
@@ -91,7 +87,7 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
             .catalog()
             .list(&config.sink.namespace)
             .await
-            .map_err(catalog_error)?,
+            .map_err(namespace_error)?,
     };
     let progress = Progress::new(config.metrics.progress_interval.get());
     let mut outcomes = Vec::new();
@@ -142,7 +138,7 @@ async fn compact_table(
             .catalog()
             .load(lake)
             .await
-            .map_err(|e| sink_error(lake, e.to_string()))?
+            .map_err(|e| catalog_error(lake, e))?
             .ok_or_else(|| sink_error(lake, "no such table in the catalog"))?;
         let metadata = TableMetadata::read_from(io, &pointer.metadata_location)
             .await

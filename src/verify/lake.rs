@@ -23,12 +23,12 @@ use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::FileIO;
 use iceberg::spec::{DataContentType, ManifestContentType, ManifestList, TableMetadata};
 
-use crate::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog};
+use crate::catalog::{Catalog, CatalogTable, LakeCatalog};
 use crate::cloud::S3Location;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::sink::iceberg::{checkpoint, file_io};
+use crate::sink::iceberg::{catalog_error, checkpoint, file_io};
 
 const SEQUENCE: &str = "__lakewriter_seq";
 const PARTITION: &str = "__lakewriter_partition";
@@ -81,14 +81,10 @@ pub async fn session(
     config: &Config,
     only: Option<&CatalogTable>,
 ) -> Result<(SessionContext, Vec<LakeTable>)> {
-    let catalog_error = |e: CatalogError| Error::Sink {
-        table: config.sink.namespace.clone(),
-        message: e.to_string(),
-        retryable: e.is_retryable(),
-    };
+    let namespace_error = |e| catalog_error(&config.sink.namespace, e);
     let catalog = LakeCatalog::from_config(config)
         .await
-        .map_err(catalog_error)?;
+        .map_err(namespace_error)?;
     let io = file_io(config)?;
     let ctx = SessionContext::new();
     register_object_store(config, &ctx)?;
@@ -97,12 +93,12 @@ pub async fn session(
         None => catalog
             .list(&config.sink.namespace)
             .await
-            .map_err(catalog_error)?,
+            .map_err(namespace_error)?,
     };
     let schemas = MemorySchemaProvider::new();
     let mut tables = Vec::new();
     for name in names {
-        let Some(pointer) = catalog.load(&name).await.map_err(catalog_error)? else {
+        let Some(pointer) = catalog.load(&name).await.map_err(namespace_error)? else {
             if only.is_some() {
                 return Err(Error::Sink {
                     table: name.to_string(),

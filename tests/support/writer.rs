@@ -54,6 +54,23 @@ pub fn start(db: &TestDb) -> Writer {
     start_with(db, &[])
 }
 
+/// Runs the command `args[0]` of the binary on the test config with `args[1..]` and settings
+/// as environment overrides (`SECTION__KEY`); its output, whatever the exit.
+pub fn command(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(&args[..1])
+        .arg("--config")
+        .arg(config_path(db))
+        .args(&args[1..])
+        .envs(
+            settings
+                .iter()
+                .map(|(k, v)| (format!("LAKEWRITER__{k}"), *v)),
+        )
+        .output()
+        .expect("run lakewriter")
+}
+
 /// Stops the writer the way a service manager does (SIGTERM), asserts it exited 0, and
 /// returns its log.
 pub fn stop(child: Writer) -> String {

@@ -860,7 +860,9 @@ fn iceberg_error(table: &impl fmt::Display, context: &str, e: iceberg::Error) ->
     }
 }
 
-fn catalog_error(table: &impl fmt::Display, e: CatalogError) -> Error {
+/// A catalog failure about `table` (a lake table or a namespace), retryable when the
+/// catalog's error is.
+pub fn catalog_error(table: &impl fmt::Display, e: CatalogError) -> Error {
     Error::Sink {
         table: table.to_string(),
         retryable: e.is_retryable(),

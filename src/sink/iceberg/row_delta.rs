@@ -180,31 +180,26 @@ pub(super) async fn stage(
                 // Only removals of an earlier snapshot: nothing for this one to carry.
                 continue;
             }
-            if let Some(rewrite) = &delta.rewrite {
-                manifests.push(
-                    remove_some(
-                        file_io,
-                        &manifest,
-                        snapshot_id,
-                        &rewrite.removes,
-                        &mut next_manifest_path,
-                        &mut removed,
-                        &mut metrics,
-                    )
-                    .await?,
-                );
-                continue;
-            }
-            if !delta.truncate {
+            // a truncate removes every live file, a rewrite the files it replaces
+            let removes = |path: &str| {
+                delta.truncate
+                    || delta
+                        .rewrite
+                        .as_ref()
+                        .is_some_and(|r| r.removes.contains(path))
+            };
+            if !delta.truncate && delta.rewrite.is_none() {
                 manifests.push(manifest);
                 continue;
             }
             manifests.push(
-                remove_all(
+                remove_from(
                     file_io,
                     &manifest,
                     snapshot_id,
-                    next_manifest_path(),
+                    removes,
+                    &mut next_manifest_path,
+                    &mut removed,
                     &mut metrics,
                 )
                 .await?,
@@ -292,22 +287,25 @@ pub(super) async fn write_next_metadata(
     })
 }
 
-/// `manifest` with its live entries among `removes` marked removed by `snapshot_id` (a
-/// rewrite), counted in `removed`; unchanged (the same file) when it holds none of them.
-async fn remove_some(
+/// `manifest` with the live entries whose path `removes` picks marked removed by
+/// `snapshot_id` (a truncate, a rewrite), counted in `removed`: readers of the new snapshot no
+/// longer see them, readers of older snapshots still do. Unchanged (the same file) when it
+/// picks none.
+async fn remove_from(
     file_io: &FileIO,
     manifest: &ManifestFile,
     snapshot_id: i64,
-    removes: &HashSet<String>,
+    removes: impl Fn(&str) -> bool,
     next_path: &mut impl FnMut() -> String,
     removed: &mut usize,
     metrics: &mut Metrics,
 ) -> Result<ManifestFile, StageError> {
     let loaded = manifest.load_manifest(file_io).await?;
     let (entries, manifest_metadata) = loaded.into_parts();
-    let hit =
-        |e: &&iceberg::spec::ManifestEntryRef| e.is_alive() && removes.contains(e.file_path());
-    if !entries.iter().any(|e| hit(&e)) {
+    if !entries
+        .iter()
+        .any(|e| e.is_alive() && removes(e.file_path()))
+    {
         return Ok(manifest.clone());
     }
     let builder = ManifestWriterBuilder::new(
@@ -329,7 +327,7 @@ async fn remove_some(
             ))
         })?;
         let file_sequence = Some(entry.file_sequence_number.unwrap_or(sequence_number));
-        if removes.contains(entry.file_path()) {
+        if removes(entry.file_path()) {
             *removed += 1;
             metrics.remove(entry.data_file());
             writer.add_delete_file(entry.data_file().clone(), sequence_number, file_sequence)?;
@@ -342,45 +340,6 @@ async fn remove_some(
                 file_sequence,
             )?;
         }
-    }
-    Ok(writer.write_manifest_file().await?)
-}
-
-/// Rewrites the live entries of `manifest` as removed by `snapshot_id` (a truncate): readers
-/// of the new snapshot no longer see them, readers of older snapshots still do.
-async fn remove_all(
-    file_io: &FileIO,
-    manifest: &ManifestFile,
-    snapshot_id: i64,
-    path: String,
-    metrics: &mut Metrics,
-) -> Result<ManifestFile, StageError> {
-    let loaded = manifest.load_manifest(file_io).await?;
-    let (entries, manifest_metadata) = loaded.into_parts();
-    let builder = ManifestWriterBuilder::new(
-        file_io.new_output(path)?,
-        Some(snapshot_id),
-        manifest_metadata.schema().clone(),
-        manifest_metadata.partition_spec().clone(),
-    );
-    let mut writer = match manifest.content {
-        ManifestContentType::Data => builder.build_v2_data(),
-        ManifestContentType::Deletes => builder.build_v2_deletes(),
-    };
-    for entry in entries.iter().filter(|e| e.is_alive()) {
-        let sequence_number = entry.sequence_number().ok_or_else(|| {
-            StageError::Invalid(format!(
-                "manifest {}: entry {} has no sequence number",
-                manifest.manifest_path,
-                entry.file_path()
-            ))
-        })?;
-        metrics.remove(entry.data_file());
-        writer.add_delete_file(
-            entry.data_file().clone(),
-            sequence_number,
-            Some(entry.file_sequence_number.unwrap_or(sequence_number)),
-        )?;
     }
     Ok(writer.write_manifest_file().await?)
 }
