@@ -9,7 +9,9 @@ mod support;
 use lakewriter::catalog::Catalog;
 use lakewriter::sink::iceberg::{IcebergSink, Rewrite, lake_table};
 use lakewriter::table::TableId;
-use support::writer::{caught_up, command, config_path, duck_query, start, start_with, stop};
+use support::writer::{
+    caught_up, command, config_path, duck_query, start, start_with, stop, write_config,
+};
 use support::{TestDb, stack};
 
 /// Runs a lakewriter command on the test config; returns stdout, asserting success.
@@ -324,5 +326,111 @@ async fn run_compacts_on_its_schedule_while_it_streams() {
     let log = stop(child);
     assert!(log.contains("scheduled compaction done"), "{log}");
     assert!(log.contains("compacted"), "no table was rewritten: {log}");
+    assert_eq!(lake_rows(&db), postgres_rows(&db).await);
+}
+
+/// Only the files that slow reads down are rewritten: a large file no delete applies to stays
+/// as it is, and the delete files go once nothing left is older than them.
+#[tokio::test]
+async fn compact_rewrites_only_small_files_and_files_hit_by_deletes() {
+    let db = TestDb::new("compact_select").await;
+    db.psql(&["-v", "rows=5000", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    // a small data file and a delete file that applies to the copied file …
+    db.client()
+        .await
+        .batch_execute("UPDATE orders SET status = 'changed' WHERE order_id % 50 = 0")
+        .await
+        .expect("update");
+    caught_up(&db, &mut child).await;
+    // … then a large file committed after the delete, which it does not apply to
+    let before: std::collections::BTreeSet<String> = live_files(&db).into_iter().collect();
+    db.psql(&["-v", "rows=5000", "-f", "sql/orders.sql"]);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    let after_insert: std::collections::BTreeSet<String> = live_files(&db).into_iter().collect();
+    let late: Vec<&String> = after_insert.difference(&before).collect();
+    assert_eq!(late.len(), 1, "one file for the insert: {late:?}");
+    let late = late[0].clone();
+    assert!(late.starts_with("DATA "), "{late}");
+    let size = |entry: &str| {
+        std::fs::metadata(entry.split_once(' ').expect("an entry").1)
+            .expect("a live file on disk")
+            .len()
+    };
+    let sizes: Vec<(String, u64)> = after_insert.iter().map(|f| (f.clone(), size(f))).collect();
+
+    // 16 KiB files: the two 5000-row files are large, the update's file is small
+    let report = lakewriter_with(
+        &db,
+        &["compact"],
+        &[("COMPACTION__TARGET_FILE_SIZE", "16KiB")],
+    );
+    let after: std::collections::BTreeSet<String> = live_files(&db).into_iter().collect();
+    assert!(
+        after.contains(&late),
+        "the late large file was rewritten: {report}\nbefore: {sizes:?}\nafter: {after:?}"
+    );
+    assert!(
+        after.iter().all(|f| f.starts_with("DATA ")),
+        "delete files left: {after:?}\n{report}"
+    );
+    assert!(
+        after
+            .iter()
+            .filter(|f| **f != late)
+            .all(|f| !after_insert.contains(f)),
+        "a file hit by deletes or a small one is still live: {after:?}\nbefore: {sizes:?}"
+    );
+    assert!(report.contains("1 data files kept"), "{report}");
+    assert_eq!(lake_rows(&db), postgres_rows(&db).await);
+    let verify = lakewriter(&db, &["verify"]);
+    assert!(verify.contains("equal"), "{verify}");
+
+    // nothing left to do: a second pass leaves the table alone
+    let again = lakewriter_with(
+        &db,
+        &["compact"],
+        &[("COMPACTION__TARGET_FILE_SIZE", "16KiB")],
+    );
+    assert!(again.contains("not compacted"), "{again}");
+}
+
+/// In a partitioned table, files are chosen per partition: a delete in one bucket rewrites
+/// that bucket's files only.
+#[tokio::test]
+async fn compact_chooses_files_per_partition() {
+    let db = TestDb::new("compact_partitioned").await;
+    db.psql(&["-v", "rows=4000", "-f", "sql/orders.sql"]);
+    write_config(
+        &db,
+        "[sink.tables.\"public.orders\"]\npartition_by = [\"bucket(4, order_id)\"]\n",
+    );
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    let copied: std::collections::BTreeSet<String> = live_files(&db).into_iter().collect();
+    assert_eq!(copied.len(), 4, "one file per bucket: {copied:?}");
+    db.client()
+        .await
+        .batch_execute("UPDATE orders SET status = 'changed' WHERE order_id = 7")
+        .await
+        .expect("update");
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    let report = lakewriter(&db, &["compact"]);
+    assert!(report.contains("3 data files kept"), "{report}");
+    let after: std::collections::BTreeSet<String> = live_files(&db).into_iter().collect();
+    assert_eq!(
+        after.intersection(&copied).count(),
+        3,
+        "the three buckets without a delete were rewritten: {after:?}"
+    );
+    assert!(
+        after.iter().all(|f| f.starts_with("DATA ")),
+        "delete files left: {after:?}"
+    );
+    assert_eq!(after.len(), 4, "{after:?}");
     assert_eq!(lake_rows(&db), postgres_rows(&db).await);
 }

@@ -352,6 +352,11 @@ pub struct CompactionConfig {
     /// Data files that this many equality-delete files apply to are rewritten. Default: `1`.
     #[serde(default = "defaults::one")]
     pub min_delete_files: usize,
+    /// Input bytes read and sorted at once: a partition with more files to rewrite is
+    /// rewritten in several groups. Sorting holds a group's live rows in Arrow, several times
+    /// its Parquet size. Default: `"512MiB"`.
+    #[serde(default = "defaults::group_size")]
+    pub group_size: ByteSize,
     /// Sort rewritten files by the table's key. Default: `true`.
     #[serde(default = "defaults::yes")]
     pub sort_by_key: bool,
@@ -374,6 +379,7 @@ impl Default for CompactionConfig {
             target_file_size: None,
             small_file_ratio: defaults::small_file_ratio(),
             min_delete_files: defaults::one(),
+            group_size: defaults::group_size(),
             sort_by_key: true,
             snapshot_retention: defaults::snapshot_retention(),
             keep_snapshots: defaults::keep_snapshots(),
@@ -463,6 +469,9 @@ mod defaults {
     }
     pub fn compaction_interval() -> Span {
         Span::secs(3600)
+    }
+    pub fn group_size() -> ByteSize {
+        ByteSize::mib(512)
     }
     pub fn small_file_ratio() -> f64 {
         0.75

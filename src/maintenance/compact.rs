@@ -1,26 +1,32 @@
-//! `lakewriter compact`: rewrites a table's data files with its equality deletes applied, so
-//! reads stop paying for deletes and small files, safe beside a running writer.
+//! `lakewriter compact`: rewrites the data files that slow reads down — small ones, and ones
+//! hit by equality deletes — with the deletes applied, safely beside a running writer.
 //!
-//! Per table: when it has equality-delete files (at least `min_delete_files`) or at least two
-//! data files smaller than `small_file_ratio` of the target size, its current snapshot is read
-//! through the same merge-on-read plan `query` uses, sorted by key (`sort_by_key`), written to
-//! files of the target size, and committed as a `replace` snapshot (DESIGN.md invariant 8):
+//! Per table, per partition ([`plan`]):
+//! - a data file is chosen when at least `min_delete_files` equality-delete files apply to it
+//!   (same partition, later sequence number), or when it is smaller than `small_file_ratio`
+//!   of the target size and there is something to merge it with (another small file, or a
+//!   file being rewritten anyway in that partition);
+//! - the chosen files are read in groups of at most `group_size` bytes, through the same
+//!   merge-on-read plan `query` uses, sorted by key (`sort_by_key`), and written to files of
+//!   the target size;
+//! - a delete file is removed when no data file left after the rewrite is older than it in
+//!   its partition: it applies to nothing any more.
+//!
+//! Everything is committed as one `replace` snapshot (DESIGN.md invariant 8):
 //! - the new files keep the data sequence number of the snapshot that was read, so equality
-//!   deletes the writer commits meanwhile (with higher sequence numbers) still apply to them;
-//! - every data and delete file live in that snapshot is removed: the rewritten data is in the
-//!   new files, and a delete file of that snapshot applies to no file with its sequence number
-//!   or a later one;
-//! - the writer's commits that landed meanwhile stay; one that removed a rewritten file (a
-//!   truncate, another rewrite) or changed the schema makes the rewrite read the table again
-//!   (three tries), then give up, leaving the table as it was;
+//!   deletes the writer commits meanwhile (with higher sequence numbers) still apply to them,
+//!   and the deletes already applied (sequence numbers up to it) do not apply again;
+//! - the writer's commits that landed meanwhile stay; one that removed a file the rewrite
+//!   replaces (a truncate, another rewrite) or changed the schema makes the rewrite read the
+//!   table again (three tries), then give up, leaving the table as it was;
 //! - the snapshot carries the table's latest `lakewriter.lsn`.
 //!
 //! Then [`super::cleanup`] expires old snapshots and removes orphan files.
 //!
-//! The whole table is rewritten at once and sorted in memory: expect memory about the size of
-//! the table's live rows in Arrow (`sort_by_key = false` streams instead).
+//! A group is sorted in memory: expect about its live rows in Arrow, several times its
+//! Parquet bytes (`sort_by_key = false` streams instead).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -35,7 +41,7 @@ use crate::maintenance::cleanup::{Cleanup, clean_table};
 use crate::progress::Progress;
 use crate::sink::iceberg::{IcebergSink, Rewrite, catalog_error, file_io, is_conflict, lake_table};
 use crate::table::TableId;
-use crate::verify::lake::{live_files, register_object_store, table_frame};
+use crate::verify::lake::{LiveFile, LiveFiles, files_frame, live_files, register_object_store};
 
 /// Attempts per table when commits of others keep changing what it read.
 const ATTEMPTS: usize = 3;
@@ -53,6 +59,8 @@ pub struct Outcome {
     pub delete_files_in: usize,
     /// Bytes of the files replaced.
     pub bytes_in: u64,
+    /// Data files left as they were.
+    pub data_files_kept: usize,
     /// Data files written, and their bytes.
     pub data_files_out: usize,
     /// Bytes written.
@@ -108,6 +116,7 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
                 data_files_in = outcome.data_files_in,
                 delete_files_in = outcome.delete_files_in,
                 bytes_in = outcome.bytes_in,
+                data_files_kept = outcome.data_files_kept,
                 data_files_out = outcome.data_files_out,
                 bytes_out = outcome.bytes_out,
                 rows = outcome.rows,
@@ -143,90 +152,109 @@ async fn compact_table(
         let metadata = TableMetadata::read_from(io, &pointer.metadata_location)
             .await
             .map_err(|e| sink_error(lake, format!("read {}: {e}", pointer.metadata_location)))?;
-        let Some(snapshot) = metadata.current_snapshot() else {
+        let Some(snapshot) = metadata.current_snapshot().cloned() else {
             outcome.skipped = Some("the table has no snapshot".into());
             return Ok(outcome);
         };
         let files = live_files(io, lake, &metadata).await?;
-        let deletes: Vec<_> = files.deletes.values().flatten().collect();
-        let target = config.sink.target_file_size.bytes() as f64;
-        let small = files
-            .data
-            .iter()
-            .filter(|f| (f.size as f64) < config.compaction.small_file_ratio * target)
-            .count();
-        if deletes.len() < config.compaction.min_delete_files.max(1) && small < 2 {
+        let target = config.sink.target_file_size.bytes();
+        let plan = plan(
+            &files,
+            (config.compaction.small_file_ratio * target as f64) as u64,
+            config.compaction.min_delete_files,
+            config.compaction.group_size.bytes(),
+        );
+        if plan.groups.is_empty() && plan.obsolete_deletes.is_empty() {
             outcome.skipped = Some(format!(
-                "{} data files ({small} small), {} delete files: nothing to rewrite",
+                "{} data files, {} delete files: nothing to rewrite",
                 files.data.len(),
-                deletes.len()
+                files.deletes.values().map(Vec::len).sum::<usize>()
             ));
             return Ok(outcome);
         }
 
         let ctx = SessionContext::new();
         register_object_store(config, &ctx)?;
-        let (info, frame) =
-            table_frame(&ctx, io, lake, &pointer.metadata_location, &metadata).await?;
-        let frame = if config.compaction.sort_by_key && !info.key.is_empty() {
-            frame
-                .sort(
-                    info.key
-                        .iter()
-                        .map(|k| col(format!("\"{}\"", k.replace('"', "\"\""))).sort(true, true))
-                        .collect(),
-                )
-                .map_err(|e| sink_error(lake, format!("plan the sort: {e}")))?
-        } else {
-            frame
+        let key: Vec<String> = {
+            let schema = metadata.current_schema();
+            schema
+                .identifier_field_ids()
+                .filter_map(|id| schema.name_by_field_id(id).map(str::to_string))
+                .collect()
         };
-        let total = snapshot
-            .summary()
-            .additional_properties
-            .get("total-records")
-            .and_then(|t| t.parse().ok());
-        let bar = progress.table("compact", &lake.to_string(), total);
-        let mut stream = frame
-            .execute_stream()
-            .await
-            .map_err(|e| sink_error(lake, format!("read the table: {e}")))?;
+        let chosen: Vec<&LiveFile> = plan.groups.iter().flatten().collect();
+        let total = chosen.iter().map(|f| f.records).sum();
+        let bar = progress.table("compact", &lake.to_string(), Some(total));
         // files are written a chunk at a time: about one target-size file of Parquet from
         // several times its size in Arrow
-        let chunk_bytes = (4.0 * target) as usize;
-        let (mut chunk, mut bytes, mut rows) = (Vec::<RecordBatch>::new(), 0usize, 0u64);
+        let chunk_bytes = 4 * target as usize;
+        let mut rows = 0u64;
         let mut written: Vec<DataFile> = Vec::new();
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|e| sink_error(lake, format!("read the table: {e}")))?;
-            rows += batch.num_rows() as u64;
-            bar.add(batch.num_rows() as u64);
-            bytes += batch.get_array_memory_size();
-            chunk.push(batch);
-            if bytes >= chunk_bytes {
-                written.extend(
-                    sink.write_data(lake, &metadata, std::mem::take(&mut chunk))
-                        .await?,
-                );
-                bytes = 0;
+        for group in &plan.groups {
+            let partition = &group[0].partition;
+            let subset = LiveFiles {
+                data: group.clone(),
+                deletes: files
+                    .deletes
+                    .iter()
+                    .map(|(ids, deletes)| {
+                        let deletes = deletes
+                            .iter()
+                            .filter(|d| &d.partition == partition)
+                            .cloned()
+                            .collect();
+                        (ids.clone(), deletes)
+                    })
+                    .collect(),
+            };
+            let frame = files_frame(&ctx, lake, &metadata, &subset).await?;
+            let frame = if config.compaction.sort_by_key && !key.is_empty() {
+                frame
+                    .sort(
+                        key.iter()
+                            .map(|k| {
+                                col(format!("\"{}\"", k.replace('"', "\"\""))).sort(true, true)
+                            })
+                            .collect(),
+                    )
+                    .map_err(|e| sink_error(lake, format!("plan the sort: {e}")))?
+            } else {
+                frame
+            };
+            let mut stream = frame
+                .execute_stream()
+                .await
+                .map_err(|e| sink_error(lake, format!("read the table: {e}")))?;
+            let (mut chunk, mut bytes) = (Vec::<RecordBatch>::new(), 0usize);
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|e| sink_error(lake, format!("read the table: {e}")))?;
+                rows += batch.num_rows() as u64;
+                bar.add(batch.num_rows() as u64);
+                bytes += batch.get_array_memory_size();
+                chunk.push(batch);
+                if bytes >= chunk_bytes {
+                    written.extend(
+                        sink.write_data(lake, &metadata, std::mem::take(&mut chunk))
+                            .await?,
+                    );
+                    bytes = 0;
+                }
+            }
+            if !chunk.is_empty() {
+                written.extend(sink.write_data(lake, &metadata, chunk).await?);
             }
         }
-        if !chunk.is_empty() {
-            written.extend(sink.write_data(lake, &metadata, chunk).await?);
-        }
         bar.finish();
-        let removes: HashSet<String> = files
-            .data
+        let replaced: Vec<&LiveFile> = chosen
             .iter()
-            .chain(deletes.iter().copied())
-            .map(|f| f.path.clone())
+            .copied()
+            .chain(plan.obsolete_deletes.iter())
             .collect();
-        outcome.data_files_in = files.data.len();
-        outcome.delete_files_in = deletes.len();
-        outcome.bytes_in = files
-            .data
-            .iter()
-            .chain(deletes.iter().copied())
-            .map(|f| f.size)
-            .sum();
+        let removes: HashSet<String> = replaced.iter().map(|f| f.path.clone()).collect();
+        outcome.data_files_in = chosen.len();
+        outcome.delete_files_in = plan.obsolete_deletes.len();
+        outcome.bytes_in = replaced.iter().map(|f| f.size).sum();
+        outcome.data_files_kept = files.data.len() - chosen.len();
         outcome.data_files_out = written.len();
         outcome.bytes_out = written.iter().map(|f| f.file_size_in_bytes()).sum();
         outcome.rows = rows;
@@ -258,6 +286,68 @@ async fn compact_table(
     Err(sink_error(lake, "the rewrite kept losing to other commits"))
 }
 
+/// What one compaction of a table rewrites.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Plan {
+    /// Data files read and written together: each group in one partition, at most the group
+    /// size in bytes (or one file larger than that).
+    pub groups: Vec<Vec<LiveFile>>,
+    /// Delete files that apply to no data file left after the rewrite.
+    pub obsolete_deletes: Vec<LiveFile>,
+}
+
+/// Chooses the data files to rewrite and the delete files that go with them (see the module
+/// documentation). An equality delete applies to a data file of its partition with a smaller
+/// data sequence number — the Iceberg rule for a table with one partition spec, which is all
+/// lakewriter creates.
+pub(crate) fn plan(
+    files: &LiveFiles,
+    small_below: u64,
+    min_delete_files: usize,
+    group_size: u64,
+) -> Plan {
+    let mut partitions: BTreeMap<&str, (Vec<&LiveFile>, Vec<&LiveFile>)> = BTreeMap::new();
+    for file in &files.data {
+        partitions.entry(&file.partition).or_default().0.push(file);
+    }
+    for file in files.deletes.values().flatten() {
+        partitions.entry(&file.partition).or_default().1.push(file);
+    }
+    let mut plan = Plan::default();
+    for (data, deletes) in partitions.values() {
+        let hit = |f: &LiveFile| {
+            deletes.iter().filter(|d| f.sequence < d.sequence).count() >= min_delete_files.max(1)
+        };
+        let small = |f: &LiveFile| f.size < small_below;
+        let worth = data.iter().any(|f| hit(f)) || data.iter().filter(|f| small(f)).count() >= 2;
+        let (mut chosen, kept): (Vec<&LiveFile>, Vec<&LiveFile>) = data
+            .iter()
+            .copied()
+            .partition(|f| worth && (hit(f) || small(f)));
+        plan.obsolete_deletes.extend(
+            deletes
+                .iter()
+                .filter(|d| !kept.iter().any(|f| f.sequence < d.sequence))
+                .map(|d| (*d).clone()),
+        );
+        chosen.sort_by(|a, b| (a.sequence, &a.path).cmp(&(b.sequence, &b.path)));
+        let mut group: Vec<LiveFile> = Vec::new();
+        let mut bytes = 0u64;
+        for file in chosen {
+            if !group.is_empty() && bytes + file.size > group_size {
+                plan.groups.push(std::mem::take(&mut group));
+                bytes = 0;
+            }
+            bytes += file.size;
+            group.push(file.clone());
+        }
+        if !group.is_empty() {
+            plan.groups.push(group);
+        }
+    }
+    plan
+}
+
 /// Prints what compaction did, one line per table.
 pub fn print(outcomes: &[Outcome]) {
     for o in outcomes {
@@ -269,7 +359,7 @@ pub fn print(outcomes: &[Outcome]) {
             Some(why) => println!("{}: not compacted ({why}){cleaned}", o.table),
             None => println!(
                 "{}: {} data + {} delete files ({} bytes) → {} data files ({} bytes), {} rows, \
-                 {:.1}s{cleaned}",
+                 {} data files kept, {:.1}s{cleaned}",
                 o.table,
                 o.data_files_in,
                 o.delete_files_in,
@@ -277,6 +367,7 @@ pub fn print(outcomes: &[Outcome]) {
                 o.data_files_out,
                 o.bytes_out,
                 o.rows,
+                o.data_files_kept,
                 o.duration.as_secs_f64()
             ),
         }
@@ -288,5 +379,131 @@ fn sink_error(table: &CatalogTable, message: impl Into<String>) -> Error {
         table: table.to_string(),
         message: message.into(),
         retryable: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, partition: &str, sequence: i64, size: u64) -> LiveFile {
+        LiveFile {
+            path: path.into(),
+            sequence,
+            partition: partition.into(),
+            size,
+            records: size,
+        }
+    }
+
+    fn files(data: Vec<LiveFile>, deletes: Vec<LiveFile>) -> LiveFiles {
+        LiveFiles {
+            data,
+            deletes: BTreeMap::from([(vec![1], deletes)]),
+        }
+    }
+
+    fn paths(plan: &Plan) -> (Vec<Vec<&str>>, Vec<&str>) {
+        (
+            plan.groups
+                .iter()
+                .map(|g| g.iter().map(|f| f.path.as_str()).collect())
+                .collect(),
+            plan.obsolete_deletes
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_large_file_no_delete_applies_to_is_kept_and_the_deletes_go() {
+        // d1 (seq 2) applies to `old` (seq 1) and `small` (seq 1), not to `big` (seq 3)
+        let plan = plan(
+            &files(
+                vec![
+                    file("old", "p", 1, 1000),
+                    file("small", "p", 1, 10),
+                    file("big", "p", 3, 1000),
+                ],
+                vec![file("d1", "p", 2, 5)],
+            ),
+            100,
+            1,
+            10_000,
+        );
+        assert_eq!(paths(&plan), (vec![vec!["old", "small"]], vec!["d1"]));
+    }
+
+    #[test]
+    fn a_delete_file_stays_while_a_kept_file_is_older() {
+        // with two deletes needed, `old` (hit by d2 only) is kept, so d2 stays; d1 applies to
+        // nothing left once `older` is rewritten
+        let plan = plan(
+            &files(
+                vec![file("older", "p", 1, 1000), file("old", "p", 2, 1000)],
+                vec![file("d1", "p", 2, 5), file("d2", "p", 3, 5)],
+            ),
+            100,
+            2,
+            10_000,
+        );
+        assert_eq!(paths(&plan), (vec![vec!["older"]], vec!["d1"]));
+    }
+
+    #[test]
+    fn one_small_file_alone_is_not_rewritten_but_two_are() {
+        let alone = plan(
+            &files(
+                vec![file("a", "p", 1, 10), file("big", "p", 1, 1000)],
+                vec![],
+            ),
+            100,
+            1,
+            10_000,
+        );
+        assert_eq!(alone, Plan::default());
+        let two = plan(
+            &files(
+                vec![
+                    file("a", "p", 1, 10),
+                    file("b", "p", 2, 10),
+                    file("c", "q", 2, 10),
+                ],
+                vec![],
+            ),
+            100,
+            1,
+            10_000,
+        );
+        // `c` is alone in its partition
+        assert_eq!(paths(&two), (vec![vec!["a", "b"]], vec![]));
+    }
+
+    #[test]
+    fn deletes_only_apply_within_their_partition() {
+        let plan = plan(
+            &files(
+                vec![file("p1", "p", 1, 1000), file("q1", "q", 1, 1000)],
+                vec![file("dq", "q", 2, 5), file("dr", "r", 2, 5)],
+            ),
+            100,
+            1,
+            10_000,
+        );
+        // `dr` has no data file in its partition: it applies to nothing
+        assert_eq!(paths(&plan), (vec![vec!["q1"]], vec!["dq", "dr"]));
+    }
+
+    #[test]
+    fn chosen_files_are_split_into_groups_of_the_group_size() {
+        let data = (1..=5)
+            .map(|i| file(&format!("f{i}"), "p", i, 40))
+            .collect();
+        let plan = plan(&files(data, vec![]), 100, 1, 100);
+        assert_eq!(
+            paths(&plan).0,
+            vec![vec!["f1", "f2"], vec!["f3", "f4"], vec!["f5"]]
+        );
     }
 }

@@ -56,7 +56,7 @@ pub struct LakeTable {
 }
 
 /// A live file of the current snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LiveFile {
     pub path: String,
     /// Its data sequence number.
@@ -64,10 +64,12 @@ pub(crate) struct LiveFile {
     /// The partition spec id and the partition tuple, as one comparable text.
     pub partition: String,
     pub size: u64,
+    /// Rows it holds (before any delete).
+    pub records: u64,
 }
 
 /// The files of a table's current snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct LiveFiles {
     pub data: Vec<LiveFile>,
     /// Equality deletes, by their equality field ids.
@@ -174,6 +176,23 @@ pub(crate) async fn table_frame(
         data_files: files.data.len(),
         delete_files: files.deletes.values().map(Vec::len).sum(),
     };
+    let frame = files_frame(ctx, name, metadata, &files).await?;
+    Ok((table, frame))
+}
+
+/// The plan of the rows of `files.data` that `files.deletes` leave, in the table's current
+/// schema: a subset of a snapshot's files, as `compact` rewrites them.
+pub(crate) async fn files_frame(
+    ctx: &SessionContext,
+    name: &CatalogTable,
+    metadata: &TableMetadata,
+    files: &LiveFiles,
+) -> Result<DataFrame> {
+    let iceberg_schema = metadata.current_schema();
+    let schema = plain(
+        &schema_to_arrow_schema(iceberg_schema)
+            .map_err(|e| sink_error(name, format!("convert the schema to Arrow: {e}")))?,
+    );
     let columns: Vec<Expr> = schema
         .fields()
         .iter()
@@ -182,10 +201,9 @@ pub(crate) async fn table_frame(
     let mut data = match read_groups(ctx, name, &files.data, &schema, SEQUENCE, PARTITION).await? {
         Some(data) => data,
         None => {
-            let empty = ctx
+            return ctx
                 .read_batch(RecordBatch::new_empty(schema.clone()))
-                .map_err(|e| df_error(name, "plan an empty table", e))?;
-            return Ok((table, empty));
+                .map_err(|e| df_error(name, "plan an empty table", e));
         }
     };
     for (ids, deletes) in &files.deletes {
@@ -237,10 +255,8 @@ pub(crate) async fn table_frame(
             .join_on(frame, JoinType::LeftAnti, on)
             .map_err(|e| df_error(name, "plan the merge-on-read", e))?;
     }
-    let data = data
-        .select(columns)
-        .map_err(|e| df_error(name, "plan the projection", e))?;
-    Ok((table, data))
+    data.select(columns)
+        .map_err(|e| df_error(name, "plan the projection", e))
 }
 
 /// Reads `files` grouped by sequence number and partition, each group tagged with both, as
@@ -331,6 +347,7 @@ pub(crate) async fn live_files(
                 sequence,
                 partition: format!("{}/{:?}", manifest_file.partition_spec_id, file.partition()),
                 size: file.file_size_in_bytes(),
+                records: file.record_count(),
             };
             match (manifest_file.content, file.content_type()) {
                 (ManifestContentType::Data, _) => files.data.push(live),

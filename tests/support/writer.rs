@@ -7,10 +7,21 @@ use std::time::{Duration, Instant};
 
 use super::{TestDb, project_dir, stack};
 
-/// The test database's config file for the writer (a 300 ms flush latency), written out.
+/// The test database's config file for the writer (a 300 ms flush latency), written out
+/// the first time (see [`write_config`]).
 pub fn config_path(db: &TestDb) -> std::path::PathBuf {
     let path = db.warehouse.path().join("lakewriter.toml");
-    let text = db.config_toml("[flush]\nmax_latency = \"300ms\"\n");
+    if path.exists() {
+        return path;
+    }
+    write_config(db, "")
+}
+
+/// Writes the test database's config file with `extra` TOML appended (table sections, say),
+/// for every command the test runs after.
+pub fn write_config(db: &TestDb, extra: &str) -> std::path::PathBuf {
+    let path = db.warehouse.path().join("lakewriter.toml");
+    let text = db.config_toml(&format!("{extra}\n[flush]\nmax_latency = \"300ms\"\n"));
     std::fs::write(&path, text).expect("write config");
     path
 }
