@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, TableErrorPolicy, TableMode};
@@ -353,51 +352,56 @@ async fn copy_into_lake<S: Sink>(
         })
         .await
     });
-    let chunk_bytes = config.flush.max_bytes.bytes() as usize;
     let now_micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
-    let mut first = true;
-    let mut chunk: Vec<RecordBatch> = Vec::new();
-    let mut bytes = 0usize;
-    while let Some(rows) = rx.recv().await {
-        let rows = match state.mode {
-            TableMode::Upsert => rows.rows,
-            TableMode::Changelog => {
-                changelog::snapshot_rows(&state.schema, &target, &rows.rows, rows.lsn, now_micros)?
-            }
-        };
-        bytes += rows.get_array_memory_size();
-        chunk.push(rows);
-        if bytes >= chunk_bytes {
-            sink.commit(TableDelta {
+    // Each batch is written as it arrives, into files that stay uncommitted, while the copy
+    // goes on; one commit at the end takes them all in. An interrupted copy leaves only
+    // orphan files and the table without a checkpoint, so the next start copies it again.
+    let staged: Result<()> = async {
+        while let Some(rows) = rx.recv().await {
+            let rows = match state.mode {
+                TableMode::Upsert => rows.rows,
+                TableMode::Changelog => changelog::snapshot_rows(
+                    &state.schema,
+                    &target,
+                    &rows.rows,
+                    rows.lsn,
+                    now_micros,
+                )?,
+            };
+            sink.stage(TableDelta {
                 table: table.clone(),
                 schema: target.clone(),
-                truncate: first,
+                truncate: false,
                 deletes: Vec::new(),
-                rows: std::mem::take(&mut chunk),
+                rows: vec![rows],
                 lsn: None,
             })
             .await?;
-            first = false;
-            bytes = 0;
         }
+        Ok(())
     }
-    match copying.await {
-        Ok(result) => result?,
-        Err(e) => {
-            return Err(Error::Source {
-                message: format!("snapshot of {table}: the copy task failed: {e}"),
-            });
-        }
+    .await;
+    // on an error here the copy stops at its next send, the receiver gone
+    drop(rx);
+    let copied = match copying.await {
+        Ok(result) => result.map(|_| ()),
+        Err(e) => Err(Error::Source {
+            message: format!("snapshot of {table}: the copy task failed: {e}"),
+        }),
     };
+    if let Err(e) = staged.and(copied) {
+        sink.discard_staged(&table);
+        return Err(e);
+    }
     sink.commit(TableDelta {
         table: table.clone(),
         schema: target,
-        truncate: first,
+        truncate: true,
         deletes: Vec::new(),
-        rows: chunk,
+        rows: Vec::new(),
         lsn: Some(session.snapshot.lsn),
     })
     .await?;

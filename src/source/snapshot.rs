@@ -124,7 +124,9 @@ pub struct CopySettings {
     pub batch_rows: usize,
     /// COPY streams for one table at once.
     pub parallelism: usize,
-    /// A table is split into page ranges only above this many pages (8 KiB each).
+    /// The most pages (8 KiB each) one COPY of a large table reads: a table is split into
+    /// page ranges of at most this many (and into `parallelism` ranges at least, once it has
+    /// more than 1024 pages).
     pub pages_per_range: u32,
     /// Type mapping options.
     pub type_options: TypeOptions,
@@ -181,6 +183,9 @@ pub async fn estimated_rows(
         .map(|n| n as u64))
 }
 
+/// Tables up to this many pages (8 KiB each) are copied in one stream.
+const MIN_SPLIT_PAGES: i64 = 1024;
+
 /// Copies `schema`'s table as it is in `snapshot`, handing batches to `out` (whose bound gives
 /// back-pressure). Returns the number of rows. `progress` is told the rows as they come.
 pub async fn copy_table(
@@ -214,13 +219,16 @@ pub async fn copy_table(
     drop(client);
     // TID range scans (PostgreSQL 14) make page ranges cheap; before that each range would scan
     // the whole table.
-    let per_range = i64::from(settings.pages_per_range.max(1));
+    // A table is split into at least `parallelism` ranges once it is worth it (more than
+    // `MIN_SPLIT_PAGES`), and into ranges of at most `pages_per_range` pages.
+    let max_per_range = i64::from(settings.pages_per_range.max(1));
     let ranges: Vec<(Option<i64>, Option<i64>)> = if version >= 140_000
         && !partitioned
         && settings.parallelism > 1
-        && pages > 2 * per_range
+        && pages > MIN_SPLIT_PAGES
     {
-        let count = (pages + per_range - 1) / per_range;
+        let count = ((pages + max_per_range - 1) / max_per_range).max(settings.parallelism as i64);
+        let per_range = (pages + count - 1) / count;
         (0..count)
             .map(|i| {
                 let start = i * per_range;

@@ -3,6 +3,9 @@
 //! and rolled at the target size — iceberg's writer layers, fed batches conformed to the lake
 //! table's layout.
 
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+
 use arrow::array::{RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::compute::cast;
 use arrow::datatypes::SchemaRef as ArrowSchemaRef;
@@ -40,10 +43,23 @@ pub(super) struct FileWriter<'a> {
 impl FileWriter<'_> {
     /// Writes `batches` (in the lake layout, [`conform`]ed) as data files.
     pub async fn write_rows(&self, batches: Vec<RecordBatch>) -> iceberg::Result<Vec<DataFile>> {
+        let mut writer = self.open_rows().await?;
+        for batch in &batches {
+            writer.write(batch).await?;
+        }
+        writer.close().await
+    }
+
+    /// A data-file writer to feed batches (in the lake layout, [`conform`]ed) over several
+    /// calls.
+    pub async fn open_rows(&self) -> iceberg::Result<OpenRows> {
         let schema = self.metadata.current_schema().clone();
         let parquet = ParquetFileBuilder::new(self.writer_properties(), &schema)?;
         let builder = DataFileWriterBuilder::new(self.rolling(parquet, "data")?);
-        write_partitioned(builder, self.metadata, &schema, batches).await
+        Ok(OpenRows {
+            writer: Mutex::new(Partitioned::new(builder, self.metadata, &schema).await?),
+            schema_id: schema.schema_id(),
+        })
     }
 
     /// Writes the key columns (`equality_ids`) of `batches` (old rows in the lake layout) as
@@ -137,30 +153,108 @@ async fn write_partitioned<B: IcebergWriterBuilder>(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> iceberg::Result<Vec<DataFile>> {
-    let spec: PartitionSpecRef = metadata.default_partition_spec().clone();
-    // The rolling writer checks the file size between writes, so large batches are fed in
-    // slices for files to roll near the target size.
-    let slices = batches.iter().flat_map(|batch| {
-        (0..batch.num_rows())
-            .step_by(ROWS_PER_WRITE)
-            .map(move |offset| batch.slice(offset, ROWS_PER_WRITE.min(batch.num_rows() - offset)))
-    });
-    if spec.is_unpartitioned() {
-        let mut writer = builder.build(None).await?;
-        for slice in slices {
-            writer.write(slice).await?;
-        }
-        return writer.close().await;
-    }
-    let splitter =
-        RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec)?;
-    let mut writer = FanoutWriter::new(builder);
-    for slice in slices {
-        for (key, part) in splitter.split(&slice)? {
-            writer.write(key, part).await?;
-        }
+    let mut writer = Partitioned::new(builder, metadata, schema).await?;
+    for batch in &batches {
+        writer.write(batch).await?;
     }
     writer.close().await
+}
+
+/// The data-file writer of a table, kept open from one staged part to the next so the parts
+/// of a large transaction (or an initial snapshot's batches) fill files of the target size
+/// while the next rows are still being read, instead of a few small files per part.
+pub(super) struct OpenRows {
+    /// Never locked: only reached through `&mut self` (`get_mut`), the mutex makes the sink
+    /// `Sync` although a file upload is not.
+    writer: Mutex<Partitioned<RowsBuilder>>,
+    /// The schema the files are written in: a schema change closes the writer first.
+    pub schema_id: i32,
+}
+
+impl OpenRows {
+    /// Writes `batch` (in the lake layout, [`conform`]ed).
+    pub async fn write(&mut self, batch: &RecordBatch) -> iceberg::Result<()> {
+        self.writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .write(batch)
+            .await
+    }
+
+    /// Closes the last files and returns every file written.
+    pub async fn close(self) -> iceberg::Result<Vec<DataFile>> {
+        self.writer
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .close()
+            .await
+    }
+}
+
+impl fmt::Debug for OpenRows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenRows")
+            .field("schema_id", &self.schema_id)
+            .finish()
+    }
+}
+
+type RowsBuilder =
+    DataFileWriterBuilder<ParquetFileBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// One writer for an unpartitioned table, one per partition value otherwise.
+enum Partitioned<B: IcebergWriterBuilder> {
+    Plain(B::R),
+    Fanout(Box<Fanout<B>>),
+}
+
+struct Fanout<B: IcebergWriterBuilder> {
+    writer: FanoutWriter<B>,
+    splitter: RecordBatchPartitionSplitter,
+}
+
+impl<B: IcebergWriterBuilder> Partitioned<B> {
+    async fn new(
+        builder: B,
+        metadata: &TableMetadata,
+        schema: &SchemaRef,
+    ) -> iceberg::Result<Self> {
+        let spec: PartitionSpecRef = metadata.default_partition_spec().clone();
+        if spec.is_unpartitioned() {
+            return Ok(Partitioned::Plain(builder.build(None).await?));
+        }
+        Ok(Partitioned::Fanout(Box::new(Fanout {
+            writer: FanoutWriter::new(builder),
+            splitter: RecordBatchPartitionSplitter::try_new_with_computed_values(
+                schema.clone(),
+                spec,
+            )?,
+        })))
+    }
+
+    /// Writes `batch`, in slices: the rolling writer checks the file size between writes, so
+    /// files roll near the target size.
+    async fn write(&mut self, batch: &RecordBatch) -> iceberg::Result<()> {
+        for offset in (0..batch.num_rows()).step_by(ROWS_PER_WRITE) {
+            let slice = batch.slice(offset, ROWS_PER_WRITE.min(batch.num_rows() - offset));
+            match self {
+                Partitioned::Plain(writer) => writer.write(slice).await?,
+                Partitioned::Fanout(fanout) => {
+                    for (key, part) in fanout.splitter.split(&slice)? {
+                        fanout.writer.write(key, part).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(self) -> iceberg::Result<Vec<DataFile>> {
+        match self {
+            Partitioned::Plain(mut writer) => writer.close().await,
+            Partitioned::Fanout(fanout) => fanout.writer.close().await,
+        }
+    }
 }
 
 /// Rows handed to a file writer at once.

@@ -169,6 +169,9 @@ struct TableState {
     layout: TableLayout,
     /// Files written for the next commit (parts of a transaction too large for memory).
     staged: Vec<RowDelta>,
+    /// The data-file writer staged rows go to, left open until the commit so they fill files
+    /// of the target size.
+    open_rows: Option<files::OpenRows>,
 }
 
 /// The Iceberg [`Sink`] over catalog `C` (Glue or SQLite: [`LakeCatalog`] picks from the
@@ -535,22 +538,29 @@ impl<C: Catalog> IcebergSink<C> {
             .collect()
     }
 
-    /// Writes the delta's files against the table as it is now.
-    async fn write_files(&self, state: &TableState, delta: &TableDelta) -> Result<RowDelta> {
+    /// `batches` in the layout of the table as it is now ([`files::conform`]), empty ones
+    /// left out.
+    fn conformed(&self, state: &TableState, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(Vec::new());
+        }
         let lake = &state.lake;
         let arrow = Arc::new(
             schema_to_arrow_schema(state.metadata.current_schema())
                 .map_err(|e| iceberg_error(lake, "convert the schema to Arrow", e))?,
         );
-        let conform = |batches: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
-            batches
-                .iter()
-                .filter(|b| b.num_rows() > 0)
-                .map(|b| files::conform(b, &arrow).map_err(|m| sink_error(lake, m)))
-                .collect()
-        };
-        let rows = conform(&delta.rows)?;
-        let deletes = conform(&delta.deletes)?;
+        batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| files::conform(b, &arrow).map_err(|m| sink_error(lake, m)))
+            .collect()
+    }
+
+    /// Writes the delta's files against the table as it is now.
+    async fn write_files(&self, state: &TableState, delta: &TableDelta) -> Result<RowDelta> {
+        let lake = &state.lake;
+        let rows = self.conformed(state, &delta.rows)?;
+        let deletes = self.conformed(state, &delta.deletes)?;
         let commit_id = row_delta::unique_id();
         let writer = FileWriter {
             file_io: &self.file_io,
@@ -603,12 +613,14 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             metadata,
             source: Arc::new(schema.clone()),
             layout: layout.clone(),
-            staged: self
-                .tables
-                .remove(table)
-                .map(|s| s.staged)
-                .unwrap_or_default(),
+            staged: Vec::new(),
+            open_rows: None,
         };
+        if let Some(earlier) = self.tables.remove(table) {
+            state.staged = earlier.staged;
+            state.open_rows = earlier.open_rows;
+            self.close_open_rows(&mut state).await?;
+        }
         // a table without a checkpoint is copied again from scratch: a column whose type changed
         // beyond what Iceberg can widen may then be replaced
         let incomplete = checkpoint(&state.lake, &state.metadata)?.is_none();
@@ -695,6 +707,8 @@ impl<C: Catalog> Sink for IcebergSink<C> {
     fn discard_staged(&mut self, table: &TableId) {
         if let Some(state) = self.tables.get_mut(table) {
             state.staged.clear();
+            // its files, unreferenced, are orphans for cleanup
+            state.open_rows = None;
         }
     }
 
@@ -774,23 +788,90 @@ impl<C: Catalog> IcebergSink<C> {
             .await
     }
 
+    /// Writes `part`'s rows into the table's open data-file writer and its deletes into
+    /// files of their own, all for the next commit.
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
         if !part.schema.same_shape(&state.source) {
+            self.close_open_rows(state).await?;
             self.evolve(state, &part.schema, false).await?;
             state.source = part.schema.clone();
         }
-        let files = self.write_files(state, part).await?;
+        if state
+            .open_rows
+            .as_ref()
+            .is_some_and(|open| open.schema_id != state.metadata.current_schema_id())
+        {
+            self.close_open_rows(state).await?;
+        }
+        let rows = self.conformed(state, &part.rows)?;
+        if !rows.is_empty() {
+            let lake = &state.lake;
+            let open = match &mut state.open_rows {
+                Some(open) => open,
+                None => {
+                    let commit_id = row_delta::unique_id();
+                    let writer = FileWriter {
+                        file_io: &self.file_io,
+                        metadata: &state.metadata,
+                        target_file_size: self.settings.target_file_size,
+                        commit_id: &commit_id,
+                    };
+                    let open = writer
+                        .open_rows()
+                        .await
+                        .map_err(|e| iceberg_error(lake, "open a data file", e))?;
+                    state.open_rows.insert(open)
+                }
+            };
+            for batch in &rows {
+                open.write(batch)
+                    .await
+                    .map_err(|e| iceberg_error(lake, "write data files", e))?;
+            }
+        }
+        if !part.deletes.is_empty() {
+            let deletes = TableDelta {
+                rows: Vec::new(),
+                ..part.clone()
+            };
+            let files = self.write_files(state, &deletes).await?;
+            tracing::debug!(
+                table = %state.lake,
+                delete_files = files.delete_files.len(),
+                "staged delete files for the transaction's commit"
+            );
+            state.staged.push(files);
+        }
+        Ok(())
+    }
+
+    /// Closes the table's open data-file writer, its files staged for the next commit.
+    async fn close_open_rows(&self, state: &mut TableState) -> Result<()> {
+        let Some(open) = state.open_rows.take() else {
+            return Ok(());
+        };
+        let data_files = open
+            .close()
+            .await
+            .map_err(|e| iceberg_error(&state.lake, "write data files", e))?;
         tracing::debug!(
             table = %state.lake,
-            data_files = files.data_files.len(),
-            delete_files = files.delete_files.len(),
-            "staged files for the transaction's commit"
+            data_files = data_files.len(),
+            "staged data files for the transaction's commit"
         );
-        state.staged.push(files);
+        state.staged.push(RowDelta {
+            data_files,
+            delete_files: Vec::new(),
+            spec_id: state.metadata.default_partition_spec_id(),
+            truncate: false,
+            lsn: None,
+            rewrite: None,
+        });
         Ok(())
     }
 
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
+        self.close_open_rows(state).await?;
         if !delta.schema.same_shape(&state.source) {
             self.evolve(state, &delta.schema, false).await?;
             state.source = delta.schema.clone();
