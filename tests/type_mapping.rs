@@ -2,7 +2,8 @@
 //! PostgreSQL's text form (as pgoutput sends them), parsed by `ColumnBuilder`, and compared with
 //! what PostgreSQL computes independently of the text form: epoch microseconds, day numbers,
 //! unscaled integers, the IEEE bits of floats, the bytes of text and bytea, and the elements
-//! `unnest` returns.
+//! `unnest` returns. Each column is also read from binary COPY, as the initial snapshot does,
+//! and must come out the same, refusals included.
 
 // Tests unwrap freely: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -17,9 +18,11 @@ use arrow::datatypes::{
     Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
 };
 use lakewriter::source::Oid;
+use lakewriter::source::copy_binary::{BinaryCopyError, BinaryCopyReader, BinaryRow};
 use lakewriter::source::types::{
     ColumnBuilder, DATE_INFINITY, DATE_NEG_INFINITY, PG_TYPE_METADATA_KEY, PgType,
-    TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, TypeError, TypeOptions, arrow_field, resolve_type,
+    TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, TypeError, TypeOptions, Wire, arrow_field,
+    resolve_type,
 };
 use support::TestDb;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -104,6 +107,48 @@ async fn read_with(client: &Client, table: &str, column: &str, options: &TypeOpt
     let array = builder.finish().expect("finish the column");
     assert_eq!(array.data_type(), field.data_type(), "{column}");
     assert_eq!(array.len() + refused.len(), values.len());
+
+    // the initial snapshot reads binary COPY: the same values, the same refusals
+    let (oid, _) = column_type(client, table, column).await;
+    let wire = Wire::of(oid, field.data_type());
+    let selected = wire.select(oid, column);
+    let stream = client
+        .copy_out(&format!(
+            "COPY (SELECT {selected} FROM {table} ORDER BY id) TO STDOUT (FORMAT binary)"
+        ))
+        .await
+        .expect("binary COPY");
+    futures::pin_mut!(stream);
+    let mut binary = ColumnBuilder::new(&field).expect("a builder for the field");
+    let mut binary_refused = Vec::new();
+    let mut reader = BinaryCopyReader::new(1);
+    let mut row = 0;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let chunk = chunk.expect("binary COPY data");
+        reader
+            .push(
+                &chunk,
+                |fields: BinaryRow<'_>| -> Result<(), BinaryCopyError> {
+                    if binary.append_binary(fields.get(0), wire).is_err() {
+                        binary_refused.push(row);
+                    }
+                    row += 1;
+                    Ok(())
+                },
+            )
+            .expect("binary COPY rows");
+    }
+    reader.finish().expect("the end of binary COPY");
+    let binary = binary.finish().expect("finish the binary column");
+    assert_eq!(
+        binary_refused,
+        refused.iter().map(|(row, _)| *row).collect::<Vec<_>>(),
+        "{column} ({wire:?}): rows refused from binary COPY"
+    );
+    assert_eq!(
+        &binary, &array,
+        "{column} ({wire:?}): binary COPY read differently from the text form"
+    );
     Read {
         field,
         array,

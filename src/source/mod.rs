@@ -5,7 +5,7 @@
 
 pub mod changes;
 pub mod connection;
-pub mod copy;
+pub mod copy_binary;
 pub mod pgoutput;
 pub mod schema;
 pub mod setup;

@@ -18,9 +18,9 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::source::changes::TableSchema;
 use crate::source::connection;
-use crate::source::copy::{CopyError, CopyReader, Row};
+use crate::source::copy_binary::{BinaryCopyError, BinaryCopyReader, BinaryRow};
 use crate::source::schema::SourceTable;
-use crate::source::types::{ColumnBuilder, PgType, TypeOptions, resolve_type};
+use crate::source::types::{ColumnBuilder, PgType, TypeOptions, Wire, resolve_type};
 use crate::table::{TableId, quote_ident, quote_literal};
 
 /// A snapshot exported by the creation of a replication slot: what COPY reads in it is the
@@ -311,10 +311,12 @@ async fn copy_range(
                 e,
             )
         })?;
+    let wires = wires(&schema);
     let columns = schema
         .columns
         .iter()
-        .map(|c| quote_ident(&c.name))
+        .zip(&wires)
+        .map(|(c, wire)| wire.select(c.type_oid, &quote_ident(&c.name)))
         .collect::<Vec<_>>()
         .join(", ");
     let mut conditions = Vec::new();
@@ -325,10 +327,13 @@ async fn copy_range(
         conditions.push(format!("ctid < '({to},0)'::tid"));
     }
     let query = if conditions.is_empty() {
-        format!("COPY (SELECT {columns} FROM {}) TO STDOUT", table.quoted())
+        format!(
+            "COPY (SELECT {columns} FROM {}) TO STDOUT (FORMAT binary)",
+            table.quoted()
+        )
     } else {
         format!(
-            "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT",
+            "COPY (SELECT {columns} FROM {} WHERE {}) TO STDOUT (FORMAT binary)",
             table.quoted(),
             conditions.join(" AND ")
         )
@@ -339,13 +344,13 @@ async fn copy_range(
         .map_err(|e| Error::postgres(format!("COPY table {table}"), e))?;
     futures::pin_mut!(stream);
     let mut batch = RowBatch::new(&schema, settings.batch_rows)?;
-    let mut reader = CopyReader::new();
+    let mut reader = BinaryCopyReader::new(schema.columns.len());
     let mut rows = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| Error::postgres(format!("COPY table {table}"), e))?;
         let mut full = Vec::new();
-        reader.push(&chunk, |row: &Row<'_>| -> Result<()> {
-            batch.append(row)?;
+        reader.push(&chunk, |row: BinaryRow<'_>| -> Result<()> {
+            batch.append(row, &wires)?;
             if batch.len() >= settings.batch_rows {
                 full.push(batch.finish()?);
             }
@@ -391,18 +396,28 @@ async fn send(
     })
 }
 
-fn copy_error(table: &TableId, error: CopyError) -> Error {
+fn copy_error(table: &TableId, error: BinaryCopyError) -> Error {
     Error::Source {
         message: format!("COPY table {table}: {error}"),
     }
 }
 
-impl From<CopyError> for Error {
-    fn from(error: CopyError) -> Self {
+impl From<BinaryCopyError> for Error {
+    fn from(error: BinaryCopyError) -> Self {
         Error::Source {
             message: format!("COPY data: {error}"),
         }
     }
+}
+
+/// How each column of `schema` is read from binary COPY ([`Wire::of`]).
+fn wires(schema: &TableSchema) -> Vec<Wire> {
+    schema
+        .columns
+        .iter()
+        .zip(schema.arrow.fields())
+        .map(|(column, field)| Wire::of(column.type_oid, field.data_type()))
+        .collect()
 }
 
 /// Builders for one batch of a table's rows.
@@ -434,7 +449,7 @@ impl<'a> RowBatch<'a> {
         self.len() == 0
     }
 
-    fn append(&mut self, row: &Row<'_>) -> Result<()> {
+    fn append(&mut self, row: BinaryRow<'_>, wires: &[Wire]) -> Result<()> {
         if row.len() != self.builders.len() {
             return Err(Error::Source {
                 message: format!(
@@ -445,13 +460,15 @@ impl<'a> RowBatch<'a> {
                 ),
             });
         }
-        for (i, builder) in self.builders.iter_mut().enumerate() {
-            builder.append_text(row.get(i)).map_err(|e| Error::Source {
-                message: format!(
-                    "COPY table {}, column {}: {e}",
-                    self.schema.table, self.schema.columns[i].name
-                ),
-            })?;
+        for (i, (builder, wire)) in self.builders.iter_mut().zip(wires).enumerate() {
+            builder
+                .append_binary(row.get(i), *wire)
+                .map_err(|e| Error::Source {
+                    message: format!(
+                        "COPY table {}, column {}: {e}",
+                        self.schema.table, self.schema.columns[i].name
+                    ),
+                })?;
         }
         Ok(())
     }

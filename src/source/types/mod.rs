@@ -16,7 +16,7 @@ mod text;
 
 use std::sync::Arc;
 
-pub use builder::ColumnBuilder;
+pub use builder::{ColumnBuilder, Wire};
 pub use catalog::{PgType, resolve_type};
 pub use mapping::{PG_TYPE_METADATA_KEY, arrow_field};
 pub use text::{DATE_INFINITY, DATE_NEG_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY};

@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use arrow::error::ArrowError;
 
 use super::text::{self, ArrayError, MAX_DECIMAL_PRECISION, Reason};
-use super::{PG_TYPE_METADATA_KEY, TypeError};
+use super::{Oid, PG_TYPE_METADATA_KEY, PgType, TypeError};
 
 /// Appends PostgreSQL text values of one column and finishes them into an Arrow array of the
 /// column's field type (see [`arrow_field`](super::arrow_field)).
@@ -94,6 +94,95 @@ impl From<Reason> for Refused {
         Refused::Reason(reason)
     }
 }
+
+/// How a column's values come in binary COPY: the types decoded here, or their text output
+/// (the column cast to `text` in the query, or a type whose binary form is its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Text output, parsed as [`ColumnBuilder::append_text`] does.
+    Text,
+    /// `bool`: one byte.
+    Bool,
+    /// `int2`: 16-bit big-endian.
+    Int2,
+    /// `int4`: 32-bit big-endian.
+    Int4,
+    /// `int8`: 64-bit big-endian.
+    Int8,
+    /// `float4`: IEEE 754, big-endian.
+    Float4,
+    /// `float8`: IEEE 754, big-endian.
+    Float8,
+    /// `bytea`: the bytes.
+    Bytea,
+    /// `date`: 32-bit days since 2000-01-01.
+    Date,
+    /// `time`: 64-bit microseconds since midnight.
+    Time,
+    /// `timestamp`, `timestamptz`: 64-bit microseconds since 2000-01-01 (UTC).
+    Timestamp,
+    /// `uuid`: 16 bytes.
+    Uuid,
+    /// `numeric` into a decimal: base-10000 digits.
+    Numeric,
+}
+
+impl Wire {
+    /// How a column of PostgreSQL type `oid` mapped to Arrow `data_type` is read from binary
+    /// COPY: decoded when the pair is one the builder decodes, else as its text output (the
+    /// query casts the column to `text` unless its binary form is its text already).
+    pub fn of(oid: Oid, data_type: &DataType) -> Wire {
+        let Some(pg) = PgType::builtin(oid) else {
+            return Wire::Text;
+        };
+        match (pg, data_type) {
+            (PgType::Bool, DataType::Boolean) => Wire::Bool,
+            (PgType::Int2, DataType::Int32) => Wire::Int2,
+            (PgType::Int4, DataType::Int32) => Wire::Int4,
+            (PgType::Int8, DataType::Int64) => Wire::Int8,
+            (PgType::Float4, DataType::Float32) => Wire::Float4,
+            (PgType::Float8, DataType::Float64) => Wire::Float8,
+            (PgType::Bytea, DataType::Binary) => Wire::Bytea,
+            (PgType::Date, DataType::Date32) => Wire::Date,
+            (PgType::Time, DataType::Time64(TimeUnit::Microsecond)) => Wire::Time,
+            (PgType::Timestamp, DataType::Timestamp(TimeUnit::Microsecond, None)) => {
+                Wire::Timestamp
+            }
+            (PgType::Timestamptz, DataType::Timestamp(TimeUnit::Microsecond, Some(_))) => {
+                Wire::Timestamp
+            }
+            (PgType::Uuid, DataType::FixedSizeBinary(16)) => Wire::Uuid,
+            (PgType::Numeric, DataType::Decimal128(_, _)) => Wire::Numeric,
+            _ => Wire::Text,
+        }
+    }
+
+    /// The expression selecting `column` (already quoted) for binary COPY read as `self`: the
+    /// column itself when it is decoded or its binary form is its text (`text`, `varchar`,
+    /// `char(n)`, `name`, `json`), else its text output. That is `format('%s', …)`, which calls
+    /// the type's output function, not a cast to `text`: casts differ from the output for some
+    /// types (`char(n)` loses its padding, `inet` gains a netmask).
+    pub fn select(self, oid: Oid, column: &str) -> String {
+        let raw = self != Wire::Text
+            || matches!(
+                PgType::builtin(oid),
+                Some(PgType::Text | PgType::Varchar | PgType::Bpchar | PgType::Name | PgType::Json)
+            );
+        if raw {
+            column.to_string()
+        } else {
+            format!("CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END")
+        }
+    }
+}
+
+/// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_DAYS: i32 = 10_957;
+/// Microseconds from 1970-01-01 to 2000-01-01.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+const DATE_RANGE: Reason = "a date out of Arrow's range";
+const TIMESTAMP_RANGE: Reason =
+    "a timestamp after 294247-01-10 does not fit 64-bit microseconds since 1970";
 
 /// Arrow offsets are 32-bit: a column's values must stay under 2 GiB per batch.
 const TOO_LARGE: Reason = "the column's batch would exceed 2 GiB; flush smaller batches";
@@ -242,6 +331,25 @@ impl ColumnBuilder {
             }
             Err(Refused::Reason(reason)) => Err(self.refused(text.len(), reason)),
             Err(Refused::Element(error)) => Err(error),
+        }
+    }
+
+    /// Appends one value as binary COPY sends it in `wire` format, or NULL for `None`; like
+    /// [`append_text`](Self::append_text) for [`Wire::Text`]. On error nothing is appended.
+    pub fn append_binary(&mut self, value: Option<&[u8]>, wire: Wire) -> Result<(), TypeError> {
+        let Some(value) = value else {
+            self.append_null();
+            return Ok(());
+        };
+        if wire == Wire::Text {
+            return self.append_text(Some(value));
+        }
+        match self.values.push_binary(value, wire) {
+            Ok(()) => {
+                self.nulls.append_non_null();
+                Ok(())
+            }
+            Err(reason) => Err(self.refused(value.len(), reason)),
         }
     }
 
@@ -395,6 +503,68 @@ impl Values {
             }
             Values::Uuid(values) => values.extend_from_slice(&text::parse_uuid(text)?),
             Values::List(list) => list.push_text(text)?,
+        }
+        Ok(())
+    }
+
+    fn push_binary(&mut self, value: &[u8], wire: Wire) -> Result<(), Reason> {
+        const WRONG: Reason = "a binary value of another type than the column's";
+        const LENGTH: Reason = "a binary value of the wrong length";
+        fn fixed<const N: usize>(value: &[u8]) -> Result<[u8; N], Reason> {
+            value.try_into().map_err(|_| LENGTH)
+        }
+        match (self, wire) {
+            (Values::Boolean(values), Wire::Bool) => values.append(fixed::<1>(value)?[0] != 0),
+            (Values::Int32(values), Wire::Int2) => {
+                values.push(i32::from(i16::from_be_bytes(fixed(value)?)))
+            }
+            (Values::Int32(values), Wire::Int4) => values.push(i32::from_be_bytes(fixed(value)?)),
+            (Values::Int64(values), Wire::Int8) => values.push(i64::from_be_bytes(fixed(value)?)),
+            (Values::Float32(values), Wire::Float4) => {
+                values.push(f32::from_be_bytes(fixed(value)?))
+            }
+            (Values::Float64(values), Wire::Float8) => {
+                values.push(f64::from_be_bytes(fixed(value)?))
+            }
+            (Values::Binary(values), Wire::Bytea) => {
+                values.push(value)?;
+            }
+            (Values::Date32(values), Wire::Date) => {
+                // days since 2000-01-01, infinities at the ends of the range
+                let days = match i32::from_be_bytes(fixed(value)?) {
+                    i32::MAX => text::DATE_INFINITY,
+                    i32::MIN => text::DATE_NEG_INFINITY,
+                    days => days.checked_add(PG_EPOCH_DAYS).ok_or(DATE_RANGE)?,
+                };
+                values.push(days);
+            }
+            (Values::Time64(values), Wire::Time) => values.push(i64::from_be_bytes(fixed(value)?)),
+            (Values::Timestamp { values, .. }, Wire::Timestamp) => {
+                // microseconds since 2000-01-01 00:00 (UTC for timestamptz)
+                let micros = match i64::from_be_bytes(fixed(value)?) {
+                    i64::MAX => text::TIMESTAMP_INFINITY,
+                    i64::MIN => text::TIMESTAMP_NEG_INFINITY,
+                    micros => micros
+                        .checked_add(PG_EPOCH_MICROS)
+                        .filter(|m| *m != text::TIMESTAMP_INFINITY)
+                        .ok_or(TIMESTAMP_RANGE)?,
+                };
+                values.push(micros);
+            }
+            (Values::Uuid(values), Wire::Uuid) => values.extend_from_slice(&fixed::<16>(value)?),
+            (
+                Values::Decimal {
+                    values,
+                    precision,
+                    scale,
+                },
+                Wire::Numeric,
+            ) => {
+                let mut digits = Vec::with_capacity(48);
+                text::numeric_binary_to_text(value, &mut digits)?;
+                values.push(text::parse_decimal(&digits, *precision, *scale)?);
+            }
+            _ => return Err(WRONG),
         }
         Ok(())
     }

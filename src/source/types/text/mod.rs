@@ -184,6 +184,92 @@ pub(super) fn parse_decimal(text: &[u8], precision: u8, scale: u8) -> Result<i12
     Ok(if negative { -value } else { value })
 }
 
+/// Writes `numeric`'s binary form (as `numeric_send` makes it: digit count, weight, sign,
+/// display scale, then base-10000 digits, all big-endian 16-bit) into `out` as the text
+/// [`parse_decimal`] reads, so both formats are held to the same rules.
+pub(super) fn numeric_binary_to_text(binary: &[u8], out: &mut Vec<u8>) -> Result<(), Reason> {
+    const MALFORMED: Reason = "a malformed binary numeric";
+    let word = |i: usize| -> Result<u16, Reason> {
+        binary
+            .get(2 * i..2 * i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or(MALFORMED)
+    };
+    let digits = usize::from(word(0)?);
+    let weight = i32::from(word(1)? as i16);
+    let sign = word(2)?;
+    if binary.len() != 8 + 2 * digits {
+        return Err(MALFORMED);
+    }
+    out.clear();
+    match sign {
+        0x0000 => {}
+        0x4000 => out.push(b'-'),
+        0xC000 => {
+            out.extend_from_slice(b"NaN");
+            return Ok(());
+        }
+        0xD000 => {
+            out.extend_from_slice(b"Infinity");
+            return Ok(());
+        }
+        0xF000 => {
+            out.extend_from_slice(b"-Infinity");
+            return Ok(());
+        }
+        _ => return Err(MALFORMED),
+    }
+    // the digit of base-10000 exponent `e` (weight down to below zero), 0 where none is sent
+    let digit = |e: i32| -> Result<u16, Reason> {
+        let index = weight - e;
+        if index < 0 || index as usize >= digits {
+            return Ok(0);
+        }
+        let d = word(4 + index as usize)?;
+        if d > 9999 {
+            return Err(MALFORMED);
+        }
+        Ok(d)
+    };
+    if weight < 0 {
+        out.push(b'0');
+    } else {
+        let mut leading = true;
+        for e in (0..=weight).rev() {
+            let d = digit(e)?;
+            if leading {
+                if d == 0 && e > 0 {
+                    continue;
+                }
+                let padded = four_digits(d);
+                let first = padded.iter().position(|&b| b != b'0').unwrap_or(3);
+                out.extend_from_slice(&padded[first..]);
+                leading = false;
+            } else {
+                out.extend_from_slice(&four_digits(d));
+            }
+        }
+    }
+    let lowest = weight - digits as i32 + 1;
+    if lowest < 0 {
+        out.push(b'.');
+        for e in (lowest..0).rev() {
+            out.extend_from_slice(&four_digits(digit(e)?));
+        }
+    }
+    Ok(())
+}
+
+/// `d` (below 10000) as four decimal digits, zero-padded.
+fn four_digits(d: u16) -> [u8; 4] {
+    [
+        b'0' + (d / 1000) as u8,
+        b'0' + (d / 100 % 10) as u8,
+        b'0' + (d / 10 % 10) as u8,
+        b'0' + (d % 10) as u8,
+    ]
+}
+
 /// The value of one hexadecimal digit.
 fn hex_digit(byte: u8) -> Option<u8> {
     match byte {

@@ -648,3 +648,37 @@ fn pg_float_f32(value: f32) -> String {
         format!("{mantissa}e{sign}{:02}", exponent.abs())
     }
 }
+
+#[test]
+fn binary_numerics_become_the_text_parse_decimal_reads() {
+    // (digits, weight, sign, dscale, base-10000 digits) → text
+    let cases: &[(&[u16], i16, u16, &str)] = &[
+        (&[], 0, 0x0000, "0"),
+        (&[1], 0, 0x0000, "1"),
+        (&[12, 3400], 0, 0x4000, "-12.3400"),
+        (&[1, 0], 1, 0x0000, "10000"),
+        (&[5], 2, 0x0000, "500000000"),
+        (&[5], -1, 0x0000, "0.0005"),
+        (&[5], -2, 0x0000, "0.00000005"),
+        (&[9999, 9999], 0, 0x0000, "9999.9999"),
+        (&[], 0, 0xC000, "NaN"),
+        (&[], 0, 0xD000, "Infinity"),
+        (&[], 0, 0xF000, "-Infinity"),
+    ];
+    for (digits, weight, sign, text) in cases {
+        let mut binary = Vec::new();
+        binary.extend_from_slice(&(digits.len() as u16).to_be_bytes());
+        binary.extend_from_slice(&weight.to_be_bytes());
+        binary.extend_from_slice(&sign.to_be_bytes());
+        binary.extend_from_slice(&0u16.to_be_bytes());
+        for d in *digits {
+            binary.extend_from_slice(&d.to_be_bytes());
+        }
+        let mut out = Vec::new();
+        numeric_binary_to_text(&binary, &mut out).expect("well-formed");
+        assert_eq!(String::from_utf8_lossy(&out), *text);
+    }
+    let mut out = Vec::new();
+    assert!(numeric_binary_to_text(&[0, 1, 0, 0, 0, 0, 0, 0], &mut out).is_err());
+    assert!(numeric_binary_to_text(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10], &mut out).is_err());
+}
