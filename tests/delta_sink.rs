@@ -1,0 +1,350 @@
+//! The Delta sink in-process against a local warehouse, every outcome read back by DuckDB's
+//! `delta_scan` (an independent reader) and the checkpoint by the `txn` actions of the Delta
+//! log itself: upserts through MERGE, re-keys, a key both deleted and written, staged parts,
+//! truncate, an added column, lookups, and "no checkpoint" after an incomplete commit.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use arrow::array::{Int32Array, RecordBatch, StringArray, Time64MicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use lakewriter::sink::delta::{DeltaSink, checkpoint_app_id};
+use lakewriter::sink::iceberg::lake_table;
+use lakewriter::sink::{Sink, TableDelta, TableLayout};
+use lakewriter::source::changes::{ColumnSchema, TableSchema};
+use lakewriter::source::pgoutput::ReplicaIdentity;
+use lakewriter::source::{Oid, RelationId};
+use lakewriter::table::TableId;
+use lakewriter::{Config, Lsn};
+use support::delta::{delta_query, txn_version};
+
+struct Lake {
+    warehouse: tempfile::TempDir,
+    namespace: String,
+    config: Config,
+}
+
+impl Lake {
+    fn new(label: &str) -> Lake {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let namespace = format!(
+            "delta_{label}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let warehouse = tempfile::tempdir().expect("a temporary warehouse");
+        let text = format!(
+            "[source]\ndatabase = \"unused\"\n\n[sink]\nformat = \"delta\"\nnamespace = \
+             \"{namespace}\"\nwarehouse = \"{}\"\n\n[flush]\nspill_dir = \"{}\"\n",
+            warehouse.path().display(),
+            warehouse.path().join("spill").display(),
+        );
+        let config = Config::parse(&text, Path::new("delta-sink-test.toml"), Vec::new())
+            .expect("a valid config");
+        Lake {
+            warehouse,
+            namespace,
+            config,
+        }
+    }
+
+    fn sink(&self) -> DeltaSink {
+        DeltaSink::from_config(&self.config).expect("open the sink")
+    }
+
+    fn location(&self, table: &TableId) -> PathBuf {
+        self.warehouse
+            .path()
+            .join(&self.namespace)
+            .join(&lake_table(&self.namespace, table).name)
+    }
+
+    fn rows(&self, table: &TableId, query: &str) -> Vec<String> {
+        delta_query(&self.location(table), query)
+    }
+
+    fn checkpoint(&self, table: &TableId) -> Option<i64> {
+        txn_version(
+            &self.location(table),
+            &checkpoint_app_id(&lake_table(&self.namespace, table)),
+        )
+    }
+}
+
+fn items() -> TableId {
+    TableId::new("public", "items")
+}
+
+/// `public.items (id int PRIMARY KEY, name text[, at time])`.
+fn items_schema(with_time: bool) -> Arc<TableSchema> {
+    let mut columns = vec![
+        ("id", DataType::Int32, 23, true),
+        ("name", DataType::Utf8, 25, false),
+    ];
+    if with_time {
+        columns.push(("at", DataType::Time64(TimeUnit::Microsecond), 1083, false));
+    }
+    let arrow = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, t, _, _)| Field::new(*name, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    Arc::new(TableSchema {
+        table: items(),
+        relation: RelationId(16384),
+        replica_identity: ReplicaIdentity::Default,
+        columns: columns
+            .iter()
+            .map(|(name, _, oid, key)| ColumnSchema {
+                name: name.to_string(),
+                type_oid: Oid(*oid),
+                type_modifier: -1,
+                key: *key,
+            })
+            .collect(),
+        arrow: arrow.clone(),
+        arrow_nullable: arrow,
+    })
+}
+
+fn batch(schema: &TableSchema, rows: &[(i32, Option<&str>)]) -> RecordBatch {
+    let mut columns: Vec<arrow::array::ArrayRef> = vec![
+        Arc::new(Int32Array::from(
+            rows.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        )),
+    ];
+    if schema.arrow.fields().len() == 3 {
+        columns.push(Arc::new(Time64MicrosecondArray::from(
+            rows.iter()
+                .map(|(id, _)| i64::from(*id) * 1_000_000)
+                .collect::<Vec<_>>(),
+        )));
+    }
+    RecordBatch::try_new(schema.arrow.clone(), columns).expect("a batch")
+}
+
+fn delta(
+    schema: &Arc<TableSchema>,
+    truncate: bool,
+    deletes: &[(i32, Option<&str>)],
+    rows: &[(i32, Option<&str>)],
+    lsn: Option<u64>,
+) -> TableDelta {
+    TableDelta {
+        table: items(),
+        schema: schema.clone(),
+        truncate,
+        deletes: vec![batch(schema, deletes)],
+        rows: vec![batch(schema, rows)],
+        lsn: lsn.map(Lsn),
+    }
+}
+
+fn layout() -> TableLayout {
+    TableLayout {
+        key: vec!["id".into()],
+        partition_by: Vec::new(),
+    }
+}
+
+const ALL: &str = "SELECT id, name FROM {scan} ORDER BY id";
+
+#[tokio::test]
+async fn upserts_deletes_and_rekeys_land_as_one_final_state_per_key() {
+    let lake = Lake::new("upsert");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    assert_eq!(
+        sink.prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        None
+    );
+
+    sink.commit(delta(
+        &schema,
+        true,
+        &[],
+        &[(1, Some("a")), (2, Some("b")), (3, Some("c"))],
+        Some(100),
+    ))
+    .await
+    .expect("first commit");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a", "2|b", "3|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(100));
+
+    // 1 updated, 2 deleted, 3 re-keyed to 30, 4 inserted; 2 also deleted twice
+    sink.commit(delta(
+        &schema,
+        false,
+        &[(1, None), (2, None), (2, None), (3, None)],
+        &[(1, Some("a2")), (30, Some("c")), (4, Some("d"))],
+        Some(200),
+    ))
+    .await
+    .expect("merge");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a2", "4|d", "30|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(200));
+
+    // deletes matching nothing still move the checkpoint
+    sink.commit(delta(&schema, false, &[(99, None)], &[], Some(300)))
+        .await
+        .expect("a delete of nothing");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a2", "4|d", "30|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(300));
+
+    // a reopened sink reads the checkpoint back
+    let mut again = lake.sink();
+    assert_eq!(
+        again
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        Some(Lsn(300))
+    );
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)])),
+        vec![Arc::new(Int32Array::from(vec![4, 5]))],
+    )
+    .expect("keys");
+    let found = again.lookup(&items(), &keys).await.expect("lookup");
+    let found: usize = found.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(found, 1);
+}
+
+#[tokio::test]
+async fn staged_parts_commit_with_the_transaction_and_truncate_replaces_everything() {
+    let lake = Lake::new("staged");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(10),
+    ))
+    .await
+    .expect("first commit");
+
+    sink.stage(delta(
+        &schema,
+        false,
+        &[(1, None)],
+        &[(1, Some("a2")), (5, Some("e"))],
+        None,
+    ))
+    .await
+    .expect("stage");
+    sink.stage(delta(&schema, false, &[(2, None)], &[], None))
+        .await
+        .expect("stage");
+    // staged parts are not in the table before the commit
+    assert_eq!(lake.rows(&items(), ALL), ["1|a", "2|b"]);
+    sink.commit(delta(&schema, false, &[], &[(6, Some("f"))], Some(20)))
+        .await
+        .expect("commit with staged parts");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a2", "5|e", "6|f"]);
+    assert_eq!(lake.checkpoint(&items()), Some(20));
+
+    // a discarded part never reaches the table
+    sink.stage(delta(&schema, false, &[], &[(7, Some("g"))], None))
+        .await
+        .expect("stage");
+    sink.discard_staged(&items());
+    sink.commit(delta(
+        &schema,
+        true,
+        &[(5, None)],
+        &[(8, Some("h"))],
+        Some(30),
+    ))
+    .await
+    .expect("truncate");
+    assert_eq!(lake.rows(&items(), ALL), ["8|h"]);
+    assert_eq!(lake.checkpoint(&items()), Some(30));
+    let staged = std::fs::read_dir(lake.warehouse.path().join("spill/lakewriter-delta-staged"))
+        .map(|dir| {
+            dir.flat_map(|d| std::fs::read_dir(d.expect("entry").path()).expect("dir"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(staged, 0, "staged files left behind");
+}
+
+#[tokio::test]
+async fn a_commit_without_checkpoint_reads_back_as_none_and_columns_are_added() {
+    let lake = Lake::new("incomplete");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("commit");
+    sink.commit(delta(&schema, true, &[], &[(2, Some("b"))], None))
+        .await
+        .expect("a snapshot chunk");
+    assert_eq!(lake.checkpoint(&items()), Some(-1));
+    assert_eq!(
+        lake.sink()
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        None
+    );
+    sink.commit(delta(&schema, false, &[], &[(3, Some("c"))], Some(40)))
+        .await
+        .expect("the last chunk");
+    assert_eq!(sink.known_checkpoint(&items()), Some(Lsn(40)));
+    sink.mark_incomplete(&items())
+        .await
+        .expect("mark incomplete");
+    assert_eq!(sink.known_checkpoint(&items()), None);
+    assert_eq!(
+        lake.sink()
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        None
+    );
+    assert_eq!(lake.rows(&items(), ALL), ["2|b", "3|c"]);
+
+    // a new column (a time, stored as text) is added; older rows read it as null
+    let wider = items_schema(true);
+    sink.commit(delta(
+        &wider,
+        false,
+        &[(2, None)],
+        &[(2, Some("b2")), (4, Some("d"))],
+        Some(50),
+    ))
+    .await
+    .expect("commit with a new column");
+    assert_eq!(
+        lake.rows(
+            &items(),
+            "SELECT id, name, coalesce(\"at\", 'NULL') FROM {scan} ORDER BY id"
+        ),
+        ["2|b2|00:00:02", "3|c|NULL", "4|d|00:00:04"]
+    );
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)])),
+        vec![Arc::new(Int32Array::from(vec![4]))],
+    )
+    .expect("keys");
+    let found = sink.lookup(&items(), &keys).await.expect("lookup");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0], batch(&wider, &[(4, Some("d"))]));
+}

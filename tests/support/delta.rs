@@ -1,0 +1,64 @@
+//! Delta tables read back by DuckDB's delta extension (`delta_scan`), loaded from its PyPI
+//! package with nothing downloaded: the independent reader of the Delta tests.
+
+use std::path::Path;
+
+use super::{project_dir, stack};
+
+/// Runs `query` in DuckDB, with `{scan}` standing for `delta_scan` of the Delta table at
+/// `location`, and returns its rows as lines (`|` between values, `NULL` for nulls).
+pub fn delta_query(location: &Path, query: &str) -> Vec<String> {
+    let script = format!(
+        r#"
+import duck
+con = duck.connect()
+query = {query:?}.replace("{{scan}}", "delta_scan('" + {location:?} + "')")
+for values in con.sql(query).fetchall():
+    print("|".join("NULL" if v is None else str(v) for v in values))
+"#,
+        location = location.display().to_string(),
+    );
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .env("PYTHONPATH", project_dir().join("tests/readers"))
+        .output()
+        .expect("run DuckDB");
+    assert!(
+        output.status.success(),
+        "DuckDB over {}: {}",
+        location.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The latest `txn` version the Delta log of the table at `location` holds for `app_id`, read
+/// from the JSON commit files themselves (`None` when no commit has one).
+pub fn txn_version(location: &Path, app_id: &str) -> Option<i64> {
+    let log = location.join("_delta_log");
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
+        .unwrap_or_else(|e| panic!("read {}: {e}", log.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let mut latest = None;
+    for commit in commits {
+        let text = std::fs::read_to_string(&commit).expect("read a commit");
+        for line in text.lines() {
+            let action: serde_json::Value = serde_json::from_str(line).expect("a JSON action");
+            if let Some(txn) = action.get("txn")
+                && txn.get("appId").and_then(|a| a.as_str()) == Some(app_id)
+            {
+                latest = txn.get("version").and_then(|v| v.as_i64());
+            }
+        }
+    }
+    latest
+}
