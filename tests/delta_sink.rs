@@ -348,3 +348,70 @@ async fn a_commit_without_checkpoint_reads_back_as_none_and_columns_are_added() 
     assert_eq!(found.len(), 1);
     assert_eq!(found[0], batch(&wider, &[(4, Some("d"))]));
 }
+
+#[tokio::test]
+async fn on_s3_a_merge_lands_and_the_python_deltalake_reads_it() {
+    let endpoint = support::stack().aws_endpoint().to_string();
+    let bucket = format!("delta-{}", std::process::id());
+    let namespace = format!("delta_s3_{}", std::process::id());
+    let text = format!(
+        "[source]\ndatabase = \"unused\"\n\n[sink]\nformat = \"delta\"\nnamespace = \
+         \"{namespace}\"\nwarehouse = \"s3://{bucket}/warehouse\"\n[sink.s3]\nregion = \
+         \"us-east-1\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\naccess_key_id = \
+         \"testing\"\nsecret_access_key = \"testing\"\n"
+    );
+    let config =
+        Config::parse(&text, Path::new("delta-s3-test.toml"), Vec::new()).expect("a valid config");
+    let s3 = lakewriter::cloud::s3_client(&config).await;
+    if let Err(e) = s3.create_bucket().bucket(&bucket).send().await {
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("BucketAlreadyOwnedByYou"),
+            "create bucket: {text}"
+        );
+    }
+    let schema = items_schema(false);
+    let mut sink = DeltaSink::from_config(&config).expect("open the sink");
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("create on S3");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(10),
+    ))
+    .await
+    .expect("insert");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[(1, None), (2, None)],
+        &[(2, Some("b2")), (3, Some("c"))],
+        Some(20),
+    ))
+    .await
+    .expect("merge");
+    let uri = format!("s3://{bucket}/warehouse/{namespace}/items");
+    let options = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_S3_ALLOW_UNSAFE_RENAME", "true"),
+    ];
+    assert_eq!(
+        support::delta::python_delta_rows(&uri, &options, &["id", "name"]),
+        ["2|b2", "3|c"]
+    );
+    assert_eq!(
+        DeltaSink::from_config(&config)
+            .expect("open the sink")
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        Some(Lsn(20))
+    );
+}

@@ -62,3 +62,45 @@ pub fn txn_version(location: &Path, app_id: &str) -> Option<i64> {
     }
     latest
 }
+
+/// The rows of the Delta table at `uri` (a local path or `s3://…`, reached with the
+/// `storage_options` deltalake's Python package takes), read by that package — a reader
+/// independent of DuckDB and of the Rust crate — as sorted lines of `columns`.
+pub fn python_delta_rows(
+    uri: &str,
+    storage_options: &[(&str, &str)],
+    columns: &[&str],
+) -> Vec<String> {
+    let options: std::collections::HashMap<&str, &str> = storage_options.iter().copied().collect();
+    let script = format!(
+        r#"
+import json, sys
+from deltalake import DeltaTable
+table = DeltaTable({uri:?}, storage_options=json.loads(sys.argv[1])).to_pyarrow_table()
+columns = json.loads(sys.argv[2])
+lines = sorted(
+    "|".join("NULL" if v is None else str(v) for v in row)
+    for row in zip(*(table.column(c).to_pylist() for c in columns))
+)
+print("\n".join(lines))
+"#
+    );
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(serde_json::to_string(&options).expect("options as JSON"))
+        .arg(serde_json::to_string(columns).expect("columns as JSON"))
+        .output()
+        .expect("run python deltalake");
+    assert!(
+        output.status.success(),
+        "deltalake over {uri}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}

@@ -127,24 +127,33 @@ impl DeltaSettings {
     }
 }
 
-/// deltalake's object store options for an `s3://` warehouse: endpoint, region, path-style
-/// addressing and static keys of `[sink.s3]` (else the AWS chain deltalake reads itself).
+/// deltalake's object store options for an `s3://` warehouse: the endpoint (`[sink.s3]
+/// endpoint`, else `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`), region, path-style addressing
+/// and static keys of `[sink.s3]` (else the AWS credential chain deltalake reads itself).
 fn storage_options(config: &Config) -> HashMap<String, String> {
     let s3 = &config.sink.s3;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut options = HashMap::new();
-    if let Some(endpoint) = &s3.endpoint {
-        options.insert("AWS_ENDPOINT_URL".to_string(), endpoint.clone());
+    if let Some(endpoint) = s3
+        .endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+    {
         if endpoint.starts_with("http://") {
             options.insert("AWS_ALLOW_HTTP".to_string(), "true".to_string());
         }
+        options.insert("AWS_ENDPOINT_URL".to_string(), endpoint);
     }
-    if let Some(region) = &s3.region {
-        options.insert("AWS_REGION".to_string(), region.clone());
+    if let Some(region) = s3.region.clone().or_else(|| env("AWS_REGION")) {
+        options.insert("AWS_REGION".to_string(), region);
     }
-    if s3.force_path_style {
-        options.insert("AWS_S3_ADDRESSING_STYLE".to_string(), "path".to_string());
-        options.insert("AWS_FORCE_PATH_STYLE".to_string(), "true".to_string());
-    }
+    let style = if s3.force_path_style {
+        "path"
+    } else {
+        "virtual"
+    };
+    options.insert("AWS_S3_ADDRESSING_STYLE".to_string(), style.to_string());
     if let Some(key_id) = &s3.access_key_id {
         options.insert("AWS_ACCESS_KEY_ID".to_string(), key_id.clone());
         options.insert(
