@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::delta::{delta_query, txn_version};
-use support::writer::{caught_up, start_with, stop};
+use support::delta::{commit_count, delta_query, txn_version};
+use support::writer::{caught_up, start_with, stop, write_config};
 use support::{TestDb, stack};
 
 const DELTA: &[(&str, &str)] = &[("SINK__FORMAT", "delta")];
@@ -178,6 +178,125 @@ async fn truncates_and_added_columns_reach_the_delta_table() {
     assert_eq!(
         delta_query(&location(&db, "docs"), query),
         expected(&db).await
+    );
+}
+
+#[tokio::test]
+async fn a_transaction_larger_than_the_memory_budget_reaches_delta_in_one_commit() {
+    let db = TestDb::new("run_delta_spill").await;
+    db.psql(&["-v", "rows=1000", "-f", "sql/orders.sql"]);
+    let spill = tempfile::tempdir().expect("a temporary directory");
+    let spill_dir = spill.path().display().to_string();
+    let settings = [
+        ("SINK__FORMAT", "delta"),
+        ("FLUSH__MEMORY_BUDGET", "256KiB"),
+        ("FLUSH__MAX_BYTES", "128KiB"),
+        ("FLUSH__SPILL_DIR", spill_dir.as_str()),
+    ];
+    let mut child = start_with(&db, &settings);
+    caught_up(&db, &mut child).await;
+    let copied = commit_count(&location(&db, "orders"));
+    db.client()
+        .await
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO orders (customer_id, order_date, total_amount, status)
+               SELECT g % 97, date '2024-06-01', g, 'new' FROM generate_series(1, 20000) g;
+             UPDATE orders SET status = 'paid' WHERE order_id % 3 = 0;
+             UPDATE orders SET order_id = order_id + 1000000 WHERE order_id % 7 = 0;
+             DELETE FROM orders WHERE order_id % 11 = 0;
+             COMMIT;",
+        )
+        .await
+        .expect("one large transaction");
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        log.contains("spilling"),
+        "the transaction was not spilled: {log}"
+    );
+    assert_eq!(
+        lake_lines(&db),
+        postgres_lines(&db).await,
+        "after a spilled transaction the lake differs from PostgreSQL"
+    );
+    // one more commit: the whole transaction, staged parts included
+    assert_eq!(commit_count(&location(&db, "orders")), copied + 1);
+    let staged = spill.path().join("lakewriter-delta-staged");
+    let left: usize = std::fs::read_dir(&staged)
+        .map(|dirs| {
+            dirs.filter_map(|d| d.ok())
+                .map(|d| std::fs::read_dir(d.path()).map_or(0, |f| f.count()))
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(left, 0, "staged files left in {}", staged.display());
+}
+
+#[tokio::test]
+async fn changelog_tables_append_every_change_and_upsert_tables_partition_by_column() {
+    let db = TestDb::new("run_delta_changelog").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE events (id int PRIMARY KEY, kind text);
+             CREATE TABLE items (id int PRIMARY KEY, region text NOT NULL, qty int);
+             ALTER TABLE items REPLICA IDENTITY FULL;
+             INSERT INTO events VALUES (1, 'a');
+             INSERT INTO items SELECT i, CASE WHEN i % 2 = 0 THEN 'eu' ELSE 'us' END, i
+               FROM generate_series(1, 10) i;",
+        )
+        .await
+        .expect("schema");
+    write_config(
+        &db,
+        "[sink.tables.\"public.items\"]\npartition_by = [\"region\"]\n\
+         [source.tables.\"public.events\"]\nmode = \"changelog\"\n",
+    );
+    let mut child = start_with(&db, DELTA);
+    caught_up(&db, &mut child).await;
+    for statement in [
+        "UPDATE events SET kind = 'b' WHERE id = 1",
+        "DELETE FROM events WHERE id = 1",
+        "UPDATE items SET qty = qty * 10 WHERE id <= 4",
+        "UPDATE items SET region = 'eu' WHERE id = 5",
+        "DELETE FROM items WHERE id = 6",
+    ] {
+        db.client()
+            .await
+            .batch_execute(statement)
+            .await
+            .expect(statement);
+    }
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert_eq!(
+        delta_query(
+            &location(&db, "events"),
+            "SELECT _op, id, coalesce(kind, 'NULL') FROM {scan} ORDER BY _lsn"
+        ),
+        ["I|1|a", "U|1|b", "D|1|NULL"]
+    );
+    let expected: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT id || '|' || region || '|' || qty FROM items ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let items = location(&db, "items");
+    assert_eq!(
+        delta_query(&items, "SELECT id, region, qty FROM {scan} ORDER BY id"),
+        expected
+    );
+    assert!(
+        items.join("region=eu").is_dir(),
+        "not partitioned by region"
     );
 }
 

@@ -104,3 +104,13 @@ print("\n".join(lines))
         .map(str::to_string)
         .collect()
 }
+
+/// How many commits the Delta log of the table at `location` holds (its JSON commit files).
+pub fn commit_count(location: &Path) -> usize {
+    let log = location.join("_delta_log");
+    std::fs::read_dir(&log)
+        .unwrap_or_else(|e| panic!("read {}: {e}", log.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .count()
+}
