@@ -415,3 +415,76 @@ async fn on_s3_a_merge_lands_and_the_python_deltalake_reads_it() {
         Some(Lsn(20))
     );
 }
+
+#[tokio::test]
+async fn a_type_change_stops_a_complete_table_and_replaces_an_incomplete_ones_schema() {
+    let lake = Lake::new("retype");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("commit");
+
+    // name becomes a bigint
+    let mut retyped = (*schema).clone();
+    let fields = vec![
+        Field::new("id", DataType::Int32, true),
+        Field::new("name", DataType::Int64, true),
+    ];
+    retyped.arrow = Arc::new(Schema::new(fields));
+    retyped.arrow_nullable = retyped.arrow.clone();
+    retyped.columns[1].type_oid = Oid(20);
+    let error = lake
+        .sink()
+        .prepare(&items(), &retyped, &layout())
+        .await
+        .expect_err("a type change on a complete table");
+    assert!(error.to_string().contains("column name"), "{error}");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a"]);
+
+    // once incomplete, the table is emptied and takes the new type, still without checkpoint
+    let mut stopped = lake.sink();
+    assert!(
+        stopped
+            .prepare(&items(), &retyped, &layout())
+            .await
+            .is_err()
+    );
+    assert_eq!(stopped.known_checkpoint(&items()), Some(Lsn(10)));
+    stopped
+        .mark_incomplete(&items())
+        .await
+        .expect("mark incomplete");
+    let mut copy = lake.sink();
+    assert_eq!(
+        copy.prepare(&items(), &retyped, &layout())
+            .await
+            .expect("replace"),
+        None
+    );
+    assert_eq!(lake.rows(&items(), "SELECT count(*) FROM {scan}"), ["0"]);
+    let row = RecordBatch::try_new(
+        retyped.arrow.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![1])),
+            Arc::new(arrow::array::Int64Array::from(vec![5_000_000_000])),
+        ],
+    )
+    .expect("a row");
+    let retyped = Arc::new(retyped);
+    copy.commit(TableDelta {
+        table: items(),
+        schema: retyped.clone(),
+        truncate: true,
+        deletes: Vec::new(),
+        rows: vec![row],
+        lsn: Some(Lsn(20)),
+    })
+    .await
+    .expect("the copy");
+    assert_eq!(lake.rows(&items(), ALL), ["1|5000000000"]);
+    assert_eq!(lake.checkpoint(&items()), Some(20));
+}

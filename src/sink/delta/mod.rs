@@ -6,7 +6,8 @@
 //! - `types`: how source columns are stored (Delta has no `time` or `uuid`);
 //! - `write`: the commit of one delta (MERGE, append or overwrite) with its checkpoint;
 //! - `staging`: parts of a transaction too large for memory, as local Parquet files until the
-//!   transaction's commit takes them in.
+//!   transaction's commit takes them in (what a stopped process left is removed when the table
+//!   is first prepared).
 //!
 //! The checkpoint: app id `lakewriter.lsn:<namespace>.<table>` ([`checkpoint_app_id`]), version
 //! the commit LSN. A commit without a checkpoint (an initial snapshot's chunks before its last,
@@ -25,9 +26,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema};
 use datafusion::common::{Column, JoinType};
 use datafusion::prelude::{Expr, SessionContext, col};
 use deltalake::kernel::StructField;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
@@ -276,9 +279,16 @@ impl DeltaSink {
         Ok(created)
     }
 
-    /// Adds the columns of `schema` the table lacks; a column whose stored type would change
-    /// is an error (Delta tables written here do not widen types).
-    async fn evolve(&self, state: &mut TableState, schema: &TableSchema) -> Result<()> {
+    /// Adds the columns of `schema` the table lacks. A column whose stored type would change
+    /// is an error (this writer does not use Delta's type widening), unless `replace`: the
+    /// table is incomplete and about to be copied again, so one commit empties it and gives it
+    /// `schema`'s columns.
+    async fn evolve(
+        &self,
+        state: &mut TableState,
+        schema: &TableSchema,
+        replace: bool,
+    ) -> Result<()> {
         let current = state
             .table
             .snapshot()
@@ -292,19 +302,24 @@ impl DeltaSink {
                 Ok(existing) => {
                     let stored =
                         types::lake_field(existing).map_err(|m| sink_error(&state.lake, m))?;
-                    if stored.data_type() != wanted.data_type() {
-                        return Err(sink_error(
-                            &state.lake,
-                            format!(
-                                "column {} is {} in the Delta table and {} in the source: this \
-                                 writer cannot change a Delta column's type (copy the table \
-                                 again into a new namespace, or cast the column back)",
-                                field.name(),
-                                stored.data_type(),
-                                wanted.data_type()
-                            ),
-                        ));
+                    if stored.data_type() == wanted.data_type() {
+                        continue;
                     }
+                    if replace {
+                        return self.replace_schema(state, schema).await;
+                    }
+                    return Err(sink_error(
+                        &state.lake,
+                        format!(
+                            "column {} is {} in the Delta table and {} in the source: this \
+                             writer cannot change a Delta column's type (with \
+                             on_table_error = \"suspend_table\" the table is copied again \
+                             with the new type)",
+                            field.name(),
+                            stored.data_type(),
+                            wanted.data_type()
+                        ),
+                    ));
                 }
                 Err(_) => added.push(wanted),
             }
@@ -324,6 +339,44 @@ impl DeltaSink {
         Ok(())
     }
 
+    /// Empties the (incomplete) table and gives it the columns of `schema`, in one overwrite
+    /// commit that keeps "no checkpoint": its copy follows.
+    async fn replace_schema(&self, state: &mut TableState, schema: &TableSchema) -> Result<()> {
+        let lake = state.lake.clone();
+        let fields = schema
+            .arrow
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), types::lake_type(f.data_type()), true))
+            .collect::<Vec<_>>();
+        let partition_columns: Vec<String> = state
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&lake, "read the metadata", e))?
+            .metadata()
+            .partition_columns()
+            .iter()
+            .filter(|c| fields.iter().any(|f| f.name() == *c))
+            .cloned()
+            .collect();
+        let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
+        state.table = state
+            .table
+            .clone()
+            .write(vec![empty])
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
+            .with_partition_columns(partition_columns)
+            .with_commit_properties(write::checkpoint_properties(&lake, None))
+            .await
+            .map_err(|e| delta_error(&lake, "replace the incomplete table's schema", e))?;
+        tracing::info!(
+            table = %lake,
+            "replaced the schema of the incomplete delta table: its copy follows"
+        );
+        Ok(())
+    }
+
     /// The checkpoint `table`'s latest commit carries.
     async fn read_checkpoint(lake: &CatalogTable, table: &DeltaTable) -> Result<Option<Lsn>> {
         let snapshot = table
@@ -338,7 +391,7 @@ impl DeltaSink {
 
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
         if !delta.schema.same_shape(&state.source) {
-            self.evolve(state, &delta.schema).await?;
+            self.evolve(state, &delta.schema, false).await?;
             state.source = delta.schema.clone();
         }
         let staged = std::mem::take(&mut state.staged);
@@ -361,7 +414,7 @@ impl DeltaSink {
 
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
         if !part.schema.same_shape(&state.source) {
-            self.evolve(state, &part.schema).await?;
+            self.evolve(state, &part.schema, false).await?;
             state.source = part.schema.clone();
         }
         let lake_schema = state
@@ -391,6 +444,9 @@ impl Sink for DeltaSink {
         layout: &TableLayout,
     ) -> Result<Option<Lsn>> {
         let lake = self.lake_table(table);
+        if !self.tables.contains_key(table) {
+            staging::remove_orphans(&self.settings.staging_dir, &lake);
+        }
         let (opened, exists) = self.open(&lake).await?;
         let delta_table = if exists {
             opened
@@ -425,7 +481,9 @@ impl Sink for DeltaSink {
                 .map(|s| s.staged)
                 .unwrap_or_default(),
         };
-        let evolved = self.evolve(&mut state, schema).await;
+        // a table without a checkpoint is copied again from scratch: a column whose type
+        // changed may then be replaced
+        let evolved = self.evolve(&mut state, schema, checkpoint.is_none()).await;
         tracing::debug!(table = %state.lake, checkpoint = ?checkpoint, "prepared delta table");
         // known as it is in the lake even when it cannot take `schema`, for known_checkpoint
         // and mark_incomplete

@@ -111,3 +111,21 @@ fn unique_id() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Removes what an earlier process staged for `lake` and never committed (it stopped between
+/// staging and the commit): called before this process stages anything for the table.
+pub fn remove_orphans(dir: &Path, lake: &CatalogTable) {
+    let dir = dir.join(lake.to_string());
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {
+            tracing::debug!(table = %lake, dir = %dir.display(), "removed orphan staged files")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            table = %lake,
+            dir = %dir.display(),
+            error = %e,
+            "could not remove orphan staged files"
+        ),
+    }
+}

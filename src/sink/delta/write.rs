@@ -28,6 +28,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 
 use super::staging::StagedPart;
 use super::{DeltaSettings, Failure, TableState, checkpoint_app_id, txn_version, types};
+use crate::catalog::CatalogTable;
 use crate::error::Result;
 use crate::lsn::Lsn;
 use crate::sink::TableDelta;
@@ -79,10 +80,7 @@ async fn commit_inner(
     } else {
         None
     };
-    let properties = CommitProperties::default().with_application_transaction(Transaction::new(
-        checkpoint_app_id(&state.lake),
-        txn_version(delta.lsn),
-    ));
+    let properties = checkpoint_properties(&state.lake, delta.lsn);
 
     let table = state.table.clone();
     let written = match (rows, deletes) {
@@ -170,10 +168,7 @@ pub async fn commit_checkpoint(state: &mut TableState, lsn: Option<Lsn>) -> Resu
 }
 
 async fn commit_checkpoint_inner(state: &mut TableState, lsn: Option<Lsn>) -> Result<(), Failure> {
-    let properties = CommitProperties::default().with_application_transaction(Transaction::new(
-        checkpoint_app_id(&state.lake),
-        txn_version(lsn),
-    ));
+    let properties = checkpoint_properties(&state.lake, lsn);
     let snapshot = state.table.snapshot()?;
     CommitBuilder::from(properties)
         .with_actions(Vec::new())
@@ -189,6 +184,12 @@ async fn commit_checkpoint_inner(state: &mut TableState, lsn: Option<Lsn>) -> Re
         .await?;
     state.table.update_state().await?;
     Ok(())
+}
+
+/// Commit properties carrying `lsn` as `lake`'s checkpoint (`None`: "no checkpoint").
+pub fn checkpoint_properties(lake: &CatalogTable, lsn: Option<Lsn>) -> CommitProperties {
+    CommitProperties::default()
+        .with_application_transaction(Transaction::new(checkpoint_app_id(lake), txn_version(lsn)))
 }
 
 /// The rows of `batches` (source layout) and of the staged `files` (lake layout, maybe of an
