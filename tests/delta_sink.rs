@@ -488,3 +488,121 @@ async fn a_type_change_stops_a_complete_table_and_replaces_an_incomplete_ones_sc
     assert_eq!(lake.rows(&items(), ALL), ["1|5000000000"]);
     assert_eq!(lake.checkpoint(&items()), Some(20));
 }
+
+#[tokio::test]
+async fn every_stored_type_reads_back_in_duckdb_and_looks_up_as_the_source_sent_it() {
+    use arrow::array::{
+        ArrayRef, Decimal128Array, FixedSizeBinaryArray, ListBuilder, StringBuilder,
+        TimestampMicrosecondArray,
+    };
+    let lake = Lake::new("types");
+    let table = TableId::new("public", "kinds");
+    let columns: Vec<(&str, DataType, u32, bool)> = vec![
+        ("id", DataType::Int32, 23, true),
+        (
+            "tags",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            1009,
+            false,
+        ),
+        ("ref", DataType::FixedSizeBinary(16), 2950, false),
+        ("at", DataType::Time64(TimeUnit::Microsecond), 1083, false),
+        (
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            1184,
+            false,
+        ),
+        ("amount", DataType::Decimal128(10, 2), 1700, false),
+    ];
+    let arrow = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, t, _, _)| Field::new(*name, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let schema = Arc::new(TableSchema {
+        table: table.clone(),
+        relation: RelationId(16385),
+        replica_identity: ReplicaIdentity::Default,
+        columns: columns
+            .iter()
+            .map(|(name, _, oid, key)| ColumnSchema {
+                name: name.to_string(),
+                type_oid: Oid(*oid),
+                type_modifier: -1,
+                key: *key,
+            })
+            .collect(),
+        arrow: arrow.clone(),
+        arrow_nullable: arrow.clone(),
+    });
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    tags.values().append_value("x");
+    tags.values().append_null();
+    tags.append(true);
+    tags.append(true);
+    tags.append(false);
+    let uuid: Vec<u8> = (0u8..16).collect();
+    let row: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(vec![1, 2, 3])),
+        Arc::new(tags.finish()),
+        Arc::new(
+            FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+                vec![Some(uuid.as_slice()), None, Some(uuid.as_slice())].into_iter(),
+                16,
+            )
+            .expect("uuids"),
+        ),
+        Arc::new(Time64MicrosecondArray::from(vec![
+            Some(0),
+            Some(86_399_999_999),
+            None,
+        ])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(-62_135_596_800_000_000), Some(0), None])
+                .with_timezone("+00:00"),
+        ),
+        Arc::new(
+            Decimal128Array::from(vec![Some(-99_999_999), Some(12_345), None])
+                .with_precision_and_scale(10, 2)
+                .expect("decimals"),
+        ),
+    ];
+    let rows = RecordBatch::try_new(arrow.clone(), row).expect("rows");
+    let mut sink = lake.sink();
+    sink.prepare(&table, &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(TableDelta {
+        table: table.clone(),
+        schema: schema.clone(),
+        truncate: true,
+        deletes: Vec::new(),
+        rows: vec![rows.clone()],
+        lsn: Some(Lsn(5)),
+    })
+    .await
+    .expect("commit");
+    assert_eq!(
+        lake.rows(
+            &table,
+            "SELECT id, tags::VARCHAR, ref, \"at\", epoch_us(ts), amount FROM {scan} ORDER BY id"
+        ),
+        [
+            "1|[x, NULL]|00010203-0405-0607-0809-0a0b0c0d0e0f|00:00:00|-62135596800000000|-999999.99",
+            "2|[]|NULL|23:59:59.999999|0|123.45",
+            "3|NULL|00010203-0405-0607-0809-0a0b0c0d0e0f|NULL|NULL|NULL",
+        ]
+    );
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)])),
+        vec![Arc::new(Int32Array::from(vec![1, 2, 3]))],
+    )
+    .expect("keys");
+    let found = sink.lookup(&table, &keys).await.expect("lookup");
+    let found = arrow::compute::concat_batches(&arrow, &found).expect("one batch");
+    let order = arrow::compute::sort_to_indices(found.column(0), None, None).expect("order");
+    let found = arrow::compute::take_record_batch(&found, &order).expect("sorted");
+    assert_eq!(found, rows);
+}
