@@ -606,3 +606,30 @@ async fn every_stored_type_reads_back_in_duckdb_and_looks_up_as_the_source_sent_
     let found = arrow::compute::take_record_batch(&found, &order).expect("sorted");
     assert_eq!(found, rows);
 }
+
+#[tokio::test]
+async fn a_second_writer_committing_the_same_position_is_refused() {
+    let lake = Lake::new("race");
+    let schema = items_schema(false);
+    let mut first = lake.sink();
+    let mut second = lake.sink();
+    first
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    second
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    first
+        .commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("the first writer commits");
+    let error = second
+        .commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect_err("the second writer, with the same transaction");
+    assert!(!error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("another writer"), "{error}");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a"]);
+}

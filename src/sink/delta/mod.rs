@@ -399,7 +399,10 @@ impl DeltaSink {
         for part in &staged {
             part.remove();
         }
-        let version = result?;
+        let version = match result {
+            Ok(version) => version,
+            Err(e) => return Err(Self::after_failed_commit(state, delta.lsn, e).await),
+        };
         state.checkpoint = delta.lsn;
         tracing::info!(
             table = %state.lake,
@@ -410,6 +413,28 @@ impl DeltaSink {
             "committed"
         );
         Ok(())
+    }
+
+    /// Reloads the table after a failed commit, so a retry starts from what the lake holds,
+    /// and turns `error` into a lasting one when the lake already holds a checkpoint at or
+    /// past `lsn`: another writer commits the same source, and retrying would lose to it
+    /// forever (deltalake reports such a race as a retryable conflict on the same app id).
+    async fn after_failed_commit(state: &mut TableState, lsn: Option<Lsn>, error: Error) -> Error {
+        if let Err(e) = state.table.update_state().await {
+            tracing::warn!(table = %state.lake, error = %e, "could not reload the table after a failed commit");
+            return error;
+        }
+        match (lsn, Self::read_checkpoint(&state.lake, &state.table).await) {
+            (Some(lsn), Ok(Some(holds))) if holds >= lsn => sink_error(
+                &state.lake,
+                format!(
+                    "the table already holds checkpoint {holds}, at or past this commit's \
+                     ({lsn}): another writer is committing the same source (is a second \
+                     lakewriter running?)"
+                ),
+            ),
+            _ => error,
+        }
     }
 
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
