@@ -633,3 +633,53 @@ async fn a_second_writer_committing_the_same_position_is_refused() {
     assert!(error.to_string().contains("another writer"), "{error}");
     assert_eq!(lake.rows(&items(), ALL), ["1|a"]);
 }
+
+#[tokio::test]
+async fn a_commit_that_lost_a_race_runs_again_on_the_table_as_it_is_now() {
+    let lake = Lake::new("retry");
+    let schema = items_schema(false);
+    let mut stale = lake.sink();
+    stale
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    stale
+        .commit(delta(
+            &schema,
+            false,
+            &[],
+            &[(1, Some("a")), (2, Some("b"))],
+            Some(10),
+        ))
+        .await
+        .expect("first commit");
+    // another commit lands behind the stale sink's back
+    let mut other = lake.sink();
+    other
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    other
+        .commit(delta(
+            &schema,
+            false,
+            &[(2, None)],
+            &[(2, Some("b2")), (3, Some("c"))],
+            Some(20),
+        ))
+        .await
+        .expect("the other commit");
+    // the stale sink's MERGE loses to it, reloads and runs again
+    stale
+        .commit(delta(
+            &schema,
+            false,
+            &[(1, None)],
+            &[(1, Some("a3"))],
+            Some(30),
+        ))
+        .await
+        .expect("the stale sink's commit, run again");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a3", "2|b2", "3|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(30));
+}

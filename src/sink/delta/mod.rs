@@ -36,7 +36,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
 use self::staging::StagedPart;
-use crate::catalog::CatalogTable;
+use crate::catalog::{CatalogTable, RetryPolicy};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -76,6 +76,8 @@ pub struct DeltaSettings {
     pub staging_dir: PathBuf,
     /// Size a data file is rolled at, in bytes.
     pub target_file_size: u64,
+    /// How commits that lost a race or hit a storage hiccup are tried again.
+    pub retry: RetryPolicy,
 }
 
 impl DeltaSettings {
@@ -109,6 +111,7 @@ impl DeltaSettings {
             },
             staging_dir,
             target_file_size: config.sink.target_file_size.bytes(),
+            retry: RetryPolicy::default(),
         })
     }
 
@@ -395,14 +398,34 @@ impl DeltaSink {
             state.source = delta.schema.clone();
         }
         let staged = std::mem::take(&mut state.staged);
-        let result = write::commit(state, delta, &staged, &self.settings).await;
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match write::commit(state, delta, &staged, &self.settings).await {
+                Ok(version) => break Ok(version),
+                Err(e) => {
+                    let e = Self::after_failed_commit(state, delta.lsn, e).await;
+                    // a lost race (a concurrent OPTIMIZE rewrote files the MERGE read): the
+                    // whole commit again, on the reloaded table
+                    if !is_lost_race(&e) || attempt >= self.settings.retry.max_attempts {
+                        break Err(e);
+                    }
+                    let pause = self.settings.retry.backoff(attempt);
+                    tracing::warn!(
+                        table = %state.lake,
+                        attempt,
+                        error = %e,
+                        pause_ms = pause.as_millis() as u64,
+                        "delta commit failed; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        };
         for part in &staged {
             part.remove();
         }
-        let version = match result {
-            Ok(version) => version,
-            Err(e) => return Err(Self::after_failed_commit(state, delta.lsn, e).await),
-        };
+        let version = result?;
         state.checkpoint = delta.lsn;
         tracing::info!(
             table = %state.lake,
@@ -678,24 +701,44 @@ fn sink_error(table: &impl fmt::Display, message: impl Into<String>) -> Error {
 /// may pass on a retry.
 fn delta_error(table: &impl fmt::Display, context: &str, e: DeltaTableError) -> Error {
     use deltalake::kernel::transaction::TransactionError;
-    let retryable = match &e {
-        DeltaTableError::ObjectStore { .. }
-        | DeltaTableError::Io { .. }
-        | DeltaTableError::VersionAlreadyExists(_) => true,
+    // the commit was refused before its log entry was written: nothing of it landed
+    let lost_race = match &e {
+        DeltaTableError::VersionAlreadyExists(_) => true,
         DeltaTableError::Transaction { source } => matches!(
             source,
             TransactionError::VersionAlreadyExists(_)
                 | TransactionError::CommitConflict(_)
                 | TransactionError::MaxCommitAttempts(_)
-                | TransactionError::ObjectStore { .. }
         ),
+        _ => false,
+    };
+    let storage = match &e {
+        DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. } => true,
+        DeltaTableError::Transaction { source } => {
+            matches!(source, TransactionError::ObjectStore { .. })
+        }
         _ => false,
     };
     Error::Sink {
         table: table.to_string(),
-        message: format!("{context}: {e}"),
-        retryable,
+        message: if lost_race {
+            format!("{context}: {LOST_RACE}{e}")
+        } else {
+            format!("{context}: {e}")
+        },
+        retryable: lost_race || storage,
     }
+}
+
+/// How the message of a commit that lost a race begins, after its context: the commit did not
+/// land, so the sink may run it again on the reloaded table. (A storage failure may have
+/// landed the commit's log entry before it was reported, so it is left to the run: a restart
+/// reads the checkpoint the lake really holds.)
+const LOST_RACE: &str = "lost a commit race: ";
+
+/// Whether `error` is a commit that lost a race (see [`LOST_RACE`]).
+fn is_lost_race(error: &Error) -> bool {
+    matches!(error, Error::Sink { retryable: true, message, .. } if message.contains(LOST_RACE))
 }
 
 #[cfg(test)]
