@@ -683,3 +683,79 @@ async fn a_commit_that_lost_a_race_runs_again_on_the_table_as_it_is_now() {
     assert_eq!(lake.rows(&items(), ALL), ["1|a3", "2|b2", "3|c"]);
     assert_eq!(lake.checkpoint(&items()), Some(30));
 }
+
+#[tokio::test]
+async fn mixed_case_and_spaced_column_names_merge_by_their_exact_names() {
+    let lake = Lake::new("names");
+    let table = TableId::new("Sales", "Line Items");
+    let fields = vec![
+        Field::new("Id", DataType::Int32, true),
+        Field::new("Display Name", DataType::Utf8, true),
+    ];
+    let arrow = Arc::new(Schema::new(fields));
+    let schema = Arc::new(TableSchema {
+        table: table.clone(),
+        relation: RelationId(16386),
+        replica_identity: ReplicaIdentity::Default,
+        columns: vec![
+            ColumnSchema {
+                name: "Id".into(),
+                type_oid: Oid(23),
+                type_modifier: -1,
+                key: true,
+            },
+            ColumnSchema {
+                name: "Display Name".into(),
+                type_oid: Oid(25),
+                type_modifier: -1,
+                key: false,
+            },
+        ],
+        arrow: arrow.clone(),
+        arrow_nullable: arrow.clone(),
+    });
+    let rows = |pairs: &[(i32, Option<&str>)]| {
+        RecordBatch::try_new(
+            arrow.clone(),
+            vec![
+                Arc::new(Int32Array::from(
+                    pairs.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    pairs.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .expect("rows")
+    };
+    let layout = TableLayout {
+        key: vec!["Id".into()],
+        partition_by: Vec::new(),
+    };
+    let mut sink = lake.sink();
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    for (deletes, written, lsn) in [
+        (vec![], vec![(1, Some("a")), (2, Some("b"))], 10),
+        (vec![(1, None), (2, None)], vec![(1, Some("a2"))], 20),
+    ] {
+        sink.commit(TableDelta {
+            table: table.clone(),
+            schema: schema.clone(),
+            truncate: false,
+            deletes: vec![rows(&deletes)],
+            rows: vec![rows(&written)],
+            lsn: Some(Lsn(lsn)),
+        })
+        .await
+        .expect("commit");
+    }
+    assert_eq!(
+        lake.rows(
+            &table,
+            "SELECT \"Id\", \"Display Name\" FROM {scan} ORDER BY \"Id\""
+        ),
+        ["1|a2"]
+    );
+}
