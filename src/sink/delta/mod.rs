@@ -28,7 +28,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema};
 use datafusion::common::{Column, JoinType};
-use datafusion::prelude::{Expr, SessionContext, col};
+use datafusion::prelude::{Expr, SessionContext, col, lit};
 use deltalake::kernel::StructField;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
@@ -627,7 +627,11 @@ async fn lookup(state: &TableState, keys: &RecordBatch) -> Result<Vec<RecordBatc
     let ctx = SessionContext::new();
     state.table.update_datafusion_session(&ctx.state())?;
     let provider = state.table.table_provider().await?;
-    let lake = ctx.read_table(provider)?.alias("lake")?;
+    let mut lake = ctx.read_table(provider)?;
+    if let Some(filter) = key_filter(&keys)? {
+        lake = lake.filter(filter)?;
+    }
+    let lake = lake.alias("lake")?;
     let wanted = ctx.read_batch(keys.clone())?.alias("wanted")?;
     let on: Vec<Expr> = keys
         .schema()
@@ -645,6 +649,30 @@ async fn lookup(state: &TableState, keys: &RecordBatch) -> Result<Vec<RecordBatc
         .iter()
         .map(|b| types::from_lake(b, &state.source.arrow_nullable).map_err(Failure::Message))
         .collect()
+}
+
+/// Up to this many keys, a lookup also filters the scan by the keys' values, which lets the
+/// Delta scan skip files by their column statistics instead of reading the whole table.
+const LOOKUP_PRUNING_KEYS: usize = 1000;
+
+/// `column IN (values)` for each key column of `keys` (a superset of the wanted rows: the join
+/// that follows matches whole keys), or `None` for too many keys.
+fn key_filter(keys: &RecordBatch) -> Result<Option<Expr>, Failure> {
+    if keys.num_rows() > LOOKUP_PRUNING_KEYS {
+        return Ok(None);
+    }
+    let mut filter: Option<Expr> = None;
+    for (field, column) in keys.schema().fields().iter().zip(keys.columns()) {
+        let values = (0..column.len())
+            .map(|i| datafusion::common::ScalarValue::try_from_array(column, i).map(lit))
+            .collect::<Result<Vec<_>, _>>()?;
+        let condition = col(Column::new_unqualified(field.name())).in_list(values, false);
+        filter = Some(match filter {
+            Some(f) => f.and(condition),
+            None => condition,
+        });
+    }
+    Ok(filter)
 }
 
 /// A failure inside a Delta operation, before it is named after its table.
