@@ -759,3 +759,58 @@ async fn mixed_case_and_spaced_column_names_merge_by_their_exact_names() {
         ["1|a2"]
     );
 }
+
+#[tokio::test]
+async fn truncate_empties_every_partition_of_a_partitioned_table() {
+    let lake = Lake::new("partitions");
+    let schema = items_schema(false);
+    let layout = TableLayout {
+        key: vec!["id".into()],
+        partition_by: vec!["name".into()],
+    };
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout)
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(10),
+    ))
+    .await
+    .expect("commit");
+    // a row moving to another partition: its old row goes, wherever it is
+    sink.commit(delta(
+        &schema,
+        false,
+        &[(1, Some("a"))],
+        &[(1, Some("b"))],
+        Some(20),
+    ))
+    .await
+    .expect("merge across partitions");
+    assert_eq!(lake.rows(&items(), ALL), ["1|b", "2|b"]);
+    sink.commit(delta(&schema, true, &[], &[(3, Some("a"))], Some(30)))
+        .await
+        .expect("truncate");
+    assert_eq!(lake.rows(&items(), ALL), ["3|a"]);
+    assert!(
+        lake.location(&items()).join("name=a").is_dir(),
+        "not partitioned"
+    );
+    let error = lake
+        .sink()
+        .prepare(
+            &TableId::new("public", "other"),
+            &items_schema(false),
+            &TableLayout {
+                key: vec!["id".into()],
+                partition_by: vec!["day(at)".into()],
+            },
+        )
+        .await
+        .expect_err("a transform");
+    assert!(error.to_string().contains("day(at)"), "{error}");
+}
