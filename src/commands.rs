@@ -38,9 +38,13 @@ pub async fn run(config: &Config) -> Result<()> {
             }
             result.map(|_| ())
         }
-        crate::config::TableFormat::Delta => Err(Error::NotBuilt {
-            what: "the Delta Lake sink (sink.format = \"delta\")",
-        }),
+        // scheduled compaction rewrites Iceberg tables only; Delta tables are not compacted yet
+        crate::config::TableFormat::Delta => {
+            let sink = crate::sink::delta::DeltaSink::from_config(&config)?;
+            crate::pipeline::service::run(config, sink, shutdown)
+                .await
+                .map(|_| ())
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! - [`config`]: the one TOML file that describes a pipeline, with environment overrides.
 //! - [`source`]: PostgreSQL — the replication stream, our pgoutput decoder, types to Arrow.
 //! - [`pipeline`]: per-table buffers, one final state per key, the flush policy, the durable LSN.
-//! - [`sink`]: lake table formats behind one trait (Iceberg).
+//! - [`sink`]: lake table formats behind one trait (Iceberg, Delta Lake).
 //! - [`lsn`]: [`Lsn`], the WAL position every checkpoint is made of.
 //! - [`table`]: [`table::TableId`], the `schema.table` every buffer and lake table hangs on.
 //! - [`catalog`]: the pointer from a lake table to its current Iceberg metadata, swapped by

@@ -11,6 +11,7 @@
 //!   the lake holds.
 //! - Deletes apply to rows committed before, never to rows of the same commit.
 
+pub mod delta;
 pub mod iceberg;
 
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! test with its own slot, publication, namespace and warehouse, so tests run in parallel.
 #![allow(dead_code)]
 
+pub mod delta;
 pub mod orders;
 pub mod writer;
 

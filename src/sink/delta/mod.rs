@@ -1,0 +1,714 @@
+//! The Delta Lake sink: one Delta table per source table at `<warehouse>/<namespace>/<name>`
+//! (the layout of the Iceberg sink, no catalog: the table's `_delta_log` is its own catalog),
+//! upserts as one MERGE per commit, each commit carrying its checkpoint as an application
+//! transaction (`txn` action).
+//!
+//! - `types`: how source columns are stored (Delta has no `time` or `uuid`);
+//! - `lookup`: current rows by key, for unchanged TOAST values;
+//! - `write`: the commit of one delta (MERGE, append or overwrite) with its checkpoint;
+//! - `staging`: parts of a transaction too large for memory, as local Parquet files until the
+//!   transaction's commit takes them in (what a stopped process left is removed when the table
+//!   is first prepared).
+//!
+//! The checkpoint: app id `lakewriter.lsn:<namespace>.<table>` ([`checkpoint_app_id`]), version
+//! the commit LSN. A commit without a checkpoint (an initial snapshot's chunks before its last,
+//! `mark_incomplete`) writes version -1 for that app id, and a table whose latest version for
+//! it is negative (or that has none) reads back as "no checkpoint": copied again, the first
+//! chunk of the copy overwriting the table. Delta keeps only the latest `txn` of an app id, so
+//! -1 after an LSN is exactly "the current commit carries no checkpoint".
+
+mod lookup;
+mod staging;
+mod types;
+mod write;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema};
+use deltalake::kernel::StructField;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+use self::staging::StagedPart;
+use crate::catalog::{CatalogTable, RetryPolicy};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::sink::iceberg::lake_table;
+use crate::sink::{CHECKPOINT_PROPERTY, Sink, TableDelta, TableLayout};
+use crate::source::changes::TableSchema;
+use crate::table::TableId;
+
+/// The application id of `table`'s checkpoint in its `txn` actions:
+/// `lakewriter.lsn:<namespace>.<name>`. Naming the table keeps two lakewriters that write
+/// different tables of one warehouse from reading each other's positions.
+pub fn checkpoint_app_id(table: &CatalogTable) -> String {
+    format!("{CHECKPOINT_PROPERTY}:{table}")
+}
+
+/// The `txn` version a commit writes: the LSN, or -1 for "no checkpoint".
+fn txn_version(lsn: Option<Lsn>) -> i64 {
+    lsn.and_then(|l| i64::try_from(l.get()).ok()).unwrap_or(-1)
+}
+
+/// The checkpoint a `txn` version stands for (negative: none).
+fn checkpoint_of(version: Option<i64>) -> Option<Lsn> {
+    version.and_then(|v| u64::try_from(v).ok()).map(Lsn)
+}
+
+/// Where the Delta sink puts tables and how it reaches them.
+#[derive(Debug, Clone)]
+pub struct DeltaSettings {
+    /// The warehouse root: an absolute local directory or `s3://bucket/prefix`, without a
+    /// trailing `/`.
+    pub warehouse: String,
+    /// The namespace (a directory under the warehouse) of every lake table.
+    pub namespace: String,
+    /// Object store options (S3 endpoint, region, path style, keys) for deltalake.
+    pub storage_options: HashMap<String, String>,
+    /// Local directory of staged parts (`<spill_dir>/lakewriter-delta-staged`).
+    pub staging_dir: PathBuf,
+    /// Size a data file is rolled at, in bytes.
+    pub target_file_size: u64,
+    /// How commits that lost a race or hit a storage hiccup are tried again.
+    pub retry: RetryPolicy,
+}
+
+impl DeltaSettings {
+    /// The settings of `config`'s `[sink]` (a relative local warehouse is taken from the
+    /// working directory).
+    pub fn from_config(config: &Config) -> Result<DeltaSettings> {
+        let warehouse = config.sink.warehouse.trim_end_matches('/');
+        let on_s3 = crate::cloud::warehouse_location(config)?.is_some();
+        let warehouse = if on_s3 {
+            warehouse.to_string()
+        } else {
+            let path = std::path::absolute(warehouse).map_err(|source| Error::Io {
+                path: warehouse.into(),
+                source,
+            })?;
+            path.to_string_lossy().trim_end_matches('/').to_string()
+        };
+        let staging_dir = config
+            .flush
+            .spill_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("lakewriter-delta-staged");
+        Ok(DeltaSettings {
+            warehouse,
+            namespace: config.sink.namespace.clone(),
+            storage_options: if on_s3 {
+                storage_options(config)
+            } else {
+                HashMap::new()
+            },
+            staging_dir,
+            target_file_size: config.sink.target_file_size.bytes(),
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// Where `table` lives: `<warehouse>/<namespace>/<name>`.
+    pub fn table_location(&self, table: &CatalogTable) -> String {
+        format!("{}/{}/{}", self.warehouse, table.namespace, table.name)
+    }
+
+    fn table_url(&self, table: &CatalogTable) -> Result<Url> {
+        let location = self.table_location(table);
+        let url = if location.starts_with("s3://") {
+            Url::parse(&format!("{location}/"))
+                .map_err(|e| sink_error(table, format!("location {location}: {e}")))?
+        } else {
+            Url::from_directory_path(&location)
+                .map_err(|()| sink_error(table, format!("location {location} is not absolute")))?
+        };
+        Ok(url)
+    }
+}
+
+/// deltalake's object store options for an `s3://` warehouse: the endpoint (`[sink.s3]
+/// endpoint`, else `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`), region, path-style addressing
+/// and static keys of `[sink.s3]` (else the AWS credential chain deltalake reads itself).
+fn storage_options(config: &Config) -> HashMap<String, String> {
+    let s3 = &config.sink.s3;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut options = HashMap::new();
+    if let Some(endpoint) = s3
+        .endpoint
+        .clone()
+        .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+    {
+        if endpoint.starts_with("http://") {
+            options.insert("AWS_ALLOW_HTTP".to_string(), "true".to_string());
+        }
+        options.insert("AWS_ENDPOINT_URL".to_string(), endpoint);
+    }
+    if let Some(region) = s3.region.clone().or_else(|| env("AWS_REGION")) {
+        options.insert("AWS_REGION".to_string(), region);
+    }
+    let style = if s3.force_path_style {
+        "path"
+    } else {
+        "virtual"
+    };
+    options.insert("AWS_S3_ADDRESSING_STYLE".to_string(), style.to_string());
+    if let Some(key_id) = &s3.access_key_id {
+        options.insert("AWS_ACCESS_KEY_ID".to_string(), key_id.clone());
+        options.insert(
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            s3.secret_access_key.expose().to_string(),
+        );
+    }
+    options
+}
+
+/// A table the sink has prepared.
+struct TableState {
+    lake: CatalogTable,
+    table: DeltaTable,
+    /// The source shape it was last prepared or committed with.
+    source: Arc<TableSchema>,
+    layout: TableLayout,
+    /// The checkpoint as last read or committed.
+    checkpoint: Option<Lsn>,
+    /// Parts staged for the next commit.
+    staged: Vec<StagedPart>,
+}
+
+/// The Delta Lake [`Sink`].
+pub struct DeltaSink {
+    settings: DeltaSettings,
+    tables: HashMap<TableId, TableState>,
+}
+
+impl fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeltaSink")
+            .field("warehouse", &self.settings.warehouse)
+            .field("namespace", &self.settings.namespace)
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl DeltaSink {
+    /// The sink of `config`.
+    pub fn from_config(config: &Config) -> Result<Self> {
+        Ok(DeltaSink::new(DeltaSettings::from_config(config)?))
+    }
+
+    /// A sink with `settings`.
+    pub fn new(settings: DeltaSettings) -> Self {
+        DeltaSink {
+            settings,
+            tables: HashMap::new(),
+        }
+    }
+
+    /// The lake table of a source table.
+    pub fn lake_table(&self, table: &TableId) -> CatalogTable {
+        lake_table(&self.settings.namespace, table)
+    }
+
+    /// Opens the Delta table of `lake`; `None` when there is none yet.
+    async fn open(&self, lake: &CatalogTable) -> Result<(DeltaTable, bool)> {
+        let url = self.settings.table_url(lake)?;
+        if let Ok(path) = url.to_file_path() {
+            // deltalake's local store wants the table's directory to exist, even to say there
+            // is no table in it
+            std::fs::create_dir_all(&path).map_err(|source| Error::Io { path, source })?;
+        }
+        let mut table = DeltaTableBuilder::from_url(url)
+            .map_err(|e| delta_error(lake, "open the table", e))?
+            .with_storage_options(self.settings.storage_options.clone())
+            .build()
+            .map_err(|e| delta_error(lake, "open the table", e))?;
+        match table.load().await {
+            Ok(()) => Ok((table, true)),
+            Err(DeltaTableError::NotATable(_)) => Ok((table, false)),
+            Err(e) => Err(delta_error(lake, "load the table", e)),
+        }
+    }
+
+    /// Creates `lake` with the columns of `schema`, partitioned as `layout` says (plain column
+    /// names only); another writer's table created meanwhile is taken as it is.
+    async fn create(
+        &self,
+        lake: &CatalogTable,
+        table: &DeltaTable,
+        schema: &TableSchema,
+        layout: &TableLayout,
+    ) -> Result<DeltaTable> {
+        let columns = schema
+            .arrow
+            .fields()
+            .iter()
+            .map(|f| types::lake_field(f))
+            .collect::<Result<Vec<StructField>, String>>()
+            .map_err(|m| sink_error(lake, m))?;
+        for expression in &layout.partition_by {
+            if !columns.iter().any(|c| c.name() == expression) {
+                return Err(sink_error(
+                    lake,
+                    format!(
+                        "partition_by {expression:?}: Delta tables partition by plain column \
+                         names of the table; transforms such as day(…) or bucket(…) are \
+                         Iceberg's"
+                    ),
+                ));
+            }
+        }
+        let created = table
+            .create()
+            .with_columns(columns)
+            .with_partition_columns(layout.partition_by.clone())
+            .with_table_name(lake.name.clone())
+            .with_save_mode(SaveMode::Ignore)
+            .await
+            .map_err(|e| delta_error(lake, "create the table", e))?;
+        tracing::info!(
+            table = %lake,
+            location = %self.settings.table_location(lake),
+            "created delta table"
+        );
+        Ok(created)
+    }
+
+    /// Adds the columns of `schema` the table lacks. A column whose stored type would change
+    /// is an error (this writer does not use Delta's type widening), unless `replace`: the
+    /// table is incomplete and about to be copied again, so one commit empties it and gives it
+    /// `schema`'s columns.
+    async fn evolve(
+        &self,
+        state: &mut TableState,
+        schema: &TableSchema,
+        replace: bool,
+    ) -> Result<()> {
+        let current = state
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
+            .snapshot()
+            .arrow_schema();
+        let mut added = Vec::new();
+        for field in schema.arrow.fields() {
+            let wanted = types::lake_field(field).map_err(|m| sink_error(&state.lake, m))?;
+            match current.field_with_name(field.name()) {
+                Ok(existing) => {
+                    let stored =
+                        types::lake_field(existing).map_err(|m| sink_error(&state.lake, m))?;
+                    if stored.data_type() == wanted.data_type() {
+                        continue;
+                    }
+                    if replace {
+                        return self.replace_schema(state, schema).await;
+                    }
+                    return Err(sink_error(
+                        &state.lake,
+                        format!(
+                            "column {} is {} in the Delta table and {} in the source: this \
+                             writer cannot change a Delta column's type (with \
+                             on_table_error = \"suspend_table\" the table is copied again \
+                             with the new type)",
+                            field.name(),
+                            stored.data_type(),
+                            wanted.data_type()
+                        ),
+                    ));
+                }
+                Err(_) => added.push(wanted),
+            }
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = added.iter().map(|f| f.name().clone()).collect();
+        state.table = state
+            .table
+            .clone()
+            .add_columns()
+            .with_fields(added)
+            .await
+            .map_err(|e| delta_error(&state.lake, "add columns", e))?;
+        tracing::info!(table = %state.lake, columns = ?names, "added columns to the delta table");
+        Ok(())
+    }
+
+    /// Empties the (incomplete) table and gives it the columns of `schema`, in one overwrite
+    /// commit that keeps "no checkpoint": its copy follows.
+    async fn replace_schema(&self, state: &mut TableState, schema: &TableSchema) -> Result<()> {
+        let lake = state.lake.clone();
+        let fields = schema
+            .arrow
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), types::lake_type(f.data_type()), true))
+            .collect::<Vec<_>>();
+        let partition_columns: Vec<String> = state
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&lake, "read the metadata", e))?
+            .metadata()
+            .partition_columns()
+            .iter()
+            .filter(|c| fields.iter().any(|f| f.name() == *c))
+            .cloned()
+            .collect();
+        let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
+        state.table = state
+            .table
+            .clone()
+            .write(vec![empty])
+            .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
+            .with_partition_columns(partition_columns)
+            .with_commit_properties(write::checkpoint_properties(&lake, None))
+            .await
+            .map_err(|e| delta_error(&lake, "replace the incomplete table's schema", e))?;
+        tracing::info!(
+            table = %lake,
+            "replaced the schema of the incomplete delta table: its copy follows"
+        );
+        Ok(())
+    }
+
+    /// The checkpoint `table`'s latest commit carries.
+    async fn read_checkpoint(lake: &CatalogTable, table: &DeltaTable) -> Result<Option<Lsn>> {
+        let snapshot = table
+            .snapshot()
+            .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
+        let version = snapshot
+            .transaction_version(table.log_store().as_ref(), checkpoint_app_id(lake))
+            .await
+            .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
+        Ok(checkpoint_of(version))
+    }
+
+    async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
+        if !delta.schema.same_shape(&state.source) {
+            self.evolve(state, &delta.schema, false).await?;
+            state.source = delta.schema.clone();
+        }
+        let staged = std::mem::take(&mut state.staged);
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match write::commit(state, delta, &staged, &self.settings).await {
+                Ok(version) => break Ok(version),
+                Err(e) => {
+                    let e = Self::after_failed_commit(state, delta.lsn, e).await;
+                    // a lost race (a concurrent OPTIMIZE rewrote files the MERGE read): the
+                    // whole commit again, on the reloaded table
+                    if !is_lost_race(&e) || attempt >= self.settings.retry.max_attempts {
+                        break Err(e);
+                    }
+                    let pause = self.settings.retry.backoff(attempt);
+                    tracing::warn!(
+                        table = %state.lake,
+                        attempt,
+                        error = %e,
+                        pause_ms = pause.as_millis() as u64,
+                        "delta commit failed; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        };
+        for part in &staged {
+            part.remove();
+        }
+        let version = result?;
+        state.checkpoint = delta.lsn;
+        tracing::info!(
+            table = %state.lake,
+            lsn = ?delta.lsn,
+            staged = staged.len(),
+            truncate = delta.truncate,
+            version,
+            "committed"
+        );
+        Ok(())
+    }
+
+    /// Reloads the table after a failed commit, so a retry starts from what the lake holds,
+    /// and turns `error` into a lasting one when the lake already holds a checkpoint at or
+    /// past `lsn`: another writer commits the same source, and retrying would lose to it
+    /// forever (deltalake reports such a race as a retryable conflict on the same app id).
+    async fn after_failed_commit(state: &mut TableState, lsn: Option<Lsn>, error: Error) -> Error {
+        if let Err(e) = state.table.update_state().await {
+            tracing::warn!(table = %state.lake, error = %e, "could not reload the table after a failed commit");
+            return error;
+        }
+        match (lsn, Self::read_checkpoint(&state.lake, &state.table).await) {
+            (Some(lsn), Ok(Some(holds))) if holds >= lsn => sink_error(
+                &state.lake,
+                format!(
+                    "the table already holds checkpoint {holds}, at or past this commit's \
+                     ({lsn}): another writer is committing the same source (is a second \
+                     lakewriter running?)"
+                ),
+            ),
+            _ => error,
+        }
+    }
+
+    async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
+        if !part.schema.same_shape(&state.source) {
+            self.evolve(state, &part.schema, false).await?;
+            state.source = part.schema.clone();
+        }
+        let lake_schema = state
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
+            .snapshot()
+            .arrow_schema();
+        let staged = StagedPart::write(
+            &self.settings.staging_dir,
+            &state.lake,
+            &lake_schema,
+            &part.rows,
+            &part.deletes,
+        )?;
+        tracing::debug!(table = %state.lake, "staged a part of a transaction for its commit");
+        state.staged.push(staged);
+        Ok(())
+    }
+}
+
+impl Sink for DeltaSink {
+    async fn prepare(
+        &mut self,
+        table: &TableId,
+        schema: &TableSchema,
+        layout: &TableLayout,
+    ) -> Result<Option<Lsn>> {
+        let lake = self.lake_table(table);
+        if !self.tables.contains_key(table) {
+            staging::remove_orphans(&self.settings.staging_dir, &lake);
+        }
+        let (opened, exists) = self.open(&lake).await?;
+        let delta_table = if exists {
+            opened
+        } else {
+            self.create(&lake, &opened, schema, layout).await?
+        };
+        let checkpoint = Self::read_checkpoint(&lake, &delta_table).await?;
+        let partition_columns = delta_table
+            .snapshot()
+            .map_err(|e| delta_error(&lake, "read the metadata", e))?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        if partition_columns != layout.partition_by {
+            tracing::warn!(
+                table = %lake,
+                partition_by = ?layout.partition_by,
+                lake = ?partition_columns,
+                "the delta table keeps its partition columns; the configured ones differ and \
+                 apply only to new tables"
+            );
+        }
+        let mut state = TableState {
+            lake,
+            table: delta_table,
+            source: Arc::new(schema.clone()),
+            layout: layout.clone(),
+            checkpoint,
+            staged: self
+                .tables
+                .remove(table)
+                .map(|s| s.staged)
+                .unwrap_or_default(),
+        };
+        // a table without a checkpoint is copied again from scratch: a column whose type
+        // changed may then be replaced
+        let evolved = self.evolve(&mut state, schema, checkpoint.is_none()).await;
+        tracing::debug!(table = %state.lake, checkpoint = ?checkpoint, "prepared delta table");
+        // known as it is in the lake even when it cannot take `schema`, for known_checkpoint
+        // and mark_incomplete
+        self.tables.insert(table.clone(), state);
+        evolved.map(|()| checkpoint)
+    }
+
+    async fn commit(&mut self, delta: TableDelta) -> Result<()> {
+        let Some(mut state) = self.tables.remove(&delta.table) else {
+            return Err(sink_error(
+                &self.lake_table(&delta.table),
+                "commit before prepare: the sink does not know the table yet",
+            ));
+        };
+        let result = self.commit_prepared(&mut state, &delta).await;
+        self.tables.insert(delta.table.clone(), state);
+        result
+    }
+
+    async fn stage(&mut self, part: TableDelta) -> Result<()> {
+        let Some(mut state) = self.tables.remove(&part.table) else {
+            return Err(sink_error(
+                &self.lake_table(&part.table),
+                "stage before prepare: the sink does not know the table yet",
+            ));
+        };
+        let result = self.stage_prepared(&mut state, &part).await;
+        self.tables.insert(part.table.clone(), state);
+        result
+    }
+
+    fn discard_staged(&mut self, table: &TableId) {
+        if let Some(state) = self.tables.get_mut(table) {
+            for part in state.staged.drain(..) {
+                part.remove();
+            }
+        }
+    }
+
+    fn known_checkpoint(&self, table: &TableId) -> Option<Lsn> {
+        self.tables.get(table).and_then(|s| s.checkpoint)
+    }
+
+    async fn mark_incomplete(&mut self, table: &TableId) -> Result<()> {
+        let Some(state) = self.tables.get_mut(table) else {
+            return Err(sink_error(
+                &self.lake_table(table),
+                "mark incomplete before prepare: the sink does not know the table yet",
+            ));
+        };
+        write::commit_checkpoint(state, None).await?;
+        state.checkpoint = None;
+        tracing::info!(table = %state.lake, "marked incomplete: the next start copies it again");
+        Ok(())
+    }
+
+    async fn lookup(&mut self, table: &TableId, keys: &RecordBatch) -> Result<Vec<RecordBatch>> {
+        let state = self.tables.get(table).ok_or_else(|| {
+            sink_error(
+                &self.lake_table(table),
+                "lookup before prepare: the sink does not know the table yet",
+            )
+        })?;
+        lookup::lookup(state, keys)
+            .await
+            .map_err(|e| e.about(&state.lake, "look up rows by key"))
+    }
+}
+
+/// A failure inside a Delta operation, before it is named after its table.
+#[derive(Debug)]
+enum Failure {
+    Delta(DeltaTableError),
+    DataFusion(datafusion::error::DataFusionError),
+    Message(String),
+}
+
+impl From<DeltaTableError> for Failure {
+    fn from(e: DeltaTableError) -> Self {
+        Failure::Delta(e)
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Failure {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Failure::DataFusion(e)
+    }
+}
+
+impl Failure {
+    /// The sink error of this failure while doing `context` on `table`.
+    fn about(self, table: &CatalogTable, context: &str) -> Error {
+        match self {
+            Failure::Delta(e) => delta_error(table, context, e),
+            Failure::DataFusion(e) => Error::Sink {
+                table: table.to_string(),
+                message: format!("{context}: {e}"),
+                // an object store hiccup under DataFusion may pass; planning errors will not
+                retryable: matches!(
+                    e.find_root(),
+                    datafusion::error::DataFusionError::ObjectStore(_)
+                        | datafusion::error::DataFusionError::IoError(_)
+                ),
+            },
+            Failure::Message(message) => sink_error(table, format!("{context}: {message}")),
+        }
+    }
+}
+
+/// A sink error about `table` that retrying will not fix.
+fn sink_error(table: &impl fmt::Display, message: impl Into<String>) -> Error {
+    Error::Sink {
+        table: table.to_string(),
+        message: message.into(),
+        retryable: false,
+    }
+}
+
+/// A deltalake failure while doing `context`: lost commit races (another writer committed the
+/// same version, or a conflicting change, past deltalake's own retries) and storage failures
+/// may pass on a retry.
+fn delta_error(table: &impl fmt::Display, context: &str, e: DeltaTableError) -> Error {
+    use deltalake::kernel::transaction::TransactionError;
+    // the commit was refused before its log entry was written: nothing of it landed
+    let lost_race = match &e {
+        DeltaTableError::VersionAlreadyExists(_) => true,
+        DeltaTableError::Transaction { source } => matches!(
+            source,
+            TransactionError::VersionAlreadyExists(_)
+                | TransactionError::CommitConflict(_)
+                | TransactionError::MaxCommitAttempts(_)
+        ),
+        _ => false,
+    };
+    let storage = match &e {
+        DeltaTableError::ObjectStore { .. } | DeltaTableError::Io { .. } => true,
+        DeltaTableError::Transaction { source } => {
+            matches!(source, TransactionError::ObjectStore { .. })
+        }
+        _ => false,
+    };
+    Error::Sink {
+        table: table.to_string(),
+        message: if lost_race {
+            format!("{context}: {LOST_RACE}{e}")
+        } else {
+            format!("{context}: {e}")
+        },
+        retryable: lost_race || storage,
+    }
+}
+
+/// How the message of a commit that lost a race begins, after its context: the commit did not
+/// land, so the sink may run it again on the reloaded table. (A storage failure may have
+/// landed the commit's log entry before it was reported, so it is left to the run: a restart
+/// reads the checkpoint the lake really holds.)
+const LOST_RACE: &str = "lost a commit race: ";
+
+/// Whether `error` is a commit that lost a race (see [`LOST_RACE`]).
+fn is_lost_race(error: &Error) -> bool {
+    matches!(error, Error::Sink { retryable: true, message, .. } if message.contains(LOST_RACE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_round_trips_and_minus_one_means_none() {
+        let lsn = Lsn(0x16_B374_D848);
+        assert_eq!(checkpoint_of(Some(txn_version(Some(lsn)))), Some(lsn));
+        assert_eq!(txn_version(None), -1);
+        assert_eq!(checkpoint_of(Some(-1)), None);
+        assert_eq!(checkpoint_of(None), None);
+        assert_eq!(
+            checkpoint_app_id(&CatalogTable::new("lake", "orders")),
+            "lakewriter.lsn:lake.orders"
+        );
+    }
+}

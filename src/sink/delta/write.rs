@@ -1,0 +1,299 @@
+//! One delta, one Delta commit, carrying the table's checkpoint as a `txn` action:
+//!
+//! - no deletes (inserts only, changelog tables, initial snapshot chunks): an append. An
+//!   inserted key is absent from the lake (exactly once: it was never committed, or its delete
+//!   is in the same delta), so nothing needs replacing;
+//! - `truncate`: an overwrite, which removes every file and adds the rows in the same commit.
+//!   The deletes are dropped: they name rows committed before, which the overwrite removes
+//!   anyway;
+//! - deletes: one MERGE on the key. Its source is the rows (op `U`: replace or insert) plus
+//!   the deleted keys no row carries (op `D`: remove), each key once, since MERGE refuses two
+//!   source rows matching one target row, and a key both deleted and written is a replace.
+//!
+//! Staged parts join in as Parquet scans, so a transaction larger than memory streams through
+//! DataFusion rather than through memory. A commit that changes no file (a MERGE matching
+//! nothing, an empty append) still has to move the checkpoint: an empty commit carries it.
+
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::common::{Column, JoinType, ScalarValue};
+use datafusion::dataframe::DataFrame;
+use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, cast, col, lit};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+
+use super::staging::StagedPart;
+use super::{DeltaSettings, Failure, TableState, checkpoint_app_id, txn_version, types};
+use crate::catalog::CatalogTable;
+use crate::error::Result;
+use crate::lsn::Lsn;
+use crate::sink::TableDelta;
+
+/// The MERGE source's column saying what a row does (`U` replace or insert, `D` remove).
+const OP: &str = "__lakewriter_op";
+
+/// Commits `delta` and the `staged` parts to `state`'s table; returns the table's new version.
+pub async fn commit(
+    state: &mut TableState,
+    delta: &TableDelta,
+    staged: &[StagedPart],
+    settings: &DeltaSettings,
+) -> Result<u64> {
+    let lake = state.lake.clone();
+    match commit_inner(state, delta, staged, settings).await {
+        Ok(version) => Ok(version),
+        Err(e) => Err(e.about(&lake, "commit")),
+    }
+}
+
+async fn commit_inner(
+    state: &mut TableState,
+    delta: &TableDelta,
+    staged: &[StagedPart],
+    settings: &DeltaSettings,
+) -> Result<u64, Failure> {
+    let before = state.table.version();
+    let target = state.table.snapshot()?.snapshot().arrow_schema();
+    let ctx = deltalake::delta_datafusion::create_session().into_inner();
+    state.table.update_datafusion_session(&ctx.state())?;
+
+    let rows = frame(
+        &ctx,
+        &delta.rows,
+        staged.iter().filter_map(|p| p.rows.as_ref()),
+        &target,
+    )
+    .await?;
+    let upsert = !state.layout.key.is_empty();
+    let deletes = if upsert && !delta.truncate {
+        frame(
+            &ctx,
+            &delta.deletes,
+            staged.iter().filter_map(|p| p.deletes.as_ref()),
+            &target,
+        )
+        .await?
+    } else {
+        None
+    };
+    let properties = checkpoint_properties(&state.lake, delta.lsn);
+
+    let table = state.table.clone();
+    let written = match (rows, deletes) {
+        (None, None) if !delta.truncate => None,
+        (rows, None) => {
+            let rows = match rows {
+                Some(rows) => rows,
+                None => ctx.read_batch(RecordBatch::new_empty(target.clone()))?,
+            };
+            let mode = if delta.truncate {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            };
+            let written = table
+                .write(Vec::new())
+                .with_input_plan(rows.into_unoptimized_plan())
+                .with_session_state(Arc::new(ctx.state()))
+                .with_save_mode(mode)
+                .with_target_file_size(NonZeroU64::new(settings.target_file_size))
+                .with_commit_properties(properties)
+                .await?;
+            Some(written)
+        }
+        (rows, Some(deletes)) => {
+            let source = merge_source(rows, deletes, &state.layout.key, &target)?;
+            let on = state
+                .layout
+                .key
+                .iter()
+                .map(|k| {
+                    col(Column::new(Some("target"), k)).eq(col(Column::new(Some("source"), k)))
+                })
+                .reduce(Expr::and)
+                .ok_or_else(|| Failure::Message("the table has no key to merge on".into()))?;
+            let is_op = |op: &str| col(Column::new(Some("source"), OP)).eq(lit(op.to_string()));
+            let columns: Vec<String> = target.fields().iter().map(|f| f.name().clone()).collect();
+            let (merged, _metrics) = table
+                .merge(source, on)
+                .with_source_alias("source")
+                .with_target_alias("target")
+                .with_session_state(Arc::new(ctx.state()))
+                .with_commit_properties(properties)
+                .when_matched_delete(|d| d.predicate(is_op("D")))?
+                .when_matched_update(|mut u| {
+                    u = u.predicate(is_op("U"));
+                    for name in &columns {
+                        u = u.update(
+                            Column::new_unqualified(name),
+                            col(Column::new(Some("source"), name)),
+                        );
+                    }
+                    u
+                })?
+                .when_not_matched_insert(|mut i| {
+                    i = i.predicate(is_op("U"));
+                    for name in &columns {
+                        i = i.set(
+                            Column::new_unqualified(name),
+                            col(Column::new(Some("source"), name)),
+                        );
+                    }
+                    i
+                })?
+                .await?;
+            Some(merged)
+        }
+    };
+    if let Some(table) = written {
+        state.table = table;
+    }
+    if state.table.version() == before {
+        // nothing changed a file: the checkpoint still has to move
+        commit_checkpoint_inner(state, delta.lsn).await?;
+    }
+    Ok(state.table.version().unwrap_or_default())
+}
+
+/// An empty commit carrying only `lsn` (or "no checkpoint" for `None`).
+pub async fn commit_checkpoint(state: &mut TableState, lsn: Option<Lsn>) -> Result<()> {
+    let lake = state.lake.clone();
+    commit_checkpoint_inner(state, lsn)
+        .await
+        .map_err(|e| e.about(&lake, "commit the checkpoint"))
+}
+
+async fn commit_checkpoint_inner(state: &mut TableState, lsn: Option<Lsn>) -> Result<(), Failure> {
+    let properties = checkpoint_properties(&state.lake, lsn);
+    let snapshot = state.table.snapshot()?;
+    CommitBuilder::from(properties)
+        .with_actions(Vec::new())
+        .build(
+            Some(snapshot),
+            state.table.log_store(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await?;
+    state.table.update_state().await?;
+    Ok(())
+}
+
+/// Commit properties carrying `lsn` as `lake`'s checkpoint (`None`: "no checkpoint").
+pub fn checkpoint_properties(lake: &CatalogTable, lsn: Option<Lsn>) -> CommitProperties {
+    CommitProperties::default()
+        .with_application_transaction(Transaction::new(checkpoint_app_id(lake), txn_version(lsn)))
+}
+
+/// The rows of `batches` (source layout) and of the staged `files` (lake layout, maybe of an
+/// older schema) as one frame in the layout `target`; `None` when there are none.
+async fn frame(
+    ctx: &SessionContext,
+    batches: &[RecordBatch],
+    files: impl Iterator<Item = &std::path::PathBuf>,
+    target: &SchemaRef,
+) -> Result<Option<DataFrame>, Failure> {
+    let shaped = batches
+        .iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| types::to_lake(b, target).map_err(Failure::Message))
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let mut frames = Vec::new();
+    if !shaped.is_empty() {
+        frames.push(ctx.read_batches(shaped)?);
+    }
+    for file in files {
+        let path = file.to_string_lossy().into_owned();
+        let scanned = ctx
+            .read_parquet(path, ParquetReadOptions::default())
+            .await?;
+        frames.push(align(scanned, target)?);
+    }
+    let mut frames = frames.into_iter();
+    let Some(first) = frames.next() else {
+        return Ok(None);
+    };
+    let mut all = first;
+    for next in frames {
+        all = all.union(next)?;
+    }
+    Ok(Some(all))
+}
+
+/// `frame` with exactly the columns of `target`, in order: its own cast to the target's type,
+/// the ones it lacks (added to the table since it was staged) null.
+fn align(frame: DataFrame, target: &SchemaRef) -> Result<DataFrame, Failure> {
+    let has = |name: &str| frame.schema().has_column_with_unqualified_name(name);
+    let exprs = target
+        .fields()
+        .iter()
+        .map(|f| {
+            let value = if has(f.name()) {
+                cast(
+                    col(Column::new_unqualified(f.name())),
+                    f.data_type().clone(),
+                )
+            } else {
+                lit(ScalarValue::try_from(f.data_type())?)
+            };
+            Ok(value.alias(f.name()))
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    Ok(frame.select(exprs)?)
+}
+
+/// The MERGE source: `rows` as `U`, and the keys of `deletes` that no row carries, once each,
+/// as `D` (other columns null).
+fn merge_source(
+    rows: Option<DataFrame>,
+    deletes: DataFrame,
+    key: &[String],
+    target: &SchemaRef,
+) -> Result<DataFrame, Failure> {
+    let key_columns = |relation: Option<&str>| -> Vec<Expr> {
+        key.iter()
+            .map(|k| match relation {
+                Some(r) => col(Column::new(Some(r), k)).alias(k),
+                None => col(Column::new_unqualified(k)),
+            })
+            .collect()
+    };
+    let mut gone = deletes.select(key_columns(None))?.distinct()?;
+    if let Some(rows) = &rows {
+        let written = rows.clone().select(key_columns(None))?.alias("written")?;
+        let on: Vec<Expr> = key
+            .iter()
+            .map(|k| col(Column::new(Some("gone"), k)).eq(col(Column::new(Some("written"), k))))
+            .collect();
+        gone = gone
+            .alias("gone")?
+            .join_on(written, JoinType::LeftAnti, on)?
+            .select(key_columns(Some("gone")))?;
+    }
+    let mut exprs = target
+        .fields()
+        .iter()
+        .map(|f| {
+            let value = if key.contains(f.name()) {
+                col(Column::new_unqualified(f.name()))
+            } else {
+                lit(ScalarValue::try_from(f.data_type())?)
+            };
+            Ok(value.alias(f.name()))
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    exprs.push(lit("D").alias(OP));
+    let gone = gone.select(exprs)?;
+    let source = match rows {
+        Some(rows) => rows.with_column(OP, lit("U"))?.union(gone)?,
+        None => gone,
+    };
+    Ok(source)
+}

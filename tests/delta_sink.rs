@@ -1,0 +1,816 @@
+//! The Delta sink in-process against a local warehouse, every outcome read back by DuckDB's
+//! `delta_scan` (an independent reader) and the checkpoint by the `txn` actions of the Delta
+//! log itself: upserts through MERGE, re-keys, a key both deleted and written, staged parts,
+//! truncate, an added column, lookups, and "no checkpoint" after an incomplete commit.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use arrow::array::{Int32Array, RecordBatch, StringArray, Time64MicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use lakewriter::sink::delta::{DeltaSink, checkpoint_app_id};
+use lakewriter::sink::iceberg::lake_table;
+use lakewriter::sink::{Sink, TableDelta, TableLayout};
+use lakewriter::source::changes::{ColumnSchema, TableSchema};
+use lakewriter::source::pgoutput::ReplicaIdentity;
+use lakewriter::source::{Oid, RelationId};
+use lakewriter::table::TableId;
+use lakewriter::{Config, Lsn};
+use support::delta::{delta_query, txn_version};
+
+struct Lake {
+    warehouse: tempfile::TempDir,
+    namespace: String,
+    config: Config,
+}
+
+impl Lake {
+    fn new(label: &str) -> Lake {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let namespace = format!(
+            "delta_{label}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let warehouse = tempfile::tempdir().expect("a temporary warehouse");
+        let text = format!(
+            "[source]\ndatabase = \"unused\"\n\n[sink]\nformat = \"delta\"\nnamespace = \
+             \"{namespace}\"\nwarehouse = \"{}\"\n\n[flush]\nspill_dir = \"{}\"\n",
+            warehouse.path().display(),
+            warehouse.path().join("spill").display(),
+        );
+        let config = Config::parse(&text, Path::new("delta-sink-test.toml"), Vec::new())
+            .expect("a valid config");
+        Lake {
+            warehouse,
+            namespace,
+            config,
+        }
+    }
+
+    fn sink(&self) -> DeltaSink {
+        DeltaSink::from_config(&self.config).expect("open the sink")
+    }
+
+    fn location(&self, table: &TableId) -> PathBuf {
+        self.warehouse
+            .path()
+            .join(&self.namespace)
+            .join(&lake_table(&self.namespace, table).name)
+    }
+
+    fn rows(&self, table: &TableId, query: &str) -> Vec<String> {
+        delta_query(&self.location(table), query)
+    }
+
+    fn checkpoint(&self, table: &TableId) -> Option<i64> {
+        txn_version(
+            &self.location(table),
+            &checkpoint_app_id(&lake_table(&self.namespace, table)),
+        )
+    }
+}
+
+fn items() -> TableId {
+    TableId::new("public", "items")
+}
+
+/// `public.items (id int PRIMARY KEY, name text[, at time])`.
+fn items_schema(with_time: bool) -> Arc<TableSchema> {
+    let mut columns = vec![
+        ("id", DataType::Int32, 23, true),
+        ("name", DataType::Utf8, 25, false),
+    ];
+    if with_time {
+        columns.push(("at", DataType::Time64(TimeUnit::Microsecond), 1083, false));
+    }
+    let arrow = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, t, _, _)| Field::new(*name, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    Arc::new(TableSchema {
+        table: items(),
+        relation: RelationId(16384),
+        replica_identity: ReplicaIdentity::Default,
+        columns: columns
+            .iter()
+            .map(|(name, _, oid, key)| ColumnSchema {
+                name: name.to_string(),
+                type_oid: Oid(*oid),
+                type_modifier: -1,
+                key: *key,
+            })
+            .collect(),
+        arrow: arrow.clone(),
+        arrow_nullable: arrow,
+    })
+}
+
+fn batch(schema: &TableSchema, rows: &[(i32, Option<&str>)]) -> RecordBatch {
+    let mut columns: Vec<arrow::array::ArrayRef> = vec![
+        Arc::new(Int32Array::from(
+            rows.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        )),
+    ];
+    if schema.arrow.fields().len() == 3 {
+        columns.push(Arc::new(Time64MicrosecondArray::from(
+            rows.iter()
+                .map(|(id, _)| i64::from(*id) * 1_000_000)
+                .collect::<Vec<_>>(),
+        )));
+    }
+    RecordBatch::try_new(schema.arrow.clone(), columns).expect("a batch")
+}
+
+fn delta(
+    schema: &Arc<TableSchema>,
+    truncate: bool,
+    deletes: &[(i32, Option<&str>)],
+    rows: &[(i32, Option<&str>)],
+    lsn: Option<u64>,
+) -> TableDelta {
+    TableDelta {
+        table: items(),
+        schema: schema.clone(),
+        truncate,
+        deletes: vec![batch(schema, deletes)],
+        rows: vec![batch(schema, rows)],
+        lsn: lsn.map(Lsn),
+    }
+}
+
+fn layout() -> TableLayout {
+    TableLayout {
+        key: vec!["id".into()],
+        partition_by: Vec::new(),
+    }
+}
+
+const ALL: &str = "SELECT id, name FROM {scan} ORDER BY id";
+
+#[tokio::test]
+async fn upserts_deletes_and_rekeys_land_as_one_final_state_per_key() {
+    let lake = Lake::new("upsert");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    assert_eq!(
+        sink.prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        None
+    );
+
+    sink.commit(delta(
+        &schema,
+        true,
+        &[],
+        &[(1, Some("a")), (2, Some("b")), (3, Some("c"))],
+        Some(100),
+    ))
+    .await
+    .expect("first commit");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a", "2|b", "3|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(100));
+
+    // 1 updated, 2 deleted, 3 re-keyed to 30, 4 inserted; 2 also deleted twice
+    sink.commit(delta(
+        &schema,
+        false,
+        &[(1, None), (2, None), (2, None), (3, None)],
+        &[(1, Some("a2")), (30, Some("c")), (4, Some("d"))],
+        Some(200),
+    ))
+    .await
+    .expect("merge");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a2", "4|d", "30|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(200));
+
+    // deletes matching nothing still move the checkpoint
+    sink.commit(delta(&schema, false, &[(99, None)], &[], Some(300)))
+        .await
+        .expect("a delete of nothing");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a2", "4|d", "30|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(300));
+
+    // a reopened sink reads the checkpoint back
+    let mut again = lake.sink();
+    assert_eq!(
+        again
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        Some(Lsn(300))
+    );
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)])),
+        vec![Arc::new(Int32Array::from(vec![4, 5]))],
+    )
+    .expect("keys");
+    let found = again.lookup(&items(), &keys).await.expect("lookup");
+    let found: usize = found.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(found, 1);
+}
+
+#[tokio::test]
+async fn staged_parts_commit_with_the_transaction_and_truncate_replaces_everything() {
+    let lake = Lake::new("staged");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(10),
+    ))
+    .await
+    .expect("first commit");
+
+    sink.stage(delta(
+        &schema,
+        false,
+        &[(1, None)],
+        &[(1, Some("a2")), (5, Some("e"))],
+        None,
+    ))
+    .await
+    .expect("stage");
+    sink.stage(delta(&schema, false, &[(2, None)], &[], None))
+        .await
+        .expect("stage");
+    // staged parts are not in the table before the commit
+    assert_eq!(lake.rows(&items(), ALL), ["1|a", "2|b"]);
+    sink.commit(delta(&schema, false, &[], &[(6, Some("f"))], Some(20)))
+        .await
+        .expect("commit with staged parts");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a2", "5|e", "6|f"]);
+    assert_eq!(lake.checkpoint(&items()), Some(20));
+
+    // a discarded part never reaches the table
+    sink.stage(delta(&schema, false, &[], &[(7, Some("g"))], None))
+        .await
+        .expect("stage");
+    sink.discard_staged(&items());
+    sink.commit(delta(
+        &schema,
+        true,
+        &[(5, None)],
+        &[(8, Some("h"))],
+        Some(30),
+    ))
+    .await
+    .expect("truncate");
+    assert_eq!(lake.rows(&items(), ALL), ["8|h"]);
+    assert_eq!(lake.checkpoint(&items()), Some(30));
+    let staged = std::fs::read_dir(lake.warehouse.path().join("spill/lakewriter-delta-staged"))
+        .map(|dir| {
+            dir.flat_map(|d| std::fs::read_dir(d.expect("entry").path()).expect("dir"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(staged, 0, "staged files left behind");
+}
+
+#[tokio::test]
+async fn a_commit_without_checkpoint_reads_back_as_none_and_columns_are_added() {
+    let lake = Lake::new("incomplete");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("commit");
+    sink.commit(delta(&schema, true, &[], &[(2, Some("b"))], None))
+        .await
+        .expect("a snapshot chunk");
+    assert_eq!(lake.checkpoint(&items()), Some(-1));
+    assert_eq!(
+        lake.sink()
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        None
+    );
+    sink.commit(delta(&schema, false, &[], &[(3, Some("c"))], Some(40)))
+        .await
+        .expect("the last chunk");
+    assert_eq!(sink.known_checkpoint(&items()), Some(Lsn(40)));
+    sink.mark_incomplete(&items())
+        .await
+        .expect("mark incomplete");
+    assert_eq!(sink.known_checkpoint(&items()), None);
+    assert_eq!(
+        lake.sink()
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        None
+    );
+    assert_eq!(lake.rows(&items(), ALL), ["2|b", "3|c"]);
+
+    // a new column (a time, stored as text) is added; older rows read it as null
+    let wider = items_schema(true);
+    sink.commit(delta(
+        &wider,
+        false,
+        &[(2, None)],
+        &[(2, Some("b2")), (4, Some("d"))],
+        Some(50),
+    ))
+    .await
+    .expect("commit with a new column");
+    assert_eq!(
+        lake.rows(
+            &items(),
+            "SELECT id, name, coalesce(\"at\", 'NULL') FROM {scan} ORDER BY id"
+        ),
+        ["2|b2|00:00:02", "3|c|NULL", "4|d|00:00:04"]
+    );
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)])),
+        vec![Arc::new(Int32Array::from(vec![4]))],
+    )
+    .expect("keys");
+    let found = sink.lookup(&items(), &keys).await.expect("lookup");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0], batch(&wider, &[(4, Some("d"))]));
+}
+
+#[tokio::test]
+async fn on_s3_a_merge_lands_and_the_python_deltalake_reads_it() {
+    let endpoint = support::stack().aws_endpoint().to_string();
+    let bucket = format!("delta-{}", std::process::id());
+    let namespace = format!("delta_s3_{}", std::process::id());
+    let text = format!(
+        "[source]\ndatabase = \"unused\"\n\n[sink]\nformat = \"delta\"\nnamespace = \
+         \"{namespace}\"\nwarehouse = \"s3://{bucket}/warehouse\"\n[sink.s3]\nregion = \
+         \"us-east-1\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\naccess_key_id = \
+         \"testing\"\nsecret_access_key = \"testing\"\n"
+    );
+    let config =
+        Config::parse(&text, Path::new("delta-s3-test.toml"), Vec::new()).expect("a valid config");
+    let s3 = lakewriter::cloud::s3_client(&config).await;
+    if let Err(e) = s3.create_bucket().bucket(&bucket).send().await {
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("BucketAlreadyOwnedByYou"),
+            "create bucket: {text}"
+        );
+    }
+    let schema = items_schema(false);
+    let mut sink = DeltaSink::from_config(&config).expect("open the sink");
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("create on S3");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(10),
+    ))
+    .await
+    .expect("insert");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[(1, None), (2, None)],
+        &[(2, Some("b2")), (3, Some("c"))],
+        Some(20),
+    ))
+    .await
+    .expect("merge");
+    let uri = format!("s3://{bucket}/warehouse/{namespace}/items");
+    let options = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_S3_ALLOW_UNSAFE_RENAME", "true"),
+    ];
+    assert_eq!(
+        support::delta::python_delta_rows(&uri, &options, &["id", "name"]),
+        ["2|b2", "3|c"]
+    );
+    assert_eq!(
+        DeltaSink::from_config(&config)
+            .expect("open the sink")
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare"),
+        Some(Lsn(20))
+    );
+}
+
+#[tokio::test]
+async fn a_type_change_stops_a_complete_table_and_replaces_an_incomplete_ones_schema() {
+    let lake = Lake::new("retype");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("commit");
+
+    // name becomes a bigint
+    let mut retyped = (*schema).clone();
+    let fields = vec![
+        Field::new("id", DataType::Int32, true),
+        Field::new("name", DataType::Int64, true),
+    ];
+    retyped.arrow = Arc::new(Schema::new(fields));
+    retyped.arrow_nullable = retyped.arrow.clone();
+    retyped.columns[1].type_oid = Oid(20);
+    let error = lake
+        .sink()
+        .prepare(&items(), &retyped, &layout())
+        .await
+        .expect_err("a type change on a complete table");
+    assert!(error.to_string().contains("column name"), "{error}");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a"]);
+
+    // once incomplete, the table is emptied and takes the new type, still without checkpoint
+    let mut stopped = lake.sink();
+    assert!(
+        stopped
+            .prepare(&items(), &retyped, &layout())
+            .await
+            .is_err()
+    );
+    assert_eq!(stopped.known_checkpoint(&items()), Some(Lsn(10)));
+    stopped
+        .mark_incomplete(&items())
+        .await
+        .expect("mark incomplete");
+    let mut copy = lake.sink();
+    assert_eq!(
+        copy.prepare(&items(), &retyped, &layout())
+            .await
+            .expect("replace"),
+        None
+    );
+    assert_eq!(lake.rows(&items(), "SELECT count(*) FROM {scan}"), ["0"]);
+    let row = RecordBatch::try_new(
+        retyped.arrow.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![1])),
+            Arc::new(arrow::array::Int64Array::from(vec![5_000_000_000])),
+        ],
+    )
+    .expect("a row");
+    let retyped = Arc::new(retyped);
+    copy.commit(TableDelta {
+        table: items(),
+        schema: retyped.clone(),
+        truncate: true,
+        deletes: Vec::new(),
+        rows: vec![row],
+        lsn: Some(Lsn(20)),
+    })
+    .await
+    .expect("the copy");
+    assert_eq!(lake.rows(&items(), ALL), ["1|5000000000"]);
+    assert_eq!(lake.checkpoint(&items()), Some(20));
+}
+
+#[tokio::test]
+async fn every_stored_type_reads_back_in_duckdb_and_looks_up_as_the_source_sent_it() {
+    use arrow::array::{
+        ArrayRef, Decimal128Array, FixedSizeBinaryArray, ListBuilder, StringBuilder,
+        TimestampMicrosecondArray,
+    };
+    let lake = Lake::new("types");
+    let table = TableId::new("public", "kinds");
+    let columns: Vec<(&str, DataType, u32, bool)> = vec![
+        ("id", DataType::Int32, 23, true),
+        (
+            "tags",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            1009,
+            false,
+        ),
+        ("ref", DataType::FixedSizeBinary(16), 2950, false),
+        ("at", DataType::Time64(TimeUnit::Microsecond), 1083, false),
+        (
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            1184,
+            false,
+        ),
+        ("amount", DataType::Decimal128(10, 2), 1700, false),
+    ];
+    let arrow = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, t, _, _)| Field::new(*name, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let schema = Arc::new(TableSchema {
+        table: table.clone(),
+        relation: RelationId(16385),
+        replica_identity: ReplicaIdentity::Default,
+        columns: columns
+            .iter()
+            .map(|(name, _, oid, key)| ColumnSchema {
+                name: name.to_string(),
+                type_oid: Oid(*oid),
+                type_modifier: -1,
+                key: *key,
+            })
+            .collect(),
+        arrow: arrow.clone(),
+        arrow_nullable: arrow.clone(),
+    });
+    let mut tags = ListBuilder::new(StringBuilder::new());
+    tags.values().append_value("x");
+    tags.values().append_null();
+    tags.append(true);
+    tags.append(true);
+    tags.append(false);
+    let uuid: Vec<u8> = (0u8..16).collect();
+    let row: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from(vec![1, 2, 3])),
+        Arc::new(tags.finish()),
+        Arc::new(
+            FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+                vec![Some(uuid.as_slice()), None, Some(uuid.as_slice())].into_iter(),
+                16,
+            )
+            .expect("uuids"),
+        ),
+        Arc::new(Time64MicrosecondArray::from(vec![
+            Some(0),
+            Some(86_399_999_999),
+            None,
+        ])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(-62_135_596_800_000_000), Some(0), None])
+                .with_timezone("+00:00"),
+        ),
+        Arc::new(
+            Decimal128Array::from(vec![Some(-99_999_999), Some(12_345), None])
+                .with_precision_and_scale(10, 2)
+                .expect("decimals"),
+        ),
+    ];
+    let rows = RecordBatch::try_new(arrow.clone(), row).expect("rows");
+    let mut sink = lake.sink();
+    sink.prepare(&table, &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(TableDelta {
+        table: table.clone(),
+        schema: schema.clone(),
+        truncate: true,
+        deletes: Vec::new(),
+        rows: vec![rows.clone()],
+        lsn: Some(Lsn(5)),
+    })
+    .await
+    .expect("commit");
+    assert_eq!(
+        lake.rows(
+            &table,
+            "SELECT id, tags::VARCHAR, ref, \"at\", epoch_us(ts), amount FROM {scan} ORDER BY id"
+        ),
+        [
+            "1|[x, NULL]|00010203-0405-0607-0809-0a0b0c0d0e0f|00:00:00|-62135596800000000|-999999.99",
+            "2|[]|NULL|23:59:59.999999|0|123.45",
+            "3|NULL|00010203-0405-0607-0809-0a0b0c0d0e0f|NULL|NULL|NULL",
+        ]
+    );
+    let keys = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, true)])),
+        vec![Arc::new(Int32Array::from(vec![1, 2, 3]))],
+    )
+    .expect("keys");
+    let found = sink.lookup(&table, &keys).await.expect("lookup");
+    let found = arrow::compute::concat_batches(&arrow, &found).expect("one batch");
+    let order = arrow::compute::sort_to_indices(found.column(0), None, None).expect("order");
+    let found = arrow::compute::take_record_batch(&found, &order).expect("sorted");
+    assert_eq!(found, rows);
+}
+
+#[tokio::test]
+async fn a_second_writer_committing_the_same_position_is_refused() {
+    let lake = Lake::new("race");
+    let schema = items_schema(false);
+    let mut first = lake.sink();
+    let mut second = lake.sink();
+    first
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    second
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    first
+        .commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("the first writer commits");
+    let error = second
+        .commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect_err("the second writer, with the same transaction");
+    assert!(!error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("another writer"), "{error}");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a"]);
+}
+
+#[tokio::test]
+async fn a_commit_that_lost_a_race_runs_again_on_the_table_as_it_is_now() {
+    let lake = Lake::new("retry");
+    let schema = items_schema(false);
+    let mut stale = lake.sink();
+    stale
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    stale
+        .commit(delta(
+            &schema,
+            false,
+            &[],
+            &[(1, Some("a")), (2, Some("b"))],
+            Some(10),
+        ))
+        .await
+        .expect("first commit");
+    // another commit lands behind the stale sink's back
+    let mut other = lake.sink();
+    other
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    other
+        .commit(delta(
+            &schema,
+            false,
+            &[(2, None)],
+            &[(2, Some("b2")), (3, Some("c"))],
+            Some(20),
+        ))
+        .await
+        .expect("the other commit");
+    // the stale sink's MERGE loses to it, reloads and runs again
+    stale
+        .commit(delta(
+            &schema,
+            false,
+            &[(1, None)],
+            &[(1, Some("a3"))],
+            Some(30),
+        ))
+        .await
+        .expect("the stale sink's commit, run again");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a3", "2|b2", "3|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(30));
+}
+
+#[tokio::test]
+async fn mixed_case_and_spaced_column_names_merge_by_their_exact_names() {
+    let lake = Lake::new("names");
+    let table = TableId::new("Sales", "Line Items");
+    let fields = vec![
+        Field::new("Id", DataType::Int32, true),
+        Field::new("Display Name", DataType::Utf8, true),
+    ];
+    let arrow = Arc::new(Schema::new(fields));
+    let schema = Arc::new(TableSchema {
+        table: table.clone(),
+        relation: RelationId(16386),
+        replica_identity: ReplicaIdentity::Default,
+        columns: vec![
+            ColumnSchema {
+                name: "Id".into(),
+                type_oid: Oid(23),
+                type_modifier: -1,
+                key: true,
+            },
+            ColumnSchema {
+                name: "Display Name".into(),
+                type_oid: Oid(25),
+                type_modifier: -1,
+                key: false,
+            },
+        ],
+        arrow: arrow.clone(),
+        arrow_nullable: arrow.clone(),
+    });
+    let rows = |pairs: &[(i32, Option<&str>)]| {
+        RecordBatch::try_new(
+            arrow.clone(),
+            vec![
+                Arc::new(Int32Array::from(
+                    pairs.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+                )),
+                Arc::new(StringArray::from(
+                    pairs.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .expect("rows")
+    };
+    let layout = TableLayout {
+        key: vec!["Id".into()],
+        partition_by: Vec::new(),
+    };
+    let mut sink = lake.sink();
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    for (deletes, written, lsn) in [
+        (vec![], vec![(1, Some("a")), (2, Some("b"))], 10),
+        (vec![(1, None), (2, None)], vec![(1, Some("a2"))], 20),
+    ] {
+        sink.commit(TableDelta {
+            table: table.clone(),
+            schema: schema.clone(),
+            truncate: false,
+            deletes: vec![rows(&deletes)],
+            rows: vec![rows(&written)],
+            lsn: Some(Lsn(lsn)),
+        })
+        .await
+        .expect("commit");
+    }
+    assert_eq!(
+        lake.rows(
+            &table,
+            "SELECT \"Id\", \"Display Name\" FROM {scan} ORDER BY \"Id\""
+        ),
+        ["1|a2"]
+    );
+}
+
+#[tokio::test]
+async fn truncate_empties_every_partition_of_a_partitioned_table() {
+    let lake = Lake::new("partitions");
+    let schema = items_schema(false);
+    let layout = TableLayout {
+        key: vec!["id".into()],
+        partition_by: vec!["name".into()],
+    };
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout)
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(10),
+    ))
+    .await
+    .expect("commit");
+    // a row moving to another partition: its old row goes, wherever it is
+    sink.commit(delta(
+        &schema,
+        false,
+        &[(1, Some("a"))],
+        &[(1, Some("b"))],
+        Some(20),
+    ))
+    .await
+    .expect("merge across partitions");
+    assert_eq!(lake.rows(&items(), ALL), ["1|b", "2|b"]);
+    sink.commit(delta(&schema, true, &[], &[(3, Some("a"))], Some(30)))
+        .await
+        .expect("truncate");
+    assert_eq!(lake.rows(&items(), ALL), ["3|a"]);
+    assert!(
+        lake.location(&items()).join("name=a").is_dir(),
+        "not partitioned"
+    );
+    let error = lake
+        .sink()
+        .prepare(
+            &TableId::new("public", "other"),
+            &items_schema(false),
+            &TableLayout {
+                key: vec!["id".into()],
+                partition_by: vec!["day(at)".into()],
+            },
+        )
+        .await
+        .expect_err("a transform");
+    assert!(error.to_string().contains("day(at)"), "{error}");
+}
