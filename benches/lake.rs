@@ -1204,7 +1204,7 @@ async fn snapshot_bench(db: &TestDb, root: &Path, args: &Args) {
                 run: best(&ours),
                 reference: Some(reference.seconds),
                 note: "a fresh lake and slot: from the call (slot with exported snapshot, \
-                       connections, COPY text with the default snapshot_parallelism = 2, \
+                       connections, binary COPY with the default snapshot_parallelism = 2, \
                        Parquet, commits) to the poll (every 50 ms) that saw the checkpoint; \
                        target ratio ≥ 0.5"
                     .into(),

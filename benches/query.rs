@@ -1320,7 +1320,7 @@ async fn verify_bench(db: &TestDb, config: &Config, args: &Args) {
     );
     println!(
         "  ratio = rows/s of the line / rows/s of COPY binary. verify reads the lake (merge-on-\
-         read, every column), then COPY text from PostgreSQL (copy_table's default streams) \
+         read, every column), then binary COPY from PostgreSQL (copy_table's default streams) \
          into Arrow, hashing every row on both sides: it does more than the reference."
     );
 }
