@@ -141,10 +141,19 @@ async fn query_and_verify_read_delta_tables_and_name_a_difference() {
              md5(i::text)::uuid, timestamptz '2024-03-01 12:00+02' + i * interval '1 hour',
              i * 1.25, ARRAY['a' || i, NULL]
              FROM generate_series(1, 50) i;
-           INSERT INTO kinds VALUES (51, NULL, NULL, NULL, NULL, NULL);",
+           INSERT INTO kinds VALUES (51, NULL, NULL, NULL, NULL, NULL);
+           CREATE TABLE zones (id int PRIMARY KEY, region text NOT NULL, qty int);
+           ALTER TABLE zones REPLICA IDENTITY FULL;
+           INSERT INTO zones SELECT i, CASE WHEN i % 2 = 0 THEN 'eu' ELSE 'us' END, i
+             FROM generate_series(1, 20) i;",
         ],
     )
     .await;
+    // a partitioned table: its partition column comes from the Delta paths, not the files
+    write_config(
+        &db,
+        "[sink.tables.\"public.zones\"]\npartition_by = [\"region\"]\n",
+    );
     let mut child = start_with(&db, DELTA);
     db.psql(&[
         "-v",
@@ -159,6 +168,7 @@ async fn query_and_verify_read_delta_tables_and_name_a_difference() {
         &[
             "UPDATE kinds SET at = '23:59:59.999999', ref = gen_random_uuid() WHERE id <= 5",
             "DELETE FROM kinds WHERE id = 50",
+            "UPDATE zones SET region = 'eu', qty = -qty WHERE id IN (3, 5)",
         ],
     )
     .await;
@@ -192,6 +202,17 @@ async fn query_and_verify_read_delta_tables_and_name_a_difference() {
     assert!(
         out.contains(&format!("public.kinds → {ns}.kinds: equal (50 rows)")),
         "{out}"
+    );
+    assert!(
+        out.contains(&format!("public.zones → {ns}.zones: equal (20 rows)")),
+        "{out}"
+    );
+    assert_eq!(
+        query(
+            &db,
+            &format!("SELECT region, count(*) FROM {ns}.zones GROUP BY region ORDER BY region")
+        ),
+        ["eu,12", "us,8"]
     );
 
     // with the writer stopped, PostgreSQL moves on: verify must see it
