@@ -302,16 +302,18 @@ async fn compact_merges_small_delta_files_and_vacuum_removes_only_replaced_ones(
         after,
         "files on disk are not the live ones"
     );
-    assert!(
+    let checkpoints = || {
         std::fs::read_dir(table.join("_delta_log"))
             .expect("the log")
             .filter_map(|e| e.ok())
-            .any(|e| e
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".checkpoint.parquet")),
-        "compact wrote no log checkpoint"
-    );
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .ends_with(".checkpoint.parquet")
+            })
+            .count()
+    };
+    assert_eq!(checkpoints(), 1, "compact wrote no log checkpoint");
 
     let expected = postgres(
         &db,
@@ -337,6 +339,12 @@ async fn compact_merges_small_delta_files_and_vacuum_removes_only_replaced_ones(
     let (ok, again, err) = lakewriter(&db, &["compact"], &[("COMPACTION__ORPHAN_AGE", "0s")]);
     assert!(ok, "compact failed: {err}");
     assert!(again.contains("not compacted"), "{again}");
+    assert!(again.contains(" 0 orphan files"), "{again}");
+    assert_eq!(
+        checkpoints(),
+        1,
+        "a checkpoint again with nothing new in the log"
+    );
     assert_eq!(live_files(&table), after);
     assert_eq!(
         delta_query(&table, "SELECT id, kind, n FROM {scan} ORDER BY id"),

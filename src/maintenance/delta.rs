@@ -65,9 +65,12 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
         let started = Instant::now();
         let (table, mut outcome) = optimize(&settings, &lake, target).await?;
         let table = vacuum(config, &lake, table, &mut outcome).await?;
-        deltalake::checkpoints::create_checkpoint(&table, None)
-            .await
-            .map_err(|e| sink_error(&lake, format!("write a log checkpoint: {e}")))?;
+        // a table nothing committed to since its last checkpoint keeps that one
+        if last_checkpoint(&table).await != table.version() {
+            deltalake::checkpoints::create_checkpoint(&table, None)
+                .await
+                .map_err(|e| sink_error(&lake, format!("write a log checkpoint: {e}")))?;
+        }
         outcome.duration = started.elapsed();
         match &outcome.skipped {
             Some(why) => tracing::info!(table = %lake, "not compacted: {why}"),
@@ -186,7 +189,8 @@ async fn vacuum(
             Error::config("compaction.orphan_age", format!("{age:?} is out of range"))
         })?;
     let vacuum_error = |e| crate::sink::delta::delta_error(lake, "vacuum", e);
-    // a dry run first, for the sizes of what goes: vacuum reports only the paths it removed
+    // a dry run first, for the sizes of what goes (and whether it is there at all): vacuum
+    // reports only the paths it removed
     let (table, planned) = table
         .vacuum()
         .with_mode(VacuumMode::Full)
@@ -204,6 +208,15 @@ async fn vacuum(
             sizes.insert(path.clone(), meta.size);
         }
     }
+    if sizes.is_empty() {
+        // nothing is there to remove: no vacuum commits (which would also move the log past
+        // its checkpoint)
+        outcome.cleanup = Cleanup {
+            table: lake.to_string(),
+            ..Cleanup::default()
+        };
+        return Ok(table);
+    }
     let (table, metrics) = table
         .vacuum()
         .with_mode(VacuumMode::Full)
@@ -211,17 +224,33 @@ async fn vacuum(
         .with_enforce_retention_duration(false)
         .await
         .map_err(vacuum_error)?;
+    // vacuum also lists the paths of expired tombstones whose files an earlier vacuum already
+    // removed: only the files that were there count
+    let removed: Vec<u64> = metrics
+        .files_deleted
+        .iter()
+        .filter_map(|p| sizes.get(p).copied())
+        .collect();
     outcome.cleanup = Cleanup {
         table: lake.to_string(),
         snapshots: 0,
-        files: metrics.files_deleted.len(),
-        bytes: metrics
-            .files_deleted
-            .iter()
-            .filter_map(|p| sizes.get(p))
-            .sum(),
+        files: removed.len(),
+        bytes: removed.iter().sum(),
     };
     Ok(table)
+}
+
+/// The version of the table's latest log checkpoint, from `_delta_log/_last_checkpoint`
+/// (`None` when there is none or it cannot be read: a checkpoint is then written).
+async fn last_checkpoint(table: &DeltaTable) -> Option<u64> {
+    use object_store::ObjectStoreExt;
+    let store = table.log_store().object_store(None);
+    let location = object_store::path::Path::from("_delta_log/_last_checkpoint");
+    let bytes = store.get(&location).await.ok()?.bytes().await.ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("version")?
+        .as_u64()
 }
 
 fn sink_error(table: &CatalogTable, message: impl Into<String>) -> Error {
