@@ -1,9 +1,9 @@
 //! The commands of the binary, one library function each, so that tests and embedders call
 //! exactly what the CLI calls. A command that is not built yet says so with
-//! [`Error::NotBuilt`] (exit code 2): it never pretends to succeed.
+//! [`crate::Error::NotBuilt`] (exit code 2): it never pretends to succeed.
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// How `query` prints its result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,18 +38,23 @@ pub async fn run(config: &Config) -> Result<()> {
             }
             result.map(|_| ())
         }
-        // scheduled compaction rewrites Iceberg tables only; Delta tables are not compacted yet
         crate::config::TableFormat::Delta => {
             let sink = crate::sink::delta::DeltaSink::from_config(&config)?;
-            crate::pipeline::service::run(config, sink, shutdown)
-                .await
-                .map(|_| ())
+            let compaction = scheduled_compaction(config.clone());
+            let result = crate::pipeline::service::run(config, sink, shutdown).await;
+            // an optimize cut short leaves only files no version references, which a later
+            // vacuum removes
+            if let Some(task) = compaction {
+                task.abort();
+            }
+            result.map(|_| ())
         }
     }
 }
 
 /// `compact` every `[compaction] interval` beside the writer (none when it is zero): both
-/// commit by compare-and-swap, and a rewrite keeps the writer's deletes applying.
+/// commit by compare-and-swap (Delta: a put that fails when the version exists), and an
+/// Iceberg rewrite keeps the writer's deletes applying.
 fn scheduled_compaction(config: std::sync::Arc<Config>) -> Option<tokio::task::JoinHandle<()>> {
     let every = config.compaction.interval.get();
     if every.is_zero() {
@@ -62,7 +67,7 @@ fn scheduled_compaction(config: std::sync::Arc<Config>) -> Option<tokio::task::J
         timer.tick().await;
         loop {
             timer.tick().await;
-            match crate::maintenance::compact::run(&config, None).await {
+            match compact_tables(&config, None).await {
                 Ok(outcomes) => {
                     let rewritten = outcomes.iter().filter(|o| o.skipped.is_none()).count();
                     tracing::info!(
@@ -102,17 +107,27 @@ async fn wait_for_signal() {
     }
 }
 
-/// `lakewriter compact`: rewrite each table's files with its equality deletes applied, for
-/// every table or just `table` (snapshot expiry and orphan removal are not built yet).
+/// `lakewriter compact`: rewrite each table's small files (Iceberg: and the ones hit by
+/// equality deletes), then remove what no snapshot or version needs, for every table or just
+/// `table`.
 pub async fn compact(config: &Config, table: Option<&str>) -> Result<()> {
-    if config.sink.format != crate::config::TableFormat::Iceberg {
-        return Err(Error::NotBuilt {
-            what: "`lakewriter compact` for Delta tables",
-        });
-    }
-    let outcomes = crate::maintenance::compact::run(config, table).await?;
+    let outcomes = compact_tables(config, table).await?;
     crate::maintenance::compact::print(&outcomes);
     Ok(())
+}
+
+/// Compaction of the config's format: Iceberg's rewrite, expiry and orphan removal, or
+/// Delta's optimize, vacuum and log checkpoint.
+async fn compact_tables(
+    config: &Config,
+    table: Option<&str>,
+) -> Result<Vec<crate::maintenance::compact::Outcome>> {
+    match config.sink.format {
+        crate::config::TableFormat::Iceberg => {
+            crate::maintenance::compact::run(config, table).await
+        }
+        crate::config::TableFormat::Delta => crate::maintenance::delta::run(config, table).await,
+    }
 }
 
 /// `lakewriter verify`: compare the lake with PostgreSQL row by row; `Ok(true)` when every

@@ -17,8 +17,10 @@
 //! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
 //! - [`cloud`]: AWS clients (S3, Glue) from the configuration.
 //! - [`progress`]: bars on a terminal, log lines elsewhere, for long work.
-//! - [`maintenance`]: `compact`, which rewrites files with their deletes applied.
-//! - [`verify`]: `query` and `verify`, DataFusion over the lake (merge-on-read as an anti-join).
+//! - [`maintenance`]: `compact`, which rewrites Iceberg files with their deletes applied, or
+//!   optimizes, vacuums and checkpoints Delta tables.
+//! - [`verify`]: `query` and `verify`, DataFusion over the lake (Iceberg's merge-on-read as an
+//!   anti-join; Delta through deltalake's table provider).
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
 pub mod catalog;

@@ -52,7 +52,9 @@ enum Command {
     /// Rewrite small files and apply deletes; expire old snapshots; remove orphan files.
     ///
     /// Safe beside a running `run`: the rewrite commits by compare-and-swap and keeps the
-    /// sequence numbers that make deletes committed meanwhile still apply.
+    /// sequence numbers that make deletes committed meanwhile still apply. On Delta tables:
+    /// optimize (bin-packing), vacuum files older than `compaction.orphan_age` that no longer
+    /// belong to the table, and checkpoint the log.
     Compact {
         #[command(flatten)]
         config: ConfigArg,

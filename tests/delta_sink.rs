@@ -350,7 +350,7 @@ async fn a_commit_without_checkpoint_reads_back_as_none_and_columns_are_added() 
 }
 
 #[tokio::test]
-async fn on_s3_a_merge_lands_and_the_python_deltalake_reads_it() {
+async fn on_s3_a_merge_lands_and_query_compact_and_python_deltalake_work_on_it() {
     let endpoint = support::stack().aws_endpoint().to_string();
     let bucket = format!("delta-{}", std::process::id());
     let namespace = format!("delta_s3_{}", std::process::id());
@@ -358,7 +358,7 @@ async fn on_s3_a_merge_lands_and_the_python_deltalake_reads_it() {
         "[source]\ndatabase = \"unused\"\n\n[sink]\nformat = \"delta\"\nnamespace = \
          \"{namespace}\"\nwarehouse = \"s3://{bucket}/warehouse\"\n[sink.s3]\nregion = \
          \"us-east-1\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\naccess_key_id = \
-         \"testing\"\nsecret_access_key = \"testing\"\n"
+         \"testing\"\nsecret_access_key = \"testing\"\n[compaction]\norphan_age = \"0s\"\n"
     );
     let config =
         Config::parse(&text, Path::new("delta-s3-test.toml"), Vec::new()).expect("a valid config");
@@ -413,6 +413,65 @@ async fn on_s3_a_merge_lands_and_the_python_deltalake_reads_it() {
             .await
             .expect("prepare"),
         Some(Lsn(20))
+    );
+
+    // `query` finds the table by listing the bucket, and reads its checkpoint
+    let (ctx, tables) = lakewriter::verify::lake::session(&config, None)
+        .await
+        .expect("a session over the S3 warehouse");
+    assert_eq!(
+        tables
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>(),
+        [format!("{namespace}.items")]
+    );
+    assert_eq!(tables[0].checkpoint, Some(Lsn(20)));
+    let rows = |ctx: datafusion::prelude::SessionContext| {
+        let sql = format!("SELECT id, name FROM {namespace}.items ORDER BY id");
+        async move {
+            let batches = ctx
+                .sql(&sql)
+                .await
+                .expect("plan")
+                .collect()
+                .await
+                .expect("run");
+            arrow::util::pretty::pretty_format_batches(&batches)
+                .expect("format")
+                .to_string()
+        }
+    };
+    let before = rows(ctx).await;
+    assert!(before.contains("| 2  | b2   |"), "{before}");
+    assert!(before.contains("| 3  | c    |"), "{before}");
+
+    // `compact` on S3: after an append, the two files become one, and the replaced ones
+    // (those of the MERGE too) are vacuumed
+    sink.commit(delta(&schema, false, &[], &[(4, Some("d"))], Some(30)))
+        .await
+        .expect("append");
+    let outcomes = lakewriter::maintenance::delta::run(&config, None)
+        .await
+        .expect("compact on S3");
+    assert_eq!(outcomes.len(), 1);
+    let outcome = &outcomes[0];
+    assert_eq!(
+        (outcome.data_files_in, outcome.data_files_out, outcome.rows),
+        (2, 1, 3),
+        "{outcome:?}"
+    );
+    assert!(outcome.cleanup.files >= 3, "{outcome:?}");
+    let (ctx, tables) = lakewriter::verify::lake::session(&config, None)
+        .await
+        .expect("a session after compact");
+    assert_eq!(tables[0].data_files, 1);
+    assert_eq!(tables[0].checkpoint, Some(Lsn(30)));
+    let after = rows(ctx).await;
+    assert!(after.contains("| 4  | d    |"), "{after}");
+    assert_eq!(
+        support::delta::python_delta_rows(&uri, &options, &["id", "name"]),
+        ["2|b2", "3|c", "4|d"]
     );
 }
 

@@ -16,7 +16,6 @@ use std::hash::{DefaultHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use arrow::util::display::array_value_to_string;
@@ -27,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::config::{Config, TableMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::sink::delta::types::convert;
 use crate::sink::iceberg::lake_table;
 use crate::source::snapshot::{self, CopySettings, ExportedSnapshot, SnapshotRows};
 use crate::source::{connection, schema};
@@ -188,7 +188,8 @@ impl Side<'_> {
                         .columns()
                         .get(*i)
                         .ok_or_else(|| format!("column {i} is missing from a batch"))?;
-                    cast(column, to).map_err(|e| e.to_string())
+                    // as the Delta sink stores them: UUIDs as their text, lists item by item
+                    convert(column, to)
                 })
                 .collect()
         };

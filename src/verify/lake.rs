@@ -39,19 +39,19 @@ const DELETE_PREFIX: &str = "__lakewriter_delete_";
 /// One lake table as DataFusion reads it.
 #[derive(Debug, Clone)]
 pub struct LakeTable {
-    /// Its name in the catalog.
+    /// Its name in the catalog (for Delta, its directory under the namespace).
     pub name: CatalogTable,
-    /// The metadata file the catalog points at.
+    /// The metadata file the catalog points at (for Delta, the log entry of the version read).
     pub metadata_location: String,
-    /// The checkpoint its current snapshot carries.
+    /// The checkpoint its current snapshot (Delta: its `txn` action) carries.
     pub checkpoint: Option<Lsn>,
-    /// The names of its key (identifier) columns.
+    /// The names of its key (identifier) columns; empty for Delta, which has none.
     pub key: Vec<String>,
     /// Its columns, as Arrow (the current schema).
     pub schema: SchemaRef,
-    /// Live data and equality-delete files.
+    /// Live data files.
     pub data_files: usize,
-    /// Live equality-delete files.
+    /// Live equality-delete files (none in Delta).
     pub delete_files: usize,
 }
 
@@ -78,11 +78,14 @@ pub(crate) struct LiveFiles {
 
 /// A DataFusion session over the lake tables of `config`, each registered as
 /// `namespace.table` (only `only` when given, as the lake names it). Returns the session and
-/// the tables it registered.
+/// the tables it registered. Delta tables are read by [`super::delta`].
 pub async fn session(
     config: &Config,
     only: Option<&CatalogTable>,
 ) -> Result<(SessionContext, Vec<LakeTable>)> {
+    if config.sink.format == crate::config::TableFormat::Delta {
+        return super::delta::session(config, only).await;
+    }
     let namespace_error = |e| catalog_error(&config.sink.namespace, e);
     let catalog = LakeCatalog::from_config(config)
         .await

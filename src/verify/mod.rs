@@ -2,5 +2,6 @@
 //! lake equals the source.
 
 pub mod compare;
+mod delta;
 pub mod lake;
 pub mod query;

@@ -8,7 +8,9 @@
 //! - `write`: the commit of one delta (MERGE, append or overwrite) with its checkpoint;
 //! - `staging`: parts of a transaction too large for memory, as local Parquet files until the
 //!   transaction's commit takes them in (what a stopped process left is removed when the table
-//!   is first prepared).
+//!   is first prepared);
+//! - `tables`: the namespace's tables opened for reading and maintenance (`query`, `verify`,
+//!   `compact`).
 //!
 //! The checkpoint: app id `lakewriter.lsn:<namespace>.<table>` ([`checkpoint_app_id`]), version
 //! the commit LSN. A commit without a checkpoint (an initial snapshot's chunks before its last,
@@ -19,7 +21,8 @@
 
 mod lookup;
 mod staging;
-mod types;
+pub mod tables;
+pub mod types;
 mod write;
 
 use std::collections::HashMap;
@@ -382,14 +385,7 @@ impl DeltaSink {
 
     /// The checkpoint `table`'s latest commit carries.
     async fn read_checkpoint(lake: &CatalogTable, table: &DeltaTable) -> Result<Option<Lsn>> {
-        let snapshot = table
-            .snapshot()
-            .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
-        let version = snapshot
-            .transaction_version(table.log_store().as_ref(), checkpoint_app_id(lake))
-            .await
-            .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
-        Ok(checkpoint_of(version))
+        tables::checkpoint(lake, table).await
     }
 
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
@@ -653,7 +649,7 @@ fn sink_error(table: &impl fmt::Display, message: impl Into<String>) -> Error {
 /// A deltalake failure while doing `context`: lost commit races (another writer committed the
 /// same version, or a conflicting change, past deltalake's own retries) and storage failures
 /// may pass on a retry.
-fn delta_error(table: &impl fmt::Display, context: &str, e: DeltaTableError) -> Error {
+pub(crate) fn delta_error(table: &impl fmt::Display, context: &str, e: DeltaTableError) -> Error {
     use deltalake::kernel::transaction::TransactionError;
     // the commit was refused before its log entry was written: nothing of it landed
     let lost_race = match &e {
@@ -691,7 +687,7 @@ fn delta_error(table: &impl fmt::Display, context: &str, e: DeltaTableError) -> 
 const LOST_RACE: &str = "lost a commit race: ";
 
 /// Whether `error` is a commit that lost a race (see [`LOST_RACE`]).
-fn is_lost_race(error: &Error) -> bool {
+pub(crate) fn is_lost_race(error: &Error) -> bool {
     matches!(error, Error::Sink { retryable: true, message, .. } if message.contains(LOST_RACE))
 }
 

@@ -82,8 +82,9 @@ fn reshape(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Strin
 }
 
 /// `array` as type `to`: UUIDs between 16 bytes and text, lists item by item, the rest by
-/// Arrow's cast (times to and from text, a timestamp's zone, string views).
-fn convert(array: &ArrayRef, to: &DataType) -> Result<ArrayRef, String> {
+/// Arrow's cast (times to and from text, a timestamp's zone, string views). `verify` casts
+/// the source's columns with it, so a value compares as the sink stored it.
+pub fn convert(array: &ArrayRef, to: &DataType) -> Result<ArrayRef, String> {
     let from = array.data_type();
     if from == to {
         return Ok(array.clone());

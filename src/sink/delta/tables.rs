@@ -1,0 +1,143 @@
+//! The Delta tables a warehouse holds, opened for reading and maintenance (`query`, `verify`,
+//! `compact`) rather than for writing: with no catalog, a namespace's tables are the
+//! directories under `<warehouse>/<namespace>/` that hold a `_delta_log`.
+
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+
+use super::{DeltaSettings, checkpoint_app_id, checkpoint_of, delta_error, sink_error};
+use crate::catalog::CatalogTable;
+use crate::cloud::S3Location;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+
+/// The Delta tables of `settings`' namespace, by name.
+pub async fn list(config: &Config, settings: &DeltaSettings) -> Result<Vec<CatalogTable>> {
+    let mut names = match S3Location::parse(&settings.warehouse)
+        .map_err(|m| Error::config("sink.warehouse", m))?
+    {
+        Some(location) => list_s3(config, &location, &settings.namespace).await?,
+        None => list_local(settings)?,
+    };
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|name| CatalogTable::new(&settings.namespace, &name))
+        .collect())
+}
+
+/// The directories under the local namespace directory that hold a `_delta_log`.
+fn list_local(settings: &DeltaSettings) -> Result<Vec<String>> {
+    let root = std::path::Path::new(&settings.warehouse).join(&settings.namespace);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Io { path: root, source }),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io {
+            path: root.clone(),
+            source,
+        })?;
+        if entry.path().join("_delta_log").is_dir()
+            && let Some(name) = entry.file_name().to_str()
+        {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// The "directories" under the namespace prefix that hold a `_delta_log/` key.
+async fn list_s3(config: &Config, location: &S3Location, namespace: &str) -> Result<Vec<String>> {
+    let client = crate::cloud::s3_client(config).await;
+    let prefix = format!("{}/", location.key(namespace));
+    let list_error = |e: String| Error::Sink {
+        table: namespace.to_string(),
+        message: format!("list s3://{}/{prefix}: {e}", location.bucket),
+        retryable: true,
+    };
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(&location.bucket)
+        .prefix(&prefix)
+        .delimiter("/")
+        .into_paginator()
+        .send();
+    let mut candidates = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| list_error(e.to_string()))?;
+        for common in page.common_prefixes() {
+            if let Some(name) = common
+                .prefix()
+                .and_then(|p| p.strip_prefix(&prefix))
+                .map(|p| p.trim_end_matches('/'))
+                .filter(|p| !p.is_empty())
+            {
+                candidates.push(name.to_string());
+            }
+        }
+    }
+    let mut names = Vec::new();
+    for name in candidates {
+        let log = client
+            .list_objects_v2()
+            .bucket(&location.bucket)
+            .prefix(format!("{prefix}{name}/_delta_log/"))
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| list_error(e.to_string()))?;
+        if !log.contents().is_empty() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Opens the Delta table of `lake` at its latest version; `None` when there is none. Unlike
+/// the sink's own open, nothing is created on the way.
+pub async fn open(settings: &DeltaSettings, lake: &CatalogTable) -> Result<Option<DeltaTable>> {
+    let url = settings.table_url(lake)?;
+    if let Ok(path) = url.to_file_path()
+        && !path.join("_delta_log").is_dir()
+    {
+        return Ok(None);
+    }
+    let mut table = DeltaTableBuilder::from_url(url)
+        .map_err(|e| delta_error(lake, "open the table", e))?
+        .with_storage_options(settings.storage_options.clone())
+        .build()
+        .map_err(|e| delta_error(lake, "open the table", e))?;
+    match table.load().await {
+        Ok(()) => Ok(Some(table)),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(delta_error(lake, "load the table", e)),
+    }
+}
+
+/// Opens the Delta table of `lake`, which must exist.
+pub async fn open_existing(settings: &DeltaSettings, lake: &CatalogTable) -> Result<DeltaTable> {
+    open(settings, lake).await?.ok_or_else(|| {
+        sink_error(
+            lake,
+            format!(
+                "no Delta table at {} (no _delta_log)",
+                settings.table_location(lake)
+            ),
+        )
+    })
+}
+
+/// The checkpoint the latest commit of `table` carries (its `txn` for the table's app id).
+pub async fn checkpoint(lake: &CatalogTable, table: &DeltaTable) -> Result<Option<Lsn>> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
+    let version = snapshot
+        .transaction_version(table.log_store().as_ref(), checkpoint_app_id(lake))
+        .await
+        .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
+    Ok(checkpoint_of(version))
+}
