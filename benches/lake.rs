@@ -1,4 +1,5 @@
-//! End-to-end benchmarks of the writer, PostgreSQL to committed Iceberg, each measured against a
+//! End-to-end benchmarks of the writer, PostgreSQL to committed Iceberg (or Delta with
+//! `--format delta`, for the stream and snapshot parts), each measured against a
 //! reference in the same run and reported as a ratio (DESIGN.md, "Performance"): never a timed
 //! assertion. The lakes are the default local kind (SQLite catalog, local warehouse), in a
 //! temporary directory removed at the end.
@@ -39,12 +40,13 @@
 //! ```text
 //! cargo bench --bench lake -- [--seed-rows N] [--rounds N] [--batch N] [--snapshot-rows N]
 //!                             [--big-rows N] [--budget-mib N] [--runs N] [--commits N]
-//!                             [--spacing SECONDS] [--only LIST]
+//!                             [--spacing SECONDS] [--only LIST] [--format iceberg|delta]
 //! ```
 //!
 //! or the same through `LAKEWRITER_BENCH_SEED_ROWS`, `…_ROUNDS`, `…_BATCH`, `…_SNAPSHOT_ROWS`,
-//! `…_BIG_ROWS`, `…_BUDGET_MIB`, `…_RUNS`, `…_COMMITS`, `…_SPACING`, `…_ONLY`
-//! (`--only stream,freshness,snapshot,memory`, the default; the parts run in that order).
+//! `…_BIG_ROWS`, `…_BUDGET_MIB`, `…_RUNS`, `…_COMMITS`, `…_SPACING`, `…_ONLY`, `…_FORMAT`
+//! (`--only stream,freshness,snapshot,memory`, the default; the parts run in that order;
+//! `--format delta` takes `--only stream,snapshot`).
 //! Defaults: 100 000 seed rows, 16 rounds of 4 000 (about 210 k row changes), 1 000 000
 //! snapshot rows, 10 000 000 big rows, 256 MiB, 2 runs, 3 commits 3 s apart; about 4 minutes
 //! on 2 cores, most of it the memory part (and DuckDB's count of the streamed lake).
@@ -66,13 +68,31 @@ use iceberg::io::FileIO;
 use iceberg::spec::TableMetadata;
 use lakewriter::Lsn;
 use lakewriter::catalog::{Catalog, CatalogTable, LakeCatalog};
-use lakewriter::config::Config;
+use lakewriter::config::{Config, TableFormat};
 use lakewriter::pipeline::{Stats, service};
+use lakewriter::sink::Sink;
+use lakewriter::sink::delta::tables as delta_tables;
+use lakewriter::sink::delta::{DeltaSettings, DeltaSink};
 use lakewriter::sink::iceberg::{IcebergSink, checkpoint, file_io, lake_table};
 use lakewriter::source::pgoutput::{self, Message};
 use lakewriter::table::TableId;
 use support::{TestDb, stack};
 use tokio::sync::watch;
+
+/// The table format of the lakes (`--format`), set once at the start.
+static FORMAT: std::sync::OnceLock<TableFormat> = std::sync::OnceLock::new();
+
+fn format() -> TableFormat {
+    FORMAT.get().copied().unwrap_or(TableFormat::Iceberg)
+}
+
+/// The format's name in the printed titles.
+fn format_name() -> &'static str {
+    match format() {
+        TableFormat::Iceberg => "Iceberg",
+        TableFormat::Delta => "Delta",
+    }
+}
 
 /// How often the lake's checkpoint is read while waiting for it.
 const POLL: Duration = Duration::from_millis(50);
@@ -106,11 +126,13 @@ struct Args {
     spacing: u64,
     /// Which parts run.
     only: Vec<String>,
+    /// The table format the stream and snapshot parts write: `iceberg` or `delta`.
+    format: TableFormat,
 }
 
 impl Args {
     fn parse() -> Args {
-        const OPTIONS: [&str; 10] = [
+        const OPTIONS: [&str; 11] = [
             "seed-rows",
             "rounds",
             "batch",
@@ -121,6 +143,7 @@ impl Args {
             "commits",
             "spacing",
             "only",
+            "format",
         ];
         // the environment first, so that arguments win
         let mut given: BTreeMap<String, String> = OPTIONS
@@ -179,7 +202,21 @@ impl Args {
                 PARTS.join(",")
             );
         }
+        let format = match given.get("format").map(String::as_str) {
+            None | Some("iceberg") => TableFormat::Iceberg,
+            Some("delta") => TableFormat::Delta,
+            Some(other) => panic!("--format {other:?}: iceberg or delta"),
+        };
+        if format == TableFormat::Delta {
+            for part in &only {
+                assert!(
+                    part == "stream" || part == "snapshot",
+                    "--format delta measures the stream and snapshot parts only (not {part})"
+                );
+            }
+        }
         Args {
+            format,
             seed_rows: number("seed-rows", 100_000),
             rounds: number("rounds", 16),
             batch: number("batch", 4000),
@@ -205,6 +242,7 @@ impl Args {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    FORMAT.get_or_init(|| args.format);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -376,6 +414,7 @@ impl Lake {
             .expect("the bench config parses");
         config.source.slot = slot.to_string();
         config.sink.warehouse = warehouse.display().to_string();
+        config.sink.format = format();
         Lake {
             config: Arc::new(config),
             warehouse,
@@ -406,7 +445,10 @@ async fn drop_slot(db: &TestDb, slot: &str) {
 /// What the catalog says of the lake's `orders` now.
 #[derive(Debug, Clone)]
 struct LakeState {
+    /// The metadata file (Iceberg) or the log version (Delta) read.
     metadata_location: String,
+    /// DuckDB's table function reading this state: `iceberg_scan('…')` or `delta_scan('…')`.
+    scan: String,
     checkpoint: Option<Lsn>,
     /// `total-records` of the current snapshot's summary.
     records: Option<u64>,
@@ -426,6 +468,8 @@ struct LakeProbe {
     io: FileIO,
     table: CatalogTable,
     last: Option<LakeState>,
+    /// Set for a Delta lake: its tables are read from their logs, not through the catalog.
+    delta: Option<DeltaSettings>,
 }
 
 impl LakeProbe {
@@ -437,11 +481,33 @@ impl LakeProbe {
             io: file_io(config).expect("the lake's file IO"),
             table: lake_table(&config.sink.namespace, &TableId::new("public", "orders")),
             last: None,
+            delta: (config.sink.format == TableFormat::Delta)
+                .then(|| DeltaSettings::from_config(config).expect("the Delta settings")),
         }
+    }
+
+    /// A Delta table's state, `None` while it has no log.
+    async fn read_delta(&self, settings: &DeltaSettings) -> Option<LakeState> {
+        let table = delta_tables::open(settings, &self.table)
+            .await
+            .expect("open the Delta table")?;
+        let version = table.version();
+        Some(LakeState {
+            metadata_location: format!("version {version:?}"),
+            scan: format!("delta_scan('{}')", settings.table_location(&self.table)),
+            checkpoint: delta_tables::checkpoint(&self.table, &table)
+                .await
+                .expect("the Delta table's checkpoint"),
+            records: None,
+            snapshots: version.map_or(0, |v| usize::try_from(v + 1).unwrap_or(usize::MAX)),
+        })
     }
 
     /// The table's state, `None` while it is not registered.
     async fn read(&mut self) -> Option<LakeState> {
+        if let Some(settings) = &self.delta {
+            return self.read_delta(settings).await;
+        }
         let pointer = self
             .catalog
             .load(&self.table)
@@ -463,6 +529,7 @@ impl LakeProbe {
                 .and_then(|n| n.parse().ok())
         });
         let state = LakeState {
+            scan: format!("iceberg_scan('{}')", pointer.metadata_location),
             checkpoint: checkpoint(&self.table, &metadata).expect("the lake's checkpoint"),
             records,
             snapshots: metadata.snapshots().count(),
@@ -497,7 +564,7 @@ impl LakeProbe {
     }
 }
 
-/// `service::run` on a task of its own, with an Iceberg sink of the config.
+/// `service::run` on a task of its own, with the sink of the config's format.
 struct Service {
     task: tokio::task::JoinHandle<Option<Stats>>,
     shutdown: watch::Sender<bool>,
@@ -505,19 +572,19 @@ struct Service {
 
 impl Service {
     async fn start(config: Arc<Config>) -> Service {
-        let sink = IcebergSink::from_config(&config)
-            .await
-            .expect("open the Iceberg sink");
         let (shutdown, stop) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            match service::run(config, sink, stop).await {
-                Ok(pipeline) => Some(pipeline.stats()),
-                Err(e) => {
-                    eprintln!("service::run failed: {e}");
-                    None
-                }
+        let task = match config.sink.format {
+            TableFormat::Iceberg => {
+                let sink = IcebergSink::from_config(&config)
+                    .await
+                    .expect("open the Iceberg sink");
+                tokio::spawn(async move { stats_of(service::run(config, sink, stop).await) })
             }
-        });
+            TableFormat::Delta => {
+                let sink = DeltaSink::from_config(&config).expect("open the Delta sink");
+                tokio::spawn(async move { stats_of(service::run(config, sink, stop).await) })
+            }
+        };
         Service { task, shutdown }
     }
 
@@ -532,6 +599,17 @@ impl Service {
             .await
             .expect("join the service::run task")
             .expect("service::run stops cleanly (its error is printed above)")
+    }
+}
+
+/// The counters of a finished `service::run`, `None` (the error printed) when it failed.
+fn stats_of<S: Sink>(result: lakewriter::Result<lakewriter::pipeline::Pipeline<S>>) -> Option<Stats> {
+    match result {
+        Ok(pipeline) => Some(pipeline.stats()),
+        Err(e) => {
+            eprintln!("service::run failed: {e}");
+            None
+        }
     }
 }
 
@@ -618,19 +696,20 @@ fn watch_sent(
 }
 
 /// `SELECT count(*), count(DISTINCT order_id)` of a lake table by DuckDB (an independent
-/// reader), through its metadata file; `None`, with the reason printed, when DuckDB fails.
-fn duck_count(metadata_location: &str) -> Option<(u64, u64)> {
+/// reader), through `scan` (`iceberg_scan('…')` or `delta_scan('…')`); `None`, with the
+/// reason printed, when DuckDB fails.
+fn duck_count(scan: &str) -> Option<(u64, u64)> {
     let script = "import sys, duck\n\
                   con = duck.connect()\n\
                   con.execute('SET enable_progress_bar = false')\n\
                   row = con.sql(\n\
-                  \"SELECT count(*), count(DISTINCT order_id) FROM iceberg_scan('\" + sys.argv[1] + \"')\"\n\
+                  \"SELECT count(*), count(DISTINCT order_id) FROM \" + sys.argv[1]\n\
                   ).fetchone()\n\
                   print(row[0], row[1])\n";
     let started = Instant::now();
     let output = stack()
         .python()
-        .args(["-c", script, metadata_location])
+        .args(["-c", script, scan])
         .env(
             "PYTHONPATH",
             support::project_dir().join("tests").join("readers"),
@@ -878,7 +957,7 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
     if let Some(state) = lake_states.first() {
         print_check(
             "lake of run 1",
-            duck_count(&state.metadata_location),
+            duck_count(&state.scan),
             postgres,
         );
     }
@@ -894,9 +973,12 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
     let reference = best(&references);
     print_rates(
         &format!(
-            "1. stream, PostgreSQL to committed Iceberg: {} row changes in {} transactions \
+            "1. stream, PostgreSQL to committed {}: {} row changes in {} transactions \
              (each side run {} times, each run on its own slot; best run kept)",
-            workload.changes, workload.transactions, args.runs
+            format_name(),
+            workload.changes,
+            workload.transactions,
+            args.runs
         ),
         "pg_recvlogical",
         &[
@@ -1184,8 +1266,9 @@ async fn snapshot_bench(db: &TestDb, root: &Path, args: &Args) {
     let reference = best(&references);
     print_rates(
         &format!(
-            "3. snapshot into committed Iceberg: {rows} rows, {:.1} MB as COPY binary (each \
+            "3. snapshot into committed {}: {rows} rows, {:.1} MB as COPY binary (each \
              side run {} times; best run kept)",
+            format_name(),
             copy_bytes as f64 / 1e6,
             args.runs
         ),
@@ -1523,7 +1606,7 @@ async fn memory_bench(root: &Path, args: &Args) {
     }
     print_check(
         "the lake after the large transaction",
-        duck_count(&state.metadata_location),
+        duck_count(&state.scan),
         postgres,
     );
     // the database and its warehouse (the lake DuckDB just read) go only now
