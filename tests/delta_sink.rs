@@ -1029,3 +1029,64 @@ async fn with_the_glue_catalog_delta_tables_are_registered_for_athena_and_gain_c
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn status_reports_each_delta_tables_checkpoint_files_rows_and_last_commit() {
+    let lake = Lake::new("status");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(0x16_0000_0010),
+    ))
+    .await
+    .expect("insert");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(3, Some("c"))],
+        Some(0x16_0000_0020),
+    ))
+    .await
+    .expect("append");
+    let config = lake.warehouse.path().join("status.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\ndatabase = \"lakewriter_status_absent\"\n\n[sink]\nformat = \"delta\"\n\
+             namespace = \"{}\"\nwarehouse = \"{}\"\n",
+            lake.namespace,
+            lake.warehouse.path().display()
+        ),
+    )
+    .expect("write the config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .env_remove("LAKEWRITER_CONFIG")
+        .output()
+        .expect("run lakewriter status");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{}.items ", lake.namespace)))
+        .unwrap_or_else(|| panic!("no line for the table:\n{stdout}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // table, checkpoint, lag bytes, lag s, version, data files, rows, last commit
+    assert_eq!(cells.len(), 8, "{row}");
+    assert_eq!(cells[1], "16/20", "{row}");
+    assert_eq!((cells[4], cells[5], cells[6]), ("2", "2", "3"), "{row}");
+    assert!(
+        cells[7].starts_with("20") && cells[7].ends_with('Z'),
+        "{row}"
+    );
+}
