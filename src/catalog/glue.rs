@@ -2,6 +2,8 @@
 //! `UpdateTable` with the `VersionId` read before it, so Glue refuses a commit that lost a race.
 //! The rest of the Glue table (parameters set by people or other tools) is kept; its columns are
 //! rewritten from the Iceberg schema so Athena and the Glue console show the table as it is.
+//! Delta tables are registered here too ([`GlueCatalog::register_delta`]): a name for Athena's
+//! native Delta reader, never their truth, which is their `_delta_log`.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,5 +1,6 @@
 //! The Delta Lake sink: one Delta table per source table at `<warehouse>/<namespace>/<name>`
-//! (the layout of the Iceberg sink, no catalog: the table's `_delta_log` is its own catalog),
+//! (the layout of the Iceberg sink; the table's `_delta_log` is its own catalog, and with
+//! `sink.catalog = "glue"` the table is also registered in Glue for Athena after its commits),
 //! upserts as one MERGE per commit, each commit carrying its checkpoint as an application
 //! transaction (`txn` action).
 //!
