@@ -39,7 +39,7 @@ pub async fn run(config: &Config) -> Result<()> {
             result.map(|_| ())
         }
         crate::config::TableFormat::Delta => {
-            let sink = crate::sink::delta::DeltaSink::from_config(&config)?;
+            let sink = crate::sink::delta::DeltaSink::from_config(&config).await?;
             let compaction = scheduled_compaction(config.clone());
             let result = crate::pipeline::service::run(config, sink, shutdown).await;
             // an optimize cut short leaves only files no version references, which a later

@@ -10,10 +10,12 @@
 //! - [`lsn`]: [`Lsn`], the WAL position every checkpoint is made of.
 //! - [`table`]: [`table::TableId`], the `schema.table` every buffer and lake table hangs on.
 //! - [`catalog`]: the pointer from a lake table to its current Iceberg metadata, swapped by
-//!   compare-and-swap in AWS Glue or a local SQLite file (pyiceberg's schema).
+//!   compare-and-swap in AWS Glue or a local SQLite file (pyiceberg's schema); Glue also
+//!   registers Delta tables for Athena.
 //! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,
 //!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
-//! - [`status`]: per lake table, checkpoint, lag, snapshots and files.
+//! - [`status`]: per lake table (Iceberg or Delta), checkpoint, lag, snapshots or log version,
+//!   and files.
 //! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
 //! - [`cloud`]: AWS clients (S3, Glue) from the configuration.
 //! - [`progress`]: bars on a terminal, log lines elsewhere, for long work.

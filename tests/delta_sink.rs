@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use arrow::array::{Int32Array, RecordBatch, StringArray, Time64MicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use lakewriter::sink::delta::{DeltaSink, checkpoint_app_id};
+use lakewriter::sink::delta::{DeltaSettings, DeltaSink, checkpoint_app_id};
 use lakewriter::sink::iceberg::lake_table;
 use lakewriter::sink::{Sink, TableDelta, TableLayout};
 use lakewriter::source::changes::{ColumnSchema, TableSchema};
@@ -52,7 +52,7 @@ impl Lake {
     }
 
     fn sink(&self) -> DeltaSink {
-        DeltaSink::from_config(&self.config).expect("open the sink")
+        DeltaSink::new(DeltaSettings::from_config(&self.config).expect("the sink's settings"))
     }
 
     fn location(&self, table: &TableId) -> PathBuf {
@@ -371,7 +371,9 @@ async fn on_s3_a_merge_lands_and_query_compact_and_python_deltalake_work_on_it()
         );
     }
     let schema = items_schema(false);
-    let mut sink = DeltaSink::from_config(&config).expect("open the sink");
+    let mut sink = DeltaSink::from_config(&config)
+        .await
+        .expect("open the sink");
     sink.prepare(&items(), &schema, &layout())
         .await
         .expect("create on S3");
@@ -408,6 +410,7 @@ async fn on_s3_a_merge_lands_and_query_compact_and_python_deltalake_work_on_it()
     );
     assert_eq!(
         DeltaSink::from_config(&config)
+            .await
             .expect("open the sink")
             .prepare(&items(), &schema, &layout())
             .await
@@ -872,4 +875,218 @@ async fn truncate_empties_every_partition_of_a_partitioned_table() {
         .await
         .expect_err("a transform");
     assert!(error.to_string().contains("day(at)"), "{error}");
+}
+
+/// The Glue table of `table`'s Delta table: its parameters, location and `name:type` columns.
+async fn glue_registration(
+    glue: &aws_sdk_glue::Client,
+    namespace: &str,
+    table: &str,
+) -> (
+    std::collections::HashMap<String, String>,
+    Option<String>,
+    Vec<String>,
+) {
+    let got = glue
+        .get_table()
+        .database_name(namespace)
+        .name(table)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get glue table {namespace}.{table}: {e:?}"))
+        .table
+        .expect("a glue table");
+    let storage = got
+        .storage_descriptor
+        .clone()
+        .expect("a storage descriptor");
+    let columns = storage
+        .columns()
+        .iter()
+        .map(|c| format!("{}:{}", c.name(), c.r#type().unwrap_or("?")))
+        .collect();
+    (
+        got.parameters.clone().unwrap_or_default(),
+        storage.location.clone(),
+        columns,
+    )
+}
+
+#[tokio::test]
+async fn with_the_glue_catalog_delta_tables_are_registered_for_athena_and_gain_columns() {
+    let endpoint = support::stack().aws_endpoint().to_string();
+    let bucket = format!("delta-glue-{}", std::process::id());
+    let namespace = format!("delta_glue_{}", std::process::id());
+    let text = format!(
+        "[source]\ndatabase = \"unused\"\n\n[sink]\nformat = \"delta\"\ncatalog = \"glue\"\n\
+         namespace = \"{namespace}\"\nwarehouse = \"s3://{bucket}/warehouse\"\n[sink.s3]\n\
+         region = \"us-east-1\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\n\
+         access_key_id = \"testing\"\nsecret_access_key = \"testing\"\n[sink.glue]\nregion = \
+         \"us-east-1\"\nendpoint = \"{endpoint}\"\n"
+    );
+    let config = Config::parse(&text, Path::new("delta-glue-test.toml"), Vec::new())
+        .expect("a valid config");
+    let s3 = lakewriter::cloud::s3_client(&config).await;
+    if let Err(e) = s3.create_bucket().bucket(&bucket).send().await {
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("BucketAlreadyOwnedByYou"),
+            "create bucket: {text}"
+        );
+    }
+    let glue = lakewriter::cloud::glue_client(&config).await;
+
+    // prepare creates the database and the table, as Athena's native Delta reader wants it
+    let schema = items_schema(false);
+    let mut sink = DeltaSink::from_config(&config)
+        .await
+        .expect("open the sink");
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("create and register");
+    sink.commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("insert");
+    let (parameters, location, columns) = glue_registration(&glue, &namespace, "items").await;
+    assert_eq!(
+        parameters.get("table_type").map(String::as_str),
+        Some("DELTA")
+    );
+    assert_eq!(
+        parameters
+            .get("spark.sql.sources.provider")
+            .map(String::as_str),
+        Some("delta")
+    );
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("s3://{bucket}/warehouse/{namespace}/items").as_str())
+    );
+    assert_eq!(columns, ["id:int", "name:string"]);
+
+    // someone else's parameter survives a column added at the source
+    let current = glue
+        .get_table()
+        .database_name(&namespace)
+        .name("items")
+        .send()
+        .await
+        .expect("get the glue table")
+        .table
+        .expect("a glue table");
+    let input = aws_sdk_glue::types::TableInput::builder()
+        .name("items")
+        .set_table_type(current.table_type.clone())
+        .set_storage_descriptor(current.storage_descriptor.clone())
+        .set_parameters(current.parameters.clone())
+        .parameters("owner_team", "analytics")
+        .build()
+        .expect("a table input");
+    glue.update_table()
+        .database_name(&namespace)
+        .table_input(input)
+        .send()
+        .await
+        .expect("tag the glue table");
+    let wider = items_schema(true);
+    sink.commit(delta(&wider, false, &[], &[(2, Some("b"))], Some(20)))
+        .await
+        .expect("commit with a new column");
+    let (parameters, _, columns) = glue_registration(&glue, &namespace, "items").await;
+    assert_eq!(columns, ["id:int", "name:string", "at:string"]);
+    assert_eq!(
+        parameters.get("owner_team").map(String::as_str),
+        Some("analytics")
+    );
+    assert_eq!(
+        parameters.get("table_type").map(String::as_str),
+        Some("DELTA")
+    );
+
+    // a name Glue holds for an Iceberg table is refused, naming the table, before any write
+    let taken = TableId::new("public", "taken");
+    let input = aws_sdk_glue::types::TableInput::builder()
+        .name("taken")
+        .table_type("EXTERNAL_TABLE")
+        .parameters("table_type", "ICEBERG")
+        .build()
+        .expect("a table input");
+    glue.create_table()
+        .database_name(&namespace)
+        .table_input(input)
+        .send()
+        .await
+        .expect("create an iceberg glue table");
+    let mut taken_schema = (*items_schema(false)).clone();
+    taken_schema.table = taken.clone();
+    let error = sink
+        .prepare(&taken, &Arc::new(taken_schema), &layout())
+        .await
+        .expect_err("an iceberg table's name is not registered over");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("{namespace}.taken")) && message.contains("ICEBERG"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn status_reports_each_delta_tables_checkpoint_files_rows_and_last_commit() {
+    let lake = Lake::new("status");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(0x16_0000_0010),
+    ))
+    .await
+    .expect("insert");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(3, Some("c"))],
+        Some(0x16_0000_0020),
+    ))
+    .await
+    .expect("append");
+    let config = lake.warehouse.path().join("status.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\ndatabase = \"lakewriter_status_absent\"\n\n[sink]\nformat = \"delta\"\n\
+             namespace = \"{}\"\nwarehouse = \"{}\"\n",
+            lake.namespace,
+            lake.warehouse.path().display()
+        ),
+    )
+    .expect("write the config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .env_remove("LAKEWRITER_CONFIG")
+        .output()
+        .expect("run lakewriter status");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{}.items ", lake.namespace)))
+        .unwrap_or_else(|| panic!("no line for the table:\n{stdout}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // table, checkpoint, lag bytes, lag s, version, data files, rows, last commit
+    assert_eq!(cells.len(), 8, "{row}");
+    assert_eq!(cells[1], "16/20", "{row}");
+    assert_eq!((cells[4], cells[5], cells[6]), ("2", "2", "3"), "{row}");
+    assert!(
+        cells[7].starts_with("20") && cells[7].ends_with('Z'),
+        "{row}"
+    );
 }

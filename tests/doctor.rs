@@ -168,3 +168,41 @@ async fn a_wrong_password_is_reported_without_the_password() {
     );
     assert!(!out.stdout.contains("not-the-password"), "{}", out.stdout);
 }
+
+#[tokio::test]
+async fn with_delta_the_warehouse_is_checked_not_the_iceberg_catalog() {
+    let db = TestDb::new("doctor_delta").await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE orders (order_id serial PRIMARY KEY, status text);
+             CREATE PUBLICATION {} FOR TABLE orders;",
+            db.publication
+        ))
+        .await
+        .expect("schema");
+    let ready = doctor(&db, "format = \"delta\"\n", &[]);
+    assert_eq!(ready.code, Some(0), "{}", ready.stdout);
+    assert!(ready.stdout.contains("is writable"), "{}", ready.stdout);
+    assert!(
+        ready.stdout.contains("Delta tables need no catalog"),
+        "{}",
+        ready.stdout
+    );
+    assert!(!ready.stdout.contains("SQLite catalog"), "{}", ready.stdout);
+
+    // an Iceberg transform would stop the table when the Delta sink creates it
+    let transform = doctor(
+        &db,
+        "format = \"delta\"\n[sink.tables.\"public.orders\"]\npartition_by = [\"bucket(8, order_id)\"]\n",
+        &[],
+    );
+    assert_eq!(transform.code, Some(1), "{}", transform.stdout);
+    assert!(
+        transform
+            .stdout
+            .contains("table public.orders: partition_by \"bucket(8, order_id)\""),
+        "{}",
+        transform.stdout
+    );
+}

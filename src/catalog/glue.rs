@@ -2,6 +2,8 @@
 //! `UpdateTable` with the `VersionId` read before it, so Glue refuses a commit that lost a race.
 //! The rest of the Glue table (parameters set by people or other tools) is kept; its columns are
 //! rewritten from the Iceberg schema so Athena and the Glue console show the table as it is.
+//! Delta tables are registered here too ([`GlueCatalog::register_delta`]): a name for Athena's
+//! native Delta reader, never their truth, which is their `_delta_log`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -399,6 +401,241 @@ impl Catalog for GlueCatalog {
     }
 }
 
+/// Glue table parameters of Delta tables: Athena's native Delta reader looks for
+/// `table_type = DELTA`, Spark (EMR, Glue jobs) for the data source provider.
+const DELTA: &str = "DELTA";
+const SPARK_PROVIDER: &str = "spark.sql.sources.provider";
+const SPARK_DELTA: &str = "delta";
+/// How often a registration that lost a VersionId race to another writer is read and tried
+/// again; registering is idempotent, so trying again is always right.
+const DELTA_REGISTER_ATTEMPTS: u32 = 5;
+
+impl GlueCatalog {
+    /// Registers the Delta table whose root is `location` as `table` (its database created
+    /// when missing), with the columns of `schema`, the table's current Delta schema. A Glue
+    /// table that already says so is left alone; one whose columns or location differ is
+    /// updated by compare-and-swap on its `VersionId`, keeping every other parameter. Answers
+    /// whether Glue changed. The Delta log stays the table's truth: Glue only names it.
+    pub async fn register_delta(
+        &self,
+        table: &CatalogTable,
+        location: &str,
+        schema: &arrow::datatypes::Schema,
+    ) -> Result<bool, CatalogError> {
+        let columns = delta_glue_columns(schema)
+            .map_err(|e| self.input_error(format!("describe table {table}"), e))?;
+        self.ensure_namespace(&table.namespace).await?;
+        for _ in 0..DELTA_REGISTER_ATTEMPTS {
+            match self.get_table(table).await? {
+                None => {
+                    if self.create_delta(table, location, &columns).await? {
+                        return Ok(true);
+                    }
+                    // created by another writer meanwhile: compare with what it registered
+                }
+                Some(current) => {
+                    match current.parameters.as_ref().and_then(|p| p.get(TABLE_TYPE)) {
+                        Some(kind) if !kind.eq_ignore_ascii_case(DELTA) => {
+                            return Err(self.input_error(
+                                format!("register table {table}"),
+                                format!(
+                                    "the Glue table is not a Delta table: its parameter                                      {TABLE_TYPE} is {kind:?}"
+                                ),
+                            ));
+                        }
+                        _ => {}
+                    }
+                    if delta_registered(&current, location, &columns) {
+                        return Ok(false);
+                    }
+                    if self
+                        .update_delta(table, &current, location, &columns)
+                        .await?
+                    {
+                        return Ok(true);
+                    }
+                    // another writer updated it meanwhile: read again
+                }
+            }
+        }
+        Err(CatalogError::TooManyConflicts {
+            catalog: self.describe.clone(),
+            table: table.clone(),
+            attempts: DELTA_REGISTER_ATTEMPTS,
+        })
+    }
+
+    /// Creates the Glue table of a Delta table; `false` when the name was taken meanwhile.
+    async fn create_delta(
+        &self,
+        table: &CatalogTable,
+        location: &str,
+        columns: &[Column],
+    ) -> Result<bool, CatalogError> {
+        let storage = StorageDescriptor::builder()
+            .location(location)
+            .set_columns(Some(columns.to_vec()))
+            .build();
+        let input = TableInput::builder()
+            .name(&table.name)
+            .table_type("EXTERNAL_TABLE")
+            .parameters(TABLE_TYPE, DELTA)
+            .parameters(SPARK_PROVIDER, SPARK_DELTA)
+            .parameters("EXTERNAL", "TRUE")
+            .storage_descriptor(storage)
+            .build()
+            .map_err(|e| self.input_error(format!("describe table {table}"), e))?;
+        let created = self
+            .client
+            .create_table()
+            .set_catalog_id(self.catalog_id.clone())
+            .database_name(&table.namespace)
+            .table_input(input)
+            .send()
+            .await;
+        match created {
+            Ok(_) => {
+                tracing::info!(catalog = %self.describe, table = %table, location, "registered delta table");
+                Ok(true)
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_already_exists_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.glue_error(format!("create table {table}"), e)),
+        }
+    }
+
+    /// Updates the Glue table of a Delta table to `columns` and `location` if it is still at
+    /// the version `current` was read at; `false` when another writer moved it.
+    async fn update_delta(
+        &self,
+        table: &CatalogTable,
+        current: &Table,
+        location: &str,
+        columns: &[Column],
+    ) -> Result<bool, CatalogError> {
+        let version = current
+            .version_id
+            .clone()
+            .ok_or_else(|| CatalogError::Glue {
+                catalog: self.describe.clone(),
+                context: format!("get table {table}"),
+                message: "the answer has no VersionId, so an update could not be checked".into(),
+                retryable: false,
+            })?;
+        let mut parameters = current.parameters.clone().unwrap_or_default();
+        parameters.insert(TABLE_TYPE.into(), DELTA.into());
+        parameters.insert(SPARK_PROVIDER.into(), SPARK_DELTA.into());
+        let mut storage = current
+            .storage_descriptor
+            .clone()
+            .unwrap_or_else(|| StorageDescriptor::builder().build());
+        storage.columns = Some(columns.to_vec());
+        storage.location = Some(location.to_string());
+        let input = kept_table_input(current, storage, parameters)
+            .map_err(|e| self.input_error(format!("describe table {table}"), e))?;
+        let updated = self
+            .client
+            .update_table()
+            .set_catalog_id(self.catalog_id.clone())
+            .database_name(&table.namespace)
+            .table_input(input)
+            .version_id(version)
+            .skip_archive(true)
+            .send()
+            .await;
+        match updated {
+            Ok(_) => {
+                tracing::info!(catalog = %self.describe, table = %table, "updated delta table's registration");
+                Ok(true)
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_concurrent_modification_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.glue_error(format!("update table {table}"), e)),
+        }
+    }
+}
+
+/// Whether the Glue table already registers the Delta table at `location` with `columns`.
+fn delta_registered(current: &Table, location: &str, columns: &[Column]) -> bool {
+    let parameter = |key: &str| current.parameters.as_ref().and_then(|p| p.get(key));
+    let storage = current.storage_descriptor.as_ref();
+    let registered: Vec<(&str, Option<&str>)> = storage
+        .map(|s| s.columns())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| (c.name(), c.r#type()))
+        .collect();
+    let wanted: Vec<(&str, Option<&str>)> =
+        columns.iter().map(|c| (c.name(), c.r#type())).collect();
+    parameter(TABLE_TYPE).is_some_and(|t| t.eq_ignore_ascii_case(DELTA))
+        && parameter(SPARK_PROVIDER).is_some_and(|p| p == SPARK_DELTA)
+        && storage.and_then(|s| s.location()) == Some(location)
+        && registered == wanted
+}
+
+/// Glue columns of a Delta table: its top-level fields, in order, with Athena's type names.
+fn delta_glue_columns(schema: &arrow::datatypes::Schema) -> Result<Vec<Column>, String> {
+    schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let ty = arrow_glue_type(field.data_type())
+                .map_err(|e| format!("column {}: {e}", field.name()))?;
+            Column::builder()
+                .name(field.name())
+                .r#type(ty)
+                .build()
+                .map_err(|e| format!("column {}: {e}", field.name()))
+        })
+        .collect()
+}
+
+/// The Hive/Athena type name of a Delta column's Arrow type, spelled as for Iceberg tables.
+fn arrow_glue_type(ty: &arrow::datatypes::DataType) -> Result<String, String> {
+    use arrow::datatypes::DataType as D;
+    Ok(match ty {
+        D::Boolean => "boolean".into(),
+        D::Int8 => "tinyint".into(),
+        D::Int16 => "smallint".into(),
+        D::Int32 => "int".into(),
+        D::Int64 => "bigint".into(),
+        D::Float16 | D::Float32 => "float".into(),
+        D::Float64 => "double".into(),
+        D::Decimal128(p, s) | D::Decimal256(p, s) => format!("decimal({p},{s})"),
+        D::Date32 | D::Date64 => "date".into(),
+        D::Timestamp(_, _) => "timestamp".into(),
+        D::Utf8 | D::LargeUtf8 | D::Utf8View => "string".into(),
+        D::Binary | D::LargeBinary | D::BinaryView | D::FixedSizeBinary(_) => "binary".into(),
+        D::List(item) | D::LargeList(item) | D::ListView(item) | D::FixedSizeList(item, _) => {
+            format!("array<{}>", arrow_glue_type(item.data_type())?)
+        }
+        D::Map(entries, _) => match entries.data_type() {
+            D::Struct(kv) if kv.len() == 2 => format!(
+                "map<{},{}>",
+                arrow_glue_type(kv[0].data_type())?,
+                arrow_glue_type(kv[1].data_type())?
+            ),
+            other => return Err(format!("a map of {other} has no Glue type")),
+        },
+        D::Struct(fields) => {
+            let inner = fields
+                .iter()
+                .map(|f| Ok(format!("{}:{}", f.name(), arrow_glue_type(f.data_type())?)))
+                .collect::<Result<Vec<String>, String>>()?;
+            format!("struct<{}>", inner.join(","))
+        }
+        other => return Err(format!("{other} has no Glue type")),
+    })
+}
+
 /// The `UpdateTable` input of a commit: the current table with only the pointer parameters,
 /// the columns and the location changed. (`TableInput` holds the fields a caller may set;
 /// those Glue maintains itself — create time, version, owner account — stay as they are.)
@@ -418,6 +655,16 @@ fn commit_input(
         .unwrap_or_else(|| StorageDescriptor::builder().build());
     storage.columns = Some(glue_columns(metadata)?);
     storage.location = Some(metadata.location().to_string());
+    kept_table_input(current, storage, parameters)
+}
+
+/// The `TableInput` that replaces `current` with `storage` and `parameters`, keeping the
+/// fields a caller may set as they are.
+fn kept_table_input(
+    current: &Table,
+    storage: StorageDescriptor,
+    parameters: HashMap<String, String>,
+) -> Result<TableInput, String> {
     TableInput::builder()
         .name(&current.name)
         .set_description(current.description.clone())
@@ -558,6 +805,52 @@ mod tests {
         for (ty, name) in cases {
             assert_eq!(glue_type(&ty), name, "{ty:?}");
         }
+    }
+
+    #[test]
+    fn delta_columns_get_the_names_iceberg_columns_get() {
+        use arrow::datatypes::{DataType as D, Field, Schema as ArrowSchema, TimeUnit};
+        let schema = ArrowSchema::new(vec![
+            Field::new("id", D::Int64, false),
+            Field::new("qty", D::Int32, true),
+            Field::new("price", D::Decimal128(12, 2), true),
+            Field::new("score", D::Float64, true),
+            Field::new("ok", D::Boolean, true),
+            Field::new("day", D::Date32, true),
+            Field::new(
+                "at",
+                D::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("raw", D::Binary, true),
+            Field::new(
+                "tags",
+                D::List(Arc::new(Field::new("element", D::Utf8, true))),
+                true,
+            ),
+        ]);
+        let columns = delta_glue_columns(&schema).expect("glue columns");
+        let named: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{}:{}", c.name(), c.r#type().unwrap_or("?")))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "id:bigint",
+                "qty:int",
+                "price:decimal(12,2)",
+                "score:double",
+                "ok:boolean",
+                "day:date",
+                "at:timestamp",
+                "raw:binary",
+                "tags:array<string>",
+            ]
+        );
+        let odd = ArrowSchema::new(vec![Field::new("gap", D::Duration(TimeUnit::Second), true)]);
+        let error = delta_glue_columns(&odd).expect_err("no Glue type for a duration");
+        assert!(error.contains("column gap"), "{error}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Doctor's sink checks: the warehouse is writable (a local directory, or the S3 bucket and
-//! prefix) and the catalog answers (the SQLite file, or the Glue database).
+//! prefix) and the catalog answers (the SQLite file, or the Glue database). Delta tables are
+//! their own catalog: with them only Glue (where they are registered) is checked, and
+//! partition specs are held to the plain column names Delta partitions by.
 
 use std::path::Path;
 
@@ -7,7 +9,7 @@ use aws_sdk_glue::error::ProvideErrorMetadata;
 
 use super::Finding;
 use crate::cloud;
-use crate::config::{CatalogKind, Config};
+use crate::config::{CatalogKind, Config, TableFormat};
 
 const PROBE: &str = "_lakewriter_doctor_probe";
 
@@ -17,7 +19,17 @@ pub(super) async fn check(config: &Config, out: &mut Vec<Finding>) {
         Ok(None) => check_local_dir(Path::new(&config.sink.warehouse), out),
         Ok(Some(location)) => check_s3(config, &location, out).await,
     }
+    let delta = config.sink.format == TableFormat::Delta;
+    if delta {
+        check_delta_partitions(config, out);
+    }
     match config.sink.catalog {
+        CatalogKind::Sqlite if delta => out.push(Finding::ok(format!(
+            "Delta tables need no catalog: each _delta_log is its table's, and readers find \
+             the tables under {}/{}",
+            config.sink.warehouse.trim_end_matches('/'),
+            config.sink.namespace
+        ))),
         CatalogKind::Sqlite => {
             let path = config.sqlite_catalog_path();
             match path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -27,6 +39,27 @@ pub(super) async fn check(config: &Config, out: &mut Vec<Finding>) {
             out.push(Finding::ok(format!("SQLite catalog at {}", path.display())));
         }
         CatalogKind::Glue => check_glue(config, out).await,
+    }
+}
+
+/// Delta partitions by plain column names: an Iceberg transform (`day(…)`, `bucket(…)`) in
+/// `[sink.tables]` would stop that table when it is created.
+fn check_delta_partitions(config: &Config, out: &mut Vec<Finding>) {
+    for (table, settings) in &config.sink.tables {
+        for expression in &settings.partition_by {
+            if expression.contains('(') {
+                out.push(Finding::error(
+                    format!(
+                        "table {table}: partition_by {expression:?} is an Iceberg transform; \
+                         Delta tables partition by plain column names"
+                    ),
+                    format!(
+                        "in [sink.tables.\"{table}\"] partition by a column (add a date \
+                         column at the source for day(…)), or use format = \"iceberg\""
+                    ),
+                ));
+            }
+        }
     }
 }
 

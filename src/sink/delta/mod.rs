@@ -1,5 +1,6 @@
 //! The Delta Lake sink: one Delta table per source table at `<warehouse>/<namespace>/<name>`
-//! (the layout of the Iceberg sink, no catalog: the table's `_delta_log` is its own catalog),
+//! (the layout of the Iceberg sink; the table's `_delta_log` is its own catalog, and with
+//! `sink.catalog = "glue"` the table is also registered in Glue for Athena after its commits),
 //! upserts as one MERGE per commit, each commit carrying its checkpoint as an application
 //! transaction (`txn` action).
 //!
@@ -39,8 +40,8 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
 use self::staging::StagedPart;
-use crate::catalog::{CatalogTable, RetryPolicy};
-use crate::config::Config;
+use crate::catalog::{CatalogTable, GlueCatalog, RetryPolicy};
+use crate::config::{CatalogKind, Config};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::iceberg::lake_table;
@@ -190,6 +191,9 @@ struct TableState {
 pub struct DeltaSink {
     settings: DeltaSettings,
     tables: HashMap<TableId, TableState>,
+    /// Where tables are registered for Athena and Spark (`sink.catalog = "glue"`); with none,
+    /// tables are found by listing the warehouse.
+    glue: Option<GlueCatalog>,
 }
 
 impl fmt::Debug for DeltaSink {
@@ -198,22 +202,64 @@ impl fmt::Debug for DeltaSink {
             .field("warehouse", &self.settings.warehouse)
             .field("namespace", &self.settings.namespace)
             .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .field("glue", &self.glue.is_some())
             .finish()
     }
 }
 
 impl DeltaSink {
-    /// The sink of `config`.
-    pub fn from_config(config: &Config) -> Result<Self> {
-        Ok(DeltaSink::new(DeltaSettings::from_config(config)?))
+    /// The sink of `config`, registering its tables in Glue when `sink.catalog = "glue"`.
+    pub async fn from_config(config: &Config) -> Result<Self> {
+        let sink = DeltaSink::new(DeltaSettings::from_config(config)?);
+        Ok(match config.sink.catalog {
+            CatalogKind::Glue => sink.with_glue(GlueCatalog::new(
+                crate::cloud::glue_client(config).await,
+                config.sink.glue.catalog_id.clone(),
+            )),
+            CatalogKind::Sqlite => sink,
+        })
     }
 
-    /// A sink with `settings`.
+    /// A sink with `settings` that registers its tables nowhere.
     pub fn new(settings: DeltaSettings) -> Self {
         DeltaSink {
             settings,
             tables: HashMap::new(),
+            glue: None,
         }
+    }
+
+    /// This sink, registering every table it prepares or adds columns to in `glue`.
+    pub fn with_glue(mut self, glue: GlueCatalog) -> Self {
+        self.glue = Some(glue);
+        self
+    }
+
+    /// Registers `state`'s table in Glue, if the sink has a Glue catalog, with the columns its
+    /// Delta log holds now. Runs after the Delta commit that changed the columns, never inside
+    /// one: a failure leaves the lake as committed and is reported against the table.
+    async fn register(&self, state: &TableState) -> Result<()> {
+        let Some(glue) = &self.glue else {
+            return Ok(());
+        };
+        let schema = state
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
+            .snapshot()
+            .arrow_schema();
+        glue.register_delta(
+            &state.lake,
+            &self.settings.table_location(&state.lake),
+            &schema,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Sink {
+            table: state.lake.to_string(),
+            message: format!("register the Delta table in Glue: {e}"),
+            retryable: e.is_retryable(),
+        })
     }
 
     /// The lake table of a source table.
@@ -391,6 +437,7 @@ impl DeltaSink {
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
         if !delta.schema.same_shape(&state.source) {
             self.evolve(state, &delta.schema, false).await?;
+            self.register(state).await?;
             state.source = delta.schema.clone();
         }
         let staged = std::mem::take(&mut state.staged);
@@ -459,6 +506,7 @@ impl DeltaSink {
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
         if !part.schema.same_shape(&state.source) {
             self.evolve(state, &part.schema, false).await?;
+            self.register(state).await?;
             state.source = part.schema.clone();
         }
         let lake_schema = state
@@ -527,7 +575,10 @@ impl Sink for DeltaSink {
         };
         // a table without a checkpoint is copied again from scratch: a column whose type
         // changed may then be replaced
-        let evolved = self.evolve(&mut state, schema, checkpoint.is_none()).await;
+        let mut evolved = self.evolve(&mut state, schema, checkpoint.is_none()).await;
+        if evolved.is_ok() {
+            evolved = self.register(&state).await;
+        }
         tracing::debug!(table = %state.lake, checkpoint = ?checkpoint, "prepared delta table");
         // known as it is in the lake even when it cannot take `schema`, for known_checkpoint
         // and mark_incomplete
