@@ -581,7 +581,9 @@ impl Service {
                 tokio::spawn(async move { stats_of(service::run(config, sink, stop).await) })
             }
             TableFormat::Delta => {
-                let sink = DeltaSink::from_config(&config).expect("open the Delta sink");
+                let sink = DeltaSink::from_config(&config)
+                    .await
+                    .expect("open the Delta sink");
                 tokio::spawn(async move { stats_of(service::run(config, sink, stop).await) })
             }
         };
@@ -603,7 +605,9 @@ impl Service {
 }
 
 /// The counters of a finished `service::run`, `None` (the error printed) when it failed.
-fn stats_of<S: Sink>(result: lakewriter::Result<lakewriter::pipeline::Pipeline<S>>) -> Option<Stats> {
+fn stats_of<S: Sink>(
+    result: lakewriter::Result<lakewriter::pipeline::Pipeline<S>>,
+) -> Option<Stats> {
     match result {
         Ok(pipeline) => Some(pipeline.stats()),
         Err(e) => {
@@ -958,11 +962,7 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
     // the lakes are alike: DuckDB reads one (merge-on-read of equality deletes is slow there)
     let postgres = postgres_count(db).await;
     if let Some(state) = lake_states.first() {
-        print_check(
-            "lake of run 1",
-            duck_count(&state.scan),
-            postgres,
-        );
+        print_check("lake of run 1", duck_count(&state.scan), postgres);
     }
     for lake in &workload.lakes {
         lake.drop_slot(db).await;
