@@ -44,11 +44,12 @@ use lakewriter::source::copy_binary::{BinaryCopyReader, BinaryRow};
 use lakewriter::source::pgoutput::{self, Message};
 use lakewriter::source::schema::describe_table;
 use lakewriter::source::snapshot::{
-    CopySettings, SnapshotRows, SnapshotSession, copy_table, table_schema,
+    CopySettings, SnapshotRows, SnapshotSession, copy_table, select_list, table_schema,
+    wires as snapshot_wires,
 };
 use lakewriter::source::stream::{SourceEvent, StreamSettings, stream};
 use lakewriter::source::types::{ColumnBuilder, PgType, TypeOptions, Wire};
-use lakewriter::table::{TableId, quote_ident};
+use lakewriter::table::TableId;
 use support::{TestDb, stack};
 use tokio::sync::{mpsc, watch};
 
@@ -837,21 +838,10 @@ async fn snapshot_bench(db: &TestDb, args: &Args) {
     };
     // The query copy_table sends, drained without decoding: splits the gap between the
     // plain binary COPY and ours (PostgreSQL's side) from the decoding into Arrow (ours).
-    let wires: Vec<Wire> = schema
-        .columns
-        .iter()
-        .zip(schema.arrow.fields())
-        .map(|(c, f)| Wire::of(c.type_oid, f.data_type()))
-        .collect();
+    let wires = snapshot_wires(&schema);
     let text_query = format!(
         "COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)",
-        schema
-            .columns
-            .iter()
-            .zip(&wires)
-            .map(|(c, w)| w.select(c.type_oid, &quote_ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        select_list(&schema, &wires),
         table.quoted()
     );
 

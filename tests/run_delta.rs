@@ -7,12 +7,10 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
 
+use support::TestDb;
 use support::delta::{commit_count, delta_query, txn_version};
-use support::writer::{caught_up, start_with, stop, write_config};
-use support::{TestDb, stack};
+use support::writer::{caught_up, crash_and_restart, start_with, stop, write_config};
 
 const DELTA: &[(&str, &str)] = &[("SINK__FORMAT", "delta")];
 
@@ -300,78 +298,10 @@ async fn changelog_tables_append_every_change_and_upsert_tables_partition_by_col
     );
 }
 
-/// A small deterministic generator, so a failing run can be replayed from its seed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
-}
-
 #[tokio::test]
 async fn kill_9_at_random_moments_loses_and_duplicates_nothing_in_delta() {
-    let seed = std::env::var("LAKEWRITER_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    println!("crash test seed: {seed} (replay with LAKEWRITER_CRASH_SEED={seed})");
-    let mut random = Lcg(seed);
     let db = TestDb::new("run_delta_crash").await;
     db.psql(&["-v", "rows=20000", "-f", "sql/orders.sql"]);
-
-    // A workload that runs through every crash and restart.
-    let url = db.url.clone();
-    let workload = std::thread::spawn(move || {
-        for _ in 0..8 {
-            let status = stack()
-                .pg_program("psql")
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url])
-                .args([
-                    "-v",
-                    "rounds=1",
-                    "-v",
-                    "batch=300",
-                    "-f",
-                    "sql/workload.sql",
-                ])
-                .current_dir(support::project_dir())
-                .stdout(Stdio::null())
-                .status()
-                .expect("psql");
-            assert!(status.success());
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    });
-
-    for round in 0..6 {
-        let mut child = start_with(&db, DELTA);
-        let wait = 300 + random.next(3000);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        if let Ok(Some(status)) = child.try_wait() {
-            let output = child.into_child().wait_with_output().expect("output");
-            panic!(
-                "round {round}: lakewriter exited by itself with {status}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
-    }
-    workload.join().expect("workload");
-
-    // A last run to the end, then a clean stop.
-    let mut child = start_with(&db, DELTA);
-    caught_up(&db, &mut child).await;
-    stop(child);
+    crash_and_restart(&db, DELTA, 8, 6, 3000).await;
     assert_eq!(lake_lines(&db), postgres_lines(&db).await);
 }

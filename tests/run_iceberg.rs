@@ -6,14 +6,14 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use support::TestDb;
 use support::writer::{
-    acknowledged, caught_up, config_path, duck_query, lake_shows, lake_shows_now, start,
-    start_with, stop,
+    acknowledged, caught_up, config_path, crash_and_restart, duck_query, lake_shows,
+    lake_shows_now, start, start_with, stop,
 };
-use support::{TestDb, stack};
 
 /// The orders table as sorted text lines, from PostgreSQL.
 async fn postgres_lines(db: &TestDb) -> Vec<String> {
@@ -97,79 +97,11 @@ async fn run_streams_into_iceberg_and_duckdb_reads_what_postgres_holds() {
     );
 }
 
-/// A small deterministic generator, so a failing run can be replayed from its seed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
-}
-
 #[tokio::test]
 async fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
-    let seed = std::env::var("LAKEWRITER_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    println!("crash test seed: {seed} (replay with LAKEWRITER_CRASH_SEED={seed})");
-    let mut random = Lcg(seed);
     let db = TestDb::new("run_crash").await;
     db.psql(&["-v", "rows=20000", "-f", "sql/orders.sql"]);
-
-    // A workload that runs through every crash and restart.
-    let url = db.url.clone();
-    let workload = std::thread::spawn(move || {
-        for _ in 0..12 {
-            let status = stack()
-                .pg_program("psql")
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url])
-                .args([
-                    "-v",
-                    "rounds=1",
-                    "-v",
-                    "batch=300",
-                    "-f",
-                    "sql/workload.sql",
-                ])
-                .current_dir(support::project_dir())
-                .stdout(Stdio::null())
-                .status()
-                .expect("psql");
-            assert!(status.success());
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    });
-
-    for round in 0..8 {
-        let mut child = start(&db);
-        let wait = 300 + random.next(2500);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        if let Ok(Some(status)) = child.try_wait() {
-            let output = child.into_child().wait_with_output().expect("output");
-            panic!(
-                "round {round}: lakewriter exited by itself with {status}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
-    }
-    workload.join().expect("workload");
-
-    // A last run to the end, then a clean stop.
-    let mut child = start(&db);
-    caught_up(&db, &mut child).await;
-    stop(child);
+    crash_and_restart(&db, &[], 12, 8, 2500).await;
     assert_eq!(lake_lines(&db), postgres_lines(&db).await);
 }
 

@@ -208,49 +208,17 @@ impl Catalog for GlueCatalog {
     ) -> Result<Pointer, CatalogError> {
         let columns = glue_columns(metadata)
             .map_err(|e| self.input_error(format!("describe table {table}"), e))?;
-        let storage = StorageDescriptor::builder()
-            .location(metadata.location())
-            .set_columns(Some(columns))
-            .build();
-        let input = TableInput::builder()
-            .name(&table.name)
-            // What Athena and the Java writer register Iceberg tables as.
-            .table_type("EXTERNAL_TABLE")
-            .parameters(TABLE_TYPE, ICEBERG)
-            .parameters(METADATA_LOCATION, metadata_location)
-            .storage_descriptor(storage)
-            .build()
-            .map_err(|e| self.input_error(format!("describe table {table}"), e))?;
-        let created = self
-            .client
-            .create_table()
-            .set_catalog_id(self.catalog_id.clone())
-            .database_name(&table.namespace)
-            .table_input(input)
-            .send()
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_already_exists_exception()) =>
-            {
-                return Err(CatalogError::AlreadyExists {
-                    catalog: self.describe.clone(),
-                    table: table.clone(),
-                });
-            }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_entity_not_found_exception()) =>
-            {
-                return Err(CatalogError::NamespaceNotFound {
-                    catalog: self.describe.clone(),
-                    namespace: table.namespace.clone(),
-                });
-            }
-            Err(e) => return Err(self.glue_error(format!("create table {table}"), e)),
-        }
+        // What Athena and the Java writer register Iceberg tables as.
+        self.create_external(
+            table,
+            metadata.location(),
+            columns,
+            &[
+                (TABLE_TYPE, ICEBERG),
+                (METADATA_LOCATION, metadata_location),
+            ],
+        )
+        .await?;
         // CreateTable does not answer with the version; read it back.
         let glue = self
             .get_table(table)
@@ -472,17 +440,44 @@ impl GlueCatalog {
         location: &str,
         columns: &[Column],
     ) -> Result<bool, CatalogError> {
+        let parameters = [
+            (TABLE_TYPE, DELTA),
+            (SPARK_PROVIDER, SPARK_DELTA),
+            ("EXTERNAL", "TRUE"),
+        ];
+        match self
+            .create_external(table, location, columns.to_vec(), &parameters)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(catalog = %self.describe, table = %table, location, "registered delta table");
+                Ok(true)
+            }
+            Err(CatalogError::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates an `EXTERNAL_TABLE` at `location` with `columns` and table `parameters`.
+    async fn create_external(
+        &self,
+        table: &CatalogTable,
+        location: &str,
+        columns: Vec<Column>,
+        parameters: &[(&str, &str)],
+    ) -> Result<(), CatalogError> {
         let storage = StorageDescriptor::builder()
             .location(location)
-            .set_columns(Some(columns.to_vec()))
+            .set_columns(Some(columns))
             .build();
-        let input = TableInput::builder()
+        let mut input = TableInput::builder()
             .name(&table.name)
             .table_type("EXTERNAL_TABLE")
-            .parameters(TABLE_TYPE, DELTA)
-            .parameters(SPARK_PROVIDER, SPARK_DELTA)
-            .parameters("EXTERNAL", "TRUE")
-            .storage_descriptor(storage)
+            .storage_descriptor(storage);
+        for (key, value) in parameters {
+            input = input.parameters(*key, *value);
+        }
+        let input = input
             .build()
             .map_err(|e| self.input_error(format!("describe table {table}"), e))?;
         let created = self
@@ -494,15 +489,24 @@ impl GlueCatalog {
             .send()
             .await;
         match created {
-            Ok(_) => {
-                tracing::info!(catalog = %self.describe, table = %table, location, "registered delta table");
-                Ok(true)
-            }
+            Ok(_) => Ok(()),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_already_exists_exception()) =>
             {
-                Ok(false)
+                Err(CatalogError::AlreadyExists {
+                    catalog: self.describe.clone(),
+                    table: table.clone(),
+                })
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_entity_not_found_exception()) =>
+            {
+                Err(CatalogError::NamespaceNotFound {
+                    catalog: self.describe.clone(),
+                    namespace: table.namespace.clone(),
+                })
             }
             Err(e) => Err(self.glue_error(format!("create table {table}"), e)),
         }

@@ -41,7 +41,9 @@ use crate::maintenance::cleanup::{Cleanup, clean_table};
 use crate::progress::Progress;
 use crate::sink::iceberg::{IcebergSink, Rewrite, catalog_error, file_io, is_conflict, lake_table};
 use crate::table::TableId;
-use crate::verify::lake::{LiveFile, LiveFiles, files_frame, live_files, register_object_store};
+use crate::verify::lake::{
+    LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_object_store,
+};
 
 /// Attempts per table when commits of others keep changing what it read.
 const ATTEMPTS: usize = 3;
@@ -175,13 +177,7 @@ async fn compact_table(
 
         let ctx = SessionContext::new();
         register_object_store(config, &ctx)?;
-        let key: Vec<String> = {
-            let schema = metadata.current_schema();
-            schema
-                .identifier_field_ids()
-                .filter_map(|id| schema.name_by_field_id(id).map(str::to_string))
-                .collect()
-        };
+        let key = key_columns(metadata.current_schema());
         let chosen: Vec<&LiveFile> = plan.groups.iter().flatten().collect();
         let total = chosen.iter().map(|f| f.records).sum();
         let bar = progress.table("compact", &lake.to_string(), Some(total));
@@ -212,9 +208,7 @@ async fn compact_table(
                 frame
                     .sort(
                         key.iter()
-                            .map(|k| {
-                                col(format!("\"{}\"", k.replace('"', "\"\""))).sort(true, true)
-                            })
+                            .map(|k| col(quoted(k)).sort(true, true))
                             .collect(),
                     )
                     .map_err(|e| sink_error(lake, format!("plan the sort: {e}")))?
@@ -315,15 +309,24 @@ pub(crate) fn plan(
     }
     let mut plan = Plan::default();
     for (data, deletes) in partitions.values() {
-        let hit = |f: &LiveFile| {
-            deletes.iter().filter(|d| f.sequence < d.sequence).count() >= min_delete_files.max(1)
-        };
-        let small = |f: &LiveFile| f.size < small_below;
-        let worth = data.iter().any(|f| hit(f)) || data.iter().filter(|f| small(f)).count() >= 2;
-        let (mut chosen, kept): (Vec<&LiveFile>, Vec<&LiveFile>) = data
+        // per data file: hit by enough deletes, small
+        let marks: Vec<(bool, bool)> = data
             .iter()
-            .copied()
-            .partition(|f| worth && (hit(f) || small(f)));
+            .map(|f| {
+                let applying = deletes.iter().filter(|d| f.sequence < d.sequence).count();
+                (applying >= min_delete_files.max(1), f.size < small_below)
+            })
+            .collect();
+        let worth = marks.iter().any(|(hit, _)| *hit)
+            || marks.iter().filter(|(_, small)| *small).count() >= 2;
+        let (mut chosen, mut kept) = (Vec::new(), Vec::new());
+        for (file, (hit, small)) in data.iter().zip(&marks) {
+            if worth && (*hit || *small) {
+                chosen.push(*file);
+            } else {
+                kept.push(*file);
+            }
+        }
         plan.obsolete_deletes.extend(
             deletes
                 .iter()

@@ -132,25 +132,17 @@ impl BinaryCopyReader {
         mut row: impl FnMut(BinaryRow<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         // the common case: nothing pending, whole rows in the chunk, parsed in place
-        let mut input = chunk;
-        if !self.pending.is_empty() {
-            self.pending.extend_from_slice(chunk);
-            let pending = std::mem::take(&mut self.pending);
-            let result = self.consume(&pending, &mut row);
-            let taken = match result {
-                Ok(taken) => taken,
-                Err(e) => {
-                    self.pending = pending;
-                    return Err(e);
-                }
-            };
-            self.pending = pending;
-            self.pending.drain(..taken);
+        if self.pending.is_empty() {
+            let taken = self.consume(chunk, &mut row)?;
+            self.pending.extend_from_slice(&chunk[taken..]);
             return Ok(());
         }
-        let taken = self.consume(input, &mut row)?;
-        input = &input[taken..];
-        self.pending.extend_from_slice(input);
+        self.pending.extend_from_slice(chunk);
+        let pending = std::mem::take(&mut self.pending);
+        let result = self.consume(&pending, &mut row);
+        self.pending = pending;
+        let taken = result?;
+        self.pending.drain(..taken);
         Ok(())
     }
 

@@ -312,13 +312,7 @@ async fn copy_range(
             )
         })?;
     let wires = wires(&schema);
-    let columns = schema
-        .columns
-        .iter()
-        .zip(&wires)
-        .map(|(c, wire)| wire.select(c.type_oid, &quote_ident(&c.name)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = select_list(&schema, &wires);
     let mut conditions = Vec::new();
     if let Some(from) = from_page {
         conditions.push(format!("ctid >= '({from},0)'::tid"));
@@ -410,8 +404,19 @@ impl From<BinaryCopyError> for Error {
     }
 }
 
+/// The columns of `schema` as the binary COPY of a snapshot selects them ([`Wire::select`]).
+pub fn select_list(schema: &TableSchema, wires: &[Wire]) -> String {
+    schema
+        .columns
+        .iter()
+        .zip(wires)
+        .map(|(c, wire)| wire.select(c.type_oid, &quote_ident(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How each column of `schema` is read from binary COPY ([`Wire::of`]).
-fn wires(schema: &TableSchema) -> Vec<Wire> {
+pub fn wires(schema: &TableSchema) -> Vec<Wire> {
     schema
         .columns
         .iter()

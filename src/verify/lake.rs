@@ -165,10 +165,7 @@ pub(crate) async fn table_frame(
         &schema_to_arrow_schema(iceberg_schema)
             .map_err(|e| sink_error(name, format!("convert the schema to Arrow: {e}")))?,
     );
-    let key: Vec<String> = iceberg_schema
-        .identifier_field_ids()
-        .filter_map(|id| iceberg_schema.name_by_field_id(id).map(str::to_string))
-        .collect();
+    let key = key_columns(iceberg_schema);
     let files = live_files(io, name, metadata).await?;
     let table = LakeTable {
         name: name.clone(),
@@ -373,6 +370,14 @@ pub(crate) async fn live_files(
     Ok(files)
 }
 
+/// The names of `schema`'s key (identifier) columns.
+pub(crate) fn key_columns(schema: &iceberg::spec::Schema) -> Vec<String> {
+    schema
+        .identifier_field_ids()
+        .filter_map(|id| schema.name_by_field_id(id).map(str::to_string))
+        .collect()
+}
+
 /// The schema without field metadata (Iceberg field ids), for DataFusion's readers.
 fn plain(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
@@ -385,7 +390,7 @@ fn plain(schema: &Schema) -> SchemaRef {
 }
 
 /// A column name as DataFusion's `col` takes it verbatim (quoted: case and dots kept).
-fn quoted(name: &str) -> String {
+pub(crate) fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

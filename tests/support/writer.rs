@@ -224,3 +224,86 @@ pub async fn lake_shows(
 pub fn lake_shows_now(db: &TestDb, name: &str, query: &str, expected: &[&str]) {
     assert_eq!(duck_query(db, name, query), expected, "lake table {name}");
 }
+
+/// A small deterministic generator, so a failing run can be replayed from its seed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+/// The crash test's run: `workloads` rounds of `sql/workload.sql` run in the background while
+/// the writer (with `settings`) is started and killed with SIGKILL `crashes` times, each after
+/// a random 300 ms to `300 + wait_ms`; then a last run catches up and stops cleanly. The seed
+/// comes from `LAKEWRITER_CRASH_SEED`, or the clock, and is printed for a replay. The caller
+/// then compares the lake with PostgreSQL.
+pub async fn crash_and_restart(
+    db: &TestDb,
+    settings: &[(&str, &str)],
+    workloads: usize,
+    crashes: usize,
+    wait_ms: u64,
+) {
+    let seed = std::env::var("LAKEWRITER_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        });
+    println!("crash test seed: {seed} (replay with LAKEWRITER_CRASH_SEED={seed})");
+    let mut random = Lcg(seed);
+
+    // A workload that runs through every crash and restart.
+    let url = db.url.clone();
+    let workload = std::thread::spawn(move || {
+        for _ in 0..workloads {
+            let status = stack()
+                .pg_program("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url])
+                .args([
+                    "-v",
+                    "rounds=1",
+                    "-v",
+                    "batch=300",
+                    "-f",
+                    "sql/workload.sql",
+                ])
+                .current_dir(project_dir())
+                .stdout(Stdio::null())
+                .status()
+                .expect("psql");
+            assert!(status.success());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+
+    for round in 0..crashes {
+        let mut child = start_with(db, settings);
+        let wait = 300 + random.next(wait_ms);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            let output = child.into_child().wait_with_output().expect("output");
+            panic!(
+                "round {round}: lakewriter exited by itself with {status}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+    workload.join().expect("workload");
+
+    // A last run to the end, then a clean stop.
+    let mut child = start_with(db, settings);
+    caught_up(db, &mut child).await;
+    stop(child);
+}

@@ -54,6 +54,8 @@ enum Values {
         values: Vec<i128>,
         precision: u8,
         scale: u8,
+        /// A binary numeric's digits as text, reused from value to value.
+        digits: Vec<u8>,
     },
     Utf8(ByteValues),
     Binary(ByteValues),
@@ -278,6 +280,7 @@ impl ColumnBuilder {
                     values: Vec::with_capacity(capacity),
                     precision: *precision,
                     scale: scale.unsigned_abs(),
+                    digits: Vec::new(),
                 }
             }
             DataType::Utf8 => Values::Utf8(ByteValues::with_capacity(capacity)),
@@ -409,6 +412,7 @@ impl ColumnBuilder {
                 values,
                 precision,
                 scale,
+                ..
             } => Arc::new(
                 Decimal128Array::try_new(take(values).into(), nulls)
                     .map_err(arrow)?
@@ -482,6 +486,7 @@ impl Values {
                 values,
                 precision,
                 scale,
+                ..
             } => values.push(text::parse_decimal(text, *precision, *scale)?),
             Values::Utf8(values) => {
                 text::check_utf8(text)?;
@@ -557,12 +562,12 @@ impl Values {
                     values,
                     precision,
                     scale,
+                    digits,
                 },
                 Wire::Numeric,
             ) => {
-                let mut digits = Vec::with_capacity(48);
-                text::numeric_binary_to_text(value, &mut digits)?;
-                values.push(text::parse_decimal(&digits, *precision, *scale)?);
+                text::numeric_binary_to_text(value, digits)?;
+                values.push(text::parse_decimal(digits, *precision, *scale)?);
             }
             _ => return Err(WRONG),
         }
