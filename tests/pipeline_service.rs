@@ -332,3 +332,64 @@ async fn a_partition_outside_the_replica_identity_is_refused() {
     assert!(message.contains("REPLICA IDENTITY FULL"), "{message}");
     assert!(message.contains("order_date"), "{message}");
 }
+
+/// `[flush] idle_rows`: a burst is committed as soon as the source has sent it all, long
+/// before `max_latency`; a trickle below the threshold still waits for `max_latency` (or, here,
+/// for the stop).
+#[tokio::test]
+async fn a_burst_is_committed_when_the_source_goes_idle_and_a_trickle_waits() {
+    let db = TestDb::new("service_idle").await;
+    db.psql(&["-v", "rows=10", "-f", "sql/orders.sql"]);
+    let text = db.config_toml("[flush]\nmax_latency = \"1h\"\nidle_rows = 500\n");
+    let config =
+        Arc::new(Config::parse(&text, Path::new("test.toml"), Vec::new()).expect("config"));
+    let (stop, shutdown) = watch::channel(false);
+    let task =
+        tokio::spawn(async move { service::run(config, MemoryLake::default(), shutdown).await });
+    while slot_position(&db).await == Lsn::ZERO {
+        assert!(!task.is_finished(), "the service stopped early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 2000 rows in one transaction: over the threshold, committed once the stream is idle
+    db.psql(&[
+        "-c",
+        "INSERT INTO orders (customer_id, order_date, total_amount, status) \
+           SELECT g % 97, date '2024-06-01', g, 'new' FROM generate_series(1, 2000) g",
+    ]);
+    let burst = db.current_lsn().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slot_position(&db).await < burst {
+        assert!(
+            Instant::now() < deadline,
+            "the burst was not committed while the source was idle (max_latency is 1h)"
+        );
+        assert!(!task.is_finished(), "the service stopped early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // one row: under the threshold, it waits
+    db.psql(&["-c", "UPDATE orders SET status = 'paid' WHERE order_id = 1"]);
+    let trickle = db.current_lsn().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acknowledged = slot_position(&db).await;
+    assert!(
+        acknowledged < trickle,
+        "a one-row change was committed before max_latency (acknowledged {acknowledged}, \
+         change before {trickle})"
+    );
+
+    let _ = stop.send(true);
+    let lake = task
+        .await
+        .expect("join")
+        .expect("the service stops cleanly")
+        .into_sink();
+    // the initial copy, the burst, and the trickle at the stop
+    assert_eq!(lake.commits, 3, "commits: copy, burst, stop");
+    let (rows, _) = &lake.tables[&TableId::new("public", "orders")];
+    assert!(
+        *rows == postgres_orders(&db).await,
+        "the lake differs from PostgreSQL"
+    );
+}

@@ -313,6 +313,13 @@ pub struct FlushConfig {
     /// commit. Default: `"10s"`.
     #[serde(default = "defaults::max_latency")]
     pub max_latency: Span,
+    /// Once the source has sent everything it has (it says so when it goes idle), a table
+    /// with at least this many rows buffered is committed at once rather than at
+    /// `max_latency`: a burst is in the lake as soon as it has arrived, while a trickle still
+    /// waits, so that each commit carries enough rows to be worth a snapshot. `0` turns this
+    /// off. Default: `10000`.
+    #[serde(default = "defaults::idle_rows")]
+    pub idle_rows: usize,
     /// Memory for all buffers together; past it the largest table flushes, and a transaction
     /// larger than it streams into files that are committed at its end. Default: `"1GiB"`.
     #[serde(default = "defaults::memory_budget")]
@@ -329,6 +336,7 @@ impl Default for FlushConfig {
             max_rows: defaults::max_rows(),
             max_bytes: defaults::max_bytes(),
             max_latency: defaults::max_latency(),
+            idle_rows: defaults::idle_rows(),
             memory_budget: defaults::memory_budget(),
             spill_dir: None,
         }
@@ -463,6 +471,9 @@ mod defaults {
     }
     pub fn max_latency() -> Span {
         Span::secs(10)
+    }
+    pub fn idle_rows() -> usize {
+        10_000
     }
     pub fn memory_budget() -> ByteSize {
         ByteSize::mib(1024)

@@ -160,6 +160,8 @@ pub struct Pipeline<S: Sink> {
     commit_times: HashMap<Lsn, i64>,
     /// The end of the last transaction received, or the server's idle position.
     received: Lsn,
+    /// The source said it had sent everything (an idle message after the last commit).
+    caught_up: bool,
     durable: watch::Sender<Lsn>,
     stats: Stats,
     /// Tables that appeared in the stream without being known at the start: they need a copy.
@@ -183,6 +185,7 @@ impl<S: Sink> Pipeline<S> {
             open: None,
             commit_times: HashMap::new(),
             received,
+            caught_up: false,
             durable,
             stats: Stats::default(),
             discovered: Vec::new(),
@@ -244,6 +247,7 @@ impl<S: Sink> Pipeline<S> {
                 commit_time_micros,
             } => {
                 self.commit_times.insert(commit_lsn, commit_time_micros);
+                self.caught_up = false;
                 self.open = Some(OpenTransaction {
                     commit_lsn,
                     entries: Vec::new(),
@@ -294,6 +298,7 @@ impl<S: Sink> Pipeline<S> {
             SourceEvent::Idle { server_lsn } => {
                 if self.open.is_none() {
                     self.received = self.received.max(server_lsn);
+                    self.caught_up = true;
                 }
                 self.flush_due(false).await?;
                 self.acknowledge();
@@ -656,6 +661,7 @@ impl<S: Sink> Pipeline<S> {
                     || s.bytes as u64 >= flush.max_bytes.bytes()
                     || s.oldest
                         .is_some_and(|t| t.elapsed() >= flush.max_latency.get())
+                    || (self.caught_up && flush.idle_rows > 0 && s.rows >= flush.idle_rows)
             })
             .map(|(t, _)| t.clone())
             .collect();

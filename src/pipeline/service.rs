@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -218,7 +218,9 @@ pub async fn run<S: Sink>(
         type_options,
         ..StreamSettings::default()
     };
-    let stream_shutdown = shutdown.clone();
+    // The stream stops after the pipeline's last commit, so that it can report that position
+    // to the slot itself before it closes.
+    let (stop_stream, stream_shutdown) = watch::channel(false);
     let streaming = tokio::spawn(async move {
         stream::stream(
             &stream_config,
@@ -233,11 +235,21 @@ pub async fn run<S: Sink>(
     let tick = (config.flush.max_latency.get() / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
-    // Events flow until the stream ends: on shutdown it stops and closes the channel, and
-    // what it had sent is still committed below.
-    let outcome: Result<()> = async {
+    let mut shutdown = shutdown;
+    // Events flow until shutdown (then every whole transaction received is committed before
+    // the stream stops) or until the stream ends on its own.
+    let outcome: Result<bool> = async {
+        if *shutdown.borrow() {
+            return Ok(true);
+        }
         loop {
             tokio::select! {
+                changed = shutdown.changed() => {
+                    // a dropped sender stops too: nobody is left to ask
+                    if changed.is_err() || *shutdown.borrow() {
+                        return Ok(true);
+                    }
+                }
                 event = events.recv() => match event {
                     Some(event) => {
                         pipeline.handle(event).await?;
@@ -245,23 +257,32 @@ pub async fn run<S: Sink>(
                             copy_discovered(&config, &client, &mut pipeline, &table).await?;
                         }
                     }
-                    None => break,
+                    None => return Ok(false),
                 },
                 _ = ticker.tick() => pipeline.tick().await?,
             }
         }
-        Ok(())
     }
     .await;
+    let flushed = match outcome {
+        Ok(true) => pipeline.flush_all().await,
+        _ => Ok(()),
+    };
+    let _ = stop_stream.send(true);
+    drop(events);
     let streamed = match streaming.await {
         Ok(result) => result,
         Err(e) => Err(Error::Source {
             message: format!("the replication task failed: {e}"),
         }),
     };
-    outcome?;
+    let shut_down = outcome?;
     streamed?;
-    pipeline.flush_all().await?;
+    flushed?;
+    if !shut_down {
+        // the stream ended without being asked: commit what it delivered
+        pipeline.flush_all().await?;
+    }
     let durable = *durable_tx.borrow();
     advance_slot(&client, &config, durable).await?;
     let stats = pipeline.stats();
@@ -409,28 +430,42 @@ async fn copy_into_lake<S: Sink>(
     Ok(())
 }
 
-/// Acknowledges `durable` after the stream has stopped, so a clean shutdown leaves the slot
-/// holding no WAL the lake already has.
+/// Makes sure the slot has acknowledged `durable` after the stream has stopped, so a clean
+/// shutdown leaves it holding no WAL the lake already has. The stream's last status report
+/// normally carried it already (the walsender applies it as it ends, so this waits for the
+/// slot to be released first); advancing the slot by SQL, which decodes the WAL again from its
+/// restart point, is the fallback for a stream that could not report.
 async fn advance_slot(
     client: &tokio_postgres::Client,
     config: &Config,
     durable: Lsn,
 ) -> Result<()> {
     let slot = &config.source.slot;
-    let row = client
-        .query_opt(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[slot],
-        )
-        .await
-        .map_err(|e| Error::postgres(format!("read slot {slot}"), e))?;
-    let confirmed = row
-        .and_then(|r| r.get::<_, Option<String>>(0))
-        .and_then(|t| t.parse::<Lsn>().ok())
-        .unwrap_or(Lsn::ZERO);
-    if durable <= confirmed {
-        return Ok(());
+    let released_by = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text, active_pid IS NOT NULL \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("read slot {slot}"), e))?;
+        let confirmed = row
+            .as_ref()
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|t| t.parse::<Lsn>().ok())
+            .unwrap_or(Lsn::ZERO);
+        if durable <= confirmed {
+            return Ok(());
+        }
+        let active = row.is_some_and(|r| r.get::<_, bool>(1));
+        if !active || Instant::now() >= released_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    tracing::debug!(slot = %slot, durable = %durable, "acknowledging on the slot by SQL");
     // the walsender of the stream that just ended may hold the slot for a moment longer
     let mut attempts = 0;
     loop {

@@ -220,6 +220,7 @@ async fn session(
         .map_err(|e| replication_error(source, e))?;
     tracing::info!(slot = %source.slot, from = %start, "streaming");
     let mut decoder = Decoder::new(config, settings, catalog);
+    let acknowledged_at_start = *durable.borrow();
     if events
         .send(SourceEvent::Started { from: start })
         .await
@@ -232,7 +233,7 @@ async fn session(
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
-                close(client).await;
+                acknowledge_and_close(client, &durable, acknowledged_at_start, settings).await;
                 return Ok(SessionEnd::Shutdown);
             }
             changed = durable.changed() => {
@@ -253,13 +254,38 @@ async fn session(
                 };
                 for out in decoder.handle(event).await? {
                     if events.send(out).await.is_err() {
-                        close(client).await;
+                        acknowledge_and_close(client, &durable, acknowledged_at_start, settings)
+                            .await;
                         return Ok(SessionEnd::Closed);
                     }
                 }
             }
         }
     }
+}
+
+/// Reports the last durable position through this session, then closes it: the pipeline
+/// commits what it holds before it stops the stream, and that final position reaches the slot
+/// here. (Advancing the slot afterwards with `pg_replication_slot_advance` would decode the WAL
+/// again from the slot's restart point: seconds after a large transaction.) The client sends a
+/// status at most every `status_interval`, so this waits up to that long, and no longer than
+/// that plus a second.
+async fn acknowledge_and_close(
+    client: ReplicationClient,
+    durable: &watch::Receiver<Lsn>,
+    acknowledged_at_start: Lsn,
+    settings: &StreamSettings,
+) {
+    let last = *durable.borrow();
+    if last > acknowledged_at_start {
+        client.update_applied_lsn(last.into());
+        let metrics = client.metrics();
+        let deadline = Instant::now() + settings.status_interval + Duration::from_secs(1);
+        while Lsn::from(metrics.last_applied_lsn()) < last && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    close(client).await;
 }
 
 /// Ends a replication session cleanly (CopyDone, and the connection's task finished) before
