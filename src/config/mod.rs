@@ -65,6 +65,16 @@ pub struct SourceConfig {
     /// with `LAKEWRITER__SOURCE__PASSWORD` over writing it in the file. Never printed.
     #[serde(default)]
     pub password: Secret,
+    /// TLS to the server, as libpq's `sslmode`: `disable`, `prefer` (when the server offers
+    /// it, certificate unchecked), `require` (certificate unchecked), `verify-ca` or
+    /// `verify-full` (the certificate must chain to `sslrootcert` and, for `verify-full`, name
+    /// `host`). Default: `"prefer"`.
+    #[serde(default)]
+    pub sslmode: crate::source::tls::SslMode,
+    /// PEM file of the certificates trusted for `verify-ca` and `verify-full` (for Amazon RDS,
+    /// its regional bundle). Default: the Mozilla root set.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
     /// How long to wait for a connection. Default: `"10s"`.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Span,

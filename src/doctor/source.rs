@@ -18,15 +18,37 @@ pub(super) async fn check(config: &Config, out: &mut Vec<Finding>) {
     let client = match connection::connect(source).await {
         Ok(client) => client,
         Err(e) => {
-            out.push(Finding::error(
-                format!("cannot connect: {e}"),
+            let text = e.to_string();
+            let fix = if text.contains("certificate") || text.contains("TLS") {
+                "check [source] sslmode and sslrootcert: the file must hold the CA that signed \
+                 the server's certificate (and verify-full needs that certificate to name host)"
+            } else {
                 "check [source] host, port, database and user, the password \
-                 (LAKEWRITER__SOURCE__PASSWORD), and that pg_hba.conf admits this host",
-            ));
+                 (LAKEWRITER__SOURCE__PASSWORD), and that pg_hba.conf admits this host"
+            };
+            out.push(Finding::error(format!("cannot connect: {text}"), fix));
             return;
         }
     };
-    out.push(Finding::ok(format!("connected to {target}")));
+    let tls = client
+        .query_opt(
+            "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|row| row.get::<_, Option<String>>(0).unwrap_or_default());
+    out.push(Finding::ok(match tls {
+        Some(version) => format!(
+            "connected to {target} over TLS {version} (sslmode = {})",
+            source.sslmode
+        ),
+        None => format!(
+            "connected to {target} without TLS (sslmode = {})",
+            source.sslmode
+        ),
+    }));
     if let Err(e) = check_connected(config, &client, out).await {
         out.push(Finding::error(
             format!("a catalog query failed: {e}"),

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
+use crate::source::tls::SourceTls;
 
 /// Session settings that fix the text form of values: ISO dates, UTC timestamps, floats that
 /// round-trip exactly.
@@ -25,6 +26,11 @@ pub fn describe(source: &SourceConfig) -> String {
         "{}@{}:{}/{}",
         source.user, source.host, source.port, source.database
     )
+}
+
+/// The TLS settings of `source` (reads `sslrootcert` when a mode checks certificates).
+pub fn tls(source: &SourceConfig) -> Result<SourceTls> {
+    SourceTls::new(source.sslmode, source.sslrootcert.as_deref())
 }
 
 /// The tokio-postgres settings of `source`.
@@ -46,8 +52,11 @@ pub fn pg_config(source: &SourceConfig) -> tokio_postgres::Config {
 
 /// Opens an ordinary session and drives it in the background.
 pub async fn connect(source: &SourceConfig) -> Result<Client> {
-    let (client, connection) = pg_config(source)
-        .connect(NoTls)
+    let tls = tls(source)?;
+    let mut config = pg_config(source);
+    config.ssl_mode(tls.pg_mode());
+    let (client, connection) = config
+        .connect(tls.connector())
         .await
         .map_err(|e| Error::postgres(format!("connect to {}", describe(source)), e))?;
     let target = describe(source);
@@ -64,8 +73,9 @@ pub async fn connect(source: &SourceConfig) -> Result<Client> {
 pub fn replication_config(
     source: &SourceConfig,
     start: crate::Lsn,
-) -> pgwire_replication::ReplicationConfig {
-    pgwire_replication::ReplicationConfig::new(
+) -> Result<pgwire_replication::ReplicationConfig> {
+    let tls = tls(source)?;
+    Ok(pgwire_replication::ReplicationConfig::new(
         source.host.clone(),
         source.user.clone(),
         source.password.expose().to_string(),
@@ -74,8 +84,8 @@ pub fn replication_config(
         source.publication.clone(),
     )
     .with_port(source.port)
-    .with_tls(pgwire_replication::TlsConfig::disabled())
+    .with_tls(tls.replication(&source.host))
     .with_start_lsn(start.into())
     .with_options(SESSION_OPTIONS)
-    .with_application_name(APPLICATION_NAME)
+    .with_application_name(APPLICATION_NAME))
 }

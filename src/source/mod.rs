@@ -11,6 +11,7 @@ pub mod schema;
 pub mod setup;
 pub mod snapshot;
 pub mod stream;
+pub mod tls;
 pub mod types;
 
 use std::fmt;

@@ -56,7 +56,7 @@ impl SnapshotSession {
     pub async fn create_slot(config: &Config, slot: &str, temporary: bool) -> Result<Self> {
         let source = &config.source;
         let mut client =
-            ReplicationClient::connect_gated(connection::replication_config(source, Lsn::ZERO))
+            ReplicationClient::connect_gated(connection::replication_config(source, Lsn::ZERO)?)
                 .await
                 .map_err(|e| Error::Replication {
                     context: format!(

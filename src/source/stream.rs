@@ -212,7 +212,7 @@ async fn session(
 ) -> Result<SessionEnd> {
     let source = &config.source;
     let catalog = connection::connect(source).await?;
-    let replication = connection::replication_config(source, start)
+    let replication = connection::replication_config(source, start)?
         .with_status_interval(settings.status_interval)
         .with_ack_lsn((*durable.borrow()).into());
     let mut client = ReplicationClient::connect(replication)

@@ -119,23 +119,26 @@ pub async fn caught_up(db: &TestDb, child: &mut Child) {
             Instant::now() < created,
             "the writer never created its slot"
         );
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("lakewriter exited early with {status}");
-        }
+        exited_early(child);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let target = db.sync_point().await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while acknowledged(db).await < target {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut log = String::new();
-            if let Some(mut stderr) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
-            }
-            panic!("lakewriter exited early with {status}: {log}");
-        }
+        exited_early(child);
         assert!(Instant::now() < deadline, "the writer did not catch up");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fails the test with the writer's log if it has exited.
+fn exited_early(child: &mut Child) {
+    if let Ok(Some(status)) = child.try_wait() {
+        let mut log = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        }
+        panic!("lakewriter exited early with {status}: {log}");
     }
 }
 
