@@ -9,49 +9,15 @@ mod support;
 use lakewriter::catalog::Catalog;
 use lakewriter::sink::iceberg::{IcebergSink, Rewrite, lake_table};
 use lakewriter::table::TableId;
+use support::orders::{LAKE_LINES, postgres_lines};
 use support::writer::{
-    caught_up, command, config_path, duck_query, start, start_with, stop, write_config,
+    caught_up, command_ok, config_path, duck_query, start, start_with, stop, write_config,
 };
 use support::{TestDb, stack};
 
-/// Runs a lakewriter command on the test config; returns stdout, asserting success.
-fn lakewriter(db: &TestDb, args: &[&str]) -> String {
-    lakewriter_with(db, args, &[])
-}
-
-/// [`lakewriter`] with settings as environment overrides (`SECTION__KEY`).
-fn lakewriter_with(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> String {
-    let output = command(db, args, settings);
-    assert!(
-        output.status.success(),
-        "lakewriter {args:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-async fn postgres_rows(db: &TestDb) -> Vec<String> {
-    db.client()
-        .await
-        .query(
-            "SELECT order_id || '|' || customer_id || '|' || total_amount || '|' || status \
-             FROM orders ORDER BY order_id",
-            &[],
-        )
-        .await
-        .expect("read orders")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
+/// The orders rows in the lake, as [`postgres_lines`] gives them from PostgreSQL.
 fn lake_rows(db: &TestDb) -> Vec<String> {
-    duck_query(
-        db,
-        "orders",
-        "SELECT order_id, customer_id, total_amount, status FROM {scan} ORDER BY order_id",
-    )
+    duck_query(db, "orders", LAKE_LINES)
 }
 
 /// The live files of the lake's orders table (data and delete files), as DuckDB's metadata
@@ -93,7 +59,7 @@ async fn compaction_beside_a_streaming_writer_keeps_the_lake_equal_to_postgres()
         assert!(status.success(), "workload failed");
     });
     for _ in 0..2 {
-        let report = lakewriter(&db, &["compact"]);
+        let report = command_ok(&db, &["compact"], &[]);
         assert!(report.contains("orders"), "{report}");
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     }
@@ -101,21 +67,25 @@ async fn compaction_beside_a_streaming_writer_keeps_the_lake_equal_to_postgres()
     caught_up(&db, &mut child).await;
     assert_eq!(
         lake_rows(&db),
-        postgres_rows(&db).await,
+        postgres_lines(&db).await,
         "after compacting under load"
     );
     stop(child);
 
     // quiet: a last compaction leaves no delete file, and every reader agrees
-    let report = lakewriter(&db, &["compact", "--table", "public.orders"]);
+    let report = command_ok(&db, &["compact", "--table", "public.orders"], &[]);
     assert!(report.contains("data files"), "{report}");
     let files = live_files(&db);
     assert!(
         files.iter().all(|f| f.starts_with("DATA ")),
         "delete files left after compaction: {files:?}"
     );
-    assert_eq!(lake_rows(&db), postgres_rows(&db).await, "after compaction");
-    let verify = lakewriter(&db, &["verify"]);
+    assert_eq!(
+        lake_rows(&db),
+        postgres_lines(&db).await,
+        "after compaction"
+    );
+    let verify = command_ok(&db, &["verify"], &[]);
     assert!(verify.contains("equal"), "{verify}");
 
     // pyiceberg refuses equality deletes: reading the table proves they are gone
@@ -145,7 +115,7 @@ print(table.current_snapshot().summary.get("lakewriter.lsn"))
     let stdout = String::from_utf8_lossy(&output.stdout);
     let mut lines = stdout.lines();
     let rows: usize = lines.next().and_then(|l| l.parse().ok()).expect("a count");
-    assert_eq!(rows, postgres_rows(&db).await.len());
+    assert_eq!(rows, postgres_lines(&db).await.len());
     let lsn = lines.next().unwrap_or_default();
     assert!(
         lsn.contains('/'),
@@ -266,7 +236,7 @@ async fn expiry_and_orphan_removal_never_touch_a_live_file() {
     std::fs::write(&orphan, b"not referenced").expect("write an orphan");
 
     // the default safety window keeps everything recent, orphan included
-    let report = lakewriter(&db, &["compact"]);
+    let report = command_ok(&db, &["compact"], &[]);
     assert!(report.contains("0 orphan files"), "{report}");
     assert!(orphan.exists());
 
@@ -276,12 +246,12 @@ async fn expiry_and_orphan_removal_never_touch_a_live_file() {
         ("COMPACTION__KEEP_SNAPSHOTS", "1"),
         ("COMPACTION__ORPHAN_AGE", "0s"),
     ];
-    let report = lakewriter_with(&db, &["compact"], &settings);
+    let report = command_ok(&db, &["compact"], &settings);
     assert!(!report.contains(" 0 snapshots expired"), "{report}");
     assert!(!orphan.exists(), "the orphan is still there: {report}");
     assert_eq!(
         lake_rows(&db),
-        postgres_rows(&db).await,
+        postgres_lines(&db).await,
         "a live file was removed"
     );
 
@@ -298,9 +268,9 @@ async fn expiry_and_orphan_removal_never_touch_a_live_file() {
         on_disk, live,
         "data files on disk differ from the live ones"
     );
-    let again = lakewriter_with(&db, &["compact"], &settings);
+    let again = command_ok(&db, &["compact"], &settings);
     assert!(again.contains("0 orphan files"), "{again}");
-    let verify = lakewriter(&db, &["verify"]);
+    let verify = command_ok(&db, &["verify"], &[]);
     assert!(verify.contains("equal"), "{verify}");
 }
 
@@ -326,7 +296,7 @@ async fn run_compacts_on_its_schedule_while_it_streams() {
     let log = stop(child);
     assert!(log.contains("scheduled compaction done"), "{log}");
     assert!(log.contains("compacted"), "no table was rewritten: {log}");
-    assert_eq!(lake_rows(&db), postgres_rows(&db).await);
+    assert_eq!(lake_rows(&db), postgres_lines(&db).await);
 }
 
 /// Only the files that slow reads down are rewritten: a large file no delete applies to stays
@@ -362,7 +332,7 @@ async fn compact_rewrites_only_small_files_and_files_hit_by_deletes() {
     let sizes: Vec<(String, u64)> = after_insert.iter().map(|f| (f.clone(), size(f))).collect();
 
     // 16 KiB files: the two 5000-row files are large, the update's file is small
-    let report = lakewriter_with(
+    let report = command_ok(
         &db,
         &["compact"],
         &[("COMPACTION__TARGET_FILE_SIZE", "16KiB")],
@@ -384,12 +354,12 @@ async fn compact_rewrites_only_small_files_and_files_hit_by_deletes() {
         "a file hit by deletes or a small one is still live: {after:?}\nbefore: {sizes:?}"
     );
     assert!(report.contains("1 data files kept"), "{report}");
-    assert_eq!(lake_rows(&db), postgres_rows(&db).await);
-    let verify = lakewriter(&db, &["verify"]);
+    assert_eq!(lake_rows(&db), postgres_lines(&db).await);
+    let verify = command_ok(&db, &["verify"], &[]);
     assert!(verify.contains("equal"), "{verify}");
 
     // nothing left to do: a second pass leaves the table alone
-    let again = lakewriter_with(
+    let again = command_ok(
         &db,
         &["compact"],
         &[("COMPACTION__TARGET_FILE_SIZE", "16KiB")],
@@ -419,7 +389,7 @@ async fn compact_chooses_files_per_partition() {
     caught_up(&db, &mut child).await;
     stop(child);
 
-    let report = lakewriter(&db, &["compact"]);
+    let report = command_ok(&db, &["compact"], &[]);
     assert!(report.contains("3 data files kept"), "{report}");
     let after: std::collections::BTreeSet<String> = live_files(&db).into_iter().collect();
     assert_eq!(
@@ -432,5 +402,5 @@ async fn compact_chooses_files_per_partition() {
         "delete files left: {after:?}"
     );
     assert_eq!(after.len(), 4, "{after:?}");
-    assert_eq!(lake_rows(&db), postgres_rows(&db).await);
+    assert_eq!(lake_rows(&db), postgres_lines(&db).await);
 }

@@ -10,50 +10,21 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::TestDb;
+use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{
     acknowledged, caught_up, config_path, crash_and_restart, duck_query, lake_shows,
     lake_shows_now, start, start_with, stop,
 };
 
-/// The orders table as sorted text lines, from PostgreSQL.
-async fn postgres_lines(db: &TestDb) -> Vec<String> {
-    db.client()
-        .await
-        .query(
-            "SELECT order_id::text || '|' || customer_id || '|' || order_date::text || '|' || \
-               total_amount::text || '|' || status || '|' || \
-               (extract(epoch FROM created_at) * 1000000)::bigint || '|' || \
-               (extract(epoch FROM updated_at) * 1000000)::bigint \
-             FROM orders ORDER BY order_id",
-            &[],
-        )
-        .await
-        .expect("read orders")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// The same lines from the lake, read by DuckDB's iceberg extension through the metadata file
-/// the SQLite catalog points at; also checks no key appears twice.
+/// The lines of `postgres_lines` from the lake, read by DuckDB's iceberg extension through the
+/// metadata file the SQLite catalog points at; also checks no key appears twice.
 fn lake_lines(db: &TestDb) -> Vec<String> {
-    let duplicates = duck_query(
-        db,
-        "orders",
-        "SELECT count(*) - count(DISTINCT order_id) FROM {scan}",
-    );
     assert_eq!(
-        duplicates,
+        duck_query(db, "orders", LAKE_DUPLICATES),
         vec!["0".to_string()],
         "duplicated keys in the lake"
     );
-    duck_query(
-        db,
-        "orders",
-        "SELECT order_id::VARCHAR || '|' || customer_id || '|' || order_date::VARCHAR || '|' || \
-           total_amount::VARCHAR || '|' || status || '|' || epoch_us(created_at) || '|' || \
-           epoch_us(updated_at) FROM {scan} ORDER BY order_id",
-    )
+    duck_query(db, "orders", LAKE_LINES)
 }
 
 #[tokio::test]

@@ -151,3 +151,31 @@ pub async fn postgres_table(db: &TestDb, table: &str) -> Table {
         })
         .collect()
 }
+
+/// The `orders` table as sorted text lines `id|customer|date|amount|status|created|updated`
+/// (timestamps in microseconds), from PostgreSQL; [`LAKE_LINES`] gives the same from a lake.
+pub async fn postgres_lines(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT order_id::text || '|' || customer_id || '|' || order_date::text || '|' || \
+               total_amount::text || '|' || status || '|' || \
+               (extract(epoch FROM created_at) * 1000000)::bigint || '|' || \
+               (extract(epoch FROM updated_at) * 1000000)::bigint \
+             FROM orders ORDER BY order_id",
+            &[],
+        )
+        .await
+        .expect("read orders")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// DuckDB's query for the lines of [`postgres_lines`] over `{scan}`, a lake table's scan.
+pub const LAKE_LINES: &str = "SELECT order_id::VARCHAR || '|' || customer_id || '|' || \
+    order_date::VARCHAR || '|' || total_amount::VARCHAR || '|' || status || '|' || \
+    epoch_us(created_at) || '|' || epoch_us(updated_at) FROM {scan} ORDER BY order_id";
+
+/// DuckDB's query for how many keys appear more than once over `{scan}` (`0` in a sound lake).
+pub const LAKE_DUPLICATES: &str = "SELECT count(*) - count(DISTINCT order_id) FROM {scan}";

@@ -82,6 +82,18 @@ pub fn command(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> std::pr
         .expect("run lakewriter")
 }
 
+/// [`command`], asserting it succeeded; its standard output.
+pub fn command_ok(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> String {
+    let output = command(db, args, settings);
+    assert!(
+        output.status.success(),
+        "lakewriter {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Stops the writer the way a service manager does (SIGTERM), asserts it exited 0, and
 /// returns its log.
 pub fn stop(child: Writer) -> String {
