@@ -55,7 +55,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,7 +65,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use common::{
+    Options, Run, copy_drain, cpu_of, cpu_seconds, fastest, load_average, recvlogical_drain,
+};
 use iceberg::io::FileIO;
 use iceberg::spec::TableMetadata;
 use lakewriter::Lsn;
@@ -133,77 +136,24 @@ struct Args {
 
 impl Args {
     fn parse() -> Args {
-        const OPTIONS: [&str; 11] = [
-            "seed-rows",
-            "rounds",
-            "batch",
-            "snapshot-rows",
-            "big-rows",
-            "budget-mib",
-            "runs",
-            "commits",
-            "spacing",
-            "only",
-            "format",
-        ];
-        // the environment first, so that arguments win
-        let mut given: BTreeMap<String, String> = OPTIONS
-            .iter()
-            .filter_map(|option| {
-                let var = format!(
-                    "LAKEWRITER_BENCH_{}",
-                    option.to_uppercase().replace('-', "_")
-                );
-                std::env::var(var).ok().map(|v| (option.to_string(), v))
-            })
-            .collect();
-        let mut argv = std::env::args().skip(1).peekable();
-        while let Some(arg) = argv.next() {
-            // cargo bench hands a harness-less bench `--bench`
-            if arg == "--bench" {
-                continue;
-            }
-            let name = arg.strip_prefix("--").unwrap_or_else(|| {
-                panic!(
-                    "unexpected argument {arg:?}: the header of benches/lake.rs lists the options"
-                )
-            });
-            let (name, value) = if let Some((name, value)) = name.split_once('=') {
-                (name.to_string(), value.to_string())
-            } else {
-                let value = argv
-                    .next()
-                    .unwrap_or_else(|| panic!("--{name} takes a value"));
-                (name.to_string(), value)
-            };
-            assert!(
-                OPTIONS.contains(&name.as_str()),
-                "unknown option --{name}: the header of benches/lake.rs lists the options"
-            );
-            given.insert(name, value);
-        }
-        let number = |name: &str, default: u64| match given.get(name) {
-            None => default,
-            Some(text) => text
-                .replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("--{name} {text:?}: a whole number is expected")),
-        };
-        let only: Vec<String> = given
-            .get("only")
-            .map_or_else(|| PARTS.join(","), Clone::clone)
-            .split(',')
-            .map(|part| part.trim().to_string())
-            .filter(|part| !part.is_empty())
-            .collect();
-        for part in &only {
-            assert!(
-                PARTS.contains(&part.as_str()),
-                "--only: unknown part {part:?} (the parts: {})",
-                PARTS.join(",")
-            );
-        }
-        let format = match given.get("format").map(String::as_str) {
+        let options = Options::read(
+            "lake.rs",
+            &[
+                "seed-rows",
+                "rounds",
+                "batch",
+                "snapshot-rows",
+                "big-rows",
+                "budget-mib",
+                "runs",
+                "commits",
+                "spacing",
+                "only",
+                "format",
+            ],
+        );
+        let only = options.parts(&PARTS);
+        let format = match options.text("format") {
             None | Some("iceberg") => TableFormat::Iceberg,
             Some("delta") => TableFormat::Delta,
             Some(other) => panic!("--format {other:?}: iceberg or delta"),
@@ -218,19 +168,15 @@ impl Args {
         }
         Args {
             format,
-            seed_rows: number("seed-rows", 100_000),
-            rounds: number("rounds", 16),
-            batch: number("batch", 4000),
-            snapshot_rows: number("snapshot-rows", 1_000_000),
-            big_rows: number("big-rows", 10_000_000),
-            budget_mib: number("budget-mib", 256).max(1),
-            runs: usize::try_from(number("runs", 2))
-                .expect("--runs fits usize")
-                .max(1),
-            commits: usize::try_from(number("commits", 3))
-                .expect("--commits fits usize")
-                .max(1),
-            spacing: number("spacing", 3),
+            seed_rows: options.number("seed-rows", 100_000),
+            rounds: options.number("rounds", 16),
+            batch: options.number("batch", 4000),
+            snapshot_rows: options.number("snapshot-rows", 1_000_000),
+            big_rows: options.number("big-rows", 10_000_000),
+            budget_mib: options.number("budget-mib", 256).max(1),
+            runs: options.count("runs", 2),
+            commits: options.count("commits", 3),
+            spacing: options.number("spacing", 3),
             only,
         }
     }
@@ -284,60 +230,8 @@ async fn main() {
     );
 }
 
-/// The 1, 5 and 15 minute load averages: how far a shared machine's figures can be trusted.
-fn load_average() -> String {
-    match std::fs::read_to_string("/proc/loadavg") {
-        Ok(text) => {
-            let fields: Vec<&str> = text.split_whitespace().collect();
-            fields
-                .get(..3)
-                .map_or_else(|| text.clone(), |f| f.join(" "))
-        }
-        Err(_) => "unknown".to_string(),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Measuring and printing
-
-/// CPU seconds (user + system) of `/proc/<pid>/stat`: the process's own, and those of its
-/// children it has waited for. Clock ticks are 1/100 s on Linux.
-fn cpu_of(pid: &str) -> (f64, f64) {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return (0.0, 0.0);
-    };
-    // the command name, in parentheses, may hold spaces: count fields after its end
-    let Some((_, after_name)) = stat.rsplit_once(')') else {
-        return (0.0, 0.0);
-    };
-    // after the name come field 3 (state) onwards; utime, stime, cutime, cstime are 14 to 17
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let seconds = |number: usize| -> f64 {
-        fields
-            .get(number - 3)
-            .and_then(|f| f.parse::<u64>().ok())
-            .map_or(0.0, |ticks| ticks as f64 / 100.0)
-    };
-    (seconds(14) + seconds(15), seconds(16) + seconds(17))
-}
-
-fn cpu_seconds() -> (f64, f64) {
-    cpu_of("self")
-}
-
-/// One timed run: wall seconds, and CPU seconds of the side measured.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    seconds: f64,
-    cpu: f64,
-}
-
-/// The run with the fewest wall seconds.
-fn best(runs: &[Run]) -> Run {
-    let mut sorted = runs.to_vec();
-    sorted.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-    *sorted.first().expect("at least one run")
-}
 
 /// A line of a rate table: rows moved in some seconds, maybe against a reference.
 struct Rate {
@@ -974,7 +868,7 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
     for lake in workload.lakes {
         lake.remove();
     }
-    let reference = best(&references);
+    let reference = fastest(&references);
     print_rates(
         &format!(
             "1. stream, PostgreSQL to committed {}: {} row changes in {} transactions \
@@ -996,7 +890,7 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
             Rate {
                 name: "service::run to the last commit in the lake".into(),
                 rows: workload.changes,
-                run: best(&ours),
+                run: fastest(&ours),
                 reference: Some(reference.seconds),
                 note: "[flush] max_latency = \"1s\" and the default idle_rows for this \
                        measurement (a buffer of at least idle_rows rows is committed once the \
@@ -1007,34 +901,6 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
             },
         ],
     );
-}
-
-/// pg_recvlogical drains `slot` up to `end` into `file`; returns its time and CPU, and the
-/// bytes it wrote.
-fn recvlogical_drain(db: &TestDb, slot: &str, end: Lsn, file: &Path) -> (Run, u64) {
-    let mut command = stack().pg_program("pg_recvlogical");
-    command
-        .args(["--dbname", &db.name, "--slot", slot, "--start", "--no-loop"])
-        .args(["--option", "proto_version=1"])
-        .arg("--option")
-        .arg(format!("publication_names={}", db.publication))
-        .arg("--endpos")
-        .arg(end.to_string())
-        .arg("--file")
-        .arg(file);
-    let children_before = cpu_seconds().1;
-    let started = Instant::now();
-    let output = command.output().expect("run pg_recvlogical");
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds().1 - children_before;
-    assert!(
-        output.status.success(),
-        "pg_recvlogical failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let written = std::fs::metadata(file).map_or(0, |m| m.len());
-    assert!(written > 0, "pg_recvlogical wrote nothing");
-    (Run { seconds, cpu }, written)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1272,7 +1138,7 @@ async fn snapshot_bench(db: &TestDb, root: &Path, args: &Args) {
         lake.drop_slot(db).await;
         lake.remove();
     }
-    let reference = best(&references);
+    let reference = fastest(&references);
     print_rates(
         &format!(
             "3. snapshot into committed {}: {rows} rows, {:.1} MB as COPY binary (each \
@@ -1293,7 +1159,7 @@ async fn snapshot_bench(db: &TestDb, root: &Path, args: &Args) {
             Rate {
                 name: "service::run to the initial snapshot committed".into(),
                 rows,
-                run: best(&ours),
+                run: fastest(&ours),
                 reference: Some(reference.seconds),
                 note: "a fresh lake and slot: from the call (slot with exported snapshot, \
                        connections, binary COPY with the default snapshot_parallelism = 2, \
@@ -1303,23 +1169,6 @@ async fn snapshot_bench(db: &TestDb, root: &Path, args: &Args) {
             },
         ],
     );
-}
-
-/// Drains `COPY … TO STDOUT` of `query`; returns its time and this process's CPU, and the
-/// bytes received.
-async fn copy_drain(client: &tokio_postgres::Client, query: &str) -> (Run, u64) {
-    let cpu_before = cpu_seconds().0;
-    let started = Instant::now();
-    let mut stream = std::pin::pin!(client.copy_out(query).await.expect("start the COPY"));
-    let mut bytes = 0u64;
-    while let Some(chunk) = stream.next().await {
-        bytes += chunk.expect("a chunk of the COPY").len() as u64;
-    }
-    let run = Run {
-        seconds: started.elapsed().as_secs_f64(),
-        cpu: cpu_seconds().0 - cpu_before,
-    };
-    (run, bytes)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -66,6 +66,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -76,6 +78,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, new_null_array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::array_value_to_string;
+use common::{Options, Run, copy_drain, cpu_seconds, fastest, load_average};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use iceberg::spec::TableMetadata;
@@ -139,95 +142,44 @@ struct Args {
 
 impl Args {
     fn parse() -> Args {
-        let names = [
-            "rows",
-            "deleted",
-            "commits",
-            "runs",
-            "iceberg-timeout",
-            "duckdb-timeout",
-            "small",
-            "verify-rows",
-            "verify-runs",
-            "compact-rows",
-            "compact-deleted",
-            "only",
-        ];
-        let mut values: HashMap<String, String> = HashMap::new();
-        for name in names {
-            let var = format!("LAKEWRITER_BENCH_{}", name.to_uppercase().replace('-', "_"));
-            if let Ok(value) = std::env::var(var) {
-                values.insert(name.to_string(), value);
-            }
-        }
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            // cargo bench passes --bench to harness-less benches
-            if arg == "--bench" {
-                continue;
-            }
-            let Some(name) = arg.strip_prefix("--") else {
-                panic!("unexpected argument {arg:?}; see the header of benches/query.rs");
-            };
-            let (name, value) = match name.split_once('=') {
-                Some((n, v)) => (n.to_string(), v.to_string()),
-                None => (
-                    name.to_string(),
-                    args.next()
-                        .unwrap_or_else(|| panic!("--{name} needs a value")),
-                ),
-            };
-            assert!(
-                names.contains(&name.as_str()),
-                "unknown option --{name}; see the header of benches/query.rs"
-            );
-            values.insert(name, value);
-        }
-        let parse = |name: &str, value: &str| -> u64 {
-            value
-                .trim()
-                .replace('_', "")
-                .parse()
-                .unwrap_or_else(|_| panic!("--{name}: {value:?} is not a number"))
-        };
-        let number =
-            |name: &str, default: u64| values.get(name).map_or(default, |v| parse(name, v));
-        let small = match values.get("small").map(String::as_str) {
+        let options = Options::read(
+            "query.rs",
+            &[
+                "rows",
+                "deleted",
+                "commits",
+                "runs",
+                "iceberg-timeout",
+                "duckdb-timeout",
+                "small",
+                "verify-rows",
+                "verify-runs",
+                "compact-rows",
+                "compact-deleted",
+                "only",
+            ],
+        );
+        let small = match options.text("small") {
             None => vec![10_000, 100_000],
             Some("" | "none") => Vec::new(),
-            Some(list) => list.split(',').map(|v| parse("small", v)).collect(),
+            Some(list) => list
+                .split(',')
+                .map(|v| Options::parse_number("small", v))
+                .collect(),
         };
-        let only: Vec<String> = values
-            .get("only")
-            .map_or_else(|| PARTS.join(","), Clone::clone)
-            .split(',')
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect();
-        for part in &only {
-            assert!(
-                PARTS.contains(&part.as_str()),
-                "--only: unknown part {part:?} (the parts: {})",
-                PARTS.join(",")
-            );
-        }
         let args = Args {
-            rows: number("rows", 2_000_000),
-            deleted: number("deleted", 1_000_000),
-            commits: number("commits", 4).max(1),
-            runs: usize::try_from(number("runs", 3))
-                .expect("--runs fits usize")
-                .max(1),
-            iceberg_timeout: number("iceberg-timeout", 300),
-            duckdb_timeout: number("duckdb-timeout", 300),
+            rows: options.number("rows", 2_000_000),
+            deleted: options.number("deleted", 1_000_000),
+            commits: options.number("commits", 4).max(1),
+            runs: options.count("runs", 3),
+            iceberg_timeout: options.number("iceberg-timeout", 300),
+            duckdb_timeout: options.number("duckdb-timeout", 300),
             small,
-            verify_rows: number("verify-rows", 10_000_000),
-            compact_rows: number("compact-rows", 200_000),
-            compact_deleted: number("compact-deleted", 20_000),
-            verify_runs: usize::try_from(number("verify-runs", 1))
-                .expect("--verify-runs fits usize")
-                .max(1),
-            only,
+            verify_rows: options.number("verify-rows", 10_000_000),
+            compact_rows: options.number("compact-rows", 200_000),
+            compact_deleted: options.number("compact-deleted", 20_000),
+            verify_runs: options.count("verify-runs", 1),
+            only: options.parts(&PARTS),
         };
         assert!(
             args.deleted <= args.rows,
@@ -288,46 +240,6 @@ async fn main() {
         started.elapsed().as_secs_f64(),
         load_average()
     );
-}
-
-/// The 1, 5 and 15 minute load averages: on a shared machine they say how much the figures
-/// can be trusted.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// CPU seconds (user and system) so far of this process.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (in parentheses, maybe with spaces) start at field 3.
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect()
-        })
-        .unwrap_or_default();
-    // utime and stime: fields 14 and 15, in clock ticks of 1/100 s on Linux.
-    let ticks = |field: usize| fields.get(field - 3).copied().unwrap_or(0) as f64 / 100.0;
-    ticks(14) + ticks(15)
-}
-
-/// One timed run: wall seconds and this process's CPU seconds meanwhile.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    seconds: f64,
-    cpu: f64,
-}
-
-/// The fastest of `runs`.
-fn fastest(runs: &[Run]) -> Run {
-    runs.iter()
-        .copied()
-        .min_by(|a, b| a.seconds.total_cmp(&b.seconds))
-        .expect("at least one run")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -523,7 +435,7 @@ fn answer_of(batches: &[RecordBatch]) -> (String, String) {
 /// One run of lakewriter's plan: a fresh session over the table, then the query collected.
 /// Returns the whole run, the session's share of its seconds, the answer, and the files read.
 async fn lakewriter_run(config: &Config, table: &MorTable) -> (Run, f64, (String, String), String) {
-    let cpu_before = cpu_seconds();
+    let cpu_before = cpu_seconds().0;
     let started = Instant::now();
     let (ctx, tables) = lake::session(config, Some(&table.lake))
         .await
@@ -542,7 +454,7 @@ async fn lakewriter_run(config: &Config, table: &MorTable) -> (Run, f64, (String
         .expect("run the query");
     let run = Run {
         seconds: started.elapsed().as_secs_f64(),
-        cpu: cpu_seconds() - cpu_before,
+        cpu: cpu_seconds().0 - cpu_before,
     };
     let info = tables.first().expect("the session registered the table");
     let files = format!(
@@ -1109,23 +1021,6 @@ async fn lake_checkpoint(
     checkpoint(table, &metadata).expect("the lake table's checkpoint")
 }
 
-/// Drains `COPY … TO STDOUT` of `query`, counting bytes.
-async fn copy_drain(client: &tokio_postgres::Client, query: &str) -> (Run, u64) {
-    let cpu_before = cpu_seconds();
-    let started = Instant::now();
-    let stream = client.copy_out(query).await.expect("COPY");
-    futures::pin_mut!(stream);
-    let mut bytes = 0u64;
-    while let Some(chunk) = stream.next().await {
-        bytes += chunk.expect("a COPY chunk").len() as u64;
-    }
-    let run = Run {
-        seconds: started.elapsed().as_secs_f64(),
-        cpu: cpu_seconds() - cpu_before,
-    };
-    (run, bytes)
-}
-
 async fn verify_bench(db: &TestDb, config: &Config, args: &Args) {
     let client = db.client().await;
     let rows = args.verify_rows;
@@ -1168,7 +1063,7 @@ async fn verify_bench(db: &TestDb, config: &Config, args: &Args) {
         .expect("open the lake's catalog");
     let shared = Arc::new(config.clone());
     let copied = Instant::now();
-    let cpu_before = cpu_seconds();
+    let cpu_before = cpu_seconds().0;
     let sink = IcebergSink::from_config(config)
         .await
         .expect("open the Iceberg sink");
@@ -1197,7 +1092,7 @@ async fn verify_bench(db: &TestDb, config: &Config, args: &Args) {
     }
     let copy_run = Run {
         seconds: copied.elapsed().as_secs_f64(),
-        cpu: cpu_seconds() - cpu_before,
+        cpu: cpu_seconds().0 - cpu_before,
     };
     let _ = shutdown.send(true);
     writer
@@ -1223,7 +1118,7 @@ async fn verify_bench(db: &TestDb, config: &Config, args: &Args) {
     );
 
     // diagnostic: the lake side of verify without its hashing
-    let cpu_before = cpu_seconds();
+    let cpu_before = cpu_seconds().0;
     let started = Instant::now();
     let (ctx, _) = lake::session(config, Some(&lake_name))
         .await
@@ -1241,7 +1136,7 @@ async fn verify_bench(db: &TestDb, config: &Config, args: &Args) {
     }
     let scan_run = Run {
         seconds: started.elapsed().as_secs_f64(),
-        cpu: cpu_seconds() - cpu_before,
+        cpu: cpu_seconds().0 - cpu_before,
     };
     assert_eq!(scanned, rows, "the lake holds every row");
 
@@ -1260,14 +1155,14 @@ async fn verify_bench(db: &TestDb, config: &Config, args: &Args) {
         binary.push(timed);
         binary_bytes = bytes;
 
-        let cpu_before = cpu_seconds();
+        let cpu_before = cpu_seconds().0;
         let started = Instant::now();
         let equal = compare::run(config, Some(&source_name), true)
             .await
             .expect("verify runs");
         let timed = Run {
             seconds: started.elapsed().as_secs_f64(),
-            cpu: cpu_seconds() - cpu_before,
+            cpu: cpu_seconds().0 - cpu_before,
         };
         assert!(equal, "verify finds the lake equal to PostgreSQL");
         println!(

@@ -27,13 +27,15 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{Options, Run, copy_drain, cpu_seconds, fastest, load_average, recvlogical_drain};
 use futures::StreamExt;
 use lakewriter::Lsn;
 use lakewriter::config::Config;
@@ -50,7 +52,7 @@ use lakewriter::source::snapshot::{
 use lakewriter::source::stream::{SourceEvent, StreamSettings, stream};
 use lakewriter::source::types::{ColumnBuilder, PgType, TypeOptions, Wire};
 use lakewriter::table::TableId;
-use support::{TestDb, stack};
+use support::TestDb;
 use tokio::sync::{mpsc, watch};
 
 /// Sizes and choices, from arguments or the environment.
@@ -76,77 +78,30 @@ struct Args {
 
 impl Args {
     fn parse() -> Args {
-        let env = |name: &str| std::env::var(format!("LAKEWRITER_BENCH_{name}")).ok();
-        let mut values: HashMap<String, String> = HashMap::new();
-        for name in [
-            "ROUNDS",
-            "BATCH",
-            "SEED_ROWS",
-            "SNAPSHOT_ROWS",
-            "PASSES",
-            "RUNS",
-            "ONLY",
-        ] {
-            if let Some(value) = env(name) {
-                values.insert(name.to_lowercase().replace('_', "-"), value);
-            }
-        }
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            // cargo bench passes --bench to harness-less benches
-            if arg == "--bench" {
-                continue;
-            }
-            let Some(name) = arg.strip_prefix("--") else {
-                panic!("unexpected argument {arg:?}; see the header of benches/source.rs");
-            };
-            let (name, value) = match name.split_once('=') {
-                Some((n, v)) => (n.to_string(), v.to_string()),
-                None => (
-                    name.to_string(),
-                    args.next()
-                        .unwrap_or_else(|| panic!("--{name} needs a value")),
-                ),
-            };
-            values.insert(name, value);
-        }
-        let number = |name: &str, default: u64| -> u64 {
-            values.get(name).map_or(default, |v| {
-                v.replace('_', "")
-                    .parse()
-                    .unwrap_or_else(|_| panic!("--{name}: {v:?} is not a number"))
-            })
-        };
-        let only = values
-            .get("only")
-            .cloned()
-            .unwrap_or_else(|| "decoder,stream,snapshot".into());
-        let known = [
-            "rounds",
-            "batch",
-            "seed-rows",
-            "snapshot-rows",
-            "passes",
-            "runs",
-            "only",
-        ];
-        for name in values.keys() {
-            assert!(known.contains(&name.as_str()), "unknown option --{name}");
-        }
+        let options = Options::read(
+            "source.rs",
+            &[
+                "rounds",
+                "batch",
+                "seed-rows",
+                "snapshot-rows",
+                "passes",
+                "runs",
+                "only",
+            ],
+        );
+        let only = options.parts(&["decoder", "stream", "snapshot"]);
+        let part = |name: &str| only.iter().any(|p| p == name);
         Args {
-            rounds: u32::try_from(number("rounds", 60)).expect("--rounds fits u32"),
-            batch: u32::try_from(number("batch", 2000)).expect("--batch fits u32"),
-            seed_rows: number("seed-rows", 10_000),
-            snapshot_rows: number("snapshot-rows", 1_500_000),
-            runs: usize::try_from(number("runs", 2))
-                .expect("--runs fits usize")
-                .max(1),
-            passes: u32::try_from(number("passes", 5))
-                .expect("--passes fits u32")
-                .max(1),
-            decoder: only.contains("decoder"),
-            stream: only.contains("stream"),
-            snapshot: only.contains("snapshot"),
+            rounds: u32::try_from(options.number("rounds", 60)).expect("--rounds fits u32"),
+            batch: u32::try_from(options.number("batch", 2000)).expect("--batch fits u32"),
+            seed_rows: options.number("seed-rows", 10_000),
+            snapshot_rows: options.number("snapshot-rows", 1_500_000),
+            runs: options.count("runs", 2),
+            passes: u32::try_from(options.count("passes", 5)).expect("--passes fits u32"),
+            decoder: part("decoder"),
+            stream: part("stream"),
+            snapshot: part("snapshot"),
         }
     }
 }
@@ -252,14 +207,6 @@ async fn main() {
         started.elapsed().as_secs_f64(),
         load_average()
     );
-}
-
-/// The 1, 5 and 15 minute load averages: on a shared machine they say how much the figures
-/// can be trusted.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The orders workload committed after its slots were created (one per run for `stream()`, one
@@ -397,23 +344,6 @@ fn config_for(db: &TestDb, slot: &str) -> Config {
         .expect("the bench config");
     config.source.slot = slot.to_string();
     config
-}
-
-/// CPU seconds (user and system) so far of this process, and of its children waited for.
-fn cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (in parentheses, maybe with spaces) start at field 3.
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect()
-        })
-        .unwrap_or_default();
-    // utime, stime, cutime, cstime: fields 14 to 17, in clock ticks of 1/100 s on Linux.
-    let ticks = |field: usize| fields.get(field - 3).copied().unwrap_or(0) as f64 / 100.0;
-    (ticks(14) + ticks(15), ticks(16) + ticks(17))
 }
 
 /// Runs `pass` at least `passes` times and for at least a second in all, and keeps the
@@ -590,24 +520,6 @@ fn decode_into_arrow(messages: &[Vec<u8>]) -> u64 {
     rows
 }
 
-/// One timed run: wall seconds and the measured side's CPU seconds.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    seconds: f64,
-    cpu: f64,
-}
-
-/// The fastest of `runs`.
-fn fastest(runs: &[Run]) -> Run {
-    runs.iter()
-        .copied()
-        .fold(None, |best: Option<Run>, run| match best {
-            Some(b) if b.seconds <= run.seconds => Some(b),
-            _ => Some(run),
-        })
-        .expect("at least one run")
-}
-
 async fn stream_bench(db: &TestDb, workload: &Workload, args: &Args) {
     let dir = tempfile::tempdir().expect("a directory for pg_recvlogical's output");
     let mut recvlogical = Vec::new();
@@ -669,41 +581,6 @@ async fn stream_bench(db: &TestDb, workload: &Workload, args: &Args) {
     );
 }
 
-/// pg_recvlogical drains `slot` up to `end` into `file`; returns its time and bytes written.
-fn recvlogical_drain(db: &TestDb, slot: &str, end: Lsn, file: &Path) -> (Run, u64) {
-    let mut command: Command = stack().pg_program("pg_recvlogical");
-    command.args([
-        "-d",
-        &db.name,
-        "--slot",
-        slot,
-        "--start",
-        "-o",
-        "proto_version=1",
-        "-o",
-        &format!("publication_names={}", db.publication),
-        "--endpos",
-        &end.to_string(),
-        "--no-loop",
-        "-f",
-    ]);
-    command.arg(file);
-    let (_, children_before) = cpu_seconds();
-    let started = Instant::now();
-    let output = command.output().expect("run pg_recvlogical");
-    let seconds = started.elapsed().as_secs_f64();
-    let (_, children_after) = cpu_seconds();
-    assert!(
-        output.status.success(),
-        "pg_recvlogical failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let written = std::fs::metadata(file).map_or(0, |m| m.len());
-    assert!(written > 0, "pg_recvlogical wrote nothing");
-    let cpu = children_after - children_before;
-    (Run { seconds, cpu }, written)
-}
-
 /// `stream()` on `slot` until the commit ending at `end` arrives; returns the time from the
 /// call to that commit and the rows delivered.
 async fn stream_drain(db: &TestDb, slot: &str, end: Lsn) -> (Run, u64) {
@@ -754,21 +631,6 @@ async fn stream_drain(db: &TestDb, slot: &str, end: Lsn) -> (Run, u64) {
         .expect("stream() stops cleanly");
     let cpu = cpu_after - cpu_before;
     (Run { seconds, cpu }, rows)
-}
-
-/// Drains `COPY … TO STDOUT` of `query` on `client`, counting bytes.
-async fn copy_drain(client: &tokio_postgres::Client, query: &str) -> (Run, u64) {
-    let (cpu_before, _) = cpu_seconds();
-    let started = Instant::now();
-    let stream = client.copy_out(query).await.expect("COPY");
-    futures::pin_mut!(stream);
-    let mut bytes = 0u64;
-    while let Some(chunk) = stream.next().await {
-        bytes += chunk.expect("a COPY chunk").len() as u64;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds().0 - cpu_before;
-    (Run { seconds, cpu }, bytes)
 }
 
 async fn snapshot_bench(db: &TestDb, args: &Args) {
