@@ -207,6 +207,15 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_delta_in_one_commit
         )
         .await
         .expect("one large transaction");
+    // an insert-only one: its parts go straight into the table's data files
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO orders (customer_id, order_date, total_amount, status)
+               SELECT g % 89, date '2024-07-01', g, 'new' FROM generate_series(1, 20000) g;",
+        )
+        .await
+        .expect("one large insert-only transaction");
     caught_up(&db, &mut child).await;
     let log = stop(child);
     assert!(
@@ -218,8 +227,20 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_delta_in_one_commit
         postgres_lines(&db).await,
         "after a spilled transaction the lake differs from PostgreSQL"
     );
-    // one more commit: the whole transaction, staged parts included
-    assert_eq!(commit_count(&location(&db, "orders")), copied + 1);
+    // one more commit per transaction, staged parts included
+    assert_eq!(commit_count(&location(&db, "orders")), copied + 2);
+    // the initial copy's commit and the insert-only transaction's name the data files their
+    // parts wrote; the merging transaction's none
+    let file_commits = plain(&log)
+        .lines()
+        .filter(|l| {
+            l.contains("committed") && l.contains("data_files=") && !l.contains("data_files=0")
+        })
+        .count();
+    assert_eq!(
+        file_commits, 2,
+        "commits of parts written as data files: {log}"
+    );
     let staged = spill.path().join("lakewriter-delta-staged");
     let left: usize = std::fs::read_dir(&staged)
         .map(|dirs| {
@@ -229,6 +250,25 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_delta_in_one_commit
         })
         .unwrap_or(0);
     assert_eq!(left, 0, "staged files left in {}", staged.display());
+}
+
+/// `log` without its ANSI colour escapes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // an escape runs to its final letter
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[tokio::test]

@@ -193,6 +193,7 @@ pub async fn run<S: Sink>(
                     table: table.clone(),
                     schema: target.clone(),
                     truncate: true,
+                    adds_only: false,
                     deletes: Vec::new(),
                     rows: Vec::new(),
                     lsn: Some(lsn),
@@ -374,7 +375,9 @@ async fn copy_into_lake<S: Sink>(
             sink.stage(TableDelta {
                 table: table.clone(),
                 schema: target.clone(),
-                truncate: false,
+                // the commit below truncates: the copy's rows go straight into the table
+                truncate: true,
+                adds_only: true,
                 deletes: Vec::new(),
                 rows: vec![rows],
                 lsn: None,
@@ -400,6 +403,7 @@ async fn copy_into_lake<S: Sink>(
         table: table.clone(),
         schema: target,
         truncate: true,
+        adds_only: false,
         deletes: Vec::new(),
         rows: Vec::new(),
         lsn: Some(session.snapshot.lsn),

@@ -10,6 +10,9 @@
 //! - `staging`: parts of a transaction too large for memory, as local Parquet files until the
 //!   transaction's commit takes them in (what a stopped process left is removed when the table
 //!   is first prepared);
+//! - `data_files`: parts of a transaction whose commit only adds rows (an initial snapshot, a
+//!   truncating or insert-only large transaction), written once, straight into the table's
+//!   data files, which that commit then names;
 //! - `tables`: the namespace's tables opened for reading and maintenance (`query`, `verify`,
 //!   `compact`).
 //!
@@ -20,6 +23,7 @@
 //! chunk of the copy overwriting the table. Delta keeps only the latest `txn` of an app id, so
 //! -1 after an LSN is exactly "the current commit carries no checkpoint".
 
+mod data_files;
 mod lookup;
 mod staging;
 pub mod tables;
@@ -39,6 +43,7 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
+use self::data_files::PendingFiles;
 use self::staging::StagedPart;
 use crate::catalog::{CatalogTable, GlueCatalog, RetryPolicy};
 use crate::config::{CatalogKind, Config};
@@ -183,8 +188,10 @@ struct TableState {
     layout: TableLayout,
     /// The checkpoint as last read or committed.
     checkpoint: Option<Lsn>,
-    /// Parts staged for the next commit.
+    /// Parts staged for the next commit (its MERGE source).
     staged: Vec<StagedPart>,
+    /// Data files written for the next commit, which only adds rows.
+    pending: PendingFiles,
 }
 
 /// The Delta Lake [`Sink`].
@@ -441,10 +448,19 @@ impl DeltaSink {
             state.source = delta.schema.clone();
         }
         let staged = std::mem::take(&mut state.staged);
+        let adds = if state.pending.is_empty() {
+            None
+        } else {
+            Some(self.finish_pending(state, delta, &staged).await?)
+        };
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match write::commit(state, delta, &staged, &self.settings).await {
+            let committed = match &adds {
+                Some(adds) => write::commit_files(state, delta, adds).await,
+                None => write::commit(state, delta, &staged, &self.settings).await,
+            };
+            match committed {
                 Ok(version) => break Ok(version),
                 Err(e) => {
                     let e = Self::after_failed_commit(state, delta.lsn, e).await;
@@ -474,6 +490,7 @@ impl DeltaSink {
             table = %state.lake,
             lsn = ?delta.lsn,
             staged = staged.len(),
+            data_files = adds.as_ref().map_or(0, Vec::len),
             truncate = delta.truncate,
             version,
             "committed"
@@ -503,6 +520,52 @@ impl DeltaSink {
         }
     }
 
+    /// Adds `delta`'s own rows to the data files written for this commit and finishes them:
+    /// the `add` actions of the commit. The commit must only add rows (or truncate first):
+    /// one that would merge deletes, or parts staged for a MERGE beside the files, is refused
+    /// (the pipeline stages a transaction's parts one way).
+    async fn finish_pending(
+        &self,
+        state: &mut TableState,
+        delta: &TableDelta,
+        staged: &[StagedPart],
+    ) -> Result<Vec<deltalake::kernel::Add>> {
+        let merges = !delta.truncate
+            && !state.layout.key.is_empty()
+            && (has_rows(&delta.deletes) || staged.iter().any(|p| p.deletes.is_some()));
+        if merges || !staged.is_empty() {
+            state.pending.discard();
+            return Err(sink_error(
+                &state.lake,
+                "a commit with parts written as data files (adding rows only) also has parts \
+                 or deletes to merge: the transaction was staged both ways",
+            ));
+        }
+        let lake_schema = state
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
+            .snapshot()
+            .arrow_schema();
+        let written = state
+            .pending
+            .write(
+                &state.table,
+                &lake_schema,
+                &delta.rows,
+                self.settings.target_file_size,
+            )
+            .await;
+        let finished = match written {
+            Ok(()) => state.pending.finish().await,
+            Err(e) => Err(e),
+        };
+        finished.map_err(|e| {
+            state.pending.discard();
+            e.about(&state.lake, "finish the written data files")
+        })
+    }
+
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
         if !part.schema.same_shape(&state.source) {
             self.evolve(state, &part.schema, false).await?;
@@ -515,6 +578,27 @@ impl DeltaSink {
             .map_err(|e| delta_error(&state.lake, "read the schema", e))?
             .snapshot()
             .arrow_schema();
+        if part.adds_only {
+            if !part.truncate && !state.layout.key.is_empty() && has_rows(&part.deletes) {
+                return Err(sink_error(
+                    &state.lake,
+                    "a part staged as adding rows only carries deletes (and its transaction \
+                     does not truncate): its commit would have to merge",
+                ));
+            }
+            state
+                .pending
+                .write(
+                    &state.table,
+                    &lake_schema,
+                    &part.rows,
+                    self.settings.target_file_size,
+                )
+                .await
+                .map_err(|e| e.about(&state.lake, "write staged rows into data files"))?;
+            tracing::debug!(table = %state.lake, "wrote a part of a transaction into uncommitted data files");
+            return Ok(());
+        }
         let staged = StagedPart::write(
             &self.settings.staging_dir,
             &state.lake,
@@ -567,12 +651,13 @@ impl Sink for DeltaSink {
             source: Arc::new(schema.clone()),
             layout: layout.clone(),
             checkpoint,
-            staged: self
-                .tables
-                .remove(table)
-                .map(|s| s.staged)
-                .unwrap_or_default(),
+            staged: Vec::new(),
+            pending: PendingFiles::default(),
         };
+        if let Some(before) = self.tables.remove(table) {
+            state.staged = before.staged;
+            state.pending = before.pending;
+        }
         // a table without a checkpoint is copied again from scratch: a column whose type
         // changed may then be replaced
         let mut evolved = self.evolve(&mut state, schema, checkpoint.is_none()).await;
@@ -615,6 +700,7 @@ impl Sink for DeltaSink {
             for part in state.staged.drain(..) {
                 part.remove();
             }
+            state.pending.discard();
         }
     }
 
@@ -646,6 +732,11 @@ impl Sink for DeltaSink {
             .await
             .map_err(|e| e.about(&state.lake, "look up rows by key"))
     }
+}
+
+/// Whether any of `batches` has a row.
+fn has_rows(batches: &[RecordBatch]) -> bool {
+    batches.iter().any(|b| b.num_rows() > 0)
 }
 
 /// A failure inside a Delta operation, before it is named after its table.
