@@ -407,6 +407,96 @@ async fn parts_that_only_add_rows_are_written_once_into_the_table_and_committed_
 }
 
 #[tokio::test]
+async fn the_sqlite_catalog_records_delta_tables_and_query_finds_them_through_it() {
+    let lake = Lake::new("recorded");
+    let schema = items_schema(false);
+    let mut sink = DeltaSink::from_config(&lake.config)
+        .await
+        .expect("a sink with the default (sqlite) catalog");
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("commit");
+    // a table in the warehouse that no catalog records (written by a sink without one)
+    let other = TableId::new("public", "other");
+    let mut unrecorded = lake.sink();
+    unrecorded
+        .prepare(&other, &items_schema(false), &layout())
+        .await
+        .expect("prepare the unrecorded table");
+    assert!(lake.location(&other).join("_delta_log").is_dir());
+
+    let file = lake.config.sqlite_catalog_path();
+    let connection = rusqlite::Connection::open(&file).expect("open the catalog file");
+    let mut statement = connection
+        .prepare(
+            "SELECT catalog_name, table_namespace, table_name, location \
+             FROM lakewriter_delta_tables ORDER BY table_name",
+        )
+        .expect("lakewriter_delta_tables exists");
+    let recorded: Vec<(String, String, String, String)> = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("read the record")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let lake_name = lake_table(&lake.namespace, &items());
+    assert_eq!(
+        recorded,
+        [(
+            lake.config.sink.sqlite.name.clone(),
+            lake.namespace.clone(),
+            lake_name.name.clone(),
+            lake.location(&items()).display().to_string(),
+        )]
+    );
+
+    // `query` finds the recorded table through the catalog, not the unrecorded one beside it
+    let (ctx, tables) = lakewriter::verify::lake::session(&lake.config, None)
+        .await
+        .expect("a session over the recorded tables");
+    assert_eq!(
+        tables
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>(),
+        [lake_name.to_string()]
+    );
+    assert_eq!(tables[0].checkpoint, Some(Lsn(10)));
+    let batches = ctx
+        .sql(&format!("SELECT count(*) FROM {lake_name}"))
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let count = arrow::compute::cast(batches[0].column(0), &DataType::Int64).expect("cast");
+    let count = count
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("a count");
+    assert_eq!(count.value(0), 1);
+
+    // pyiceberg still opens the file as its SQL catalog
+    let script = "import sys\nfrom pyiceberg.catalog.sql import SqlCatalog\n\
+                  c = SqlCatalog(sys.argv[2], uri=f'sqlite:///{sys.argv[1]}', warehouse='file:///tmp')\n\
+                  print(len(c.list_namespaces()))\n";
+    let output = support::stack()
+        .python()
+        .args(["-c", script])
+        .arg(&file)
+        .arg(&lake.config.sink.sqlite.name)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "pyiceberg refused the catalog file: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
 async fn a_commit_without_checkpoint_reads_back_as_none_and_columns_are_added() {
     let lake = Lake::new("incomplete");
     let schema = items_schema(false);

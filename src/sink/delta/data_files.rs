@@ -49,7 +49,10 @@ impl PendingFiles {
         batches: &[RecordBatch],
         target_file_size: u64,
     ) -> Result<(), Failure> {
-        let open = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let open = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         if open
             .as_ref()
             .is_some_and(|(schema, _)| schema != lake_schema)
@@ -77,7 +80,10 @@ impl PendingFiles {
     pub async fn finish(&mut self) -> Result<Vec<Add>, Failure> {
         self.written = false;
         let mut adds = std::mem::take(&mut self.adds);
-        let open = self.writer.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let open = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some((_, writer)) = open.take() {
             adds.extend(writer.close().await?);
         }
@@ -89,7 +95,10 @@ impl PendingFiles {
     pub fn discard(&mut self) {
         self.written = false;
         self.adds.clear();
-        *self.writer.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 

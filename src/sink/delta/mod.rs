@@ -1,6 +1,7 @@
 //! The Delta Lake sink: one Delta table per source table at `<warehouse>/<namespace>/<name>`
 //! (the layout of the Iceberg sink; the table's `_delta_log` is its own catalog, and with
-//! `sink.catalog = "glue"` the table is also registered in Glue for Athena after its commits),
+//! `sink.catalog = "glue"` the table is also registered in Glue for Athena after its commits;
+//! with `"sqlite"` it is recorded in the catalog file, where `query` and `compact` find it),
 //! upserts as one MERGE per commit, each commit carrying its checkpoint as an application
 //! transaction (`txn` action).
 //!
@@ -45,7 +46,7 @@ use url::Url;
 
 use self::data_files::PendingFiles;
 use self::staging::StagedPart;
-use crate::catalog::{CatalogTable, GlueCatalog, RetryPolicy};
+use crate::catalog::{CatalogTable, GlueCatalog, RetryPolicy, SqliteCatalog};
 use crate::config::{CatalogKind, Config};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -198,9 +199,12 @@ struct TableState {
 pub struct DeltaSink {
     settings: DeltaSettings,
     tables: HashMap<TableId, TableState>,
-    /// Where tables are registered for Athena and Spark (`sink.catalog = "glue"`); with none,
-    /// tables are found by listing the warehouse.
+    /// Where tables are registered for Athena and Spark (`sink.catalog = "glue"`).
     glue: Option<GlueCatalog>,
+    /// The local catalog file tables are recorded in (`sink.catalog = "sqlite"`), for
+    /// `query`, `verify`, `status` and `compact` to find them; with neither catalog, tables are
+    /// found by listing the warehouse.
+    sqlite: Option<SqliteCatalog>,
 }
 
 impl fmt::Debug for DeltaSink {
@@ -210,20 +214,37 @@ impl fmt::Debug for DeltaSink {
             .field("namespace", &self.settings.namespace)
             .field("tables", &self.tables.keys().collect::<Vec<_>>())
             .field("glue", &self.glue.is_some())
+            .field("sqlite", &self.sqlite.is_some())
             .finish()
     }
 }
 
 impl DeltaSink {
-    /// The sink of `config`, registering its tables in Glue when `sink.catalog = "glue"`.
+    /// The sink of `config`, registering its tables in Glue when `sink.catalog = "glue"`, and
+    /// recording them in the SQLite catalog file when `sink.catalog = "sqlite"` (see
+    /// [`tables::catalog_path`]).
     pub async fn from_config(config: &Config) -> Result<Self> {
-        let sink = DeltaSink::new(DeltaSettings::from_config(config)?);
+        let settings = DeltaSettings::from_config(config)?;
+        let sqlite_path = tables::catalog_path(config, &settings);
+        let sink = DeltaSink::new(settings);
         Ok(match config.sink.catalog {
             CatalogKind::Glue => sink.with_glue(GlueCatalog::new(
                 crate::cloud::glue_client(config).await,
                 config.sink.glue.catalog_id.clone(),
             )),
-            CatalogKind::Sqlite => sink,
+            CatalogKind::Sqlite => match sqlite_path {
+                Some(path) => {
+                    let catalog = SqliteCatalog::open(&path, &config.sink.sqlite.name)
+                        .await
+                        .map_err(|e| Error::Sink {
+                            table: config.sink.namespace.clone(),
+                            retryable: e.is_retryable(),
+                            message: format!("open the catalog: {e}"),
+                        })?;
+                    sink.with_sqlite(catalog)
+                }
+                None => sink,
+            },
         })
     }
 
@@ -233,7 +254,14 @@ impl DeltaSink {
             settings,
             tables: HashMap::new(),
             glue: None,
+            sqlite: None,
         }
+    }
+
+    /// This sink, recording every table it prepares in the SQLite catalog `catalog`.
+    pub fn with_sqlite(mut self, catalog: SqliteCatalog) -> Self {
+        self.sqlite = Some(catalog);
+        self
     }
 
     /// This sink, registering every table it prepares or adds columns to in `glue`.
@@ -242,10 +270,21 @@ impl DeltaSink {
         self
     }
 
-    /// Registers `state`'s table in Glue, if the sink has a Glue catalog, with the columns its
-    /// Delta log holds now. Runs after the Delta commit that changed the columns, never inside
+    /// Records `state`'s table in the SQLite catalog, if the sink has one, and registers it in
+    /// Glue, if the sink has a Glue catalog, with the columns its Delta log holds now. Runs after the Delta commit that changed the columns, never inside
     /// one: a failure leaves the lake as committed and is reported against the table.
     async fn register(&self, state: &TableState) -> Result<()> {
+        if let Some(catalog) = &self.sqlite {
+            let location = self.settings.table_location(&state.lake);
+            catalog
+                .register_delta(&state.lake, &location)
+                .await
+                .map_err(|e| Error::Sink {
+                    table: state.lake.to_string(),
+                    message: format!("record the Delta table in the SQLite catalog: {e}"),
+                    retryable: e.is_retryable(),
+                })?;
+        }
         let Some(glue) = &self.glue else {
             return Ok(());
         };
