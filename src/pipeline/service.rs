@@ -254,13 +254,20 @@ pub async fn run<S: Sink>(
         Ok(())
     }
     .await;
+    if let Err(e) = outcome {
+        // the pipeline stopped: nothing reads the stream's events any more, and an idle stream
+        // would wait for the next one forever. What it had received is not acknowledged (the
+        // slot keeps it), so ending it here loses nothing.
+        streaming.abort();
+        let _ = streaming.await;
+        return Err(e);
+    }
     let streamed = match streaming.await {
         Ok(result) => result,
         Err(e) => Err(Error::Source {
             message: format!("the replication task failed: {e}"),
         }),
     };
-    outcome?;
     streamed?;
     pipeline.flush_all().await?;
     let durable = *durable_tx.borrow();
