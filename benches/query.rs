@@ -373,6 +373,7 @@ async fn build_mor_table(
         table: table.clone(),
         schema: schema.clone(),
         truncate: false,
+        adds_only: false,
         deletes,
         rows,
         lsn: Some(Lsn(lsn)),

@@ -141,6 +141,7 @@ fn delta(
         table: items(),
         schema: schema.clone(),
         truncate,
+        adds_only: false,
         deletes: vec![batch(schema, deletes)],
         rows: vec![batch(schema, rows)],
         lsn: lsn.map(Lsn),
@@ -280,6 +281,219 @@ async fn staged_parts_commit_with_the_transaction_and_truncate_replaces_everythi
         })
         .unwrap_or(0);
     assert_eq!(staged, 0, "staged files left behind");
+}
+
+/// The data files (not the log) under `dir`, recursively.
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            if !path.ends_with("_delta_log") {
+                found.extend(data_files(&path));
+            }
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// A staged part of a transaction whose commit only adds rows.
+fn adding(schema: &Arc<TableSchema>, truncate: bool, rows: &[(i32, Option<&str>)]) -> TableDelta {
+    TableDelta {
+        adds_only: true,
+        ..delta(schema, truncate, &[], rows, None)
+    }
+}
+
+#[tokio::test]
+async fn parts_that_only_add_rows_are_written_once_into_the_table_and_committed_together() {
+    let lake = Lake::new("adding");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(10),
+    ))
+    .await
+    .expect("first commit");
+    let files_before = data_files(&lake.location(&items())).len();
+
+    // an initial snapshot's parts: the commit truncates
+    sink.stage(adding(&schema, true, &[(3, Some("c")), (4, Some("d"))]))
+        .await
+        .expect("stage");
+    sink.stage(adding(&schema, true, &[(5, Some("e"))]))
+        .await
+        .expect("stage");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a", "2|b"]);
+    sink.commit(delta(&schema, true, &[], &[(6, Some("f"))], Some(20)))
+        .await
+        .expect("commit the written files");
+    assert_eq!(
+        lake.rows(&items(), ALL),
+        ["3|c", "4|d", "5|e", "6|f"],
+        "the overwrite removes the rows committed before and adds the parts"
+    );
+    assert_eq!(lake.checkpoint(&items()), Some(20));
+    // both parts and the commit's own rows went through one writer into one file, in the
+    // table's location: nothing was staged locally
+    assert_eq!(data_files(&lake.location(&items())).len(), files_before + 1);
+    let local = data_files(&lake.warehouse.path().join("spill"));
+    assert!(local.is_empty(), "staged locally: {local:?}");
+
+    // an insert-only transaction: an append
+    sink.stage(adding(&schema, false, &[(7, Some("g"))]))
+        .await
+        .expect("stage");
+    sink.commit(delta(&schema, false, &[], &[], Some(30)))
+        .await
+        .expect("commit the appended files");
+    assert_eq!(
+        lake.rows(&items(), ALL),
+        ["3|c", "4|d", "5|e", "6|f", "7|g"]
+    );
+    assert_eq!(lake.checkpoint(&items()), Some(30));
+
+    // a discarded transaction never reaches the table
+    sink.stage(adding(&schema, false, &[(8, Some("h"))]))
+        .await
+        .expect("stage");
+    sink.discard_staged(&items());
+    sink.commit(delta(&schema, false, &[], &[], Some(40)))
+        .await
+        .expect("commit nothing");
+    assert_eq!(
+        lake.rows(&items(), ALL),
+        ["3|c", "4|d", "5|e", "6|f", "7|g"]
+    );
+
+    // a part carrying deletes of a transaction that does not truncate is refused, named
+    let refused = sink
+        .stage(TableDelta {
+            adds_only: true,
+            ..delta(&schema, false, &[(3, None)], &[(9, Some("i"))], None)
+        })
+        .await
+        .expect_err("deletes in a part that only adds rows");
+    assert!(refused.to_string().contains("items"), "{refused}");
+    sink.discard_staged(&items());
+
+    // a stop between the parts and their commit leaves the table as it was
+    sink.stage(adding(&schema, true, &[(10, Some("j"))]))
+        .await
+        .expect("stage");
+    drop(sink);
+    let mut again = lake.sink();
+    let checkpoint = again
+        .prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare again");
+    assert_eq!(checkpoint, Some(Lsn(40)));
+    assert_eq!(
+        lake.rows(&items(), ALL),
+        ["3|c", "4|d", "5|e", "6|f", "7|g"]
+    );
+}
+
+#[tokio::test]
+async fn the_sqlite_catalog_records_delta_tables_and_query_finds_them_through_it() {
+    let lake = Lake::new("recorded");
+    let schema = items_schema(false);
+    let mut sink = DeltaSink::from_config(&lake.config)
+        .await
+        .expect("a sink with the default (sqlite) catalog");
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(&schema, false, &[], &[(1, Some("a"))], Some(10)))
+        .await
+        .expect("commit");
+    // a table in the warehouse that no catalog records (written by a sink without one)
+    let other = TableId::new("public", "other");
+    let mut unrecorded = lake.sink();
+    unrecorded
+        .prepare(&other, &items_schema(false), &layout())
+        .await
+        .expect("prepare the unrecorded table");
+    assert!(lake.location(&other).join("_delta_log").is_dir());
+
+    let file = lake.config.sqlite_catalog_path();
+    let connection = rusqlite::Connection::open(&file).expect("open the catalog file");
+    let mut statement = connection
+        .prepare(
+            "SELECT catalog_name, table_namespace, table_name, location \
+             FROM lakewriter_delta_tables ORDER BY table_name",
+        )
+        .expect("lakewriter_delta_tables exists");
+    let recorded: Vec<(String, String, String, String)> = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("read the record")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let lake_name = lake_table(&lake.namespace, &items());
+    assert_eq!(
+        recorded,
+        [(
+            lake.config.sink.sqlite.name.clone(),
+            lake.namespace.clone(),
+            lake_name.name.clone(),
+            lake.location(&items()).display().to_string(),
+        )]
+    );
+
+    // `query` finds the recorded table through the catalog, not the unrecorded one beside it
+    let (ctx, tables) = lakewriter::verify::lake::session(&lake.config, None)
+        .await
+        .expect("a session over the recorded tables");
+    assert_eq!(
+        tables
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>(),
+        [lake_name.to_string()]
+    );
+    assert_eq!(tables[0].checkpoint, Some(Lsn(10)));
+    let batches = ctx
+        .sql(&format!("SELECT count(*) FROM {lake_name}"))
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("run");
+    let count = arrow::compute::cast(batches[0].column(0), &DataType::Int64).expect("cast");
+    let count = count
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("a count");
+    assert_eq!(count.value(0), 1);
+
+    // pyiceberg still opens the file as its SQL catalog
+    let script = "import sys\nfrom pyiceberg.catalog.sql import SqlCatalog\n\
+                  c = SqlCatalog(sys.argv[2], uri=f'sqlite:///{sys.argv[1]}', warehouse='file:///tmp')\n\
+                  print(len(c.list_namespaces()))\n";
+    let output = support::stack()
+        .python()
+        .args(["-c", script])
+        .arg(&file)
+        .arg(&lake.config.sink.sqlite.name)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "pyiceberg refused the catalog file: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
@@ -541,6 +755,7 @@ async fn a_type_change_stops_a_complete_table_and_replaces_an_incomplete_ones_sc
         table: items(),
         schema: retyped.clone(),
         truncate: true,
+        adds_only: false,
         deletes: Vec::new(),
         rows: vec![row],
         lsn: Some(Lsn(20)),
@@ -640,6 +855,7 @@ async fn every_stored_type_reads_back_in_duckdb_and_looks_up_as_the_source_sent_
         table: table.clone(),
         schema: schema.clone(),
         truncate: true,
+        adds_only: false,
         deletes: Vec::new(),
         rows: vec![rows.clone()],
         lsn: Some(Lsn(5)),
@@ -806,6 +1022,7 @@ async fn mixed_case_and_spaced_column_names_merge_by_their_exact_names() {
             table: table.clone(),
             schema: schema.clone(),
             truncate: false,
+            adds_only: false,
             deletes: vec![rows(&deletes)],
             rows: vec![rows(&written)],
             lsn: Some(Lsn(lsn)),

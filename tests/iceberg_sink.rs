@@ -152,6 +152,7 @@ fn delta(
         table: schema.table.clone(),
         schema: schema.clone(),
         truncate: false,
+        adds_only: false,
         deletes,
         rows,
         lsn: Some(Lsn(lsn)),

@@ -207,6 +207,15 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_delta_in_one_commit
         )
         .await
         .expect("one large transaction");
+    // an insert-only one: its parts go straight into the table's data files
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO orders (customer_id, order_date, total_amount, status)
+               SELECT g % 89, date '2024-07-01', g, 'new' FROM generate_series(1, 20000) g;",
+        )
+        .await
+        .expect("one large insert-only transaction");
     caught_up(&db, &mut child).await;
     let log = stop(child);
     assert!(
@@ -218,8 +227,20 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_delta_in_one_commit
         postgres_lines(&db).await,
         "after a spilled transaction the lake differs from PostgreSQL"
     );
-    // one more commit: the whole transaction, staged parts included
-    assert_eq!(commit_count(&location(&db, "orders")), copied + 1);
+    // one more commit per transaction, staged parts included
+    assert_eq!(commit_count(&location(&db, "orders")), copied + 2);
+    // the initial copy's commit and the insert-only transaction's name the data files their
+    // parts wrote; the merging transaction's none
+    let file_commits = plain(&log)
+        .lines()
+        .filter(|l| {
+            l.contains("committed") && l.contains("data_files=") && !l.contains("data_files=0")
+        })
+        .count();
+    assert_eq!(
+        file_commits, 2,
+        "commits of parts written as data files: {log}"
+    );
     let staged = spill.path().join("lakewriter-delta-staged");
     let left: usize = std::fs::read_dir(&staged)
         .map(|dirs| {
@@ -229,6 +250,25 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_delta_in_one_commit
         })
         .unwrap_or(0);
     assert_eq!(left, 0, "staged files left in {}", staged.display());
+}
+
+/// `log` without its ANSI colour escapes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // an escape runs to its final letter
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[tokio::test]
@@ -304,4 +344,306 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing_in_delta() {
     db.psql(&["-v", "rows=20000", "-f", "sql/orders.sql"]);
     crash_and_restart(&db, DELTA, 8, 6, 3000).await;
     assert_eq!(lake_lines(&db), postgres_lines(&db).await);
+}
+
+/// A moto server (S3 and Glue) of one test, on a port of its own, stopped on drop: what a Glue
+/// outage is made of.
+#[derive(Debug)]
+struct OwnMoto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnMoto {
+    /// Starts moto on `port` (a free one when `None`) and waits until it answers.
+    fn start(port: Option<u16>) -> OwnMoto {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        });
+        let child = support::stack()
+            .python()
+            .arg(support::project_dir().join("scripts/moto_server.py"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let moto = OwnMoto { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not answer on port {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server: Glue is gone, and with it everything it held.
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnMoto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `[sink]` settings of a Delta lake in `bucket` on the stack's S3, registered in the Glue
+/// at `glue_endpoint`; created bucket included. Returns the TOML to append to `[sink]`, the
+/// environment overrides for the writer, and a config for the test's own clients.
+async fn glue_lake(
+    db: &TestDb,
+    bucket: &str,
+    glue_endpoint: &str,
+) -> (String, Vec<(&'static str, String)>, lakewriter::Config) {
+    let s3_endpoint = support::stack().aws_endpoint().to_string();
+    let warehouse = format!("s3://{bucket}/warehouse");
+    let extra = format!(
+        "format = \"delta\"\ncatalog = \"glue\"\n[sink.s3]\nregion = \"us-east-1\"\n\
+         endpoint = \"{s3_endpoint}\"\nforce_path_style = true\naccess_key_id = \"testing\"\n\
+         secret_access_key = \"testing\"\n[sink.glue]\nregion = \"us-east-1\"\n\
+         endpoint = \"{glue_endpoint}\"\n"
+    );
+    let clients = lakewriter::Config::parse(
+        &format!(
+            "[source]\ndatabase = \"unused\"\n\n[sink]\nnamespace = \"{}\"\n\
+             warehouse = \"{warehouse}\"\n{extra}",
+            db.namespace
+        ),
+        std::path::Path::new("run-delta-glue-clients.toml"),
+        Vec::new(),
+    )
+    .expect("a valid config");
+    let s3 = lakewriter::cloud::s3_client(&clients).await;
+    if let Err(e) = s3.create_bucket().bucket(bucket).send().await {
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("BucketAlreadyOwnedByYou"),
+            "create bucket: {text}"
+        );
+    }
+    (extra, vec![("SINK__WAREHOUSE", warehouse)], clients)
+}
+
+/// `(order_id, status)` of the lake's `orders` on S3, read by the Python `deltalake` package.
+fn s3_lake_pairs(bucket: &str, namespace: &str) -> Vec<String> {
+    let endpoint = support::stack().aws_endpoint().to_string();
+    let options = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_S3_ALLOW_UNSAFE_RENAME", "true"),
+    ];
+    support::delta::python_delta_rows(
+        &format!("s3://{bucket}/warehouse/{namespace}/orders"),
+        &options,
+        &["order_id", "status"],
+    )
+}
+
+/// The same pairs from PostgreSQL, sorted as text like the lake's.
+async fn postgres_pairs(db: &TestDb) -> Vec<String> {
+    let mut pairs: Vec<String> = db
+        .client()
+        .await
+        .query("SELECT order_id::text || '|' || status FROM orders", &[])
+        .await
+        .expect("read orders")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// The Glue table of `orders`: its parameters, location and column names.
+async fn glue_orders(
+    glue: &aws_sdk_glue::Client,
+    namespace: &str,
+) -> (
+    std::collections::HashMap<String, String>,
+    Option<String>,
+    Vec<String>,
+) {
+    let table = glue
+        .get_table()
+        .database_name(namespace)
+        .name("orders")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get glue table {namespace}.orders: {e:?}"))
+        .table
+        .expect("a glue table");
+    let storage = table
+        .storage_descriptor
+        .clone()
+        .expect("a storage descriptor");
+    (
+        table.parameters.clone().unwrap_or_default(),
+        storage.location.clone(),
+        storage
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect(),
+    )
+}
+
+/// `settings` as the `(key, value)` pairs the writer helpers take.
+fn pairs<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    settings.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[tokio::test]
+async fn run_with_the_glue_catalog_writes_delta_on_s3_and_registers_it() {
+    let db = TestDb::new("run_delta_glue").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let bucket = format!("delta-run-glue-{}", std::process::id());
+    let endpoint = support::stack().aws_endpoint().to_string();
+    let (extra, settings, clients) = glue_lake(&db, &bucket, &endpoint).await;
+    write_config(&db, &extra);
+    let settings = pairs(&settings);
+
+    let mut child = start_with(&db, &settings);
+    caught_up(&db, &mut child).await;
+    workload(&db, 2, 200);
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    assert_eq!(
+        s3_lake_pairs(&bucket, &db.namespace),
+        postgres_pairs(&db).await,
+        "the Delta table on S3 differs from PostgreSQL"
+    );
+    let verify = support::writer::command(&db, &["verify"], &settings);
+    assert!(
+        verify.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let glue = lakewriter::cloud::glue_client(&clients).await;
+    let (parameters, location, columns) = glue_orders(&glue, &db.namespace).await;
+    assert_eq!(
+        parameters.get("table_type").map(String::as_str),
+        Some("DELTA")
+    );
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("s3://{bucket}/warehouse/{}/orders", db.namespace).as_str())
+    );
+    assert!(columns.iter().any(|c| c == "order_id"), "{columns:?}");
+}
+
+#[tokio::test]
+async fn a_glue_outage_after_a_delta_commit_keeps_the_commit_and_a_restart_registers_again() {
+    let db = TestDb::new("run_delta_glue_outage").await;
+    db.psql(&["-v", "rows=300", "-f", "sql/orders.sql"]);
+    let bucket = format!("delta-glue-outage-{}", std::process::id());
+    let mut glue_server = OwnMoto::start(None);
+    let (extra, settings, clients) = glue_lake(&db, &bucket, &glue_server.endpoint()).await;
+    write_config(&db, &extra);
+    let settings = pairs(&settings);
+
+    let mut child = start_with(&db, &settings);
+    caught_up(&db, &mut child).await;
+    let glue = lakewriter::cloud::glue_client(&clients).await;
+    assert_eq!(
+        glue_orders(&glue, &db.namespace)
+            .await
+            .0
+            .get("table_type")
+            .map(String::as_str),
+        Some("DELTA")
+    );
+
+    // Glue goes away: commits that need no registration go on
+    glue_server.stop();
+    workload(&db, 1, 100);
+    caught_up(&db, &mut child).await;
+    assert_eq!(
+        s3_lake_pairs(&bucket, &db.namespace),
+        postgres_pairs(&db).await
+    );
+
+    // a new column is committed to the Delta log, then its registration fails: the run stops
+    // with an error naming the table and Glue
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE orders ADD COLUMN note text;
+             INSERT INTO orders (customer_id, order_date, total_amount, status, note)
+               VALUES (7, date '2024-08-01', 12.5, 'new', 'during the outage');",
+        )
+        .await
+        .expect("add a column during the outage");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for lakewriter") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+    }
+    drop(child);
+    let Some(status) = status else {
+        panic!("lakewriter kept running without Glue: {}", plain(&log));
+    };
+    let log = plain(&log);
+    assert!(
+        !status.success(),
+        "lakewriter exited cleanly without Glue: {log}"
+    );
+    assert!(
+        log.lines().any(|l| l.starts_with("error:")
+            && l.contains(&format!("{}.orders", db.namespace))
+            && l.contains("Glue")),
+        "no error naming the table and Glue: {log}"
+    );
+
+    // Glue back (empty: a new server on the same port): a restart registers the table again,
+    // with the new column, and the lake catches up without loss or duplicates
+    let _glue_back = OwnMoto::start(Some(glue_server.port));
+    let mut child = start_with(&db, &settings);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert_eq!(
+        s3_lake_pairs(&bucket, &db.namespace),
+        postgres_pairs(&db).await,
+        "after the outage the lake differs from PostgreSQL"
+    );
+    let verify = support::writer::command(&db, &["verify"], &settings);
+    assert!(
+        verify.status.success(),
+        "verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let (parameters, _, columns) = glue_orders(&glue, &db.namespace).await;
+    assert_eq!(
+        parameters.get("table_type").map(String::as_str),
+        Some("DELTA")
+    );
+    assert!(columns.iter().any(|c| c == "note"), "{columns:?}");
 }

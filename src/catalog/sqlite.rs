@@ -1,6 +1,11 @@
 //! The local catalog: a SQLite file in the schema of pyiceberg's SQL catalog (`SqlCatalog`), so
 //! pyiceberg, DuckDB scripts and lakewriter's own `compact` open the same file. A commit is one
 //! `UPDATE … WHERE metadata_location = <expected>`; SQLite serialises writers, across processes.
+//!
+//! The Delta tables lakewriter writes are recorded in a table of its own,
+//! `lakewriter_delta_tables` (created when the first is recorded): pyiceberg reads only its
+//! `iceberg_*` tables, so the file stays a valid pyiceberg catalog, and a Delta table (whose
+//! `_delta_log` is its own catalog) is found by name without listing the warehouse.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +41,17 @@ CREATE TABLE IF NOT EXISTS iceberg_namespace_properties (
     property_key VARCHAR(255) NOT NULL,
     property_value VARCHAR(1000) NOT NULL,
     PRIMARY KEY (catalog_name, namespace, property_key)
+);
+";
+
+/// lakewriter's record of the Delta tables of the catalog: where each table's `_delta_log` is.
+const DELTA_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS lakewriter_delta_tables (
+    catalog_name VARCHAR(255) NOT NULL,
+    table_namespace VARCHAR(255) NOT NULL,
+    table_name VARCHAR(255) NOT NULL,
+    location VARCHAR(1000) NOT NULL,
+    PRIMARY KEY (catalog_name, table_namespace, table_name)
 );
 ";
 
@@ -112,6 +128,69 @@ impl SqliteCatalog {
             context,
             message: e.to_string(),
         })?
+    }
+}
+
+impl SqliteCatalog {
+    /// Records the Delta table `table` at `location` (the directory or prefix holding its
+    /// `_delta_log`), replacing an earlier location.
+    pub async fn register_delta(
+        &self,
+        table: &CatalogTable,
+        location: &str,
+    ) -> Result<(), CatalogError> {
+        let t = table.clone();
+        let location = location.to_string();
+        self.call(format!("register delta table {table}"), move |inner, c| {
+            c.execute_batch(DELTA_SCHEMA)?;
+            c.execute(
+                "INSERT INTO lakewriter_delta_tables \
+                 (catalog_name, table_namespace, table_name, location) \
+                 VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (catalog_name, table_namespace, table_name) \
+                 DO UPDATE SET location = excluded.location",
+                params![inner.name, t.namespace, t.name, location],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// The Delta tables recorded in `namespace` and their locations, by name; `None` when the
+    /// file has no record of Delta tables at all (written before lakewriter kept one).
+    pub async fn delta_tables(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<Vec<(CatalogTable, String)>>, CatalogError> {
+        let ns = namespace.to_string();
+        self.call(
+            format!("list delta tables of {namespace}"),
+            move |inner, c| {
+                let kept: Option<i64> = c
+                    .query_row(
+                        "SELECT 1 FROM sqlite_master \
+                     WHERE type = 'table' AND name = 'lakewriter_delta_tables'",
+                        [],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if kept.is_none() {
+                    return Ok(None);
+                }
+                let mut statement = c.prepare(
+                    "SELECT table_name, location FROM lakewriter_delta_tables \
+                 WHERE catalog_name = ?1 AND table_namespace = ?2 ORDER BY table_name",
+                )?;
+                let rows = statement.query_map(params![inner.name, ns], |row| {
+                    Ok((
+                        CatalogTable::new(ns.clone(), row.get::<_, String>(0)?),
+                        row.get::<_, String>(1)?,
+                    ))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map(Some)
+            },
+        )
+        .await
     }
 }
 

@@ -193,6 +193,7 @@ pub async fn run<S: Sink>(
                     table: table.clone(),
                     schema: target.clone(),
                     truncate: true,
+                    adds_only: false,
                     deletes: Vec::new(),
                     rows: Vec::new(),
                     lsn: Some(lsn),
@@ -268,6 +269,9 @@ pub async fn run<S: Sink>(
         Ok(true) => pipeline.flush_all().await,
         _ => Ok(()),
     };
+    // Told to stop in every case: after a pipeline error too, since nothing reads its events
+    // any more and an idle stream would otherwise wait for the next one forever. What it had
+    // received beyond the durable position is not acknowledged (the slot keeps it).
     let _ = stop_stream.send(true);
     drop(events);
     let streamed = match streaming.await {
@@ -395,7 +399,9 @@ async fn copy_into_lake<S: Sink>(
             sink.stage(TableDelta {
                 table: table.clone(),
                 schema: target.clone(),
-                truncate: false,
+                // the commit below truncates: the copy's rows go straight into the table
+                truncate: true,
+                adds_only: true,
                 deletes: Vec::new(),
                 rows: vec![rows],
                 lsn: None,
@@ -421,6 +427,7 @@ async fn copy_into_lake<S: Sink>(
         table: table.clone(),
         schema: target,
         truncate: true,
+        adds_only: false,
         deletes: Vec::new(),
         rows: Vec::new(),
         lsn: Some(session.snapshot.lsn),

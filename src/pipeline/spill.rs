@@ -76,6 +76,9 @@ pub struct Spill {
 struct TableSpill {
     key: Vec<String>,
     truncate: bool,
+    /// Whether an update or a delete is among the changes: the commit may then remove rows
+    /// committed before.
+    removes: bool,
     merged: bool,
     segments: Vec<Segment>,
     generation: u32,
@@ -150,6 +153,7 @@ impl Spill {
                 TableSpill {
                     key: key.to_vec(),
                     truncate: false,
+                    removes: false,
                     merged: false,
                     segments: Vec::new(),
                     generation: 0,
@@ -170,6 +174,7 @@ impl Spill {
                     }
                 }
                 spill.truncate = true;
+                spill.removes = false;
                 spill.merged = false;
                 spill.generation += 1;
                 Ok(())
@@ -179,6 +184,7 @@ impl Spill {
                 self.rows += batch.len() as u64;
                 self.bytes +=
                     (batch.new.get_array_memory_size() + batch.old.get_array_memory_size()) as u64;
+                spill.removes |= batch.ops.iter().any(|op| !matches!(op, Op::Insert));
                 spill.write(&dir, table, &batch, sequence)
             }
         }
@@ -201,6 +207,15 @@ impl Spill {
     /// Whether a TRUNCATE of `table` is in the transaction (before its spilled changes).
     pub fn truncates(&self, table: &TableId) -> bool {
         self.tables.get(table).is_some_and(|s| s.truncate)
+    }
+
+    /// Whether the commit of `table`'s changes removes no row committed before other than by
+    /// a TRUNCATE: it truncates, the table is append-only (changelog, no key), or the changes
+    /// are all inserts (of keys the lake lacks: exactly once). Its parts then only add rows.
+    pub fn adds_only(&self, table: &TableId) -> bool {
+        self.tables
+            .get(table)
+            .is_some_and(|s| s.truncate || s.key.is_empty() || !s.removes)
     }
 
     /// How many groups [`Spill::group`] reads `table` back in.

@@ -44,8 +44,15 @@ pub struct TableDelta {
     pub table: TableId,
     /// The table's shape for these rows (the latest, after any schema change in the flush).
     pub schema: Arc<TableSchema>,
-    /// Remove every row first (a TRUNCATE in the flush, before the rows below).
+    /// Remove every row first (a TRUNCATE in the flush, before the rows below). On a part
+    /// given to [`Sink::stage`]: whether the transaction's commit truncates.
     pub truncate: bool,
+    /// On a part given to [`Sink::stage`]: the transaction's commit removes no row committed
+    /// before, other than by `truncate` (an initial snapshot, an insert-only or truncating
+    /// transaction), so its parts may be written straight into the table's own data files
+    /// (the Delta sink does). Every part of one transaction says the same. Unused by
+    /// [`Sink::commit`].
+    pub adds_only: bool,
     /// Old rows whose keys must no longer match any row committed before: updated, deleted
     /// and re-keyed rows. In [`TableSchema::arrow_nullable`] layout; the key columns are always
     /// set, and so are the partition columns (the delete goes to the old row's partition).
@@ -82,7 +89,7 @@ pub trait Sink {
     async fn commit(&mut self, delta: TableDelta) -> Result<()>;
 
     /// Writes `part` (a piece of a source transaction too large for memory: rows and deletes,
-    /// `truncate` and `lsn` unused) into files that stay uncommitted until the next
+    /// `truncate` and `adds_only` saying what its commit will be, `lsn` unused) into files that stay uncommitted until the next
     /// [`Sink::commit`] of its table takes them in. After a crash they are orphans no
     /// snapshot references.
     async fn stage(&mut self, part: TableDelta) -> Result<()>;

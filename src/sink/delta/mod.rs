@@ -1,6 +1,7 @@
 //! The Delta Lake sink: one Delta table per source table at `<warehouse>/<namespace>/<name>`
 //! (the layout of the Iceberg sink; the table's `_delta_log` is its own catalog, and with
-//! `sink.catalog = "glue"` the table is also registered in Glue for Athena after its commits),
+//! `sink.catalog = "glue"` the table is also registered in Glue for Athena after its commits;
+//! with `"sqlite"` it is recorded in the catalog file, where `query` and `compact` find it),
 //! upserts as one MERGE per commit, each commit carrying its checkpoint as an application
 //! transaction (`txn` action).
 //!
@@ -10,6 +11,9 @@
 //! - `staging`: parts of a transaction too large for memory, as local Parquet files until the
 //!   transaction's commit takes them in (what a stopped process left is removed when the table
 //!   is first prepared);
+//! - `data_files`: parts of a transaction whose commit only adds rows (an initial snapshot, a
+//!   truncating or insert-only large transaction), written once, straight into the table's
+//!   data files, which that commit then names;
 //! - `tables`: the namespace's tables opened for reading and maintenance (`query`, `verify`,
 //!   `compact`).
 //!
@@ -20,6 +24,7 @@
 //! chunk of the copy overwriting the table. Delta keeps only the latest `txn` of an app id, so
 //! -1 after an LSN is exactly "the current commit carries no checkpoint".
 
+mod data_files;
 mod lookup;
 mod staging;
 pub mod tables;
@@ -39,8 +44,9 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
+use self::data_files::PendingFiles;
 use self::staging::StagedPart;
-use crate::catalog::{CatalogTable, GlueCatalog, RetryPolicy};
+use crate::catalog::{CatalogTable, GlueCatalog, RetryPolicy, SqliteCatalog};
 use crate::config::{CatalogKind, Config};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -183,17 +189,22 @@ struct TableState {
     layout: TableLayout,
     /// The checkpoint as last read or committed.
     checkpoint: Option<Lsn>,
-    /// Parts staged for the next commit.
+    /// Parts staged for the next commit (its MERGE source).
     staged: Vec<StagedPart>,
+    /// Data files written for the next commit, which only adds rows.
+    pending: PendingFiles,
 }
 
 /// The Delta Lake [`Sink`].
 pub struct DeltaSink {
     settings: DeltaSettings,
     tables: HashMap<TableId, TableState>,
-    /// Where tables are registered for Athena and Spark (`sink.catalog = "glue"`); with none,
-    /// tables are found by listing the warehouse.
+    /// Where tables are registered for Athena and Spark (`sink.catalog = "glue"`).
     glue: Option<GlueCatalog>,
+    /// The local catalog file tables are recorded in (`sink.catalog = "sqlite"`), for
+    /// `query`, `verify`, `status` and `compact` to find them; with neither catalog, tables are
+    /// found by listing the warehouse.
+    sqlite: Option<SqliteCatalog>,
 }
 
 impl fmt::Debug for DeltaSink {
@@ -203,20 +214,37 @@ impl fmt::Debug for DeltaSink {
             .field("namespace", &self.settings.namespace)
             .field("tables", &self.tables.keys().collect::<Vec<_>>())
             .field("glue", &self.glue.is_some())
+            .field("sqlite", &self.sqlite.is_some())
             .finish()
     }
 }
 
 impl DeltaSink {
-    /// The sink of `config`, registering its tables in Glue when `sink.catalog = "glue"`.
+    /// The sink of `config`, registering its tables in Glue when `sink.catalog = "glue"`, and
+    /// recording them in the SQLite catalog file when `sink.catalog = "sqlite"` (see
+    /// [`tables::catalog_path`]).
     pub async fn from_config(config: &Config) -> Result<Self> {
-        let sink = DeltaSink::new(DeltaSettings::from_config(config)?);
+        let settings = DeltaSettings::from_config(config)?;
+        let sqlite_path = tables::catalog_path(config, &settings);
+        let sink = DeltaSink::new(settings);
         Ok(match config.sink.catalog {
             CatalogKind::Glue => sink.with_glue(GlueCatalog::new(
                 crate::cloud::glue_client(config).await,
                 config.sink.glue.catalog_id.clone(),
             )),
-            CatalogKind::Sqlite => sink,
+            CatalogKind::Sqlite => match sqlite_path {
+                Some(path) => {
+                    let catalog = SqliteCatalog::open(&path, &config.sink.sqlite.name)
+                        .await
+                        .map_err(|e| Error::Sink {
+                            table: config.sink.namespace.clone(),
+                            retryable: e.is_retryable(),
+                            message: format!("open the catalog: {e}"),
+                        })?;
+                    sink.with_sqlite(catalog)
+                }
+                None => sink,
+            },
         })
     }
 
@@ -226,7 +254,14 @@ impl DeltaSink {
             settings,
             tables: HashMap::new(),
             glue: None,
+            sqlite: None,
         }
+    }
+
+    /// This sink, recording every table it prepares in the SQLite catalog `catalog`.
+    pub fn with_sqlite(mut self, catalog: SqliteCatalog) -> Self {
+        self.sqlite = Some(catalog);
+        self
     }
 
     /// This sink, registering every table it prepares or adds columns to in `glue`.
@@ -235,10 +270,21 @@ impl DeltaSink {
         self
     }
 
-    /// Registers `state`'s table in Glue, if the sink has a Glue catalog, with the columns its
-    /// Delta log holds now. Runs after the Delta commit that changed the columns, never inside
+    /// Records `state`'s table in the SQLite catalog, if the sink has one, and registers it in
+    /// Glue, if the sink has a Glue catalog, with the columns its Delta log holds now. Runs after the Delta commit that changed the columns, never inside
     /// one: a failure leaves the lake as committed and is reported against the table.
     async fn register(&self, state: &TableState) -> Result<()> {
+        if let Some(catalog) = &self.sqlite {
+            let location = self.settings.table_location(&state.lake);
+            catalog
+                .register_delta(&state.lake, &location)
+                .await
+                .map_err(|e| Error::Sink {
+                    table: state.lake.to_string(),
+                    message: format!("record the Delta table in the SQLite catalog: {e}"),
+                    retryable: e.is_retryable(),
+                })?;
+        }
         let Some(glue) = &self.glue else {
             return Ok(());
         };
@@ -441,10 +487,19 @@ impl DeltaSink {
             state.source = delta.schema.clone();
         }
         let staged = std::mem::take(&mut state.staged);
+        let adds = if state.pending.is_empty() {
+            None
+        } else {
+            Some(self.finish_pending(state, delta, &staged).await?)
+        };
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match write::commit(state, delta, &staged, &self.settings).await {
+            let committed = match &adds {
+                Some(adds) => write::commit_files(state, delta, adds).await,
+                None => write::commit(state, delta, &staged, &self.settings).await,
+            };
+            match committed {
                 Ok(version) => break Ok(version),
                 Err(e) => {
                     let e = Self::after_failed_commit(state, delta.lsn, e).await;
@@ -474,6 +529,7 @@ impl DeltaSink {
             table = %state.lake,
             lsn = ?delta.lsn,
             staged = staged.len(),
+            data_files = adds.as_ref().map_or(0, Vec::len),
             truncate = delta.truncate,
             version,
             "committed"
@@ -503,6 +559,52 @@ impl DeltaSink {
         }
     }
 
+    /// Adds `delta`'s own rows to the data files written for this commit and finishes them:
+    /// the `add` actions of the commit. The commit must only add rows (or truncate first):
+    /// one that would merge deletes, or parts staged for a MERGE beside the files, is refused
+    /// (the pipeline stages a transaction's parts one way).
+    async fn finish_pending(
+        &self,
+        state: &mut TableState,
+        delta: &TableDelta,
+        staged: &[StagedPart],
+    ) -> Result<Vec<deltalake::kernel::Add>> {
+        let merges = !delta.truncate
+            && !state.layout.key.is_empty()
+            && (has_rows(&delta.deletes) || staged.iter().any(|p| p.deletes.is_some()));
+        if merges || !staged.is_empty() {
+            state.pending.discard();
+            return Err(sink_error(
+                &state.lake,
+                "a commit with parts written as data files (adding rows only) also has parts \
+                 or deletes to merge: the transaction was staged both ways",
+            ));
+        }
+        let lake_schema = state
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
+            .snapshot()
+            .arrow_schema();
+        let written = state
+            .pending
+            .write(
+                &state.table,
+                &lake_schema,
+                &delta.rows,
+                self.settings.target_file_size,
+            )
+            .await;
+        let finished = match written {
+            Ok(()) => state.pending.finish().await,
+            Err(e) => Err(e),
+        };
+        finished.map_err(|e| {
+            state.pending.discard();
+            e.about(&state.lake, "finish the written data files")
+        })
+    }
+
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
         if !part.schema.same_shape(&state.source) {
             self.evolve(state, &part.schema, false).await?;
@@ -515,6 +617,27 @@ impl DeltaSink {
             .map_err(|e| delta_error(&state.lake, "read the schema", e))?
             .snapshot()
             .arrow_schema();
+        if part.adds_only {
+            if !part.truncate && !state.layout.key.is_empty() && has_rows(&part.deletes) {
+                return Err(sink_error(
+                    &state.lake,
+                    "a part staged as adding rows only carries deletes (and its transaction \
+                     does not truncate): its commit would have to merge",
+                ));
+            }
+            state
+                .pending
+                .write(
+                    &state.table,
+                    &lake_schema,
+                    &part.rows,
+                    self.settings.target_file_size,
+                )
+                .await
+                .map_err(|e| e.about(&state.lake, "write staged rows into data files"))?;
+            tracing::debug!(table = %state.lake, "wrote a part of a transaction into uncommitted data files");
+            return Ok(());
+        }
         let staged = StagedPart::write(
             &self.settings.staging_dir,
             &state.lake,
@@ -567,12 +690,13 @@ impl Sink for DeltaSink {
             source: Arc::new(schema.clone()),
             layout: layout.clone(),
             checkpoint,
-            staged: self
-                .tables
-                .remove(table)
-                .map(|s| s.staged)
-                .unwrap_or_default(),
+            staged: Vec::new(),
+            pending: PendingFiles::default(),
         };
+        if let Some(before) = self.tables.remove(table) {
+            state.staged = before.staged;
+            state.pending = before.pending;
+        }
         // a table without a checkpoint is copied again from scratch: a column whose type
         // changed may then be replaced
         let mut evolved = self.evolve(&mut state, schema, checkpoint.is_none()).await;
@@ -615,6 +739,7 @@ impl Sink for DeltaSink {
             for part in state.staged.drain(..) {
                 part.remove();
             }
+            state.pending.discard();
         }
     }
 
@@ -646,6 +771,11 @@ impl Sink for DeltaSink {
             .await
             .map_err(|e| e.about(&state.lake, "look up rows by key"))
     }
+}
+
+/// Whether any of `batches` has a row.
+fn has_rows(batches: &[RecordBatch]) -> bool {
+    batches.iter().any(|b| b.num_rows() > 0)
 }
 
 /// A failure inside a Delta operation, before it is named after its table.

@@ -1,18 +1,71 @@
 //! The Delta tables a warehouse holds, opened for reading and maintenance (`query`, `verify`,
-//! `compact`) rather than for writing: with no catalog, a namespace's tables are the
-//! directories under `<warehouse>/<namespace>/` that hold a `_delta_log`.
+//! `status`, `compact`) rather than for writing. With the SQLite catalog, a namespace's tables
+//! are the ones the sink recorded in the catalog file ([`SqliteCatalog::register_delta`]);
+//! a warehouse whose file records none (written before the record was kept), and every other
+//! case, is listed: the directories under `<warehouse>/<namespace>/` that hold a `_delta_log`.
+
+use std::path::PathBuf;
 
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
 use super::{DeltaSettings, checkpoint_app_id, checkpoint_of, delta_error, sink_error};
-use crate::catalog::CatalogTable;
+use crate::catalog::{CatalogTable, SqliteCatalog};
 use crate::cloud::S3Location;
-use crate::config::Config;
+use crate::config::{CatalogKind, Config};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
-/// The Delta tables of `settings`' namespace, by name.
+/// The SQLite catalog file Delta tables are recorded in: with `sink.catalog = "sqlite"`,
+/// `sink.sqlite.path`, else `<warehouse>/catalog.db` for a local warehouse (an S3 warehouse
+/// has no local default); `None` with Glue.
+pub fn catalog_path(config: &Config, settings: &DeltaSettings) -> Option<PathBuf> {
+    let local = !settings.warehouse.starts_with("s3://");
+    (config.sink.catalog == CatalogKind::Sqlite && (local || config.sink.sqlite.path.is_some()))
+        .then(|| config.sqlite_catalog_path())
+}
+
+/// The Delta tables of `settings`' namespace recorded in the catalog file, when it records
+/// any; `None` when there is no such file or record.
+async fn recorded(config: &Config, settings: &DeltaSettings) -> Result<Option<Vec<CatalogTable>>> {
+    let Some(path) = catalog_path(config, settings).filter(|p| p.is_file()) else {
+        return Ok(None);
+    };
+    let namespace = &settings.namespace;
+    let failed = |e: crate::catalog::CatalogError| Error::Sink {
+        table: namespace.clone(),
+        retryable: e.is_retryable(),
+        message: format!("list the delta tables in the catalog: {e}"),
+    };
+    let catalog = SqliteCatalog::open(&path, &config.sink.sqlite.name)
+        .await
+        .map_err(failed)?;
+    let Some(tables) = catalog.delta_tables(namespace).await.map_err(failed)? else {
+        return Ok(None);
+    };
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    for (table, location) in &tables {
+        let expected = settings.table_location(table);
+        if *location != expected {
+            tracing::warn!(
+                table = %table,
+                recorded = %location,
+                expected = %expected,
+                "the catalog records the delta table elsewhere than the warehouse's layout; \
+                 reading the warehouse's"
+            );
+        }
+    }
+    Ok(Some(tables.into_iter().map(|(table, _)| table).collect()))
+}
+
+/// The Delta tables of `settings`' namespace, by name: the catalog's record, else the
+/// warehouse's listing.
 pub async fn list(config: &Config, settings: &DeltaSettings) -> Result<Vec<CatalogTable>> {
+    if let Some(tables) = recorded(config, settings).await? {
+        return Ok(tables);
+    }
     let mut names = match S3Location::parse(&settings.warehouse)
         .map_err(|m| Error::config("sink.warehouse", m))?
     {

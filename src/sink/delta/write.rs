@@ -11,7 +11,9 @@
 //!   source rows matching one target row, and a key both deleted and written is a replace.
 //!
 //! Staged parts join in as Parquet scans, so a transaction larger than memory streams through
-//! DataFusion rather than through memory. A commit that changes no file (a MERGE matching
+//! DataFusion rather than through memory; parts already written as the table's own data files
+//! (`data_files`: the transaction only adds rows) are committed by their `add` actions
+//! ([`commit_files`]) instead, without being read or written again. A commit that changes no file (a MERGE matching
 //! nothing, an empty append) still has to move the checkpoint: an empty commit carries it.
 
 use std::num::NonZeroU64;
@@ -22,9 +24,10 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::dataframe::DataFrame;
 use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, cast, col, lit};
-use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use futures::StreamExt;
 
 use super::staging::StagedPart;
 use super::{DeltaSettings, Failure, TableState, checkpoint_app_id, txn_version, types};
@@ -157,6 +160,49 @@ async fn commit_inner(
         commit_checkpoint_inner(state, delta.lsn).await?;
     }
     Ok(state.table.version().unwrap_or_default())
+}
+
+/// Commits the data files `adds` (written for this commit, see `data_files`) with `delta`'s
+/// checkpoint: an append, or for `delta.truncate` an overwrite that also removes every file of
+/// the current version. Returns the table's new version.
+pub async fn commit_files(state: &mut TableState, delta: &TableDelta, adds: &[Add]) -> Result<u64> {
+    let lake = state.lake.clone();
+    commit_files_inner(state, delta, adds)
+        .await
+        .map_err(|e| e.about(&lake, "commit the written data files"))
+}
+
+async fn commit_files_inner(
+    state: &mut TableState,
+    delta: &TableDelta,
+    adds: &[Add],
+) -> Result<u64, Failure> {
+    let snapshot = state.table.snapshot()?;
+    let mut actions: Vec<Action> = Vec::with_capacity(adds.len());
+    if delta.truncate {
+        let log_store = state.table.log_store();
+        let mut files = snapshot.snapshot().file_views(log_store.as_ref(), None);
+        while let Some(file) = files.next().await {
+            actions.push(Action::Remove(file?.remove_action(true)));
+        }
+    }
+    actions.extend(adds.iter().cloned().map(Action::Add));
+    let partition_columns = snapshot.metadata().partition_columns().to_vec();
+    let operation = DeltaOperation::Write {
+        mode: if delta.truncate {
+            SaveMode::Overwrite
+        } else {
+            SaveMode::Append
+        },
+        partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
+        predicate: None,
+    };
+    let committed = CommitBuilder::from(checkpoint_properties(&state.lake, delta.lsn))
+        .with_actions(actions)
+        .build(Some(snapshot), state.table.log_store(), operation)
+        .await?;
+    state.table.update_state().await?;
+    Ok(committed.version())
 }
 
 /// An empty commit carrying only `lsn` (or "no checkpoint" for `None`).
