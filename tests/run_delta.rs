@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use support::TestDb;
 use support::delta::{commit_count, delta_query, txn_version};
+use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{caught_up, crash_and_restart, start_with, stop, write_config};
 
 const DELTA: &[(&str, &str)] = &[("SINK__FORMAT", "delta")];
@@ -19,42 +20,16 @@ fn location(db: &TestDb, name: &str) -> PathBuf {
     db.warehouse.path().join(&db.namespace).join(name)
 }
 
-/// The orders table as sorted text lines, from PostgreSQL.
-async fn postgres_lines(db: &TestDb) -> Vec<String> {
-    db.client()
-        .await
-        .query(
-            "SELECT order_id::text || '|' || customer_id || '|' || order_date::text || '|' || \
-               total_amount::text || '|' || status || '|' || \
-               (extract(epoch FROM created_at) * 1000000)::bigint || '|' || \
-               (extract(epoch FROM updated_at) * 1000000)::bigint \
-             FROM orders ORDER BY order_id",
-            &[],
-        )
-        .await
-        .expect("read orders")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// The same lines from the Delta table, read by DuckDB; also checks no key appears twice.
+/// The lines of `postgres_lines` from the Delta table, read by DuckDB; also checks no key
+/// appears twice.
 fn lake_lines(db: &TestDb) -> Vec<String> {
     let table = location(db, "orders");
     assert_eq!(
-        delta_query(
-            &table,
-            "SELECT count(*) - count(DISTINCT order_id) FROM {scan}"
-        ),
+        delta_query(&table, LAKE_DUPLICATES),
         ["0"],
         "duplicated keys in the lake"
     );
-    delta_query(
-        &table,
-        "SELECT order_id::VARCHAR || '|' || customer_id || '|' || order_date::VARCHAR || '|' || \
-           total_amount::VARCHAR || '|' || status || '|' || epoch_us(created_at) || '|' || \
-           epoch_us(updated_at) FROM {scan} ORDER BY order_id",
-    )
+    delta_query(&table, LAKE_LINES)
 }
 
 /// The checkpoint the Delta log of `orders` holds (its latest `txn` version).
