@@ -152,3 +152,52 @@ async fn an_untrusted_server_certificate_is_refused_with_a_named_error() {
         }
     }
 }
+
+/// `sslcert` and `sslkey`: a role the server admits only with a client certificate (`cert` in
+/// pg_hba.conf) runs the writer, replication included; without the certificate it is refused.
+#[tokio::test]
+async fn a_client_certificate_logs_in_where_pg_hba_asks_for_one() {
+    let db = TestDb::new("source_tls_cert").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let ca = stack().var("LAKEWRITER_PG_CA").to_string();
+    let cert = stack().var("LAKEWRITER_PG_CLIENT_CERT").to_string();
+    let key = stack().var("LAKEWRITER_PG_CLIENT_KEY").to_string();
+    let without = [
+        ("SOURCE__USER", "lakewriter_cert"),
+        ("SOURCE__SSLMODE", "verify-full"),
+        ("SOURCE__SSLROOTCERT", ca.as_str()),
+    ];
+    let refused = command(&db, &["run"], &without);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("lakewriter_cert"),
+        "the certificate-only role connected without a certificate: {stderr}"
+    );
+
+    let with: Vec<(&str, &str)> = without
+        .iter()
+        .copied()
+        .chain([
+            ("SOURCE__SSLCERT", cert.as_str()),
+            ("SOURCE__SSLKEY", key.as_str()),
+        ])
+        .collect();
+    let mut child = start_with(&db, &with);
+    db.psql(&[
+        "-v",
+        "rounds=1",
+        "-v",
+        "batch=100",
+        "-f",
+        "sql/workload.sql",
+    ]);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    let verified = command(&db, &["verify"], &with);
+    assert!(
+        verified.status.success(),
+        "verify with the client certificate: {}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+}

@@ -75,6 +75,13 @@ pub struct SourceConfig {
     /// its regional bundle). Default: the Mozilla root set.
     #[serde(default)]
     pub sslrootcert: Option<PathBuf>,
+    /// PEM file of a client certificate to show the server, for `cert` authentication in
+    /// `pg_hba.conf`; goes with `sslkey`. Default: none.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// PEM file of that certificate's private key. Default: none.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
     /// How long to wait for a connection. Default: `"10s"`.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Span,
@@ -619,6 +626,11 @@ impl Config {
                     .into(),
             );
         }
+        if self.source.sslcert.is_some() != self.source.sslkey.is_some() {
+            return fail(
+                "source.sslcert and source.sslkey go together: set both, or neither".into(),
+            );
+        }
         if self.flush.max_rows == 0 {
             return fail("flush.max_rows must be at least 1".into());
         }
@@ -704,6 +716,25 @@ mod tests {
         assert!(message.contains("max_row"), "{message}");
         assert!(message.contains("test.toml"), "{message}");
         assert!(message.contains("line 4"), "{message}");
+    }
+
+    #[test]
+    fn tls_settings_parse_and_a_client_certificate_needs_its_key() {
+        let config = parse(
+            "[source]\ndatabase = \"app\"\nsslmode = \"verify-full\"\n\
+             sslrootcert = \"ca.pem\"\nsslcert = \"c.pem\"\nsslkey = \"c.key\"\n",
+        )
+        .expect("valid TLS settings");
+        assert_eq!(
+            config.source.sslmode,
+            crate::source::tls::SslMode::VerifyFull
+        );
+        let err = parse("[source]\ndatabase = \"app\"\nsslcert = \"c.pem\"\n")
+            .expect_err("a certificate without its key");
+        assert!(err.to_string().contains("sslkey"), "{err}");
+        let err = parse("[source]\ndatabase = \"app\"\nsslmode = \"verify\"\n")
+            .expect_err("an unknown mode");
+        assert!(err.to_string().contains("sslmode"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::config::SourceConfig;
 use crate::error::{Error, Result};
-use crate::source::tls::SourceTls;
+use crate::source::tls::{ClientCertificate, SourceTls};
 
 /// Session settings that fix the text form of values: ISO dates, UTC timestamps, floats that
 /// round-trip exactly.
@@ -28,9 +28,17 @@ pub fn describe(source: &SourceConfig) -> String {
     )
 }
 
-/// The TLS settings of `source` (reads `sslrootcert` when a mode checks certificates).
+/// The TLS settings of `source` (reads `sslrootcert` when a mode checks certificates, and the
+/// client certificate when one is set).
 pub fn tls(source: &SourceConfig) -> Result<SourceTls> {
-    SourceTls::new(source.sslmode, source.sslrootcert.as_deref())
+    let client = match (&source.sslcert, &source.sslkey) {
+        (Some(cert), Some(key)) => Some(ClientCertificate {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    SourceTls::new(source.sslmode, source.sslrootcert.as_deref(), client)
 }
 
 /// The tokio-postgres settings of `source`.

@@ -19,7 +19,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
@@ -69,13 +69,54 @@ impl SslMode {
 pub struct SourceTls {
     mode: SslMode,
     root_cert: Option<PathBuf>,
+    client: Option<ClientCertificate>,
     config: Arc<ClientConfig>,
+}
+
+/// The certificate lakewriter shows the server (`sslcert`, `sslkey`), for `cert`
+/// authentication in `pg_hba.conf`.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    /// PEM file of the certificate, and of its intermediates if any.
+    pub cert: PathBuf,
+    /// PEM file of its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+impl ClientCertificate {
+    fn read(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+        let chain = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| {
+                tls_error(format!(
+                    "cannot read source.sslcert {}: {e}",
+                    self.cert.display()
+                ))
+            })?;
+        if chain.is_empty() {
+            return Err(tls_error(format!(
+                "source.sslcert {} holds no certificate",
+                self.cert.display()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            tls_error(format!(
+                "cannot read a private key from source.sslkey {}: {e}",
+                self.key.display()
+            ))
+        })?;
+        Ok((chain, key))
+    }
 }
 
 impl SourceTls {
     /// Builds the client configuration once (reading `root_cert`, if given); an unreadable or
     /// empty certificate file is an error that names it.
-    pub fn new(mode: SslMode, root_cert: Option<&Path>) -> Result<SourceTls> {
+    pub fn new(
+        mode: SslMode,
+        root_cert: Option<&Path>,
+        client: Option<ClientCertificate>,
+    ) -> Result<SourceTls> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -93,13 +134,26 @@ impl SourceTls {
         } else {
             Arc::new(AnyCertificate(provider))
         };
-        let config = builder
+        let builder = builder
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let config = match &client {
+            None => builder.with_no_client_auth(),
+            Some(client) => {
+                let (chain, key) = client.read()?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    tls_error(format!(
+                        "source.sslcert {} and source.sslkey {} do not go together: {e}",
+                        client.cert.display(),
+                        client.key.display()
+                    ))
+                })?
+            }
+        };
         Ok(SourceTls {
             mode,
             root_cert: root_cert.map(Path::to_path_buf),
+            client,
             config: Arc::new(config),
         })
     }
@@ -130,7 +184,7 @@ impl SourceTls {
     /// The same settings for the replication connection to `host`.
     pub fn replication(&self, host: &str) -> pgwire_replication::TlsConfig {
         let root = self.root_cert.clone();
-        match self.mode {
+        let tls = match self.mode {
             SslMode::Disable => pgwire_replication::TlsConfig::disabled(),
             SslMode::Prefer => pgwire_replication::TlsConfig {
                 mode: pgwire_replication::SslMode::Prefer,
@@ -144,6 +198,12 @@ impl SourceTls {
                 pgwire_replication::TlsConfig::verify_full(root).with_sni_hostname(host)
             }
             SslMode::VerifyFull => pgwire_replication::TlsConfig::verify_full(root),
+        };
+        match &self.client {
+            Some(client) if self.mode != SslMode::Disable => {
+                tls.with_client_cert(client.cert.clone(), client.key.clone())
+            }
+            _ => tls,
         }
     }
 }
@@ -404,13 +464,14 @@ mod tests {
     fn a_root_certificate_file_that_is_missing_or_empty_is_named() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let missing = dir.path().join("missing.pem");
-        let err = SourceTls::new(SslMode::VerifyFull, Some(&missing)).expect_err("missing");
+        let err = SourceTls::new(SslMode::VerifyFull, Some(&missing), None).expect_err("missing");
         assert!(err.to_string().contains("missing.pem"), "{err}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
-        let err = SourceTls::new(SslMode::VerifyCa, Some(&empty)).expect_err("empty");
+        let err = SourceTls::new(SslMode::VerifyCa, Some(&empty), None).expect_err("empty");
         assert!(err.to_string().contains("no usable certificate"), "{err}");
         // modes that check nothing need no roots
-        SourceTls::new(SslMode::Require, Some(&missing)).expect("require checks no certificate");
+        SourceTls::new(SslMode::Require, Some(&missing), None)
+            .expect("require checks no certificate");
     }
 }
