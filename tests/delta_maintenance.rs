@@ -155,14 +155,7 @@ async fn query_and_verify_read_delta_tables_and_name_a_difference() {
         "[sink.tables.\"public.zones\"]\npartition_by = [\"region\"]\n",
     );
     let mut child = start_with(&db, DELTA);
-    db.psql(&[
-        "-v",
-        "rounds=2",
-        "-v",
-        "batch=200",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(2, 200);
     execute(
         &db,
         &[

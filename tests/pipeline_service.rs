@@ -179,14 +179,7 @@ async fn snapshot_stream_stop_and_restart_keep_the_lake_equal_to_postgres() {
 
     // First run: creates the publication and the slot, copies, streams a workload.
     let lake = run_until_caught_up(&db, MemoryLake::default(), || {
-        db.psql(&[
-            "-v",
-            "rounds=2",
-            "-v",
-            "batch=300",
-            "-f",
-            "sql/workload.sql",
-        ]);
+        db.workload(2, 300);
     })
     .await;
     let expected = postgres_orders(&db).await;
@@ -198,24 +191,10 @@ async fn snapshot_stream_stop_and_restart_keep_the_lake_equal_to_postgres() {
     assert!(checkpoint.is_some());
 
     // Changes while the service is down are picked up on restart, once.
-    db.psql(&[
-        "-v",
-        "rounds=2",
-        "-v",
-        "batch=300",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(2, 300);
     let commits_before = lake.commits;
     let lake = run_until_caught_up(&db, lake, || {
-        db.psql(&[
-            "-v",
-            "rounds=1",
-            "-v",
-            "batch=300",
-            "-f",
-            "sql/workload.sql",
-        ]);
+        db.workload(1, 300);
     })
     .await;
     assert!(

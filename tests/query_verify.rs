@@ -167,14 +167,7 @@ async fn the_athena_queries_run_through_query_and_match_postgres() {
     db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
     let mut child = start(&db);
     caught_up(&db, &mut child).await;
-    db.psql(&[
-        "-v",
-        "rounds=1",
-        "-v",
-        "batch=100",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(1, 100);
     caught_up(&db, &mut child).await;
     stop(child);
     let postgres = |sql: &'static str| {

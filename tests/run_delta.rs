@@ -40,23 +40,12 @@ fn checkpoint(db: &TestDb) -> Option<i64> {
     )
 }
 
-fn workload(db: &TestDb, rounds: u32, batch: u32) {
-    db.psql(&[
-        "-v",
-        &format!("rounds={rounds}"),
-        "-v",
-        &format!("batch={batch}"),
-        "-f",
-        "sql/workload.sql",
-    ]);
-}
-
 #[tokio::test]
 async fn run_streams_into_delta_and_resumes_from_its_txn_checkpoint() {
     let db = TestDb::new("run_delta").await;
     db.psql(&["-v", "rows=5000", "-f", "sql/orders.sql"]);
     let mut child = start_with(&db, DELTA);
-    workload(&db, 3, 400);
+    db.workload(3, 400);
     caught_up(&db, &mut child).await;
     let log = stop(child);
     assert!(log.contains("stopped"), "{log}");
@@ -70,7 +59,7 @@ async fn run_streams_into_delta_and_resumes_from_its_txn_checkpoint() {
 
     // changes made while the writer is down arrive after a restart, nothing twice: the new run
     // copies nothing again (the table has its checkpoint) and skips what the lake holds
-    workload(&db, 2, 300);
+    db.workload(2, 300);
     let mut child = start_with(&db, DELTA);
     caught_up(&db, &mut child).await;
     let log = stop(child);
@@ -495,7 +484,7 @@ async fn run_with_the_glue_catalog_writes_delta_on_s3_and_registers_it() {
 
     let mut child = start_with(&db, &settings);
     caught_up(&db, &mut child).await;
-    workload(&db, 2, 200);
+    db.workload(2, 200);
     caught_up(&db, &mut child).await;
     stop(child);
 
@@ -504,13 +493,7 @@ async fn run_with_the_glue_catalog_writes_delta_on_s3_and_registers_it() {
         postgres_pairs(&db).await,
         "the Delta table on S3 differs from PostgreSQL"
     );
-    let verify = support::writer::command(&db, &["verify"], &settings);
-    assert!(
-        verify.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    support::writer::command_ok(&db, &["verify"], &settings);
     let glue = lakewriter::cloud::glue_client(&clients).await;
     let (parameters, location, columns) = glue_orders(&glue, &db.namespace).await;
     assert_eq!(
@@ -548,7 +531,7 @@ async fn a_glue_outage_after_a_delta_commit_keeps_the_commit_and_a_restart_regis
 
     // Glue goes away: commits that need no registration go on
     glue_server.stop();
-    workload(&db, 1, 100);
+    db.workload(1, 100);
     caught_up(&db, &mut child).await;
     assert_eq!(
         s3_lake_pairs(&bucket, &db.namespace),
@@ -608,13 +591,7 @@ async fn a_glue_outage_after_a_delta_commit_keeps_the_commit_and_a_restart_regis
         postgres_pairs(&db).await,
         "after the outage the lake differs from PostgreSQL"
     );
-    let verify = support::writer::command(&db, &["verify"], &settings);
-    assert!(
-        verify.status.success(),
-        "verify: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    support::writer::command_ok(&db, &["verify"], &settings);
     let (parameters, _, columns) = glue_orders(&glue, &db.namespace).await;
     assert_eq!(
         parameters.get("table_type").map(String::as_str),

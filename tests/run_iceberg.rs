@@ -32,14 +32,7 @@ async fn run_streams_into_iceberg_and_duckdb_reads_what_postgres_holds() {
     let db = TestDb::new("run_iceberg").await;
     db.psql(&["-v", "rows=5000", "-f", "sql/orders.sql"]);
     let mut child = start(&db);
-    db.psql(&[
-        "-v",
-        "rounds=3",
-        "-v",
-        "batch=400",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(3, 400);
     caught_up(&db, &mut child).await;
     let log = stop(child);
     assert!(log.contains("stopped"), "{log}");

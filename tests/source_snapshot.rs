@@ -87,14 +87,7 @@ async fn the_snapshot_and_the_stream_fit_together_exactly() {
     let at_snapshot = postgres_orders(&db).await;
 
     // Changes after the consistent point: the copy must not see them, the stream must.
-    db.psql(&[
-        "-v",
-        "rounds=3",
-        "-v",
-        "batch=500",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(3, 500);
 
     let settings = CopySettings {
         batch_rows: 1000,

@@ -174,14 +174,7 @@ async fn the_workload_streams_into_arrow_and_rebuilds_the_table() {
     let db = orders_db("stream_workload", 300).await;
     let mut running = Running::start(&db, true).await;
     running.consumer.table = postgres_orders(&db).await;
-    db.psql(&[
-        "-v",
-        "rounds=4",
-        "-v",
-        "batch=700",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(4, 700);
     let end = db.current_lsn().await;
     running.until(end).await;
     let consumer = running.stop().await;
@@ -257,14 +250,7 @@ async fn a_killed_connection_resumes_from_the_durable_position() {
     let db = orders_db("stream_reconnect", 100).await;
     let mut running = Running::start(&db, true).await;
     running.consumer.table = postgres_orders(&db).await;
-    db.psql(&[
-        "-v",
-        "rounds=2",
-        "-v",
-        "batch=200",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(2, 200);
     running.until(db.current_lsn().await).await;
     // Kill the walsender, as a network failure or a failover would.
     let killed: i64 = db
@@ -279,14 +265,7 @@ async fn a_killed_connection_resumes_from_the_durable_position() {
         .expect("terminate")
         .get(0);
     assert_eq!(killed, 1);
-    db.psql(&[
-        "-v",
-        "rounds=2",
-        "-v",
-        "batch=200",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(2, 200);
     running.until(db.current_lsn().await).await;
     let consumer = running.stop().await;
     assert!(consumer.starts >= 2, "the stream reconnected");

@@ -20,14 +20,7 @@ async fn run_and_verify_work_over_verified_tls_and_every_session_is_encrypted() 
         ("SOURCE__SSLROOTCERT", ca.as_str()),
     ];
     let mut child = start_with(&db, &settings);
-    db.psql(&[
-        "-v",
-        "rounds=2",
-        "-v",
-        "batch=200",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(2, 200);
     caught_up(&db, &mut child).await;
 
     let sessions: Vec<(String, bool)> = db
@@ -54,13 +47,7 @@ async fn run_and_verify_work_over_verified_tls_and_every_session_is_encrypted() 
     );
     stop(child);
 
-    let verified = command(&db, &["verify"], &settings);
-    assert!(
-        verified.status.success(),
-        "verify over TLS: {}{}",
-        String::from_utf8_lossy(&verified.stdout),
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    support::writer::command_ok(&db, &["verify"], &settings);
     let postgres: (i64, i64) = {
         let row = db
             .client()
@@ -183,21 +170,8 @@ async fn a_client_certificate_logs_in_where_pg_hba_asks_for_one() {
         ])
         .collect();
     let mut child = start_with(&db, &with);
-    db.psql(&[
-        "-v",
-        "rounds=1",
-        "-v",
-        "batch=100",
-        "-f",
-        "sql/workload.sql",
-    ]);
+    db.workload(1, 100);
     caught_up(&db, &mut child).await;
     stop(child);
-    let verified = command(&db, &["verify"], &with);
-    assert!(
-        verified.status.success(),
-        "verify with the client certificate: {}{}",
-        String::from_utf8_lossy(&verified.stdout),
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    support::writer::command_ok(&db, &["verify"], &with);
 }

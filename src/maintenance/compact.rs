@@ -75,6 +75,27 @@ pub struct Outcome {
     pub cleanup: Cleanup,
 }
 
+impl Outcome {
+    /// Logs what compacting `lake` did, or why it was left alone.
+    pub(crate) fn log(&self, lake: &impl std::fmt::Display) {
+        match &self.skipped {
+            Some(why) => tracing::info!(table = %lake, "not compacted: {why}"),
+            None => tracing::info!(
+                table = %lake,
+                data_files_in = self.data_files_in,
+                delete_files_in = self.delete_files_in,
+                bytes_in = self.bytes_in,
+                data_files_kept = self.data_files_kept,
+                data_files_out = self.data_files_out,
+                bytes_out = self.bytes_out,
+                rows = self.rows,
+                seconds = self.duration.as_secs_f64(),
+                "compacted"
+            ),
+        }
+    }
+}
+
 /// Compacts every lake table of the config, or only `only` (a source `schema.table`), and
 /// returns what happened to each.
 pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
@@ -111,21 +132,7 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
             bytes_removed = outcome.cleanup.bytes,
             "cleaned"
         );
-        match &outcome.skipped {
-            Some(why) => tracing::info!(table = %lake, "not compacted: {why}"),
-            None => tracing::info!(
-                table = %lake,
-                data_files_in = outcome.data_files_in,
-                delete_files_in = outcome.delete_files_in,
-                bytes_in = outcome.bytes_in,
-                data_files_kept = outcome.data_files_kept,
-                data_files_out = outcome.data_files_out,
-                bytes_out = outcome.bytes_out,
-                rows = outcome.rows,
-                seconds = outcome.duration.as_secs_f64(),
-                "compacted"
-            ),
-        }
+        outcome.log(&lake);
         outcomes.push(outcome);
     }
     Ok(outcomes)

@@ -72,20 +72,7 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
                 .map_err(|e| sink_error(&lake, format!("write a log checkpoint: {e}")))?;
         }
         outcome.duration = started.elapsed();
-        match &outcome.skipped {
-            Some(why) => tracing::info!(table = %lake, "not compacted: {why}"),
-            None => tracing::info!(
-                table = %lake,
-                data_files_in = outcome.data_files_in,
-                bytes_in = outcome.bytes_in,
-                data_files_kept = outcome.data_files_kept,
-                data_files_out = outcome.data_files_out,
-                bytes_out = outcome.bytes_out,
-                rows = outcome.rows,
-                seconds = outcome.duration.as_secs_f64(),
-                "compacted"
-            ),
-        }
+        outcome.log(&lake);
         tracing::info!(
             table = %lake,
             files_removed = outcome.cleanup.files,

@@ -5,8 +5,6 @@
 //! Delta has no identifier fields, so a [`LakeTable`] of a Delta table has no key of its own:
 //! `verify` takes the key from the source, as the sink does when it merges.
 
-use std::sync::Arc;
-
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::prelude::SessionContext;
 
@@ -74,19 +72,6 @@ pub(crate) async fn session(
             .register_table(name.name.clone(), provider)
             .map_err(|e| register_error(e.to_string()))?;
     }
-    let default_catalog = ctx
-        .catalog(&ctx.state().config().options().catalog.default_catalog)
-        .ok_or_else(|| Error::Sink {
-            table: config.sink.namespace.clone(),
-            message: "DataFusion has no default catalog".into(),
-            retryable: false,
-        })?;
-    default_catalog
-        .register_schema(&config.sink.namespace, Arc::new(schemas))
-        .map_err(|e| Error::Sink {
-            table: config.sink.namespace.clone(),
-            message: format!("register the namespace in DataFusion: {e}"),
-            retryable: false,
-        })?;
+    super::lake::register_namespace(&ctx, config, schemas)?;
     Ok((ctx, registered))
 }

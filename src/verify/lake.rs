@@ -130,6 +130,17 @@ pub async fn session(
         .map_err(|e| df_error(&name, "register", e))?;
         tables.push(table);
     }
+    register_namespace(&ctx, config, schemas)?;
+    Ok((ctx, tables))
+}
+
+/// Makes `schemas` the namespace of `config` in the session's default catalog, so that SQL
+/// names the tables `namespace.table` (or by table alone).
+pub(crate) fn register_namespace(
+    ctx: &SessionContext,
+    config: &Config,
+    schemas: MemorySchemaProvider,
+) -> Result<()> {
     let default_catalog = ctx
         .catalog(&ctx.state().config().options().catalog.default_catalog)
         .ok_or_else(|| Error::Sink {
@@ -144,7 +155,7 @@ pub async fn session(
             message: format!("register the namespace in DataFusion: {e}"),
             retryable: false,
         })?;
-    Ok((ctx, tables))
+    Ok(())
 }
 
 /// The reference of `table` in a [`session`].

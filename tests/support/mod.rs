@@ -178,6 +178,18 @@ impl TestDb {
         );
     }
 
+    /// Runs `rounds` rounds of the orders workload (`sql/workload.sql`), `batch` rows each.
+    pub fn workload(&self, rounds: u32, batch: u32) {
+        self.psql(&[
+            "-v",
+            &format!("rounds={rounds}"),
+            "-v",
+            &format!("batch={batch}"),
+            "-f",
+            "sql/workload.sql",
+        ]);
+    }
+
     /// The server's current WAL position.
     pub async fn current_lsn(&self) -> lakewriter::Lsn {
         let text: String = self

@@ -195,6 +195,18 @@ struct TableState {
     pending: PendingFiles,
 }
 
+impl TableState {
+    /// The table's current columns, as Arrow.
+    fn lake_schema(&self) -> Result<arrow::datatypes::SchemaRef> {
+        Ok(self
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&self.lake, "read the schema", e))?
+            .snapshot()
+            .arrow_schema())
+    }
+}
+
 /// The Delta Lake [`Sink`].
 pub struct DeltaSink {
     settings: DeltaSettings,
@@ -288,12 +300,7 @@ impl DeltaSink {
         let Some(glue) = &self.glue else {
             return Ok(());
         };
-        let schema = state
-            .table
-            .snapshot()
-            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
-            .snapshot()
-            .arrow_schema();
+        let schema = state.lake_schema()?;
         glue.register_delta(
             &state.lake,
             &self.settings.table_location(&state.lake),
@@ -387,12 +394,7 @@ impl DeltaSink {
         schema: &TableSchema,
         replace: bool,
     ) -> Result<()> {
-        let current = state
-            .table
-            .snapshot()
-            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
-            .snapshot()
-            .arrow_schema();
+        let current = state.lake_schema()?;
         let mut added = Vec::new();
         for field in schema.arrow.fields() {
             let wanted = types::lake_field(field).map_err(|m| sink_error(&state.lake, m))?;
@@ -580,12 +582,7 @@ impl DeltaSink {
                  or deletes to merge: the transaction was staged both ways",
             ));
         }
-        let lake_schema = state
-            .table
-            .snapshot()
-            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
-            .snapshot()
-            .arrow_schema();
+        let lake_schema = state.lake_schema()?;
         let written = state
             .pending
             .write(
@@ -611,12 +608,7 @@ impl DeltaSink {
             self.register(state).await?;
             state.source = part.schema.clone();
         }
-        let lake_schema = state
-            .table
-            .snapshot()
-            .map_err(|e| delta_error(&state.lake, "read the schema", e))?
-            .snapshot()
-            .arrow_schema();
+        let lake_schema = state.lake_schema()?;
         if part.adds_only {
             if !part.truncate && !state.layout.key.is_empty() && has_rows(&part.deletes) {
                 return Err(sink_error(

@@ -556,18 +556,27 @@ impl<C: Catalog> IcebergSink<C> {
             .collect()
     }
 
+    /// A writer of files against `metadata`, named after `commit_id`.
+    fn file_writer<'a>(
+        &'a self,
+        metadata: &'a TableMetadata,
+        commit_id: &'a str,
+    ) -> FileWriter<'a> {
+        FileWriter {
+            file_io: &self.file_io,
+            metadata,
+            target_file_size: self.settings.target_file_size,
+            commit_id,
+        }
+    }
+
     /// Writes the delta's files against the table as it is now.
     async fn write_files(&self, state: &TableState, delta: &TableDelta) -> Result<RowDelta> {
         let lake = &state.lake;
         let rows = self.conformed(state, &delta.rows)?;
         let deletes = self.conformed(state, &delta.deletes)?;
         let commit_id = row_delta::unique_id();
-        let writer = FileWriter {
-            file_io: &self.file_io,
-            metadata: &state.metadata,
-            target_file_size: self.settings.target_file_size,
-            commit_id: &commit_id,
-        };
+        let writer = self.file_writer(&state.metadata, &commit_id);
         let data_files = writer
             .write_rows(rows)
             .await
@@ -751,15 +760,10 @@ impl<C: Catalog> IcebergSink<C> {
             .map(|b| files::conform(b, &arrow).map_err(|m| sink_error(lake, m)))
             .collect::<Result<Vec<_>>>()?;
         let commit_id = row_delta::unique_id();
-        FileWriter {
-            file_io: &self.file_io,
-            metadata,
-            target_file_size: self.settings.target_file_size,
-            commit_id: &commit_id,
-        }
-        .write_rows(rows)
-        .await
-        .map_err(|e| iceberg_error(lake, "write data files", e))
+        self.file_writer(metadata, &commit_id)
+            .write_rows(rows)
+            .await
+            .map_err(|e| iceberg_error(lake, "write data files", e))
     }
 
     /// Commits a compaction of `lake` (at `pointer`, `metadata`): `data_files` (written by
@@ -810,12 +814,7 @@ impl<C: Catalog> IcebergSink<C> {
                 Some(open) => open,
                 None => {
                     let commit_id = row_delta::unique_id();
-                    let writer = FileWriter {
-                        file_io: &self.file_io,
-                        metadata: &state.metadata,
-                        target_file_size: self.settings.target_file_size,
-                        commit_id: &commit_id,
-                    };
+                    let writer = self.file_writer(&state.metadata, &commit_id);
                     let open = writer
                         .open_rows()
                         .await
