@@ -14,6 +14,8 @@ pub mod changelog;
 pub mod reduce;
 pub mod service;
 pub mod spill;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -126,6 +128,9 @@ struct OpenTransaction {
     /// Where the transaction went once it outgrew its share of the memory budget: from then
     /// on every change goes there, and `entries` stays empty.
     spill: Option<Spill>,
+    /// A transaction the pipeline took in before a reconnect, resent by the new session: it
+    /// is dropped whole (DESIGN.md invariant 11).
+    replay: bool,
 }
 
 /// A table's part of a flush, reduced: the shape it is committed in, and what it holds.
@@ -160,6 +165,10 @@ pub struct Pipeline<S: Sink> {
     commit_times: HashMap<Lsn, i64>,
     /// The end of the last transaction received, or the server's idle position.
     received: Lsn,
+    /// The commit LSN of the last transaction taken in (buffered, spilled, committed or
+    /// skipped by its tables' checkpoints). Commit LSNs rise strictly along the stream, so a
+    /// transaction at or below it is one a new session resends.
+    taken: Lsn,
     /// The source said it had sent everything (an idle message after the last commit).
     caught_up: bool,
     durable: watch::Sender<Lsn>,
@@ -185,6 +194,7 @@ impl<S: Sink> Pipeline<S> {
             open: None,
             commit_times: HashMap::new(),
             received,
+            taken: Lsn::ZERO,
             caught_up: false,
             durable,
             stats: Stats::default(),
@@ -238,15 +248,26 @@ impl<S: Sink> Pipeline<S> {
     /// Takes one source event.
     pub async fn handle(&mut self, event: SourceEvent) -> Result<()> {
         match event {
-            SourceEvent::Started { .. } => {
-                // a new session resends whatever had not committed
-                self.open = None;
+            SourceEvent::Started { from } => {
+                // a new session resends every transaction not acknowledged yet: the one open
+                // is void, and the ones already taken in are recognised by their commit LSN
+                if self.open.take().is_some() || self.taken > from {
+                    tracing::info!(
+                        from = %from,
+                        taken = %self.taken,
+                        "the replication session restarted: transactions already taken in are \
+                         dropped as they are resent"
+                    );
+                }
             }
             SourceEvent::Begin {
                 commit_lsn,
                 commit_time_micros,
             } => {
-                self.commit_times.insert(commit_lsn, commit_time_micros);
+                let replay = commit_lsn <= self.taken;
+                if !replay {
+                    self.commit_times.insert(commit_lsn, commit_time_micros);
+                }
                 self.caught_up = false;
                 self.open = Some(OpenTransaction {
                     commit_lsn,
@@ -254,11 +275,15 @@ impl<S: Sink> Pipeline<S> {
                     schemas: Vec::new(),
                     bytes: 0,
                     spill: None,
+                    replay,
                 });
             }
             SourceEvent::Schema { schema, .. } => {
                 if let Some(open) = &mut self.open {
-                    open.schemas.push(schema);
+                    // a resent transaction's shapes were applied when it first arrived
+                    if !open.replay {
+                        open.schemas.push(schema);
+                    }
                 } else {
                     self.apply_schema(schema).await?;
                 }
@@ -284,8 +309,11 @@ impl<S: Sink> Pipeline<S> {
                 end_lsn,
                 ..
             } => {
-                self.stats.transactions += 1;
-                if let Some(mut open) = self.open.take() {
+                if let Some(mut open) = self.open.take()
+                    && !open.replay
+                {
+                    self.stats.transactions += 1;
+                    self.taken = self.taken.max(commit_lsn);
                     match open.spill.take() {
                         Some(spill) => self.commit_spilled(open, spill, commit_lsn).await?,
                         None => self.commit_transaction(open, commit_lsn).await?,
@@ -327,7 +355,7 @@ impl<S: Sink> Pipeline<S> {
     fn receive(&mut self, table: TableId, entry: Entry, bytes: usize) -> Result<()> {
         let buffered: usize = self.tables.values().map(|s| s.bytes).sum();
         let budget = self.config.flush.memory_budget.bytes();
-        let Some(open) = self.open.as_mut() else {
+        let Some(open) = self.open.as_mut().filter(|o| !o.replay) else {
             return Ok(());
         };
         open.bytes += bytes;
@@ -765,7 +793,7 @@ impl<S: Sink> Pipeline<S> {
             .tables
             .values()
             .filter_map(|s| s.first_commit)
-            .chain(self.open.as_ref().map(|o| o.commit_lsn))
+            .chain(self.open.as_ref().filter(|o| !o.replay).map(|o| o.commit_lsn))
             .min();
         let durable = match pending {
             None => self.received,

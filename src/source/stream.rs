@@ -25,7 +25,7 @@ use crate::source::{Oid, RelationId};
 use crate::table::TableId;
 
 /// What the source tells the pipeline, in WAL order.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SourceEvent {
     /// A session started streaming at `from`: whatever arrived of a transaction that did not
     /// commit before is void.
