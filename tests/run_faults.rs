@@ -1,16 +1,18 @@
 //! `lakewriter run` through the faults of a real week, against the real PostgreSQL: the
 //! replication session terminated while transactions sit in the writer's buffers (PostgreSQL
-//! then resends everything not acknowledged), and a SIGKILL right after such a reconnect.
-//! Every change reaches the lake exactly once: the upsert table equals PostgreSQL, and the
-//! changelog table holds each change once.
+//! then resends everything not acknowledged), a SIGKILL right after such a reconnect, every
+//! session of the writer terminated one by one, and the server restarted mid-stream and while
+//! idle. Every change reaches the lake exactly once (the upsert table equals PostgreSQL, the
+//! changelog table holds each change once), and a SIGTERM afterwards exits 0 with the slot
+//! acknowledged.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use support::TestDb;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
-use support::writer::{caught_up, duck_query, start_with, stop, write_config};
+use support::writer::{acknowledged, caught_up, duck_query, start, start_with, stop, write_config};
+use support::{Cluster, TestDb};
 
 /// Changes sit in the buffers until the stop: a reconnect always finds some there.
 const BUFFERED: &[(&str, &str)] = &[("FLUSH__MAX_LATENCY", "1h"), ("FLUSH__IDLE_ROWS", "0")];
@@ -141,5 +143,85 @@ async fn walsender_terminated_with_buffered_changes_then_kill_9_applies_each_cha
     caught_up(&db, &mut child).await;
     stop(child);
     assert_eq!(changelog(&db), expected_changelog(1..=6));
+    assert_orders_equal(&db, postgres_lines(&db).await);
+}
+
+/// The writer's sessions on the test database: `(pid, application_name)`.
+async fn writer_backends(db: &TestDb) -> Vec<(i32, String)> {
+    db.client()
+        .await
+        .query(
+            "SELECT pid, application_name FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name LIKE 'lakewriter run:%' ORDER BY pid",
+            &[&db.name],
+        )
+        .await
+        .expect("read pg_stat_activity")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_writer_session_terminated_one_by_one_then_sigterm_exits_0_with_the_slot_acknowledged()
+ {
+    let db = TestDb::new("run_terminate").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    let backends = writer_backends(&db).await;
+    let roles: Vec<&str> = backends.iter().map(|(_, name)| name.as_str()).collect();
+    for role in ["lakewriter run: control", "lakewriter run: stream"] {
+        assert!(
+            roles.contains(&role),
+            "no session named {role} among {roles:?}"
+        );
+    }
+    for (pid, role) in &backends {
+        db.client()
+            .await
+            .execute("SELECT pg_terminate_backend($1)", &[pid])
+            .await
+            .expect("terminate a writer session");
+        db.workload(1, 200);
+        caught_up(&db, &mut child).await;
+        println!("terminated {role} ({pid}); the writer caught up");
+    }
+    let target = db.sync_point().await;
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert!(
+        acknowledged(&db).await >= target,
+        "the slot was not acknowledged"
+    );
+    assert_orders_equal(&db, postgres_lines(&db).await);
+}
+
+#[tokio::test]
+async fn postgres_restarted_mid_stream_and_while_idle_then_sigterm_exits_0_with_the_slot_acknowledged()
+ {
+    let cluster = Cluster::start();
+    let db = TestDb::on(&cluster, "run_restart").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+
+    // mid-stream: the writer is still receiving and committing the workload
+    db.workload(2, 300);
+    cluster.restart();
+    db.workload(2, 300);
+    caught_up(&db, &mut child).await;
+
+    // idle: nothing in flight, every session closed under the writer
+    cluster.restart();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    db.workload(1, 200);
+    let target = db.sync_point().await;
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert!(
+        acknowledged(&db).await >= target,
+        "the slot was not acknowledged"
+    );
     assert_orders_equal(&db, postgres_lines(&db).await);
 }

@@ -793,7 +793,12 @@ impl<S: Sink> Pipeline<S> {
             .tables
             .values()
             .filter_map(|s| s.first_commit)
-            .chain(self.open.as_ref().filter(|o| !o.replay).map(|o| o.commit_lsn))
+            .chain(
+                self.open
+                    .as_ref()
+                    .filter(|o| !o.replay)
+                    .map(|o| o.commit_lsn),
+            )
             .min();
         let durable = match pending {
             None => self.received,

@@ -28,13 +28,16 @@ pub async fn run<S: Sink>(
     mut sink: S,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Pipeline<S>> {
-    let client = connection::connect(&config.source).await?;
-    setup::ensure_publication(&client, &config).await?;
-    let slot = setup::slot_state(&client, &config).await?;
+    // the session beside the stream: catalog reads now, copies of tables that join while
+    // streaming, and the last acknowledgement; it reopens itself after a server restart
+    let mut control = connection::Session::open(&config.source, connection::CONTROL).await?;
+    let client = control.client().await?;
+    setup::ensure_publication(client, &config).await?;
+    let slot = setup::slot_state(client, &config).await?;
     let type_options = TypeOptions::default();
 
-    let published = schema::publication_tables(&client, &config.source.publication).await?;
-    let tables: Vec<TableId> = schema::selected_tables(&client, &config)
+    let published = schema::publication_tables(client, &config.source.publication).await?;
+    let tables: Vec<TableId> = schema::selected_tables(client, &config)
         .await?
         .into_iter()
         .filter(|t| published.contains(t))
@@ -53,10 +56,10 @@ pub async fn run<S: Sink>(
     let mut states: HashMap<TableId, TableState> = HashMap::new();
     let mut targets: HashMap<TableId, Arc<TableSchema>> = HashMap::new();
     for table in &tables {
-        let Some(described) = schema::describe_table(&client, table).await? else {
+        let Some(described) = schema::describe_table(client, table).await? else {
             continue;
         };
-        let shape = snapshot::table_schema(&client, &described, &type_options).await?;
+        let shape = snapshot::table_schema(client, &described, &type_options).await?;
         let settings = config.source.tables.get(&table.to_string());
         let mode = settings.map(|s| s.mode).unwrap_or_default();
         let key = match mode {
@@ -179,7 +182,7 @@ pub async fn run<S: Sink>(
             if config.source.initial_snapshot {
                 copy_into_lake(
                     &config,
-                    &client,
+                    client,
                     &mut sink,
                     &session,
                     state,
@@ -255,7 +258,7 @@ pub async fn run<S: Sink>(
                     Some(event) => {
                         pipeline.handle(event).await?;
                         for table in pipeline.take_discovered() {
-                            copy_discovered(&config, &client, &mut pipeline, &table).await?;
+                            copy_discovered(&config, control.client().await?, &mut pipeline, &table).await?;
                         }
                     }
                     None => return Ok(false),
@@ -288,7 +291,7 @@ pub async fn run<S: Sink>(
         pipeline.flush_all().await?;
     }
     let durable = *durable_tx.borrow();
-    advance_slot(&client, &config, durable).await?;
+    advance_slot(&mut control, &config, durable).await?;
     let stats = pipeline.stats();
     tracing::info!(
         durable = %durable,
@@ -443,21 +446,32 @@ async fn copy_into_lake<S: Sink>(
 /// slot to be released first); advancing the slot by SQL, which decodes the WAL again from its
 /// restart point, is the fallback for a stream that could not report.
 async fn advance_slot(
-    client: &tokio_postgres::Client,
+    control: &mut connection::Session,
     config: &Config,
     durable: Lsn,
 ) -> Result<()> {
     let slot = &config.source.slot;
     let released_by = Instant::now() + Duration::from_secs(5);
+    let mut reopened = 0;
     loop {
-        let row = client
+        let read = control
+            .client()
+            .await?
             .query_opt(
                 "SELECT confirmed_flush_lsn::text, active_pid IS NOT NULL \
                  FROM pg_replication_slots WHERE slot_name = $1",
                 &[slot],
             )
-            .await
-            .map_err(|e| Error::postgres(format!("read slot {slot}"), e))?;
+            .await;
+        let row = match read {
+            Ok(row) => row,
+            // the server closed the session (a restart, a failover): read again on a new one
+            Err(e) if control.lost(&e) && reopened < 3 => {
+                reopened += 1;
+                continue;
+            }
+            Err(e) => return Err(Error::postgres(format!("read slot {slot}"), e)),
+        };
         let confirmed = row
             .as_ref()
             .and_then(|r| r.get::<_, Option<String>>(0))
@@ -476,7 +490,9 @@ async fn advance_slot(
     // the walsender of the stream that just ended may hold the slot for a moment longer
     let mut attempts = 0;
     loop {
-        let advanced = client
+        let advanced = control
+            .client()
+            .await?
             .batch_execute(&format!(
                 "SELECT pg_replication_slot_advance({}, {}::pg_lsn)",
                 quote_literal(slot),
@@ -485,6 +501,9 @@ async fn advance_slot(
             .await;
         match advanced {
             Ok(()) => return Ok(()),
+            Err(e) if attempts < 50 && control.lost(&e) => {
+                attempts += 1;
+            }
             Err(e) if attempts < 50 && e.code().is_some_and(|c| c.code() == "55006") => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -244,6 +244,11 @@ async fn a_transaction_resent_after_a_reconnect_is_buffered_once() {
         "the changelog must hold each change once"
     );
     for delta in &sink.commits {
-        assert_eq!(delta.lsn, Some(Lsn(200)), "table {} checkpoint", delta.table);
+        assert_eq!(
+            delta.lsn,
+            Some(Lsn(200)),
+            "table {} checkpoint",
+            delta.table
+        );
     }
 }

@@ -17,8 +17,29 @@ use crate::source::tls::{ClientCertificate, SourceTls};
 pub const SESSION_OPTIONS: &str =
     "-c DateStyle=ISO,YMD -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres";
 
-/// The application name lakewriter's sessions show in `pg_stat_activity`.
+/// The application name lakewriter's sessions show in `pg_stat_activity`, followed by the
+/// session's role (`lakewriter run: stream`), so an operator can tell them apart.
 pub const APPLICATION_NAME: &str = "lakewriter";
+
+/// The role of the ordinary session `run` keeps beside the stream: it reads the catalog at
+/// start, copies tables that join while streaming, and acknowledges on the slot at the end.
+pub const CONTROL: &str = "run: control";
+/// The role of the replication session and of the catalog session beside it.
+pub const STREAM: &str = "run: stream";
+/// The role of the sessions that copy a table in an exported snapshot.
+pub const COPY: &str = "run: copy";
+
+/// How long a closed ordinary session is retried before the operation fails: a server
+/// restart or a failover to a replica at the same address takes seconds to a few minutes.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(300);
+
+/// The application name of a session with `role` (`None`: the plain name).
+pub fn application_name(role: Option<&str>) -> String {
+    match role {
+        Some(role) => format!("{APPLICATION_NAME} {role}"),
+        None => APPLICATION_NAME.to_string(),
+    }
+}
 
 /// Where a config connects, without the password: `user@host:port/database`.
 pub fn describe(source: &SourceConfig) -> String {
@@ -41,15 +62,15 @@ pub fn tls(source: &SourceConfig) -> Result<SourceTls> {
     SourceTls::new(source.sslmode, source.sslrootcert.as_deref(), client)
 }
 
-/// The tokio-postgres settings of `source`.
-pub fn pg_config(source: &SourceConfig) -> tokio_postgres::Config {
+/// The tokio-postgres settings of `source`, for a session with `role`.
+pub fn pg_config(source: &SourceConfig, role: Option<&str>) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&source.host)
         .port(source.port)
         .user(&source.user)
         .dbname(&source.database)
-        .application_name(APPLICATION_NAME)
+        .application_name(application_name(role))
         .options(SESSION_OPTIONS)
         .connect_timeout(source.connect_timeout.get().max(Duration::from_millis(1)));
     if !source.password.is_empty() {
@@ -60,8 +81,13 @@ pub fn pg_config(source: &SourceConfig) -> tokio_postgres::Config {
 
 /// Opens an ordinary session and drives it in the background.
 pub async fn connect(source: &SourceConfig) -> Result<Client> {
+    connect_as(source, None).await
+}
+
+/// [`connect`], for a session with `role` (see [`application_name`]).
+pub async fn connect_as(source: &SourceConfig, role: Option<&str>) -> Result<Client> {
     let tls = tls(source)?;
-    let mut config = pg_config(source);
+    let mut config = pg_config(source, role);
     config.ssl_mode(tls.pg_mode());
     let (client, connection) = config
         .connect(tls.connector())
@@ -77,10 +103,11 @@ pub async fn connect(source: &SourceConfig) -> Result<Client> {
 }
 
 /// The replication connection's settings for the slot and publication of `source`, starting
-/// at `start` (the lowest checkpoint of the lake's tables).
+/// at `start` (the lowest checkpoint of the lake's tables), for a session with `role`.
 pub fn replication_config(
     source: &SourceConfig,
     start: crate::Lsn,
+    role: &str,
 ) -> Result<pgwire_replication::ReplicationConfig> {
     let tls = tls(source)?;
     Ok(pgwire_replication::ReplicationConfig::new(
@@ -95,5 +122,66 @@ pub fn replication_config(
     .with_tls(tls.replication(&source.host))
     .with_start_lsn(start.into())
     .with_options(SESSION_OPTIONS)
-    .with_application_name(APPLICATION_NAME))
+    .with_application_name(application_name(Some(role))))
+}
+
+/// An ordinary session that outlives its connection: when the server closed it (a restart, a
+/// failover to a replica at the same address, `pg_terminate_backend`), the next use opens a
+/// new one, with backoff, and says so once in the log.
+#[derive(Debug)]
+pub struct Session {
+    source: SourceConfig,
+    role: &'static str,
+    client: Client,
+}
+
+impl Session {
+    /// Opens the session of `role` on `source`.
+    pub async fn open(source: &SourceConfig, role: &'static str) -> Result<Session> {
+        let client = connect_as(source, Some(role)).await?;
+        Ok(Session {
+            source: source.clone(),
+            role,
+            client,
+        })
+    }
+
+    /// The session's client, opened again first when the server has closed it.
+    pub async fn client(&mut self) -> Result<&Client> {
+        if self.client.is_closed() {
+            self.reopen().await?;
+        }
+        Ok(&self.client)
+    }
+
+    /// Whether `error`, met using this session, came from its connection going away: the
+    /// operation may be retried on a new one.
+    pub fn lost(&self, error: &tokio_postgres::Error) -> bool {
+        self.client.is_closed() || error.is_closed()
+    }
+
+    async fn reopen(&mut self) -> Result<()> {
+        tracing::warn!(
+            role = self.role,
+            source = %describe(&self.source),
+            "the source closed a session; opening it again"
+        );
+        let deadline = tokio::time::Instant::now() + RECONNECT_WINDOW;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match connect_as(&self.source, Some(self.role)).await {
+                Ok(client) => {
+                    self.client = client;
+                    tracing::info!(role = self.role, "source session open again");
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(role = self.role, error = %e, "source still unreachable");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }

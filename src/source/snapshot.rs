@@ -55,16 +55,19 @@ impl SnapshotSession {
     /// with the session: for tables added while the stream runs) and exports its snapshot.
     pub async fn create_slot(config: &Config, slot: &str, temporary: bool) -> Result<Self> {
         let source = &config.source;
-        let mut client =
-            ReplicationClient::connect_gated(connection::replication_config(source, Lsn::ZERO)?)
-                .await
-                .map_err(|e| Error::Replication {
-                    context: format!(
-                        "open a replication session on {}",
-                        connection::describe(source)
-                    ),
-                    source: e,
-                })?;
+        let mut client = ReplicationClient::connect_gated(connection::replication_config(
+            source,
+            Lsn::ZERO,
+            connection::COPY,
+        )?)
+        .await
+        .map_err(|e| Error::Replication {
+            context: format!(
+                "open a replication session on {}",
+                connection::describe(source)
+            ),
+            source: e,
+        })?;
         let command = format!(
             "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput EXPORT_SNAPSHOT",
             quote_ident(slot),
@@ -196,7 +199,7 @@ pub async fn copy_table(
     out: mpsc::Sender<SnapshotRows>,
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Result<u64> {
-    let client = connection::connect(&config.source).await?;
+    let client = connection::connect_as(&config.source, Some(connection::COPY)).await?;
     let table = &schema.table;
     let version: i32 = client
         .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -298,7 +301,7 @@ async fn copy_range(
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<u64> {
     let table = schema.table.clone();
-    let client = connection::connect(&config.source).await?;
+    let client = connection::connect_as(&config.source, Some(connection::COPY)).await?;
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",

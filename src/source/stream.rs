@@ -211,8 +211,8 @@ async fn session(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<SessionEnd> {
     let source = &config.source;
-    let catalog = connection::connect(source).await?;
-    let replication = connection::replication_config(source, start)?
+    let catalog = connection::connect_as(source, Some(connection::STREAM)).await?;
+    let replication = connection::replication_config(source, start, connection::STREAM)?
         .with_status_interval(settings.status_interval)
         .with_ack_lsn((*durable.borrow()).into());
     let mut client = ReplicationClient::connect(replication)

@@ -102,6 +102,74 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// A private PostgreSQL cluster (`scripts/stack cluster`), for a test that restarts its
+/// server while the shared one serves the other tests. Removed when dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    /// Its port on 127.0.0.1.
+    pub port: String,
+    /// The `postgres` superuser's password.
+    pub password: String,
+}
+
+impl Cluster {
+    /// Starts a cluster with the stack's server settings (logical replication, no fsync).
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("a directory for the cluster");
+        let output = Command::new(project_dir().join("scripts/stack"))
+            .args(["cluster", "up"])
+            .arg(dir.path().join("pg"))
+            .output()
+            .expect("scripts/stack cluster up runs");
+        assert!(
+            output.status.success(),
+            "scripts/stack cluster up failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("scripts/stack cluster up printed no {name}"))
+                .to_string()
+        };
+        Cluster {
+            port: value("PGPORT"),
+            password: value("PGPASSWORD"),
+            dir,
+        }
+    }
+
+    /// Restarts the server the way a minor-version upgrade does (`pg_ctl restart -m fast`):
+    /// every session is closed.
+    pub fn restart(&self) {
+        self.control("restart");
+    }
+
+    fn control(&self, action: &str) {
+        let output = Command::new(project_dir().join("scripts/stack"))
+            .args(["cluster", action])
+            .arg(self.dir.path().join("pg"))
+            .output()
+            .expect("scripts/stack cluster runs");
+        assert!(
+            output.status.success(),
+            "scripts/stack cluster {action} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(project_dir().join("scripts/stack"))
+            .args(["cluster", "down"])
+            .arg(self.dir.path().join("pg"))
+            .output();
+    }
+}
+
 /// A database of one test, with names for its slot, publication and lake namespace, and a
 /// warehouse directory of its own. Dropped (slots first) when the test ends.
 #[derive(Debug)]
@@ -118,11 +186,24 @@ pub struct TestDb {
     pub namespace: String,
     /// Local warehouse directory.
     pub warehouse: tempfile::TempDir,
+    /// The server's port and superuser password.
+    port: String,
+    password: String,
 }
 
 impl TestDb {
-    /// Creates a fresh database for the test `label`.
+    /// Creates a fresh database for the test `label` on the stack's server.
     pub async fn new(label: &str) -> TestDb {
+        let stack = stack();
+        TestDb::create(label, stack.var("PGPORT"), stack.var("PGPASSWORD")).await
+    }
+
+    /// Creates a fresh database for the test `label` on a private `cluster`.
+    pub async fn on(cluster: &Cluster, label: &str) -> TestDb {
+        TestDb::create(label, &cluster.port, &cluster.password).await
+    }
+
+    async fn create(label: &str, port: &str, password: &str) -> TestDb {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let label: String = label
             .chars()
@@ -140,14 +221,16 @@ impl TestDb {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let stack = stack();
-        let admin = connect(&stack.url("postgres")).await;
+        let url = |db: &str| format!("postgres://postgres:{password}@127.0.0.1:{port}/{db}");
+        let admin = connect(&url("postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap_or_else(|e| panic!("create database {name}: {e}"));
         TestDb {
-            url: stack.url(&name),
+            url: url(&name),
+            port: port.to_string(),
+            password: password.to_string(),
             slot: format!("{name}_slot"),
             publication: format!("{name}_pub"),
             namespace: name.clone(),
@@ -237,15 +320,14 @@ impl TestDb {
     /// A config file body for this database on the local default (SQLite catalog, local
     /// warehouse); `extra` is appended.
     pub fn config_toml(&self, extra: &str) -> String {
-        let stack = stack();
         format!(
             "[source]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"{db}\"\nuser = \"postgres\"\n\
              password = \"{password}\"\npublication = \"{publication}\"\nslot = \"{slot}\"\n\
              create_publication = true\n\n[sink]\nwarehouse = \"{warehouse}\"\n\
              namespace = \"{namespace}\"\n{extra}",
-            port = stack.var("PGPORT"),
+            port = self.port,
             db = self.name,
-            password = stack.var("PGPASSWORD"),
+            password = self.password,
             publication = self.publication,
             slot = self.slot,
             warehouse = self.warehouse.path().display(),
@@ -257,7 +339,10 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let url = stack().url("postgres");
+        let url = format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
+        );
         // Drop may run inside a runtime: do the async clean-up on a thread of its own.
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
