@@ -14,8 +14,8 @@ use lakewriter::{Config, Error};
 #[derive(Debug, Parser)]
 #[command(name = "lakewriter", version, about, long_about = None)]
 struct Cli {
-    /// Log format on stderr. The level comes from LAKEWRITER_LOG (default: info), e.g.
-    /// LAKEWRITER_LOG=lakewriter=debug.
+    /// Log format on stderr. The level comes from LAKEWRITER_LOG (default: lakewriter's own
+    /// events at info, its dependencies' at warn), e.g. LAKEWRITER_LOG=lakewriter=debug.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
@@ -183,11 +183,17 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
     .map_err(anyhow::Error::from)
 }
 
+/// The default log filter: lakewriter's own events, and only warnings and errors of the
+/// dependencies (the Delta kernel alone logs several lines per table load at info).
+const DEFAULT_LOG: &str = "warn,lakewriter=info";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEWRITER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+    // colours only for a person at a terminal: a file, a pipe or a journal gets plain text
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -75,11 +75,17 @@ pub fn python_delta_rows(
     let script = format!(
         r#"
 import json, os, sys
+from decimal import Decimal
 from deltalake import DeltaTable
 table = DeltaTable({uri:?}, storage_options=json.loads(sys.argv[1])).to_pyarrow_table()
 columns = json.loads(sys.argv[2])
+def text(v):
+    if v is None:
+        return "NULL"
+    # decimals in positional notation, as PostgreSQL and DuckDB print them
+    return format(v, "f") if isinstance(v, Decimal) else str(v)
 lines = sorted(
-    "|".join("NULL" if v is None else str(v) for v in row)
+    "|".join(text(v) for v in row)
     for row in zip(*(table.column(c).to_pylist() for c in columns))
 )
 print("\n".join(lines), flush=True)

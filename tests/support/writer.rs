@@ -204,7 +204,8 @@ pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Writer {
                 .iter()
                 .map(|(k, v)| (format!("LAKEWRITER__{k}"), *v)),
         )
-        .env("LAKEWRITER_LOG", "lakewriter=info")
+        // the default filter, as a user runs it
+        .env_remove("LAKEWRITER_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -41,7 +41,7 @@ use arrow::datatypes::{Field, Schema};
 use deltalake::kernel::StructField;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use url::Url;
 
 use self::data_files::PendingFiles;
@@ -368,9 +368,11 @@ impl DeltaSink {
                 ));
             }
         }
+        let (stats_key, stats_value) = stats_property(schema.arrow.fields().iter().map(|f| &**f));
         let created = table
             .create()
             .with_columns(columns)
+            .with_configuration_property(stats_key, Some(stats_value))
             .with_partition_columns(layout.partition_by.clone())
             .with_table_name(lake.name.clone())
             .with_save_mode(SaveMode::Ignore)
@@ -436,6 +438,51 @@ impl DeltaSink {
             .await
             .map_err(|e| delta_error(&state.lake, "add columns", e))?;
         tracing::info!(table = %state.lake, columns = ?names, "added columns to the delta table");
+        Ok(())
+    }
+
+    /// Makes the table's statistics settings match its columns (see [`types::stats_columns`]):
+    /// needed after columns were added, and for tables created before decimals were left out.
+    async fn keep_stats_exact(state: &mut TableState) -> Result<()> {
+        let lake_schema = state.lake_schema()?;
+        let (key, wanted) = stats_property(lake_schema.fields().iter().map(|f| &**f));
+        let properties = state
+            .table
+            .snapshot()
+            .map_err(|e| delta_error(&state.lake, "read the table properties", e))?
+            .snapshot()
+            .table_properties()
+            .clone();
+        let current = match key {
+            TableProperty::DataSkippingStatsColumns => {
+                properties.data_skipping_stats_columns.map(|columns| {
+                    columns
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+            }
+            _ => properties
+                .data_skipping_num_indexed_cols
+                .map(|_| types::NO_STATS.to_string()),
+        };
+        if current.as_deref() == Some(wanted.as_str()) {
+            return Ok(());
+        }
+        state.table = state
+            .table
+            .clone()
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(key.as_ref().to_string(), wanted.clone())]))
+            .await
+            .map_err(|e| delta_error(&state.lake, "set the statistics columns", e))?;
+        tracing::info!(
+            table = %state.lake,
+            property = key.as_ref(),
+            value = %wanted,
+            "statistics limited to the columns whose bounds are written exactly"
+        );
         Ok(())
     }
 
@@ -693,6 +740,9 @@ impl Sink for DeltaSink {
         // changed may then be replaced
         let mut evolved = self.evolve(&mut state, schema, checkpoint.is_none()).await;
         if evolved.is_ok() {
+            evolved = Self::keep_stats_exact(&mut state).await;
+        }
+        if evolved.is_ok() {
             evolved = self.register(&state).await;
         }
         tracing::debug!(table = %state.lake, checkpoint = ?checkpoint, "prepared delta table");
@@ -766,6 +816,17 @@ impl Sink for DeltaSink {
 }
 
 /// Whether any of `batches` has a row.
+/// The table property that keeps a table of `fields` to exact statistics, and its value.
+fn stats_property<'a>(fields: impl IntoIterator<Item = &'a Field>) -> (TableProperty, String) {
+    match types::stats_columns(fields) {
+        Some(columns) => (TableProperty::DataSkippingStatsColumns, columns),
+        None => (
+            TableProperty::DataSkippingNumIndexedCols,
+            types::NO_STATS.to_string(),
+        ),
+    }
+}
+
 fn has_rows(batches: &[RecordBatch]) -> bool {
     batches.iter().any(|b| b.num_rows() > 0)
 }

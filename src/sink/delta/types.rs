@@ -37,6 +37,56 @@ pub fn lake_type(source: &DataType) -> DataType {
     }
 }
 
+/// The value of `delta.dataSkippingStatsColumns` for a table of `fields`: the columns whose
+/// statistics are written exactly. Decimals are left out: deltalake's writer passes their
+/// minimum and maximum through an `f64`, and a rounded `1e+28` in a `NUMERIC(38,10)` column's
+/// statistics makes the Delta kernel refuse the whole table. Columns of types without
+/// min/max statistics (binary, boolean, lists) are left out too. `None` when no column
+/// qualifies (then no column gets statistics: see [`NO_STATS`]).
+pub fn stats_columns<'a>(fields: impl IntoIterator<Item = &'a Field>) -> Option<String> {
+    let names: Vec<String> = fields
+        .into_iter()
+        .filter(|f| has_exact_stats(&lake_type(f.data_type())))
+        .map(|f| quote_column(f.name()))
+        .collect();
+    (!names.is_empty()).then(|| names.join(","))
+}
+
+/// `delta.dataSkippingNumIndexedCols` for a table without any column [`stats_columns`] keeps.
+pub const NO_STATS: &str = "0";
+
+/// Whether deltalake writes exact min/max statistics for a column of Arrow type `data_type`.
+fn has_exact_stats(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Date32
+            | DataType::Timestamp(_, _)
+    )
+}
+
+/// A column name as Delta's column lists write it: in backticks unless it is a plain
+/// identifier.
+fn quote_column(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("`{}`", name.replace('`', "``"))
+    }
+}
+
 /// The Delta column of a source field (always nullable: deletes and lookups carry rows where
 /// only the key is set, and a column added later is null in the rows written before).
 pub fn lake_field(source: &Field) -> Result<StructField, String> {
@@ -163,6 +213,7 @@ fn uuid_bytes(array: &ArrayRef) -> Result<ArrayRef, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use arrow::array::{FixedSizeBinaryArray, Int32Array, StringArray, Time64MicrosecondArray};
     use arrow::datatypes::Schema;
 
@@ -234,5 +285,22 @@ mod tests {
         .expect("a batch");
         let error = from_lake(&bad, &source_schema()).expect_err("not a uuid");
         assert!(error.contains("ref"), "{error}");
+    }
+
+    #[test]
+    fn decimals_and_types_without_exact_statistics_are_left_out() {
+        let fields = [
+            Field::new("id", DataType::Int32, true),
+            Field::new("amount", DataType::Decimal128(38, 10), true),
+            Field::new("odd name", DataType::Utf8, true),
+            Field::new("flag", DataType::Boolean, true),
+            Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ];
+        assert_eq!(
+            stats_columns(fields.iter()).as_deref(),
+            Some("id,`odd name`,at")
+        );
+        let only_decimals = [Field::new("d", DataType::Decimal128(38, 10), true)];
+        assert_eq!(stats_columns(only_decimals.iter()), None);
     }
 }

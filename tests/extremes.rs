@@ -1,0 +1,242 @@
+//! The extreme values of every type, through `lakewriter run` into Delta and Iceberg, read
+//! back by every independent reader here: decimals at full precision (whose statistics once
+//! went through a float, `1e+28`, and left a Delta table no engine could load), NaN and
+//! ±Infinity, years 1 and 9999, empty arrays and NULL elements. Each reader opens the table
+//! and reads the exact values, after the initial copy, after streamed updates, and after a
+//! restart that loads the table again.
+
+mod support;
+
+use std::path::Path;
+
+use support::delta::{delta_query, python_delta_rows};
+use support::writer::{caught_up, command_ok, duck_query, start_with, stop};
+use support::{TestDb, stack};
+
+const SCHEMA: &str = "
+CREATE TABLE extremes (
+    id int PRIMARY KEY,
+    d numeric(38, 10),
+    d0 numeric(38, 0),
+    d2 numeric(9, 2),
+    r real,
+    f double precision,
+    ts timestamp,
+    tstz timestamptz,
+    day date,
+    a int[],
+    t text
+);
+INSERT INTO extremes VALUES
+ (1, 9999999999999999999999999999.9999999999, 99999999999999999999999999999999999999, 9999999.99,
+  'NaN', 'Infinity', '0001-01-01 00:00:00', '0001-01-01 00:00:00+00', '0001-01-01', '{}', ''),
+ (2, -9999999999999999999999999999.9999999999, -99999999999999999999999999999999999999, -9999999.99,
+  '-Infinity', '-Infinity', '9999-12-31 23:59:59.999999', '9999-12-31 23:59:59.999999+00',
+  '9999-12-31', '{NULL,1}', NULL),
+ (3, 0.0000000001, 1, 0.01, 0, 'NaN', '2024-02-29 12:00:00', '2024-02-29 12:00:00+00',
+  '2024-02-29', NULL, 'x');
+";
+
+/// The decimals and the id, the values a rounded statistic breaks, as PostgreSQL prints them.
+const PG_DECIMALS: &str = "SELECT id || '|' || coalesce(d::text, 'NULL') || '|' || coalesce(d0::text, 'NULL') || '|' \
+     || coalesce(d2::text, 'NULL') FROM extremes ORDER BY id";
+
+/// The same from a lake table, in DuckDB.
+const LAKE_DECIMALS: &str =
+    "SELECT id, d::VARCHAR, d0::VARCHAR, d2::VARCHAR FROM {scan} ORDER BY id";
+
+/// The other columns' extremes, in DuckDB: the floats' specials, the timestamps' years, the
+/// arrays' lengths and NULL elements.
+const LAKE_OTHERS: &str = "SELECT id, isnan(r) OR r IN ('inf'::REAL, '-inf'::REAL), \
+     isnan(f) OR f IN ('inf'::DOUBLE, '-inf'::DOUBLE), year(ts), year(tstz), year(day), \
+     coalesce(len(a)::VARCHAR, 'NULL'), coalesce(list_count(a) < len(a), false) \
+     FROM {scan} ORDER BY id";
+
+async fn postgres_decimals(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(PG_DECIMALS, &[])
+        .await
+        .expect("read extremes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Changes that go through the streaming path (MERGE in Delta, equality deletes in Iceberg)
+/// and keep the extremes.
+async fn update(db: &TestDb, round: i32) {
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "UPDATE extremes SET t = 'round {round}' WHERE id = 3;
+             UPDATE extremes SET d = -d, d0 = -d0, d2 = -d2 WHERE id IN (1, 2);
+             INSERT INTO extremes (id, d) VALUES ({id}, 1234567890123456789012345678.0123456789);",
+            id = 100 + round
+        ))
+        .await
+        .expect("update extremes");
+}
+
+fn others_expected() -> Vec<String> {
+    vec![
+        "1|True|True|1|1|1|0|False".to_string(),
+        "2|True|True|9999|9999|9999|2|True".to_string(),
+        "3|False|True|2024|2024|2024|NULL|False".to_string(),
+    ]
+}
+
+#[tokio::test]
+async fn extremes_of_every_type_reach_delta_and_every_reader_loads_them() {
+    let db = TestDb::new("extremes_delta").await;
+    db.client()
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .expect("schema");
+    let delta = &[("SINK__FORMAT", "delta")];
+    let location = db.warehouse.path().join(&db.namespace).join("extremes");
+
+    let mut child = start_with(&db, delta);
+    caught_up(&db, &mut child).await;
+    update(&db, 1).await;
+    caught_up(&db, &mut child).await;
+    stop(child);
+    // a restart loads the table with the Delta kernel, statistics and all, and commits again
+    let mut child = start_with(&db, delta);
+    update(&db, 2).await;
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    // a log fit for a file or a journal: no terminal colours, no dependency chatter at info
+    assert!(!log.contains('\x1b'), "colour codes in a piped log: {log}");
+    for line in log.lines().filter(|l| l.contains(" INFO ")) {
+        assert!(
+            line.contains(" lakewriter"),
+            "a dependency's info line: {line}"
+        );
+    }
+
+    let expected = postgres_decimals(&db).await;
+    assert_eq!(
+        delta_query(&location, LAKE_DECIMALS),
+        expected,
+        "DuckDB delta_scan"
+    );
+    let mut python = python_delta_rows(
+        &location.display().to_string(),
+        &[],
+        &["id", "d", "d0", "d2"],
+    );
+    let mut wanted = expected.clone();
+    python.sort();
+    wanted.sort();
+    assert_eq!(python, wanted, "Python deltalake");
+    let others = delta_query(&location, LAKE_OTHERS);
+    assert_eq!(&others[..3], &others_expected()[..], "DuckDB delta_scan");
+    assert_no_inexact_decimal_statistics(&location);
+}
+
+/// Every decimal statistic in the Delta log is exact: written as the column's own digits,
+/// never a rounded float such as `1e+28`, or not at all.
+fn assert_no_inexact_decimal_statistics(location: &Path) {
+    let log = location.join("_delta_log");
+    let mut exact_bounds = 0;
+    for entry in std::fs::read_dir(&log).expect("read the log").flatten() {
+        if entry.path().extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("read a commit");
+        for line in text.lines() {
+            let action: serde_json::Value = serde_json::from_str(line).expect("an action");
+            let Some(stats) = action
+                .get("add")
+                .and_then(|a| a.get("stats"))
+                .and_then(|s| s.as_str())
+            else {
+                continue;
+            };
+            let stats: serde_json::Value = serde_json::from_str(stats).expect("stats JSON");
+            if stats.pointer("/minValues/id").is_some() {
+                exact_bounds += 1;
+            }
+            for bound in ["minValues", "maxValues"] {
+                for column in ["d", "d0", "d2"] {
+                    if let Some(value) = stats.get(bound).and_then(|b| b.get(column)) {
+                        let text = value.to_string();
+                        assert!(
+                            !text.contains(['e', 'E']),
+                            "{}: {bound}.{column} = {text}, a rounded float",
+                            entry.path().display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // the other columns keep their statistics (data skipping still works on them)
+    assert!(exact_bounds > 0, "no file has statistics for id");
+}
+
+#[tokio::test]
+async fn extremes_of_every_type_reach_iceberg_and_every_reader_loads_them() {
+    let db = TestDb::new("extremes_iceberg").await;
+    db.client()
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .expect("schema");
+    let mut child = start_with(&db, &[]);
+    caught_up(&db, &mut child).await;
+    update(&db, 1).await;
+    caught_up(&db, &mut child).await;
+    stop(child);
+    let mut child = start_with(&db, &[]);
+    update(&db, 2).await;
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    let expected = postgres_decimals(&db).await;
+    assert_eq!(
+        duck_query(&db, "extremes", LAKE_DECIMALS),
+        expected,
+        "DuckDB iceberg_scan"
+    );
+    let others = duck_query(&db, "extremes", LAKE_OTHERS);
+    assert_eq!(&others[..3], &others_expected()[..], "DuckDB iceberg_scan");
+
+    // pyiceberg refuses equality deletes: compact first, then it reads the exact decimals
+    command_ok(&db, &["compact"], &[]);
+    let script = r#"
+import sys
+from decimal import Decimal
+from pyiceberg.catalog.sql import SqlCatalog
+path, warehouse, ident = sys.argv[1:4]
+catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+table = catalog.load_table(ident).scan().to_arrow().sort_by("id")
+def text(v):
+    if v is None:
+        return "NULL"
+    return format(v, "f") if isinstance(v, Decimal) else str(v)
+for row in zip(*(table.column(c).to_pylist() for c in ["id", "d", "d0", "d2"])):
+    print("|".join(text(v) for v in row))
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(db.warehouse.path().join("catalog.db"))
+        .arg(format!("file://{}", db.warehouse.path().display()))
+        .arg(format!("{}.extremes", db.namespace))
+        .output()
+        .expect("run pyiceberg");
+    assert!(
+        output.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, expected, "pyiceberg");
+}
