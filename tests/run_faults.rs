@@ -225,3 +225,29 @@ async fn postgres_restarted_mid_stream_and_while_idle_then_sigterm_exits_0_with_
     );
     assert_orders_equal(&db, postgres_lines(&db).await);
 }
+
+#[tokio::test]
+async fn a_lost_slot_with_initial_snapshot_false_is_refused_and_the_lake_kept() {
+    let db = TestDb::new("run_lost_slot").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    db.client()
+        .await
+        .execute("SELECT pg_drop_replication_slot($1)", &[&db.slot])
+        .await
+        .expect("drop the slot");
+
+    let output = support::writer::command(&db, &["run"], &[("SOURCE__INITIAL_SNAPSHOT", "false")]);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "run started without its slot: {log}"
+    );
+    assert!(
+        log.contains(&db.slot) && log.contains("public.orders") && log.contains("initial_snapshot"),
+        "the error names the slot, the table and the fix: {log}"
+    );
+    assert_orders_equal(&db, postgres_lines(&db).await);
+}

@@ -149,6 +149,30 @@ pub async fn run<S: Sink>(
         );
     }
 
+    // A slot lost (dropped, or not carried over by a failover) with tables already in the
+    // lake: the changes since their checkpoints are gone. Copying again is the way back;
+    // starting them empty, as initial_snapshot = false would, would throw the lake away.
+    if slot == Readiness::Missing && !config.source.initial_snapshot {
+        let mut held: Vec<String> = states
+            .iter()
+            .filter(|(_, s)| s.checkpoint.is_some())
+            .map(|(t, _)| t.to_string())
+            .collect();
+        if !held.is_empty() {
+            held.sort();
+            return Err(Error::Source {
+                message: format!(
+                    "slot {} does not exist, but the lake holds {} up to a checkpoint: the \
+                     changes since are gone, and with initial_snapshot = false the tables \
+                     would start empty. Set [source] initial_snapshot = true to copy them \
+                     again (or drop the lake tables to start them empty)",
+                    config.source.slot,
+                    held.join(", ")
+                ),
+            });
+        }
+    }
+
     // Tables without a checkpoint need a copy; a new slot means every table does (changes
     // between their checkpoint and the new slot are gone).
     let needs_copy: Vec<TableId> = match slot {

@@ -236,9 +236,13 @@ pub(super) async fn stage(
         Operation::Append
     };
     let mut properties = metrics.summary(parent.as_ref().map(|p| p.summary()), delta.truncate);
-    if let Some(lsn) = delta.lsn.or(carried) {
-        properties.insert(CHECKPOINT_PROPERTY.to_string(), lsn.to_string());
-    }
+    match delta.lsn.or(carried) {
+        Some(lsn) => properties.insert(CHECKPOINT_PROPERTY.to_string(), lsn.to_string()),
+        None => properties.insert(
+            super::table::INCOMPLETE_PROPERTY.to_string(),
+            "true".to_string(),
+        ),
+    };
     // A snapshot older than the table's last update by more than a minute is refused, so a
     // clock that went back does not stop commits.
     let timestamp_ms = now_ms().max(metadata.last_updated_ms());

@@ -417,27 +417,47 @@ pub(super) fn new_table_metadata(
     .map_err(|e| format!("cannot build the table's metadata: {}", e.message()))
 }
 
-/// The checkpoint the table holds: the `lakewriter.lsn` of the current snapshot of `main`;
-/// `None` when there is none or it carries none (the chunks of an initial snapshot before its
-/// last commit without one, so an interrupted copy is copied again).
+/// The checkpoint the table holds: the `lakewriter.lsn` of the newest snapshot in the
+/// ancestry of `main` that lakewriter committed. Snapshots of other engines (an `OPTIMIZE` by
+/// Athena, Spark's `rewrite_data_files`, S3 Tables' compaction, an append by pyiceberg) carry
+/// no checkpoint and are passed over (DESIGN.md invariant 12). `None` when the newest of
+/// lakewriter's snapshots is marked [`INCOMPLETE_PROPERTY`] (an interrupted or suspended
+/// copy: the table is copied again), or when none is left in the ancestry (a new table, or
+/// one whose history was expired past lakewriter's last commit).
 pub(super) fn checkpoint(metadata: &TableMetadata) -> Result<Option<Lsn>, String> {
-    let Some(current) = metadata.snapshot_for_ref(MAIN_BRANCH) else {
-        return Ok(None);
-    };
-    match current
-        .summary()
-        .additional_properties
-        .get(CHECKPOINT_PROPERTY)
-    {
-        None => Ok(None),
-        Some(text) => text.parse::<Lsn>().map(Some).map_err(|e| {
-            format!(
-                "snapshot {}: {CHECKPOINT_PROPERTY}: {e}",
-                current.snapshot_id()
-            )
-        }),
+    let mut next = metadata.snapshot_for_ref(MAIN_BRANCH).cloned();
+    // a parent id that loops back is a corrupt table, not a reason to spin
+    let mut seen = std::collections::HashSet::new();
+    while let Some(snapshot) = next {
+        if !seen.insert(snapshot.snapshot_id()) {
+            return Err(format!(
+                "snapshot {}: the ancestry of main loops back on itself",
+                snapshot.snapshot_id()
+            ));
+        }
+        let properties = &snapshot.summary().additional_properties;
+        if let Some(text) = properties.get(CHECKPOINT_PROPERTY) {
+            return text.parse::<Lsn>().map(Some).map_err(|e| {
+                format!(
+                    "snapshot {}: {CHECKPOINT_PROPERTY}: {e}",
+                    snapshot.snapshot_id()
+                )
+            });
+        }
+        if properties.contains_key(INCOMPLETE_PROPERTY) {
+            return Ok(None);
+        }
+        next = snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id).cloned());
     }
+    Ok(None)
 }
+
+/// The snapshot summary key marking a commit of lakewriter's without a checkpoint: the table
+/// is incomplete and is copied again on the next start. It sets such commits apart from
+/// other engines' commits, which carry no checkpoint either.
+pub const INCOMPLETE_PROPERTY: &str = "lakewriter.incomplete";
 
 #[cfg(test)]
 mod tests {
