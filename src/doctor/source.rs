@@ -272,6 +272,13 @@ async fn check_publication(
                 .collect()
         }
     };
+    if let Err(e) = crate::sink::refuse_shared_lake_names(&config.sink.namespace, &replicated) {
+        out.push(Finding::error(
+            e.to_string(),
+            "leave one of the tables out in [source] exclude (or rename it in PostgreSQL)"
+                .to_string(),
+        ));
+    }
     if replicated.is_empty() {
         out.push(Finding::error(
             format!(

@@ -42,6 +42,7 @@ pub async fn run<S: Sink>(
         .into_iter()
         .filter(|t| published.contains(t))
         .collect();
+    crate::sink::refuse_shared_lake_names(&config.sink.namespace, &tables)?;
     if tables.is_empty() {
         return Err(Error::Source {
             message: format!(
@@ -66,6 +67,28 @@ pub async fn run<S: Sink>(
             TableMode::Changelog => Vec::new(),
             TableMode::Upsert => described.key_columns(&config),
         };
+        // a key outside the replica identity: an update that changes it, or a delete, would
+        // not say which row it replaces, and the old row would stay beside the new one
+        if mode == TableMode::Upsert {
+            let logged = described.logged_old_columns();
+            let unlogged: Vec<&String> = key.iter().filter(|k| !logged.contains(k)).collect();
+            if !unlogged.is_empty() {
+                return Err(Error::Source {
+                    message: format!(
+                        "table {table}: key column(s) {} (from [source.tables.\"{table}\"] key) \
+                         are outside the table's replica identity, so updates of the key and \
+                         deletes would leave the old rows in the lake; run `ALTER TABLE {} \
+                         REPLICA IDENTITY FULL;` or key the table on its primary key",
+                        unlogged
+                            .iter()
+                            .map(|c| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        table.quoted()
+                    ),
+                });
+            }
+        }
         if mode == TableMode::Upsert && key.is_empty() {
             return Err(Error::Source {
                 message: format!(

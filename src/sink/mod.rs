@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::source::changes::TableSchema;
 use crate::table::TableId;
@@ -26,6 +26,38 @@ use crate::table::TableId;
 /// The key in an Iceberg snapshot summary (and the Delta `txn` app id prefix) holding the
 /// source position a commit covers.
 pub const CHECKPOINT_PROPERTY: &str = "lakewriter.lsn";
+
+/// Refuses source tables that would share one lake table: `public.sales_orders` and
+/// `sales.orders` both become `sales_orders` (Glue and Athena also fold case), and their rows
+/// would mix. The error names every pair.
+pub fn refuse_shared_lake_names(namespace: &str, tables: &[TableId]) -> Result<()> {
+    let mut by_name: std::collections::BTreeMap<String, Vec<&TableId>> = Default::default();
+    for table in tables {
+        let lake = iceberg::lake_table(namespace, table);
+        by_name
+            .entry(lake.name.to_lowercase())
+            .or_default()
+            .push(table);
+    }
+    let clashes: Vec<String> = by_name
+        .iter()
+        .filter(|(_, sources)| sources.len() > 1)
+        .map(|(name, sources)| {
+            let names: Vec<String> = sources.iter().map(|t| t.to_string()).collect();
+            format!("{} all become {namespace}.{name}", names.join(" and "))
+        })
+        .collect();
+    if clashes.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Source {
+        message: format!(
+            "two source tables would share one lake table: {}; leave one out of [source] \
+             include (or rename it in PostgreSQL)",
+            clashes.join("; ")
+        ),
+    })
+}
 
 /// How a table is laid out in the lake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,4 +140,37 @@ pub trait Sink {
     /// The current rows of `keys` (a batch of key columns), for values the source did not
     /// send (unchanged TOAST): returns the matching rows in the table's current layout.
     async fn lookup(&mut self, table: &TableId, keys: &RecordBatch) -> Result<Vec<RecordBatch>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_tables_sharing_a_lake_table_are_refused_naming_both() {
+        let clash = [
+            TableId::new("public", "sales_orders"),
+            TableId::new("sales", "orders"),
+            TableId::new("public", "customers"),
+        ];
+        let error = refuse_shared_lake_names("lake", &clash)
+            .expect_err("two tables become lake.sales_orders")
+            .to_string();
+        assert!(
+            error.contains("public.sales_orders")
+                && error.contains("sales.orders")
+                && error.contains("lake.sales_orders"),
+            "{error}"
+        );
+        let case = [
+            TableId::new("public", "Orders"),
+            TableId::new("public", "orders"),
+        ];
+        assert!(refuse_shared_lake_names("lake", &case).is_err());
+        let fine = [
+            TableId::new("public", "orders"),
+            TableId::new("sales", "orders"),
+        ];
+        assert!(refuse_shared_lake_names("lake", &fine).is_ok());
+    }
 }
