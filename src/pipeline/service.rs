@@ -218,7 +218,7 @@ pub async fn run<S: Sink>(
             config.source.slot.clone()
         };
         let session = SnapshotSession::create_slot(&config, &slot_name, temporary).await?;
-        let lsn = session.snapshot.lsn;
+        let lsn = session.snapshot.checkpoint();
         let progress = Progress::new(config.metrics.progress_interval.get());
         let mut sorted = needs_copy.clone();
         sorted.sort();
@@ -380,7 +380,7 @@ async fn copy_discovered<S: Sink>(
     let session =
         SnapshotSession::create_slot(config, &format!("{}_snapshot", config.source.slot), true)
             .await?;
-    let lsn = session.snapshot.lsn;
+    let lsn = session.snapshot.checkpoint();
     let progress = Progress::new(config.metrics.progress_interval.get());
     copy_into_lake(
         config,
@@ -480,7 +480,7 @@ async fn copy_into_lake<S: Sink>(
         adds_only: false,
         deletes: Vec::new(),
         rows: Vec::new(),
-        lsn: Some(session.snapshot.lsn),
+        lsn: Some(session.snapshot.checkpoint()),
     })
     .await?;
     bar.finish();

@@ -33,6 +33,19 @@ pub struct ExportedSnapshot {
     pub lsn: Lsn,
 }
 
+impl ExportedSnapshot {
+    /// The checkpoint of a table copied in this snapshot: the last position the copy covers,
+    /// just below the consistent point. The snapshot holds every transaction committed before
+    /// the consistent point and none at or after it, so a transaction whose commit record
+    /// starts exactly there comes from the stream and must not be skipped (PostgreSQL's own
+    /// table sync applies a transaction when its sync LSN <= the transaction's final LSN).
+    /// With this checkpoint the one skip rule, `commit_lsn <= checkpoint`, holds at the
+    /// boundary too.
+    pub fn checkpoint(&self) -> Lsn {
+        Lsn(self.lsn.get().saturating_sub(1))
+    }
+}
+
 /// A replication session that created a slot and holds its exported snapshot. The snapshot
 /// stays importable until the session runs another command or ends, so it must live until
 /// every COPY transaction has started.
@@ -497,5 +510,24 @@ impl<'a> RowBatch<'a> {
                 self.schema.table
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transaction_committed_at_the_consistent_point_is_streamed_not_skipped() {
+        let snapshot = ExportedSnapshot {
+            name: "s".into(),
+            lsn: Lsn(0x1000),
+        };
+        let skipped = |commit_lsn: u64| Lsn(commit_lsn) <= snapshot.checkpoint();
+        // committed before the consistent point: in the copy
+        assert!(skipped(0x0fff));
+        // at it or after: not in the copy, so the stream's change applies
+        assert!(!skipped(0x1000));
+        assert!(!skipped(0x1001));
     }
 }
