@@ -15,8 +15,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use iceberg::spec::{Operation, TableMetadata};
-use lakewriter::catalog::Catalog;
-use lakewriter::sink::iceberg::IcebergSink;
+use lakewriter::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer};
+use lakewriter::sink::iceberg::{IcebergSettings, IcebergSink, file_io};
 use lakewriter::sink::{CHECKPOINT_PROPERTY, Sink, TableDelta, TableLayout};
 use lakewriter::source::changes::{ColumnSchema, TableSchema};
 use lakewriter::source::pgoutput::ReplicaIdentity;
@@ -1082,4 +1082,128 @@ async fn on_s3_with_glue_a_commit_lands_and_duckdb_reads_it() {
             .expect("prepare"),
         Some(Lsn(20))
     );
+}
+
+/// A catalog whose next commit lands, is followed by another writer's commit, and then
+/// answers with a transient error, as a Glue call that timed out after the service applied it.
+struct LostAnswer {
+    inner: LakeCatalog,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Catalog for LostAnswer {
+    fn describe(&self) -> &str {
+        self.inner.describe()
+    }
+
+    async fn ensure_namespace(&self, namespace: &str) -> Result<(), CatalogError> {
+        self.inner.ensure_namespace(namespace).await
+    }
+
+    async fn load(&self, table: &CatalogTable) -> Result<Option<Pointer>, CatalogError> {
+        self.inner.load(table).await
+    }
+
+    async fn create(
+        &self,
+        table: &CatalogTable,
+        metadata_location: &str,
+        metadata: &TableMetadata,
+    ) -> Result<Pointer, CatalogError> {
+        self.inner.create(table, metadata_location, metadata).await
+    }
+
+    async fn commit(
+        &self,
+        table: &CatalogTable,
+        expected: &Pointer,
+        new_metadata_location: &str,
+        metadata: &TableMetadata,
+    ) -> Result<Pointer, CatalogError> {
+        let landed = self
+            .inner
+            .commit(table, expected, new_metadata_location, metadata)
+            .await?;
+        if !self.armed.swap(false, Ordering::SeqCst) {
+            return Ok(landed);
+        }
+        // another writer's commit on top (a property change), before the answer comes back
+        let mut properties = metadata.properties().clone();
+        properties.insert("other.writer".into(), "was here".into());
+        let next = metadata
+            .clone()
+            .into_builder(Some(new_metadata_location.to_string()))
+            .set_properties(properties)
+            .and_then(|b| b.build())
+            .expect("the other writer's metadata")
+            .metadata;
+        let location = new_metadata_location.replace(".metadata.json", "-other.metadata.json");
+        std::fs::write(&location, serde_json::to_vec(&next).expect("metadata JSON"))
+            .expect("write the other writer's metadata");
+        self.inner
+            .commit(table, &landed, &location, &next)
+            .await
+            .expect("the other writer commits");
+        Err(CatalogError::Glue {
+            catalog: self.describe().to_string(),
+            context: format!("update table {table}"),
+            message: "timed out waiting for the answer".into(),
+            retryable: true,
+        })
+    }
+
+    async fn list(&self, namespace: &str) -> Result<Vec<CatalogTable>, CatalogError> {
+        self.inner.list(namespace).await
+    }
+
+    async fn drop_table(&self, table: &CatalogTable) -> Result<bool, CatalogError> {
+        self.inner.drop_table(table).await
+    }
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_under_a_later_commit_is_a_success_not_a_table_error() {
+    let lake = Lake::new("lost_answer");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let catalog = LostAnswer {
+        inner: LakeCatalog::from_config(&lake.config)
+            .await
+            .expect("the catalog"),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    };
+    let mut sink = IcebergSink::new(
+        catalog,
+        file_io(&lake.config).expect("file io"),
+        IcebergSettings::from_config(&lake.config).expect("settings"),
+    );
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    sink.catalog().armed.store(true, Ordering::SeqCst);
+    sink.commit(delta(
+        &schema,
+        vec![],
+        vec![items(&schema, &[(1, Some("a")), (2, Some("b"))])],
+        10,
+    ))
+    .await
+    .expect("the commit landed: its lost answer is no error");
+    // the table goes on from there, and holds each row once
+    sink.commit(delta(
+        &schema,
+        vec![items(&schema, &[(2, None)])],
+        vec![items(&schema, &[(2, Some("b2"))])],
+        20,
+    ))
+    .await
+    .expect("the next commit");
+    let reader = lake.sink().await;
+    let (location, metadata) = catalog_metadata(&reader, &table).await;
+    assert_eq!(
+        duck_rows(&location, "id, name"),
+        text_rows(&[(1, Some("a")), (2, Some("b2"))])
+    );
+    assert_eq!(metadata.snapshots().count(), 2, "one snapshot per commit");
 }

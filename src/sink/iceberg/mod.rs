@@ -453,6 +453,27 @@ impl<C: Catalog> IcebergSink<C> {
                         .await
                         .map_err(AttemptError::Failed)?
                 };
+                // An earlier attempt whose answer was lost may have landed, with another
+                // commit on top of it since: its metadata file is then in the table's log,
+                // and the change is done (staging it again would find the lake past it).
+                let earlier = staged
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                    .map(|s| s.location.clone());
+                if let Some(earlier) = earlier
+                    && base
+                        .metadata_log()
+                        .iter()
+                        .any(|m| m.metadata_file == earlier)
+                {
+                    tracing::info!(
+                        table = %lake,
+                        metadata = %earlier,
+                        "a commit whose answer was lost had landed; the table moved on since"
+                    );
+                    return Err(AttemptError::Unchanged(current, Box::new(base)));
+                }
                 match self
                     .stage(lake, change, &current, base)
                     .await
