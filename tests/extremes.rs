@@ -240,3 +240,85 @@ for row in zip(*(table.column(c).to_pylist() for c in ["id", "d", "d0", "d2"])):
         .collect();
     assert_eq!(lines, expected, "pyiceberg");
 }
+
+/// Rewrites the Delta log of the table at `location` the way writers before exact statistics
+/// left it: no `delta.dataSkippingStatsColumns`, and decimal bounds rounded through a float,
+/// past the column's precision (`1e+28` for `NUMERIC(38,10)`).
+fn write_rounded_decimal_statistics(location: &Path) {
+    let log = location.join("_delta_log");
+    for entry in std::fs::read_dir(&log).expect("read the log").flatten() {
+        if entry.path().extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("read a commit");
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let mut action: serde_json::Value = serde_json::from_str(line).expect("an action");
+            if let Some(configuration) = action.pointer_mut("/metaData/configuration")
+                && let Some(map) = configuration.as_object_mut()
+            {
+                map.remove("delta.dataSkippingStatsColumns");
+            }
+            if let Some(stats) = action.pointer_mut("/add/stats")
+                && let Some(text) = stats.as_str()
+            {
+                let mut parsed: serde_json::Value = serde_json::from_str(text).expect("stats");
+                if let Some(max) = parsed.get_mut("maxValues").and_then(|m| m.as_object_mut()) {
+                    max.insert("d".into(), serde_json::json!(1e28));
+                }
+                if let Some(min) = parsed.get_mut("minValues").and_then(|m| m.as_object_mut()) {
+                    min.insert("d".into(), serde_json::json!(-1e28));
+                }
+                *stats = serde_json::Value::String(parsed.to_string());
+            }
+            out.push(action.to_string());
+        }
+        std::fs::write(entry.path(), out.join("\n") + "\n").expect("write a commit");
+    }
+}
+
+#[tokio::test]
+async fn a_delta_table_written_with_rounded_decimal_statistics_is_repaired_at_the_next_start() {
+    let db = TestDb::new("extremes_repair").await;
+    db.client()
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .expect("schema");
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let delta = &[("SINK__FORMAT", "delta")];
+    let mut child = start_with(&db, delta);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    let broken = db.warehouse.path().join(&db.namespace).join("extremes");
+    write_rounded_decimal_statistics(&broken);
+
+    // the next start limits the statistics to exact columns, so no reader parses the rounded
+    // bounds any more; both tables stream on
+    let mut child = start_with(&db, delta);
+    update(&db, 1).await;
+    db.workload(1, 200);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        log.contains("statistics limited to the columns whose bounds are written exactly"),
+        "the table was not repaired: {log}"
+    );
+    let expected = postgres_decimals(&db).await;
+    assert_eq!(
+        delta_query(&broken, LAKE_DECIMALS),
+        expected,
+        "DuckDB delta_scan"
+    );
+    let mut python =
+        python_delta_rows(&broken.display().to_string(), &[], &["id", "d", "d0", "d2"]);
+    let mut wanted = expected;
+    python.sort();
+    wanted.sort();
+    assert_eq!(python, wanted, "Python deltalake");
+    let orders = db.warehouse.path().join(&db.namespace).join("orders");
+    assert_eq!(
+        delta_query(&orders, support::orders::LAKE_LINES),
+        support::orders::postgres_lines(&db).await
+    );
+}

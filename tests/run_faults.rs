@@ -251,3 +251,51 @@ async fn a_lost_slot_with_initial_snapshot_false_is_refused_and_the_lake_kept() 
     );
     assert_orders_equal(&db, postgres_lines(&db).await);
 }
+
+/// The writer's sessions running a COPY of the initial copy.
+async fn running_copies(db: &TestDb) -> Vec<i32> {
+    db.client()
+        .await
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'lakewriter run: copy' AND state = 'active' \
+             AND query LIKE 'COPY%'",
+            &[&db.name],
+        )
+        .await
+        .expect("read pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn copy_sessions_terminated_during_the_initial_copy_are_taken_up_in_a_new_snapshot() {
+    let db = TestDb::new("run_copy_terminated").await;
+    db.psql(&["-v", "rows=300000", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let copies = loop {
+        let copies = running_copies(&db).await;
+        if !copies.is_empty() {
+            break copies;
+        }
+        assert!(Instant::now() < deadline, "no copy showed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for pid in &copies {
+        db.client()
+            .await
+            .execute("SELECT pg_terminate_backend($1)", &[pid])
+            .await
+            .expect("terminate a copy session");
+    }
+    db.workload(1, 300);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        log.contains("copying the remaining tables in a new snapshot"),
+        "the copy was not taken up again: {log}"
+    );
+    assert_orders_equal(&db, postgres_lines(&db).await);
+}

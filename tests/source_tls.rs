@@ -29,7 +29,7 @@ async fn run_and_verify_work_over_verified_tls_and_every_session_is_encrypted() 
         .query(
             "SELECT a.backend_type, coalesce(s.ssl, false) FROM pg_stat_activity a \
              LEFT JOIN pg_stat_ssl s ON s.pid = a.pid \
-             WHERE a.application_name = 'lakewriter' AND a.datname = $1",
+             WHERE a.application_name LIKE 'lakewriter%' AND a.datname = $1",
             &[&db.name],
         )
         .await

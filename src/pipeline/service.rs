@@ -135,8 +135,11 @@ pub async fn run<S: Sink>(
             Err(e) if is_table_error(&e) => match config.sink.on_table_error {
                 TableErrorPolicy::StopAll => return Err(e),
                 TableErrorPolicy::StopTable => {
-                    let Some(checkpoint) = sink.known_checkpoint(table) else {
-                        return Err(e);
+                    // a table that could not even be read (a log its format's reader refuses)
+                    // holds the slot where it is: the lake has every change before it
+                    let checkpoint = match sink.known_checkpoint(table) {
+                        Some(checkpoint) => checkpoint,
+                        None => slot_position(client, &config).await?,
                     };
                     tracing::error!(
                         table = %table,
@@ -211,48 +214,51 @@ pub async fn run<S: Sink>(
             .collect(),
     };
     if !needs_copy.is_empty() || slot == Readiness::Missing {
-        let temporary = slot != Readiness::Missing;
-        let slot_name = if temporary {
-            format!("{}_snapshot", config.source.slot)
-        } else {
-            config.source.slot.clone()
-        };
-        let session = SnapshotSession::create_slot(&config, &slot_name, temporary).await?;
-        let lsn = session.snapshot.checkpoint();
+        let mut pending = needs_copy.clone();
+        pending.sort();
         let progress = Progress::new(config.metrics.progress_interval.get());
-        let mut sorted = needs_copy.clone();
-        sorted.sort();
-        for table in sorted {
-            let (Some(state), Some(target)) = (states.get_mut(&table), targets.get(&table)) else {
-                continue;
-            };
-            if config.source.initial_snapshot {
-                copy_into_lake(
-                    &config,
-                    client,
-                    &mut sink,
-                    &session,
-                    state,
-                    target.clone(),
-                    &progress,
-                )
-                .await?;
+        // the first session creates the slot when it is missing; a copy interrupted by the
+        // server (a restart, a terminated session) goes on in a new temporary slot's snapshot
+        let mut create_slot = slot == Readiness::Missing;
+        let mut attempt = 0u32;
+        loop {
+            let temporary = !create_slot;
+            let slot_name = if temporary {
+                format!("{}_snapshot", config.source.slot)
             } else {
-                // no copy wanted: the table starts from the snapshot's position, empty
-                sink.commit(TableDelta {
-                    table: table.clone(),
-                    schema: target.clone(),
-                    truncate: true,
-                    adds_only: false,
-                    deletes: Vec::new(),
-                    rows: Vec::new(),
-                    lsn: Some(lsn),
-                })
-                .await?;
+                config.source.slot.clone()
+            };
+            let session = SnapshotSession::create_slot(&config, &slot_name, temporary).await?;
+            create_slot = false;
+            let copied = copy_tables(
+                &config,
+                &mut control,
+                &mut sink,
+                &session,
+                &mut pending,
+                &mut states,
+                &targets,
+                &progress,
+            )
+            .await;
+            session.close();
+            match copied {
+                Ok(()) => break,
+                Err(e) if (e.is_retryable() || snapshot_lost(&e)) && attempt < COPY_ATTEMPTS => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(500 * (1 << attempt.min(6)));
+                    tracing::warn!(
+                        error = %e,
+                        tables = pending.len(),
+                        retry_in = ?pause,
+                        "the initial copy was interrupted; copying the remaining tables in a \
+                         new snapshot"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => return Err(e),
             }
-            state.checkpoint = Some(lsn);
         }
-        session.close();
     }
 
     // Stream from the lowest checkpoint; each table skips what it already holds.
@@ -349,6 +355,69 @@ pub async fn run<S: Sink>(
         "stopped"
     );
     Ok(pipeline)
+}
+
+/// Whether `error` says the exported snapshot is gone (its exporting session ended, by a
+/// restart or a `pg_terminate_backend`, before a copy session imported it): a new snapshot
+/// serves as well.
+fn snapshot_lost(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Postgres { context, source }
+            if context.starts_with("import snapshot")
+                && source.code().is_some_and(|c| c.code() == "22023")
+    )
+}
+
+/// How often an initial copy interrupted by the server is taken up again.
+const COPY_ATTEMPTS: u32 = 8;
+
+/// Copies the `pending` tables in `session`'s snapshot (or, with `initial_snapshot = false`,
+/// starts them empty at its position), each committed with the snapshot's checkpoint and
+/// taken off `pending` once in the lake.
+#[allow(clippy::too_many_arguments)]
+async fn copy_tables<S: Sink>(
+    config: &Config,
+    control: &mut connection::Session,
+    sink: &mut S,
+    session: &SnapshotSession,
+    pending: &mut Vec<TableId>,
+    states: &mut HashMap<TableId, TableState>,
+    targets: &HashMap<TableId, Arc<TableSchema>>,
+    progress: &Progress,
+) -> Result<()> {
+    let lsn = session.snapshot.checkpoint();
+    while let Some(table) = pending.first().cloned() {
+        if let (Some(state), Some(target)) = (states.get_mut(&table), targets.get(&table)) {
+            if config.source.initial_snapshot {
+                copy_into_lake(
+                    config,
+                    control.client().await?,
+                    sink,
+                    session,
+                    state,
+                    target.clone(),
+                    progress,
+                )
+                .await?;
+            } else {
+                // no copy wanted: the table starts from the snapshot's position, empty
+                sink.commit(TableDelta {
+                    table: table.clone(),
+                    schema: target.clone(),
+                    truncate: true,
+                    adds_only: false,
+                    deletes: Vec::new(),
+                    rows: Vec::new(),
+                    lsn: Some(lsn),
+                })
+                .await?;
+            }
+            state.checkpoint = Some(lsn);
+        }
+        pending.remove(0);
+    }
+    Ok(())
 }
 
 /// Copies a table that appeared while streaming, in a snapshot of a temporary slot taken now:
@@ -485,6 +554,22 @@ async fn copy_into_lake<S: Sink>(
     .await?;
     bar.finish();
     Ok(())
+}
+
+/// The slot's confirmed position; zero when it does not exist yet.
+async fn slot_position(client: &tokio_postgres::Client, config: &Config) -> Result<Lsn> {
+    let slot = &config.source.slot;
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("read slot {slot}"), e))?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(Lsn::ZERO))
 }
 
 /// Makes sure the slot has acknowledged `durable` after the stream has stopped, so a clean
