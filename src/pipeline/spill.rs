@@ -360,6 +360,46 @@ impl TableSpill {
 /// old-key copy of a key change.
 type Routed = (u32, bool);
 
+/// The key columns `keys` in Arrow's row format, from their values in a type-independent
+/// form: a key column whose type widens within one spilled transaction (int → bigint, a
+/// wider decimal or varchar) keeps each key in one bucket, so its changes still meet in one
+/// reduction.
+fn key_rows(table: &TableId, keys: Vec<arrow::array::ArrayRef>) -> Result<arrow::row::Rows> {
+    let keys: Vec<arrow::array::ArrayRef> = keys
+        .iter()
+        .map(|array| {
+            let canonical = canonical_key_type(array.data_type());
+            if &canonical == array.data_type() {
+                Ok(array.clone())
+            } else {
+                arrow::compute::cast(array, &canonical)
+                    .map_err(|e| arrow_error(table, "hash keys", e))
+            }
+        })
+        .collect::<Result<_>>()?;
+    let converter = RowConverter::new(
+        keys.iter()
+            .map(|a| SortField::new(a.data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| arrow_error(table, "hash keys", e))?;
+    converter
+        .convert_columns(&keys)
+        .map_err(|e| arrow_error(table, "hash keys", e))
+}
+
+/// The type a key column's values are hashed in: one per family of types a column can widen
+/// within (integers, floats, text, decimals of one scale).
+fn canonical_key_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => DataType::Int64,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => DataType::Float64,
+        DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+        DataType::Decimal128(_, scale) => DataType::Decimal128(38, *scale),
+        other => other.clone(),
+    }
+}
+
 /// Splits `batch` by bucket. The second value says whether the table must be read back whole
 /// (a key change across buckets with TOAST values only the old key's history holds).
 fn route(table: &TableId, key: &[String], batch: &ChangeBatch) -> Result<(Vec<Vec<Routed>>, bool)> {
@@ -377,22 +417,11 @@ fn route(table: &TableId, key: &[String], batch: &ChangeBatch) -> Result<(Vec<Ve
             })
         })
         .collect::<Result<_>>()?;
-    let converter = RowConverter::new(
-        columns
-            .iter()
-            .map(|&i| SortField::new(arrow.field(i).data_type().clone()))
-            .collect(),
-    )
-    .map_err(|e| arrow_error(table, "hash keys", e))?;
     let rows_of = |side: &RecordBatch| {
-        converter
-            .convert_columns(
-                &columns
-                    .iter()
-                    .map(|&i| side.column(i).clone())
-                    .collect::<Vec<_>>(),
-            )
-            .map_err(|e| arrow_error(table, "hash keys", e))
+        key_rows(
+            table,
+            columns.iter().map(|&i| side.column(i).clone()).collect(),
+        )
     };
     let new_keys = rows_of(&batch.new)?;
     let old_keys = rows_of(&batch.old)?;
@@ -624,5 +653,39 @@ fn io_error(path: &Path, e: arrow::error::ArrowError) -> Error {
 fn arrow_error(table: &TableId, context: &str, e: arrow::error::ArrowError) -> Error {
     Error::Source {
         message: format!("table {table}: {context}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Decimal128Array, Int32Array, Int64Array, StringArray};
+
+    use super::*;
+
+    fn bytes(keys: Vec<ArrayRef>) -> Vec<Vec<u8>> {
+        let rows = key_rows(&TableId::new("public", "t"), keys).expect("key rows");
+        rows.iter().map(|r| r.as_ref().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_key_whose_column_widens_hashes_the_same() {
+        let int4: ArrayRef = Arc::new(Int32Array::from(vec![5, -7]));
+        let int8: ArrayRef = Arc::new(Int64Array::from(vec![5, -7]));
+        assert_eq!(bytes(vec![int4]), bytes(vec![int8]));
+
+        let narrow: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![1234])
+                .with_precision_and_scale(10, 2)
+                .expect("decimal"),
+        );
+        let wide: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![1234])
+                .with_precision_and_scale(20, 2)
+                .expect("decimal"),
+        );
+        let text: ArrayRef = Arc::new(StringArray::from(vec!["k"]));
+        assert_eq!(bytes(vec![narrow, text.clone()]), bytes(vec![wide, text]));
     }
 }
