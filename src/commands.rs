@@ -113,7 +113,23 @@ async fn wait_for_signal() {
 pub async fn compact(config: &Config, table: Option<&str>) -> Result<()> {
     let outcomes = compact_tables(config, table).await?;
     crate::maintenance::compact::print(&outcomes);
-    Ok(())
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.failed.is_some())
+        .map(|o| o.table.as_str())
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(crate::Error::Sink {
+        table: failed.join(", "),
+        message: format!(
+            "compaction failed for {} of {} tables (the others were compacted)",
+            failed.len(),
+            outcomes.len()
+        ),
+        retryable: false,
+    })
 }
 
 /// Compaction of the config's format: Iceberg's rewrite, expiry and orphan removal, or

@@ -404,3 +404,92 @@ async fn compact_chooses_files_per_partition() {
     assert_eq!(after.len(), 4, "{after:?}");
     assert_eq!(lake_rows(&db), postgres_lines(&db).await);
 }
+
+/// Creates `<namespace>.foreign` in the SQLite catalog with pyiceberg, as another engine
+/// would, with two appends; returns its table location.
+fn foreign_table(db: &TestDb) -> std::path::PathBuf {
+    let script = r#"
+import sys
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+path, warehouse, ident = sys.argv[1:4]
+catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+rows = pa.table({"id": pa.array([1, 2], pa.int64())})
+table = catalog.create_table(ident, schema=rows.schema)
+table.append(rows)
+table.append(rows)
+print(table.location())
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(db.warehouse.path().join("catalog.db"))
+        .arg(format!("file://{}", db.warehouse.path().display()))
+        .arg(format!("{}.foreign", db.namespace))
+        .output()
+        .expect("run pyiceberg");
+    assert!(
+        output.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let location = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    std::path::PathBuf::from(location.trim_start_matches("file://"))
+}
+
+#[tokio::test]
+async fn compact_leaves_other_engines_tables_alone_and_one_failing_table_stops_no_other() {
+    let db = TestDb::new("compact_scope").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, qty int);
+             INSERT INTO items SELECT i, i FROM generate_series(1, 10) i;",
+        )
+        .await
+        .expect("items");
+    let mut child = start(&db);
+    db.workload(1, 200);
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    // another engine's table in the same namespace, with a file it is still writing
+    let foreign = foreign_table(&db);
+    let in_flight = foreign
+        .join("data")
+        .join("being-written-by-another-engine.parquet");
+    std::fs::write(&in_flight, b"not committed yet").expect("write the foreign file");
+    // and one of lakewriter's tables whose metadata no longer parses
+    let items = db
+        .warehouse
+        .path()
+        .join(&db.namespace)
+        .join("items")
+        .join("metadata");
+    for entry in std::fs::read_dir(&items).expect("items metadata").flatten() {
+        if entry.path().to_string_lossy().ends_with(".metadata.json") {
+            std::fs::write(entry.path(), b"{").expect("break the metadata");
+        }
+    }
+
+    let output = support::writer::command(&db, &["compact"], &[("COMPACTION__ORPHAN_AGE", "0s")]);
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "a failed table must fail the command: {report}"
+    );
+    assert!(
+        report.contains("foreign: not compacted (not written by lakewriter"),
+        "{report}"
+    );
+    assert!(report.contains("items: failed"), "{report}");
+    let orders = report
+        .lines()
+        .find(|l| l.starts_with(&format!("{}.orders:", db.namespace)))
+        .unwrap_or_else(|| panic!("no orders line: {report}"));
+    assert!(!orders.contains("failed"), "{orders}");
+    assert!(in_flight.exists(), "another engine's file was removed");
+    assert_eq!(lake_rows(&db), postgres_lines(&db).await);
+}

@@ -39,7 +39,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::maintenance::cleanup::{Cleanup, clean_table};
 use crate::progress::Progress;
-use crate::sink::iceberg::{IcebergSink, Rewrite, catalog_error, file_io, is_conflict, lake_table};
+use crate::sink::iceberg::{
+    IcebergSink, Rewrite, catalog_error, file_io, is_conflict, lake_table, written_by_lakewriter,
+};
 use crate::table::TableId;
 use crate::verify::lake::{
     LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_object_store,
@@ -55,6 +57,8 @@ pub struct Outcome {
     pub table: String,
     /// Why it was left alone, when it was.
     pub skipped: Option<String>,
+    /// Why compacting it failed, when it did (the other tables are compacted all the same).
+    pub failed: Option<String>,
     /// Data files and delete files replaced, and their bytes.
     pub data_files_in: usize,
     /// Delete files removed.
@@ -123,19 +127,66 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
     let progress = Progress::new(config.metrics.progress_interval.get());
     let mut outcomes = Vec::new();
     for lake in tables {
-        let mut outcome = compact_table(&config, &sink, &io, &lake, &progress).await?;
-        outcome.cleanup = clean_table(&config, &sink, &io, &lake).await?;
-        tracing::info!(
-            table = %lake,
-            snapshots_expired = outcome.cleanup.snapshots,
-            files_removed = outcome.cleanup.files,
-            bytes_removed = outcome.cleanup.bytes,
-            "cleaned"
-        );
-        outcome.log(&lake);
+        let outcome = match compact_one(&config, &sink, &io, &lake, &progress).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(
+                    table = %lake,
+                    error = %e,
+                    "compaction of the table failed; the other tables go on"
+                );
+                Outcome {
+                    table: lake.to_string(),
+                    failed: Some(e.to_string()),
+                    ..Outcome::default()
+                }
+            }
+        };
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// Compacts and cleans one table, when lakewriter writes it.
+async fn compact_one(
+    config: &Config,
+    sink: &IcebergSink,
+    io: &iceberg::io::FileIO,
+    lake: &CatalogTable,
+    progress: &Progress,
+) -> Result<Outcome> {
+    if let Some(pointer) = sink
+        .catalog()
+        .load(lake)
+        .await
+        .map_err(|e| catalog_error(lake, e))?
+    {
+        let metadata = TableMetadata::read_from(io, &pointer.metadata_location)
+            .await
+            .map_err(|e| sink_error(lake, format!("read {}: {e}", pointer.metadata_location)))?;
+        if metadata.snapshots().next().is_some() && !written_by_lakewriter(&metadata) {
+            let outcome = Outcome {
+                table: lake.to_string(),
+                skipped: Some(
+                    "not written by lakewriter: left to the engine that writes it".into(),
+                ),
+                ..Outcome::default()
+            };
+            outcome.log(lake);
+            return Ok(outcome);
+        }
+    }
+    let mut outcome = compact_table(config, sink, io, lake, progress).await?;
+    outcome.cleanup = clean_table(config, sink, io, lake).await?;
+    tracing::info!(
+        table = %lake,
+        snapshots_expired = outcome.cleanup.snapshots,
+        files_removed = outcome.cleanup.files,
+        bytes_removed = outcome.cleanup.bytes,
+        "cleaned"
+    );
+    outcome.log(lake);
+    Ok(outcome)
 }
 
 /// Compacts one table, reading it again after a conflict.
@@ -365,6 +416,10 @@ pub fn print(outcomes: &[Outcome]) {
             "; {} snapshots expired, {} orphan files ({} bytes) removed",
             o.cleanup.snapshots, o.cleanup.files, o.cleanup.bytes
         );
+        if let Some(error) = &o.failed {
+            println!("{}: failed: {error}", o.table);
+            continue;
+        }
         match &o.skipped {
             Some(why) => println!("{}: not compacted ({why}){cleaned}", o.table),
             None => println!(

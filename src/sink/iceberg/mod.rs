@@ -64,6 +64,12 @@ pub fn checkpoint(table: &CatalogTable, metadata: &TableMetadata) -> Result<Opti
     table::checkpoint(metadata).map_err(|m| sink_error(table, m))
 }
 
+/// Whether lakewriter writes the table of `metadata` (one of its snapshots carries
+/// `lakewriter.lsn` or `lakewriter.incomplete`).
+pub fn written_by_lakewriter(metadata: &TableMetadata) -> bool {
+    table::written_by_lakewriter(metadata)
+}
+
 /// Where the sink puts tables, and how it writes them.
 #[derive(Debug, Clone)]
 pub struct IcebergSettings {

@@ -454,6 +454,15 @@ pub(super) fn checkpoint(metadata: &TableMetadata) -> Result<Option<Lsn>, String
     Ok(None)
 }
 
+/// Whether lakewriter writes this table: one of its snapshots carries lakewriter's summary
+/// keys. `compact` leaves every other table of the namespace to the engine that writes it.
+pub(super) fn written_by_lakewriter(metadata: &TableMetadata) -> bool {
+    metadata.snapshots().any(|s| {
+        let properties = &s.summary().additional_properties;
+        properties.contains_key(CHECKPOINT_PROPERTY) || properties.contains_key(INCOMPLETE_PROPERTY)
+    })
+}
+
 /// The snapshot summary key marking a commit of lakewriter's without a checkpoint: the table
 /// is incomplete and is copied again on the next start. It sets such commits apart from
 /// other engines' commits, which carry no checkpoint either.
