@@ -493,3 +493,77 @@ async fn compact_leaves_other_engines_tables_alone_and_one_failing_table_stops_n
     assert!(in_flight.exists(), "another engine's file was removed");
     assert_eq!(lake_rows(&db), postgres_lines(&db).await);
 }
+
+#[tokio::test]
+async fn expiry_and_cleanup_keep_what_tags_and_branches_hold() {
+    let db = TestDb::new("compact_refs").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    for round in 0..3 {
+        db.client()
+            .await
+            .batch_execute(&format!(
+                "UPDATE orders SET status = 'r{round}' WHERE order_id % 3 = {round}"
+            ))
+            .await
+            .expect("update");
+        caught_up(&db, &mut child).await;
+    }
+    stop(child);
+
+    // another engine tags the first snapshot and branches from the second
+    let script = r#"
+import os, sys
+from pyiceberg.catalog.sql import SqlCatalog
+path, warehouse, ident, action = sys.argv[1:5]
+catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+table = catalog.load_table(ident)
+if action == "tag":
+    history = sorted(table.metadata.snapshots, key=lambda s: s.sequence_number)
+    table.manage_snapshots().create_tag(history[0].snapshot_id, "audit").create_branch(
+        history[1].snapshot_id, "experiment").commit()
+else:
+    table = catalog.load_table(ident)
+    for name, ref in sorted(table.metadata.refs.items()):
+        snapshot = table.metadata.snapshot_by_id(ref.snapshot_id)
+        manifest_list = snapshot.manifest_list.removeprefix("file://")
+        print(name, os.path.exists(manifest_list))
+"#;
+    let pyiceberg = |action: &str| {
+        let output = stack()
+            .python()
+            .arg("-c")
+            .arg(script)
+            .arg(db.warehouse.path().join("catalog.db"))
+            .arg(format!("file://{}", db.warehouse.path().display()))
+            .arg(format!("{}.orders", db.namespace))
+            .arg(action)
+            .output()
+            .expect("run pyiceberg");
+        assert!(
+            output.status.success(),
+            "pyiceberg {action}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    pyiceberg("tag");
+
+    let settings = [
+        ("COMPACTION__SNAPSHOT_RETENTION", "0s"),
+        ("COMPACTION__KEEP_SNAPSHOTS", "1"),
+        ("COMPACTION__ORPHAN_AGE", "0s"),
+    ];
+    let report = command_ok(&db, &["compact"], &settings);
+    assert!(
+        !report.contains(" 0 snapshots expired"),
+        "nothing expired: {report}"
+    );
+    assert_eq!(
+        pyiceberg("list"),
+        "audit True\nexperiment True\nmain True\n",
+        "a tag or branch lost its snapshot: {report}"
+    );
+    assert_eq!(lake_rows(&db), postgres_lines(&db).await);
+}

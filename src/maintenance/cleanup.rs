@@ -114,6 +114,13 @@ async fn referenced_files(
     for log in metadata.metadata_log() {
         files.insert(normalize(&log.metadata_file));
     }
+    // statistics files (Puffin, partition statistics) another engine wrote belong to the table
+    for statistics in metadata.statistics_iter() {
+        files.insert(normalize(&statistics.statistics_path));
+    }
+    for statistics in metadata.partition_statistics_iter() {
+        files.insert(normalize(&statistics.statistics_path));
+    }
     let mut manifests_seen = HashSet::new();
     for snapshot in metadata.snapshots() {
         files.insert(normalize(snapshot.manifest_list()));

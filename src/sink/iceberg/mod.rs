@@ -934,6 +934,7 @@ impl<C: Catalog> IcebergSink<C> {
 /// newest `keep`.
 fn expired_snapshots(metadata: &TableMetadata, older_than_ms: i64, keep: usize) -> Vec<i64> {
     let current = metadata.current_snapshot_id();
+    let kept_by_refs = kept_by_refs(metadata);
     let mut snapshots: Vec<(i64, i64)> = metadata
         .snapshots()
         .map(|s| (s.timestamp_ms(), s.snapshot_id()))
@@ -942,9 +943,43 @@ fn expired_snapshots(metadata: &TableMetadata, older_than_ms: i64, keep: usize) 
     snapshots
         .into_iter()
         .skip(keep)
-        .filter(|(at, id)| *at < older_than_ms && Some(*id) != current)
+        .filter(|(at, id)| {
+            *at < older_than_ms && Some(*id) != current && !kept_by_refs.contains(id)
+        })
         .map(|(_, id)| id)
         .collect()
+}
+
+/// The snapshots tags and branches other than `main` hold: a tag's snapshot, and a branch's
+/// head with its ancestry. Expiry never removes them: they are someone's named history.
+fn kept_by_refs(metadata: &TableMetadata) -> std::collections::HashSet<i64> {
+    let mut kept = std::collections::HashSet::new();
+    // iceberg 0.10.1 lists no refs publicly: read them from the metadata's own JSON form
+    let Ok(json) = serde_json::to_value(metadata) else {
+        return kept;
+    };
+    let Some(refs) = json.get("refs").and_then(|r| r.as_object()) else {
+        return kept;
+    };
+    for (name, reference) in refs {
+        if name == iceberg::spec::MAIN_BRANCH {
+            continue;
+        }
+        let Some(id) = reference.get("snapshot-id").and_then(|v| v.as_i64()) else {
+            continue;
+        };
+        let branch = reference.get("type").and_then(|t| t.as_str()) == Some("branch");
+        let mut next = Some(id);
+        while let Some(id) = next {
+            if !kept.insert(id) || !branch {
+                break;
+            }
+            next = metadata
+                .snapshot_by_id(id)
+                .and_then(|s| s.parent_snapshot_id());
+        }
+    }
+    kept
 }
 
 /// A sink error about `table` that retrying will not fix.
