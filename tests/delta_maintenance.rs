@@ -458,3 +458,48 @@ async fn compaction_beside_a_streaming_writer_keeps_delta_equal_to_postgres() {
     let (equal, out, err) = lakewriter(&db, &["verify"], &[]);
     assert!(equal, "verify: {out}{err}");
 }
+
+#[tokio::test]
+async fn compact_leaves_a_delta_table_another_engine_writes_alone() {
+    let db = TestDb::new("delta_foreign").await;
+    db.psql(&["-v", "rows=300", "-f", "sql/orders.sql"]);
+    let mut child = start_with(&db, DELTA);
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    // another engine's Delta table beside lakewriter's, with a file it is still writing
+    let foreign = location(&db, "foreign");
+    let script = r#"
+import sys
+import pyarrow as pa
+from deltalake import write_deltalake
+write_deltalake(sys.argv[1], pa.table({"id": pa.array([1, 2], pa.int64())}))
+write_deltalake(sys.argv[1], pa.table({"id": pa.array([3], pa.int64())}), mode="append")
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(&foreign)
+        .output()
+        .expect("run deltalake");
+    assert!(
+        output.status.success(),
+        "deltalake: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let in_flight = foreign.join("being-written-by-another-engine.parquet");
+    std::fs::write(&in_flight, b"not committed yet").expect("write the foreign file");
+
+    let settings = [DELTA[0], ("COMPACTION__ORPHAN_AGE", "0s")];
+    let (ok, report, err) = lakewriter(&db, &["compact", "--table", "public.foreign"], &settings);
+    assert!(ok, "{report}{err}");
+    assert!(report.contains("not written by lakewriter"), "{report}");
+    assert!(in_flight.exists(), "another engine's file was removed");
+    let (ok, report, err) = lakewriter(&db, &["compact"], &settings);
+    assert!(ok, "{report}{err}");
+    assert!(
+        in_flight.exists(),
+        "another engine's file was removed: {report}"
+    );
+}

@@ -62,27 +62,64 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
     };
     let mut outcomes = Vec::new();
     for lake in names {
-        let started = Instant::now();
-        let (table, mut outcome) = optimize(&settings, &lake, target).await?;
-        let table = vacuum(config, &lake, table, &mut outcome).await?;
-        // a table nothing committed to since its last checkpoint keeps that one
-        if last_checkpoint(&table).await != table.version() {
-            deltalake::checkpoints::create_checkpoint(&table, None)
-                .await
-                .map_err(|e| sink_error(&lake, format!("write a log checkpoint: {e}")))?;
-        }
-        outcome.duration = started.elapsed();
-        outcome.log(&lake);
-        tracing::info!(
-            table = %lake,
-            files_removed = outcome.cleanup.files,
-            bytes_removed = outcome.cleanup.bytes,
-            version = table.version(),
-            "vacuumed and checkpointed"
-        );
+        let outcome = match compact_one(config, &settings, &lake, target).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(
+                    table = %lake,
+                    error = %e,
+                    "compaction of the table failed; the other tables go on"
+                );
+                Outcome {
+                    table: lake.to_string(),
+                    failed: Some(e.to_string()),
+                    ..Outcome::default()
+                }
+            }
+        };
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// Optimizes, vacuums and checkpoints one table, when lakewriter writes it (its log holds
+/// lakewriter's `txn` for the table).
+async fn compact_one(
+    config: &Config,
+    settings: &DeltaSettings,
+    lake: &CatalogTable,
+    target: u64,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    if let Some(table) = tables::open(settings, lake).await?
+        && !tables::written_by_lakewriter(lake, &table).await?
+    {
+        let outcome = Outcome {
+            table: lake.to_string(),
+            skipped: Some("not written by lakewriter: left to the engine that writes it".into()),
+            ..Outcome::default()
+        };
+        outcome.log(lake);
+        return Ok(outcome);
+    }
+    let (table, mut outcome) = optimize(settings, lake, target).await?;
+    let table = vacuum(config, lake, table, &mut outcome).await?;
+    // a table nothing committed to since its last checkpoint keeps that one
+    if last_checkpoint(&table).await != table.version() {
+        deltalake::checkpoints::create_checkpoint(&table, None)
+            .await
+            .map_err(|e| sink_error(lake, format!("write a log checkpoint: {e}")))?;
+    }
+    outcome.duration = started.elapsed();
+    outcome.log(lake);
+    tracing::info!(
+        table = %lake,
+        files_removed = outcome.cleanup.files,
+        bytes_removed = outcome.cleanup.bytes,
+        version = table.version(),
+        "vacuumed and checkpointed"
+    );
+    Ok(outcome)
 }
 
 /// A live file's size and rows, by path.

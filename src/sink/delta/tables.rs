@@ -183,6 +183,19 @@ pub async fn open_existing(settings: &DeltaSettings, lake: &CatalogTable) -> Res
     })
 }
 
+/// Whether lakewriter writes `table`: its log holds lakewriter's `txn` for the table (a
+/// checkpoint, or -1 for an incomplete copy).
+pub async fn written_by_lakewriter(lake: &CatalogTable, table: &DeltaTable) -> Result<bool> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| delta_error(lake, "read the log", e))?;
+    let version = snapshot
+        .transaction_version(table.log_store().as_ref(), checkpoint_app_id(lake))
+        .await
+        .map_err(|e| delta_error(lake, "read the log", e))?;
+    Ok(version.is_some())
+}
+
 /// The checkpoint the latest commit of `table` carries (its `txn` for the table's app id).
 pub async fn checkpoint(lake: &CatalogTable, table: &DeltaTable) -> Result<Option<Lsn>> {
     let snapshot = table
