@@ -11,7 +11,8 @@ use lakewriter::sink::iceberg::{IcebergSink, Rewrite, lake_table};
 use lakewriter::table::TableId;
 use support::orders::{LAKE_LINES, postgres_lines};
 use support::writer::{
-    caught_up, command_ok, config_path, duck_query, start, start_with, stop, write_config,
+    caught_up, command_ok, config_path, duck_query, pyiceberg, start, start_with, stop,
+    write_config,
 };
 use support::{TestDb, stack};
 
@@ -89,30 +90,16 @@ async fn compaction_beside_a_streaming_writer_keeps_the_lake_equal_to_postgres()
     assert!(verify.contains("equal"), "{verify}");
 
     // pyiceberg refuses equality deletes: reading the table proves they are gone
-    let script = r#"
-import sys
-from pyiceberg.catalog.sql import SqlCatalog
-path, warehouse, ident = sys.argv[1:4]
-catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+    let stdout = pyiceberg(
+        &db,
+        "orders",
+        r#"
 table = catalog.load_table(ident)
 print(table.scan().to_arrow().num_rows)
 print(table.current_snapshot().summary.get("lakewriter.lsn"))
-"#;
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .arg(db.warehouse.path().join("catalog.db"))
-        .arg(format!("file://{}", db.warehouse.path().display()))
-        .arg(format!("{}.orders", db.namespace))
-        .output()
-        .expect("run pyiceberg");
-    assert!(
-        output.status.success(),
-        "pyiceberg could not read the compacted table: {}",
-        String::from_utf8_lossy(&output.stderr)
+"#,
+        &[],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let mut lines = stdout.lines();
     let rows: usize = lines.next().and_then(|l| l.parse().ok()).expect("a count");
     assert_eq!(rows, postgres_lines(&db).await.len());
@@ -408,34 +395,20 @@ async fn compact_chooses_files_per_partition() {
 /// Creates `<namespace>.foreign` in the SQLite catalog with pyiceberg, as another engine
 /// would, with two appends; returns its table location.
 fn foreign_table(db: &TestDb) -> std::path::PathBuf {
-    let script = r#"
-import sys
+    let location = pyiceberg(
+        db,
+        "foreign",
+        r#"
 import pyarrow as pa
-from pyiceberg.catalog.sql import SqlCatalog
-path, warehouse, ident = sys.argv[1:4]
-catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
 rows = pa.table({"id": pa.array([1, 2], pa.int64())})
 table = catalog.create_table(ident, schema=rows.schema)
 table.append(rows)
 table.append(rows)
 print(table.location())
-"#;
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .arg(db.warehouse.path().join("catalog.db"))
-        .arg(format!("file://{}", db.warehouse.path().display()))
-        .arg(format!("{}.foreign", db.namespace))
-        .output()
-        .expect("run pyiceberg");
-    assert!(
-        output.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&output.stderr)
+"#,
+        &[],
     );
-    let location = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    std::path::PathBuf::from(location.trim_start_matches("file://"))
+    std::path::PathBuf::from(location.trim().trim_start_matches("file://"))
 }
 
 #[tokio::test]
@@ -514,41 +487,20 @@ async fn expiry_and_cleanup_keep_what_tags_and_branches_hold() {
 
     // another engine tags the first snapshot and branches from the second
     let script = r#"
-import os, sys
-from pyiceberg.catalog.sql import SqlCatalog
-path, warehouse, ident, action = sys.argv[1:5]
-catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+import os
 table = catalog.load_table(ident)
-if action == "tag":
+if args[0] == "tag":
     history = sorted(table.metadata.snapshots, key=lambda s: s.sequence_number)
     table.manage_snapshots().create_tag(history[0].snapshot_id, "audit").create_branch(
         history[1].snapshot_id, "experiment").commit()
 else:
-    table = catalog.load_table(ident)
     for name, ref in sorted(table.metadata.refs.items()):
         snapshot = table.metadata.snapshot_by_id(ref.snapshot_id)
         manifest_list = snapshot.manifest_list.removeprefix("file://")
         print(name, os.path.exists(manifest_list))
 "#;
-    let pyiceberg = |action: &str| {
-        let output = stack()
-            .python()
-            .arg("-c")
-            .arg(script)
-            .arg(db.warehouse.path().join("catalog.db"))
-            .arg(format!("file://{}", db.warehouse.path().display()))
-            .arg(format!("{}.orders", db.namespace))
-            .arg(action)
-            .output()
-            .expect("run pyiceberg");
-        assert!(
-            output.status.success(),
-            "pyiceberg {action}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    pyiceberg("tag");
+    let refs = |action: &str| pyiceberg(&db, "orders", script, &[action]);
+    refs("tag");
 
     let settings = [
         ("COMPACTION__SNAPSHOT_RETENTION", "0s"),
@@ -561,7 +513,7 @@ else:
         "nothing expired: {report}"
     );
     assert_eq!(
-        pyiceberg("list"),
+        refs("list"),
         "audit True\nexperiment True\nmain True\n",
         "a tag or branch lost its snapshot: {report}"
     );

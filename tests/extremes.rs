@@ -9,9 +9,9 @@ mod support;
 
 use std::path::Path;
 
+use support::TestDb;
 use support::delta::{delta_query, python_delta_rows};
-use support::writer::{caught_up, command_ok, duck_query, start_with, stop};
-use support::{TestDb, stack};
+use support::writer::{caught_up, command_ok, duck_query, pyiceberg, start_with, stop};
 
 const SCHEMA: &str = "
 CREATE TABLE extremes (
@@ -206,38 +206,19 @@ async fn extremes_of_every_type_reach_iceberg_and_every_reader_loads_them() {
 
     // pyiceberg refuses equality deletes: compact first, then it reads the exact decimals
     command_ok(&db, &["compact"], &[]);
-    let script = r#"
-import sys
-from decimal import Decimal
-from pyiceberg.catalog.sql import SqlCatalog
-path, warehouse, ident = sys.argv[1:4]
-catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+    let lines: Vec<String> = pyiceberg(
+        &db,
+        "extremes",
+        r#"
 table = catalog.load_table(ident).scan().to_arrow().sort_by("id")
-def text(v):
-    if v is None:
-        return "NULL"
-    return format(v, "f") if isinstance(v, Decimal) else str(v)
 for row in zip(*(table.column(c).to_pylist() for c in ["id", "d", "d0", "d2"])):
     print("|".join(text(v) for v in row))
-"#;
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .arg(db.warehouse.path().join("catalog.db"))
-        .arg(format!("file://{}", db.warehouse.path().display()))
-        .arg(format!("{}.extremes", db.namespace))
-        .output()
-        .expect("run pyiceberg");
-    assert!(
-        output.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+"#,
+        &[],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect();
     assert_eq!(lines, expected, "pyiceberg");
 }
 

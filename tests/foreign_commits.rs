@@ -6,40 +6,27 @@
 
 mod support;
 
+use support::TestDb;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
-use support::writer::{caught_up, command_ok, duck_query, start_with, stop};
-use support::{TestDb, stack};
+use support::writer::{caught_up, command_ok, duck_query, pyiceberg, start_with, stop};
 
 /// Rewrites the lake's orders table with pyiceberg (its own rows, read and written back as
 /// one overwrite), the way another engine's compaction commits; returns the new snapshot's
 /// summary keys.
 fn foreign_rewrite(db: &TestDb) -> String {
-    let script = r#"
-import sys
-from pyiceberg.catalog.sql import SqlCatalog
-path, warehouse, ident = sys.argv[1:4]
-catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+    pyiceberg(
+        db,
+        "orders",
+        r#"
 table = catalog.load_table(ident)
-rows = table.scan().to_arrow()
-table.overwrite(rows)
+table.overwrite(table.scan().to_arrow())
 table = catalog.load_table(ident)
 print(",".join(sorted(table.current_snapshot().summary.additional_properties)))
-"#;
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .arg(db.warehouse.path().join("catalog.db"))
-        .arg(format!("file://{}", db.warehouse.path().display()))
-        .arg(format!("{}.orders", db.namespace))
-        .output()
-        .expect("run pyiceberg");
-    assert!(
-        output.status.success(),
-        "pyiceberg: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
+"#,
+        &[],
+    )
+    .trim()
+    .to_string()
 }
 
 async fn assert_lake_equal(db: &TestDb) {

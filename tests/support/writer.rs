@@ -194,6 +194,40 @@ for values in con.sql(query).fetchall():
         .collect()
 }
 
+/// Runs the pyiceberg `body` on the test's SQLite catalog and returns what it printed. The
+/// body finds `catalog` (the catalog), `ident` (`<namespace>.<table>`), `args` (the extra
+/// `args`) and `text(v)` (a value as PostgreSQL prints it: decimals positional, `NULL`).
+pub fn pyiceberg(db: &TestDb, table: &str, body: &str, args: &[&str]) -> String {
+    const PREAMBLE: &str = r#"
+import sys
+from decimal import Decimal
+from pyiceberg.catalog.sql import SqlCatalog
+path, warehouse, ident = sys.argv[1:4]
+args = sys.argv[4:]
+catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+def text(v):
+    if v is None:
+        return "NULL"
+    return format(v, "f") if isinstance(v, Decimal) else str(v)
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(format!("{PREAMBLE}{body}"))
+        .arg(db.warehouse.path().join("catalog.db"))
+        .arg(format!("file://{}", db.warehouse.path().display()))
+        .arg(format!("{}.{table}", db.namespace))
+        .args(args)
+        .output()
+        .expect("run pyiceberg");
+    assert!(
+        output.status.success(),
+        "pyiceberg on {table}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Starts the writer with more settings, as environment overrides (`SECTION__KEY`).
 pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Writer {
     Command::new(env!("CARGO_BIN_EXE_lakewriter"))
