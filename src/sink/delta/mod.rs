@@ -328,12 +328,13 @@ impl DeltaSink {
             // is no table in it
             std::fs::create_dir_all(&path).map_err(|source| Error::Io { path, source })?;
         }
-        let mut table = DeltaTableBuilder::from_url(url)
+        let table = DeltaTableBuilder::from_url(url)
             .map_err(|e| delta_error(lake, "open the table", e))?
             .with_storage_options(self.settings.storage_options.clone())
             .build()
             .map_err(|e| delta_error(lake, "open the table", e))?;
-        match table.load().await {
+        let (table, loaded) = load_contained(lake, table).await?;
+        match loaded {
             Ok(()) => Ok((table, true)),
             Err(DeltaTableError::NotATable(_)) => Ok((table, false)),
             Err(e) => Err(delta_error(lake, "load the table", e)),
@@ -869,6 +870,25 @@ impl Failure {
             Failure::Message(message) => sink_error(table, format!("{context}: {message}")),
         }
     }
+}
+
+/// Loads `table` in a task of its own: a panic inside the Delta kernel (its executor has
+/// panicked on a log it could not parse) then stays with this table and comes back as its
+/// error, which `on_table_error` handles, instead of unwinding through the pipeline.
+pub(crate) async fn load_contained(
+    lake: &CatalogTable,
+    mut table: DeltaTable,
+) -> Result<(DeltaTable, std::result::Result<(), DeltaTableError>)> {
+    let task = tokio::spawn(async move {
+        let loaded = table.load().await;
+        (table, loaded)
+    });
+    task.await.map_err(|e| {
+        sink_error(
+            lake,
+            format!("load the table: the Delta kernel failed inside ({e})"),
+        )
+    })
 }
 
 /// A sink error about `table` that retrying will not fix.

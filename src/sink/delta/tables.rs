@@ -158,12 +158,13 @@ pub async fn open(settings: &DeltaSettings, lake: &CatalogTable) -> Result<Optio
     {
         return Ok(None);
     }
-    let mut table = DeltaTableBuilder::from_url(url)
+    let table = DeltaTableBuilder::from_url(url)
         .map_err(|e| delta_error(lake, "open the table", e))?
         .with_storage_options(settings.storage_options.clone())
         .build()
         .map_err(|e| delta_error(lake, "open the table", e))?;
-    match table.load().await {
+    let (table, loaded) = super::load_contained(lake, table).await?;
+    match loaded {
         Ok(()) => Ok(Some(table)),
         Err(DeltaTableError::NotATable(_)) => Ok(None),
         Err(e) => Err(delta_error(lake, "load the table", e)),
