@@ -2,13 +2,15 @@
 //! `rewrite_data_files`, S3 Tables' compaction. Their snapshots carry no `lakewriter.lsn`, so
 //! the checkpoint is the newest one in the current snapshot's ancestry (DESIGN.md invariant
 //! 12): a restart after a foreign commit neither copies the table again nor, with
-//! `initial_snapshot = false`, empties it; it streams on from where the lake is.
+//! `initial_snapshot = false`, empties it; it streams on from where the lake is. Delta keeps
+//! each writer's latest `txn` across other writers' commits, and the same holds there.
 
 mod support;
 
-use support::TestDb;
+use support::delta::delta_query;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{caught_up, command_ok, duck_query, pyiceberg, start_with, stop};
+use support::{TestDb, stack};
 
 /// Rewrites the lake's orders table with pyiceberg (its own rows, read and written back as
 /// one overwrite), the way another engine's compaction commits; returns the new snapshot's
@@ -77,4 +79,54 @@ async fn a_foreign_commit_between_two_runs_neither_recopies_nor_empties_the_tabl
     caught_up(&db, &mut child).await;
     stop(child);
     assert_lake_equal(&db).await;
+}
+
+#[tokio::test]
+async fn a_foreign_delta_commit_between_two_runs_keeps_the_txn_checkpoint() {
+    let db = TestDb::new("foreign_delta").await;
+    db.psql(&["-v", "rows=1000", "-f", "sql/orders.sql"]);
+    let delta = &[("SINK__FORMAT", "delta")];
+    let mut child = start_with(&db, delta);
+    db.workload(1, 300);
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    // another engine rewrites the table with its own rows (Python deltalake's overwrite)
+    let table = db.warehouse.path().join(&db.namespace).join("orders");
+    let script = r#"
+import sys
+from deltalake import DeltaTable, write_deltalake
+rows = DeltaTable(sys.argv[1]).to_pyarrow_table()
+write_deltalake(sys.argv[1], rows, mode="overwrite")
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(&table)
+        .output()
+        .expect("run deltalake");
+    assert!(
+        output.status.success(),
+        "deltalake: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    db.workload(1, 300);
+    let mut child = start_with(&db, delta);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        !log.contains("table copied"),
+        "the table was copied again: {log}"
+    );
+    assert_eq!(
+        delta_query(&table, LAKE_DUPLICATES),
+        ["0"],
+        "duplicated keys"
+    );
+    assert!(
+        delta_query(&table, LAKE_LINES) == postgres_lines(&db).await,
+        "the lake's orders differ from PostgreSQL"
+    );
 }
