@@ -24,6 +24,9 @@ def connect() -> "duckdb.DuckDBPyConnection":
     con = duckdb.connect()
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
+    # a query slower than two seconds (a loaded machine) would print a progress bar into the
+    # rows the tests compare
+    con.execute("SET enable_progress_bar = false")
     for name in EXTENSIONS:
         con.execute(f"LOAD '{extension_path(name)}'")
     return con
