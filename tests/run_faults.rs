@@ -299,3 +299,96 @@ async fn copy_sessions_terminated_during_the_initial_copy_are_taken_up_in_a_new_
     );
     assert_orders_equal(&db, postgres_lines(&db).await);
 }
+
+/// The writer's sessions running a COPY of a table (the initial copy, or a table that joined
+/// the publication while streaming), waited for up to a minute.
+async fn wait_for_copies(db: &TestDb) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copies = running_copies(db).await;
+        if !copies.is_empty() {
+            return copies;
+        }
+        assert!(Instant::now() < deadline, "no copy showed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `id|v` of the `joined` table, sorted, from PostgreSQL.
+async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT id::text || '|' || v::text FROM joined ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read joined")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn copy_sessions_of_a_table_joining_while_streaming_terminated_then_copied_again() {
+    let db = TestDb::new("run_join_terminated").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+
+    // a table joins the publication with rows enough for its copy to be caught running
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE joined (id int PRIMARY KEY, v int);
+             INSERT INTO joined SELECT g, g FROM generate_series(1, 400000) g;",
+        )
+        .await
+        .expect("create joined");
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE joined;
+             UPDATE joined SET v = -v WHERE id <= 10;",
+            db.publication
+        ))
+        .await
+        .expect("publish joined");
+    for pid in wait_for_copies(&db).await {
+        client
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .expect("terminate a copy session");
+    }
+    client
+        .batch_execute(
+            "UPDATE joined SET v = v + 1 WHERE id % 1000 = 0;
+             DELETE FROM joined WHERE id % 777 = 0;",
+        )
+        .await
+        .expect("change joined");
+    db.workload(1, 200);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        log.contains("copying it again in a new snapshot"),
+        "the copy was not taken up again: {log}"
+    );
+    assert_orders_equal(&db, postgres_lines(&db).await);
+    assert_eq!(
+        duck_query(
+            &db,
+            "joined",
+            "SELECT count(*) - count(DISTINCT id) FROM {scan}"
+        ),
+        vec!["0".to_string()],
+        "duplicated keys in the lake"
+    );
+    assert!(
+        duck_query(
+            &db,
+            "joined",
+            "SELECT id || '|' || v FROM {scan} ORDER BY id"
+        ) == joined_in_postgres(&db).await,
+        "the lake's joined table differs from PostgreSQL"
+    );
+}

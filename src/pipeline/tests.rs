@@ -43,7 +43,10 @@ impl Sink for RecordingSink {
     }
 
     async fn stage(&mut self, part: TableDelta) -> Result<()> {
-        self.staged.entry(part.table.clone()).or_default().push(part);
+        self.staged
+            .entry(part.table.clone())
+            .or_default()
+            .push(part);
         Ok(())
     }
 
@@ -314,10 +317,17 @@ async fn a_spilled_transaction_resent_after_a_reconnect_is_committed_once() {
         .await
         .expect("started");
     for event in t1.iter().chain(&t2).cloned() {
-        pipeline.handle(event).await.expect("handle the resent T1 and T2");
+        pipeline
+            .handle(event)
+            .await
+            .expect("handle the resent T1 and T2");
     }
     pipeline.flush_all().await.expect("flush");
-    assert_eq!(*acknowledged.borrow(), Lsn(208), "acknowledged past T2's end");
+    assert_eq!(
+        *acknowledged.borrow(),
+        Lsn(208),
+        "acknowledged past T2's end"
+    );
     let sink = pipeline.into_sink();
     // a spilled transaction's rows come in the order of its key buckets
     assert_eq!(
@@ -343,7 +353,10 @@ async fn a_spilled_transaction_resent_after_a_reconnect_is_committed_once() {
     assert_eq!(lsns.iter().filter(|(_, l)| *l == Some(Lsn(200))).count(), 2);
     assert_eq!(lsns.len(), 4, "commits: {lsns:?}");
     assert!(
-        std::fs::read_dir(dir.path()).expect("spill dir").next().is_none(),
+        std::fs::read_dir(dir.path())
+            .expect("spill dir")
+            .next()
+            .is_none(),
         "spill files were left behind"
     );
 }
@@ -386,7 +399,10 @@ async fn a_spilling_transaction_cut_by_a_reconnect_is_taken_whole_from_the_resen
         "the changelog must hold each change of the resent transaction once"
     );
     assert!(
-        std::fs::read_dir(dir.path()).expect("spill dir").next().is_none(),
+        std::fs::read_dir(dir.path())
+            .expect("spill dir")
+            .next()
+            .is_none(),
         "the void transaction's spill files were left behind"
     );
 }
