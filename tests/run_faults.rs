@@ -10,8 +10,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use lakewriter::Lsn;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
-use support::writer::{acknowledged, caught_up, duck_query, start, start_with, stop, write_config};
+use support::writer::{
+    acknowledged, caught_up, duck_query, start, start_with, stop, stopped_at, write_config,
+};
 use support::{Cluster, TestDb};
 
 /// Changes sit in the buffers until the stop: a reconnect always finds some there.
@@ -97,9 +100,24 @@ fn assert_orders_equal(db: &TestDb, expected: Vec<String>) {
     );
 }
 
-#[tokio::test]
-async fn walsender_terminated_with_buffered_changes_then_kill_9_applies_each_change_once() {
-    let db = TestDb::new("run_reconnect").await;
+/// The slot confirms exactly the position the stopped writer reports durable, which covers
+/// everything committed up to `target`.
+async fn assert_acknowledged_at_the_durable_position(db: &TestDb, log: &str, target: Lsn) {
+    let durable = stopped_at(log);
+    let confirmed = acknowledged(db).await;
+    assert_eq!(
+        confirmed, durable,
+        "the slot's confirmed_flush_lsn is not the writer's durable position"
+    );
+    assert!(
+        durable >= target,
+        "the durable position {durable} is before the last change ({target})"
+    );
+}
+
+/// The two tables of these tests: `orders` (upsert) and `events` (a changelog table), with
+/// the config the writer runs with.
+async fn orders_and_events(db: &TestDb) {
     db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
     db.client()
         .await
@@ -107,9 +125,15 @@ async fn walsender_terminated_with_buffered_changes_then_kill_9_applies_each_cha
         .await
         .expect("schema");
     write_config(
-        &db,
+        db,
         "[source.tables.\"public.events\"]\nmode = \"changelog\"\n",
     );
+}
+
+#[tokio::test]
+async fn walsender_terminated_with_buffered_changes_then_kill_9_applies_each_change_once() {
+    let db = TestDb::new("run_reconnect").await;
+    orders_and_events(&db).await;
 
     // Three reconnects while both tables hold buffered transactions, then a clean stop
     // commits the buffers: a resent transaction buffered twice would show here.
@@ -166,7 +190,7 @@ async fn writer_backends(db: &TestDb) -> Vec<(i32, String)> {
 async fn every_writer_session_terminated_one_by_one_then_sigterm_exits_0_with_the_slot_acknowledged()
  {
     let db = TestDb::new("run_terminate").await;
-    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    orders_and_events(&db).await;
     let mut child = start(&db);
     caught_up(&db, &mut child).await;
     let backends = writer_backends(&db).await;
@@ -177,22 +201,24 @@ async fn every_writer_session_terminated_one_by_one_then_sigterm_exits_0_with_th
             "no session named {role} among {roles:?}"
         );
     }
-    for (pid, role) in &backends {
+    for (round, (pid, role)) in (1..).zip(&backends) {
         db.client()
             .await
             .execute("SELECT pg_terminate_backend($1)", &[pid])
             .await
             .expect("terminate a writer session");
-        db.workload(1, 200);
+        changes(&db, round).await;
         caught_up(&db, &mut child).await;
         println!("terminated {role} ({pid}); the writer caught up");
     }
     let target = db.sync_point().await;
     caught_up(&db, &mut child).await;
-    stop(child);
-    assert!(
-        acknowledged(&db).await >= target,
-        "the slot was not acknowledged"
+    let log = stop(child);
+    assert_acknowledged_at_the_durable_position(&db, &log, target).await;
+    assert_eq!(
+        changelog(&db),
+        expected_changelog(1..=backends.len() as i32),
+        "a change applied twice, or lost"
     );
     assert_orders_equal(&db, postgres_lines(&db).await);
 }
@@ -202,27 +228,33 @@ async fn postgres_restarted_mid_stream_and_while_idle_then_sigterm_exits_0_with_
  {
     let cluster = Cluster::start();
     let db = TestDb::on(&cluster, "run_restart").await;
-    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    orders_and_events(&db).await;
     let mut child = start(&db);
     caught_up(&db, &mut child).await;
 
     // mid-stream: the writer is still receiving and committing the workload
     db.workload(2, 300);
+    changes(&db, 1).await;
     cluster.restart();
+    changes(&db, 2).await;
     db.workload(2, 300);
     caught_up(&db, &mut child).await;
 
     // idle: nothing in flight, every session closed under the writer
     cluster.restart();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    db.workload(1, 200);
+    changes(&db, 3).await;
     let target = db.sync_point().await;
     caught_up(&db, &mut child).await;
-    stop(child);
-    assert!(
-        acknowledged(&db).await >= target,
-        "the slot was not acknowledged"
+    let log = stop(child);
+    assert_acknowledged_at_the_durable_position(&db, &log, target).await;
+    // each restart is said once, however many attempts the reconnection took
+    assert_eq!(
+        log.matches("replication stream interrupted").count(),
+        2,
+        "two restarts: {log}"
     );
+    assert_eq!(changelog(&db), expected_changelog(1..=3));
     assert_orders_equal(&db, postgres_lines(&db).await);
 }
 
