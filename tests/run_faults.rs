@@ -1,17 +1,21 @@
 //! `lakewriter run` through the faults of a real week, against the real PostgreSQL: the
 //! replication session terminated while transactions sit in the writer's buffers (PostgreSQL
 //! then resends everything not acknowledged), a SIGKILL right after such a reconnect, every
-//! session of the writer terminated one by one, and the server restarted mid-stream and while
-//! idle. Every change reaches the lake exactly once (the upsert table equals PostgreSQL, the
-//! changelog table holds each change once), and a SIGTERM afterwards exits 0 with the slot
-//! acknowledged.
+//! session of the writer terminated one by one, copy sessions terminated mid-copy (the initial
+//! copy, and a table joining while streaming), and the server restarted mid-stream and while
+//! idle, with SIGKILLs between. Every change reaches the lake exactly once (the upsert table
+//! equals PostgreSQL, the changelog table holds each change once), and a SIGTERM afterwards
+//! exits 0 with the slot confirmed exactly at the writer's durable position.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use lakewriter::Lsn;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
-use support::writer::{acknowledged, caught_up, duck_query, start, start_with, stop, write_config};
+use support::writer::{
+    acknowledged, caught_up, duck_query, start, start_with, stop, stopped_at, write_config,
+};
 use support::{Cluster, TestDb};
 
 /// Changes sit in the buffers until the stop: a reconnect always finds some there.
@@ -97,9 +101,24 @@ fn assert_orders_equal(db: &TestDb, expected: Vec<String>) {
     );
 }
 
-#[tokio::test]
-async fn walsender_terminated_with_buffered_changes_then_kill_9_applies_each_change_once() {
-    let db = TestDb::new("run_reconnect").await;
+/// The slot confirms exactly the position the stopped writer reports durable, which covers
+/// everything committed up to `target`.
+async fn assert_acknowledged_at_the_durable_position(db: &TestDb, log: &str, target: Lsn) {
+    let durable = stopped_at(log);
+    let confirmed = acknowledged(db).await;
+    assert_eq!(
+        confirmed, durable,
+        "the slot's confirmed_flush_lsn is not the writer's durable position"
+    );
+    assert!(
+        durable >= target,
+        "the durable position {durable} is before the last change ({target})"
+    );
+}
+
+/// The two tables of these tests: `orders` (upsert) and `events` (a changelog table), with
+/// the config the writer runs with.
+async fn orders_and_events(db: &TestDb) {
     db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
     db.client()
         .await
@@ -107,9 +126,15 @@ async fn walsender_terminated_with_buffered_changes_then_kill_9_applies_each_cha
         .await
         .expect("schema");
     write_config(
-        &db,
+        db,
         "[source.tables.\"public.events\"]\nmode = \"changelog\"\n",
     );
+}
+
+#[tokio::test]
+async fn walsender_terminated_with_buffered_changes_then_kill_9_applies_each_change_once() {
+    let db = TestDb::new("run_reconnect").await;
+    orders_and_events(&db).await;
 
     // Three reconnects while both tables hold buffered transactions, then a clean stop
     // commits the buffers: a resent transaction buffered twice would show here.
@@ -166,7 +191,7 @@ async fn writer_backends(db: &TestDb) -> Vec<(i32, String)> {
 async fn every_writer_session_terminated_one_by_one_then_sigterm_exits_0_with_the_slot_acknowledged()
  {
     let db = TestDb::new("run_terminate").await;
-    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    orders_and_events(&db).await;
     let mut child = start(&db);
     caught_up(&db, &mut child).await;
     let backends = writer_backends(&db).await;
@@ -177,22 +202,24 @@ async fn every_writer_session_terminated_one_by_one_then_sigterm_exits_0_with_th
             "no session named {role} among {roles:?}"
         );
     }
-    for (pid, role) in &backends {
+    for (round, (pid, role)) in (1..).zip(&backends) {
         db.client()
             .await
             .execute("SELECT pg_terminate_backend($1)", &[pid])
             .await
             .expect("terminate a writer session");
-        db.workload(1, 200);
+        changes(&db, round).await;
         caught_up(&db, &mut child).await;
         println!("terminated {role} ({pid}); the writer caught up");
     }
     let target = db.sync_point().await;
     caught_up(&db, &mut child).await;
-    stop(child);
-    assert!(
-        acknowledged(&db).await >= target,
-        "the slot was not acknowledged"
+    let log = stop(child);
+    assert_acknowledged_at_the_durable_position(&db, &log, target).await;
+    assert_eq!(
+        changelog(&db),
+        expected_changelog(1..=backends.len() as i32),
+        "a change applied twice, or lost"
     );
     assert_orders_equal(&db, postgres_lines(&db).await);
 }
@@ -202,27 +229,33 @@ async fn postgres_restarted_mid_stream_and_while_idle_then_sigterm_exits_0_with_
  {
     let cluster = Cluster::start();
     let db = TestDb::on(&cluster, "run_restart").await;
-    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    orders_and_events(&db).await;
     let mut child = start(&db);
     caught_up(&db, &mut child).await;
 
     // mid-stream: the writer is still receiving and committing the workload
     db.workload(2, 300);
+    changes(&db, 1).await;
     cluster.restart();
+    changes(&db, 2).await;
     db.workload(2, 300);
     caught_up(&db, &mut child).await;
 
     // idle: nothing in flight, every session closed under the writer
     cluster.restart();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    db.workload(1, 200);
+    changes(&db, 3).await;
     let target = db.sync_point().await;
     caught_up(&db, &mut child).await;
-    stop(child);
-    assert!(
-        acknowledged(&db).await >= target,
-        "the slot was not acknowledged"
+    let log = stop(child);
+    assert_acknowledged_at_the_durable_position(&db, &log, target).await;
+    // each restart is said once, however many attempts the reconnection took
+    assert_eq!(
+        log.matches("replication stream interrupted").count(),
+        2,
+        "two restarts: {log}"
     );
+    assert_eq!(changelog(&db), expected_changelog(1..=3));
     assert_orders_equal(&db, postgres_lines(&db).await);
 }
 
@@ -296,6 +329,176 @@ async fn copy_sessions_terminated_during_the_initial_copy_are_taken_up_in_a_new_
     assert!(
         log.contains("copying the remaining tables in a new snapshot"),
         "the copy was not taken up again: {log}"
+    );
+    assert_orders_equal(&db, postgres_lines(&db).await);
+}
+
+/// The writer's sessions running a COPY of a table (the initial copy, or a table that joined
+/// the publication while streaming), waited for up to a minute.
+async fn wait_for_copies(db: &TestDb) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copies = running_copies(db).await;
+        if !copies.is_empty() {
+            return copies;
+        }
+        assert!(Instant::now() < deadline, "no copy showed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `id|v` of the `joined` table, sorted, from PostgreSQL.
+async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT id::text || '|' || v::text FROM joined ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read joined")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn copy_sessions_of_a_table_joining_while_streaming_terminated_then_copied_again() {
+    let db = TestDb::new("run_join_terminated").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+
+    // a table joins the publication with rows enough for its copy to be caught running
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE joined (id int PRIMARY KEY, v int);
+             INSERT INTO joined SELECT g, g FROM generate_series(1, 400000) g;",
+        )
+        .await
+        .expect("create joined");
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE joined;
+             UPDATE joined SET v = -v WHERE id <= 10;",
+            db.publication
+        ))
+        .await
+        .expect("publish joined");
+    for pid in wait_for_copies(&db).await {
+        client
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .expect("terminate a copy session");
+    }
+    client
+        .batch_execute(
+            "UPDATE joined SET v = v + 1 WHERE id % 1000 = 0;
+             DELETE FROM joined WHERE id % 777 = 0;",
+        )
+        .await
+        .expect("change joined");
+    db.workload(1, 200);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        log.contains("copying it again in a new snapshot"),
+        "the copy was not taken up again: {log}"
+    );
+    assert_orders_equal(&db, postgres_lines(&db).await);
+    assert_eq!(
+        duck_query(
+            &db,
+            "joined",
+            "SELECT count(*) - count(DISTINCT id) FROM {scan}"
+        ),
+        vec!["0".to_string()],
+        "duplicated keys in the lake"
+    );
+    assert!(
+        duck_query(
+            &db,
+            "joined",
+            "SELECT id || '|' || v FROM {scan} ORDER BY id"
+        ) == joined_in_postgres(&db).await,
+        "the lake's joined table differs from PostgreSQL"
+    );
+}
+
+/// Runs `rounds` rounds of the orders workload on `db` in the background, one psql each, a
+/// quarter second apart. A round the server cuts short (it restarts under it) is simply cut
+/// short: the lake must equal whatever PostgreSQL committed.
+fn background_workload(db: &TestDb, rounds: usize) -> std::thread::JoinHandle<()> {
+    let url = db.url.clone();
+    std::thread::spawn(move || {
+        for _ in 0..rounds {
+            let _ = support::stack()
+                .pg_program("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url])
+                .args([
+                    "-v",
+                    "rounds=1",
+                    "-v",
+                    "batch=300",
+                    "-f",
+                    "sql/workload.sql",
+                ])
+                .current_dir(support::project_dir())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    })
+}
+
+#[tokio::test]
+async fn kill_9_and_postgres_restarts_mid_stream_and_while_idle_lose_and_duplicate_nothing() {
+    let cluster = Cluster::start();
+    let db = TestDb::on(&cluster, "run_restart_crash").await;
+    orders_and_events(&db).await;
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    changes(&db, 1).await;
+
+    // mid-stream: a workload runs while the server restarts under the writer, which is then
+    // killed right after it reconnected, started again, and killed again mid-stream
+    let workload = background_workload(&db, 10);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    cluster.restart();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let mut child = start(&db);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let mut child = start(&db);
+    workload.join().expect("the workload");
+    changes(&db, 2).await;
+    caught_up(&db, &mut child).await;
+
+    // idle: the server restarts with nothing in flight; the writer is killed after it
+    // reconnected, and the next one stops cleanly after more changes
+    cluster.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    cluster.restart();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    changes(&db, 3).await;
+    db.workload(1, 200);
+    let target = db.sync_point().await;
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert_acknowledged_at_the_durable_position(&db, &log, target).await;
+    assert_eq!(
+        changelog(&db),
+        expected_changelog(1..=3),
+        "a change applied twice, or lost"
     );
     assert_orders_equal(&db, postgres_lines(&db).await);
 }

@@ -311,7 +311,7 @@ pub async fn run<S: Sink>(
                     Some(event) => {
                         pipeline.handle(event).await?;
                         for table in pipeline.take_discovered() {
-                            copy_discovered(&config, control.client().await?, &mut pipeline, &table).await?;
+                            copy_discovered(&config, &mut control, &mut pipeline, &table).await?;
                         }
                     }
                     None => return Ok(false),
@@ -422,8 +422,44 @@ async fn copy_tables<S: Sink>(
 
 /// Copies a table that appeared while streaming, in a snapshot of a temporary slot taken now:
 /// the copy holds everything up to that slot's consistent point, and the stream's changes of
-/// the table up to there are skipped. The stream waits meanwhile (back-pressure).
+/// the table up to there are skipped. The stream waits meanwhile (back-pressure). A copy the
+/// server interrupted (a restart, a failover, a terminated session) is taken up again in a
+/// new snapshot: the table's changes stay buffered until one copy is in the lake.
 async fn copy_discovered<S: Sink>(
+    config: &Config,
+    control: &mut connection::Session,
+    pipeline: &mut Pipeline<S>,
+    table: &TableId,
+) -> Result<()> {
+    let mut attempt = 0u32;
+    loop {
+        let copied = match control.client().await {
+            Ok(client) => copy_discovered_once(config, client, pipeline, table).await,
+            Err(e) => Err(e),
+        };
+        match copied {
+            Ok(()) => return Ok(()),
+            Err(e) if (e.is_retryable() || snapshot_lost(&e)) && attempt < COPY_ATTEMPTS => {
+                attempt += 1;
+                // at least a second: the temporary slot of the interrupted copy goes with its
+                // session, which the server ends a moment after the client closed it
+                let pause = Duration::from_millis(500 * (1 << attempt.min(6)));
+                tracing::warn!(
+                    table = %table,
+                    error = %e,
+                    retry_in = ?pause,
+                    "the copy of a table that joined while streaming was interrupted; copying \
+                     it again in a new snapshot"
+                );
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One attempt of [`copy_discovered`].
+async fn copy_discovered_once<S: Sink>(
     config: &Config,
     client: &tokio_postgres::Client,
     pipeline: &mut Pipeline<S>,
@@ -451,7 +487,7 @@ async fn copy_discovered<S: Sink>(
             .await?;
     let lsn = session.snapshot.checkpoint();
     let progress = Progress::new(config.metrics.progress_interval.get());
-    copy_into_lake(
+    let copied = copy_into_lake(
         config,
         client,
         pipeline.sink_mut(),
@@ -460,8 +496,10 @@ async fn copy_discovered<S: Sink>(
         target.clone(),
         &progress,
     )
-    .await?;
+    .await;
+    // closed either way, so a retry can create the temporary slot again
     session.close();
+    copied?;
     pipeline.copied(table, lsn, target);
     Ok(())
 }

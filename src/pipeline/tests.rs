@@ -15,10 +15,12 @@ use crate::source::changes::{ChangeBatch, ColumnSchema, OldRow, Op};
 use crate::source::pgoutput::ReplicaIdentity;
 use crate::source::{Oid, RelationId};
 
-/// Keeps every commit it is given.
+/// Keeps every commit it is given; a commit takes in the parts staged for its table before it
+/// (a spilled transaction's), as a lake commit does.
 #[derive(Debug, Default)]
 struct RecordingSink {
     commits: Vec<TableDelta>,
+    staged: HashMap<TableId, Vec<TableDelta>>,
 }
 
 impl Sink for RecordingSink {
@@ -31,16 +33,26 @@ impl Sink for RecordingSink {
         Ok(None)
     }
 
-    async fn commit(&mut self, delta: TableDelta) -> Result<()> {
+    async fn commit(&mut self, mut delta: TableDelta) -> Result<()> {
+        for part in self.staged.remove(&delta.table).unwrap_or_default() {
+            delta.rows.extend(part.rows);
+            delta.deletes.extend(part.deletes);
+        }
         self.commits.push(delta);
         Ok(())
     }
 
-    async fn stage(&mut self, _part: TableDelta) -> Result<()> {
+    async fn stage(&mut self, part: TableDelta) -> Result<()> {
+        self.staged
+            .entry(part.table.clone())
+            .or_default()
+            .push(part);
         Ok(())
     }
 
-    fn discard_staged(&mut self, _table: &TableId) {}
+    fn discard_staged(&mut self, table: &TableId) {
+        self.staged.remove(table);
+    }
 
     fn known_checkpoint(&self, _table: &TableId) -> Option<Lsn> {
         None
@@ -56,6 +68,11 @@ impl Sink for RecordingSink {
 }
 
 fn config() -> Arc<Config> {
+    config_with("")
+}
+
+/// The test config with `flush` appended to its `[flush]` section.
+fn config_with(flush: &str) -> Arc<Config> {
     let text = r#"
 [source]
 host = "127.0.0.1"
@@ -70,8 +87,10 @@ namespace = "ns"
 
 [flush]
 max_latency = "1h"
-"#;
-    Arc::new(Config::parse(text, Path::new("test.toml"), Vec::new()).expect("config"))
+"#
+    .to_string()
+        + flush;
+    Arc::new(Config::parse(&text, Path::new("test.toml"), Vec::new()).expect("config"))
 }
 
 fn schema(table: &str) -> Arc<TableSchema> {
@@ -144,6 +163,11 @@ fn transaction(lsn: u64, changes: Vec<SourceEvent>) -> Vec<SourceEvent> {
 
 /// A pipeline over an upsert table `u` and a changelog table `c`, both in the lake up to LSN 10.
 fn pipeline() -> (Pipeline<RecordingSink>, watch::Receiver<Lsn>) {
+    pipeline_with(config())
+}
+
+/// [`pipeline`] with `config`.
+fn pipeline_with(config: Arc<Config>) -> (Pipeline<RecordingSink>, watch::Receiver<Lsn>) {
     let mut tables = HashMap::new();
     let upsert = schema("u");
     tables.insert(
@@ -173,7 +197,7 @@ fn pipeline() -> (Pipeline<RecordingSink>, watch::Receiver<Lsn>) {
     );
     let (durable, acknowledged) = watch::channel(Lsn(10));
     (
-        Pipeline::new(config(), RecordingSink::default(), tables, durable),
+        Pipeline::new(config, RecordingSink::default(), tables, durable),
         acknowledged,
     )
 }
@@ -251,4 +275,134 @@ async fn a_transaction_resent_after_a_reconnect_is_buffered_once() {
             delta.table
         );
     }
+}
+
+fn sorted(mut rows: Vec<(i32, String)>) -> Vec<(i32, String)> {
+    rows.sort();
+    rows
+}
+
+/// A config whose memory budget no transaction fits: every transaction spills to `dir`.
+fn spilling(dir: &Path) -> Arc<Config> {
+    config_with(&format!(
+        "memory_budget = \"1KiB\"\nmax_bytes = \"1KiB\"\nspill_dir = {:?}\n",
+        dir.display().to_string()
+    ))
+}
+
+#[tokio::test]
+async fn a_spilled_transaction_resent_after_a_reconnect_is_committed_once() {
+    let dir = tempfile::tempdir().expect("a spill directory");
+    let (mut pipeline, acknowledged) = pipeline_with(spilling(dir.path()));
+    let t1 = transaction(
+        100,
+        vec![
+            change("u", 100, Op::Insert, 1, "t1"),
+            change("c", 100, Op::Insert, 1, "t1"),
+            change("u", 100, Op::Insert, 2, "t1"),
+        ],
+    );
+    let t2 = transaction(
+        200,
+        vec![
+            change("u", 200, Op::Update, 1, "t2"),
+            change("c", 200, Op::Update, 1, "t2"),
+        ],
+    );
+    for event in t1.iter().chain(&t2).cloned() {
+        pipeline.handle(event).await.expect("handle");
+    }
+    pipeline
+        .handle(SourceEvent::Started { from: Lsn(10) })
+        .await
+        .expect("started");
+    for event in t1.iter().chain(&t2).cloned() {
+        pipeline
+            .handle(event)
+            .await
+            .expect("handle the resent T1 and T2");
+    }
+    pipeline.flush_all().await.expect("flush");
+    assert_eq!(
+        *acknowledged.borrow(),
+        Lsn(208),
+        "acknowledged past T2's end"
+    );
+    let sink = pipeline.into_sink();
+    // a spilled transaction's rows come in the order of its key buckets
+    assert_eq!(
+        sorted(committed(&sink, "u")),
+        vec![
+            (1, "t1".to_string()),
+            (1, "t2".to_string()),
+            (2, "t1".to_string())
+        ],
+        "each spilled transaction must be committed once"
+    );
+    assert_eq!(
+        committed(&sink, "c"),
+        vec![(1, "t1".to_string()), (1, "t2".to_string())],
+        "the changelog must hold each change once"
+    );
+    let lsns: Vec<(String, Option<Lsn>)> = sink
+        .commits
+        .iter()
+        .map(|d| (d.table.name.clone(), d.lsn))
+        .collect();
+    assert_eq!(lsns.iter().filter(|(_, l)| *l == Some(Lsn(100))).count(), 2);
+    assert_eq!(lsns.iter().filter(|(_, l)| *l == Some(Lsn(200))).count(), 2);
+    assert_eq!(lsns.len(), 4, "commits: {lsns:?}");
+    assert!(
+        std::fs::read_dir(dir.path())
+            .expect("spill dir")
+            .next()
+            .is_none(),
+        "spill files were left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_spilling_transaction_cut_by_a_reconnect_is_taken_whole_from_the_resend() {
+    let dir = tempfile::tempdir().expect("a spill directory");
+    let (mut pipeline, acknowledged) = pipeline_with(spilling(dir.path()));
+    let t1 = transaction(
+        100,
+        vec![
+            change("u", 100, Op::Insert, 1, "t1"),
+            change("c", 100, Op::Insert, 1, "t1"),
+            change("u", 100, Op::Insert, 2, "t1"),
+            change("c", 100, Op::Insert, 2, "t1"),
+        ],
+    );
+    // the session drops after T1's first changes spilled, before its commit
+    for event in t1.iter().take(3).cloned() {
+        pipeline.handle(event).await.expect("handle");
+    }
+    pipeline
+        .handle(SourceEvent::Started { from: Lsn(10) })
+        .await
+        .expect("started");
+    assert_eq!(*acknowledged.borrow(), Lsn(10));
+    for event in t1.iter().cloned() {
+        pipeline.handle(event).await.expect("handle the resent T1");
+    }
+    pipeline.flush_all().await.expect("flush");
+    assert_eq!(*acknowledged.borrow(), Lsn(108));
+    let sink = pipeline.into_sink();
+    assert_eq!(
+        sorted(committed(&sink, "u")),
+        vec![(1, "t1".to_string()), (2, "t1".to_string())]
+    );
+    assert_eq!(
+        committed(&sink, "c"),
+        vec![(1, "t1".to_string()), (2, "t1".to_string())],
+        "the changelog must hold each change of the resent transaction once"
+    );
+    assert!(
+        std::fs::read_dir(dir.path())
+            .expect("spill dir")
+            .next()
+            .is_none(),
+        "the void transaction's spill files were left behind"
+    );
 }

@@ -133,6 +133,9 @@ pub struct Session {
     source: SourceConfig,
     role: &'static str,
     client: Client,
+    /// An error said the server ended the session, whether or not the client has seen the
+    /// socket close yet: the next use opens a new one.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -143,12 +146,13 @@ impl Session {
             source: source.clone(),
             role,
             client,
+            ended: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// The session's client, opened again first when the server has closed it.
     pub async fn client(&mut self) -> Result<&Client> {
-        if self.client.is_closed() {
+        if self.client.is_closed() || self.ended.load(std::sync::atomic::Ordering::Relaxed) {
             self.reopen().await?;
         }
         Ok(&self.client)
@@ -157,7 +161,16 @@ impl Session {
     /// Whether `error`, met using this session, came from its connection going away: the
     /// operation may be retried on a new one.
     pub fn lost(&self, error: &tokio_postgres::Error) -> bool {
-        self.client.is_closed() || error.is_closed()
+        // the server's last word before it closes a session (terminated, shutting down, a
+        // connection failure) may reach the query before the client sees the socket close
+        let ended_by_server = error.code().is_some_and(|c| {
+            matches!(c.code(), "57P01" | "57P02" | "57P03") || c.code().starts_with("08")
+        });
+        let lost = self.client.is_closed() || error.is_closed() || ended_by_server;
+        if lost {
+            self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        lost
     }
 
     async fn reopen(&mut self) -> Result<()> {
@@ -172,6 +185,8 @@ impl Session {
             match connect_as(&self.source, Some(self.role)).await {
                 Ok(client) => {
                     self.client = client;
+                    self.ended
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(role = self.role, "source session open again");
                     return Ok(());
                 }

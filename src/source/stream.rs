@@ -172,9 +172,12 @@ async fn stream_here(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut backoff = Duration::from_millis(250);
+    // whether this interruption was logged already
+    let mut said = false;
     loop {
         let start = settings.start.max(*durable.borrow());
         let began = Instant::now();
+        let mut connected = false;
         match session(
             config,
             &settings,
@@ -182,6 +185,7 @@ async fn stream_here(
             &events,
             durable.clone(),
             shutdown.clone(),
+            &mut connected,
         )
         .await
         {
@@ -190,7 +194,14 @@ async fn stream_here(
                 if began.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(250);
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, "replication stream interrupted; reconnecting");
+                // said once per interruption: the attempts while the server is still away (a
+                // restart, a failover) are detail, and "streaming" says when it is back
+                if connected || !said {
+                    said = true;
+                    tracing::warn!(error = %e, retry_in = ?backoff, "replication stream interrupted; reconnecting");
+                } else {
+                    tracing::debug!(error = %e, retry_in = ?backoff, "the source is still unreachable; reconnecting");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -209,6 +220,7 @@ async fn session(
     events: &mpsc::Sender<SourceEvent>,
     mut durable: watch::Receiver<Lsn>,
     mut shutdown: watch::Receiver<bool>,
+    connected: &mut bool,
 ) -> Result<SessionEnd> {
     let source = &config.source;
     let catalog = connection::connect_as(source, Some(connection::STREAM)).await?;
@@ -218,6 +230,7 @@ async fn session(
     let mut client = ReplicationClient::connect(replication)
         .await
         .map_err(|e| replication_error(source, e))?;
+    *connected = true;
     tracing::info!(slot = %source.slot, from = %start, "streaming");
     let mut decoder = Decoder::new(config, settings, catalog);
     let acknowledged_at_start = *durable.borrow();

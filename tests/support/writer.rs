@@ -106,6 +106,19 @@ pub fn stop(child: Writer) -> String {
     log
 }
 
+/// The durable position a stopped writer reports in its last log line (`stopped
+/// durable=…`): what it committed to the lake, and so what the slot must have acknowledged.
+pub fn stopped_at(log: &str) -> lakewriter::Lsn {
+    log.lines()
+        .filter(|line| line.contains(" stopped "))
+        .find_map(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("durable="))
+        })
+        .and_then(|lsn| lsn.parse().ok())
+        .unwrap_or_else(|| panic!("the writer logged no durable position: {log}"))
+}
+
 /// The slot's acknowledged position (zero before the writer created it).
 pub async fn acknowledged(db: &TestDb) -> lakewriter::Lsn {
     db.client()
