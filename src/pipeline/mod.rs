@@ -297,10 +297,10 @@ impl<S: Sink> Pipeline<S> {
                     self.receive(table, Entry::Changes(batch), bytes)?;
                 }
             }
-            SourceEvent::Truncate { tables, .. } => {
+            SourceEvent::Truncate { tables, commit_lsn } => {
                 if self.open.is_some() {
                     for table in tables {
-                        self.receive(table, Entry::Truncate, 0)?;
+                        self.receive(table, Entry::Truncate(commit_lsn), 0)?;
                     }
                 }
             }
@@ -579,7 +579,12 @@ impl<S: Sink> Pipeline<S> {
             }
             TableMode::Changelog => {
                 let target = Arc::new(changelog::schema(&schema));
-                let rows = changelog::rows(&schema, &target, entries, &self.commit_times)?;
+                let plan = changelog::plan(&schema, &target, &state.layout.key, entries)?;
+                let lake = match plan.lookup_keys()? {
+                    Some(keys) => self.sink.lookup(table, &keys).await?,
+                    None => Vec::new(),
+                };
+                let rows = plan.materialize(&lake, &self.commit_times)?;
                 Ok(Reduced {
                     target,
                     truncate: false,
@@ -817,7 +822,7 @@ impl<S: Sink> Pipeline<S> {
 
 /// Adds `entry` of `table` to the open transaction's spill, unless the table would skip it
 /// (already in the lake, unknown, or waiting for its copy, which covers it). A changelog table
-/// keeps every change, so a TRUNCATE removes nothing of its spill.
+/// keeps every change, so its spill records a TRUNCATE as a change and removes nothing.
 fn spill_entry(
     tables: &HashMap<TableId, TableState>,
     open: &mut OpenTransaction,
@@ -838,7 +843,6 @@ fn spill_entry(
     };
     match state.mode {
         TableMode::Upsert => spill.add(&table, &state.layout.key, entry),
-        TableMode::Changelog if matches!(entry, Entry::Truncate) => Ok(()),
         TableMode::Changelog => spill.add(&table, &[], entry),
     }
 }

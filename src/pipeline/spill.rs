@@ -82,6 +82,11 @@ struct TableSpill {
     merged: bool,
     segments: Vec<Segment>,
     generation: u32,
+    /// An append-only (changelog) table's truncates, which it records as changes: each
+    /// comes before the segment of this index (segments after it start anew).
+    truncates_before: Vec<usize>,
+    /// The next change starts a segment (it follows a recorded truncate).
+    new_segment: bool,
 }
 
 #[derive(Debug)]
@@ -157,6 +162,8 @@ impl Spill {
                     merged: false,
                     segments: Vec::new(),
                     generation: 0,
+                    truncates_before: Vec::new(),
+                    new_segment: false,
                 },
             );
         }
@@ -165,7 +172,14 @@ impl Spill {
             return Ok(());
         };
         match entry {
-            Entry::Truncate => {
+            Entry::Truncate(_) if spill.key.is_empty() => {
+                // an append-only table keeps what came before and records the truncate in
+                // its place among the changes
+                spill.truncates_before.push(spill.segments.len());
+                spill.new_segment = true;
+                Ok(())
+            }
+            Entry::Truncate(_) => {
                 // what came before is gone: drop its files
                 for segment in spill.segments.drain(..) {
                     for file in segment.files.into_iter().flatten() {
@@ -234,7 +248,16 @@ impl Spill {
             return Ok(Vec::new());
         };
         let mut entries = Vec::new();
-        for segment in &spill.segments {
+        // an append-only table's changes (and so its recorded truncates) are all in bucket 0
+        let truncates = |before: usize, entries: &mut Vec<Entry>| {
+            if group == 0 || spill.merged {
+                for _ in spill.truncates_before.iter().filter(|&&b| b == before) {
+                    entries.push(Entry::Truncate(self.commit_lsn));
+                }
+            }
+        };
+        for (index, segment) in spill.segments.iter().enumerate() {
+            truncates(index, &mut entries);
             if spill.merged {
                 // every bucket as one, copies left out, in the transaction's order
                 let mut batches = Vec::new();
@@ -276,6 +299,7 @@ impl Spill {
                 }
             }
         }
+        truncates(spill.segments.len(), &mut entries);
         Ok(entries)
     }
 }
@@ -295,10 +319,11 @@ impl TableSpill {
         batch: &ChangeBatch,
         sequence: u64,
     ) -> Result<()> {
-        let starts_segment = self
-            .segments
-            .last()
-            .is_none_or(|s| !s.schema.same_shape(&batch.schema));
+        let starts_segment = std::mem::take(&mut self.new_segment)
+            || self
+                .segments
+                .last()
+                .is_none_or(|s| !s.schema.same_shape(&batch.schema));
         if starts_segment {
             self.segments.push(Segment {
                 schema: batch.schema.clone(),
