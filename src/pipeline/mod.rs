@@ -44,6 +44,10 @@ pub struct TableState {
     pub layout: TableLayout,
     /// Upsert or changelog.
     pub mode: TableMode,
+    /// The columns that identify a row: the layout's key for an upsert table; a changelog
+    /// table's layout has none (it only appends), but its unchanged TOAST values are resolved
+    /// and its changes folded by this key.
+    pub row_key: Vec<String>,
     /// The LSN the lake holds this table up to; transactions at or below it are skipped.
     pub checkpoint: Option<Lsn>,
     /// Committed transactions waiting for a flush, in stream order.
@@ -102,6 +106,7 @@ impl TableState {
         TableState {
             prepared: Some(schema.clone()),
             schema,
+            row_key: layout.key.clone(),
             layout,
             mode,
             checkpoint,
@@ -579,7 +584,7 @@ impl<S: Sink> Pipeline<S> {
             }
             TableMode::Changelog => {
                 let target = Arc::new(changelog::schema(&schema));
-                let plan = changelog::plan(&schema, &target, &state.layout.key, entries)?;
+                let plan = changelog::plan(&schema, &target, &state.row_key, entries)?;
                 let lake = match plan.lookup_keys()? {
                     Some(keys) => self.sink.lookup(table, &keys).await?,
                     None => Vec::new(),
@@ -623,15 +628,18 @@ impl<S: Sink> Pipeline<S> {
                 // the lake and takes every change from here on
                 let settings = self.config.source.tables.get(&table.to_string());
                 let mode = settings.map(|s| s.mode).unwrap_or_default();
-                let key = match (mode, settings.and_then(|s| s.key.clone())) {
-                    (TableMode::Changelog, _) => Vec::new(),
-                    (_, Some(key)) => key,
-                    (_, None) => schema
+                let row_key: Vec<String> = match settings.and_then(|s| s.key.clone()) {
+                    Some(key) => key,
+                    None => schema
                         .columns
                         .iter()
                         .filter(|c| c.key)
                         .map(|c| c.name.clone())
                         .collect(),
+                };
+                let key = match mode {
+                    TableMode::Changelog => Vec::new(),
+                    TableMode::Upsert => row_key.clone(),
                 };
                 let layout = TableLayout {
                     key,
@@ -645,6 +653,7 @@ impl<S: Sink> Pipeline<S> {
                 };
                 tracing::info!(table = %table, "a table new to the publication: copying it while streaming");
                 let mut state = TableState::new(schema, layout, mode, None);
+                state.row_key = row_key;
                 state.prepared = None;
                 state.awaiting_copy = true;
                 self.discovered.push(table.clone());
