@@ -616,3 +616,71 @@ async fn an_initial_copy_in_flight_keeps_its_files_through_compact() {
     assert!(!report.contains("no checkpoint yet"), "{report}");
     assert_eq!(count(), ["1000"]);
 }
+
+#[tokio::test]
+async fn cleanup_never_removes_files_outside_the_tables_own_location() {
+    let db = TestDb::new("compact_location").await;
+    db.psql(&["-v", "rows=200", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    // another engine moves the table's location to the namespace's directory, where other
+    // tables' files live (a bystander's, which orders' metadata does not reference)
+    let namespace_dir = db.warehouse.path().join(&db.namespace);
+    let bystander = namespace_dir.join("bystander").join("data");
+    std::fs::create_dir_all(&bystander).expect("bystander directory");
+    let bystander = bystander.join("a-file-of-another-table.parquet");
+    std::fs::write(&bystander, b"another table's data").expect("bystander file");
+    let script = r#"
+import json, os, sqlite3, sys, uuid
+catalog, namespace, name, location = sys.argv[1:]
+con = sqlite3.connect(catalog)
+(current,) = con.execute(
+    "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
+    (namespace, name),
+).fetchone()
+prefix = "file://" if current.startswith("file://") else ""
+path = current[len(prefix):]
+metadata = json.load(open(path))
+metadata["location"] = location
+moved = os.path.join(os.path.dirname(path), "99999-" + str(uuid.uuid4()) + ".metadata.json")
+json.dump(metadata, open(moved, "w"))
+con.execute(
+    "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? "
+    "WHERE table_namespace = ? AND table_name = ?",
+    (prefix + moved, current, namespace, name),
+)
+con.commit()
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(db.warehouse.path().join("catalog.db"))
+        .arg(&db.namespace)
+        .arg("orders")
+        .arg(&namespace_dir)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "move the location: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let report = command_ok(
+        &db,
+        &["compact"],
+        &[
+            ("COMPACTION__ORPHAN_AGE", "0s"),
+            ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
+        ],
+    );
+    assert!(report.contains("orders"), "{report}");
+    assert!(
+        bystander.exists(),
+        "compact removed a file outside the table's location: {report}"
+    );
+    assert_eq!(lake_rows(&db), postgres_lines(&db).await);
+}
