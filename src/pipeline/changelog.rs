@@ -124,6 +124,16 @@ enum Planned {
     },
 }
 
+/// A looked-up key's latest changelog row in the lake.
+#[derive(Debug, Clone, Copy)]
+struct LakeRow {
+    at: At,
+    /// It is a delete: the key has no values to take.
+    deleted: bool,
+    /// Its (`_lsn`, `_seq`).
+    order: (i64, i64),
+}
+
 /// A flush's changelog rows before the lake lookup of unchanged TOAST values.
 #[derive(Debug)]
 pub struct Plan {
@@ -404,7 +414,7 @@ impl Plan {
         let width = data_schema.fields().len();
         let mut sides = self.sides.clone();
         // the lake's latest row of each looked-up key
-        let mut found: Vec<Option<(At, bool, (i64, i64))>> = vec![None; self.lookups.len()];
+        let mut found: Vec<Option<LakeRow>> = vec![None; self.lookups.len()];
         if let Some(converter) = &self.converter
             && !self.lookups.is_empty()
         {
@@ -455,8 +465,12 @@ impl Plan {
                         if lsns.is_null(r) { 0 } else { lsns.value(r) },
                         if seqs.is_null(r) { 0 } else { seqs.value(r) },
                     );
-                    if found[index].is_none_or(|(_, _, o)| order >= o) {
-                        found[index] = Some(((side, r), ops.value(r) == "D", order));
+                    if found[index].is_none_or(|f| order >= f.order) {
+                        found[index] = Some(LakeRow {
+                            at: (side, r),
+                            deleted: ops.value(r) == "D",
+                            order,
+                        });
                         used = true;
                     }
                 }
@@ -492,7 +506,9 @@ impl Plan {
                         None => *row,
                         Some((_, Origin::Flush(from))) => *from,
                         Some((_, Origin::Lake(index))) => match found[*index] {
-                            Some((from, false, _)) => from,
+                            Some(LakeRow {
+                                at, deleted: false, ..
+                            }) => at,
                             _ => {
                                 return Err(no_placeholder(
                                     &self.source,
@@ -726,7 +742,8 @@ mod tests {
     /// What a consumer rebuilds: per key the latest row in (`_lsn`, `_seq`) order, keys
     /// whose latest row is a delete dropped, nothing at or before the latest truncate.
     fn fold(changelog: &[RecordBatch]) -> BTreeMap<i32, Option<String>> {
-        let mut all: Vec<(i64, i64, String, Option<i32>, Option<String>)> = Vec::new();
+        type Line = (i64, i64, String, Option<i32>, Option<String>);
+        let mut all: Vec<Line> = Vec::new();
         for batch in changelog {
             let ids = batch.column(0).as_primitive::<Int32Type>();
             let bodies = batch.column(1).as_string::<i32>();
