@@ -2,14 +2,16 @@
 //! into a changelog table through the changes that used to lose information (an update that
 //! leaves a large TOASTed value unchanged, so pgoutput does not send it; an update that
 //! changes the key; a TRUNCATE followed by inserts), then `lakewriter verify` folds the
-//! changelog and finds it equal to PostgreSQL, and so does DuckDB's own fold of the rows.
+//! changelog and finds it equal to PostgreSQL, and so does DuckDB's own fold of the rows —
+//! into Iceberg and into Delta.
 
 mod support;
 
 use std::time::Duration;
 
 use support::TestDb;
-use support::writer::{caught_up, command_ok, duck_query, start, stop, write_config};
+use support::delta::delta_query;
+use support::writer::{caught_up, command_ok, duck_query, start_with, stop, write_config};
 
 /// DuckDB's fold of the changelog: per key the row latest in (`_lsn`, `_seq`) order after
 /// the latest truncate, unless a delete; as `id|title|md5(body)`.
@@ -46,10 +48,28 @@ async fn sql(db: &TestDb, text: &str) {
 #[tokio::test]
 async fn changelog_with_toast_key_change_and_truncate_folds_to_postgres() {
     let db = TestDb::new("changelog_fold").await;
+    scenario(&db, &[], |db, query| duck_query(db, "docs", query)).await;
+}
+
+#[tokio::test]
+async fn delta_changelog_with_toast_key_change_and_truncate_folds_to_postgres() {
+    let db = TestDb::new("changelog_fold_delta").await;
+    scenario(&db, &[("SINK__FORMAT", "delta")], |db, query| {
+        delta_query(&db.warehouse.path().join(&db.namespace).join("docs"), query)
+    })
+    .await;
+}
+
+/// The changes, each phase checked by `verify` and by `read` (DuckDB over the lake table).
+async fn scenario(
+    db: &TestDb,
+    settings: &[(&str, &str)],
+    read: impl Fn(&TestDb, &str) -> Vec<String>,
+) {
     // bodies of 64 KiB stored out of line and uncompressed: an update that does not touch
     // them sends them as "unchanged TOAST"
     sql(
-        &db,
+        db,
         "CREATE TABLE docs (id int PRIMARY KEY, title text NOT NULL, body text);
          ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
          INSERT INTO docs SELECT i, 'copied ' || i, repeat(md5(i::text), 2048)
@@ -57,59 +77,58 @@ async fn changelog_with_toast_key_change_and_truncate_folds_to_postgres() {
     )
     .await;
     write_config(
-        &db,
+        db,
         "[source.tables.\"public.docs\"]\nmode = \"changelog\"\n",
     );
-    let mut child = start(&db);
-    caught_up(&db, &mut child).await;
+    let mut child = start_with(db, settings);
+    caught_up(db, &mut child).await;
 
     // body unchanged: from the copied row in the lake (1), from the same flush (4), from a
     // streamed row in the lake (4 again, after a flush)
-    sql(&db, "UPDATE docs SET title = 'retitled 1' WHERE id = 1").await;
+    sql(db, "UPDATE docs SET title = 'retitled 1' WHERE id = 1").await;
     sql(
-        &db,
+        db,
         "INSERT INTO docs VALUES (4, 'streamed 4', repeat('four', 16384));
          UPDATE docs SET title = 'retitled 4' WHERE id = 4;",
     )
     .await;
-    caught_up(&db, &mut child).await;
+    caught_up(db, &mut child).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    sql(&db, "UPDATE docs SET title = 'again 4' WHERE id = 4").await;
+    sql(db, "UPDATE docs SET title = 'again 4' WHERE id = 4").await;
     // a key change that leaves body unchanged: the old key must leave the changelog's fold
-    sql(&db, "UPDATE docs SET id = 20 WHERE id = 2").await;
-    caught_up(&db, &mut child).await;
-    let expected = postgres_rows(&db).await;
+    sql(db, "UPDATE docs SET id = 20 WHERE id = 2").await;
+    caught_up(db, &mut child).await;
+    let expected = postgres_rows(db).await;
     assert_eq!(expected.len(), 4);
-    assert_eq!(duck_query(&db, "docs", FOLD), expected);
+    assert_eq!(read(db, FOLD), expected);
     assert_eq!(
-        duck_query(
-            &db,
-            "docs",
+        read(
+            db,
             "SELECT count(*) FROM {scan} WHERE _op IN ('I', 'U') AND body IS NULL"
         ),
         ["0"],
         "an unchanged TOAST value written as NULL"
     );
-    let report = command_ok(&db, &["verify"], &[]);
+    let report = command_ok(db, &["verify"], settings);
     assert!(report.contains("equal (4 rows)"), "{report}");
 
     // a TRUNCATE, then new rows: the fold starts over at the truncate
-    sql(&db, "TRUNCATE docs").await;
+    sql(db, "TRUNCATE docs").await;
     sql(
-        &db,
+        db,
         "INSERT INTO docs VALUES (1, 'after truncate', repeat('new', 20000)), (5, 'five', 'small');
          UPDATE docs SET title = 'after truncate, retitled' WHERE id = 1;",
     )
     .await;
-    caught_up(&db, &mut child).await;
+    caught_up(db, &mut child).await;
     stop(child);
-    let expected = postgres_rows(&db).await;
+    let expected = postgres_rows(db).await;
     assert_eq!(expected.len(), 2);
-    assert_eq!(duck_query(&db, "docs", FOLD), expected);
+    assert_eq!(read(db, FOLD), expected);
     assert_eq!(
-        duck_query(&db, "docs", "SELECT count(*) FROM {scan} WHERE _op = 'T'"),
+        read(db, "SELECT count(*) FROM {scan} WHERE _op = 'T'"),
         ["1"]
     );
-    let report = command_ok(&db, &["verify"], &[]);
+    let report = command_ok(db, &["verify"], settings);
     assert!(report.contains("equal (2 rows)"), "{report}");
 }
