@@ -232,6 +232,7 @@ async fn expiry_and_orphan_removal_never_touch_a_live_file() {
         ("COMPACTION__SNAPSHOT_RETENTION", "0s"),
         ("COMPACTION__KEEP_SNAPSHOTS", "1"),
         ("COMPACTION__ORPHAN_AGE", "0s"),
+        ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
     ];
     let report = command_ok(&db, &["compact"], &settings);
     assert!(!report.contains(" 0 snapshots expired"), "{report}");
@@ -447,7 +448,14 @@ async fn compact_leaves_other_engines_tables_alone_and_one_failing_table_stops_n
         }
     }
 
-    let output = support::writer::command(&db, &["compact"], &[("COMPACTION__ORPHAN_AGE", "0s")]);
+    let output = support::writer::command(
+        &db,
+        &["compact"],
+        &[
+            ("COMPACTION__ORPHAN_AGE", "0s"),
+            ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
+        ],
+    );
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         !output.status.success(),
@@ -506,6 +514,7 @@ else:
         ("COMPACTION__SNAPSHOT_RETENTION", "0s"),
         ("COMPACTION__KEEP_SNAPSHOTS", "1"),
         ("COMPACTION__ORPHAN_AGE", "0s"),
+        ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
     ];
     let report = command_ok(&db, &["compact"], &settings);
     assert!(
@@ -516,6 +525,162 @@ else:
         refs("list"),
         "audit True\nexperiment True\nmain True\n",
         "a tag or branch lost its snapshot: {report}"
+    );
+    assert_eq!(lake_rows(&db), postgres_lines(&db).await);
+}
+
+#[tokio::test]
+async fn an_initial_copy_in_flight_keeps_its_files_through_compact() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+    use lakewriter::sink::{Sink, TableDelta, TableLayout};
+
+    let db = TestDb::new("compact_copy").await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE copying (id int PRIMARY KEY, name text)")
+        .await
+        .expect("schema");
+    let config = lakewriter::Config::load(&config_path(&db)).expect("config");
+    let table = TableId::new("public", "copying");
+    let described = lakewriter::source::schema::describe_table(&client, &table)
+        .await
+        .expect("describe")
+        .expect("the table");
+    let schema =
+        lakewriter::source::snapshot::table_schema(&client, &described, &Default::default())
+            .await
+            .expect("its shape");
+    let layout = TableLayout {
+        key: vec!["id".into()],
+        partition_by: Vec::new(),
+    };
+
+    // the writer's copy: the table created, its first rows staged in files no commit names yet
+    let mut sink = IcebergSink::from_config(&config).await.expect("sink");
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int32Array::from_iter_values(0..1000)),
+        Arc::new(StringArray::from_iter_values(
+            (0..1000).map(|i| format!("n{i}")),
+        )),
+    ];
+    let columns = columns
+        .iter()
+        .zip(schema.arrow_nullable.fields())
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()).expect("cast"))
+        .collect();
+    let rows = RecordBatch::try_new(schema.arrow_nullable.clone(), columns).expect("rows");
+    let part = |rows: Vec<RecordBatch>, lsn| TableDelta {
+        table: table.clone(),
+        schema: schema.clone(),
+        truncate: true,
+        adds_only: true,
+        deletes: Vec::new(),
+        rows,
+        lsn,
+    };
+    sink.stage(part(vec![rows], None)).await.expect("stage");
+    let table_dir = db.warehouse.path().join(&db.namespace).join("copying");
+    let staged: Vec<_> = files_under(&table_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(!staged.is_empty(), "the copy staged no file");
+
+    // a compaction with no safety window meanwhile leaves the table to its copy
+    let settings = [
+        ("COMPACTION__ORPHAN_AGE", "0s"),
+        ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
+    ];
+    let report = command_ok(&db, &["compact"], &settings);
+    assert!(report.contains("no checkpoint yet"), "{report}");
+    for file in &staged {
+        assert!(
+            file.exists(),
+            "compact removed the copy's file {}",
+            file.display()
+        );
+    }
+
+    // the copy commits, and every row is there; then the table is compacted as usual
+    sink.commit(part(Vec::new(), Some(lakewriter::Lsn(100))))
+        .await
+        .expect("commit the copy");
+    let count = || duck_query(&db, "copying", "SELECT count(*) FROM {scan}");
+    assert_eq!(count(), ["1000"]);
+    let report = command_ok(&db, &["compact"], &settings);
+    assert!(!report.contains("no checkpoint yet"), "{report}");
+    assert_eq!(count(), ["1000"]);
+}
+
+#[tokio::test]
+async fn cleanup_never_removes_files_outside_the_tables_own_location() {
+    let db = TestDb::new("compact_location").await;
+    db.psql(&["-v", "rows=200", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    // another engine moves the table's location to the namespace's directory, where other
+    // tables' files live (a bystander's, which orders' metadata does not reference)
+    let namespace_dir = db.warehouse.path().join(&db.namespace);
+    let bystander = namespace_dir.join("bystander").join("data");
+    std::fs::create_dir_all(&bystander).expect("bystander directory");
+    let bystander = bystander.join("a-file-of-another-table.parquet");
+    std::fs::write(&bystander, b"another table's data").expect("bystander file");
+    let script = r#"
+import json, os, sqlite3, sys, uuid
+catalog, namespace, name, location = sys.argv[1:]
+con = sqlite3.connect(catalog)
+(current,) = con.execute(
+    "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
+    (namespace, name),
+).fetchone()
+prefix = "file://" if current.startswith("file://") else ""
+path = current[len(prefix):]
+metadata = json.load(open(path))
+metadata["location"] = location
+moved = os.path.join(os.path.dirname(path), "99999-" + str(uuid.uuid4()) + ".metadata.json")
+json.dump(metadata, open(moved, "w"))
+con.execute(
+    "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? "
+    "WHERE table_namespace = ? AND table_name = ?",
+    (prefix + moved, current, namespace, name),
+)
+con.commit()
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(db.warehouse.path().join("catalog.db"))
+        .arg(&db.namespace)
+        .arg("orders")
+        .arg(&namespace_dir)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "move the location: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let report = command_ok(
+        &db,
+        &["compact"],
+        &[
+            ("COMPACTION__ORPHAN_AGE", "0s"),
+            ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
+        ],
+    );
+    assert!(report.contains("orders"), "{report}");
+    assert!(
+        bystander.exists(),
+        "compact removed a file outside the table's location: {report}"
     );
     assert_eq!(lake_rows(&db), postgres_lines(&db).await);
 }

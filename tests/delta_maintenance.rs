@@ -274,7 +274,14 @@ async fn compact_merges_small_delta_files_and_vacuum_removes_only_replaced_ones(
         "the MERGE replaced no file"
     );
 
-    let (ok, report, err) = lakewriter(&db, &["compact"], &[("COMPACTION__ORPHAN_AGE", "0s")]);
+    let (ok, report, err) = lakewriter(
+        &db,
+        &["compact"],
+        &[
+            ("COMPACTION__ORPHAN_AGE", "0s"),
+            ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
+        ],
+    );
     assert!(ok, "compact failed: {err}");
     let name = format!("{}.events", db.namespace);
     let (files_in, files_out) = files_in_and_out(&report, &name);
@@ -329,7 +336,14 @@ async fn compact_merges_small_delta_files_and_vacuum_removes_only_replaced_ones(
     assert!(equal, "verify after compact: {out}{err}");
 
     // a second compact has nothing left to merge, and removes nothing live
-    let (ok, again, err) = lakewriter(&db, &["compact"], &[("COMPACTION__ORPHAN_AGE", "0s")]);
+    let (ok, again, err) = lakewriter(
+        &db,
+        &["compact"],
+        &[
+            ("COMPACTION__ORPHAN_AGE", "0s"),
+            ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
+        ],
+    );
     assert!(ok, "compact failed: {err}");
     assert!(again.contains("not compacted"), "{again}");
     assert!(again.contains(" 0 orphan files"), "{again}");
@@ -491,7 +505,11 @@ write_deltalake(sys.argv[1], pa.table({"id": pa.array([3], pa.int64())}), mode="
     let in_flight = foreign.join("being-written-by-another-engine.parquet");
     std::fs::write(&in_flight, b"not committed yet").expect("write the foreign file");
 
-    let settings = [DELTA[0], ("COMPACTION__ORPHAN_AGE", "0s")];
+    let settings = [
+        DELTA[0],
+        ("COMPACTION__ORPHAN_AGE", "0s"),
+        ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
+    ];
     let (ok, report, err) = lakewriter(&db, &["compact", "--table", "public.foreign"], &settings);
     assert!(ok, "{report}{err}");
     assert!(report.contains("not written by lakewriter"), "{report}");
@@ -502,4 +520,105 @@ write_deltalake(sys.argv[1], pa.table({"id": pa.array([3], pa.int64())}), mode="
         in_flight.exists(),
         "another engine's file was removed: {report}"
     );
+}
+
+#[tokio::test]
+async fn a_copy_in_flight_into_an_incomplete_delta_table_keeps_its_files_through_compact() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+    use lakewriter::sink::delta::DeltaSink;
+    use lakewriter::sink::{Sink, TableDelta, TableLayout};
+    use lakewriter::table::TableId;
+
+    let db = TestDb::new("delta_compact_copy").await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE copying (id int PRIMARY KEY, name text)")
+        .await
+        .expect("schema");
+    let mut config = lakewriter::Config::load(&support::writer::config_path(&db)).expect("config");
+    config.sink.format = lakewriter::config::TableFormat::Delta;
+    let table = TableId::new("public", "copying");
+    let described = lakewriter::source::schema::describe_table(&client, &table)
+        .await
+        .expect("describe")
+        .expect("the table");
+    let schema =
+        lakewriter::source::snapshot::table_schema(&client, &described, &Default::default())
+            .await
+            .expect("its shape");
+    let layout = TableLayout {
+        key: vec!["id".into()],
+        partition_by: Vec::new(),
+    };
+    let rows = |n: i32| {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from_iter_values(0..n)),
+            Arc::new(StringArray::from_iter_values((0..n).map(|i| {
+                format!("{:016x}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            }))),
+        ];
+        let columns = columns
+            .iter()
+            .zip(schema.arrow_nullable.fields())
+            .map(|(c, f)| arrow::compute::cast(c, f.data_type()).expect("cast"))
+            .collect();
+        RecordBatch::try_new(schema.arrow_nullable.clone(), columns).expect("rows")
+    };
+    let part = |rows: Vec<RecordBatch>, lsn| TableDelta {
+        table: table.clone(),
+        schema: schema.clone(),
+        truncate: true,
+        adds_only: true,
+        deletes: Vec::new(),
+        rows,
+        lsn,
+    };
+
+    // a table copied once, then marked incomplete (a table error with suspend_table): the
+    // next start copies it again, its parts written straight into the table's data files
+    let mut sink = DeltaSink::from_config(&config).await.expect("sink");
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    sink.commit(part(vec![rows(10)], Some(lakewriter::Lsn(50))))
+        .await
+        .expect("first copy");
+    sink.mark_incomplete(&table).await.expect("mark incomplete");
+    let mut sink = DeltaSink::from_config(&config).await.expect("sink");
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("prepare");
+    let dir = location(&db, "copying");
+    // what the copy has written so far: a data file no version references yet (the writer's
+    // rolling files appear as each fills up, long before the copy's one commit)
+    let before = files_on_disk(&dir);
+    let first = before.first().expect("the first copy's file");
+    let in_flight = dir.join("part-00001-in-flight-copy.snappy.parquet");
+    std::fs::copy(dir.join(first), &in_flight).expect("the copy's file");
+
+    // a compaction with no safety window meanwhile leaves the table to its copy
+    let settings = [
+        ("COMPACTION__ORPHAN_AGE", "0s"),
+        ("COMPACTION__ENFORCE_ORPHAN_AGE_FLOOR", "false"),
+    ];
+    let (ok, report, err) = lakewriter(&db, &["compact"], &settings);
+    assert!(ok, "{report}{err}");
+    assert!(report.contains("no checkpoint yet"), "{report}");
+    assert!(in_flight.exists(), "compact removed the copy's file");
+
+    // once the copy has committed, the table is compacted and vacuumed as usual
+    sink.commit(part(vec![rows(1000)], Some(lakewriter::Lsn(100))))
+        .await
+        .expect("commit the copy");
+    assert_eq!(delta_query(&dir, "SELECT count(*) FROM {scan}"), ["1000"]);
+    let (ok, report, err) = lakewriter(&db, &["compact"], &settings);
+    assert!(ok, "{report}{err}");
+    assert!(!report.contains("no checkpoint yet"), "{report}");
+    assert!(
+        !in_flight.exists(),
+        "an unreferenced file outlived its copy's commit"
+    );
+    assert_eq!(delta_query(&dir, "SELECT count(*) FROM {scan}"), ["1000"]);
 }

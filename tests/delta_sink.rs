@@ -572,7 +572,7 @@ async fn on_s3_a_merge_lands_and_query_compact_and_python_deltalake_work_on_it()
         "[source]\ndatabase = \"unused\"\n\n[sink]\nformat = \"delta\"\nnamespace = \
          \"{namespace}\"\nwarehouse = \"s3://{bucket}/warehouse\"\n[sink.s3]\nregion = \
          \"us-east-1\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\naccess_key_id = \
-         \"testing\"\nsecret_access_key = \"testing\"\n[compaction]\norphan_age = \"0s\"\n"
+         \"testing\"\nsecret_access_key = \"testing\"\n[compaction]\norphan_age = \"0s\"\nenforce_orphan_age_floor = false\n"
     );
     let config =
         Config::parse(&text, Path::new("delta-s3-test.toml"), Vec::new()).expect("a valid config");

@@ -392,10 +392,22 @@ pub struct CompactionConfig {
     #[serde(default = "defaults::keep_snapshots")]
     pub keep_snapshots: usize,
     /// Files no snapshot references are removed only when older than this, so the files of a
-    /// commit in flight are never touched. Default: `"3d"`.
+    /// commit in flight are never touched. Default: `"3d"`; at least [`ORPHAN_AGE_FLOOR`]
+    /// (one day) unless `enforce_orphan_age_floor` is off.
     #[serde(default = "defaults::orphan_age")]
     pub orphan_age: Span,
+    /// Refuse an `orphan_age` below [`ORPHAN_AGE_FLOOR`]. Turn off only where no writer can
+    /// be committing (a test, a cleanup with every writer stopped), like Delta's
+    /// `retentionDurationCheck`. Default: `true`.
+    #[serde(default = "defaults::yes")]
+    pub enforce_orphan_age_floor: bool,
 }
+
+/// The least `compaction.orphan_age`: a commit's files exist before the commit references
+/// them, and the longest commits (a spilled transaction of many GiB, an initial copy of a
+/// large table) run for hours. `compact` leaves a table alone while it has no checkpoint (its
+/// first copy in flight), so the floor only has to outlast the other commits.
+pub const ORPHAN_AGE_FLOOR: Span = Span::secs(86_400);
 
 impl Default for CompactionConfig {
     fn default() -> Self {
@@ -409,6 +421,7 @@ impl Default for CompactionConfig {
             snapshot_retention: defaults::snapshot_retention(),
             keep_snapshots: defaults::keep_snapshots(),
             orphan_age: defaults::orphan_age(),
+            enforce_orphan_age_floor: true,
         }
     }
 }
@@ -646,6 +659,16 @@ impl Config {
         if !(0.0..=1.0).contains(&self.compaction.small_file_ratio) {
             return fail("compaction.small_file_ratio must be between 0 and 1".into());
         }
+        if self.compaction.enforce_orphan_age_floor
+            && self.compaction.orphan_age.get() < ORPHAN_AGE_FLOOR.get()
+        {
+            return fail(format!(
+                "compaction.orphan_age = \"{}\" is below its floor of {ORPHAN_AGE_FLOOR}: a \
+                 commit's files (a large transaction's, an initial copy's) exist before the \
+                 commit references them, and a shorter age would remove them while it runs",
+                self.compaction.orphan_age
+            ));
+        }
         Ok(())
     }
 
@@ -781,6 +804,24 @@ mod tests {
             assert!(!shown.contains("s3cr3t"), "{shown}");
             assert!(shown.contains("***"), "{shown}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn an_orphan_age_below_its_floor_is_refused_naming_the_key_and_the_floor() -> Result<()> {
+        let err = parse("[source]\ndatabase = \"a\"\n[compaction]\norphan_age = \"1h\"\n")
+            .expect_err("below the floor");
+        let message = err.to_string();
+        assert!(message.contains("compaction.orphan_age"), "{message}");
+        assert!(message.contains("floor of 1d"), "{message}");
+        let config = parse("[source]\ndatabase = \"a\"\n[compaction]\norphan_age = \"1d\"\n")?;
+        assert_eq!(config.compaction.orphan_age, ORPHAN_AGE_FLOOR);
+        // only where no writer commits: a test, a cleanup with the writers stopped
+        let config = parse(
+            "[source]\ndatabase = \"a\"\n[compaction]\norphan_age = \"0s\"\n\
+             enforce_orphan_age_floor = false\n",
+        )?;
+        assert_eq!(config.compaction.orphan_age, Span::secs(0));
         Ok(())
     }
 

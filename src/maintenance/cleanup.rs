@@ -6,7 +6,9 @@
 //!   the current metadata file or one in its log, not a manifest list, manifest or data or
 //!   delete file of a remaining snapshot — is removed, if it is older than `orphan_age`. The
 //!   age is the safety window: a writer's files are written before its commit makes them
-//!   referenced, and a commit in flight is never that old.
+//!   referenced, and a commit in flight is never that old. Only the location lakewriter gives
+//!   the table (`<warehouse>/<namespace>/<name>`) is cleaned: a table whose metadata names
+//!   another location keeps its orphans, and nothing outside its own directory is touched.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -75,10 +77,29 @@ pub async fn clean_table(
         .await?;
     cleanup.snapshots = expired;
 
+    // files are removed only under the location lakewriter gives the table: a location
+    // another engine moved to a shared directory (the namespace's, the warehouse's) holds
+    // other tables' files, which this table's metadata does not reference
+    let own = sink.settings().table_location(lake);
+    let own = normalize(&own).trim_end_matches('/').to_string();
+    if normalize(metadata.location()).trim_end_matches('/') != own {
+        tracing::warn!(
+            table = %lake,
+            location = %metadata.location(),
+            expected = %own,
+            "the table's location is not its own: orphan files are not removed"
+        );
+        return Ok(cleanup);
+    }
+    let inside = format!("{own}/");
     let referenced = referenced_files(io, lake, &pointer, &metadata).await?;
     let orphan_age = config.compaction.orphan_age.get().as_millis() as i64;
-    for file in list_files(config, metadata.location()).await? {
-        if referenced.contains(&normalize(&file.path)) || file.modified_ms > now - orphan_age {
+    for file in list_files(config, &own).await? {
+        let path = normalize(&file.path);
+        if !path.starts_with(&inside)
+            || referenced.contains(&path)
+            || file.modified_ms > now - orphan_age
+        {
             continue;
         }
         io.delete(&file.path)

@@ -147,7 +147,11 @@ pub async fn run(config: &Config, only: Option<&str>) -> Result<Vec<Outcome>> {
     Ok(outcomes)
 }
 
-/// Compacts and cleans one table, when lakewriter writes it.
+/// Why a table without a checkpoint is left alone.
+pub(crate) const NOT_COPIED_YET: &str = "no checkpoint yet: its initial copy is in flight or has not run; left alone until it \
+     commits, so the copy's files stay";
+
+/// Compacts and cleans one table, when lakewriter writes it and its copy has committed.
 async fn compact_one(
     config: &Config,
     sink: &IcebergSink,
@@ -170,6 +174,17 @@ async fn compact_one(
                 skipped: Some(
                     "not written by lakewriter: left to the engine that writes it".into(),
                 ),
+                ..Outcome::default()
+            };
+            outcome.log(lake);
+            return Ok(outcome);
+        }
+        // no checkpoint: its copy is in flight (or starts at the next run), and the copy's
+        // files, written long before its one commit, must not look like orphans
+        if crate::sink::iceberg::checkpoint(lake, &metadata)?.is_none() {
+            let outcome = Outcome {
+                table: lake.to_string(),
+                skipped: Some(NOT_COPIED_YET.into()),
                 ..Outcome::default()
             };
             outcome.log(lake);

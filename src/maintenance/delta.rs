@@ -91,16 +91,25 @@ async fn compact_one(
     target: u64,
 ) -> Result<Outcome> {
     let started = Instant::now();
-    if let Some(table) = tables::open(settings, lake).await?
-        && !tables::written_by_lakewriter(lake, &table).await?
-    {
-        let outcome = Outcome {
-            table: lake.to_string(),
-            skipped: Some("not written by lakewriter: left to the engine that writes it".into()),
-            ..Outcome::default()
+    if let Some(table) = tables::open(settings, lake).await? {
+        let skipped = if !tables::written_by_lakewriter(lake, &table).await? {
+            Some("not written by lakewriter: left to the engine that writes it")
+        } else if tables::checkpoint(lake, &table).await?.is_none() {
+            // marked incomplete: a copy is in flight or starts at the next run, and its
+            // files, written long before its one commit, must not be vacuumed
+            Some(super::compact::NOT_COPIED_YET)
+        } else {
+            None
         };
-        outcome.log(lake);
-        return Ok(outcome);
+        if let Some(why) = skipped {
+            let outcome = Outcome {
+                table: lake.to_string(),
+                skipped: Some(why.into()),
+                ..Outcome::default()
+            };
+            outcome.log(lake);
+            return Ok(outcome);
+        }
     }
     let (table, mut outcome) = optimize(settings, lake, target).await?;
     let table = vacuum(config, lake, table, &mut outcome).await?;
@@ -215,6 +224,8 @@ async fn vacuum(
     let vacuum_error = |e| crate::sink::delta::delta_error(lake, "vacuum", e);
     // a dry run first, for the sizes of what goes (and whether it is there at all): vacuum
     // reports only the paths it removed
+    // Delta's own retention check is off: `compaction.orphan_age` has its own floor, checked
+    // when the config is read (config::ORPHAN_AGE_FLOOR)
     let (table, planned) = table
         .vacuum()
         .with_mode(VacuumMode::Full)

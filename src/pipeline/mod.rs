@@ -44,6 +44,10 @@ pub struct TableState {
     pub layout: TableLayout,
     /// Upsert or changelog.
     pub mode: TableMode,
+    /// The columns that identify a row: the layout's key for an upsert table; a changelog
+    /// table's layout has none (it only appends), but its unchanged TOAST values are resolved
+    /// and its changes folded by this key.
+    pub row_key: Vec<String>,
     /// The LSN the lake holds this table up to; transactions at or below it are skipped.
     pub checkpoint: Option<Lsn>,
     /// Committed transactions waiting for a flush, in stream order.
@@ -102,6 +106,7 @@ impl TableState {
         TableState {
             prepared: Some(schema.clone()),
             schema,
+            row_key: layout.key.clone(),
             layout,
             mode,
             checkpoint,
@@ -297,10 +302,10 @@ impl<S: Sink> Pipeline<S> {
                     self.receive(table, Entry::Changes(batch), bytes)?;
                 }
             }
-            SourceEvent::Truncate { tables, .. } => {
+            SourceEvent::Truncate { tables, commit_lsn } => {
                 if self.open.is_some() {
                     for table in tables {
-                        self.receive(table, Entry::Truncate, 0)?;
+                        self.receive(table, Entry::Truncate(commit_lsn), 0)?;
                     }
                 }
             }
@@ -579,7 +584,12 @@ impl<S: Sink> Pipeline<S> {
             }
             TableMode::Changelog => {
                 let target = Arc::new(changelog::schema(&schema));
-                let rows = changelog::rows(&schema, &target, entries, &self.commit_times)?;
+                let plan = changelog::plan(&schema, &target, &state.row_key, entries)?;
+                let lake = match plan.lookup_keys()? {
+                    Some(keys) => self.sink.lookup(table, &keys).await?,
+                    None => Vec::new(),
+                };
+                let rows = plan.materialize(&lake, &self.commit_times)?;
                 Ok(Reduced {
                     target,
                     truncate: false,
@@ -618,15 +628,18 @@ impl<S: Sink> Pipeline<S> {
                 // the lake and takes every change from here on
                 let settings = self.config.source.tables.get(&table.to_string());
                 let mode = settings.map(|s| s.mode).unwrap_or_default();
-                let key = match (mode, settings.and_then(|s| s.key.clone())) {
-                    (TableMode::Changelog, _) => Vec::new(),
-                    (_, Some(key)) => key,
-                    (_, None) => schema
+                let row_key: Vec<String> = match settings.and_then(|s| s.key.clone()) {
+                    Some(key) => key,
+                    None => schema
                         .columns
                         .iter()
                         .filter(|c| c.key)
                         .map(|c| c.name.clone())
                         .collect(),
+                };
+                let key = match mode {
+                    TableMode::Changelog => Vec::new(),
+                    TableMode::Upsert => row_key.clone(),
                 };
                 let layout = TableLayout {
                     key,
@@ -640,6 +653,7 @@ impl<S: Sink> Pipeline<S> {
                 };
                 tracing::info!(table = %table, "a table new to the publication: copying it while streaming");
                 let mut state = TableState::new(schema, layout, mode, None);
+                state.row_key = row_key;
                 state.prepared = None;
                 state.awaiting_copy = true;
                 self.discovered.push(table.clone());
@@ -817,7 +831,7 @@ impl<S: Sink> Pipeline<S> {
 
 /// Adds `entry` of `table` to the open transaction's spill, unless the table would skip it
 /// (already in the lake, unknown, or waiting for its copy, which covers it). A changelog table
-/// keeps every change, so a TRUNCATE removes nothing of its spill.
+/// keeps every change, so its spill records a TRUNCATE as a change and removes nothing.
 fn spill_entry(
     tables: &HashMap<TableId, TableState>,
     open: &mut OpenTransaction,
@@ -838,7 +852,6 @@ fn spill_entry(
     };
     match state.mode {
         TableMode::Upsert => spill.add(&table, &state.layout.key, entry),
-        TableMode::Changelog if matches!(entry, Entry::Truncate) => Ok(()),
         TableMode::Changelog => spill.add(&table, &[], entry),
     }
 }

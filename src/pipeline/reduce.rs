@@ -21,6 +21,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{OwnedRow, RowConverter, SortField};
 
 use crate::error::{Error, Result};
+use crate::lsn::Lsn;
 use crate::source::changes::{ChangeBatch, OldRow, Op, TableSchema};
 
 /// A buffered item of one table, in stream order.
@@ -28,8 +29,8 @@ use crate::source::changes::{ChangeBatch, OldRow, Op, TableSchema};
 pub enum Entry {
     /// Changes.
     Changes(ChangeBatch),
-    /// A TRUNCATE: everything before it is gone.
-    Truncate,
+    /// A TRUNCATE in the transaction committing at this LSN: everything before it is gone.
+    Truncate(Lsn),
 }
 
 /// Where a value comes from: `(source, row)`, a source being a batch side or a lookup batch.
@@ -104,7 +105,7 @@ pub fn plan(schema: Arc<TableSchema>, key: &[String], entries: &[Entry]) -> Resu
     let mut truncate = false;
     for entry in entries {
         let batch = match entry {
-            Entry::Truncate => {
+            Entry::Truncate(_) => {
                 truncate = true;
                 index.clear();
                 keys.clear();
@@ -499,7 +500,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::lsn::Lsn;
     use crate::pipeline::spill::Spill;
     use crate::source::RelationId;
     use crate::source::changes::ColumnSchema;
@@ -703,7 +703,7 @@ mod tests {
         let reduced = reduce(
             &[
                 batch(&[upd(1, "x")]),
-                Entry::Truncate,
+                Entry::Truncate(Lsn(1)),
                 batch(&[ins(1, "new")]),
             ],
             &Lake::new(),
@@ -832,7 +832,7 @@ mod tests {
                 if !changes.is_empty() {
                     pending.push(batch(&std::mem::take(changes)));
                 }
-                pending.push(Entry::Truncate);
+                pending.push(Entry::Truncate(Lsn(1)));
                 expected.clear();
             }
             Step::Insert(..) => {}

@@ -169,10 +169,10 @@ pub async fn run<S: Sink>(
         };
         tracing::info!(table = %table, checkpoint = ?checkpoint.map(|c| c.to_string()), "table ready");
         targets.insert(table.clone(), target);
-        states.insert(
-            table.clone(),
-            TableState::new(shape, layout, mode, checkpoint),
-        );
+        let mut state = TableState::new(shape, layout, mode, checkpoint);
+        // a changelog table only appends, but resolves and is folded by its key
+        state.row_key = described.key_columns(&config);
+        states.insert(table.clone(), state);
     }
 
     // A slot lost (dropped, or not carried over by a failover) with tables already in the
@@ -481,6 +481,7 @@ async fn copy_discovered_once<S: Sink>(
     };
     let layout = state.layout.clone();
     let mut state = TableState::new(shape.clone(), layout.clone(), state.mode, None);
+    state.row_key = described.key_columns(config);
     pipeline.sink_mut().prepare(table, &target, &layout).await?;
     let session =
         SnapshotSession::create_slot(config, &format!("{}_snapshot", config.source.slot), true)

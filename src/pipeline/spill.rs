@@ -82,6 +82,11 @@ struct TableSpill {
     merged: bool,
     segments: Vec<Segment>,
     generation: u32,
+    /// An append-only (changelog) table's truncates, which it records as changes: each
+    /// comes before the segment of this index (segments after it start anew).
+    truncates_before: Vec<usize>,
+    /// The next change starts a segment (it follows a recorded truncate).
+    new_segment: bool,
 }
 
 #[derive(Debug)]
@@ -157,6 +162,8 @@ impl Spill {
                     merged: false,
                     segments: Vec::new(),
                     generation: 0,
+                    truncates_before: Vec::new(),
+                    new_segment: false,
                 },
             );
         }
@@ -165,7 +172,14 @@ impl Spill {
             return Ok(());
         };
         match entry {
-            Entry::Truncate => {
+            Entry::Truncate(_) if spill.key.is_empty() => {
+                // an append-only table keeps what came before and records the truncate in
+                // its place among the changes
+                spill.truncates_before.push(spill.segments.len());
+                spill.new_segment = true;
+                Ok(())
+            }
+            Entry::Truncate(_) => {
                 // what came before is gone: drop its files
                 for segment in spill.segments.drain(..) {
                     for file in segment.files.into_iter().flatten() {
@@ -234,7 +248,16 @@ impl Spill {
             return Ok(Vec::new());
         };
         let mut entries = Vec::new();
-        for segment in &spill.segments {
+        // an append-only table's changes (and so its recorded truncates) are all in bucket 0
+        let truncates = |before: usize, entries: &mut Vec<Entry>| {
+            if group == 0 || spill.merged {
+                for _ in spill.truncates_before.iter().filter(|&&b| b == before) {
+                    entries.push(Entry::Truncate(self.commit_lsn));
+                }
+            }
+        };
+        for (index, segment) in spill.segments.iter().enumerate() {
+            truncates(index, &mut entries);
             if spill.merged {
                 // every bucket as one, copies left out, in the transaction's order
                 let mut batches = Vec::new();
@@ -276,6 +299,7 @@ impl Spill {
                 }
             }
         }
+        truncates(spill.segments.len(), &mut entries);
         Ok(entries)
     }
 }
@@ -295,10 +319,11 @@ impl TableSpill {
         batch: &ChangeBatch,
         sequence: u64,
     ) -> Result<()> {
-        let starts_segment = self
-            .segments
-            .last()
-            .is_none_or(|s| !s.schema.same_shape(&batch.schema));
+        let starts_segment = std::mem::take(&mut self.new_segment)
+            || self
+                .segments
+                .last()
+                .is_none_or(|s| !s.schema.same_shape(&batch.schema));
         if starts_segment {
             self.segments.push(Segment {
                 schema: batch.schema.clone(),
@@ -687,5 +712,112 @@ mod tests {
         );
         let text: ArrayRef = Arc::new(StringArray::from(vec!["k"]));
         assert_eq!(bytes(vec![narrow, text.clone()]), bytes(vec![wide, text]));
+    }
+
+    /// A table `(id, v)` whose key column has the Arrow type `id_type`.
+    fn shape(id_type: DataType) -> Arc<TableSchema> {
+        use crate::source::changes::ColumnSchema;
+        let arrow = Arc::new(Schema::new(vec![
+            Field::new("id", id_type.clone(), true),
+            Field::new("v", DataType::Utf8, true),
+        ]));
+        let oid = if id_type == DataType::Int32 { 23 } else { 20 };
+        Arc::new(TableSchema {
+            table: TableId::new("public", "t"),
+            relation: crate::source::RelationId(1),
+            replica_identity: crate::source::pgoutput::ReplicaIdentity::Default,
+            columns: vec![
+                ColumnSchema {
+                    name: "id".into(),
+                    type_oid: crate::source::Oid(oid),
+                    type_modifier: -1,
+                    key: true,
+                },
+                ColumnSchema {
+                    name: "v".into(),
+                    type_oid: crate::source::Oid(25),
+                    type_modifier: -1,
+                    key: false,
+                },
+            ],
+            arrow_nullable: arrow.clone(),
+            arrow,
+        })
+    }
+
+    /// Changes of one key column type: `(op, id, v)`.
+    fn changes(schema: &Arc<TableSchema>, rows: &[(Op, i64, &str)]) -> Entry {
+        let ids: ArrayRef = match schema.arrow_nullable.field(0).data_type() {
+            DataType::Int32 => Arc::new(Int32Array::from(
+                rows.iter().map(|r| r.1 as i32).collect::<Vec<_>>(),
+            )),
+            _ => Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+        };
+        let values: ArrayRef = Arc::new(StringArray::from(
+            rows.iter().map(|r| Some(r.2)).collect::<Vec<_>>(),
+        ));
+        let new =
+            RecordBatch::try_new(schema.arrow_nullable.clone(), vec![ids, values]).expect("batch");
+        // inserts and updates that keep their key carry no old row
+        let nulls: Vec<ArrayRef> = schema
+            .arrow_nullable
+            .fields()
+            .iter()
+            .map(|f| arrow::array::new_null_array(f.data_type(), rows.len()))
+            .collect();
+        let old = RecordBatch::try_new(schema.arrow_nullable.clone(), nulls).expect("old");
+        Entry::Changes(ChangeBatch {
+            schema: schema.clone(),
+            commit_lsn: Lsn(9),
+            first_position: 0,
+            ops: rows.iter().map(|r| r.0).collect(),
+            new,
+            old,
+            old_rows: vec![OldRow::Absent; rows.len()],
+            unchanged_toast: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_key_widened_within_a_spilled_transaction_meets_in_one_bucket_with_one_final_state()
+    -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| Error::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let table = TableId::new("public", "t");
+        let key = ["id".to_string()];
+        let (int4, int8) = (shape(DataType::Int32), shape(DataType::Int64));
+        let mut spill = Spill::create(dir.path(), Lsn(9))?;
+        // key 5 inserted as int4, the column then widened to int8, key 5 updated twice
+        spill.add(&table, &key, changes(&int4, &[(Op::Insert, 5, "a")]))?;
+        spill.add(
+            &table,
+            &key,
+            changes(&int8, &[(Op::Update, 5, "b"), (Op::Update, 5, "c")]),
+        )?;
+        spill.finish()?;
+        let mut groups = 0;
+        let mut finals = Vec::new();
+        for group in 0..spill.groups(&table) {
+            let entries = spill.group(&table, group)?;
+            if entries.is_empty() {
+                continue;
+            }
+            groups += 1;
+            let plan = crate::pipeline::reduce::plan(int8.clone(), &key, &entries)?;
+            assert!(plan.lookup_keys()?.is_none());
+            let reduced = plan.materialize(&[])?;
+            assert!(reduced.deletes.is_none(), "an inserted key needs no delete");
+            if let Some(rows) = reduced.rows {
+                let v = rows.column(1).as_string::<i32>();
+                finals.extend((0..rows.num_rows()).map(|r| v.value(r).to_string()));
+            }
+        }
+        assert_eq!(groups, 1, "the key's changes were split across buckets");
+        assert_eq!(finals, ["c"]);
+        Ok(())
     }
 }

@@ -15,14 +15,16 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Schema};
 use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use arrow::util::display::array_value_to_string;
+use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::catalog::CatalogTable;
 use crate::config::{Config, TableMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -247,11 +249,6 @@ async fn compare_table(
         .get(&table.to_string())
         .map(|t| t.mode)
         .unwrap_or_default();
-    if mode == TableMode::Changelog {
-        report.equal = true;
-        report.note = Some("a changelog table holds every change, not the current rows".into());
-        return Ok(report);
-    }
     let Some(described) = schema::describe_table(client, table).await? else {
         report.note = Some("no such table in PostgreSQL".into());
         return Ok(report);
@@ -329,12 +326,18 @@ async fn compare_table(
         rows: &rows,
     };
 
-    // the lake side, as a map
-    let frame = ctx
-        .table(lake::reference(&lake_name))
-        .await
-        .map_err(|e| verify_error(table, e.to_string()))?;
+    // the lake side, as a map: a changelog table folded to the rows it describes
+    let frame = match mode {
+        TableMode::Upsert => ctx
+            .table(lake::reference(&lake_name))
+            .await
+            .map_err(|e| verify_error(table, e.to_string()))?,
+        TableMode::Changelog => changelog_fold(&ctx, &lake_name, &lake_schema, &key)
+            .await
+            .map_err(|m| verify_error(table, m))?,
+    };
     let mut stream = frame
+        .clone()
         .execute_stream()
         .await
         .map_err(|e| verify_error(table, e.to_string()))?;
@@ -411,10 +414,7 @@ async fn compare_table(
     report.extra = lake_rows.len() as u64 + duplicates;
     if !lake_rows.is_empty() {
         // the extra keys' values: a second read of the lake, only when there are some
-        let mut stream = ctx
-            .table(lake::reference(&lake_name))
-            .await
-            .map_err(|e| verify_error(table, e.to_string()))?
+        let mut stream = frame
             .execute_stream()
             .await
             .map_err(|e| verify_error(table, e.to_string()))?;
@@ -446,6 +446,80 @@ async fn compare_table(
     }
     report.equal = report.missing == 0 && report.extra == 0 && report.different == 0;
     Ok(report)
+}
+
+/// The rows a changelog table describes, in its own layout: per key, the row latest in
+/// (`_lsn`, `_seq`) order after the latest truncate, unless that row is a delete. Rows written
+/// before `_seq` existed count as position 0.
+async fn changelog_fold(
+    ctx: &SessionContext,
+    lake_name: &CatalogTable,
+    lake_schema: &Schema,
+    key: &[String],
+) -> std::result::Result<DataFrame, String> {
+    use crate::pipeline::changelog::{LSN_COLUMN, OP_COLUMN, SEQ_COLUMN, TRUNCATE_OP};
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    for needed in [OP_COLUMN, LSN_COLUMN] {
+        if lake_schema.index_of(needed).is_err() {
+            return Err(format!(
+                "the lake table has no {needed} column: it was not written as a changelog"
+            ));
+        }
+    }
+    let view = "lakewriter_changelog";
+    let source = ctx
+        .table(lake::reference(lake_name))
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.register_table(view, source.into_view())
+        .map_err(|e| e.to_string())?;
+    let (op, lsn) = (quote(OP_COLUMN), quote(LSN_COLUMN));
+    let seq = if lake_schema.index_of(SEQ_COLUMN).is_ok() {
+        format!("coalesce({}, 0)", quote(SEQ_COLUMN))
+    } else {
+        "0".to_string()
+    };
+    // the latest truncate: everything at or before it is gone
+    let last_truncate = ctx
+        .sql(&format!(
+            "SELECT {lsn}, {seq} FROM {view} WHERE {op} = '{TRUNCATE_OP}' \
+             ORDER BY {lsn} DESC, {seq} DESC LIMIT 1"
+        ))
+        .await
+        .map_err(|e| e.to_string())?
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (truncate_lsn, truncate_seq) = match last_truncate.iter().find(|b| b.num_rows() > 0) {
+        Some(batch) => {
+            let cell = |c: usize| {
+                arrow::compute::cast(batch.column(c), &DataType::Int64)
+                    .map_err(|e| e.to_string())
+                    .map(|a| a.as_primitive::<arrow::datatypes::Int64Type>().value(0))
+            };
+            (cell(0)?, cell(1)?)
+        }
+        // LSNs and positions are never negative
+        None => (-1, -1),
+    };
+    let columns: Vec<String> = lake_schema
+        .fields()
+        .iter()
+        .map(|f| quote(f.name()))
+        .collect();
+    let keys: Vec<String> = key.iter().map(|k| quote(k)).collect();
+    let sql = format!(
+        "SELECT {columns} FROM (\
+            SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY {lsn} DESC, {seq} DESC) \
+                AS lakewriter_rank \
+            FROM {view} \
+            WHERE {op} <> '{TRUNCATE_OP}' \
+              AND ({lsn} > {truncate_lsn} OR ({lsn} = {truncate_lsn} AND {seq} > {truncate_seq}))\
+         ) WHERE lakewriter_rank = 1 AND {op} <> 'D'",
+        columns = columns.join(", "),
+        keys = keys.join(", "),
+    );
+    ctx.sql(&sql).await.map_err(|e| e.to_string())
 }
 
 /// A key as `name=value, …`.
