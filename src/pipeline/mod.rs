@@ -11,6 +11,7 @@
 //!   oldest buffered (or open) transaction's commit LSN.
 
 pub mod changelog;
+pub mod membership;
 pub mod reduce;
 pub mod service;
 pub mod spill;
@@ -227,6 +228,61 @@ impl<S: Sink> Pipeline<S> {
             state.oldest = None;
             state.first_commit = None;
             state.last_commit = None;
+        }
+    }
+
+    /// A table new to the stream (added to the publication, or created, while running): it
+    /// waits for a copy (see [`Pipeline::take_discovered`]) and takes every change from it on.
+    pub fn join(&mut self, schema: Arc<TableSchema>) {
+        let table = schema.table.clone();
+        let settings = self.config.source.tables.get(&table.to_string());
+        let mode = settings.map(|s| s.mode).unwrap_or_default();
+        let row_key: Vec<String> = match settings.and_then(|s| s.key.clone()) {
+            Some(key) => key,
+            None => schema
+                .columns
+                .iter()
+                .filter(|c| c.key)
+                .map(|c| c.name.clone())
+                .collect(),
+        };
+        let key = match mode {
+            TableMode::Changelog => Vec::new(),
+            TableMode::Upsert => row_key.clone(),
+        };
+        let layout = TableLayout {
+            key,
+            partition_by: self
+                .config
+                .sink
+                .tables
+                .get(&table.to_string())
+                .map(|t| t.partition_by.clone())
+                .unwrap_or_default(),
+        };
+        tracing::info!(table = %table, "a table new to the publication: copying it while streaming");
+        let mut state = TableState::new(schema, layout, mode, None);
+        state.row_key = row_key;
+        state.prepared = None;
+        state.awaiting_copy = true;
+        self.discovered.push(table.clone());
+        self.tables.insert(table, state);
+    }
+
+    /// `table`'s stream broke while streaming (it left the publication and rejoined, or was
+    /// created again): it waits for a copy like a table that just joined, and what it buffered
+    /// is dropped, the copy holding it.
+    pub fn recopy(&mut self, table: &TableId) {
+        if let Some(state) = self.tables.get_mut(table) {
+            state.awaiting_copy = true;
+            state.checkpoint = None;
+            state.buffer.clear();
+            state.rows = 0;
+            state.bytes = 0;
+            state.oldest = None;
+            state.first_commit = None;
+            state.last_commit = None;
+            self.discovered.push(table.clone());
         }
     }
 
@@ -623,42 +679,7 @@ impl<S: Sink> Pipeline<S> {
         let table = schema.table.clone();
         match self.tables.get_mut(&table) {
             Some(state) => state.schema = schema,
-            None => {
-                // a table that appeared in the publication while streaming: it starts empty in
-                // the lake and takes every change from here on
-                let settings = self.config.source.tables.get(&table.to_string());
-                let mode = settings.map(|s| s.mode).unwrap_or_default();
-                let row_key: Vec<String> = match settings.and_then(|s| s.key.clone()) {
-                    Some(key) => key,
-                    None => schema
-                        .columns
-                        .iter()
-                        .filter(|c| c.key)
-                        .map(|c| c.name.clone())
-                        .collect(),
-                };
-                let key = match mode {
-                    TableMode::Changelog => Vec::new(),
-                    TableMode::Upsert => row_key.clone(),
-                };
-                let layout = TableLayout {
-                    key,
-                    partition_by: self
-                        .config
-                        .sink
-                        .tables
-                        .get(&table.to_string())
-                        .map(|t| t.partition_by.clone())
-                        .unwrap_or_default(),
-                };
-                tracing::info!(table = %table, "a table new to the publication: copying it while streaming");
-                let mut state = TableState::new(schema, layout, mode, None);
-                state.row_key = row_key;
-                state.prepared = None;
-                state.awaiting_copy = true;
-                self.discovered.push(table.clone());
-                self.tables.insert(table, state);
-            }
+            None => self.join(schema),
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! tables that need an initial snapshot, then streams until shutdown — on which it commits
 //! every whole transaction received, acknowledges the durable position and returns.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, TableErrorPolicy, TableMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::pipeline::membership::{self, Record, RecordStore};
 use crate::pipeline::{Pipeline, TableState, changelog, is_table_error};
 use crate::progress::Progress;
 use crate::sink::{Sink, TableDelta, TableLayout};
@@ -53,9 +54,18 @@ pub async fn run<S: Sink>(
         });
     }
 
+    // What the last run streamed, and where it let the slot go (see `membership`).
+    let records = RecordStore::new(&config).await?;
+    let record = records.read().await?;
+    tracing::debug!(record = %records.describe(), found = record.is_some(), "slot record");
+    let members = membership::memberships(client, &config.source.publication).await?;
+    let slot_at = slot_position(client, &config).await?;
+
     // Each table: its shape, layout and lake checkpoint.
     let mut states: HashMap<TableId, TableState> = HashMap::new();
     let mut targets: HashMap<TableId, Arc<TableSchema>> = HashMap::new();
+    // suspended by `on_table_error`: copied again at the next start, not while running
+    let mut suspended: HashSet<TableId> = HashSet::new();
     for table in &tables {
         let Some(described) = schema::describe_table(client, table).await? else {
             continue;
@@ -162,6 +172,7 @@ pub async fn run<S: Sink>(
                          it again"
                     );
                     sink.mark_incomplete(table).await?;
+                    suspended.insert(table.clone());
                     continue;
                 }
             },
@@ -196,6 +207,48 @@ pub async fn run<S: Sink>(
                     held.join(", ")
                 ),
             });
+        }
+    }
+
+    // A table whose stream broke while lakewriter was not looking (it left the publication or
+    // the include list and came back, it was created again, the slot was recreated or
+    // advanced by hand) holds a checkpoint the stream cannot continue: copy it again.
+    if let Some(record) = &record
+        && slot != Readiness::Missing
+    {
+        let moved = (slot_at > record.acknowledged()).then(|| {
+            format!(
+                "slot {} is at {slot_at}, past the {} lakewriter last let it reach: it was                  created again or advanced outside lakewriter, and the changes before are not                  in it",
+                config.source.slot,
+                record.acknowledged()
+            )
+        });
+        let mut broken: Vec<(TableId, String)> = states
+            .iter()
+            .filter(|(_, s)| s.checkpoint.is_some() && s.stopped.is_none())
+            .filter_map(|(table, _)| {
+                moved
+                    .clone()
+                    .or_else(|| {
+                        membership::broken(record, table, members.get(table).map(String::as_str))
+                    })
+                    .map(|why| (table.clone(), why))
+            })
+            .collect();
+        broken.sort();
+        if !broken.is_empty() && !config.source.initial_snapshot {
+            return Err(Error::Source {
+                message: format!(
+                    "the lake's {} cannot continue from its checkpoint ({}); with                      initial_snapshot = false it would start empty. Set [source]                      initial_snapshot = true to copy it again (or drop the lake table to start                      it empty)",
+                    broken[0].0, broken[0].1
+                ),
+            });
+        }
+        for (table, why) in broken {
+            tracing::warn!(table = %table, why = %why, "copying the table again");
+            if let Some(state) = states.get_mut(&table) {
+                state.checkpoint = None;
+            }
         }
     }
 
@@ -267,8 +320,30 @@ pub async fn run<S: Sink>(
         .filter_map(|s| s.checkpoint)
         .min()
         .unwrap_or(Lsn::ZERO);
+    // The record first: the slot is let go only up to the position it names.
+    let mut acknowledger = {
+        let previous = record
+            .as_ref()
+            .map(|r| r.acknowledged())
+            .unwrap_or(Lsn::ZERO);
+        let allowed = previous
+            .max(slot_position(control.client().await?, &config).await?)
+            .max(start);
+        let record = Record {
+            slot: config.source.slot.clone(),
+            acknowledged: allowed.to_string(),
+            tables: states
+                .keys()
+                .filter_map(|t| members.get(t).map(|m| (t.to_string(), m.clone())))
+                .collect(),
+            stopped: stopped_tables(states.iter()),
+        };
+        records.write(&record).await?;
+        Acknowledger::new(records, record, &config, start)
+    };
     let (events_tx, mut events) = mpsc::channel(64);
-    let (durable_tx, durable_rx) = watch::channel(start);
+    let (durable_tx, mut durable) = watch::channel(start);
+    let durable_rx = acknowledger.stream_position();
     let stream_config = config.clone();
     let settings = StreamSettings {
         start,
@@ -292,6 +367,13 @@ pub async fn run<S: Sink>(
     let tick = (config.flush.max_latency.get() / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
+    let mut membership_check = tokio::time::interval(
+        config
+            .flush
+            .max_latency
+            .get()
+            .clamp(Duration::from_secs(1), MEMBERSHIP_INTERVAL),
+    );
     let mut shutdown = shutdown;
     // Events flow until shutdown (then every whole transaction received is committed before
     // the stream stops) or until the stream ends on its own.
@@ -310,13 +392,31 @@ pub async fn run<S: Sink>(
                 event = events.recv() => match event {
                     Some(event) => {
                         pipeline.handle(event).await?;
-                        for table in pipeline.take_discovered() {
-                            copy_discovered(&config, &mut control, &mut pipeline, &table).await?;
-                        }
+                        copy_joined(&config, &mut control, &mut pipeline, &mut acknowledger)
+                            .await?;
                     }
                     None => return Ok(false),
                 },
-                _ = ticker.tick() => pipeline.tick().await?,
+                _ = durable.changed() => {
+                    let position = *durable.borrow();
+                    acknowledger.pass(position, false).await?;
+                }
+                _ = ticker.tick() => {
+                    pipeline.tick().await?;
+                    let position = *durable.borrow();
+                    acknowledger.pass(position, false).await?;
+                    acknowledger.stopped(stopped_tables(pipeline.tables().iter())).await;
+                }
+                _ = membership_check.tick() => {
+                    check_membership(
+                        &config,
+                        &mut control,
+                        &mut pipeline,
+                        &mut acknowledger,
+                        &suspended,
+                    )
+                    .await?;
+                }
             }
         }
     }
@@ -325,6 +425,9 @@ pub async fn run<S: Sink>(
         Ok(true) => pipeline.flush_all().await,
         _ => Ok(()),
     };
+    // the stream reports the last position to the slot as it stops: let it through first
+    let position = *durable_tx.borrow();
+    let passed = acknowledger.pass(position, true).await;
     // Told to stop in every case: after a pipeline error too, since nothing reads its events
     // any more and an idle stream would otherwise wait for the next one forever. What it had
     // received beyond the durable position is not acknowledged (the slot keeps it).
@@ -339,11 +442,14 @@ pub async fn run<S: Sink>(
     let shut_down = outcome?;
     streamed?;
     flushed?;
+    passed?;
     if !shut_down {
         // the stream ended without being asked: commit what it delivered
         pipeline.flush_all().await?;
+        let position = *durable_tx.borrow();
+        acknowledger.pass(position, true).await?;
     }
-    let durable = *durable_tx.borrow();
+    let durable = acknowledger.allowed(*durable_tx.borrow());
     advance_slot(&mut control, &config, durable).await?;
     let stats = pipeline.stats();
     tracing::info!(
@@ -355,6 +461,229 @@ pub async fn run<S: Sink>(
         "stopped"
     );
     Ok(pipeline)
+}
+
+/// How often, at most, the publication's membership is compared with what streams.
+const MEMBERSHIP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often, at most, the slot record is written for the acknowledgements alone.
+const RECORD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Passes the pipeline's durable position on to the stream (which reports it to the slot),
+/// never past the slot record's position: the record is written ahead first, at most every
+/// `max_latency` (10 s at most) for acknowledgements alone, so the slot is never found past it
+/// unless someone else moved it.
+struct Acknowledger {
+    store: RecordStore,
+    record: Record,
+    written: Instant,
+    interval: Duration,
+    stream: watch::Sender<Lsn>,
+    /// When a write of the record last failed and was logged.
+    failed: Option<Instant>,
+}
+
+impl Acknowledger {
+    fn new(store: RecordStore, record: Record, config: &Config, start: Lsn) -> Self {
+        let allowed = start.min(record.acknowledged());
+        Acknowledger {
+            store,
+            record,
+            written: Instant::now(),
+            interval: config.flush.max_latency.get().min(RECORD_INTERVAL),
+            stream: watch::channel(allowed).0,
+            failed: None,
+        }
+    }
+
+    /// What the stream reports to the slot.
+    fn stream_position(&self) -> watch::Receiver<Lsn> {
+        self.stream.subscribe()
+    }
+
+    /// `durable`, or less: as far as the record lets the slot go.
+    fn allowed(&self, durable: Lsn) -> Lsn {
+        durable.min(self.record.acknowledged())
+    }
+
+    /// Lets the stream acknowledge `durable`, writing the record ahead when it is behind and
+    /// due (or `now`). A write that fails holds the acknowledgement (the slot keeps its WAL)
+    /// and is tried again at the next call; with `now` it is an error.
+    async fn pass(&mut self, durable: Lsn, now: bool) -> Result<()> {
+        if durable > self.record.acknowledged() && (now || self.written.elapsed() >= self.interval)
+        {
+            let mut next = self.record.clone();
+            next.acknowledged = durable.to_string();
+            self.save(next, now).await?;
+        }
+        let allowed = self.allowed(durable);
+        self.stream.send_if_modified(|current| {
+            if allowed > *current {
+                *current = allowed;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(())
+    }
+
+    /// Records `table`'s membership (a table copied while streaming), or forgets it (`None`:
+    /// the table left), at once.
+    async fn member(&mut self, table: &TableId, membership: Option<String>) -> Result<()> {
+        let mut next = self.record.clone();
+        match membership {
+            Some(membership) => next.tables.insert(table.to_string(), membership),
+            None => next.tables.remove(&table.to_string()),
+        };
+        self.save(next, true).await
+    }
+
+    /// Records the tables stopped by `on_table_error` (for `status`) when they changed. A
+    /// failed write is tried again at the next call.
+    async fn stopped(&mut self, stopped: BTreeMap<String, String>) {
+        if stopped != self.record.stopped {
+            let mut next = self.record.clone();
+            next.stopped = stopped;
+            // not `must`: a failure is logged, and the next tick tries again
+            let _ = self.save(next, false).await;
+        }
+    }
+
+    fn membership(&self, table: &TableId) -> Option<&str> {
+        self.record
+            .tables
+            .get(&table.to_string())
+            .map(String::as_str)
+    }
+
+    async fn save(&mut self, next: Record, must: bool) -> Result<()> {
+        match self.store.write(&next).await {
+            Ok(()) => {
+                self.record = next;
+                self.written = Instant::now();
+                self.failed = None;
+                Ok(())
+            }
+            Err(e) if !must => {
+                if self
+                    .failed
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                {
+                    tracing::warn!(
+                        record = %self.store.describe(),
+                        error = %e,
+                        "the slot record could not be written: the slot keeps its WAL until it can"
+                    );
+                    self.failed = Some(Instant::now());
+                }
+                self.written = Instant::now();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The stopped tables among `tables`, with the errors that stopped them.
+fn stopped_tables<'a>(
+    tables: impl Iterator<Item = (&'a TableId, &'a TableState)>,
+) -> BTreeMap<String, String> {
+    tables
+        .filter_map(|(t, s)| s.stopped.as_ref().map(|why| (t.to_string(), why.clone())))
+        .collect()
+}
+
+/// Copies the tables that joined the stream, and records their membership.
+async fn copy_joined<S: Sink>(
+    config: &Config,
+    control: &mut connection::Session,
+    pipeline: &mut Pipeline<S>,
+    acknowledger: &mut Acknowledger,
+) -> Result<()> {
+    for table in pipeline.take_discovered() {
+        if let Some(membership) = copy_discovered(config, control, pipeline, &table).await? {
+            acknowledger.member(&table, Some(membership)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Compares the publication's membership with what streams. A table that left (or was
+/// dropped) is taken off the record — the stream, which may lag, still brings what it changed
+/// before — so that if it comes back it is copied again; so is one whose membership changed
+/// between two checks (it left and rejoined, or was created again). A table that joined
+/// without a change yet is copied now. A check the server interrupts is skipped: the next
+/// one sees the same.
+async fn check_membership<S: Sink>(
+    config: &Config,
+    control: &mut connection::Session,
+    pipeline: &mut Pipeline<S>,
+    acknowledger: &mut Acknowledger,
+    suspended: &HashSet<TableId>,
+) -> Result<()> {
+    // a session the server ended is reopened here only briefly: a long outage is the
+    // stream's to wait out, and the check comes again
+    let read = match tokio::time::timeout(Duration::from_secs(5), control.client()).await {
+        Ok(Ok(client)) => membership::memberships(client, &config.source.publication).await,
+        Ok(Err(e)) => Err(e),
+        Err(_) => return Ok(()),
+    };
+    let now: HashMap<TableId, String> = match read {
+        Ok(now) => now
+            .into_iter()
+            .filter(|(t, _)| config.includes_table(&t.schema, &t.name))
+            .collect(),
+        Err(e) if e.is_retryable() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut left = Vec::new();
+    let mut broken = Vec::new();
+    for (table, state) in pipeline.tables() {
+        if state.awaiting_copy || state.stopped.is_some() {
+            continue;
+        }
+        match (acknowledger.membership(table), now.get(table)) {
+            (Some(_), None) => left.push(table.clone()),
+            (None, Some(current)) => broken.push((table.clone(), "none".into(), current.clone())),
+            (Some(before), Some(current)) if before != current => {
+                broken.push((table.clone(), before.to_string(), current.clone()));
+            }
+            _ => {}
+        }
+    }
+    for table in left {
+        tracing::warn!(
+            table = %table,
+            publication = %config.source.publication,
+            "the table left the publication (or was dropped): the lake keeps it as of its last              change, and copies it again if it comes back"
+        );
+        acknowledger.member(&table, None).await?;
+    }
+    for (table, before, current) in broken {
+        tracing::warn!(
+            table = %table,
+            before = %before,
+            now = %current,
+            "the table rejoined the publication (or was created again): its changes while it              was out were not streamed, so it is copied again"
+        );
+        pipeline.recopy(&table);
+    }
+    let mut joined: Vec<TableId> = now
+        .keys()
+        .filter(|t| !pipeline.tables().contains_key(*t) && !suspended.contains(*t))
+        .cloned()
+        .collect();
+    joined.sort();
+    for table in joined {
+        let client = control.client().await?;
+        let Some(described) = schema::describe_table(client, &table).await? else {
+            continue;
+        };
+        let shape = snapshot::table_schema(client, &described, &TypeOptions::default()).await?;
+        pipeline.join(shape);
+    }
+    copy_joined(config, control, pipeline, acknowledger).await
 }
 
 /// Whether `error` says the exported snapshot is gone (its exporting session ended, by a
@@ -430,7 +759,7 @@ async fn copy_discovered<S: Sink>(
     control: &mut connection::Session,
     pipeline: &mut Pipeline<S>,
     table: &TableId,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let mut attempt = 0u32;
     loop {
         let copied = match control.client().await {
@@ -438,7 +767,7 @@ async fn copy_discovered<S: Sink>(
             Err(e) => Err(e),
         };
         match copied {
-            Ok(()) => return Ok(()),
+            Ok(membership) => return Ok(membership),
             Err(e) if (e.is_retryable() || snapshot_lost(&e)) && attempt < COPY_ATTEMPTS => {
                 attempt += 1;
                 // at least a second: the temporary slot of the interrupted copy goes with its
@@ -458,19 +787,23 @@ async fn copy_discovered<S: Sink>(
     }
 }
 
-/// One attempt of [`copy_discovered`].
+/// One attempt of [`copy_discovered`]: the table's membership, read before the copy's
+/// snapshot (a change after it shows at the next check), once it is in the lake.
 async fn copy_discovered_once<S: Sink>(
     config: &Config,
     client: &tokio_postgres::Client,
     pipeline: &mut Pipeline<S>,
     table: &TableId,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let Some(described) = schema::describe_table(client, table).await? else {
-        return Ok(());
+        return Ok(None);
     };
+    let membership = membership::memberships(client, &config.source.publication)
+        .await?
+        .remove(table);
     let shape = snapshot::table_schema(client, &described, &TypeOptions::default()).await?;
     let Some(state) = pipeline.tables.get_mut(table) else {
-        return Ok(());
+        return Ok(None);
     };
     if state.mode == TableMode::Upsert {
         state.layout.key = described.key_columns(config);
@@ -502,7 +835,7 @@ async fn copy_discovered_once<S: Sink>(
     session.close();
     copied?;
     pipeline.copied(table, lsn, target);
-    Ok(())
+    Ok(membership)
 }
 
 /// Copies one table in the snapshot into the lake: chunks committed without a checkpoint
