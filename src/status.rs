@@ -18,9 +18,33 @@ use crate::source::connection;
 /// Prints the status of every lake table of the config.
 pub async fn print(config: &Config) -> Result<()> {
     match config.sink.format {
-        TableFormat::Iceberg => print_iceberg(config).await,
-        TableFormat::Delta => print_delta(config).await,
+        TableFormat::Iceberg => print_iceberg(config).await?,
+        TableFormat::Delta => print_delta(config).await?,
     }
+    print_stopped(config).await
+}
+
+/// The tables the writer stopped (`[sink] on_table_error = "stop_table"`) and why, as its
+/// slot record says (see `pipeline::membership`).
+async fn print_stopped(config: &Config) -> Result<()> {
+    let store = crate::pipeline::membership::RecordStore::new(config).await?;
+    let record = match store.read().await {
+        Ok(record) => record,
+        Err(e) => {
+            println!("\nthe writer's slot record could not be read: {e}");
+            return Ok(());
+        }
+    };
+    let Some(record) = record.filter(|r| !r.stopped.is_empty()) else {
+        return Ok(());
+    };
+    println!(
+        "\nstopped by on_table_error (the slot keeps their WAL until a restart after the fix):"
+    );
+    for (table, why) in &record.stopped {
+        println!("  {table}: {why}");
+    }
+    Ok(())
 }
 
 /// The server's WAL position, after printing what the slot retains; `None` when the source

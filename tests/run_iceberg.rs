@@ -7,12 +7,12 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::TestDb;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{
-    acknowledged, caught_up, config_path, crash_and_restart, duck_query, lake_shows,
+    acknowledged, caught_up, command_ok, config_path, crash_and_restart, duck_query, lake_shows,
     lake_shows_now, start, start_with, stop,
 };
 
@@ -217,6 +217,20 @@ async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
         held < db.sync_point().await && held >= before,
         "the slot must hold table a's unwritten change (acknowledged {held})"
     );
+    // status names the stopped table and its error, while the writer runs
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = command_ok(&db, &["status"], &[]);
+        let line = status.lines().find(|l| l.contains("public.a:"));
+        if line.is_some_and(|l| l.contains("column v")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never named table a's error: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let log = stop(child);
     assert!(
         log.contains("public.a") && log.contains("column v"),
