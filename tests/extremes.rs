@@ -11,72 +11,8 @@ use std::path::Path;
 
 use support::TestDb;
 use support::delta::{delta_query, python_delta_rows};
+use support::extremes::{self, LAKE_DECIMALS, LAKE_OTHERS, postgres_decimals, update};
 use support::writer::{caught_up, command_ok, duck_query, pyiceberg, start_with, stop};
-
-const SCHEMA: &str = "
-CREATE TABLE extremes (
-    id int PRIMARY KEY,
-    d numeric(38, 10),
-    d0 numeric(38, 0),
-    d2 numeric(9, 2),
-    r real,
-    f double precision,
-    ts timestamp,
-    tstz timestamptz,
-    day date,
-    a int[],
-    t text
-);
-INSERT INTO extremes VALUES
- (1, 9999999999999999999999999999.9999999999, 99999999999999999999999999999999999999, 9999999.99,
-  'NaN', 'Infinity', '0001-01-01 00:00:00', '0001-01-01 00:00:00+00', '0001-01-01', '{}', ''),
- (2, -9999999999999999999999999999.9999999999, -99999999999999999999999999999999999999, -9999999.99,
-  '-Infinity', '-Infinity', '9999-12-31 23:59:59.999999', '9999-12-31 23:59:59.999999+00',
-  '9999-12-31', '{NULL,1}', NULL),
- (3, 0.0000000001, 1, 0.01, 0, 'NaN', '2024-02-29 12:00:00', '2024-02-29 12:00:00+00',
-  '2024-02-29', NULL, 'x');
-";
-
-/// The decimals and the id, the values a rounded statistic breaks, as PostgreSQL prints them.
-const PG_DECIMALS: &str = "SELECT id || '|' || coalesce(d::text, 'NULL') || '|' || coalesce(d0::text, 'NULL') || '|' \
-     || coalesce(d2::text, 'NULL') FROM extremes ORDER BY id";
-
-/// The same from a lake table, in DuckDB.
-const LAKE_DECIMALS: &str =
-    "SELECT id, d::VARCHAR, d0::VARCHAR, d2::VARCHAR FROM {scan} ORDER BY id";
-
-/// The other columns' extremes, in DuckDB: the floats' specials, the timestamps' years, the
-/// arrays' lengths and NULL elements.
-const LAKE_OTHERS: &str = "SELECT id, isnan(r) OR r IN ('inf'::REAL, '-inf'::REAL), \
-     isnan(f) OR f IN ('inf'::DOUBLE, '-inf'::DOUBLE), year(ts), year(tstz), year(day), \
-     coalesce(len(a)::VARCHAR, 'NULL'), coalesce(list_count(a) < len(a), false) \
-     FROM {scan} ORDER BY id";
-
-async fn postgres_decimals(db: &TestDb) -> Vec<String> {
-    db.client()
-        .await
-        .query(PG_DECIMALS, &[])
-        .await
-        .expect("read extremes")
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// Changes that go through the streaming path (MERGE in Delta, equality deletes in Iceberg)
-/// and keep the extremes.
-async fn update(db: &TestDb, round: i32) {
-    db.client()
-        .await
-        .batch_execute(&format!(
-            "UPDATE extremes SET t = 'round {round}' WHERE id = 3;
-             UPDATE extremes SET d = -d, d0 = -d0, d2 = -d2 WHERE id IN (1, 2);
-             INSERT INTO extremes (id, d) VALUES ({id}, 1234567890123456789012345678.0123456789);",
-            id = 100 + round
-        ))
-        .await
-        .expect("update extremes");
-}
 
 fn others_expected() -> Vec<String> {
     vec![
@@ -89,11 +25,7 @@ fn others_expected() -> Vec<String> {
 #[tokio::test]
 async fn extremes_of_every_type_reach_delta_and_every_reader_loads_them() {
     let db = TestDb::new("extremes_delta").await;
-    db.client()
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .expect("schema");
+    extremes::create(&db);
     let delta = &[("SINK__FORMAT", "delta")];
     let location = db.warehouse.path().join(&db.namespace).join("extremes");
 
@@ -180,11 +112,7 @@ fn assert_no_inexact_decimal_statistics(location: &Path) {
 #[tokio::test]
 async fn extremes_of_every_type_reach_iceberg_and_every_reader_loads_them() {
     let db = TestDb::new("extremes_iceberg").await;
-    db.client()
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .expect("schema");
+    extremes::create(&db);
     let mut child = start_with(&db, &[]);
     caught_up(&db, &mut child).await;
     update(&db, 1).await;
@@ -261,11 +189,7 @@ fn write_rounded_decimal_statistics(location: &Path) {
 #[tokio::test]
 async fn a_delta_table_written_with_rounded_decimal_statistics_is_repaired_at_the_next_start() {
     let db = TestDb::new("extremes_repair").await;
-    db.client()
-        .await
-        .batch_execute(SCHEMA)
-        .await
-        .expect("schema");
+    extremes::create(&db);
     db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
     let delta = &[("SINK__FORMAT", "delta")];
     let mut child = start_with(&db, delta);

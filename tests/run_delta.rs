@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use support::TestDb;
 use support::delta::{commit_count, delta_query, txn_version};
+use support::extremes;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{caught_up, crash_and_restart, start_with, stop, write_config};
 
@@ -306,7 +307,38 @@ async fn changelog_tables_append_every_change_and_upsert_tables_partition_by_col
 async fn kill_9_at_random_moments_loses_and_duplicates_nothing_in_delta() {
     let db = TestDb::new("run_delta_crash").await;
     db.psql(&["-v", "rows=20000", "-f", "sql/orders.sql"]);
+    // beside orders, the table of extreme values, changed all through the crashes: its
+    // decimals at full precision once left a Delta table no reader could load
+    extremes::create(&db);
+    let changing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = changing.clone();
+    let client = db.client().await;
+    let changes = tokio::spawn(async move {
+        let mut round = 0;
+        while flag.load(std::sync::atomic::Ordering::Relaxed) {
+            round += 1;
+            client
+                .batch_execute(&extremes::changes(round))
+                .await
+                .expect("change extremes");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        round
+    });
     crash_and_restart(&db, DELTA, 8, 6, 3000).await;
+    changing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let rounds = changes.await.expect("the extremes' changes");
+    assert!(rounds > 0, "the extremes never changed during the crashes");
+    // one more run takes in the extremes' last changes
+    let mut child = start_with(&db, DELTA);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    let extremes_location = location(&db, "extremes");
+    assert_eq!(
+        delta_query(&extremes_location, extremes::LAKE_DECIMALS),
+        extremes::postgres_decimals(&db).await,
+        "the extremes in Delta differ from PostgreSQL"
+    );
     assert_eq!(lake_lines(&db), postgres_lines(&db).await);
 }
 

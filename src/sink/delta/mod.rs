@@ -52,8 +52,7 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::iceberg::lake_table;
 use crate::sink::{CHECKPOINT_PROPERTY, Sink, TableDelta, TableLayout};
-use crate::source::changes::TableSchema;
-use crate::table::TableId;
+use crate::table::{TableId, TableSchema};
 
 /// The application id of `table`'s checkpoint in its `txn` actions:
 /// `lakewriter.lsn:<namespace>.<name>`. Naming the table keeps two lakewriters that write
@@ -739,13 +738,14 @@ impl Sink for DeltaSink {
         }
         // a table without a checkpoint is copied again from scratch: a column whose type
         // changed may then be replaced
-        let mut evolved = self.evolve(&mut state, schema, checkpoint.is_none()).await;
-        if evolved.is_ok() {
-            evolved = Self::keep_stats_exact(&mut state).await;
-        }
-        if evolved.is_ok() {
-            evolved = self.register(&state).await;
-        }
+        let lake = state.lake.clone();
+        let evolved = contained(&lake, "evolve", async {
+            self.evolve(&mut state, schema, checkpoint.is_none())
+                .await?;
+            Self::keep_stats_exact(&mut state).await?;
+            self.register(&state).await
+        })
+        .await;
         tracing::debug!(table = %state.lake, checkpoint = ?checkpoint, "prepared delta table");
         // known as it is in the lake even when it cannot take `schema`, for known_checkpoint
         // and mark_incomplete
@@ -760,7 +760,8 @@ impl Sink for DeltaSink {
                 "commit before prepare: the sink does not know the table yet",
             ));
         };
-        let result = self.commit_prepared(&mut state, &delta).await;
+        let lake = state.lake.clone();
+        let result = contained(&lake, "commit", self.commit_prepared(&mut state, &delta)).await;
         self.tables.insert(delta.table.clone(), state);
         result
     }
@@ -772,7 +773,8 @@ impl Sink for DeltaSink {
                 "stage before prepare: the sink does not know the table yet",
             ));
         };
-        let result = self.stage_prepared(&mut state, &part).await;
+        let lake = state.lake.clone();
+        let result = contained(&lake, "stage", self.stage_prepared(&mut state, &part)).await;
         self.tables.insert(part.table.clone(), state);
         result
     }
@@ -891,6 +893,31 @@ pub(crate) async fn load_contained(
     })
 }
 
+/// Runs `work` on `lake`, turning a panic inside it (the Delta kernel's executor has panicked
+/// on a log it could not parse) into the table's error, which `on_table_error` handles,
+/// instead of unwinding through the pipeline and ending the run.
+pub(crate) async fn contained<T>(
+    lake: &impl fmt::Display,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|m| m.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(sink_error(
+                lake,
+                format!("{what}: the Delta kernel failed inside ({message})"),
+            ))
+        }
+    }
+}
+
 /// A sink error about `table` that retrying will not fix.
 fn sink_error(table: &impl fmt::Display, message: impl Into<String>) -> Error {
     Error::Sink {
@@ -959,6 +986,29 @@ mod tests {
         assert_eq!(
             checkpoint_app_id(&CatalogTable::new("lake", "orders")),
             "lakewriter.lsn:lake.orders"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_the_kernel_is_the_tables_error_not_the_runs() {
+        let lake = CatalogTable::new("lake", "orders");
+        let failed = contained(&lake, "commit", async {
+            if lake.name == "orders" {
+                panic!("TokioMultiThreadExecutor has crashed: RecvError");
+            }
+            Ok(())
+        })
+        .await;
+        let error = failed.expect_err("the panic comes back as an error");
+        assert!(crate::pipeline::is_table_error(&error), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("lake.orders") && message.contains("RecvError"),
+            "{message}"
+        );
+        assert_eq!(
+            contained(&lake, "commit", async { Ok(7) }).await.ok(),
+            Some(7)
         );
     }
 }
