@@ -7,7 +7,7 @@
 //!    `--deleted` keys between them (each update an equality delete of the old key and the new
 //!    row in the same delta), so the table ends with `--rows` live rows and `--deleted`
 //!    equality-deleted keys. The same aggregate, `SELECT count(*), sum(v)`, then runs on:
-//!    - lakewriter's plan: `verify::lake::session` (catalog, metadata, manifests, the
+//!    - lakewriter's plan: `lake::session` (catalog, metadata, manifests, the
 //!      anti-join plan) then `ctx.sql(…)` collected; timed from the session's creation;
 //!    - the iceberg crate's DataFusion provider (`iceberg_datafusion::
 //!      IcebergStaticTableProvider` over an `iceberg::table::Table` built from the same
@@ -38,7 +38,7 @@
 //!    counted (the reference: what PostgreSQL can send, one stream) and
 //!    `verify::compare::run(&config, Some("public.vt"), true)`, which must find the table
 //!    equal (its JSON report is printed). A full scan of the lake table through
-//!    `verify::lake::session` (every column, counted) is shown as a diagnostic: the lake side
+//!    `lake::session` (every column, counted) is shown as a diagnostic: the lake side
 //!    of verify without its hashing.
 //! 3. Compact (`--only compact`): a table built like 1's with `--compact-rows` live rows and
 //!    `--compact-deleted` equality-deleted keys (defaults 200 000 and 20 000, so DuckDB answers
@@ -95,7 +95,8 @@ use lakewriter::source::changes::{ColumnSchema, TableSchema};
 use lakewriter::source::pgoutput::ReplicaIdentity;
 use lakewriter::source::{Oid, RelationId};
 use lakewriter::table::TableId;
-use lakewriter::verify::{compare, lake};
+use lakewriter::lake;
+use lakewriter::verify::compare;
 use support::{TestDb, project_dir, stack};
 use tokio::sync::watch;
 
@@ -773,7 +774,7 @@ fn print_measured(title: &str, m: &Measured) {
     let rows = m.table.rows as f64;
     println!(
         "  {:<52} {:>9.3} {:>12.0} {:>7.2} {:>22}",
-        "lakewriter: verify::lake::session + query",
+        "lakewriter: lake::session + query",
         m.lakewriter.seconds,
         rows / m.lakewriter.seconds,
         m.lakewriter.cpu,

@@ -5,17 +5,7 @@
 use crate::config::Config;
 use crate::error::Result;
 
-/// How `query` prints its result.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum OutputFormat {
-    /// An aligned text table.
-    #[default]
-    Table,
-    /// CSV with a header line.
-    Csv,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::verify::query::OutputFormat;
 
 /// `lakewriter run`: initial snapshot of the tables not yet in the lake, then streaming, until
 /// SIGTERM or SIGINT (which flush, commit and exit 0).

@@ -8,7 +8,8 @@
 //! - [`pipeline`]: per-table buffers, one final state per key, the flush policy, the durable LSN.
 //! - [`sink`]: lake table formats behind one trait (Iceberg, Delta Lake).
 //! - [`lsn`]: [`Lsn`], the WAL position every checkpoint is made of.
-//! - [`table`]: [`table::TableId`], the `schema.table` every buffer and lake table hangs on.
+//! - [`table`]: the table model no layer owns: [`table::TableId`] (the `schema.table` every
+//!   buffer and lake table hangs on), a table's shape and its changes.
 //! - [`catalog`]: the pointer from a lake table to its current Iceberg metadata, swapped by
 //!   compare-and-swap in AWS Glue or a local SQLite file (pyiceberg's schema); Glue also
 //!   registers Delta tables for Athena.
@@ -21,8 +22,11 @@
 //! - [`progress`]: bars on a terminal, log lines elsewhere, for long work.
 //! - [`maintenance`]: `compact`, which rewrites Iceberg files with their deletes applied, or
 //!   optimizes, vacuums and checkpoints Delta tables.
-//! - [`verify`]: `query` and `verify`, DataFusion over the lake (Iceberg's merge-on-read as an
-//!   anti-join; Delta through deltalake's table provider).
+//! - [`lake`]: reading the lake — DataFusion sessions over its tables (Iceberg's merge-on-read
+//!   as an anti-join; Delta through deltalake's table provider), a snapshot's live files — for
+//!   `query`, `verify` and `compact`.
+//! - [`verify`]: `query` and `verify`: SQL over the lake, and the row-by-row comparison with
+//!   the source.
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
 pub mod catalog;
@@ -31,6 +35,7 @@ pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod lake;
 pub mod lsn;
 pub mod maintenance;
 pub mod pipeline;

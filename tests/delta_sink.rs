@@ -453,7 +453,7 @@ async fn the_sqlite_catalog_records_delta_tables_and_query_finds_them_through_it
     );
 
     // `query` finds the recorded table through the catalog, not the unrecorded one beside it
-    let (ctx, tables) = lakewriter::verify::lake::session(&lake.config, None)
+    let (ctx, tables) = lakewriter::lake::session(&lake.config, None)
         .await
         .expect("a session over the recorded tables");
     assert_eq!(
@@ -633,7 +633,7 @@ async fn on_s3_a_merge_lands_and_query_compact_and_python_deltalake_work_on_it()
     );
 
     // `query` finds the table by listing the bucket, and reads its checkpoint
-    let (ctx, tables) = lakewriter::verify::lake::session(&config, None)
+    let (ctx, tables) = lakewriter::lake::session(&config, None)
         .await
         .expect("a session over the S3 warehouse");
     assert_eq!(
@@ -679,7 +679,7 @@ async fn on_s3_a_merge_lands_and_query_compact_and_python_deltalake_work_on_it()
         "{outcome:?}"
     );
     assert!(outcome.cleanup.files >= 3, "{outcome:?}");
-    let (ctx, tables) = lakewriter::verify::lake::session(&config, None)
+    let (ctx, tables) = lakewriter::lake::session(&config, None)
         .await
         .expect("a session after compact");
     assert_eq!(tables[0].data_files, 1);

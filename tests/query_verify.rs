@@ -240,7 +240,7 @@ async fn lines(ctx: &datafusion::prelude::SessionContext, table: &str) -> Vec<St
 /// The orders rows as lakewriter's merge-on-read plan reads them.
 async fn lakewriter_rows(db: &TestDb) -> Vec<String> {
     let config = lakewriter::Config::load(&config_path(db)).expect("config");
-    let (ctx, _) = lakewriter::verify::lake::session(&config, None)
+    let (ctx, _) = lakewriter::lake::session(&config, None)
         .await
         .expect("session");
     lines(&ctx, &format!("{}.orders", db.namespace)).await

@@ -1,6 +1,6 @@
 //! The lake's Delta tables as DataFusion tables: each table's latest version through
 //! deltalake's own table provider (its log replayed, its files pruned by their statistics),
-//! registered as `namespace.table` like the Iceberg tables of [`super::lake`].
+//! registered as `namespace.table` like the Iceberg tables of [`super::iceberg`].
 //!
 //! Delta has no identifier fields, so a [`LakeTable`] of a Delta table has no key of its own:
 //! `verify` takes the key from the source, as the sink does when it merges.
@@ -8,7 +8,7 @@
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::prelude::SessionContext;
 
-use super::lake::LakeTable;
+use super::table::{LakeTable, register_namespace};
 use crate::catalog::CatalogTable;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -72,6 +72,6 @@ pub(crate) async fn session(
             .register_table(name.name.clone(), provider)
             .map_err(|e| register_error(e.to_string()))?;
     }
-    super::lake::register_namespace(&ctx, config, schemas)?;
+    register_namespace(&ctx, config, schemas)?;
     Ok((ctx, registered))
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::common::{JoinType, TableReference};
+use datafusion::common::JoinType;
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, col, lit};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::FileIO;
@@ -27,33 +27,15 @@ use crate::catalog::{Catalog, CatalogTable, LakeCatalog};
 use crate::cloud::S3Location;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::lsn::Lsn;
 use crate::sink::iceberg::{catalog_error, checkpoint, file_io};
+
+use super::table::LakeTable;
 
 const SEQUENCE: &str = "__lakewriter_seq";
 const PARTITION: &str = "__lakewriter_partition";
 const DELETE_SEQUENCE: &str = "__lakewriter_delete_seq";
 const DELETE_PARTITION: &str = "__lakewriter_delete_partition";
 const DELETE_PREFIX: &str = "__lakewriter_delete_";
-
-/// One lake table as DataFusion reads it.
-#[derive(Debug, Clone)]
-pub struct LakeTable {
-    /// Its name in the catalog (for Delta, its directory under the namespace).
-    pub name: CatalogTable,
-    /// The metadata file the catalog points at (for Delta, the log entry of the version read).
-    pub metadata_location: String,
-    /// The checkpoint its current snapshot (Delta: its `txn` action) carries.
-    pub checkpoint: Option<Lsn>,
-    /// The names of its key (identifier) columns; empty for Delta, which has none.
-    pub key: Vec<String>,
-    /// Its columns, as Arrow (the current schema).
-    pub schema: SchemaRef,
-    /// Live data files.
-    pub data_files: usize,
-    /// Live equality-delete files (none in Delta).
-    pub delete_files: usize,
-}
 
 /// A live file of the current snapshot.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,13 +61,10 @@ pub(crate) struct LiveFiles {
 /// A DataFusion session over the lake tables of `config`, each registered as
 /// `namespace.table` (only `only` when given, as the lake names it). Returns the session and
 /// the tables it registered. Delta tables are read by [`super::delta`].
-pub async fn session(
+pub(crate) async fn session(
     config: &Config,
     only: Option<&CatalogTable>,
 ) -> Result<(SessionContext, Vec<LakeTable>)> {
-    if config.sink.format == crate::config::TableFormat::Delta {
-        return super::delta::session(config, only).await;
-    }
     let namespace_error = |e| catalog_error(&config.sink.namespace, e);
     let catalog = LakeCatalog::from_config(config)
         .await
@@ -130,37 +109,8 @@ pub async fn session(
         .map_err(|e| df_error(&name, "register", e))?;
         tables.push(table);
     }
-    register_namespace(&ctx, config, schemas)?;
+    super::table::register_namespace(&ctx, config, schemas)?;
     Ok((ctx, tables))
-}
-
-/// Makes `schemas` the namespace of `config` in the session's default catalog, so that SQL
-/// names the tables `namespace.table` (or by table alone).
-pub(crate) fn register_namespace(
-    ctx: &SessionContext,
-    config: &Config,
-    schemas: MemorySchemaProvider,
-) -> Result<()> {
-    let default_catalog = ctx
-        .catalog(&ctx.state().config().options().catalog.default_catalog)
-        .ok_or_else(|| Error::Sink {
-            table: config.sink.namespace.clone(),
-            message: "DataFusion has no default catalog".into(),
-            retryable: false,
-        })?;
-    default_catalog
-        .register_schema(&config.sink.namespace, Arc::new(schemas))
-        .map_err(|e| Error::Sink {
-            table: config.sink.namespace.clone(),
-            message: format!("register the namespace in DataFusion: {e}"),
-            retryable: false,
-        })?;
-    Ok(())
-}
-
-/// The reference of `table` in a [`session`].
-pub fn reference(table: &CatalogTable) -> TableReference {
-    TableReference::partial(table.namespace.clone(), table.name.clone())
 }
 
 /// The plan of `name`'s current snapshot: data files anti-joined with equality deletes.

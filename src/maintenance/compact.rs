@@ -37,15 +37,15 @@ use iceberg::spec::{DataFile, TableMetadata};
 use crate::catalog::{Catalog, CatalogTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::lake::{
+    LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_object_store,
+};
 use crate::maintenance::cleanup::{Cleanup, clean_table};
 use crate::progress::Progress;
 use crate::sink::iceberg::{
     IcebergSink, Rewrite, catalog_error, file_io, is_conflict, lake_table, written_by_lakewriter,
 };
 use crate::table::TableId;
-use crate::verify::lake::{
-    LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_object_store,
-};
 
 /// Attempts per table when commits of others keep changing what it read.
 const ATTEMPTS: usize = 3;

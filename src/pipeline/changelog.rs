@@ -31,8 +31,7 @@ use arrow::row::{OwnedRow, RowConverter, SortField};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::pipeline::reduce::{Entry, conform};
-use crate::source::Oid;
-use crate::source::changes::{ColumnSchema, OldRow, Op, TableSchema};
+use crate::table::{ColumnSchema, Oid, OldRow, Op, TableSchema};
 
 /// The operation column: `I`, `U`, `D` or `T` (truncate).
 pub const OP_COLUMN: &str = "_op";
@@ -600,10 +599,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::spill::Spill;
-    use crate::source::RelationId;
-    use crate::source::changes::ChangeBatch;
-    use crate::source::pgoutput::ReplicaIdentity;
-    use crate::table::TableId;
+    use crate::table::{ChangeBatch, RelationId, ReplicaIdentity, TableId};
 
     fn source() -> Arc<TableSchema> {
         let arrow = Arc::new(Schema::new(vec![

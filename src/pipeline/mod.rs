@@ -30,9 +30,8 @@ use crate::lsn::Lsn;
 use crate::pipeline::reduce::Entry;
 use crate::pipeline::spill::Spill;
 use crate::sink::{Sink, TableDelta, TableLayout};
-use crate::source::changes::TableSchema;
 use crate::source::stream::SourceEvent;
-use crate::table::TableId;
+use crate::table::{TableId, TableSchema};
 
 /// One table as the pipeline tracks it.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use arrow::row::{OwnedRow, RowConverter, SortField};
 
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::source::changes::{ChangeBatch, OldRow, Op, TableSchema};
+use crate::table::{ChangeBatch, OldRow, Op, TableSchema};
 
 /// A buffered item of one table, in stream order.
 #[derive(Debug, Clone)]
@@ -501,10 +501,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::spill::Spill;
-    use crate::source::RelationId;
-    use crate::source::changes::ColumnSchema;
-    use crate::source::pgoutput::ReplicaIdentity;
-    use crate::table::TableId;
+    use crate::table::{ColumnSchema, RelationId, ReplicaIdentity, TableId};
 
     fn schema() -> Arc<TableSchema> {
         let arrow = Arc::new(Schema::new(vec![
@@ -518,13 +515,13 @@ mod tests {
             columns: vec![
                 ColumnSchema {
                     name: "id".into(),
-                    type_oid: crate::source::Oid(23),
+                    type_oid: crate::table::Oid(23),
                     type_modifier: -1,
                     key: true,
                 },
                 ColumnSchema {
                     name: "v".into(),
-                    type_oid: crate::source::Oid(25),
+                    type_oid: crate::table::Oid(25),
                     type_modifier: -1,
                     key: false,
                 },

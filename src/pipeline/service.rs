@@ -15,13 +15,12 @@ use crate::pipeline::membership::{self, Record, RecordStore};
 use crate::pipeline::{Pipeline, TableState, changelog, is_table_error};
 use crate::progress::Progress;
 use crate::sink::{Sink, TableDelta, TableLayout};
-use crate::source::changes::TableSchema;
 use crate::source::setup::{self, Readiness};
 use crate::source::snapshot::{self, CopySettings, SnapshotRows, SnapshotSession};
 use crate::source::stream::{self, StreamSettings};
 use crate::source::types::TypeOptions;
 use crate::source::{connection, schema};
-use crate::table::{TableId, quote_literal};
+use crate::table::{TableId, TableSchema, quote_literal};
 
 /// Runs the service until `shutdown` turns true.
 pub async fn run<S: Sink>(

@@ -44,8 +44,7 @@ use arrow::row::{RowConverter, SortField};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::pipeline::reduce::Entry;
-use crate::source::changes::{ChangeBatch, OldRow, Op, TableSchema};
-use crate::table::TableId;
+use crate::table::{ChangeBatch, OldRow, Op, TableId, TableSchema};
 
 /// Buckets per table. A 10 M-row transaction of a 7-column table spills about 2 GiB of Arrow
 /// data: 64 buckets keep each read-back near 30 MiB.
@@ -716,7 +715,7 @@ mod tests {
 
     /// A table `(id, v)` whose key column has the Arrow type `id_type`.
     fn shape(id_type: DataType) -> Arc<TableSchema> {
-        use crate::source::changes::ColumnSchema;
+        use crate::table::ColumnSchema;
         let arrow = Arc::new(Schema::new(vec![
             Field::new("id", id_type.clone(), true),
             Field::new("v", DataType::Utf8, true),
@@ -724,18 +723,18 @@ mod tests {
         let oid = if id_type == DataType::Int32 { 23 } else { 20 };
         Arc::new(TableSchema {
             table: TableId::new("public", "t"),
-            relation: crate::source::RelationId(1),
-            replica_identity: crate::source::pgoutput::ReplicaIdentity::Default,
+            relation: crate::table::RelationId(1),
+            replica_identity: crate::table::ReplicaIdentity::Default,
             columns: vec![
                 ColumnSchema {
                     name: "id".into(),
-                    type_oid: crate::source::Oid(oid),
+                    type_oid: crate::table::Oid(oid),
                     type_modifier: -1,
                     key: true,
                 },
                 ColumnSchema {
                     name: "v".into(),
-                    type_oid: crate::source::Oid(25),
+                    type_oid: crate::table::Oid(25),
                     type_modifier: -1,
                     key: false,
                 },

@@ -11,9 +11,7 @@ use arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use tokio::sync::watch;
 
 use super::*;
-use crate::source::changes::{ChangeBatch, ColumnSchema, OldRow, Op};
-use crate::source::pgoutput::ReplicaIdentity;
-use crate::source::{Oid, RelationId};
+use crate::table::{ChangeBatch, ColumnSchema, Oid, OldRow, Op, RelationId, ReplicaIdentity};
 
 /// Keeps every commit it is given; a commit takes in the parts staged for its table before it
 /// (a spilled transaction's), as a lake commit does.

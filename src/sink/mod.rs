@@ -20,8 +20,7 @@ use arrow::array::RecordBatch;
 
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::source::changes::TableSchema;
-use crate::table::TableId;
+use crate::table::{TableId, TableSchema};
 
 /// The key in an Iceberg snapshot summary (and the Delta `txn` app id prefix) holding the
 /// source position a commit covers.

@@ -14,36 +14,4 @@ pub mod stream;
 pub mod tls;
 pub mod types;
 
-use std::fmt;
-
-/// A PostgreSQL object id of a type (`pg_type.oid`).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Oid(pub u32);
-
-impl fmt::Display for Oid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl fmt::Debug for Oid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Oid({})", self.0)
-    }
-}
-
-/// A table's object id (`pg_class.oid`), as pgoutput's Relation messages name it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RelationId(pub u32);
-
-impl fmt::Display for RelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl fmt::Debug for RelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RelationId({})", self.0)
-    }
-}
+pub use crate::table::{Oid, RelationId};

@@ -1,7 +1,15 @@
-//! `TableId`: a source table's name, `schema.table`, the key every per-table setting, buffer,
-//! checkpoint and lake table hangs on.
+//! The table model, owned by no layer: [`TableId`], a source table's name (`schema.table`, the
+//! key every per-table setting, buffer, checkpoint and lake table hangs on), and in `model`
+//! its shape ([`TableSchema`], [`ColumnSchema`]) and its changes ([`ChangeBatch`], [`Op`],
+//! [`OldRow`]).
 
 use std::fmt;
+
+mod model;
+
+pub use model::{
+    ChangeBatch, ColumnSchema, Oid, OldRow, Op, RelationId, ReplicaIdentity, TableSchema,
+};
 
 /// A table of the source database, by schema and name (case preserved, as in the catalog).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -27,13 +27,13 @@ use tokio::sync::mpsc;
 use crate::catalog::CatalogTable;
 use crate::config::{Config, TableMode};
 use crate::error::{Error, Result};
+use crate::lake;
 use crate::lsn::Lsn;
 use crate::sink::delta::types::convert;
 use crate::sink::iceberg::lake_table;
 use crate::source::snapshot::{self, CopySettings, ExportedSnapshot, SnapshotRows};
 use crate::source::{connection, schema};
 use crate::table::TableId;
-use crate::verify::lake;
 
 /// How long `verify` waits for a running writer to catch up with the source.
 const CATCH_UP: Duration = Duration::from_secs(120);

@@ -1,7 +1,5 @@
-//! `query` and `verify`: DataFusion over the lake, through the catalog, and the proof that the
+//! `query` and `verify`: SQL over the lake (read by [`crate::lake`]), and the proof that the
 //! lake equals the source.
 
 pub mod compare;
-mod delta;
-pub mod lake;
 pub mod query;

@@ -7,10 +7,21 @@ use arrow::array::RecordBatch;
 use arrow::util::pretty::pretty_format_batches;
 use futures::StreamExt;
 
-use crate::commands::OutputFormat;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::verify::lake;
+use crate::lake;
+
+/// How `query` prints its result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// An aligned text table.
+    #[default]
+    Table,
+    /// CSV with a header line.
+    Csv,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Rows an aligned table holds before it is printed; a larger result is printed as several
 /// tables of this many rows, so memory stays bounded.

@@ -44,8 +44,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::{Sink, TableDelta, TableLayout};
-use crate::source::changes::TableSchema;
-use crate::table::TableId;
+use crate::table::{TableId, TableSchema};
 
 /// The lake table a source table is written to: in `namespace`, named after the source table
 /// (`orders` for `public.orders`, `sales_orders` for `sales.orders`).

@@ -7,6 +7,7 @@ use std::fmt;
 use super::tuple::TupleData;
 use crate::Lsn;
 use crate::source::{Oid, RelationId};
+pub use crate::table::ReplicaIdentity;
 
 /// A transaction id (`xid`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -253,43 +254,6 @@ pub struct Relation<'a> {
     pub replica_identity: ReplicaIdentity,
     /// The columns, in tuple order (generated columns are not sent).
     pub columns: Vec<Column<'a>>,
-}
-
-/// The replica identity of a table (`pg_class.relreplident`): which old values pgoutput sends
-/// with updates and deletes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ReplicaIdentity {
-    /// `d`: the primary key's columns.
-    Default,
-    /// `n`: nothing (updates and deletes cannot be replicated).
-    Nothing,
-    /// `f`: the whole old row.
-    Full,
-    /// `i`: the columns of a chosen unique index.
-    Index,
-}
-
-impl ReplicaIdentity {
-    /// The setting named by its `relreplident` byte.
-    pub fn from_byte(byte: u8) -> Option<ReplicaIdentity> {
-        Some(match byte {
-            b'd' => ReplicaIdentity::Default,
-            b'n' => ReplicaIdentity::Nothing,
-            b'f' => ReplicaIdentity::Full,
-            b'i' => ReplicaIdentity::Index,
-            _ => return None,
-        })
-    }
-
-    /// The `relreplident` byte.
-    pub fn byte(self) -> u8 {
-        match self {
-            ReplicaIdentity::Default => b'd',
-            ReplicaIdentity::Nothing => b'n',
-            ReplicaIdentity::Full => b'f',
-            ReplicaIdentity::Index => b'i',
-        }
-    }
 }
 
 /// One column of a [`Relation`].

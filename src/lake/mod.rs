@@ -1,0 +1,40 @@
+//! Reading the lake, for every command that needs it (`query`, `verify`, `compact`, and what
+//! comes next): one entry point per question, whatever the table format.
+//!
+//! - "the live rows of these tables": [`session`], a DataFusion session with each lake table
+//!   registered as `namespace.table` — Iceberg through its catalog and manifests, with
+//!   merge-on-read of equality deletes as a hash anti-join ([`iceberg`]); Delta through
+//!   deltalake's table provider ([`delta`]) — and the [`LakeTable`] facts of each;
+//! - "the files and deletes of this snapshot": [`live_files`], the live data and delete files
+//!   of an Iceberg snapshot, with their sequence numbers and partitions, and
+//!   [`files_frame`], the live rows of a chosen set of them (what `compact` rewrites).
+//!
+//! It sits below `verify` and `maintenance`, beside `sink`, and reads through the catalog,
+//! never around it.
+
+mod delta;
+mod iceberg;
+mod table;
+
+use datafusion::prelude::SessionContext;
+
+use crate::catalog::CatalogTable;
+use crate::config::{Config, TableFormat};
+use crate::error::Result;
+
+pub(crate) use iceberg::{
+    LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_object_store,
+};
+pub use table::{LakeTable, reference};
+
+/// A DataFusion session over the lake tables of `config` (only `only` when given), each
+/// registered as `namespace.table`, and what each table is.
+pub async fn session(
+    config: &Config,
+    only: Option<&CatalogTable>,
+) -> Result<(SessionContext, Vec<LakeTable>)> {
+    match config.sink.format {
+        TableFormat::Iceberg => iceberg::session(config, only).await,
+        TableFormat::Delta => delta::session(config, only).await,
+    }
+}
