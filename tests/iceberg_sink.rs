@@ -1207,3 +1207,49 @@ async fn a_commit_whose_answer_was_lost_under_a_later_commit_is_a_success_not_a_
     );
     assert_eq!(metadata.snapshots().count(), 2, "one snapshot per commit");
 }
+
+#[tokio::test]
+async fn metadata_files_off_the_log_are_removed_and_the_table_reads_the_same() {
+    let lake = Lake::new("metadata_log");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("create");
+
+    // a month of commits in miniature: more than the 100 metadata files the log keeps
+    let commits = 120u64;
+    let mut expected = Vec::new();
+    for i in 1..=commits {
+        let id = i as i32;
+        sink.commit(delta(&schema, vec![], vec![items(&schema, &[(id, Some("v"))])], i))
+            .await
+            .expect("commit");
+        expected.push((id, Some("v")));
+    }
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    assert_eq!(metadata.metadata_log().len(), 100, "the log keeps 100 entries");
+    let directory = Path::new(&location).parent().expect("the metadata directory");
+    let mut on_disk: Vec<String> = std::fs::read_dir(directory)
+        .expect("list the metadata directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.ends_with(".metadata.json"))
+        .collect();
+    on_disk.sort();
+    let mut reachable: Vec<String> = metadata
+        .metadata_log()
+        .iter()
+        .map(|m| m.metadata_file.clone())
+        .chain(std::iter::once(location.clone()))
+        .collect();
+    reachable.sort();
+    assert_eq!(
+        on_disk, reachable,
+        "exactly the current metadata file and the ones its log names stay"
+    );
+    // every reader still reads the whole table, through the current file
+    assert_eq!(duck_rows(&location, "id, name"), text_rows(&expected));
+}

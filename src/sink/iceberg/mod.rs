@@ -499,11 +499,29 @@ impl<C: Catalog> IcebergSink<C> {
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner)
                     .filter(|s| s.location == committed.metadata_location);
-                let metadata = match staged {
+                let after = match staged {
                     Some(staged) => staged.metadata,
                     None => self.read_metadata(lake, &committed).await?,
                 };
-                Ok((committed, metadata))
+                // the files this commit pushed off the metadata log; the ones an earlier
+                // base (before a lost race) pushed off were the winner's to remove
+                for file in table::superseded_metadata(
+                    &pointer.metadata_location,
+                    metadata,
+                    &committed.metadata_location,
+                    &after,
+                ) {
+                    if let Err(e) = self.file_io.delete(&file).await {
+                        tracing::warn!(
+                            table = %lake,
+                            file = %file,
+                            error = %e,
+                            "a metadata file off the log could not be removed; compact's \
+                             orphan removal takes it later"
+                        );
+                    }
+                }
+                Ok((committed, after))
             }
             Err(AttemptError::Unchanged(pointer, metadata)) => Ok((pointer, *metadata)),
             Err(AttemptError::Failed(e)) => Err(e),

@@ -16,11 +16,54 @@ use crate::lsn::Lsn;
 use crate::sink::{CHECKPOINT_PROPERTY, TableLayout};
 
 /// Table properties every lake table is created with: readers and other writers (Spark,
-/// Athena, compaction) then write the same format and codec.
-pub(super) const TABLE_PROPERTIES: [(&str, &str); 2] = [
+/// Athena, compaction) then write the same format and codec, and every writer removes the
+/// metadata files that fall off the table's metadata log (the last 100 are kept), so a table
+/// committed every few seconds for months keeps a bounded `metadata/` directory.
+pub(super) const TABLE_PROPERTIES: [(&str, &str); 4] = [
     ("write.format.default", "parquet"),
     ("write.parquet.compression-codec", "zstd"),
+    (DELETE_AFTER_COMMIT, "true"),
+    ("write.metadata.previous-versions-max", "100"),
 ];
+
+/// The table property that lets a writer remove the metadata files its commit pushed off
+/// the metadata log.
+pub(super) const DELETE_AFTER_COMMIT: &str = "write.metadata.delete-after-commit.enabled";
+
+/// The metadata files a commit from `before` (at `before_location`) to `after` (at
+/// `after_location`) pushed off the metadata log: no reader or writer that follows the log
+/// reaches them again. Only files under the table's own `metadata/` directory, and only when
+/// the table allows it ([`DELETE_AFTER_COMMIT`]).
+pub(super) fn superseded_metadata(
+    before_location: &str,
+    before: &TableMetadata,
+    after_location: &str,
+    after: &TableMetadata,
+) -> Vec<String> {
+    if after
+        .properties()
+        .get(DELETE_AFTER_COMMIT)
+        .map(String::as_str)
+        != Some("true")
+    {
+        return Vec::new();
+    }
+    let kept: std::collections::HashSet<&str> = after
+        .metadata_log()
+        .iter()
+        .map(|m| m.metadata_file.as_str())
+        .chain(std::iter::once(after_location))
+        .collect();
+    let own = format!("{}/metadata/", after.location().trim_end_matches('/'));
+    before
+        .metadata_log()
+        .iter()
+        .map(|m| m.metadata_file.as_str())
+        .chain(std::iter::once(before_location))
+        .filter(|file| !kept.contains(file) && file.starts_with(&own))
+        .map(str::to_string)
+        .collect()
+}
 
 /// The Arrow extension name the source puts on `uuid` columns (a 16-byte fixed binary).
 const ARROW_EXTENSION_NAME: &str = "ARROW:extension:name";
