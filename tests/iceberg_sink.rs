@@ -1224,14 +1224,25 @@ async fn metadata_files_off_the_log_are_removed_and_the_table_reads_the_same() {
     let mut expected = Vec::new();
     for i in 1..=commits {
         let id = i as i32;
-        sink.commit(delta(&schema, vec![], vec![items(&schema, &[(id, Some("v"))])], i))
-            .await
-            .expect("commit");
+        sink.commit(delta(
+            &schema,
+            vec![],
+            vec![items(&schema, &[(id, Some("v"))])],
+            i,
+        ))
+        .await
+        .expect("commit");
         expected.push((id, Some("v")));
     }
     let (location, metadata) = current_metadata(&sink, &table).await;
-    assert_eq!(metadata.metadata_log().len(), 100, "the log keeps 100 entries");
-    let directory = Path::new(&location).parent().expect("the metadata directory");
+    assert_eq!(
+        metadata.metadata_log().len(),
+        100,
+        "the log keeps 100 entries"
+    );
+    let directory = Path::new(&location)
+        .parent()
+        .expect("the metadata directory");
     let mut on_disk: Vec<String> = std::fs::read_dir(directory)
         .expect("list the metadata directory")
         .filter_map(|e| e.ok())
