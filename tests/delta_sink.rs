@@ -1307,3 +1307,164 @@ async fn status_reports_each_delta_tables_checkpoint_files_rows_and_last_commit(
         "{row}"
     );
 }
+
+/// The local file system, except that once armed it lands the next Delta log entry and then
+/// answers with an error — what a timeout after a successful PUT looks like to the writer.
+#[derive(Debug)]
+struct LosesAnAnswer {
+    inner: object_store::local::LocalFileSystem,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl LosesAnAnswer {
+    /// An error instead of `done`'s answer, when armed and `to` is a log entry.
+    fn answer<T>(
+        &self,
+        to: &object_store::path::Path,
+        done: object_store::Result<T>,
+    ) -> object_store::Result<T> {
+        let entry = to.as_ref().contains("_delta_log/") && to.as_ref().ends_with(".json");
+        if done.is_ok() && entry && self.armed.swap(false, Ordering::SeqCst) {
+            return Err(object_store::Error::Generic {
+                store: "LosesAnAnswer",
+                source: "the connection timed out after the request was sent".into(),
+            });
+        }
+        done
+    }
+}
+
+impl std::fmt::Display for LosesAnAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LosesAnAnswer({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for LosesAnAnswer {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        let done = self.inner.put_opts(location, payload, opts).await;
+        self.answer(location, done)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<
+            'static,
+            object_store::Result<object_store::path::Path>,
+        >,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        let done = self.inner.copy_opts(from, to, options).await;
+        self.answer(to, done)
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::RenameOptions,
+    ) -> object_store::Result<()> {
+        let done = self.inner.rename_opts(from, to, options).await;
+        self.answer(to, done)
+    }
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_but_landed_is_a_success_not_a_table_error() {
+    let lake = Lake::new("lost_answer");
+    let schema = items_schema(false);
+    let store = Arc::new(LosesAnAnswer {
+        inner: object_store::local::LocalFileSystem::new(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let mut settings = DeltaSettings::from_config(&lake.config).expect("the sink's settings");
+    settings.storage = Some(store.clone());
+    let mut sink = DeltaSink::new(settings);
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        true,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(100),
+    ))
+    .await
+    .expect("first commit");
+    let commits = support::delta::commit_count(&lake.location(&items()));
+
+    // the MERGE's log entry lands, and its answer is lost
+    store.armed.store(true, Ordering::SeqCst);
+    sink.commit(delta(
+        &schema,
+        false,
+        &[(1, None)],
+        &[(1, Some("a2")), (3, Some("c"))],
+        Some(200),
+    ))
+    .await
+    .expect("a commit that landed is a success, answer or not");
+    assert!(
+        !store.armed.load(Ordering::SeqCst),
+        "the answer was never lost"
+    );
+    assert_eq!(
+        support::delta::commit_count(&lake.location(&items())),
+        commits + 1,
+        "the commit landed once"
+    );
+    assert_eq!(lake.rows(&items(), ALL), ["1|a2", "2|b", "3|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(200));
+
+    // and the next commit goes on from it
+    sink.commit(delta(&schema, false, &[(2, None)], &[], Some(300)))
+        .await
+        .expect("the next commit");
+    assert_eq!(lake.rows(&items(), ALL), ["1|a2", "3|c"]);
+    assert_eq!(lake.checkpoint(&items()), Some(300));
+}

@@ -87,6 +87,9 @@ pub struct DeltaSettings {
     pub target_file_size: u64,
     /// How commits that lost a race or hit a storage hiccup are tried again.
     pub retry: RetryPolicy,
+    /// The object store the tables are read and written through, instead of the one their
+    /// location names (an embedder's own store; the tests' store that loses answers).
+    pub storage: Option<Arc<dyn object_store::ObjectStore>>,
 }
 
 impl DeltaSettings {
@@ -121,6 +124,7 @@ impl DeltaSettings {
             staging_dir,
             target_file_size: config.sink.target_file_size.bytes(),
             retry: RetryPolicy::default(),
+            storage: None,
         })
     }
 
@@ -192,6 +196,9 @@ struct TableState {
     staged: Vec<StagedPart>,
     /// Data files written for the next commit, which only adds rows.
     pending: PendingFiles,
+    /// The identity of the commit being made, in its `commitInfo` (`lakewriter.commit`): a
+    /// commit whose answer was lost is recognised by it in the log.
+    commit_id: String,
 }
 
 impl TableState {
@@ -327,9 +334,13 @@ impl DeltaSink {
             // is no table in it
             std::fs::create_dir_all(&path).map_err(|source| Error::Io { path, source })?;
         }
-        let table = DeltaTableBuilder::from_url(url)
+        let mut builder = DeltaTableBuilder::from_url(url.clone())
             .map_err(|e| delta_error(lake, "open the table", e))?
-            .with_storage_options(self.settings.storage_options.clone())
+            .with_storage_options(self.settings.storage_options.clone());
+        if let Some(store) = &self.settings.storage {
+            builder = builder.with_storage_backend(store.clone(), url);
+        }
+        let table = builder
             .build()
             .map_err(|e| delta_error(lake, "open the table", e))?;
         let (table, loaded) = load_contained(lake, table).await?;
@@ -357,6 +368,7 @@ impl DeltaSink {
         } else {
             Some(self.finish_pending(state, delta, &staged).await?)
         };
+        state.commit_id = uuid::Uuid::new_v4().to_string();
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
@@ -367,7 +379,10 @@ impl DeltaSink {
             match committed {
                 Ok(version) => break Ok(version),
                 Err(e) => {
-                    let e = Self::after_failed_commit(state, delta.lsn, e).await;
+                    let e = match Self::after_failed_commit(state, delta.lsn, e).await {
+                        Ok(version) => break Ok(version),
+                        Err(e) => e,
+                    };
                     // a lost race (a concurrent OPTIMIZE rewrote files the MERGE read): the
                     // whole commit again, on the reloaded table
                     if !is_lost_race(&e) || attempt >= self.settings.retry.max_attempts {
@@ -402,25 +417,57 @@ impl DeltaSink {
         Ok(())
     }
 
-    /// Reloads the table after a failed commit, so a retry starts from what the lake holds,
-    /// and turns `error` into a lasting one when the lake already holds a checkpoint at or
-    /// past `lsn`: another writer commits the same source, and retrying would lose to it
-    /// forever (deltalake reports such a race as a retryable conflict on the same app id).
-    async fn after_failed_commit(state: &mut TableState, lsn: Option<Lsn>, error: Error) -> Error {
+    /// Reloads the table after a failed commit, so a retry starts from what the lake holds.
+    /// A commit whose answer was lost but which landed (its `lakewriter.commit` identity is in
+    /// the log) is a success: `Ok` with the table's version. Otherwise `error`, made lasting
+    /// when the lake already holds a checkpoint at or past `lsn`: another writer commits the
+    /// same source, and retrying would lose to it forever (deltalake reports such a race as a
+    /// retryable conflict on the same app id).
+    async fn after_failed_commit(
+        state: &mut TableState,
+        lsn: Option<Lsn>,
+        error: Error,
+    ) -> std::result::Result<u64, Error> {
         if let Err(e) = state.table.update_state().await {
             tracing::warn!(table = %state.lake, error = %e, "could not reload the table after a failed commit");
-            return error;
+            return Err(error);
         }
         match (lsn, Self::read_checkpoint(&state.lake, &state.table).await) {
-            (Some(lsn), Ok(Some(holds))) if holds >= lsn => sink_error(
-                &state.lake,
-                format!(
-                    "the table already holds checkpoint {holds}, at or past this commit's \
-                     ({lsn}): another writer is committing the same source (is a second \
-                     lakewriter running?)"
-                ),
-            ),
-            _ => error,
+            (Some(lsn), Ok(Some(holds))) if holds >= lsn => {
+                if holds == lsn && Self::landed(state).await {
+                    let version = state.table.version().unwrap_or(0).max(0) as u64;
+                    tracing::info!(
+                        table = %state.lake,
+                        lsn = %lsn,
+                        version,
+                        error = %error,
+                        "a commit whose answer was lost had landed"
+                    );
+                    return Ok(version);
+                }
+                Err(sink_error(
+                    &state.lake,
+                    format!(
+                        "the table already holds checkpoint {holds}, at or past this commit's \
+                         ({lsn}): another writer is committing the same source (is a second \
+                         lakewriter running?)"
+                    ),
+                ))
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// Whether the commit `state` is making (its `commit_id`) is among the table's latest.
+    async fn landed(state: &TableState) -> bool {
+        match state.table.history(Some(LANDED_WINDOW)).await {
+            Ok(commits) => commits.into_iter().any(|c| {
+                c.info.get(write::COMMIT_ID).and_then(|v| v.as_str()) == Some(&state.commit_id)
+            }),
+            Err(e) => {
+                tracing::warn!(table = %state.lake, error = %e, "could not read the table's history");
+                false
+            }
         }
     }
 
@@ -547,6 +594,7 @@ impl Sink for DeltaSink {
             checkpoint,
             staged: Vec::new(),
             pending: PendingFiles::default(),
+            commit_id: String::new(),
         };
         if let Some(before) = self.tables.remove(table) {
             state.staged = before.staged;
@@ -689,6 +737,10 @@ impl Failure {
         }
     }
 }
+
+/// How many of the latest commits are searched for a commit whose answer was lost: the
+/// writer's own, plus what other writers (compaction) landed on top meanwhile.
+const LANDED_WINDOW: usize = 20;
 
 /// Loads `table` in a task of its own: a panic inside the Delta kernel (its executor has
 /// panicked on a log it could not parse) then stays with this table and comes back as its

@@ -83,7 +83,7 @@ async fn commit_inner(
     } else {
         None
     };
-    let properties = checkpoint_properties(&state.lake, delta.lsn);
+    let properties = checkpoint_properties(&state.lake, delta.lsn, &state.commit_id);
 
     let table = state.table.clone();
     let written = match (rows, deletes) {
@@ -197,10 +197,14 @@ async fn commit_files_inner(
         partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
         predicate: None,
     };
-    let committed = CommitBuilder::from(checkpoint_properties(&state.lake, delta.lsn))
-        .with_actions(actions)
-        .build(Some(snapshot), state.table.log_store(), operation)
-        .await?;
+    let committed = CommitBuilder::from(checkpoint_properties(
+        &state.lake,
+        delta.lsn,
+        &state.commit_id,
+    ))
+    .with_actions(actions)
+    .build(Some(snapshot), state.table.log_store(), operation)
+    .await?;
     state.table.update_state().await?;
     Ok(committed.version())
 }
@@ -214,7 +218,7 @@ pub async fn commit_checkpoint(state: &mut TableState, lsn: Option<Lsn>) -> Resu
 }
 
 async fn commit_checkpoint_inner(state: &mut TableState, lsn: Option<Lsn>) -> Result<(), Failure> {
-    let properties = checkpoint_properties(&state.lake, lsn);
+    let properties = checkpoint_properties(&state.lake, lsn, &state.commit_id);
     let snapshot = state.table.snapshot()?;
     CommitBuilder::from(properties)
         .with_actions(Vec::new())
@@ -232,10 +236,25 @@ async fn commit_checkpoint_inner(state: &mut TableState, lsn: Option<Lsn>) -> Re
     Ok(())
 }
 
-/// Commit properties carrying `lsn` as `lake`'s checkpoint (`None`: "no checkpoint").
-pub fn checkpoint_properties(lake: &CatalogTable, lsn: Option<Lsn>) -> CommitProperties {
-    CommitProperties::default()
-        .with_application_transaction(Transaction::new(checkpoint_app_id(lake), txn_version(lsn)))
+/// The `commitInfo` key of a commit's identity.
+pub const COMMIT_ID: &str = "lakewriter.commit";
+
+/// Commit properties carrying `lsn` as `lake`'s checkpoint (`None`: "no checkpoint") and the
+/// commit's identity `commit_id` (none when empty).
+pub fn checkpoint_properties(
+    lake: &CatalogTable,
+    lsn: Option<Lsn>,
+    commit_id: &str,
+) -> CommitProperties {
+    let properties = CommitProperties::default()
+        .with_application_transaction(Transaction::new(checkpoint_app_id(lake), txn_version(lsn)));
+    if commit_id.is_empty() {
+        return properties;
+    }
+    properties.with_metadata([(
+        COMMIT_ID.to_string(),
+        serde_json::Value::String(commit_id.to_string()),
+    )])
 }
 
 /// The rows of `batches` (source layout) and of the staged `files` (lake layout, maybe of an
