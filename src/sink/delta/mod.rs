@@ -435,7 +435,7 @@ impl DeltaSink {
         match (lsn, Self::read_checkpoint(&state.lake, &state.table).await) {
             (Some(lsn), Ok(Some(holds))) if holds >= lsn => {
                 if holds == lsn && Self::landed(state).await {
-                    let version = state.table.version().unwrap_or(0).max(0) as u64;
+                    let version = state.table.version().unwrap_or(0);
                     tracing::info!(
                         table = %state.lake,
                         lsn = %lsn,
