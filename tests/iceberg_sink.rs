@@ -1264,3 +1264,65 @@ async fn metadata_files_off_the_log_are_removed_and_the_table_reads_the_same() {
     // every reader still reads the whole table, through the current file
     assert_eq!(duck_rows(&location, "id, name"), text_rows(&expected));
 }
+
+#[tokio::test]
+async fn the_writer_expires_old_snapshots_on_its_own_cadence_and_keeps_the_checkpoint() {
+    let lake = Lake::with_sink("expiry_cadence", |warehouse, _| {
+        format!(
+            "warehouse = \"{}\"\n\n[compaction]\nsnapshot_retention = \"0s\"\nkeep_snapshots = 5\n",
+            warehouse.display()
+        )
+    });
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("create");
+
+    // past one expiry (every 100 commits) and half way to the next
+    let commits = 150u64;
+    let mut expected = Vec::new();
+    for i in 1..=commits {
+        let id = i as i32;
+        sink.commit(delta(
+            &schema,
+            vec![],
+            vec![items(&schema, &[(id, Some("v"))])],
+            i,
+        ))
+        .await
+        .expect("commit");
+        expected.push((id, Some("v")));
+    }
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    let snapshots = metadata.snapshots().count();
+    assert_eq!(
+        snapshots, 55,
+        "the 5 kept at the expiry after commit 100, and the 50 since"
+    );
+    // every manifest list on disk belongs to a snapshot still in the table
+    let directory = Path::new(&location)
+        .parent()
+        .expect("the metadata directory");
+    let lists = std::fs::read_dir(directory)
+        .expect("list the metadata directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("snap-"))
+        .count();
+    assert_eq!(
+        lists, snapshots,
+        "the expired snapshots' manifest lists are gone"
+    );
+    assert_eq!(duck_rows(&location, "id, name"), text_rows(&expected));
+    assert_eq!(
+        lake.sink()
+            .await
+            .prepare(&table, &schema, &layout)
+            .await
+            .expect("prepare"),
+        Some(Lsn(commits)),
+        "the checkpoint stays"
+    );
+}

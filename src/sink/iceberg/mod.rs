@@ -82,6 +82,11 @@ pub struct IcebergSettings {
     pub target_file_size: usize,
     /// How lost compare-and-swaps are retried.
     pub retry: RetryPolicy,
+    /// Snapshots older than this are expired, on the writer's cadence too
+    /// (`[compaction] snapshot_retention`).
+    pub snapshot_retention: std::time::Duration,
+    /// The newest snapshots always kept (`[compaction] keep_snapshots`).
+    pub keep_snapshots: usize,
 }
 
 impl IcebergSettings {
@@ -104,6 +109,8 @@ impl IcebergSettings {
             target_file_size: usize::try_from(config.sink.target_file_size.bytes())
                 .unwrap_or(usize::MAX),
             retry: RetryPolicy::default(),
+            snapshot_retention: config.compaction.snapshot_retention.get(),
+            keep_snapshots: config.compaction.keep_snapshots.max(1),
         })
     }
 
@@ -178,6 +185,8 @@ struct TableState {
     /// The data-file writer staged rows go to, left open until the commit so they fill files
     /// of the target size.
     open_rows: Option<files::OpenRows>,
+    /// Commits since this sink last expired the table's snapshots (see `commit`).
+    commits: u32,
 }
 
 /// The Iceberg [`Sink`] over catalog `C` (Glue or SQLite: [`LakeCatalog`] picks from the
@@ -460,6 +469,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             layout: layout.clone(),
             staged: Vec::new(),
             open_rows: None,
+            commits: 0,
         };
         if let Some(earlier) = self.tables.remove(table) {
             state.staged = earlier.staged;
@@ -497,6 +507,13 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             ));
         };
         let result = self.commit_prepared(&mut state, &delta).await;
+        if result.is_ok() {
+            state.commits += 1;
+            if state.commits >= commit::EXPIRE_EVERY {
+                state.commits = 0;
+                self.expire_on_cadence(&mut state).await;
+            }
+        }
         self.tables.insert(delta.table.clone(), state);
         result
     }

@@ -468,7 +468,32 @@ pub(super) fn new_table_metadata(
 /// copy: the table is copied again), or when none is left in the ancestry (a new table, or
 /// one whose history was expired past lakewriter's last commit).
 pub(super) fn checkpoint(metadata: &TableMetadata) -> Result<Option<Lsn>, String> {
-    let mut next = metadata.snapshot_for_ref(MAIN_BRANCH).cloned();
+    let Some(snapshot) = lakewriter_head(metadata)? else {
+        return Ok(None);
+    };
+    match snapshot
+        .summary()
+        .additional_properties
+        .get(CHECKPOINT_PROPERTY)
+    {
+        Some(text) => text.parse::<Lsn>().map(Some).map_err(|e| {
+            format!(
+                "snapshot {}: {CHECKPOINT_PROPERTY}: {e}",
+                snapshot.snapshot_id()
+            )
+        }),
+        // marked incomplete
+        None => Ok(None),
+    }
+}
+
+/// The newest snapshot in the ancestry of `main` that lakewriter committed (carrying its
+/// checkpoint or the [`INCOMPLETE_PROPERTY`] mark): where the table's checkpoint is read, so
+/// expiry never removes it.
+pub(super) fn lakewriter_head(
+    metadata: &TableMetadata,
+) -> Result<Option<&iceberg::spec::SnapshotRef>, String> {
+    let mut next = metadata.snapshot_for_ref(MAIN_BRANCH);
     // a parent id that loops back is a corrupt table, not a reason to spin
     let mut seen = std::collections::HashSet::new();
     while let Some(snapshot) = next {
@@ -479,20 +504,14 @@ pub(super) fn checkpoint(metadata: &TableMetadata) -> Result<Option<Lsn>, String
             ));
         }
         let properties = &snapshot.summary().additional_properties;
-        if let Some(text) = properties.get(CHECKPOINT_PROPERTY) {
-            return text.parse::<Lsn>().map(Some).map_err(|e| {
-                format!(
-                    "snapshot {}: {CHECKPOINT_PROPERTY}: {e}",
-                    snapshot.snapshot_id()
-                )
-            });
-        }
-        if properties.contains_key(INCOMPLETE_PROPERTY) {
-            return Ok(None);
+        if properties.contains_key(CHECKPOINT_PROPERTY)
+            || properties.contains_key(INCOMPLETE_PROPERTY)
+        {
+            return Ok(Some(snapshot));
         }
         next = snapshot
             .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id).cloned());
+            .and_then(|id| metadata.snapshot_by_id(id));
     }
     Ok(None)
 }
