@@ -33,6 +33,7 @@ pub mod doctor;
 pub mod error;
 pub mod lsn;
 pub mod maintenance;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;

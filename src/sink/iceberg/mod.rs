@@ -915,6 +915,20 @@ impl<C: Catalog> IcebergSink<C> {
                 Change::Rows(&files),
             )
             .await?;
+        if let Some(m) = crate::metrics::installed() {
+            let bytes = files
+                .data_files
+                .iter()
+                .chain(&files.delete_files)
+                .map(|f| f.file_size_in_bytes())
+                .sum();
+            m.files(
+                &delta.table,
+                files.data_files.len(),
+                files.delete_files.len(),
+                bytes,
+            );
+        }
         tracing::info!(
             table = %state.lake,
             lsn = ?delta.lsn,
