@@ -300,3 +300,55 @@ async fn the_endpoints_report_what_postgres_has_and_a_stopped_table_is_not_ready
     }
     assert!(committed >= 1, "no commit in the log: {text}");
 }
+
+#[tokio::test]
+async fn status_json_reports_the_slot_and_each_table_with_the_metrics_names() {
+    let db = TestDb::new("metrics status json").await;
+    db.psql(&[
+        "-c",
+        "CREATE TABLE items (id int PRIMARY KEY, name text); \
+         INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 40) g;",
+    ]);
+    let mut writer = support::writer::start(&db);
+    support::writer::caught_up(&db, &mut writer).await;
+    db.psql(&["-c", "INSERT INTO items VALUES (41, 'late');"]);
+    support::writer::caught_up(&db, &mut writer).await;
+    let log = support::writer::stop(writer);
+    let durable = support::writer::stopped_at(&log);
+
+    let text = support::writer::command_ok(&db, &["status", "--json"], &[]);
+    let report: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status --json: {e}: {text}"));
+    let source = &report["source"];
+    assert_eq!(source["slot"], db.slot.as_str(), "{text}");
+    assert_eq!(source["slot_exists"], true, "{text}");
+    assert_eq!(source["slot_active"], false, "{text}");
+    assert!(source["slot_retained_wal_bytes"].is_i64(), "{text}");
+    assert!(
+        source["source_wal_end_lsn"].as_u64() >= source["slot_confirmed_flush_lsn"].as_u64(),
+        "{text}"
+    );
+    let tables = report["tables"].as_array().expect("tables");
+    assert_eq!(tables.len(), 1, "{text}");
+    let items = &tables[0];
+    assert_eq!(items["table"], format!("{}.items", db.namespace), "{text}");
+    assert_eq!(items["rows"], 41, "{text}");
+    assert!(
+        items["data_files"].as_u64().is_some_and(|n| n >= 1),
+        "{text}"
+    );
+    // the table's checkpoint is where the stopped writer said the lake was durable, at most
+    let checkpoint = items["table_durable_lsn"].as_u64().expect("a checkpoint");
+    assert!(checkpoint > 0 && checkpoint <= durable.get(), "{text}");
+    assert_eq!(
+        items["checkpoint"]
+            .as_str()
+            .and_then(|c| c.parse::<lakewriter::Lsn>().ok()),
+        Some(lakewriter::Lsn(checkpoint)),
+        "{text}"
+    );
+    assert!(
+        items["last_commit_timestamp_seconds"].as_f64().is_some(),
+        "{text}"
+    );
+}
