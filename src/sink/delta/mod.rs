@@ -584,7 +584,7 @@ impl DeltaSink {
         state.checkpoint = delta.lsn;
         tracing::info!(
             table = %state.lake,
-            lsn = ?delta.lsn,
+            lsn = delta.lsn.map(|l| l.to_string()),
             staged = staged.len(),
             data_files = adds.as_ref().map_or(0, Vec::len),
             truncate = delta.truncate,

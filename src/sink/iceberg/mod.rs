@@ -931,7 +931,7 @@ impl<C: Catalog> IcebergSink<C> {
         }
         tracing::info!(
             table = %state.lake,
-            lsn = ?delta.lsn,
+            lsn = delta.lsn.map(|l| l.to_string()),
             data_files = files.data_files.len(),
             delete_files = files.delete_files.len(),
             truncate = delta.truncate,
