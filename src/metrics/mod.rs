@@ -185,10 +185,19 @@ struct Health {
 }
 
 static INSTALLED: OnceLock<Metrics> = OnceLock::new();
+static RECORDING: AtomicBool = AtomicBool::new(true);
 
-/// The process's metrics, when `run` installed them.
+/// The process's metrics, when `run` installed them (and recording is on).
 pub fn installed() -> Option<&'static Metrics> {
-    INSTALLED.get()
+    INSTALLED
+        .get()
+        .filter(|_| RECORDING.load(Ordering::Relaxed))
+}
+
+/// Pauses (`false`) or resumes recording into the installed metrics: for a benchmark that
+/// measures runs with and without them in one process.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
 }
 
 /// Installs the process's metrics for `config` (once: a second call returns the first).
