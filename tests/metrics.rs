@@ -124,9 +124,9 @@ async fn the_endpoints_report_what_postgres_has_and_a_stopped_table_is_not_ready
             ) == Some(36.0)
                 && sample_sum(
                     &a.body,
-                    "lakewriter_buffered_rows",
+                    "lakewriter_committed_rows_total",
                     &[r#"table="public.items""#],
-                ) == Some(0.0)
+                ) == Some(50.0 + 29.0 + 5.0)
                 && sample_sum(&a.body, "lakewriter_slot_retained_wal_bytes", &[]).is_some()
         },
     )

@@ -902,6 +902,18 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_late_past_the_limit_is_unhealthy_and_a_beat_within_it_is_not() {
+        let metrics = Metrics::new(1 << 30, Duration::from_secs(10));
+        metrics.beat();
+        assert!(metrics.liveness_problems().is_empty());
+        // a limit every beat is already past
+        metrics.health.wedged_after_ms.store(-1, Ordering::Relaxed);
+        let problems = metrics.liveness_problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("no progress"), "{problems:?}");
+    }
+
+    #[test]
     fn a_stopped_table_makes_the_service_unready_and_its_state_gauge_says_so() {
         let metrics = Metrics::new(1 << 30, Duration::from_secs(10));
         metrics.stream_started();

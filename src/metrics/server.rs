@@ -83,8 +83,8 @@ async fn answer(
                 .any(|v| v.contains("application/openmetrics-text"));
             exposition(metrics, openmetrics)
         }
-        "/healthz" => health(metrics.liveness_problems()),
-        "/readyz" => health(metrics.readiness_problems()),
+        "/healthz" => health(metrics.liveness_problems(), "unhealthy"),
+        "/readyz" => health(metrics.readiness_problems(), "not ready"),
         _ => plain(
             StatusCode::NOT_FOUND,
             "not found: /metrics, /healthz or /readyz\n",
@@ -116,14 +116,14 @@ fn exposition(metrics: &Metrics, openmetrics: bool) -> Response<Full<Bytes>> {
     response
 }
 
-/// 200 `{"status":"ok"}` when there is no problem, else 503 with them.
-fn health(problems: Vec<String>) -> Response<Full<Bytes>> {
+/// 200 `{"status":"ok"}` when there is no problem, else 503 with `failing` and them.
+fn health(problems: Vec<String>, failing: &str) -> Response<Full<Bytes>> {
     let (status, body) = if problems.is_empty() {
         (StatusCode::OK, serde_json::json!({ "status": "ok" }))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "status": "not ready", "problems": problems }),
+            serde_json::json!({ "status": failing, "problems": problems }),
         )
     };
     let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
