@@ -15,6 +15,9 @@
 //!    the latency). Also shown: when `pg_stat_replication` says the writer's walsender had sent the
 //!    workload's end (PostgreSQL's side done). Afterwards DuckDB counts the first lake against
 //!    PostgreSQL (slow: DuckDB's merge-on-read of equality deletes takes a minute or more).
+//!    With `--metrics 1`, each run also restarts `service::run` on a lake of its own with the
+//!    metrics recorded, `/metrics` served on 127.0.0.1 and scraped every second (and the
+//!    source sampled as `run` samples it): the ratio of its rate to the run without them.
 //! 2. Freshness: `service::run` with the default flush policy (`max_latency = "10s"`) on a
 //!    fresh lake; after its initial snapshot, `--commits` single-row transactions, one every
 //!    `--spacing` seconds (not waiting for the lake); for each, the time from the commit
@@ -42,10 +45,12 @@
 //! cargo bench --bench lake -- [--seed-rows N] [--rounds N] [--batch N] [--snapshot-rows N]
 //!                             [--big-rows N] [--budget-mib N] [--runs N] [--commits N]
 //!                             [--spacing SECONDS] [--only LIST] [--format iceberg|delta]
+//!                             [--metrics 1]
 //! ```
 //!
 //! or the same through `LAKEWRITER_BENCH_SEED_ROWS`, `…_ROUNDS`, `…_BATCH`, `…_SNAPSHOT_ROWS`,
-//! `…_BIG_ROWS`, `…_BUDGET_MIB`, `…_RUNS`, `…_COMMITS`, `…_SPACING`, `…_ONLY`, `…_FORMAT`
+//! `…_BIG_ROWS`, `…_BUDGET_MIB`, `…_RUNS`, `…_COMMITS`, `…_SPACING`, `…_ONLY`, `…_FORMAT`,
+//! `…_METRICS`
 //! (`--only stream,freshness,snapshot,memory`, the default; the parts run in that order;
 //! `--format delta` takes `--only stream,snapshot`).
 //! Defaults: 100 000 seed rows, 16 rounds of 4 000 (about 210 k row changes), 1 000 000
@@ -132,6 +137,9 @@ struct Args {
     only: Vec<String>,
     /// The table format the stream and snapshot parts write: `iceberg` or `delta`.
     format: TableFormat,
+    /// The stream part also runs, on lakes of its own, with metrics served and scraped
+    /// every second (`--metrics 1`).
+    metrics: bool,
 }
 
 impl Args {
@@ -150,6 +158,7 @@ impl Args {
                 "spacing",
                 "only",
                 "format",
+                "metrics",
             ],
         );
         let only = options.parts(&PARTS);
@@ -178,6 +187,7 @@ impl Args {
             commits: options.count("commits", 3),
             spacing: options.number("spacing", 3),
             only,
+            metrics: options.number("metrics", 0) > 0,
         }
     }
 
@@ -699,7 +709,8 @@ impl Workload {
         // publication; nothing changes orders between the copies and the twins' creation, so
         // every slot starts where its lake ends.
         let mut lakes = Vec::new();
-        for run in 0..args.runs {
+        let sides = if args.metrics { 2 } else { 1 };
+        for run in 0..args.runs * sides {
             let lake = Lake::new(
                 db,
                 root,
@@ -809,8 +820,15 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
     let workload = Workload::prepare(db, root, args).await;
     let output = root.join("recvlogical");
     std::fs::create_dir_all(&output).expect("a directory for pg_recvlogical's files");
-    let (mut references, mut ours) = (Vec::new(), Vec::new());
+    let (mut references, mut ours, mut served) = (Vec::new(), Vec::new(), Vec::new());
     let mut lake_states = Vec::new();
+    // the metrics of the measured side with --metrics, paused for the runs without them
+    let metrics = args.metrics.then(|| {
+        let config = &workload.lakes[0].config;
+        let metrics = lakewriter::metrics::install(config);
+        lakewriter::metrics::set_recording(false);
+        metrics
+    });
     // alternated, so that a drift of the machine's load touches both sides alike
     for run in 0..args.runs {
         let file = output.join(format!("run{run}.out"));
@@ -853,6 +871,28 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
         );
         ours.push(until.run);
         lake_states.push(until.state);
+
+        if let Some(metrics) = metrics {
+            let lake = &workload.lakes[args.runs + run];
+            lakewriter::metrics::set_recording(true);
+            let scraping = Scraping::start(lake.config.clone(), metrics);
+            let until = run_until(lake, "the workload's last commit in the lake", limit, |s| {
+                s.reached(workload.last_commit)
+            })
+            .await;
+            let scrapes = scraping.stop();
+            lakewriter::metrics::set_recording(false);
+            println!(
+                "  run {}: service::run with metrics served and scraped every second {:.3} s, \
+                 {:.2} CPU s ({} scrapes, {} changes received)",
+                run + 1,
+                until.run.seconds,
+                until.run.cpu,
+                scrapes,
+                until.stats.changes,
+            );
+            served.push(until.run);
+        }
     }
     // the lakes are alike: DuckDB reads one (merge-on-read of equality deletes is slow there)
     let postgres = postgres_count(db).await;
@@ -869,6 +909,41 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
         lake.remove();
     }
     let reference = fastest(&references);
+    let mut lines = vec![
+        Rate {
+            name: "pg_recvlogical (pgoutput, to a file)".into(),
+            rows: workload.changes,
+            run: reference,
+            reference: None,
+            note: String::new(),
+        },
+        Rate {
+            name: "service::run to the last commit in the lake".into(),
+            rows: workload.changes,
+            run: fastest(&ours),
+            reference: Some(reference.seconds),
+            note: "[flush] max_latency = \"1s\" and the default idle_rows for this \
+                   measurement (a buffer of at least idle_rows rows is committed once the \
+                   source is idle); from the call (restart on the lake: connections, table \
+                   preparation) to the poll (every 50 ms) that saw the checkpoint reach \
+                   the workload's last commit; target ratio ≥ 0.8"
+                .into(),
+        },
+    ];
+    if !served.is_empty() {
+        let (with, without) = (fastest(&served), fastest(&ours));
+        lines.push(Rate {
+            name: "the same, metrics served and scraped every second".into(),
+            rows: workload.changes,
+            run: with,
+            reference: Some(reference.seconds),
+            note: format!(
+                "/metrics on 127.0.0.1 scraped every second, the source sampled every 5 s; \
+                 rows/s with metrics over rows/s without: {:.3} (target ≥ 0.97)",
+                without.seconds / with.seconds
+            ),
+        });
+    }
     print_rates(
         &format!(
             "1. stream, PostgreSQL to committed {}: {} row changes in {} transactions \
@@ -879,28 +954,57 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
             args.runs
         ),
         "pg_recvlogical",
-        &[
-            Rate {
-                name: "pg_recvlogical (pgoutput, to a file)".into(),
-                rows: workload.changes,
-                run: reference,
-                reference: None,
-                note: String::new(),
-            },
-            Rate {
-                name: "service::run to the last commit in the lake".into(),
-                rows: workload.changes,
-                run: fastest(&ours),
-                reference: Some(reference.seconds),
-                note: "[flush] max_latency = \"1s\" and the default idle_rows for this \
-                       measurement (a buffer of at least idle_rows rows is committed once the \
-                       source is idle); from the call (restart on the lake: connections, table \
-                       preparation) to the poll (every 50 ms) that saw the checkpoint reach \
-                       the workload's last commit; target ratio ≥ 0.8"
-                    .into(),
-            },
-        ],
+        &lines,
     );
+}
+
+/// `/metrics` served as `run` serves it (with the source's sampler), and a scraper reading it
+/// every second on a thread of its own, as Prometheus would.
+struct Scraping {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    scraper: std::thread::JoinHandle<u64>,
+}
+
+impl Scraping {
+    fn start(config: Arc<Config>, metrics: &'static lakewriter::metrics::Metrics) -> Scraping {
+        let addr = support::http::free_address();
+        let listener = lakewriter::metrics::server::bind(addr).expect("bind the metrics address");
+        let server = tokio::spawn(async move {
+            let _ = lakewriter::metrics::server::serve(listener, metrics).await;
+        });
+        let sampler = tokio::spawn(lakewriter::metrics::sampler::run(
+            config,
+            metrics,
+            Duration::from_secs(5),
+        ));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let scraper = std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if support::http::get(addr, "/metrics", &[]).is_some_and(|a| a.status == 200) {
+                    scrapes += 1;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            scrapes
+        });
+        Scraping {
+            tasks: vec![server, sampler],
+            stop,
+            scraper,
+        }
+    }
+
+    /// Stops serving and scraping; the number of successful scrapes.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            task.abort();
+        }
+        self.scraper.join().expect("the scraper thread")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

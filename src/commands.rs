@@ -11,6 +11,44 @@ pub use crate::verify::query::OutputFormat;
 /// SIGTERM or SIGINT (which flush, commit and exit 0).
 pub async fn run(config: &Config) -> Result<()> {
     let config = std::sync::Arc::new(config.clone());
+    // bound before anything else, so a taken address fails the start and names itself
+    let served = serve_metrics(&config)?;
+    let result = run_pipeline(config).await;
+    if let (Err(e), Some(m)) = (&result, crate::metrics::installed()) {
+        m.error(e);
+    }
+    for task in served {
+        task.abort();
+    }
+    result
+}
+
+/// Starts `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`, with the task that
+/// samples the source's positions, when an address is set.
+fn serve_metrics(config: &std::sync::Arc<Config>) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(Vec::new());
+    };
+    let listener = crate::metrics::server::bind(addr)?;
+    let metrics = crate::metrics::install(config);
+    metrics.beat();
+    let server = tokio::spawn(async move {
+        if let Err(e) = crate::metrics::server::serve(listener, metrics).await {
+            tracing::error!(listen = %addr, error = %e, "the metrics endpoint stopped");
+        }
+    });
+    let sampler = tokio::spawn(crate::metrics::sampler::run(
+        config.clone(),
+        metrics,
+        SAMPLE_INTERVAL,
+    ));
+    Ok(vec![server, sampler])
+}
+
+/// How often the source's positions (WAL end, slot) are sampled for the metrics.
+const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn run_pipeline(config: std::sync::Arc<Config>) -> Result<()> {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -59,6 +97,9 @@ fn scheduled_compaction(config: std::sync::Arc<Config>) -> Option<tokio::task::J
             timer.tick().await;
             match compact_tables(&config, None).await {
                 Ok(outcomes) => {
+                    if let Some(m) = crate::metrics::installed() {
+                        outcomes.iter().for_each(|o| m.compacted(o));
+                    }
                     let rewritten = outcomes.iter().filter(|o| o.skipped.is_none()).count();
                     tracing::info!(
                         tables = outcomes.len(),
@@ -67,6 +108,9 @@ fn scheduled_compaction(config: std::sync::Arc<Config>) -> Option<tokio::task::J
                     );
                 }
                 Err(e) => {
+                    if let Some(m) = crate::metrics::installed() {
+                        m.error_kind("compaction");
+                    }
                     tracing::warn!(error = %e, "scheduled compaction failed; the next one retries")
                 }
             }
@@ -169,7 +213,8 @@ pub async fn doctor(config: &Config) -> Result<bool> {
     Ok(report.passed())
 }
 
-/// `lakewriter status`: per table, checkpoint LSN, lag, snapshots and files.
-pub async fn status(config: &Config) -> Result<()> {
-    crate::status::print(config).await
+/// `lakewriter status`: per table, checkpoint LSN, lag, snapshots and files; as JSON with
+/// the metrics' field names when `json`.
+pub async fn status(config: &Config, json: bool) -> Result<()> {
+    crate::status::print(config, json).await
 }

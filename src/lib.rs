@@ -38,6 +38,7 @@ pub mod error;
 pub mod lake;
 pub mod lsn;
 pub mod maintenance;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod sink;

@@ -103,6 +103,9 @@ enum Command {
     Status {
         #[command(flatten)]
         config: ConfigArg,
+        /// Print the report as JSON, its fields named as the metrics name them.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -178,7 +181,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 .map(|()| true)
         }
         Command::Doctor { config } => commands::doctor(&load(&config)?).await,
-        Command::Status { config } => commands::status(&load(&config)?).await.map(|()| true),
+        Command::Status { config, json } => {
+            commands::status(&load(&config)?, json).await.map(|()| true)
+        }
     }
     .map_err(anyhow::Error::from)
 }

@@ -2,10 +2,13 @@
 //! far behind the server's WAL it is (bytes, and seconds since its last commit), its snapshots,
 //! data and delete files — and what the slot retains. It reads Iceberg tables through the
 //! catalog, never around it, and Delta tables through their logs (their own catalog).
+//! `--json` prints the same facts for scripts, named as the metrics name them
+//! (`slot_retained_wal_bytes`, `table_durable_lsn`, …, without the `lakewriter_` prefix).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use iceberg::spec::TableMetadata;
+use serde::Serialize;
 
 use crate::catalog::{Catalog, LakeCatalog};
 use crate::config::{Config, TableFormat};
@@ -15,91 +18,200 @@ use crate::sink::delta::{DeltaSettings, tables};
 use crate::sink::iceberg::{catalog_error, checkpoint, file_io};
 use crate::source::connection;
 
-/// Prints the status of every lake table of the config.
-pub async fn print(config: &Config) -> Result<()> {
-    match config.sink.format {
-        TableFormat::Iceberg => print_iceberg(config).await?,
-        TableFormat::Delta => print_delta(config).await?,
-    }
-    print_stopped(config).await
+/// What `status` reports: the source's positions and each lake table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The source and its slot; `None` when it could not be reached.
+    pub source: Option<SourceReport>,
+    /// Why the source could not be reached, when it could not.
+    pub source_error: Option<String>,
+    /// Each lake table of the config's namespace.
+    pub tables: Vec<TableReport>,
+    /// The tables the writer stopped (`[sink] on_table_error = "stop_table"`), with the error
+    /// that stopped each, as its slot record says.
+    pub stopped_tables: std::collections::BTreeMap<String, String>,
 }
 
-/// The tables the writer stopped (`[sink] on_table_error = "stop_table"`) and why, as its
-/// slot record says (see `pipeline::membership`).
-async fn print_stopped(config: &Config) -> Result<()> {
-    let store = crate::pipeline::membership::RecordStore::new(config).await?;
-    let record = match store.read().await {
-        Ok(record) => record,
-        Err(e) => {
-            println!("\nthe writer's slot record could not be read: {e}");
-            return Ok(());
-        }
-    };
-    let Some(record) = record.filter(|r| !r.stopped.is_empty()) else {
+/// The source's positions, named as the metrics name them.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    /// The server's WAL position as a byte offset (`lakewriter_source_wal_end_lsn`).
+    pub source_wal_end_lsn: Option<u64>,
+    /// The slot's name.
+    pub slot: String,
+    /// Whether the slot exists.
+    pub slot_exists: bool,
+    /// The slot's confirmed flush position as a byte offset.
+    pub slot_confirmed_flush_lsn: Option<u64>,
+    /// The same, as PostgreSQL writes it (`16/B374D848`).
+    pub slot_confirmed_flush: Option<String>,
+    /// Whether a session streams from the slot.
+    pub slot_active: bool,
+    /// WAL the slot retains, in bytes.
+    pub slot_retained_wal_bytes: i64,
+}
+
+/// One lake table, named as the metrics name it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// The lake table, `namespace.name`.
+    pub table: String,
+    /// The LSN the lake holds the table up to, as a byte offset; `None` while incomplete.
+    pub table_durable_lsn: Option<u64>,
+    /// The same, as PostgreSQL writes it.
+    pub checkpoint: Option<String>,
+    /// WAL bytes between the server's position and the checkpoint.
+    pub lag_bytes: Option<u64>,
+    /// Seconds since the last commit while behind the server (0 when caught up).
+    pub lag_seconds: Option<f64>,
+    /// Unix time of the table's last commit.
+    pub last_commit_timestamp_seconds: Option<f64>,
+    /// Iceberg: snapshots kept.
+    pub snapshots: Option<usize>,
+    /// Delta: the log version.
+    pub version: Option<u64>,
+    /// Live data files.
+    pub data_files: Option<u64>,
+    /// Iceberg: live delete files.
+    pub delete_files: Option<u64>,
+    /// Rows (Iceberg: the snapshot's total records; Delta: from the files' statistics).
+    pub rows: Option<u64>,
+}
+
+/// Prints the status of every lake table of the config, as text or as one JSON object.
+pub async fn print(config: &Config, json: bool) -> Result<()> {
+    let report = report(config).await?;
+    if json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Source {
+            message: format!("status as JSON: {e}"),
+        })?;
+        println!("{text}");
         return Ok(());
-    };
-    println!(
-        "\nstopped by on_table_error (the slot keeps their WAL until a restart after the fix):"
-    );
-    for (table, why) in &record.stopped {
-        println!("  {table}: {why}");
     }
+    print_source(config, &report);
+    match config.sink.format {
+        TableFormat::Iceberg => print_iceberg(&report),
+        TableFormat::Delta => print_delta(&report),
+    }
+    print_stopped(&report);
     Ok(())
 }
 
-/// The server's WAL position, after printing what the slot retains; `None` when the source
-/// cannot be reached (the lake's state is worth showing without it).
-async fn source_position(config: &Config) -> Option<Lsn> {
-    let (server, slot) = match connection::connect(&config.source).await {
-        Ok(client) => {
-            let server = client
-                .query_one(
-                    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-                     ELSE pg_current_wal_lsn() END)::text",
-                    &[],
-                )
-                .await
-                .ok()
-                .and_then(|r| r.get::<_, Option<String>>(0))
-                .and_then(|t| t.parse::<Lsn>().ok());
-            let slot = client
-                .query_opt(
-                    "SELECT confirmed_flush_lsn::text, active, \
-                       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
-                     FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&config.source.slot],
-                )
-                .await
-                .ok()
-                .flatten()
-                .map(|r| {
-                    (
-                        r.get::<_, Option<String>>(0),
-                        r.get::<_, Option<bool>>(1).unwrap_or(false),
-                        r.get::<_, Option<i64>>(2).unwrap_or(0),
-                    )
-                });
-            (server, slot)
-        }
-        Err(e) => {
-            println!("source: {e}");
-            (None, None)
-        }
+/// The status of every lake table of the config.
+pub async fn report(config: &Config) -> Result<Report> {
+    let (source, source_error) = match source_position(config).await {
+        Ok(source) => (Some(source), None),
+        Err(e) => (None, Some(e.to_string())),
     };
-    match &slot {
-        Some((confirmed, active, retained)) => println!(
+    let server = source.as_ref().and_then(|s| s.source_wal_end_lsn).map(Lsn);
+    let tables = match config.sink.format {
+        TableFormat::Iceberg => iceberg_tables(config, server).await?,
+        TableFormat::Delta => delta_tables(config, server).await?,
+    };
+    Ok(Report {
+        source,
+        source_error,
+        tables,
+        stopped_tables: stopped_tables(config).await,
+    })
+}
+
+/// The tables the writer stopped and why, from its slot record (see `pipeline::membership`);
+/// none when there is no record or it cannot be read (logged).
+async fn stopped_tables(config: &Config) -> std::collections::BTreeMap<String, String> {
+    let read = match crate::pipeline::membership::RecordStore::new(config).await {
+        Ok(store) => store.read().await,
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok(record) => record.map(|r| r.stopped).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the writer's slot record could not be read");
+            Default::default()
+        }
+    }
+}
+
+/// The stopped tables' section of the text report.
+fn print_stopped(report: &Report) {
+    if report.stopped_tables.is_empty() {
+        return;
+    }
+    println!(
+        "\nstopped by on_table_error (the slot keeps their WAL until a restart after the fix):"
+    );
+    for (table, why) in &report.stopped_tables {
+        println!("  {table}: {why}");
+    }
+}
+
+/// The server's WAL position and what the slot retains.
+async fn source_position(config: &Config) -> Result<SourceReport> {
+    let client = connection::connect(&config.source).await?;
+    let server = client
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+             ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|t| t.parse::<Lsn>().ok());
+    let slot = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, active, \
+               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.source.slot],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| {
+            (
+                r.get::<_, Option<String>>(0),
+                r.get::<_, Option<bool>>(1).unwrap_or(false),
+                r.get::<_, Option<i64>>(2).unwrap_or(0),
+            )
+        });
+    let confirmed = slot.as_ref().and_then(|(c, _, _)| c.clone());
+    Ok(SourceReport {
+        source_wal_end_lsn: server.map(Lsn::get),
+        slot: config.source.slot.clone(),
+        slot_exists: slot.is_some(),
+        slot_confirmed_flush_lsn: confirmed
+            .as_deref()
+            .and_then(|t| t.parse::<Lsn>().ok())
+            .map(Lsn::get),
+        slot_confirmed_flush: confirmed,
+        slot_active: slot.as_ref().is_some_and(|(_, a, _)| *a),
+        slot_retained_wal_bytes: slot.map_or(0, |(_, _, r)| r),
+    })
+}
+
+fn print_source(config: &Config, report: &Report) {
+    if let Some(error) = &report.source_error {
+        println!("source: {error}");
+    }
+    match &report.source {
+        Some(source) if source.slot_exists => println!(
             "slot {}: confirmed {}, {}, retaining {} bytes of WAL{}",
-            config.source.slot,
-            confirmed.as_deref().unwrap_or("-"),
-            if *active { "streaming" } else { "idle" },
-            retained,
-            server
-                .map(|s| format!(" (server at {s})"))
+            source.slot,
+            source.slot_confirmed_flush.as_deref().unwrap_or("-"),
+            if source.slot_active {
+                "streaming"
+            } else {
+                "idle"
+            },
+            source.slot_retained_wal_bytes,
+            source
+                .source_wal_end_lsn
+                .map(|s| format!(" (server at {})", Lsn(s)))
                 .unwrap_or_default()
         ),
-        None => println!("slot {}: not found", config.source.slot),
+        _ => println!("slot {}: not found", config.source.slot),
     }
-    server
 }
 
 /// Milliseconds since the epoch, now.
@@ -112,22 +224,30 @@ fn now_ms() -> i64 {
 
 /// The lag of a table at checkpoint `lsn` behind the server at `server`: bytes of WAL, and
 /// seconds since the table's last commit at `committed_ms` (0 when it is caught up).
-fn lag(server: Option<Lsn>, lsn: Option<Lsn>, committed_ms: Option<i64>) -> (String, String) {
+fn lag(
+    server: Option<Lsn>,
+    lsn: Option<Lsn>,
+    committed_ms: Option<i64>,
+) -> (Option<u64>, Option<f64>) {
     let bytes = match (server, lsn) {
-        (Some(server), Some(lsn)) => server.bytes_since(lsn).to_string(),
-        _ => "-".into(),
+        (Some(server), Some(lsn)) => Some(server.bytes_since(lsn)),
+        _ => None,
     };
     let seconds = match (server, lsn, committed_ms) {
         (Some(server), Some(lsn), Some(at)) if server.bytes_since(lsn) > 0 => {
-            format!("{:.0}", (now_ms() - at).max(0) as f64 / 1000.0)
+            Some((now_ms() - at).max(0) as f64 / 1000.0)
         }
-        (Some(_), Some(_), _) => "0".into(),
-        _ => "-".into(),
+        (Some(_), Some(_), _) => Some(0.0),
+        _ => None,
     };
     (bytes, seconds)
 }
 
-async fn print_iceberg(config: &Config) -> Result<()> {
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<TableReport>> {
     let namespace_error = |e| catalog_error(&config.sink.namespace, e);
     let catalog = LakeCatalog::from_config(config)
         .await
@@ -137,18 +257,7 @@ async fn print_iceberg(config: &Config) -> Result<()> {
         .list(&config.sink.namespace)
         .await
         .map_err(namespace_error)?;
-    let server = source_position(config).await;
-    println!(
-        "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12} {:>12}",
-        "table",
-        "checkpoint",
-        "lag bytes",
-        "lag s",
-        "snapshots",
-        "data files",
-        "delete files",
-        "rows"
-    );
+    let mut reports = Vec::new();
     for table in tables {
         let Some(pointer) = catalog.load(&table).await.map_err(namespace_error)? else {
             continue;
@@ -164,36 +273,61 @@ async fn print_iceberg(config: &Config) -> Result<()> {
         let current = metadata.current_snapshot();
         let total = |key: &str| {
             current
-                .and_then(|s| s.summary().additional_properties.get(key).cloned())
-                .unwrap_or_else(|| "-".into())
+                .and_then(|s| s.summary().additional_properties.get(key))
+                .and_then(|v| v.parse::<u64>().ok())
         };
-        let (lag_bytes, lag_seconds) = lag(server, lsn, current.map(|s| s.timestamp_ms()));
-        println!(
-            "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12} {:>12}",
-            table.to_string(),
-            lsn.map(|l| l.to_string())
-                .unwrap_or_else(|| "incomplete".into()),
+        let committed_ms = current.map(|s| s.timestamp_ms());
+        let (lag_bytes, lag_seconds) = lag(server, lsn, committed_ms);
+        reports.push(TableReport {
+            table: table.to_string(),
+            table_durable_lsn: lsn.map(Lsn::get),
+            checkpoint: lsn.map(|l| l.to_string()),
             lag_bytes,
             lag_seconds,
-            metadata.snapshots().count(),
-            total("total-data-files"),
-            total("total-delete-files"),
-            total("total-records"),
+            last_commit_timestamp_seconds: committed_ms.map(|ms| ms as f64 / 1000.0),
+            snapshots: Some(metadata.snapshots().count()),
+            version: None,
+            data_files: total("total-data-files"),
+            delete_files: total("total-delete-files"),
+            rows: total("total-records"),
+        });
+    }
+    Ok(reports)
+}
+
+fn print_iceberg(report: &Report) {
+    println!(
+        "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12} {:>12}",
+        "table",
+        "checkpoint",
+        "lag bytes",
+        "lag s",
+        "snapshots",
+        "data files",
+        "delete files",
+        "rows"
+    );
+    for t in &report.tables {
+        println!(
+            "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12} {:>12}",
+            t.table,
+            t.checkpoint.as_deref().unwrap_or("incomplete"),
+            or_dash(t.lag_bytes),
+            or_dash(t.lag_seconds.map(|s| format!("{s:.0}"))),
+            or_dash(t.snapshots),
+            or_dash(t.data_files),
+            or_dash(t.delete_files),
+            or_dash(t.rows),
         );
     }
-    Ok(())
 }
 
 /// The Delta report: per table its checkpoint (the `txn` action), lag, log version, live data
 /// files, rows (from the files' statistics) and when it was last committed.
-async fn print_delta(config: &Config) -> Result<()> {
+async fn delta_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<TableReport>> {
     let settings = DeltaSettings::from_config(config)?;
     let names = tables::list(config, &settings).await?;
-    let server = source_position(config).await;
-    println!(
-        "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12}  last commit",
-        "table", "checkpoint", "lag bytes", "lag s", "version", "data files", "rows"
-    );
+    let mut reports = Vec::new();
     for name in names {
         let Some(table) = tables::open(&settings, &name).await? else {
             continue;
@@ -206,7 +340,7 @@ async fn print_delta(config: &Config) -> Result<()> {
         let lsn = tables::checkpoint(&name, &table).await?;
         let snapshot = table.snapshot().map_err(read_error)?;
         let version = snapshot.version();
-        let mut files = 0usize;
+        let mut files = 0u64;
         let mut rows = Some(0u64);
         for file in snapshot.log_data() {
             files += 1;
@@ -221,22 +355,46 @@ async fn print_delta(config: &Config) -> Result<()> {
             .and_then(|c| c.timestamp)
             .or_else(|| snapshot.version_timestamp(version));
         let (lag_bytes, lag_seconds) = lag(server, lsn, committed_ms);
-        let last_commit = committed_ms
-            .and_then(arrow::temporal_conversions::timestamp_ms_to_datetime)
+        reports.push(TableReport {
+            table: name.to_string(),
+            table_durable_lsn: lsn.map(Lsn::get),
+            checkpoint: lsn.map(|l| l.to_string()),
+            lag_bytes,
+            lag_seconds,
+            last_commit_timestamp_seconds: committed_ms.map(|ms| ms as f64 / 1000.0),
+            snapshots: None,
+            version: Some(version),
+            data_files: Some(files),
+            delete_files: None,
+            rows,
+        });
+    }
+    Ok(reports)
+}
+
+fn print_delta(report: &Report) {
+    println!(
+        "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12}  last commit",
+        "table", "checkpoint", "lag bytes", "lag s", "version", "data files", "rows"
+    );
+    for t in &report.tables {
+        let last_commit = t
+            .last_commit_timestamp_seconds
+            .and_then(|s| {
+                arrow::temporal_conversions::timestamp_ms_to_datetime((s * 1000.0).round() as i64)
+            })
             .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
             .unwrap_or_else(|| "-".into());
         println!(
             "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12}  {}",
-            name.to_string(),
-            lsn.map(|l| l.to_string())
-                .unwrap_or_else(|| "incomplete".into()),
-            lag_bytes,
-            lag_seconds,
-            version,
-            files,
-            rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            t.table,
+            t.checkpoint.as_deref().unwrap_or("incomplete"),
+            or_dash(t.lag_bytes),
+            or_dash(t.lag_seconds.map(|s| format!("{s:.0}"))),
+            or_dash(t.version),
+            or_dash(t.data_files),
+            or_dash(t.rows),
             last_commit,
         );
     }
-    Ok(())
 }

@@ -121,6 +121,9 @@ where
             return Err(error.into());
         }
         let pause = policy.backoff(n);
+        if let Some(m) = crate::metrics::installed() {
+            m.commit_retry(&table.to_string(), error.is_conflict());
+        }
         tracing::info!(
             catalog = %catalog.describe(),
             table = %table,

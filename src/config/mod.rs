@@ -433,8 +433,9 @@ impl Default for CompactionConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address of a Prometheus text endpoint (`/metrics`), such as `"127.0.0.1:9187"`.
-    /// Default: none (no endpoint).
+    /// Address `run` serves `/metrics` (Prometheus text, or OpenMetrics when asked),
+    /// `/healthz` and `/readyz` on, such as `"127.0.0.1:9187"`; taken or invalid, the start
+    /// fails naming it. Default: none (no endpoint, nothing measured).
     #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// How often progress is logged when not on a terminal. Default: `"30s"`.

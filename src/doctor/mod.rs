@@ -102,5 +102,22 @@ pub async fn check(config: &Config) -> Report {
     let mut report = Report::default();
     source::check(config, &mut report.findings).await;
     sink::check(config, &mut report.findings).await;
+    if let Some(finding) = metrics_endpoint(config) {
+        report.findings.push(finding);
+    }
     report
+}
+
+/// Whether `run` could serve its metrics on `[metrics] listen`: the address is bound and
+/// released at once. A writer already running on it makes this an error too, as a second
+/// writer could not start.
+fn metrics_endpoint(config: &Config) -> Option<Finding> {
+    let addr = config.metrics.listen?;
+    Some(match crate::metrics::server::bind(addr) {
+        Ok(_) => Finding::ok(format!("metrics: {addr} is free to serve /metrics on")),
+        Err(e) => Finding::error(
+            format!("metrics: {e}"),
+            "choose a free address for [metrics] listen (or stop what holds it)",
+        ),
+    })
 }

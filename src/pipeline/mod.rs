@@ -12,6 +12,7 @@
 
 pub mod changelog;
 pub mod membership;
+mod observe;
 pub mod reduce;
 pub mod service;
 pub mod spill;
@@ -309,6 +310,7 @@ impl<S: Sink> Pipeline<S> {
     pub async fn handle(&mut self, event: SourceEvent) -> Result<()> {
         match event {
             SourceEvent::Started { from } => {
+                observe::stream_started();
                 // a new session resends every transaction not acknowledged yet: the one open
                 // is void, and the ones already taken in are recognised by their commit LSN
                 if self.open.take().is_some() || self.taken > from {
@@ -351,6 +353,7 @@ impl<S: Sink> Pipeline<S> {
             SourceEvent::Changes(batch) => {
                 self.stats.changes += batch.len() as u64;
                 let table = batch.schema.table.clone();
+                observe::changes(&table, &batch.ops);
                 if self.open.is_some() {
                     let bytes =
                         batch.new.get_array_memory_size() + batch.old.get_array_memory_size();
@@ -360,6 +363,7 @@ impl<S: Sink> Pipeline<S> {
             SourceEvent::Truncate { tables, commit_lsn } => {
                 if self.open.is_some() {
                     for table in tables {
+                        observe::truncate(&table);
                         self.receive(table, Entry::Truncate(commit_lsn), 0)?;
                     }
                 }
@@ -399,6 +403,7 @@ impl<S: Sink> Pipeline<S> {
     pub async fn tick(&mut self) -> Result<()> {
         self.flush_due(false).await?;
         self.acknowledge();
+        self.report_metrics();
         Ok(())
     }
 
@@ -499,6 +504,7 @@ impl<S: Sink> Pipeline<S> {
     /// run, or only the table, as `[sink] on_table_error` says. Errors retrying may fix, and
     /// errors that are not the table's, always stop the run.
     async fn table_failed(&mut self, table: &TableId, first: Lsn, error: Error) -> Result<()> {
+        observe::commit_failed(table, &error);
         let policy = self.config.sink.on_table_error;
         if policy == TableErrorPolicy::StopAll || !is_table_error(&error) {
             return Err(error);
@@ -589,6 +595,8 @@ impl<S: Sink> Pipeline<S> {
             })
             .await?;
         self.stats.commits += 1;
+        let lsn = Some(commit_lsn);
+        self.observe_commit(table, written, deleted, started, lsn, lsn);
         if let Some(state) = self.tables.get_mut(table) {
             state.prepared = Some(target);
             state.checkpoint = Some(commit_lsn);
@@ -769,6 +777,7 @@ impl<S: Sink> Pipeline<S> {
         };
         let entries = std::mem::take(&mut state.buffer);
         let lsn = state.last_commit;
+        let first = state.first_commit;
         let rows = state.rows;
         let started = Instant::now();
         let Reduced {
@@ -793,6 +802,7 @@ impl<S: Sink> Pipeline<S> {
         );
         self.sink.commit(delta).await?;
         self.stats.commits += 1;
+        self.observe_commit(table, written, deleted, started, first, lsn);
         if let Some(state) = self.tables.get_mut(table) {
             state.prepared = Some(target);
             state.checkpoint = lsn.or(state.checkpoint);

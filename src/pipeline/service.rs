@@ -172,6 +172,9 @@ pub async fn run<S: Sink>(
                     );
                     sink.mark_incomplete(table).await?;
                     suspended.insert(table.clone());
+                    if let Some(m) = crate::metrics::installed() {
+                        m.set_state(table, crate::metrics::TableStatus::Suspended, None);
+                    }
                     continue;
                 }
             },
@@ -852,6 +855,11 @@ async fn copy_into_lake<S: Sink>(
     let table = state.schema.table.clone();
     let estimate = snapshot::estimated_rows(client, &table).await?;
     let bar = Arc::new(progress.table("snapshot", &table.to_string(), estimate));
+    let metrics = crate::metrics::installed();
+    if let Some(m) = metrics {
+        m.copy_started(&table, estimate);
+    }
+    let copied_table = table.clone();
     let (tx, mut rx) = mpsc::channel::<SnapshotRows>(4);
     let copy_config = config.clone();
     let snapshot = session.snapshot.clone();
@@ -863,7 +871,10 @@ async fn copy_into_lake<S: Sink>(
     };
     let copying = tokio::spawn(async move {
         snapshot::copy_table(&copy_config, &snapshot, shape, &settings, tx, move |n| {
-            counter.add(n)
+            counter.add(n);
+            if let Some(m) = metrics {
+                m.copied_rows(&copied_table, n);
+            }
         })
         .await
     });
@@ -924,6 +935,9 @@ async fn copy_into_lake<S: Sink>(
     })
     .await?;
     bar.finish();
+    if let Some(m) = metrics {
+        m.copy_committed(&table, bar.rows());
+    }
     Ok(())
 }
 

@@ -191,6 +191,9 @@ async fn stream_here(
         {
             Ok(SessionEnd::Shutdown) | Ok(SessionEnd::Closed) => return Ok(()),
             Err(e) if e.is_retryable() => {
+                if let Some(m) = crate::metrics::installed() {
+                    m.stream_interrupted(&e);
+                }
                 if began.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(250);
                 }

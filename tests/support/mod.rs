@@ -5,6 +5,7 @@
 
 pub mod delta;
 pub mod extremes;
+pub mod http;
 pub mod orders;
 pub mod writer;
 

@@ -32,6 +32,11 @@ pub fn write_config(db: &TestDb, extra: &str) -> std::path::PathBuf {
 pub struct Writer(Option<Child>);
 
 impl Writer {
+    /// Takes care of `child`: it is killed if the test panics before stopping it.
+    pub fn from_child(child: Child) -> Self {
+        Writer(Some(child))
+    }
+
     /// The process, no longer killed on drop.
     pub fn into_child(mut self) -> Child {
         self.0.take().expect("the writer is running")

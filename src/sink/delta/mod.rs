@@ -389,6 +389,9 @@ impl DeltaSink {
                         break Err(e);
                     }
                     let pause = self.settings.retry.backoff(attempt);
+                    if let Some(m) = crate::metrics::installed() {
+                        m.commit_retry(&state.lake.to_string(), true);
+                    }
                     tracing::warn!(
                         table = %state.lake,
                         attempt,
@@ -404,10 +407,14 @@ impl DeltaSink {
             part.remove();
         }
         let version = result?;
+        if let (Some(m), Some(adds)) = (crate::metrics::installed(), &adds) {
+            let bytes = adds.iter().map(|a| a.size.max(0) as u64).sum();
+            m.files(&delta.table, adds.len(), 0, bytes);
+        }
         state.checkpoint = delta.lsn;
         tracing::info!(
             table = %state.lake,
-            lsn = ?delta.lsn,
+            lsn = delta.lsn.map(|l| l.to_string()),
             staged = staged.len(),
             data_files = adds.as_ref().map_or(0, Vec::len),
             truncate = delta.truncate,

@@ -741,9 +741,23 @@ impl<C: Catalog> IcebergSink<C> {
                 Change::Rows(&files),
             )
             .await?;
+        if let Some(m) = crate::metrics::installed() {
+            let bytes = files
+                .data_files
+                .iter()
+                .chain(&files.delete_files)
+                .map(|f| f.file_size_in_bytes())
+                .sum();
+            m.files(
+                &delta.table,
+                files.data_files.len(),
+                files.delete_files.len(),
+                bytes,
+            );
+        }
         tracing::info!(
             table = %state.lake,
-            lsn = ?delta.lsn,
+            lsn = delta.lsn.map(|l| l.to_string()),
             data_files = files.data_files.len(),
             delete_files = files.delete_files.len(),
             truncate = delta.truncate,
