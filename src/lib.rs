@@ -25,6 +25,7 @@
 //! - [`lake`]: reading the lake — DataFusion sessions over its tables (Iceberg's merge-on-read
 //!   as an anti-join; Delta through deltalake's table provider), a snapshot's live files — for
 //!   `query`, `verify` and `compact`.
+//! - [`metrics`]: what `run` measures (Prometheus), served with `/healthz` and `/readyz`.
 //! - [`verify`]: `query` and `verify`: SQL over the lake, and the row-by-row comparison with
 //!   the source.
 //! - [`error`]: the one error type, whose kinds say whether to retry.
