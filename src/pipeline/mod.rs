@@ -9,8 +9,16 @@
 //!   commit carries), so a restart from the lowest checkpoint duplicates nothing.
 //! - The durable LSN is the server's position when nothing is buffered, else just below the
 //!   oldest buffered (or open) transaction's commit LSN.
+//!
+//! Beside the buffers: `reduce` (one final state per key), `spill` (transactions larger than
+//! memory), `changelog` (append-only tables), and `run` itself in `service` (start, stream,
+//! stop), with `copy` (initial, joining and rejoining tables' copies), `membership` (the slot
+//! record: which tables streamed, how far the slot may go), `acknowledge` (the slot never
+//! confirmed past the record) and `observe` (the metrics' hooks).
 
+mod acknowledge;
 pub mod changelog;
+mod copy;
 pub mod membership;
 mod observe;
 pub mod reduce;
