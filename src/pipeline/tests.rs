@@ -11,6 +11,7 @@ use arrow::datatypes::{DataType, Field, Int32Type, Schema};
 use tokio::sync::watch;
 
 use super::*;
+use crate::sink::TableDelta;
 use crate::table::{ChangeBatch, ColumnSchema, Oid, OldRow, Op, RelationId, ReplicaIdentity};
 
 /// Keeps every commit it is given; a commit takes in the parts staged for its table before it
