@@ -76,6 +76,43 @@ pub struct TableReport {
     pub delete_files: Option<u64>,
     /// Rows (Iceberg: the snapshot's total records; Delta: from the files' statistics).
     pub rows: Option<u64>,
+    /// Iceberg: the size of the current `metadata.json`, rewritten whole on every commit.
+    pub metadata_bytes: Option<u64>,
+    /// Iceberg: the manifests of the current snapshot, which every reader plans over.
+    pub manifests: Option<usize>,
+}
+
+/// Past these, a table's state costs every commit and every reader more than it should:
+/// `status` warns, naming the fix.
+const SNAPSHOTS_WARN: usize = 10_000;
+const METADATA_BYTES_WARN: u64 = 16 * 1024 * 1024;
+const MANIFESTS_WARN: usize = 1_000;
+
+/// What about `table` has grown past its threshold, and what to do about it.
+fn growth_warnings(table: &TableReport) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(n) = table.snapshots.filter(|n| *n > SNAPSHOTS_WARN) {
+        warnings.push(format!(
+            "{}: {n} snapshots (more than {SNAPSHOTS_WARN}): lower [compaction] \
+             snapshot_retention or keep_snapshots",
+            table.table
+        ));
+    }
+    if let Some(n) = table.metadata_bytes.filter(|n| *n > METADATA_BYTES_WARN) {
+        warnings.push(format!(
+            "{}: metadata.json is {n} bytes (more than {METADATA_BYTES_WARN}), rewritten on every \
+             commit: lower [compaction] snapshot_retention",
+            table.table
+        ));
+    }
+    if let Some(n) = table.manifests.filter(|n| *n > MANIFESTS_WARN) {
+        warnings.push(format!(
+            "{}: {n} manifests in the current snapshot (more than {MANIFESTS_WARN}): run \
+             lakewriter compact",
+            table.table
+        ));
+    }
+    warnings
 }
 
 /// Prints the status of every lake table of the config, as text or as one JSON object.
@@ -278,6 +315,25 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
         };
         let committed_ms = current.map(|s| s.timestamp_ms());
         let (lag_bytes, lag_seconds) = lag(server, lsn, committed_ms);
+        // sizes for the growth warnings; a file that cannot be read leaves them unknown
+        let metadata_bytes = match io.new_input(&pointer.metadata_location) {
+            Ok(input) => input.metadata().await.ok().map(|m| m.size),
+            Err(_) => None,
+        };
+        let manifests = match current {
+            Some(snapshot) => match io.new_input(snapshot.manifest_list()) {
+                Ok(input) => input.read().await.ok().and_then(|bytes| {
+                    iceberg::spec::ManifestList::parse_with_version(
+                        &bytes,
+                        metadata.format_version(),
+                    )
+                    .ok()
+                    .map(|list| list.entries().len())
+                }),
+                Err(_) => None,
+            },
+            None => Some(0),
+        };
         reports.push(TableReport {
             table: table.to_string(),
             table_durable_lsn: lsn.map(Lsn::get),
@@ -290,6 +346,8 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
             data_files: total("total-data-files"),
             delete_files: total("total-delete-files"),
             rows: total("total-records"),
+            metadata_bytes,
+            manifests,
         });
     }
     Ok(reports)
@@ -297,7 +355,7 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
 
 fn print_iceberg(report: &Report) {
     println!(
-        "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12} {:>12}",
+        "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12} {:>12} {:>9} {:>14}",
         "table",
         "checkpoint",
         "lag bytes",
@@ -305,11 +363,13 @@ fn print_iceberg(report: &Report) {
         "snapshots",
         "data files",
         "delete files",
-        "rows"
+        "rows",
+        "manifests",
+        "metadata bytes"
     );
     for t in &report.tables {
         println!(
-            "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12} {:>12}",
+            "{:<28} {:>14} {:>12} {:>10} {:>9} {:>10} {:>12} {:>12} {:>9} {:>14}",
             t.table,
             t.checkpoint.as_deref().unwrap_or("incomplete"),
             or_dash(t.lag_bytes),
@@ -318,7 +378,12 @@ fn print_iceberg(report: &Report) {
             or_dash(t.data_files),
             or_dash(t.delete_files),
             or_dash(t.rows),
+            or_dash(t.manifests),
+            or_dash(t.metadata_bytes),
         );
+    }
+    for warning in report.tables.iter().flat_map(growth_warnings) {
+        println!("warning: {warning}");
     }
 }
 
@@ -363,6 +428,8 @@ async fn delta_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<TableR
             lag_seconds,
             last_commit_timestamp_seconds: committed_ms.map(|ms| ms as f64 / 1000.0),
             snapshots: None,
+            metadata_bytes: None,
+            manifests: None,
             version: Some(version),
             data_files: Some(files),
             delete_files: None,
@@ -396,5 +463,38 @@ fn print_delta(report: &Report) {
             or_dash(t.rows),
             last_commit,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(snapshots: usize, metadata_bytes: u64, manifests: usize) -> TableReport {
+        TableReport {
+            table: "lake.orders".into(),
+            table_durable_lsn: None,
+            checkpoint: None,
+            lag_bytes: None,
+            lag_seconds: None,
+            last_commit_timestamp_seconds: None,
+            snapshots: Some(snapshots),
+            version: None,
+            data_files: None,
+            delete_files: None,
+            rows: None,
+            metadata_bytes: Some(metadata_bytes),
+            manifests: Some(manifests),
+        }
+    }
+
+    #[test]
+    fn a_table_past_a_threshold_is_warned_about_with_the_fix() {
+        assert!(growth_warnings(&table(100, 1024, 3)).is_empty());
+        let warnings = growth_warnings(&table(SNAPSHOTS_WARN + 1, METADATA_BYTES_WARN + 1, 2_000));
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("lake.orders") && warnings[0].contains("snapshot_retention"));
+        assert!(warnings[1].contains("metadata.json"));
+        assert!(warnings[2].contains("lakewriter compact"));
     }
 }

@@ -55,6 +55,15 @@ async fn run_streams_into_iceberg_and_duckdb_reads_what_postgres_holds() {
         .find(|l| l.starts_with(&format!("{}.orders ", db.namespace)))
         .unwrap_or_else(|| panic!("no orders line in:\n{text}"));
     assert!(!line.contains("incomplete"), "{line}");
+    // the last two columns: manifests of the current snapshot, and metadata.json's size
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let manifests: usize = fields[fields.len() - 2].parse().expect("manifests");
+    let metadata_bytes: u64 = fields[fields.len() - 1].parse().expect("metadata bytes");
+    assert!(manifests >= 1 && metadata_bytes > 0, "{line}");
+    assert!(
+        !text.contains("warning:"),
+        "a small table is warned about: {text}"
+    );
     assert!(
         text.contains(&format!("slot {}: confirmed", db.slot)),
         "{text}"
