@@ -1468,3 +1468,49 @@ async fn a_commit_whose_answer_was_lost_but_landed_is_a_success_not_a_table_erro
     assert_eq!(lake.rows(&items(), ALL), ["1|a2", "3|c"]);
     assert_eq!(lake.checkpoint(&items()), Some(300));
 }
+
+#[tokio::test]
+async fn the_delta_log_is_checkpointed_every_hundred_commits_and_reads_the_same() {
+    let lake = Lake::new("log_checkpoint");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    let mut expected = Vec::new();
+    for i in 1..=120i32 {
+        sink.commit(delta(
+            &schema,
+            false,
+            &[],
+            &[(i, Some("v"))],
+            Some(i as u64),
+        ))
+        .await
+        .expect("commit");
+        expected.push(format!("{i}|v"));
+    }
+    let log = lake.location(&items()).join("_delta_log");
+    let checkpoints: Vec<String> = std::fs::read_dir(&log)
+        .expect("list the log")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".checkpoint."))
+        .collect();
+    // deltalake checkpoints the log after every hundredth version (`delta.checkpointInterval`)
+    assert_eq!(
+        checkpoints,
+        vec!["00000000000000000099.checkpoint.parquet".to_string()],
+        "one checkpoint, after the hundredth version"
+    );
+    assert!(log.join("_last_checkpoint").exists(), "no _last_checkpoint");
+    // a reader and a new writer start from the checkpoint and see every row
+    assert_eq!(lake.rows(&items(), ALL), expected);
+    assert_eq!(
+        lake.sink()
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare again"),
+        Some(Lsn(120))
+    );
+}
