@@ -321,17 +321,10 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
             Err(_) => None,
         };
         let manifests = match current {
-            Some(snapshot) => match io.new_input(snapshot.manifest_list()) {
-                Ok(input) => input.read().await.ok().and_then(|bytes| {
-                    iceberg::spec::ManifestList::parse_with_version(
-                        &bytes,
-                        metadata.format_version(),
-                    )
-                    .ok()
-                    .map(|list| list.entries().len())
-                }),
-                Err(_) => None,
-            },
+            Some(snapshot) => crate::lake::manifest_list(&io, &table, snapshot, &metadata)
+                .await
+                .ok()
+                .map(|list| list.entries().len()),
             None => Some(0),
         };
         reports.push(TableReport {

@@ -1208,6 +1208,28 @@ async fn a_commit_whose_answer_was_lost_under_a_later_commit_is_a_success_not_a_
     assert_eq!(metadata.snapshots().count(), 2, "one snapshot per commit");
 }
 
+/// Commits rows `1..=commits`, one per commit at LSN = its id; the rows the table then holds.
+async fn commit_one_row_each(
+    sink: &mut IcebergSink,
+    schema: &Arc<TableSchema>,
+    commits: u64,
+) -> Vec<(i32, Option<&'static str>)> {
+    let mut expected = Vec::new();
+    for i in 1..=commits {
+        let id = i as i32;
+        sink.commit(delta(
+            schema,
+            vec![],
+            vec![items(schema, &[(id, Some("v"))])],
+            i,
+        ))
+        .await
+        .expect("commit");
+        expected.push((id, Some("v")));
+    }
+    expected
+}
+
 #[tokio::test]
 async fn metadata_files_off_the_log_are_removed_and_the_table_reads_the_same() {
     let lake = Lake::new("metadata_log");
@@ -1221,19 +1243,7 @@ async fn metadata_files_off_the_log_are_removed_and_the_table_reads_the_same() {
 
     // a month of commits in miniature: more than the 100 metadata files the log keeps
     let commits = 120u64;
-    let mut expected = Vec::new();
-    for i in 1..=commits {
-        let id = i as i32;
-        sink.commit(delta(
-            &schema,
-            vec![],
-            vec![items(&schema, &[(id, Some("v"))])],
-            i,
-        ))
-        .await
-        .expect("commit");
-        expected.push((id, Some("v")));
-    }
+    let expected = commit_one_row_each(&mut sink, &schema, commits).await;
     let (location, metadata) = current_metadata(&sink, &table).await;
     assert_eq!(
         metadata.metadata_log().len(),
@@ -1283,19 +1293,7 @@ async fn the_writer_expires_old_snapshots_on_its_own_cadence_and_keeps_the_check
 
     // past one expiry (every 100 commits) and half way to the next
     let commits = 150u64;
-    let mut expected = Vec::new();
-    for i in 1..=commits {
-        let id = i as i32;
-        sink.commit(delta(
-            &schema,
-            vec![],
-            vec![items(&schema, &[(id, Some("v"))])],
-            i,
-        ))
-        .await
-        .expect("commit");
-        expected.push((id, Some("v")));
-    }
+    let expected = commit_one_row_each(&mut sink, &schema, commits).await;
     let (location, metadata) = current_metadata(&sink, &table).await;
     let snapshots = metadata.snapshots().count();
     assert_eq!(

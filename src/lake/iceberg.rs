@@ -261,16 +261,13 @@ async fn read_groups(
     Ok(frame)
 }
 
-/// The live files of the current snapshot, with their data sequence numbers and partitions.
-pub(crate) async fn live_files(
+/// The manifest list of `snapshot` of table `name`: the manifests a reader of it plans over.
+pub(crate) async fn manifest_list(
     io: &FileIO,
     name: &CatalogTable,
+    snapshot: &iceberg::spec::Snapshot,
     metadata: &TableMetadata,
-) -> Result<LiveFiles> {
-    let mut files = LiveFiles::default();
-    let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok(files);
-    };
+) -> Result<ManifestList> {
     let list_error = |e: iceberg::Error| {
         sink_error(
             name,
@@ -283,8 +280,20 @@ pub(crate) async fn live_files(
         .read()
         .await
         .map_err(list_error)?;
-    let list =
-        ManifestList::parse_with_version(&bytes, metadata.format_version()).map_err(list_error)?;
+    ManifestList::parse_with_version(&bytes, metadata.format_version()).map_err(list_error)
+}
+
+/// The live files of the current snapshot, with their data sequence numbers and partitions.
+pub(crate) async fn live_files(
+    io: &FileIO,
+    name: &CatalogTable,
+    metadata: &TableMetadata,
+) -> Result<LiveFiles> {
+    let mut files = LiveFiles::default();
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok(files);
+    };
+    let list = manifest_list(io, name, snapshot, metadata).await?;
     for manifest_file in list.entries() {
         let manifest = manifest_file.load_manifest(io).await.map_err(|e| {
             sink_error(

@@ -23,7 +23,8 @@ use crate::config::{Config, TableFormat};
 use crate::error::Result;
 
 pub(crate) use iceberg::{
-    LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_object_store,
+    LiveFile, LiveFiles, files_frame, key_columns, live_files, manifest_list, quoted,
+    register_object_store,
 };
 pub use table::{LakeTable, reference};
 

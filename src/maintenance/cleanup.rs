@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use iceberg::io::FileIO;
-use iceberg::spec::{ManifestList, TableMetadata};
+use iceberg::spec::TableMetadata;
 
 use crate::catalog::{Catalog, CatalogTable, Pointer};
 use crate::cloud::{S3Location, s3_client};
@@ -145,20 +145,7 @@ async fn referenced_files(
     let mut manifests_seen = HashSet::new();
     for snapshot in metadata.snapshots() {
         files.insert(normalize(snapshot.manifest_list()));
-        let read_error = |e: iceberg::Error| {
-            sink_error(
-                lake,
-                format!("read manifest list {}: {e}", snapshot.manifest_list()),
-            )
-        };
-        let bytes = io
-            .new_input(snapshot.manifest_list())
-            .map_err(read_error)?
-            .read()
-            .await
-            .map_err(read_error)?;
-        let list = ManifestList::parse_with_version(&bytes, metadata.format_version())
-            .map_err(read_error)?;
+        let list = crate::lake::manifest_list(io, lake, snapshot, metadata).await?;
         for manifest in list.entries() {
             if !manifests_seen.insert(manifest.manifest_path.clone()) {
                 continue;

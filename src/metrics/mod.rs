@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::lsn::Lsn;
-use crate::source::changes::Op;
+use crate::table::Op;
 use crate::table::TableId;
 
 /// A figure of one table.

@@ -91,6 +91,16 @@ pub fn is_table_error(error: &Error) -> bool {
 }
 
 impl TableState {
+    /// Empties the table's buffer: its copy holds what it held.
+    fn clear_buffer(&mut self) {
+        self.buffer.clear();
+        self.rows = 0;
+        self.bytes = 0;
+        self.oldest = None;
+        self.first_commit = None;
+        self.last_commit = None;
+    }
+
     /// A table stopped at startup by `message` (`[sink] on_table_error = "stop_table"`): it
     /// takes no change, and the acknowledged position stays at its `checkpoint`, so the slot
     /// keeps its WAL.
@@ -224,12 +234,7 @@ impl<S: Sink> Pipeline<S> {
             state.checkpoint = Some(lsn);
             state.prepared = Some(schema);
             state.awaiting_copy = false;
-            state.buffer.clear();
-            state.rows = 0;
-            state.bytes = 0;
-            state.oldest = None;
-            state.first_commit = None;
-            state.last_commit = None;
+            state.clear_buffer();
         }
     }
 
@@ -278,12 +283,7 @@ impl<S: Sink> Pipeline<S> {
         if let Some(state) = self.tables.get_mut(table) {
             state.awaiting_copy = true;
             state.checkpoint = None;
-            state.buffer.clear();
-            state.rows = 0;
-            state.bytes = 0;
-            state.oldest = None;
-            state.first_commit = None;
-            state.last_commit = None;
+            state.clear_buffer();
             self.discovered.push(table.clone());
         }
     }

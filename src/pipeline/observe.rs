@@ -10,7 +10,7 @@ use crate::lsn::Lsn;
 use crate::metrics::{self, TableStatus};
 use crate::pipeline::Pipeline;
 use crate::sink::Sink;
-use crate::source::changes::Op;
+use crate::table::Op;
 use crate::table::TableId;
 
 /// A replication session started.

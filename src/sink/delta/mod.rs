@@ -343,7 +343,8 @@ impl DeltaSink {
         let table = builder
             .build()
             .map_err(|e| delta_error(lake, "open the table", e))?;
-        let (table, loaded) = load_contained(lake, table).await?;
+        let mut table = table;
+        let loaded = contained(lake, "load the table", table.load()).await?;
         match loaded {
             Ok(()) => Ok((table, true)),
             Err(DeltaTableError::NotATable(_)) => Ok((table, false)),
@@ -616,7 +617,8 @@ impl Sink for DeltaSink {
             Self::keep_stats_exact(&mut state).await?;
             self.register(&state).await
         })
-        .await;
+        .await
+        .and_then(|evolved| evolved);
         tracing::debug!(table = %state.lake, checkpoint = ?checkpoint, "prepared delta table");
         // known as it is in the lake even when it cannot take `schema`, for known_checkpoint
         // and mark_incomplete
@@ -632,7 +634,9 @@ impl Sink for DeltaSink {
             ));
         };
         let lake = state.lake.clone();
-        let result = contained(&lake, "commit", self.commit_prepared(&mut state, &delta)).await;
+        let result = contained(&lake, "commit", self.commit_prepared(&mut state, &delta))
+            .await
+            .and_then(|committed| committed);
         self.tables.insert(delta.table.clone(), state);
         result
     }
@@ -645,7 +649,9 @@ impl Sink for DeltaSink {
             ));
         };
         let lake = state.lake.clone();
-        let result = contained(&lake, "stage", self.stage_prepared(&mut state, &part)).await;
+        let result = contained(&lake, "stage", self.stage_prepared(&mut state, &part))
+            .await
+            .and_then(|staged| staged);
         self.tables.insert(part.table.clone(), state);
         result
     }
@@ -749,36 +755,18 @@ impl Failure {
 /// writer's own, plus what other writers (compaction) landed on top meanwhile.
 const LANDED_WINDOW: usize = 20;
 
-/// Loads `table` in a task of its own: a panic inside the Delta kernel (its executor has
-/// panicked on a log it could not parse) then stays with this table and comes back as its
-/// error, which `on_table_error` handles, instead of unwinding through the pipeline.
-pub(crate) async fn load_contained(
-    lake: &CatalogTable,
-    mut table: DeltaTable,
-) -> Result<(DeltaTable, std::result::Result<(), DeltaTableError>)> {
-    let task = tokio::spawn(async move {
-        let loaded = table.load().await;
-        (table, loaded)
-    });
-    task.await.map_err(|e| {
-        sink_error(
-            lake,
-            format!("load the table: the Delta kernel failed inside ({e})"),
-        )
-    })
-}
-
-/// Runs `work` on `lake`, turning a panic inside it (the Delta kernel's executor has panicked
-/// on a log it could not parse) into the table's error, which `on_table_error` handles,
-/// instead of unwinding through the pipeline and ending the run.
+/// Runs `work` on `lake` (loading, evolving, staging, committing), turning a panic inside it
+/// (the Delta kernel's executor has panicked on a log it could not parse) into the table's
+/// error, which `on_table_error` handles, instead of unwinding through the pipeline and
+/// ending the run; `work`'s own output otherwise.
 pub(crate) async fn contained<T>(
     lake: &impl fmt::Display,
     what: &str,
-    work: impl std::future::Future<Output = Result<T>>,
+    work: impl std::future::Future<Output = T>,
 ) -> Result<T> {
     use futures::FutureExt;
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-        Ok(result) => result,
+        Ok(output) => Ok(output),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<&str>()
@@ -871,7 +859,6 @@ mod tests {
             if lake.name == "orders" {
                 panic!("TokioMultiThreadExecutor has crashed: RecvError");
             }
-            Ok(())
         })
         .await;
         let error = failed.expect_err("the panic comes back as an error");
@@ -881,9 +868,6 @@ mod tests {
             message.contains("lake.orders") && message.contains("RecvError"),
             "{message}"
         );
-        assert_eq!(
-            contained(&lake, "commit", async { Ok(7) }).await.ok(),
-            Some(7)
-        );
+        assert_eq!(contained(&lake, "commit", async { 7 }).await.ok(), Some(7));
     }
 }

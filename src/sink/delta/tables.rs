@@ -163,7 +163,8 @@ pub async fn open(settings: &DeltaSettings, lake: &CatalogTable) -> Result<Optio
         .with_storage_options(settings.storage_options.clone())
         .build()
         .map_err(|e| delta_error(lake, "open the table", e))?;
-    let (table, loaded) = super::load_contained(lake, table).await?;
+    let mut table = table;
+    let loaded = super::contained(lake, "load the table", table.load()).await?;
     match loaded {
         Ok(()) => Ok(Some(table)),
         Err(DeltaTableError::NotATable(_)) => Ok(None),

@@ -275,7 +275,7 @@ impl<C: Catalog> IcebergSink<C> {
                 return;
             }
         };
-        let own = format!("{}/metadata/", metadata.location().trim_end_matches('/'));
+        let own = table::metadata_directory(&metadata);
         for (id, list) in lists {
             if metadata.snapshot_by_id(id).is_some() || !list.starts_with(&own) {
                 continue;

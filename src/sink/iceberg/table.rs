@@ -30,6 +30,12 @@ pub(super) const TABLE_PROPERTIES: [(&str, &str); 4] = [
 /// the metadata log.
 pub(super) const DELETE_AFTER_COMMIT: &str = "write.metadata.delete-after-commit.enabled";
 
+/// The table's own `metadata/` directory (with its trailing `/`): the only place its writer
+/// removes metadata files from.
+pub(super) fn metadata_directory(metadata: &TableMetadata) -> String {
+    format!("{}/metadata/", metadata.location().trim_end_matches('/'))
+}
+
 /// The metadata files a commit from `before` (at `before_location`) to `after` (at
 /// `after_location`) pushed off the metadata log: no reader or writer that follows the log
 /// reaches them again. Only files under the table's own `metadata/` directory, and only when
@@ -54,7 +60,7 @@ pub(super) fn superseded_metadata(
         .map(|m| m.metadata_file.as_str())
         .chain(std::iter::once(after_location))
         .collect();
-    let own = format!("{}/metadata/", after.location().trim_end_matches('/'));
+    let own = metadata_directory(after);
     before
         .metadata_log()
         .iter()
