@@ -1290,6 +1290,13 @@ async fn the_writer_expires_old_snapshots_on_its_own_cadence_and_keeps_the_check
     sink.prepare(&table, &schema, &layout)
         .await
         .expect("create");
+    // manifests merged often, so that many are referenced by old snapshots only
+    set_properties_with_pyiceberg(
+        &lake,
+        &sink,
+        &table,
+        &[("commit.manifest.min-count-to-merge", "4")],
+    );
 
     // past one expiry (every 100 commits) and half way to the next
     let commits = 150u64;
@@ -1313,6 +1320,30 @@ async fn the_writer_expires_old_snapshots_on_its_own_cadence_and_keeps_the_check
         lists, snapshots,
         "the expired snapshots' manifest lists are gone"
     );
+    // and every manifest on disk is one a remaining snapshot lists
+    let mut listed = std::collections::BTreeSet::new();
+    for snapshot in metadata.snapshots() {
+        let bytes = std::fs::read(snapshot.manifest_list()).expect("read a manifest list");
+        let list =
+            iceberg::spec::ManifestList::parse_with_version(&bytes, metadata.format_version())
+                .expect("parse a manifest list");
+        listed.extend(list.entries().iter().map(|m| m.manifest_path.clone()));
+    }
+    let manifests: std::collections::BTreeSet<String> = std::fs::read_dir(directory)
+        .expect("list the metadata directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| p.ends_with(".avro") && !p.contains("/snap-"))
+        .collect();
+    let left: Vec<&String> = manifests.difference(&listed).collect();
+    let missing: Vec<&String> = listed.difference(&manifests).collect();
+    assert!(
+        left.is_empty() && missing.is_empty(),
+        "{} manifests only expired snapshots listed are left, {} listed ones are missing: \
+         {left:?} {missing:?}",
+        left.len(),
+        missing.len()
+    );
     assert_eq!(duck_rows(&location, "id, name"), text_rows(&expected));
     assert_eq!(
         lake.sink()
@@ -1322,5 +1353,146 @@ async fn the_writer_expires_old_snapshots_on_its_own_cadence_and_keeps_the_check
             .expect("prepare"),
         Some(Lsn(commits)),
         "the checkpoint stays"
+    );
+}
+
+/// Sets table properties of `table` through pyiceberg's SQL catalog: a foreign commit, as an
+/// operator tuning a table with another engine makes.
+fn set_properties_with_pyiceberg(
+    lake: &Lake,
+    sink: &IcebergSink,
+    table: &TableId,
+    set: &[(&str, &str)],
+) {
+    let script = r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+path, warehouse, ident = sys.argv[1:4]
+pairs = sys.argv[4:]
+catalog = SqlCatalog("lakewriter", uri=f"sqlite:///{path}", warehouse=warehouse)
+table = catalog.load_table(ident)
+with table.transaction() as tx:
+    tx.set_properties(**dict(zip(pairs[0::2], pairs[1::2])))
+"#;
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(lake.config.sqlite_catalog_path())
+        .arg(format!("file://{}", lake._warehouse.path().display()))
+        .arg(sink.lake_table(table).to_string())
+        .args(set.iter().flat_map(|(k, v)| [*k, *v]))
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "pyiceberg failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The manifests of `metadata`'s current snapshot: (data, delete) counts.
+async fn current_manifests(metadata: &TableMetadata) -> (usize, usize) {
+    let snapshot = metadata.current_snapshot().expect("a current snapshot");
+    let bytes = iceberg::io::FileIO::new_with_fs()
+        .new_input(snapshot.manifest_list())
+        .expect("the manifest list")
+        .read()
+        .await
+        .expect("read the manifest list");
+    let list = iceberg::spec::ManifestList::parse_with_version(&bytes, metadata.format_version())
+        .expect("parse the manifest list");
+    let deletes = list
+        .entries()
+        .iter()
+        .filter(|m| m.content == iceberg::spec::ManifestContentType::Deletes)
+        .count();
+    (list.entries().len() - deletes, deletes)
+}
+
+#[tokio::test]
+async fn carried_manifests_merge_past_the_min_count_and_deletes_still_apply_by_sequence() {
+    let lake = Lake::new("manifest_merge");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("create");
+    sink.commit(delta(
+        &schema,
+        vec![],
+        vec![items(&schema, &[(1, Some("v0"))])],
+        1,
+    ))
+    .await
+    .expect("first commit");
+    // the Java property, set by another engine: the writer honours it on its next commit
+    let min_count = 6;
+    set_properties_with_pyiceberg(
+        &lake,
+        &sink,
+        &table,
+        &[("commit.manifest.min-count-to-merge", "6")],
+    );
+
+    // upserts of five keys over and over, and deletes: every commit adds a data manifest and
+    // a delete manifest, and every data file's rows are deleted by later delete files
+    let mut expected: std::collections::BTreeMap<i32, String> =
+        std::collections::BTreeMap::from([(1, "v0".to_string())]);
+    let mut merged = 0;
+    for i in 2..=40u64 {
+        let id = (i % 5) as i32 + 1;
+        let value = format!("v{i}");
+        let (deletes, rows) = if i % 7 == 0 {
+            expected.remove(&id);
+            (vec![items(&schema, &[(id, None)])], vec![])
+        } else {
+            expected.insert(id, value.clone());
+            (
+                vec![items(&schema, &[(id, None)])],
+                vec![items(&schema, &[(id, Some(value.as_str()))])],
+            )
+        };
+        sink.commit(delta(&schema, deletes, rows, i))
+            .await
+            .expect("commit");
+        let (_, metadata) = current_metadata(&sink, &table).await;
+        let (data, deletes) = current_manifests(&metadata).await;
+        assert!(
+            data <= min_count && deletes <= min_count,
+            "commit {i}: {data} data and {deletes} delete manifests, past the min count \
+             {min_count} that triggers a merge"
+        );
+        let summary = metadata
+            .current_snapshot()
+            .expect("a snapshot")
+            .summary()
+            .additional_properties
+            .clone();
+        if summary.get("manifests-replaced").is_some_and(|v| v != "0") {
+            merged += 1;
+        }
+        // a reader applying deletes by sequence number sees exactly the keys' final states,
+        // after merges as before them
+        if i % 10 == 0 || i == 40 {
+            let (location, _) = current_metadata(&sink, &table).await;
+            let want: Vec<Vec<Option<String>>> = expected
+                .iter()
+                .map(|(id, name)| vec![Some(id.to_string()), Some(name.clone())])
+                .collect();
+            assert_eq!(duck_rows(&location, "id, name"), want, "after commit {i}");
+        }
+    }
+    assert!(merged >= 4, "merges happened ({merged} commits merged)");
+    // a writer starting afresh reads the merged table the same way
+    assert_eq!(
+        lake.sink()
+            .await
+            .prepare(&table, &schema, &layout)
+            .await
+            .expect("prepare"),
+        Some(Lsn(40))
     );
 }

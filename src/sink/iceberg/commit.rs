@@ -7,10 +7,9 @@ use std::sync::{Mutex, PoisonError};
 
 use iceberg::spec::TableMetadata;
 
+use super::expiry::expired_snapshots;
 use super::row_delta::{self, RowDelta};
-use super::{
-    IcebergSink, TableState, catalog_error, iceberg_error, sink_error, stage_error, table,
-};
+use super::{IcebergSink, catalog_error, iceberg_error, sink_error, stage_error, table};
 use crate::catalog::{
     Catalog, CatalogError, CatalogTable, Pointer, StagedMetadata, commit_with_retry,
 };
@@ -225,134 +224,4 @@ impl<C: Catalog> IcebergSink<C> {
             Err(AttemptError::Catalog(e)) => Err(catalog_error(lake, e)),
         }
     }
-}
-
-/// How many commits of a table the writer makes between two expiries of its own: enough
-/// that the cost (one metadata-only commit) is small beside the commits, few enough that
-/// the table's metadata never holds many snapshots past `snapshot_retention`.
-pub(super) const EXPIRE_EVERY: u32 = 100;
-
-impl<C: Catalog> IcebergSink<C> {
-    /// Expires `state`'s snapshots older than `snapshot_retention` (keeping the newest
-    /// `keep_snapshots`, what tags and branches hold and the checkpoint's snapshot) and
-    /// removes the manifest lists of those that went, so that a table committed every few
-    /// seconds keeps bounded metadata between compactions. Manifests the expired snapshots
-    /// alone referenced are left to compaction's orphan removal. A failure is logged: the
-    /// next expiry tries again.
-    pub(super) async fn expire_on_cadence(&self, state: &mut TableState) {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let older_than_ms =
-            now_ms.saturating_sub(self.settings.snapshot_retention.as_millis() as i64);
-        let keep = self.settings.keep_snapshots.max(1);
-        if expired_snapshots(&state.metadata, older_than_ms, keep).is_empty() {
-            return;
-        }
-        let lists: Vec<(i64, String)> = state
-            .metadata
-            .snapshots()
-            .map(|s| (s.snapshot_id(), s.manifest_list().to_string()))
-            .collect();
-        let expired = self
-            .expire_snapshots(
-                &state.lake,
-                &state.pointer,
-                &state.metadata,
-                older_than_ms,
-                keep,
-            )
-            .await;
-        let (pointer, metadata, count) = match expired {
-            Ok(expired) => expired,
-            Err(e) => {
-                tracing::warn!(
-                    table = %state.lake,
-                    error = %e,
-                    "expiring old snapshots failed; the next expiry tries again"
-                );
-                return;
-            }
-        };
-        let own = table::metadata_directory(&metadata);
-        for (id, list) in lists {
-            if metadata.snapshot_by_id(id).is_some() || !list.starts_with(&own) {
-                continue;
-            }
-            if let Err(e) = self.file_io.delete(&list).await {
-                tracing::warn!(
-                    table = %state.lake,
-                    file = %list,
-                    error = %e,
-                    "an expired snapshot's manifest list could not be removed; compact's \
-                     orphan removal takes it later"
-                );
-            }
-        }
-        tracing::info!(
-            table = %state.lake,
-            expired = count,
-            snapshots = metadata.snapshots().len(),
-            "expired old snapshots"
-        );
-        state.pointer = pointer;
-        state.metadata = metadata;
-    }
-}
-
-/// The snapshots of `metadata` older than `older_than_ms`, except the current one, the
-/// newest `keep`, what tags and branches hold, and the snapshot the table's checkpoint is
-/// read from (other engines' commits on top of it must not expire it away).
-fn expired_snapshots(metadata: &TableMetadata, older_than_ms: i64, keep: usize) -> Vec<i64> {
-    let current = metadata.current_snapshot_id();
-    let mut kept_by_refs = kept_by_refs(metadata);
-    if let Ok(Some(head)) = table::lakewriter_head(metadata) {
-        kept_by_refs.insert(head.snapshot_id());
-    }
-    let mut snapshots: Vec<(i64, i64)> = metadata
-        .snapshots()
-        .map(|s| (s.timestamp_ms(), s.snapshot_id()))
-        .collect();
-    snapshots.sort_unstable_by(|a, b| b.cmp(a));
-    snapshots
-        .into_iter()
-        .skip(keep)
-        .filter(|(at, id)| {
-            *at < older_than_ms && Some(*id) != current && !kept_by_refs.contains(id)
-        })
-        .map(|(_, id)| id)
-        .collect()
-}
-
-/// The snapshots tags and branches other than `main` hold: a tag's snapshot, and a branch's
-/// head with its ancestry. Expiry never removes them: they are someone's named history.
-fn kept_by_refs(metadata: &TableMetadata) -> std::collections::HashSet<i64> {
-    let mut kept = std::collections::HashSet::new();
-    // iceberg 0.10.1 lists no refs publicly: read them from the metadata's own JSON form
-    let Ok(json) = serde_json::to_value(metadata) else {
-        return kept;
-    };
-    let Some(refs) = json.get("refs").and_then(|r| r.as_object()) else {
-        return kept;
-    };
-    for (name, reference) in refs {
-        if name == iceberg::spec::MAIN_BRANCH {
-            continue;
-        }
-        let Some(id) = reference.get("snapshot-id").and_then(|v| v.as_i64()) else {
-            continue;
-        };
-        let branch = reference.get("type").and_then(|t| t.as_str()) == Some("branch");
-        let mut next = Some(id);
-        while let Some(id) = next {
-            if !kept.insert(id) || !branch {
-                break;
-            }
-            next = metadata
-                .snapshot_by_id(id)
-                .and_then(|s| s.parent_snapshot_id());
-        }
-    }
-    kept
 }

@@ -15,6 +15,7 @@
 //! them later as orphans).
 
 mod commit;
+mod expiry;
 mod files;
 mod lookup;
 mod parquet;
@@ -187,6 +188,8 @@ struct TableState {
     open_rows: Option<files::OpenRows>,
     /// Commits since this sink last expired the table's snapshots (see `commit`).
     commits: u32,
+    /// The manifests each snapshot lists, as far as read (see `expiry`).
+    manifest_refs: expiry::ManifestRefs,
 }
 
 /// The Iceberg [`Sink`] over catalog `C` (Glue or SQLite: [`LakeCatalog`] picks from the
@@ -470,6 +473,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             staged: Vec::new(),
             open_rows: None,
             commits: 0,
+            manifest_refs: expiry::ManifestRefs::default(),
         };
         if let Some(earlier) = self.tables.remove(table) {
             state.staged = earlier.staged;
@@ -509,7 +513,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
         let result = self.commit_prepared(&mut state, &delta).await;
         if result.is_ok() {
             state.commits += 1;
-            if state.commits >= commit::EXPIRE_EVERY {
+            if state.commits >= expiry::EXPIRE_EVERY {
                 state.commits = 0;
                 self.expire_on_cadence(&mut state).await;
             }

@@ -110,7 +110,7 @@ pub(super) async fn stage(
         )));
     }
     // a rewrite carries the latest checkpoint forward
-    let carried = match &delta.rewrite {
+    let carried_checkpoint = match &delta.rewrite {
         Some(_) => super::table::checkpoint(&metadata).ok().flatten(),
         None => None,
     };
@@ -169,6 +169,8 @@ pub(super) async fn stage(
     }
 
     let mut removed = 0usize;
+    // the parent's manifests this snapshot keeps as they are: candidates for merging
+    let mut carried: Vec<ManifestFile> = Vec::new();
     if let Some(parent) = &parent {
         let bytes = file_io.new_input(parent.manifest_list())?.read().await?;
         let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
@@ -189,21 +191,45 @@ pub(super) async fn stage(
                         .is_some_and(|r| r.removes.contains(path))
             };
             if !delta.truncate && delta.rewrite.is_none() {
-                manifests.push(manifest);
+                carried.push(manifest);
                 continue;
             }
-            manifests.push(
-                remove_from(
+            let kept = remove_from(
+                file_io,
+                &manifest,
+                snapshot_id,
+                removes,
+                &mut next_manifest_path,
+                &mut removed,
+                &mut metrics,
+            )
+            .await?;
+            if kept.manifest_path == manifest.manifest_path {
+                carried.push(kept);
+            } else {
+                manifests.push(kept);
+            }
+        }
+    }
+    let mut counts = ManifestCounts {
+        created: manifests.len(),
+        ..ManifestCounts::default()
+    };
+    match MergePolicy::of(&metadata) {
+        Some(policy) => manifests.extend(
+            policy
+                .merge(
                     file_io,
-                    &manifest,
+                    carried,
                     snapshot_id,
-                    removes,
                     &mut next_manifest_path,
-                    &mut removed,
-                    &mut metrics,
+                    &mut counts,
                 )
                 .await?,
-            );
+        ),
+        None => {
+            counts.kept = carried.len();
+            manifests.extend(carried);
         }
     }
 
@@ -236,7 +262,8 @@ pub(super) async fn stage(
         Operation::Append
     };
     let mut properties = metrics.summary(parent.as_ref().map(|p| p.summary()), delta.truncate);
-    match delta.lsn.or(carried) {
+    counts.describe(&mut properties);
+    match delta.lsn.or(carried_checkpoint) {
         Some(lsn) => properties.insert(CHECKPOINT_PROPERTY.to_string(), lsn.to_string()),
         None => properties.insert(
             super::table::INCOMPLETE_PROPERTY.to_string(),
@@ -346,6 +373,187 @@ async fn remove_from(
         }
     }
     Ok(writer.write_manifest_file().await?)
+}
+
+/// How a commit merges the small manifests it carries from its parent, so that the current
+/// snapshot's manifest count — what every reader plans a scan over — stays bounded after any
+/// number of commits. Read from the table properties Iceberg's Java `MergeAppend` reads, with
+/// its defaults: a commit carrying at least `min_count` manifests of one content and partition
+/// spec merges those smaller than `target_size` into manifests of about that size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MergePolicy {
+    /// `commit.manifest.min-count-to-merge` (default 100).
+    pub min_count: usize,
+    /// `commit.manifest.target-size-bytes` (default 8 MiB).
+    pub target_size: i64,
+}
+
+/// `commit.manifest-merge.enabled` (default `true`).
+const MERGE_ENABLED: &str = "commit.manifest-merge.enabled";
+const MIN_COUNT_TO_MERGE: &str = "commit.manifest.min-count-to-merge";
+const TARGET_MANIFEST_SIZE: &str = "commit.manifest.target-size-bytes";
+
+impl MergePolicy {
+    /// The policy `metadata`'s properties ask for; `None` when merging is off. A value that
+    /// does not parse is taken as its default, as Java does.
+    pub(super) fn of(metadata: &TableMetadata) -> Option<MergePolicy> {
+        let properties = metadata.properties();
+        if properties
+            .get(MERGE_ENABLED)
+            .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+        {
+            return None;
+        }
+        let min_count = properties
+            .get(MIN_COUNT_TO_MERGE)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(100)
+            .max(2);
+        let target_size = properties
+            .get(TARGET_MANIFEST_SIZE)
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or(8 * 1024 * 1024);
+        Some(MergePolicy {
+            min_count,
+            target_size,
+        })
+    }
+
+    /// `carried` (manifests kept unchanged from the parent, newest first) with, in each group
+    /// of one content and partition spec that reaches `min_count`, the manifests smaller than
+    /// `target_size` merged into as few as fit that size. A merged manifest lists the live
+    /// entries of its inputs as existing, each with its own data and file sequence numbers, so
+    /// every delete applies to exactly the rows it applied to before; entries the inputs
+    /// marked deleted (by an earlier snapshot) are left out, as Java does. Manifests written
+    /// against different schemas are not merged together.
+    async fn merge(
+        self,
+        file_io: &FileIO,
+        carried: Vec<ManifestFile>,
+        snapshot_id: i64,
+        next_path: &mut impl FnMut() -> String,
+        counts: &mut ManifestCounts,
+    ) -> Result<Vec<ManifestFile>, StageError> {
+        let mut groups: Vec<((u8, i32), Vec<ManifestFile>)> = Vec::new();
+        for manifest in carried {
+            let key = (
+                u8::from(manifest.content == ManifestContentType::Deletes),
+                manifest.partition_spec_id,
+            );
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, group)) => group.push(manifest),
+                None => groups.push((key, vec![manifest])),
+            }
+        }
+        let mut out = Vec::new();
+        for (_, group) in groups {
+            if group.len() < self.min_count {
+                counts.kept += group.len();
+                out.extend(group);
+                continue;
+            }
+            // bins of small manifests, per schema, filled up to the target size in order
+            let mut bins: Vec<(i32, i64, Vec<(ManifestFile, iceberg::spec::Manifest)>)> =
+                Vec::new();
+            for manifest in group {
+                if manifest.manifest_length >= self.target_size {
+                    counts.kept += 1;
+                    out.push(manifest);
+                    continue;
+                }
+                let loaded = manifest.load_manifest(file_io).await?;
+                let schema_id = loaded.metadata().schema_id();
+                let size = manifest.manifest_length;
+                match bins
+                    .iter_mut()
+                    .find(|(s, total, _)| *s == schema_id && total + size <= self.target_size)
+                {
+                    Some((_, total, bin)) => {
+                        *total += size;
+                        bin.push((manifest, loaded));
+                    }
+                    None => bins.push((schema_id, size, vec![(manifest, loaded)])),
+                }
+            }
+            for (_, _, bin) in bins {
+                if bin.len() == 1 {
+                    counts.kept += 1;
+                    out.extend(bin.into_iter().map(|(m, _)| m));
+                    continue;
+                }
+                counts.replaced += bin.len();
+                counts.created += 1;
+                out.push(merge_manifests(file_io, bin, snapshot_id, next_path()).await?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One manifest at `path` listing the live entries of `inputs` as existing.
+async fn merge_manifests(
+    file_io: &FileIO,
+    inputs: Vec<(ManifestFile, iceberg::spec::Manifest)>,
+    snapshot_id: i64,
+    path: String,
+) -> Result<ManifestFile, StageError> {
+    let Some((first, first_loaded)) = inputs.first() else {
+        return Err(StageError::Invalid("no manifest to merge".to_string()));
+    };
+    let builder = ManifestWriterBuilder::new(
+        file_io.new_output(path)?,
+        Some(snapshot_id),
+        first_loaded.metadata().schema().clone(),
+        first_loaded.metadata().partition_spec().clone(),
+    );
+    let mut writer = match first.content {
+        ManifestContentType::Data => builder.build_v2_data(),
+        ManifestContentType::Deletes => builder.build_v2_deletes(),
+    };
+    for (manifest, loaded) in &inputs {
+        for entry in loaded.entries().iter().filter(|e| e.is_alive()) {
+            let sequence_number = entry.sequence_number().ok_or_else(|| {
+                StageError::Invalid(format!(
+                    "manifest {}: entry {} has no sequence number",
+                    manifest.manifest_path,
+                    entry.file_path()
+                ))
+            })?;
+            let file_sequence = Some(entry.file_sequence_number.unwrap_or(sequence_number));
+            let added_by = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
+            writer.add_existing_file(
+                entry.data_file().clone(),
+                added_by,
+                sequence_number,
+                file_sequence,
+            )?;
+        }
+    }
+    Ok(writer.write_manifest_file().await?)
+}
+
+/// The manifests of a snapshot by where they come from, for its summary (as Java names them).
+#[derive(Debug, Default)]
+struct ManifestCounts {
+    /// Written by this commit: its new files, rewrites, merges.
+    created: usize,
+    /// Carried from the parent as they were.
+    kept: usize,
+    /// Carried from the parent into a merged manifest.
+    replaced: usize,
+}
+
+impl ManifestCounts {
+    fn describe(&self, properties: &mut HashMap<String, String>) {
+        for (key, value) in [
+            ("manifests-created", self.created),
+            ("manifests-kept", self.kept),
+            ("manifests-replaced", self.replaced),
+        ] {
+            properties.insert(key.to_string(), value.to_string());
+        }
+    }
 }
 
 /// What a snapshot adds and removes, for its summary.
