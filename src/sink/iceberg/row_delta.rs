@@ -454,8 +454,7 @@ impl MergePolicy {
                 continue;
             }
             // bins of small manifests, per schema, filled up to the target size in order
-            let mut bins: Vec<(i32, i64, Vec<(ManifestFile, iceberg::spec::Manifest)>)> =
-                Vec::new();
+            let mut bins: Vec<Bin> = Vec::new();
             for manifest in group {
                 if manifest.manifest_length >= self.target_size {
                     counts.kept += 1;
@@ -490,6 +489,9 @@ impl MergePolicy {
         Ok(out)
     }
 }
+
+/// Manifests to merge into one: their schema, total size, and each with its entries.
+type Bin = (i32, i64, Vec<(ManifestFile, iceberg::spec::Manifest)>);
 
 /// One manifest at `path` listing the live entries of `inputs` as existing.
 async fn merge_manifests(
