@@ -312,6 +312,11 @@ pub struct SinkTableConfig {
     /// A spec on columns outside the key needs `REPLICA IDENTITY FULL`. Default: unpartitioned.
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// This table's `[flush] max_latency`: a table with a steady trickle can commit less
+    /// often (fewer snapshots, files and catalog calls) without touching the others.
+    /// Default: `[flush] max_latency`.
+    #[serde(default)]
+    pub max_latency: Option<Span>,
 }
 
 /// `[flush]`: a table's buffered changes are committed when any limit is reached, always on a
@@ -654,6 +659,13 @@ impl Config {
         if self.flush.max_latency.is_zero() {
             return fail("flush.max_latency must be above zero".into());
         }
+        for (name, table) in &self.sink.tables {
+            if table.max_latency.is_some_and(|l| l.is_zero()) {
+                return fail(format!(
+                    "sink.tables.\"{name}\".max_latency must be above zero"
+                ));
+            }
+        }
         if self.flush.max_bytes > self.flush.memory_budget {
             return fail(format!(
                 "flush.max_bytes = {} is above flush.memory_budget = {}",
@@ -674,6 +686,27 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// How old `table`'s oldest buffered change may get before the table is committed: its
+    /// own `[sink.tables] max_latency`, or `[flush] max_latency`.
+    pub fn max_latency_of(&self, table: &str) -> std::time::Duration {
+        self.sink
+            .tables
+            .get(table)
+            .and_then(|t| t.max_latency)
+            .unwrap_or(self.flush.max_latency)
+            .get()
+    }
+
+    /// The shortest `max_latency` of any table: how often the pipeline looks for tables due.
+    pub fn shortest_max_latency(&self) -> std::time::Duration {
+        self.sink
+            .tables
+            .values()
+            .filter_map(|t| t.max_latency)
+            .map(|l| l.get())
+            .fold(self.flush.max_latency.get(), std::cmp::Ord::min)
     }
 
     /// The SQLite catalog file: `[sink.sqlite] path`, or `catalog.db` in a local warehouse.
@@ -856,6 +889,10 @@ mod tests {
             (
                 "[source]\ndatabase = \"a\"\n[flush]\nmax_bytes = \"2GiB\"\nmemory_budget = \"1GiB\"\n",
                 "memory_budget",
+            ),
+            (
+                "[source]\ndatabase = \"a\"\n[sink.tables.\"public.orders\"]\nmax_latency = \"0s\"\n",
+                "sink.tables.\"public.orders\".max_latency",
             ),
         ];
         for (text, expected) in cases {

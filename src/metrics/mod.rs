@@ -140,6 +140,7 @@ pub struct Metrics {
     errors: Family<KindLabel, Counter>,
     freshness: Histograms<TableLabel>,
     oldest_buffered: Family<TableLabel, FloatGauge>,
+    table_max_latency: Family<TableLabel, FloatGauge>,
     last_commit: Family<TableLabel, FloatGauge>,
     wal_end: Gauge,
     slot_confirmed: Gauge,
@@ -235,6 +236,7 @@ impl Metrics {
             errors: Family::default(),
             freshness: Family::new_with_constructor(freshness_buckets),
             oldest_buffered: Family::default(),
+            table_max_latency: Family::default(),
             last_commit: Family::default(),
             wal_end: Gauge::default(),
             slot_confirmed: Gauge::default(),
@@ -334,6 +336,11 @@ impl Metrics {
             "oldest_buffered_change_age_seconds",
             "Age of the oldest change buffered for the table and not yet committed (0 when none)",
             m.oldest_buffered.clone(),
+        );
+        r.register(
+            "table_max_latency_seconds",
+            "The table's latency limit ([sink.tables] max_latency, else [flush] max_latency)",
+            m.table_max_latency.clone(),
         );
         r.register(
             "last_commit_timestamp_seconds",
@@ -694,8 +701,12 @@ impl Metrics {
         bytes: usize,
         oldest: Option<Duration>,
         checkpoint: Option<Lsn>,
+        max_latency: Duration,
     ) {
         let label = Self::table(table);
+        self.table_max_latency
+            .get_or_create(&label)
+            .set(max_latency.as_secs_f64());
         self.buffered_rows
             .get_or_create(&label)
             .set(clamp_i64(rows as u64));

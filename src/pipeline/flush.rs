@@ -265,15 +265,17 @@ impl<S: Sink> Pipeline<S> {
 
     pub(super) async fn flush_due(&mut self, all: bool) -> Result<()> {
         let flush = &self.config.flush;
+        let config = &self.config;
         let mut due: Vec<TableId> = self
             .tables
             .iter()
             .filter(|(_, s)| !s.buffer.is_empty() && !s.awaiting_copy && s.stopped.is_none())
-            .filter(|(_, s)| {
+            .filter(|(t, s)| {
                 all || s.rows >= flush.max_rows
                     || s.bytes as u64 >= flush.max_bytes.bytes()
-                    || s.oldest
-                        .is_some_and(|t| t.elapsed() >= flush.max_latency.get())
+                    || s.oldest.is_some_and(|oldest| {
+                        oldest.elapsed() >= config.max_latency_of(&t.to_string())
+                    })
                     || (self.caught_up && flush.idle_rows > 0 && s.rows >= flush.idle_rows)
             })
             .map(|(t, _)| t.clone())

@@ -80,6 +80,7 @@ impl<S: Sink> Pipeline<S> {
                 state.bytes,
                 state.oldest.map(|t| t.elapsed()),
                 state.checkpoint,
+                self.config.max_latency_of(&table.to_string()),
             );
         }
         let spilled = self

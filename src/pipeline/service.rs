@@ -370,7 +370,7 @@ pub async fn run<S: Sink>(
         .await
     });
     let mut pipeline = Pipeline::new(config.clone(), sink, states, durable_tx.clone());
-    let tick = (config.flush.max_latency.get() / 4)
+    let tick = (config.shortest_max_latency() / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
     let mut membership_check = tokio::time::interval(

@@ -405,3 +405,44 @@ async fn a_spilling_transaction_cut_by_a_reconnect_is_taken_whole_from_the_resen
         "the void transaction's spill files were left behind"
     );
 }
+
+#[tokio::test]
+async fn a_table_with_its_own_max_latency_commits_on_its_own_cadence() {
+    // the run's max_latency is an hour; table `u` asks for 50 ms
+    let config =
+        config_with("idle_rows = 0\n\n[sink.tables.\"public.u\"]\nmax_latency = \"50ms\"\n");
+    assert_eq!(
+        config.shortest_max_latency(),
+        std::time::Duration::from_millis(50),
+        "the pipeline looks for due tables at the shortest cadence"
+    );
+    let (mut pipeline, _acknowledged) = pipeline_with(config);
+    let t1 = transaction(
+        100,
+        vec![
+            change("u", 100, Op::Insert, 1, "t1"),
+            change("c", 100, Op::Insert, 1, "t1"),
+        ],
+    );
+    for event in t1 {
+        pipeline.handle(event).await.expect("handle");
+    }
+    pipeline.flush_due(false).await.expect("flush what is due");
+    assert!(
+        pipeline.sink.commits.is_empty(),
+        "nothing is due before 50 ms"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    pipeline.flush_due(false).await.expect("flush what is due");
+    let committed: Vec<String> = pipeline
+        .sink
+        .commits
+        .iter()
+        .map(|d| d.table.to_string())
+        .collect();
+    assert_eq!(
+        committed,
+        vec!["public.u".to_string()],
+        "only the table whose own max_latency passed commits; the other waits for the run's"
+    );
+}
