@@ -1514,3 +1514,86 @@ async fn the_delta_log_is_checkpointed_every_hundred_commits_and_reads_the_same(
         Some(Lsn(120))
     );
 }
+
+#[tokio::test]
+async fn log_entries_past_the_retention_go_at_the_checkpoints_and_the_table_reads_the_same() {
+    let lake = Lake::new("log_cleanup");
+    let schema = items_schema(false);
+    let mut settings = DeltaSettings::from_config(&lake.config).expect("the sink's settings");
+    // `[compaction] snapshot_retention` (6 h by default), shortened to see it act
+    settings.log_retention = std::time::Duration::from_secs(1);
+    let mut sink = DeltaSink::new(settings);
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    let log = lake.location(&items()).join("_delta_log");
+    // the table's own property says how long its log is kept, for every engine's cleanup
+    let created = std::fs::read_to_string(log.join("00000000000000000000.json"))
+        .expect("read the first log entry");
+    let retention = created
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|a| {
+            a.pointer("/metaData/configuration/delta.logRetentionDuration")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        });
+    assert_eq!(retention.as_deref(), Some("interval 1 seconds"));
+    let entries = || -> Vec<u64> {
+        let mut versions: Vec<u64> = std::fs::read_dir(&log)
+            .expect("list the log")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter_map(|name| name.strip_suffix(".json")?.parse::<u64>().ok())
+            .collect();
+        versions.sort_unstable();
+        versions
+    };
+    let mut expected = Vec::new();
+    let mut commit = async |sink: &mut DeltaSink, i: i32| {
+        sink.commit(delta(
+            &schema,
+            false,
+            &[],
+            &[(i, Some("v"))],
+            Some(i as u64),
+        ))
+        .await
+        .expect("commit");
+    };
+    for i in 1..=150i32 {
+        commit(&mut sink, i).await;
+        expected.push(format!("{i}|v"));
+    }
+    // past the retention, the entries before the checkpoint at version 99 may go — but only
+    // when the next checkpoint is written: the commits between do not touch the log
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    for i in 151..=198i32 {
+        commit(&mut sink, i).await;
+        expected.push(format!("{i}|v"));
+    }
+    assert_eq!(
+        entries().first().copied(),
+        Some(0),
+        "entries stay until a commit writes a checkpoint"
+    );
+    for i in 199..=200i32 {
+        commit(&mut sink, i).await;
+        expected.push(format!("{i}|v"));
+    }
+    let left = entries();
+    assert_eq!(
+        left.first().copied(),
+        Some(99),
+        "the entries before the checkpoint at 99 are gone, the ones after it stay"
+    );
+    assert_eq!(left.len(), 200 - 99 + 1, "{left:?}");
+    assert_eq!(lake.rows(&items(), ALL), expected);
+    assert_eq!(
+        lake.sink()
+            .prepare(&items(), &schema, &layout())
+            .await
+            .expect("prepare again"),
+        Some(Lsn(200))
+    );
+}

@@ -90,6 +90,9 @@ pub struct DeltaSettings {
     /// The object store the tables are read and written through, instead of the one their
     /// location names (an embedder's own store; the tests' store that loses answers).
     pub storage: Option<Arc<dyn object_store::ObjectStore>>,
+    /// How long log entries are kept for time travel: `delta.logRetentionDuration` of the
+    /// tables the sink creates (`[compaction] snapshot_retention`).
+    pub log_retention: std::time::Duration,
 }
 
 impl DeltaSettings {
@@ -125,6 +128,7 @@ impl DeltaSettings {
             target_file_size: config.sink.target_file_size.bytes(),
             retry: RetryPolicy::default(),
             storage: None,
+            log_retention: config.compaction.snapshot_retention.get(),
         })
     }
 

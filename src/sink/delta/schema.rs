@@ -53,6 +53,13 @@ impl DeltaSink {
             .create()
             .with_columns(columns)
             .with_configuration_property(stats_key, Some(stats_value))
+            .with_configuration_property(
+                TableProperty::LogRetentionDuration,
+                Some(format!(
+                    "interval {} seconds",
+                    self.settings.log_retention.as_secs().max(1)
+                )),
+            )
             .with_partition_columns(layout.partition_by.clone())
             .with_table_name(lake.name.clone())
             .with_save_mode(SaveMode::Ignore)

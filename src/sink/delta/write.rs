@@ -83,7 +83,8 @@ async fn commit_inner(
     } else {
         None
     };
-    let properties = checkpoint_properties(&state.lake, delta.lsn, &state.commit_id);
+    let properties = checkpoint_properties(&state.lake, delta.lsn, &state.commit_id)
+        .with_cleanup_expired_logs(log_cleanup(state));
 
     let table = state.table.clone();
     let written = match (rows, deletes) {
@@ -197,11 +198,10 @@ async fn commit_files_inner(
         partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
         predicate: None,
     };
-    let committed = CommitBuilder::from(checkpoint_properties(
-        &state.lake,
-        delta.lsn,
-        &state.commit_id,
-    ))
+    let committed = CommitBuilder::from(
+        checkpoint_properties(&state.lake, delta.lsn, &state.commit_id)
+            .with_cleanup_expired_logs(log_cleanup(state)),
+    )
     .with_actions(actions)
     .build(Some(snapshot), state.table.log_store(), operation)
     .await?;
@@ -218,7 +218,8 @@ pub async fn commit_checkpoint(state: &mut TableState, lsn: Option<Lsn>) -> Resu
 }
 
 async fn commit_checkpoint_inner(state: &mut TableState, lsn: Option<Lsn>) -> Result<(), Failure> {
-    let properties = checkpoint_properties(&state.lake, lsn, &state.commit_id);
+    let properties = checkpoint_properties(&state.lake, lsn, &state.commit_id)
+        .with_cleanup_expired_logs(log_cleanup(state));
     let snapshot = state.table.snapshot()?;
     CommitBuilder::from(properties)
         .with_actions(Vec::new())
@@ -234,6 +235,26 @@ async fn commit_checkpoint_inner(state: &mut TableState, lsn: Option<Lsn>) -> Re
         .await?;
     state.table.update_state().await?;
     Ok(())
+}
+
+/// Whether the commit after `state`'s version removes expired log entries: deltalake would
+/// list the whole `_delta_log` after every commit to find them, a cost that grows with the
+/// log; the writer asks for it only on the commits that write a log checkpoint (every
+/// `delta.checkpointInterval` versions), where the table's own
+/// `delta.enableExpiredLogCleanup` decides (`None`), and turns it off on the others.
+fn log_cleanup(state: &TableState) -> Option<bool> {
+    let Ok(snapshot) = state.table.snapshot() else {
+        return Some(false);
+    };
+    let interval =
+        deltalake::table::config::TablePropertiesExt::checkpoint_interval(snapshot.table_config())
+            .get();
+    let next = state.table.version().map_or(0, |v| v + 1);
+    if (next as u64 + 1).is_multiple_of(interval) {
+        None
+    } else {
+        Some(false)
+    }
 }
 
 /// The `commitInfo` key of a commit's identity.
