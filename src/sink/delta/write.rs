@@ -250,7 +250,7 @@ fn log_cleanup(state: &TableState) -> Option<bool> {
         deltalake::table::config::TablePropertiesExt::checkpoint_interval(snapshot.table_config())
             .get();
     let next = state.table.version().map_or(0, |v| v + 1);
-    if (next as u64 + 1).is_multiple_of(interval) {
+    if (next + 1).is_multiple_of(interval) {
         None
     } else {
         Some(false)
