@@ -1550,7 +1550,7 @@ async fn log_entries_past_the_retention_go_at_the_checkpoints_and_the_table_read
         versions
     };
     let mut expected = Vec::new();
-    let mut commit = async |sink: &mut DeltaSink, i: i32| {
+    let commit = async |sink: &mut DeltaSink, i: i32| {
         sink.commit(delta(
             &schema,
             false,
