@@ -1,7 +1,8 @@
 //! Snapshot expiry and orphan removal, the second half of `lakewriter compact`.
 //!
 //! - Snapshots older than `snapshot_retention` are expired, except the current one and the
-//!   newest `keep_snapshots`, by compare-and-swap like every commit.
+//!   newest `keep_snapshots`, by compare-and-swap like every commit; their manifest lists and
+//!   the manifests only they listed are removed at once (see the sink's expiry).
 //! - Then every file under the table's location that the table no longer references — not
 //!   the current metadata file or one in its log, not a manifest list, manifest or data or
 //!   delete file of a remaining snapshot — is removed, if it is older than `orphan_age`. The
@@ -21,7 +22,7 @@ use crate::catalog::{Catalog, CatalogTable, Pointer};
 use crate::cloud::{S3Location, s3_client};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::sink::iceberg::{IcebergSink, catalog_error};
+use crate::sink::iceberg::{IcebergSink, ManifestRefs, catalog_error};
 
 /// What cleaning one table removed.
 #[derive(Debug, Clone, Default)]
@@ -67,15 +68,21 @@ pub async fn clean_table(
     let now = now_ms();
     let retention = config.compaction.snapshot_retention.get().as_millis() as i64;
     let (pointer, metadata, expired) = sink
-        .expire_snapshots(
+        .expire_removing_files(
             lake,
             &pointer,
             &metadata,
             now - retention,
             config.compaction.keep_snapshots.max(1),
+            &mut ManifestRefs::default(),
         )
         .await?;
-    cleanup.snapshots = expired;
+    cleanup.snapshots = expired.snapshots;
+    tracing::debug!(
+        table = %lake,
+        files = expired.files,
+        "removed the manifest lists and manifests only expired snapshots listed"
+    );
 
     // files are removed only under the location lakewriter gives the table: a location
     // another engine moved to a shared directory (the namespace's, the warehouse's) holds

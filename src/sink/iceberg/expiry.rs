@@ -12,7 +12,8 @@ use iceberg::io::FileIO;
 use iceberg::spec::{ManifestList, TableMetadata};
 
 use super::{IcebergSink, TableState, table};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogTable, Pointer};
+use crate::error::Result;
 
 /// How many commits of a table the writer makes between two expiries of its own: enough
 /// that the cost (one metadata-only commit) is small beside the commits, few enough that
@@ -27,7 +28,7 @@ const READ_AHEAD: usize = 16;
 /// referenced without reading every remaining snapshot's list again. Paths are interned, so a
 /// manifest carried by a thousand snapshots is one string.
 #[derive(Debug, Default)]
-pub(super) struct ManifestRefs {
+pub struct ManifestRefs {
     ids: HashMap<Arc<str>, u32>,
     paths: Vec<Arc<str>>,
     lists: HashMap<i64, Box<[u32]>>,
@@ -135,61 +136,53 @@ impl ManifestRefs {
     }
 }
 
+/// What one expiry did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expired {
+    /// Snapshots expired.
+    pub snapshots: usize,
+    /// Manifest lists and manifests removed with them.
+    pub files: usize,
+}
+
 impl<C: Catalog> IcebergSink<C> {
-    /// Expires `state`'s snapshots older than `snapshot_retention` (keeping the newest
-    /// `keep_snapshots`, what tags and branches hold and the checkpoint's snapshot) and
-    /// removes the manifest lists of those that went and the manifests no remaining snapshot
-    /// lists (only files in the table's own metadata directory). A manifest is removed only
-    /// when every remaining snapshot's list was read; otherwise compaction's orphan removal
-    /// takes it later. A failure is logged: the next expiry tries again.
-    pub(super) async fn expire_on_cadence(&self, state: &mut TableState) {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let older_than_ms =
-            now_ms.saturating_sub(self.settings.snapshot_retention.as_millis() as i64);
-        let keep = self.settings.keep_snapshots.max(1);
-        if expired_snapshots(&state.metadata, older_than_ms, keep).is_empty() {
-            return;
+    /// Expires `lake`'s snapshots older than `older_than_ms` (milliseconds since the epoch),
+    /// keeping the newest `keep`, what tags and branches hold and the checkpoint's snapshot,
+    /// by compare-and-swap; then removes the manifest lists of the snapshots that went and the
+    /// manifests no remaining snapshot lists (only files in the table's own metadata
+    /// directory), so that neither `metadata/` nor the snapshot count grows with the commits.
+    /// `refs` knows the manifests of the snapshots already read (the writer keeps one per
+    /// table; `compact` starts afresh). A manifest is removed only when every remaining
+    /// snapshot's list was read; otherwise compaction's orphan removal takes it later, as it
+    /// takes a file whose removal failed. Returns the table after it.
+    pub async fn expire_removing_files(
+        &self,
+        lake: &CatalogTable,
+        pointer: &Pointer,
+        metadata: &TableMetadata,
+        older_than_ms: i64,
+        keep: usize,
+        refs: &mut ManifestRefs,
+    ) -> Result<(Pointer, TableMetadata, Expired)> {
+        if expired_snapshots(metadata, older_than_ms, keep).is_empty() {
+            // snapshots another writer (or `compact`) expired are forgotten here
+            refs.release(metadata);
+            return Ok((pointer.clone(), metadata.clone(), Expired::default()));
         }
         // what the snapshots about to go list, read before their lists are removed
-        state
-            .manifest_refs
-            .learn(&self.file_io, &state.metadata)
-            .await;
-        let lists: Vec<(i64, String)> = state
-            .metadata
+        refs.learn(&self.file_io, metadata).await;
+        let lists: Vec<(i64, String)> = metadata
             .snapshots()
             .map(|s| (s.snapshot_id(), s.manifest_list().to_string()))
             .collect();
-        let expired = self
-            .expire_snapshots(
-                &state.lake,
-                &state.pointer,
-                &state.metadata,
-                older_than_ms,
-                keep,
-            )
-            .await;
-        let (pointer, metadata, count) = match expired {
-            Ok(expired) => expired,
-            Err(e) => {
-                tracing::warn!(
-                    table = %state.lake,
-                    error = %e,
-                    "expiring old snapshots failed; the next expiry tries again"
-                );
-                return;
-            }
-        };
-        let own = table::metadata_directory(&metadata);
-        let mut removed = 0usize;
-        let remove = |file: String| {
-            let io = &self.file_io;
-            let lake = &state.lake;
-            async move {
-                if let Err(e) = io.delete(&file).await {
+        let (pointer, after, snapshots) = self
+            .expire_snapshots(lake, pointer, metadata, older_than_ms, keep)
+            .await?;
+        let own = table::metadata_directory(&after);
+        let remove = |file: String| async move {
+            match self.file_io.delete(&file).await {
+                Ok(()) => true,
+                Err(e) => {
                     tracing::warn!(
                         table = %lake,
                         file = %file,
@@ -198,38 +191,74 @@ impl<C: Catalog> IcebergSink<C> {
                          compact's orphan removal takes it later"
                     );
                     false
-                } else {
-                    true
                 }
             }
         };
+        let mut files = 0usize;
         // snapshots another writer added meanwhile must be known before anything is removed
-        let complete = state.manifest_refs.learn(&self.file_io, &metadata).await;
-        let unreferenced = state.manifest_refs.release(&metadata);
+        let complete = refs.learn(&self.file_io, &after).await;
+        let unreferenced = refs.release(&after);
         if complete {
             for manifest in unreferenced {
                 if manifest.starts_with(&own) && remove(manifest.to_string()).await {
-                    removed += 1;
+                    files += 1;
                 }
             }
         }
         for (id, list) in lists {
-            if metadata.snapshot_by_id(id).is_some() || !list.starts_with(&own) {
+            if after.snapshot_by_id(id).is_some() || !list.starts_with(&own) {
                 continue;
             }
             if remove(list).await {
-                removed += 1;
+                files += 1;
             }
         }
-        tracing::info!(
-            table = %state.lake,
-            expired = count,
-            snapshots = metadata.snapshots().len(),
-            files_removed = removed,
-            "expired old snapshots"
-        );
-        state.pointer = pointer;
-        state.metadata = metadata;
+        Ok((pointer, after, Expired { snapshots, files }))
+    }
+
+    /// [`expire_removing_files`](Self::expire_removing_files) on the writer's cadence, with
+    /// `snapshot_retention` and `keep_snapshots`. A failure is logged: the next expiry tries
+    /// again.
+    pub(super) async fn expire_on_cadence(&self, state: &mut TableState) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let older_than_ms =
+            now_ms.saturating_sub(self.settings.snapshot_retention.as_millis() as i64);
+        let keep = self.settings.keep_snapshots.max(1);
+        let mut refs = std::mem::take(&mut state.manifest_refs);
+        let expired = self
+            .expire_removing_files(
+                &state.lake,
+                &state.pointer,
+                &state.metadata,
+                older_than_ms,
+                keep,
+                &mut refs,
+            )
+            .await;
+        state.manifest_refs = refs;
+        match expired {
+            Ok((pointer, metadata, expired)) => {
+                if expired.snapshots > 0 {
+                    tracing::info!(
+                        table = %state.lake,
+                        expired = expired.snapshots,
+                        snapshots = metadata.snapshots().len(),
+                        files_removed = expired.files,
+                        "expired old snapshots"
+                    );
+                }
+                state.pointer = pointer;
+                state.metadata = metadata;
+            }
+            Err(e) => tracing::warn!(
+                table = %state.lake,
+                error = %e,
+                "expiring old snapshots failed; the next expiry tries again"
+            ),
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 
 mod commit;
 mod expiry;
+pub use self::expiry::{Expired, ManifestRefs};
 mod files;
 mod lookup;
 mod parquet;
