@@ -3,7 +3,8 @@
 //! answer was lost is recognised in the metadata log; the metadata files a commit pushes off
 //! the log are removed; snapshot expiry is one such change.
 
-use std::sync::{Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use iceberg::spec::TableMetadata;
 
@@ -14,6 +15,19 @@ use crate::catalog::{
     Catalog, CatalogError, CatalogTable, Pointer, StagedMetadata, commit_with_retry,
 };
 use crate::error::{Error, Result};
+
+/// The commit gate of `lake` in this process (see [`IcebergSink::commit_change`]): a fair
+/// lock, so commits take turns in the order they asked.
+fn commit_gate(lake: &CatalogTable) -> Arc<tokio::sync::Mutex<()>> {
+    static GATES: LazyLock<Mutex<HashMap<CatalogTable, Arc<tokio::sync::Mutex<()>>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    GATES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(lake.clone())
+        .or_default()
+        .clone()
+}
 
 /// Why one commit attempt (inside [`commit_with_retry`]) did not stage metadata.
 pub(super) enum AttemptError {
@@ -142,6 +156,12 @@ impl<C: Catalog> IcebergSink<C> {
         metadata: &TableMetadata,
         change: Change<'_>,
     ) -> Result<(Pointer, TableMetadata)> {
+        // one commit of a table at a time in this process: the writer's, a scheduled
+        // compaction's, an expiry's. Each commit then stages on the table as the previous one
+        // left it, so a compaction beside a writer committing every second lands at its turn
+        // instead of losing every compare-and-swap to commits quicker than its staging.
+        let gate = commit_gate(lake);
+        let _turn = gate.lock().await;
         let staged: Mutex<Option<StagedMetadata>> = Mutex::new(None);
         let outcome = commit_with_retry(&self.catalog, lake, &self.settings.retry, |current| {
             let staged = &staged;
@@ -201,12 +221,17 @@ impl<C: Catalog> IcebergSink<C> {
                 };
                 // the files this commit pushed off the metadata log; the ones an earlier
                 // base (before a lost race) pushed off were the winner's to remove
-                for file in table::superseded_metadata(
-                    &pointer.metadata_location,
-                    metadata,
-                    &committed.metadata_location,
-                    &after,
-                ) {
+                let superseded = if self.settings.removes_files {
+                    table::superseded_metadata(
+                        &pointer.metadata_location,
+                        metadata,
+                        &committed.metadata_location,
+                        &after,
+                    )
+                } else {
+                    Vec::new()
+                };
+                for file in superseded {
                     if let Err(e) = self.file_io.delete(&file).await {
                         tracing::warn!(
                             table = %lake,
