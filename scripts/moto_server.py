@@ -1,4 +1,4 @@
-"""moto's S3 + Glue server, with the Glue compare-and-swap that moto leaves out.
+"""moto's S3, Glue and S3 Tables server, with the Glue compare-and-swap that moto leaves out.
 
 AWS Glue's UpdateTable takes an optional VersionId: when it is given and is not the table's
 current version, Glue refuses the update with ConcurrentModificationException. lakewriter's
@@ -51,6 +51,43 @@ def _update_table_response(self):
 
 GlueBackend.update_table = _update_table_checked
 glue_responses.GlueResponse.update_table = _update_table_response
+
+
+# S3 Tables: moto checks UpdateTableMetadataLocation's versionToken, but not atomically with
+# the update (two writers holding the same token could both pass), and its answer names the
+# namespace as a string and the ARN as `tableArn`, where the service's API (and so every AWS
+# SDK parsing it) has a list of strings and `tableARN`. Both fixed here.
+import json
+
+from moto.s3tables import models as s3tables_models
+from moto.s3tables import responses as s3tables_responses
+
+_s3tables_lock = threading.Lock()
+_original_update_metadata_location = s3tables_models.Table.update_metadata_location
+
+
+def _update_metadata_location_atomic(self, metadata_location, version_token):
+    with _s3tables_lock:
+        return _original_update_metadata_location(self, metadata_location, version_token)
+
+
+_original_update_response = s3tables_responses.S3TablesResponse.update_table_metadata_location
+
+
+def _update_table_metadata_location_response(self):
+    status, headers, body = _original_update_response(self)
+    answer = json.loads(body)
+    if isinstance(answer.get("namespace"), str):
+        answer["namespace"] = [answer["namespace"]]
+    if "tableArn" in answer:
+        answer["tableARN"] = answer.pop("tableArn")
+    return status, headers, json.dumps(answer)
+
+
+s3tables_models.Table.update_metadata_location = _update_metadata_location_atomic
+s3tables_responses.S3TablesResponse.update_table_metadata_location = (
+    _update_table_metadata_location_response
+)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,14 @@ pub async fn glue_client(config: &Config) -> aws_sdk_glue::Client {
     aws_sdk_glue::Client::new(&shared)
 }
 
+/// The S3 Tables client for the catalog.
+pub async fn s3tables_client(config: &Config) -> aws_sdk_s3tables::Client {
+    let s3tables = &config.sink.s3tables;
+    let region = s3tables.region();
+    let shared = sdk_config(region.as_deref(), s3tables.endpoint.as_deref(), config).await;
+    aws_sdk_s3tables::Client::new(&shared)
+}
+
 /// The warehouse's S3 location, when it is on S3.
 pub fn warehouse_location(config: &Config) -> Result<Option<S3Location>> {
     S3Location::parse(&config.sink.warehouse).map_err(|m| Error::config("sink.warehouse", m))

@@ -1496,3 +1496,64 @@ async fn carried_manifests_merge_past_the_min_count_and_deletes_still_apply_by_s
         Some(Lsn(40))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_beside_a_writer_committing_back_to_back_lands_at_its_turn() {
+    let lake = Lake::new("compact_beside");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("create");
+    let mut expected = commit_one_row_each(&mut sink, &schema, 30).await;
+
+    // the writer commits as fast as it can, each commit an upsert of a few keys, until told
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let schema = schema.clone();
+        tokio::spawn(async move {
+            let mut lsn = 30u64;
+            let mut last = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                lsn += 1;
+                let id = (lsn % 30) as i32 + 1;
+                sink.commit(delta(
+                    &schema,
+                    vec![items(&schema, &[(id, None)])],
+                    vec![items(&schema, &[(id, Some("w"))])],
+                    lsn,
+                ))
+                .await
+                .expect("a writer commit");
+                last.push(id);
+            }
+            (sink, last)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let outcomes = lakewriter::maintenance::compact::run(&lake.config, None)
+        .await
+        .expect("compact");
+    stop.store(true, Ordering::SeqCst);
+    let (sink, updated) = writer.await.expect("the writer");
+    assert!(
+        updated.len() > 5,
+        "the writer kept committing ({} commits)",
+        updated.len()
+    );
+    let outcome = outcomes.first().expect("one table compacted");
+    assert_eq!(
+        outcome.failed, None,
+        "the compaction lost to the writer's commits"
+    );
+    assert_eq!(outcome.skipped, None);
+    assert!(outcome.data_files_in > 0, "nothing was rewritten");
+    for id in updated {
+        expected[id as usize - 1] = (id, Some("w"));
+    }
+    let (location, _) = current_metadata(&sink, &table).await;
+    assert_eq!(duck_rows(&location, "id, name"), text_rows(&expected));
+}

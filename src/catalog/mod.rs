@@ -8,6 +8,7 @@
 
 mod glue;
 mod retry;
+mod s3tables;
 mod sqlite;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use iceberg::spec::TableMetadata;
 
 pub use glue::GlueCatalog;
 pub use retry::{RetryPolicy, StagedMetadata, commit_with_retry};
+pub use s3tables::S3TablesCatalog;
 pub use sqlite::SqliteCatalog;
 
 use crate::config::{CatalogKind, Config};
@@ -180,6 +182,19 @@ pub enum CatalogError {
         retryable: bool,
     },
 
+    /// An S3 Tables request failed.
+    #[error("{catalog}: {context}: {message}")]
+    S3Tables {
+        /// The catalog, described for a reader.
+        catalog: String,
+        /// What lakewriter was doing, naming the table.
+        context: String,
+        /// The SDK's error with its causes.
+        message: String,
+        /// Whether the failure is transient (throttling, timeouts, lost connections).
+        retryable: bool,
+    },
+
     /// A local file or directory of the catalog could not be created or opened.
     #[error("{catalog}: {}: {source}", path.display())]
     Io {
@@ -214,7 +229,9 @@ impl CatalogError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CatalogError::Conflict { .. } | CatalogError::TooManyConflicts { .. } => true,
-            CatalogError::Glue { retryable, .. } => *retryable,
+            CatalogError::Glue { retryable, .. } | CatalogError::S3Tables { retryable, .. } => {
+                *retryable
+            }
             CatalogError::Sqlite { source, .. } => sqlite::is_transient(source),
             CatalogError::AlreadyExists { .. }
             | CatalogError::TableNotFound { .. }
@@ -254,6 +271,16 @@ pub trait Catalog: Send + Sync {
         &self,
         table: &CatalogTable,
     ) -> impl Future<Output = Result<Option<Pointer>, CatalogError>> + Send;
+
+    /// Where a new table's files go when the catalog chooses it (S3 Tables gives each table
+    /// its own storage, reserving the table to learn it); `None` when the writer chooses
+    /// (`<warehouse>/<namespace>/<name>`).
+    fn table_location(
+        &self,
+        _table: &CatalogTable,
+    ) -> impl Future<Output = Result<Option<String>, CatalogError>> + Send {
+        async { Ok(None) }
+    }
 
     /// Registers a new table at `metadata_location` (already written, describing `metadata`).
     /// Fails with [`CatalogError::AlreadyExists`] when the name is taken, and (Glue) with
@@ -297,6 +324,8 @@ pub enum LakeCatalog {
     Sqlite(SqliteCatalog),
     /// `catalog = "glue"`.
     Glue(GlueCatalog),
+    /// `catalog = "s3tables"`.
+    S3Tables(S3TablesCatalog),
 }
 
 impl LakeCatalog {
@@ -310,6 +339,10 @@ impl LakeCatalog {
                 crate::cloud::glue_client(config).await,
                 config.sink.glue.catalog_id.clone(),
             ))),
+            CatalogKind::S3tables => Ok(LakeCatalog::S3Tables(S3TablesCatalog::new(
+                crate::cloud::s3tables_client(config).await,
+                &config.sink.s3tables.table_bucket_arn,
+            ))),
         }
     }
 }
@@ -319,6 +352,7 @@ impl Catalog for LakeCatalog {
         match self {
             LakeCatalog::Sqlite(c) => c.describe(),
             LakeCatalog::Glue(c) => c.describe(),
+            LakeCatalog::S3Tables(c) => c.describe(),
         }
     }
 
@@ -326,6 +360,7 @@ impl Catalog for LakeCatalog {
         match self {
             LakeCatalog::Sqlite(c) => c.ensure_namespace(namespace).await,
             LakeCatalog::Glue(c) => c.ensure_namespace(namespace).await,
+            LakeCatalog::S3Tables(c) => c.ensure_namespace(namespace).await,
         }
     }
 
@@ -333,6 +368,7 @@ impl Catalog for LakeCatalog {
         match self {
             LakeCatalog::Sqlite(c) => c.load(table).await,
             LakeCatalog::Glue(c) => c.load(table).await,
+            LakeCatalog::S3Tables(c) => c.load(table).await,
         }
     }
 
@@ -345,6 +381,7 @@ impl Catalog for LakeCatalog {
         match self {
             LakeCatalog::Sqlite(c) => c.create(table, metadata_location, metadata).await,
             LakeCatalog::Glue(c) => c.create(table, metadata_location, metadata).await,
+            LakeCatalog::S3Tables(c) => c.create(table, metadata_location, metadata).await,
         }
     }
 
@@ -364,6 +401,18 @@ impl Catalog for LakeCatalog {
                 c.commit(table, expected, new_metadata_location, metadata)
                     .await
             }
+            LakeCatalog::S3Tables(c) => {
+                c.commit(table, expected, new_metadata_location, metadata)
+                    .await
+            }
+        }
+    }
+
+    async fn table_location(&self, table: &CatalogTable) -> Result<Option<String>, CatalogError> {
+        match self {
+            LakeCatalog::Sqlite(c) => c.table_location(table).await,
+            LakeCatalog::Glue(c) => c.table_location(table).await,
+            LakeCatalog::S3Tables(c) => c.table_location(table).await,
         }
     }
 
@@ -371,6 +420,7 @@ impl Catalog for LakeCatalog {
         match self {
             LakeCatalog::Sqlite(c) => c.list(namespace).await,
             LakeCatalog::Glue(c) => c.list(namespace).await,
+            LakeCatalog::S3Tables(c) => c.list(namespace).await,
         }
     }
 
@@ -378,6 +428,7 @@ impl Catalog for LakeCatalog {
         match self {
             LakeCatalog::Sqlite(c) => c.drop_table(table).await,
             LakeCatalog::Glue(c) => c.drop_table(table).await,
+            LakeCatalog::S3Tables(c) => c.drop_table(table).await,
         }
     }
 }

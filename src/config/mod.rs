@@ -190,9 +190,12 @@ pub struct SinkConfig {
     /// The Glue catalog, when `catalog = "glue"`.
     #[serde(default)]
     pub glue: GlueCatalogConfig,
-    /// S3 access, when the warehouse is `s3://…`.
+    /// S3 access, when the warehouse is `s3://…` (and to S3 Tables' table storage).
     #[serde(default)]
     pub s3: S3Config,
+    /// The table bucket, when `catalog = "s3tables"`.
+    #[serde(default)]
+    pub s3tables: S3TablesConfig,
     /// Per-table settings, keyed by the source's `schema.table`:
     /// `[sink.tables."public.orders"] partition_by = ["day(order_date)"]`.
     #[serde(default)]
@@ -216,6 +219,7 @@ impl Default for SinkConfig {
             sqlite: SqliteCatalogConfig::default(),
             glue: GlueCatalogConfig::default(),
             s3: S3Config::default(),
+            s3tables: S3TablesConfig::default(),
             tables: BTreeMap::new(),
         }
     }
@@ -241,6 +245,9 @@ pub enum CatalogKind {
     Sqlite,
     /// AWS Glue Data Catalog.
     Glue,
+    /// Amazon S3 Tables: a table bucket's namespaces and tables, each table with the storage
+    /// the service gives it.
+    S3tables,
 }
 
 /// `[sink.sqlite]`.
@@ -278,6 +285,36 @@ pub struct GlueCatalogConfig {
     /// Endpoint override, for a local Glue server. Default: AWS's (or `AWS_ENDPOINT_URL`).
     #[serde(default)]
     pub endpoint: Option<String>,
+}
+
+/// `[sink.s3tables]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3TablesConfig {
+    /// The table bucket: `arn:aws:s3tables:<region>:<account>:bucket/<name>`. Required with
+    /// `catalog = "s3tables"`.
+    #[serde(default)]
+    pub table_bucket_arn: String,
+    /// AWS region. Default: the one in the ARN.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override, for a local S3 Tables server. Default: AWS's (or
+    /// `AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+impl S3TablesConfig {
+    /// The region: the configured one, else the ARN's.
+    pub fn region(&self) -> Option<String> {
+        self.region.clone().or_else(|| {
+            self.table_bucket_arn
+                .split(':')
+                .nth(3)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+        })
+    }
 }
 
 /// `[sink.s3]`.
@@ -639,6 +676,28 @@ impl Config {
                 self.sink.warehouse
             ));
         }
+        if self.sink.catalog == CatalogKind::S3tables {
+            let arn = &self.sink.s3tables.table_bucket_arn;
+            let parts: Vec<&str> = arn.split(':').collect();
+            if parts.len() != 6
+                || parts[0] != "arn"
+                || parts[2] != "s3tables"
+                || !parts[5].starts_with("bucket/")
+            {
+                return fail(format!(
+                    "sink.catalog = \"s3tables\" needs sink.s3tables.table_bucket_arn, the \
+                     table bucket's ARN (arn:aws:s3tables:<region>:<account>:bucket/<name>), \
+                     not {arn:?}"
+                ));
+            }
+            if self.sink.format == TableFormat::Delta {
+                return fail(
+                    "sink.catalog = \"s3tables\" holds Iceberg tables only: use \
+                     sink.format = \"iceberg\""
+                        .into(),
+                );
+            }
+        }
         let has_key_id = self.sink.s3.access_key_id.is_some();
         let has_secret = !self.sink.s3.secret_access_key.is_empty();
         if has_key_id != has_secret {
@@ -889,6 +948,15 @@ mod tests {
             (
                 "[source]\ndatabase = \"a\"\n[flush]\nmax_bytes = \"2GiB\"\nmemory_budget = \"1GiB\"\n",
                 "memory_budget",
+            ),
+            (
+                "[source]\ndatabase = \"a\"\n[sink]\ncatalog = \"s3tables\"\n",
+                "sink.s3tables.table_bucket_arn",
+            ),
+            (
+                "[source]\ndatabase = \"a\"\n[sink]\ncatalog = \"s3tables\"\nformat = \"delta\"\n\
+                 [sink.s3tables]\ntable_bucket_arn = \"arn:aws:s3tables:us-east-1:123456789012:bucket/b\"\n",
+                "Iceberg tables only",
             ),
             (
                 "[source]\ndatabase = \"a\"\n[sink.tables.\"public.orders\"]\nmax_latency = \"0s\"\n",

@@ -39,6 +39,7 @@ pub(super) async fn check(config: &Config, out: &mut Vec<Finding>) {
             out.push(Finding::ok(format!("SQLite catalog at {}", path.display())));
         }
         CatalogKind::Glue => check_glue(config, out).await,
+        CatalogKind::S3tables => check_s3tables(config, out).await,
     }
 }
 
@@ -178,6 +179,56 @@ async fn check_glue(config: &Config, out: &mut Vec<Finding>) {
                     ),
                     "check [sink.glue] region and the role's Glue permissions \
                      (README: Production on AWS)",
+                ));
+            }
+        }
+    }
+}
+
+async fn check_s3tables(config: &Config, out: &mut Vec<Finding>) {
+    let client = cloud::s3tables_client(config).await;
+    let arn = &config.sink.s3tables.table_bucket_arn;
+    let namespace = &config.sink.namespace;
+    if let Err(e) = client.get_table_bucket().table_bucket_arn(arn).send().await {
+        let e = e.into_service_error();
+        out.push(Finding::error(
+            format!(
+                "cannot read table bucket {arn}: {}",
+                e.message()
+                    .or(e.code())
+                    .unwrap_or("no answer from S3 Tables")
+            ),
+            "create the table bucket, check [sink.s3tables] table_bucket_arn and region, and \
+             the role's s3tables permissions (README: Amazon S3 Tables)",
+        ));
+        return;
+    }
+    let answer = client
+        .get_namespace()
+        .table_bucket_arn(arn)
+        .namespace(namespace)
+        .send()
+        .await;
+    match answer {
+        Ok(_) => out.push(Finding::ok(format!(
+            "S3 Tables namespace {namespace} exists in {arn}"
+        ))),
+        Err(e) => {
+            let e = e.into_service_error();
+            if e.code() == Some("NotFoundException") {
+                out.push(Finding::ok(format!(
+                    "S3 Tables namespace {namespace} does not exist yet in {arn}: run creates it \
+                     (needs s3tables:CreateNamespace)"
+                )));
+            } else {
+                out.push(Finding::error(
+                    format!(
+                        "cannot read S3 Tables namespace {namespace}: {}",
+                        e.message()
+                            .or(e.code())
+                            .unwrap_or("no answer from S3 Tables")
+                    ),
+                    "check the role's s3tables permissions (README: Amazon S3 Tables)",
                 ));
             }
         }

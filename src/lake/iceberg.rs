@@ -99,6 +99,12 @@ pub(crate) async fn session(
                 message: format!("read {}: {e}", pointer.metadata_location),
                 retryable: true,
             })?;
+        if !metadata
+            .location()
+            .starts_with(config.sink.warehouse.trim_end_matches('/'))
+        {
+            register_location(config, &ctx, metadata.location())?;
+        }
         let (table, frame) =
             table_frame(&ctx, &io, &name, &pointer.metadata_location, &metadata).await?;
         datafusion::catalog::SchemaProvider::register_table(
@@ -375,8 +381,19 @@ fn file_url(path: &str) -> String {
 
 /// Registers the S3 store of an `s3://` warehouse (local files need none).
 pub(crate) fn register_object_store(config: &Config, ctx: &SessionContext) -> Result<()> {
-    let Some(location) = S3Location::parse(&config.sink.warehouse)
-        .map_err(|m| Error::config("sink.warehouse", m))?
+    register_location(config, ctx, &config.sink.warehouse)
+}
+
+/// Registers the S3 store of the bucket `location` (`s3://bucket/…`) is in, with the
+/// warehouse's S3 settings: a table whose files are elsewhere than the warehouse (S3 Tables
+/// gives each table storage of its own) is read through it. Local files need none.
+pub(crate) fn register_location(
+    config: &Config,
+    ctx: &SessionContext,
+    location: &str,
+) -> Result<()> {
+    let Some(location) =
+        S3Location::parse(location).map_err(|m| Error::config("sink.warehouse", m))?
     else {
         return Ok(());
     };

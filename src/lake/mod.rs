@@ -24,7 +24,7 @@ use crate::error::Result;
 
 pub(crate) use iceberg::{
     LiveFile, LiveFiles, files_frame, key_columns, live_files, manifest_list, quoted,
-    register_object_store,
+    register_location, register_object_store,
 };
 pub use table::{LakeTable, reference};
 

@@ -84,6 +84,13 @@ pub async fn clean_table(
         "removed the manifest lists and manifests only expired snapshots listed"
     );
 
+    if !sink.settings().removes_files {
+        tracing::debug!(
+            table = %lake,
+            "S3 Tables removes unreferenced files itself (its storage takes no deletes)"
+        );
+        return Ok(cleanup);
+    }
     // files are removed only under the location lakewriter gives the table: a location
     // another engine moved to a shared directory (the namespace's, the warehouse's) holds
     // other tables' files, which this table's metadata does not reference

@@ -38,7 +38,8 @@ use crate::catalog::{Catalog, CatalogTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lake::{
-    LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_object_store,
+    LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_location,
+    register_object_store,
 };
 use crate::maintenance::cleanup::{Cleanup, clean_table};
 use crate::progress::Progress;
@@ -250,6 +251,7 @@ async fn compact_table(
 
         let ctx = SessionContext::new();
         register_object_store(config, &ctx)?;
+        register_location(config, &ctx, metadata.location())?;
         let key = key_columns(metadata.current_schema());
         let chosen: Vec<&LiveFile> = plan.groups.iter().flatten().collect();
         let total = chosen.iter().map(|f| f.records).sum();

@@ -267,6 +267,12 @@ impl DeltaSink {
                 }
                 None => sink,
             },
+            CatalogKind::S3tables => {
+                return Err(Error::config(
+                    "sink.catalog",
+                    "S3 Tables holds Iceberg tables only: use sink.format = \"iceberg\"",
+                ));
+            }
         })
     }
 

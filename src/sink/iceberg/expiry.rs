@@ -170,7 +170,9 @@ impl<C: Catalog> IcebergSink<C> {
             return Ok((pointer.clone(), metadata.clone(), Expired::default()));
         }
         // what the snapshots about to go list, read before their lists are removed
-        refs.learn(&self.file_io, metadata).await;
+        if self.settings.removes_files {
+            refs.learn(&self.file_io, metadata).await;
+        }
         let lists: Vec<(i64, String)> = metadata
             .snapshots()
             .map(|s| (s.snapshot_id(), s.manifest_list().to_string()))
@@ -178,6 +180,17 @@ impl<C: Catalog> IcebergSink<C> {
         let (pointer, after, snapshots) = self
             .expire_snapshots(lake, pointer, metadata, older_than_ms, keep)
             .await?;
+        if !self.settings.removes_files {
+            refs.release(&after);
+            return Ok((
+                pointer,
+                after,
+                Expired {
+                    snapshots,
+                    files: 0,
+                },
+            ));
+        }
         let own = table::metadata_directory(&after);
         let remove = |file: String| async move {
             match self.file_io.delete(&file).await {

@@ -89,6 +89,10 @@ pub struct IcebergSettings {
     pub snapshot_retention: std::time::Duration,
     /// The newest snapshots always kept (`[compaction] keep_snapshots`).
     pub keep_snapshots: usize,
+    /// Whether the sink removes the files its commits and expiries leave unreferenced
+    /// (metadata files off the log, expired manifest lists and manifests). Not on S3 Tables,
+    /// whose storage takes no deletes: its unreferenced file removal does it.
+    pub removes_files: bool,
 }
 
 impl IcebergSettings {
@@ -113,6 +117,7 @@ impl IcebergSettings {
             retry: RetryPolicy::default(),
             snapshot_retention: config.compaction.snapshot_retention.get(),
             keep_snapshots: config.compaction.keep_snapshots.max(1),
+            removes_files: config.sink.catalog != crate::config::CatalogKind::S3tables,
         })
     }
 
@@ -127,7 +132,9 @@ impl IcebergSettings {
 /// addressing and static keys of the config, else the AWS credential chain (environment,
 /// profile, web identity, instance role).
 pub fn file_io(config: &Config) -> Result<FileIO> {
-    if crate::cloud::warehouse_location(config)?.is_none() {
+    // S3 Tables keeps every table in storage of its own, on S3 whatever the warehouse says
+    let s3_tables = config.sink.catalog == crate::config::CatalogKind::S3tables;
+    if crate::cloud::warehouse_location(config)?.is_none() && !s3_tables {
         return Ok(FileIO::new_with_fs());
     }
     let s3 = &config.sink.s3;
@@ -298,7 +305,15 @@ impl<C: Catalog> IcebergSink<C> {
             let metadata = self.read_metadata(lake, &pointer).await?;
             return Ok((pointer, metadata));
         }
-        let location = self.settings.table_location(lake);
+        let location = match self
+            .catalog
+            .table_location(lake)
+            .await
+            .map_err(|e| catalog_error(lake, e))?
+        {
+            Some(location) => location,
+            None => self.settings.table_location(lake),
+        };
         let iceberg_schema =
             table::new_schema(&schema.arrow, &layout.key).map_err(|m| sink_error(lake, m))?;
         let metadata = table::new_table_metadata(&location, iceberg_schema, layout)
