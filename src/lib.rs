@@ -25,6 +25,8 @@
 //! - [`lake`]: reading the lake — DataFusion sessions over its tables (Iceberg's merge-on-read
 //!   as an anti-join; Delta through deltalake's table provider), a snapshot's live files — for
 //!   `query`, `verify` and `compact`.
+//! - [`masking`]: per-column policies (hash, redact, drop) applied where values are decoded,
+//!   so nothing downstream holds an unmasked value.
 //! - [`metrics`]: what `run` measures (Prometheus), served with `/healthz` and `/readyz`.
 //! - [`verify`]: `query` and `verify`: SQL over the lake, and the row-by-row comparison with
 //!   the source.
@@ -39,6 +41,7 @@ pub mod error;
 pub mod lake;
 pub mod lsn;
 pub mod maintenance;
+pub mod masking;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;

@@ -4,6 +4,7 @@
 //!
 //! `catalogs/` in the repository holds a ready profile for each catalog.
 
+mod masking;
 mod overrides;
 mod pattern;
 mod units;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use masking::{ColumnPolicy, MaskingConfig, key_policy_refused};
 pub use pattern::TablePattern;
 pub use units::{ByteSize, Secret, Span};
 
@@ -202,6 +204,9 @@ pub struct SinkConfig {
     /// `"stop_table"`.
     #[serde(default)]
     pub on_table_error: TableErrorPolicy,
+    /// Where the key of the `hash` column policy comes from (see `masking`).
+    #[serde(default)]
+    pub masking: MaskingConfig,
 }
 
 impl Default for SinkConfig {
@@ -217,6 +222,7 @@ impl Default for SinkConfig {
             glue: GlueCatalogConfig::default(),
             s3: S3Config::default(),
             tables: BTreeMap::new(),
+            masking: MaskingConfig::default(),
         }
     }
 }
@@ -312,6 +318,11 @@ pub struct SinkTableConfig {
     /// A spec on columns outside the key needs `REPLICA IDENTITY FULL`. Default: unpartitioned.
     #[serde(default)]
     pub partition_by: Vec<String>,
+    /// Masking policies by column name: `{ email = "hash", ssn = "redact", notes = "drop" }`
+    /// (see [`ColumnPolicy`]). Applied where values are decoded, before anything else sees
+    /// them. Default: none.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnPolicy>,
 }
 
 /// `[flush]`: a table's buffered changes are committed when any limit is reached, always on a
@@ -648,6 +659,7 @@ impl Config {
                 "source.sslcert and source.sslkey go together: set both, or neither".into(),
             );
         }
+        masking::validate(self).or_else(fail)?;
         if self.flush.max_rows == 0 {
             return fail("flush.max_rows must be at least 1".into());
         }
