@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{ColumnPolicy, Config, MaskingConfig, key_policy_refused};
 use crate::error::{Error, Result};
-use crate::table::TableId;
+use crate::table::{RelationId, TableId};
 
 /// The shortest key accepted, in bytes: a 256-bit key, as `openssl rand -hex 32` gives (64 hex
 /// characters, used as they are).
@@ -66,9 +66,18 @@ pub struct Masking {
     hasher: Option<Hasher>,
     /// The configuration's policies, by table and column name.
     tables: BTreeMap<TableId, BTreeMap<String, ColumnPolicy>>,
-    /// Policies that followed a column renamed while streaming, by table and new name, so a
-    /// later copy of the table masks it under its new name too.
-    followed: Mutex<HashMap<TableId, BTreeMap<String, ColumnPolicy>>>,
+    /// Policies bound to column numbers, and those that followed a rename.
+    bound: Mutex<Bound>,
+}
+
+/// Where the policies are, beyond the configuration's names.
+#[derive(Debug, Default)]
+struct Bound {
+    /// By relation and column number (`attnum`), which a rename keeps.
+    attnums: HashMap<RelationId, HashMap<i16, ColumnPolicy>>,
+    /// By table and the new name of a column renamed since the start, so a later copy of the
+    /// table masks it under that name too.
+    followed: HashMap<TableId, BTreeMap<String, ColumnPolicy>>,
 }
 
 impl Masking {
@@ -113,7 +122,7 @@ impl Masking {
         Ok(Arc::new(Masking {
             hasher,
             tables,
-            followed: Mutex::default(),
+            bound: Mutex::default(),
         }))
     }
 
@@ -136,8 +145,8 @@ impl Masking {
     /// followed a rename.
     pub fn policies(&self, table: &TableId) -> BTreeMap<String, ColumnPolicy> {
         let mut policies = self.tables.get(table).cloned().unwrap_or_default();
-        if let Ok(followed) = self.followed.lock()
-            && let Some(renamed) = followed.get(table)
+        if let Ok(bound) = self.bound.lock()
+            && let Some(renamed) = bound.followed.get(table)
         {
             for (column, policy) in renamed {
                 policies.entry(column.clone()).or_insert(*policy);
@@ -146,14 +155,64 @@ impl Masking {
         policies
     }
 
-    /// Records that `column` of `table` carries `policy` since a rename.
-    pub fn follow(&self, table: &TableId, column: &str, policy: ColumnPolicy) {
-        if let Ok(mut followed) = self.followed.lock() {
-            followed
+    /// The policy of each of `columns` (its name, and its number in the table, `attnum`, when
+    /// the catalog has it) of `table`, whose relation is `relation`: by name, or, for a column
+    /// renamed since, by the policy its number was bound to. Binds every named policy to its
+    /// column's number, so the policy follows a later rename; the start binds them all (the
+    /// configuration's names are checked then), before any row is read.
+    pub fn resolve(
+        &self,
+        table: &TableId,
+        relation: RelationId,
+        columns: &[(&str, Option<i16>)],
+    ) -> BTreeMap<String, ColumnPolicy> {
+        let mut policies = self.policies(table);
+        let Ok(mut bound) = self.bound.lock() else {
+            return policies;
+        };
+        let numbers = bound.attnums.entry(relation).or_default();
+        for (name, attnum) in columns {
+            if let (Some(policy), Some(attnum)) = (policies.get(*name), attnum) {
+                numbers.entry(*attnum).or_insert(*policy);
+            }
+        }
+        let mut renamed = Vec::new();
+        for (name, attnum) in columns {
+            if policies.contains_key(*name) {
+                continue;
+            }
+            if let Some(policy) = attnum.and_then(|a| numbers.get(&a)) {
+                renamed.push((name.to_string(), *policy));
+            }
+        }
+        for (name, policy) in renamed {
+            tracing::info!(
+                table = %table,
+                column = %name,
+                policy = policy.name(),
+                "a masked column was renamed: its policy follows it"
+            );
+            bound
+                .followed
                 .entry(table.clone())
                 .or_default()
-                .insert(column.to_string(), policy);
+                .insert(name.clone(), policy);
+            policies.insert(name, policy);
         }
+        policies
+    }
+
+    /// The numbers (`attnum`) of the columns of `relation` a policy is bound to.
+    pub fn bound_columns(&self, relation: RelationId) -> Vec<i16> {
+        self.bound
+            .lock()
+            .ok()
+            .and_then(|b| {
+                b.attnums
+                    .get(&relation)
+                    .map(|n| n.keys().copied().collect())
+            })
+            .unwrap_or_default()
     }
 
     /// Checks the policies of `table` against its columns (as the catalog has them) and the key

@@ -196,7 +196,12 @@ pub async fn masked_table_schema(
     if !masking.masks(&table.id) {
         return table_schema(client, table, options).await;
     }
-    let policies = masking.policies(&table.id);
+    let columns: Vec<(&str, Option<i16>)> = table
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), Some(c.attnum)))
+        .collect();
+    let policies = masking.resolve(&table.id, table.oid, &columns);
     let mut types = Vec::with_capacity(table.columns.len());
     for column in &table.columns {
         // a dropped or hashed column's type is never mapped: any type can be masked

@@ -343,9 +343,6 @@ struct Decoder<'a> {
     relations: HashMap<RelationId, Option<Arc<TableSchema>>>,
     /// How the columns of a masked relation reach its batches (absent: unmasked).
     intakes: HashMap<RelationId, Arc<[Intake]>>,
-    /// The masking policies of masked relations, bound to their columns' numbers
-    /// (`attnum`), so a policy follows its column through a rename.
-    bound: HashMap<RelationId, HashMap<i16, ColumnPolicy>>,
     types: HashMap<Oid, PgType>,
     transaction: Option<Transaction>,
     last_idle: Lsn,
@@ -361,7 +358,6 @@ impl<'a> Decoder<'a> {
             catalog,
             relations: HashMap::new(),
             intakes: HashMap::new(),
-            bound: HashMap::new(),
             types: HashMap::new(),
             transaction: None,
             last_idle: Lsn::ZERO,
@@ -549,19 +545,17 @@ impl<'a> Decoder<'a> {
         Ok(())
     }
 
-    /// The masking policy of each column of `relation` by its name in the message. A policy
-    /// is bound to its column's number (`attnum`) in the catalog, so a column renamed since
-    /// keeps it under its new name (and later copies of the table mask it there too). A
-    /// column the catalog no longer knows (renamed or dropped since the message was written)
-    /// while a policy's column is missing from the message could be that column: refused,
-    /// never guessed.
+    /// The masking policy of each column of `relation` by its name in the message. Policies
+    /// are bound to their columns' numbers (`attnum`) in the catalog at the start, so a column
+    /// renamed since keeps its policy under its new name (and later copies of the table mask
+    /// it there too). A column the catalog no longer knows (renamed or dropped since the
+    /// message was written), while a masked column is missing from the message, could be that
+    /// column: refused, never guessed.
     async fn policies(
         &mut self,
         relation: &pgoutput::Relation<'_>,
         table: &TableId,
     ) -> Result<BTreeMap<String, ColumnPolicy>> {
-        let masking = self.settings.masking.clone();
-        let mut policies = masking.policies(table);
         let rows = self
             .catalog
             .query(
@@ -575,43 +569,22 @@ impl<'a> Decoder<'a> {
             .iter()
             .map(|r| (r.get::<_, String>(1), r.get::<_, i16>(0)))
             .collect();
-        let bound = self.bound.entry(relation.id).or_default();
-        for (name, policy) in &policies {
-            if let Some(attnum) = catalog.get(name) {
-                bound.entry(*attnum).or_insert(*policy);
-            }
-        }
-        let mut placed: Vec<i16> = Vec::new();
-        let mut unknown: Vec<&str> = Vec::new();
-        for column in &relation.columns {
-            let attnum = catalog.get(column.name).copied();
-            if let Some(attnum) = attnum {
-                placed.push(attnum);
-            }
-            if policies.contains_key(column.name) {
-                continue;
-            }
-            match attnum.and_then(|a| bound.get(&a)) {
-                Some(policy) => {
-                    tracing::info!(
-                        table = %table,
-                        column = column.name,
-                        policy = policy.name(),
-                        "a masked column was renamed: its policy follows it"
-                    );
-                    masking.follow(table, column.name, *policy);
-                    policies.insert(column.name.to_string(), *policy);
-                }
-                None if attnum.is_none() => unknown.push(column.name),
-                None => {}
-            }
-        }
+        let columns: Vec<(&str, Option<i16>)> = relation
+            .columns
+            .iter()
+            .map(|c| (c.name, catalog.get(c.name).copied()))
+            .collect();
+        let masking = &self.settings.masking;
+        let policies = masking.resolve(table, relation.id, &columns);
+        let placed: Vec<i16> = columns.iter().filter_map(|(_, a)| *a).collect();
         // a drop is a policy like the others: a dropped column must not come back unmasked
-        let missing = bound.keys().any(|attnum| !placed.contains(attnum))
-            || policies.keys().any(|name| {
-                !catalog.contains_key(name) && !relation.columns.iter().any(|c| c.name == name)
-            });
-        if let Some(column) = unknown.first()
+        let missing = masking
+            .bound_columns(relation.id)
+            .iter()
+            .any(|attnum| !placed.contains(attnum));
+        if let Some((column, _)) = columns
+            .iter()
+            .find(|(name, attnum)| attnum.is_none() && !policies.contains_key(*name))
             && missing
         {
             return Err(Error::Source {
