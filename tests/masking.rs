@@ -450,3 +450,109 @@ fn duck_lake_is_empty(path: &Path) -> bool {
         .expect("run python");
     String::from_utf8_lossy(&output.stdout).trim() == "0"
 }
+
+#[tokio::test]
+async fn doctor_checks_the_key_and_suggests_a_column_list_that_keeps_dropped_columns_home() {
+    let db = TestDb::new("masking_doctor").await;
+    db.psql(&[
+        "-c",
+        &format!(
+            "CREATE TABLE customers (id int PRIMARY KEY, email text, notes text);\
+             INSERT INTO customers VALUES (1, 'one@plain.example', 'NOTE-PLAIN-1');\
+             CREATE PUBLICATION {} FOR TABLE customers;",
+            db.publication
+        ),
+    ]);
+    let doctor = |env: &[(&str, &str)]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+            .args(["doctor", "--config"])
+            .arg(db.warehouse.path().join("lakewriter.toml"))
+            .env_remove("LAKEWRITER_TEST_DOCTOR_KEY")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run lakewriter doctor");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(!text.contains(KEY), "doctor printed the key:\n{text}");
+        (output.status.code(), text)
+    };
+    write_config(
+        &db,
+        "[sink.tables.\"public.customers\"]\n\
+         columns = { email = \"hash\", notes = \"drop\" }\n\
+         [sink.masking]\nkey_env = \"LAKEWRITER_TEST_DOCTOR_KEY\"\n",
+    );
+
+    // without the key: an error naming where it was looked for
+    let (code, text) = doctor(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("LAKEWRITER_TEST_DOCTOR_KEY is not set"),
+        "{text}"
+    );
+
+    // with it: found (not shown), and the dropped column still published, with the fix
+    let (code, text) = doctor(&[("LAKEWRITER_TEST_DOCTOR_KEY", KEY)]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(
+            "masking key found in the environment variable LAKEWRITER_TEST_DOCTOR_KEY (not shown)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("dropped column(s) notes leave PostgreSQL"),
+        "{text}"
+    );
+    let fix: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("ALTER PUBLICATION"))
+        .collect();
+    assert_eq!(fix.len(), 2, "{text}");
+    assert!(fix[1].ends_with("(\"id\", \"email\");"), "{text}");
+
+    // the fix as printed: the column stays home, and a run masks the rest
+    for statement in &fix {
+        db.psql(&["-c", &format!("ALTER PUBLICATION{statement}")]);
+    }
+    let (code, text) = doctor(&[("LAKEWRITER_TEST_DOCTOR_KEY", KEY)]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("dropped column(s) notes are not published"),
+        "{text}"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(["run", "--config"])
+        .arg(db.warehouse.path().join("lakewriter.toml"))
+        .env("LAKEWRITER_TEST_DOCTOR_KEY", KEY)
+        .env_remove("LAKEWRITER_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map(support::writer::Writer::from_child)
+        .expect("start lakewriter run");
+    caught_up(&db, &mut child).await;
+    db.psql(&[
+        "-c",
+        "INSERT INTO customers VALUES (2, 'two@plain.example', 'NOTE-PLAIN-2');\
+         UPDATE customers SET notes = 'NOTE-PLAIN-1b', email = 'one-b@plain.example' WHERE id = 1;",
+    ]);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(!log.contains("PLAIN"), "{log}");
+    let hashes = python_hmac(&[
+        "one-b@plain.example".to_string(),
+        "two@plain.example".to_string(),
+    ]);
+    assert_eq!(
+        duck_query(
+            &db,
+            "customers",
+            "SELECT id || '|' || email FROM {scan} ORDER BY id"
+        ),
+        vec![format!("1|{}", hashes[0]), format!("2|{}", hashes[1])]
+    );
+    let (columns, leaks) = parquet_columns_and_leaks(&db);
+    assert_eq!(columns, vec!["email".to_string(), "id".to_string()]);
+    assert!(leaks.is_empty(), "{leaks:?}");
+}

@@ -2,6 +2,7 @@
 //! with the fix for it. A run would fail exactly when a finding is an error, and then the
 //! command exits non-zero.
 
+mod masking;
 mod sink;
 mod source;
 

@@ -162,6 +162,7 @@ async fn check_connected(
         check_table(config, table, &user, out);
     }
     check_config_tables(config, &tables, out);
+    super::masking::check(config, client, &tables, version, out).await?;
     check_slot(config, slot, out);
     Ok(())
 }
