@@ -4,6 +4,7 @@
 //!
 //! `catalogs/` in the repository holds a ready profile for each catalog.
 
+mod encryption;
 mod masking;
 mod overrides;
 mod pattern;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use encryption::ServerSideEncryption;
 pub use masking::{ColumnPolicy, MaskingConfig, key_policy_refused};
 pub use pattern::TablePattern;
 pub use units::{ByteSize, Secret, Span};
@@ -307,6 +309,17 @@ pub struct S3Config {
     /// Static secret access key, with `access_key_id`. Never printed.
     #[serde(default)]
     pub secret_access_key: Secret,
+    /// Server-side encryption of every object lakewriter writes (data, delete files,
+    /// manifests, metadata, Delta logs and checkpoints, compaction output, its own records):
+    /// `"AES256"` or `"aws:kms"`. Default: none sent (the bucket's default encryption applies).
+    #[serde(default)]
+    pub sse: Option<ServerSideEncryption>,
+    /// The KMS key (id, ARN or alias) of `sse = "aws:kms"`. Default: the account's `aws/s3` key.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// S3 Bucket Keys with `sse = "aws:kms"` (far fewer KMS requests). Default: `false`.
+    #[serde(default)]
+    pub bucket_key: bool,
 }
 
 /// `[sink.tables."schema.table"]`: one table's layout.
@@ -660,6 +673,7 @@ impl Config {
             );
         }
         masking::validate(self).or_else(fail)?;
+        encryption::validate(&self.sink.s3, self.sink.format).or_else(fail)?;
         if self.flush.max_rows == 0 {
             return fail("flush.max_rows must be at least 1".into());
         }

@@ -69,6 +69,8 @@ enum Place {
         client: Box<aws_sdk_s3::Client>,
         location: S3Location,
         key: String,
+        /// Its encryption settings.
+        s3: Box<crate::config::S3Config>,
     },
 }
 
@@ -84,6 +86,7 @@ impl RecordStore {
                 client: Box::new(crate::cloud::s3_client(config).await),
                 key: location.key(&name),
                 location,
+                s3: Box::new(config.sink.s3.clone()),
             },
             None => Place::Local(PathBuf::from(&config.sink.warehouse).join(name)),
         };
@@ -119,6 +122,7 @@ impl RecordStore {
                 client,
                 location,
                 key,
+                ..
             } => {
                 let got = client
                     .get_object()
@@ -184,9 +188,9 @@ impl RecordStore {
                 client,
                 location,
                 key,
+                s3,
             } => {
-                client
-                    .put_object()
+                crate::cloud::encrypted(client.put_object(), s3)
                     .bucket(&location.bucket)
                     .key(key)
                     .body(bytes.into())
