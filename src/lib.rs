@@ -10,6 +10,7 @@
 //! - [`lsn`]: [`Lsn`], the WAL position every checkpoint is made of.
 //! - [`table`]: the table model no layer owns: [`table::TableId`] (the `schema.table` every
 //!   buffer and lake table hangs on), a table's shape and its changes.
+//! - [`access`]: the least AWS IAM policy a configuration needs (`lakewriter iam-policy`).
 //! - [`catalog`]: the pointer from a lake table to its current Iceberg metadata, swapped by
 //!   compare-and-swap in AWS Glue or a local SQLite file (pyiceberg's schema); Glue also
 //!   registers Delta tables for Athena.
@@ -32,6 +33,7 @@
 //!   the source.
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
+pub mod access;
 pub mod catalog;
 pub mod cloud;
 pub mod commands;
