@@ -204,3 +204,55 @@ async fn a_user_with_only_the_printed_policy_runs_crashes_compacts_and_is_refuse
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn doctor_says_when_the_source_role_has_more_than_it_needs() {
+    let db = TestDb::new("iam_doctor").await;
+    db.psql(&["-v", "rows=10", "-f", "sql/orders.sql"]);
+    let role = format!("{}_role", db.name);
+    db.psql(&[
+        "-v",
+        &format!("role={role}"),
+        "-v",
+        "password=role-pw",
+        "-v",
+        &format!("publication={}", db.publication),
+        "-f",
+        "sql/setup.sql",
+    ]);
+    write_config(&db, "");
+    let doctor = |settings: &[(&str, &str)]| {
+        let output = command(&db, &["doctor"], settings);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // the tests' superuser: a warning with the way down
+    let text = doctor(&[]);
+    assert!(text.contains("role postgres is a superuser"), "{text}");
+    assert!(text.contains("-f sql/setup.sql"), "{text}");
+    // the role sql/setup.sql makes: nothing more than it needs
+    let text = doctor(&[
+        ("SOURCE__USER", role.as_str()),
+        ("SOURCE__PASSWORD", "role-pw"),
+        ("SOURCE__CREATE_PUBLICATION", "false"),
+    ]);
+    assert!(
+        text.contains(&format!(
+            "role {role} is no superuser and cannot write to the replicated tables"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("superuser:"), "{text}");
+    // given writes, it is told which to revoke
+    db.psql(&["-c", &format!("GRANT INSERT ON orders TO \"{role}\"")]);
+    let text = doctor(&[
+        ("SOURCE__USER", role.as_str()),
+        ("SOURCE__PASSWORD", "role-pw"),
+        ("SOURCE__CREATE_PUBLICATION", "false"),
+    ]);
+    assert!(
+        text.contains(&format!(
+            "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON \"public\".\"orders\" FROM \"{role}\";"
+        )),
+        "{text}"
+    );
+}

@@ -3,6 +3,7 @@
 //! command exits non-zero.
 
 mod masking;
+mod privileges;
 mod sink;
 mod source;
 

@@ -163,6 +163,7 @@ async fn check_connected(
     }
     check_config_tables(config, &tables, out);
     super::masking::check(config, client, &tables, version, out).await?;
+    super::privileges::check(config, client, &tables, out).await?;
     check_slot(config, slot, out);
     Ok(())
 }
