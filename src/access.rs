@@ -2,14 +2,52 @@
 //! warehouse prefix only, Glue actions on its database and tables only, KMS actions on its key
 //! only — built from the configuration, so what is granted follows what is configured.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cloud::S3Location;
 use crate::config::{CatalogKind, Config, ServerSideEncryption};
 use crate::error::{Error, Result};
 
+/// An IAM policy document, its fields in the order AWS prints them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Policy {
+    /// Always `2012-10-17`.
+    pub version: &'static str,
+    /// What is allowed.
+    pub statement: Vec<Statement>,
+}
+
+/// One statement of a [`Policy`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Statement {
+    /// Its name.
+    pub sid: &'static str,
+    /// Always `Allow`.
+    pub effect: &'static str,
+    /// The actions.
+    pub action: Vec<&'static str>,
+    /// The resources: an ARN or a list of them.
+    pub resource: Value,
+    /// Conditions, when the resources alone say too much.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Value>,
+}
+
+fn allow(sid: &'static str, action: &[&'static str], resource: Value) -> Statement {
+    Statement {
+        sid,
+        effect: "Allow",
+        action: action.to_vec(),
+        resource,
+        condition: None,
+    }
+}
+
 /// The policy document for `config`. A local warehouse needs no AWS access: an error says so.
-pub fn iam_policy(config: &Config) -> Result<Value> {
+pub fn iam_policy(config: &Config) -> Result<Policy> {
     let Some(location) = S3Location::parse(&config.sink.warehouse)
         .map_err(|m| Error::config("sink.warehouse", m))?
     else {
@@ -34,28 +72,31 @@ pub fn iam_policy(config: &Config) -> Result<Value> {
         json!([prefix, format!("{prefix}/*")])
     };
     let mut statements = vec![
-        json!({
-            "Sid": "WarehouseObjects",
-            "Effect": "Allow",
-            // write and read table files and lakewriter's slot record; delete for compact's
-            // orphan removal and expiry, Delta's vacuum, Iceberg's old metadata files
-            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject",
-                       "s3:AbortMultipartUpload"],
-            "Resource": objects,
-        }),
-        json!({
-            "Sid": "ListTheWarehousePrefix",
-            "Effect": "Allow",
-            "Action": ["s3:ListBucket"],
-            "Resource": format!("arn:aws:s3:::{bucket}"),
-            "Condition": {"StringLike": {"s3:prefix": listed}},
-        }),
-        json!({
-            "Sid": "LocateTheBucket",
-            "Effect": "Allow",
-            "Action": ["s3:GetBucketLocation"],
-            "Resource": format!("arn:aws:s3:::{bucket}"),
-        }),
+        // write and read table files and lakewriter's slot record; delete for compact's
+        // orphan removal and expiry, Delta's vacuum, Iceberg's old metadata files
+        allow(
+            "WarehouseObjects",
+            &[
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:DeleteObject",
+                "s3:AbortMultipartUpload",
+            ],
+            json!(objects),
+        ),
+        Statement {
+            condition: Some(json!({"StringLike": {"s3:prefix": listed}})),
+            ..allow(
+                "ListTheWarehousePrefix",
+                &["s3:ListBucket"],
+                json!(format!("arn:aws:s3:::{bucket}")),
+            )
+        },
+        allow(
+            "LocateTheBucket",
+            &["s3:GetBucketLocation"],
+            json!(format!("arn:aws:s3:::{bucket}")),
+        ),
     ];
     if config.sink.catalog == CatalogKind::Glue {
         let region = config
@@ -72,47 +113,52 @@ pub fn iam_policy(config: &Config) -> Result<Value> {
             .clone()
             .unwrap_or_else(|| "*".to_string());
         let namespace = &config.sink.namespace;
-        statements.push(json!({
-            "Sid": "GlueTablesOfTheNamespace",
-            "Effect": "Allow",
-            "Action": ["glue:GetDatabase", "glue:CreateDatabase", "glue:GetTable",
-                       "glue:GetTables", "glue:CreateTable", "glue:UpdateTable"],
-            "Resource": [
+        statements.push(allow(
+            "GlueTablesOfTheNamespace",
+            &[
+                "glue:GetDatabase",
+                "glue:CreateDatabase",
+                "glue:GetTable",
+                "glue:GetTables",
+                "glue:CreateTable",
+                "glue:UpdateTable",
+            ],
+            json!([
                 format!("arn:aws:glue:{region}:{account}:catalog"),
                 format!("arn:aws:glue:{region}:{account}:database/{namespace}"),
                 format!("arn:aws:glue:{region}:{account}:table/{namespace}/*"),
-            ],
-        }));
+            ]),
+        ));
     }
     if config.sink.s3.sse == Some(ServerSideEncryption::Kms)
         && let Some(key) = &config.sink.s3.kms_key_id
     {
         // S3 asks KMS for a data key on each write and to decrypt it on each read, as the
         // caller; an alias cannot be a policy's resource, so it becomes a condition
-        let mut statement = json!({
-            "Sid": "TheWarehouseKey",
-            "Effect": "Allow",
-            "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
-        });
-        if key.starts_with("arn:aws:kms:") && key.contains(":key/") {
-            statement["Resource"] = json!(key);
-        } else if let Some(alias) = key.strip_prefix("arn:aws:kms:").and_then(|rest| {
-            rest.split_once(":alias/")
-                .map(|(_, name)| format!("alias/{name}"))
-        }) {
-            statement["Resource"] = json!("*");
-            statement["Condition"] = json!({"ForAnyValue:StringEquals":
-                {"kms:ResourceAliases": alias}});
-        } else if key.starts_with("alias/") {
-            statement["Resource"] = json!("*");
-            statement["Condition"] = json!({"ForAnyValue:StringEquals":
-                {"kms:ResourceAliases": key}});
+        let mut statement = allow(
+            "TheWarehouseKey",
+            &["kms:GenerateDataKey", "kms:Decrypt"],
+            json!("*"),
+        );
+        let alias = key
+            .strip_prefix("arn:aws:kms:")
+            .and_then(|rest| rest.split_once(":alias/"))
+            .map(|(_, name)| format!("alias/{name}"))
+            .or_else(|| key.starts_with("alias/").then(|| key.clone()));
+        if let Some(alias) = alias {
+            statement.condition = Some(json!({"ForAnyValue:StringEquals":
+                {"kms:ResourceAliases": alias}}));
+        } else if key.starts_with("arn:aws:kms:") {
+            statement.resource = json!(key);
         } else {
-            statement["Resource"] = json!(format!("arn:aws:kms:*:*:key/{key}"));
+            statement.resource = json!(format!("arn:aws:kms:*:*:key/{key}"));
         }
         statements.push(statement);
     }
-    Ok(json!({"Version": "2012-10-17", "Statement": statements}))
+    Ok(Policy {
+        version: "2012-10-17",
+        statement: statements,
+    })
 }
 
 #[cfg(test)]
@@ -127,7 +173,8 @@ mod tests {
             Path::new("t.toml"),
             Vec::new(),
         )?;
-        iam_policy(&config)
+        serde_json::to_value(iam_policy(&config)?)
+            .map_err(|e| Error::config("t.toml", e.to_string()))
     }
 
     #[test]

@@ -14,8 +14,13 @@ pub fn iam_policy(config: &Config) -> Result<()> {
         path: "stdout".into(),
         source: std::io::Error::other(e),
     })?;
-    println!("{text}");
-    Ok(())
+    // written, not printed: a closed pipe (`| head`) is an error to report, not a panic
+    std::io::Write::write_all(&mut std::io::stdout(), format!("{text}\n").as_bytes()).map_err(
+        |source| crate::Error::Io {
+            path: "stdout".into(),
+            source,
+        },
+    )
 }
 
 /// `lakewriter run`: initial snapshot of the tables not yet in the lake, then streaming, until
