@@ -559,3 +559,66 @@ async fn doctor_checks_the_key_and_suggests_a_column_list_that_keeps_dropped_col
     assert_eq!(columns, vec!["email".to_string(), "id".to_string()]);
     assert!(leaks.is_empty(), "{leaks:?}");
 }
+
+#[tokio::test]
+async fn a_policy_added_to_a_table_in_the_lake_copies_it_again_masked() {
+    let db = TestDb::new("masking_added").await;
+    let (_secrets, key, _spill) = secrets();
+    db.psql(&[
+        "-c",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text, ssn text, notes text);\
+         INSERT INTO customers VALUES (1, 'first@plain.example', 'SSN-PLAIN-1', 'n');\
+         CREATE TABLE accounts (email text PRIMARY KEY, balance int);\
+         INSERT INTO accounts VALUES ('acct@plain.example', 1);",
+    ]);
+    // a first run without any policy: the lake holds the plain values
+    write_config(&db, "");
+    let mut child = start_with(&db, &[]);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert_eq!(
+        duck_query(&db, "customers", "SELECT email FROM {scan}"),
+        vec!["first@plain.example".to_string()]
+    );
+
+    // the policies arrive: each table is copied again, masked, and streams on masked
+    masked_config(&db, &key, &PathBuf::new());
+    let mut child = start_with(&db, &[]);
+    caught_up(&db, &mut child).await;
+    db.psql(&[
+        "-c",
+        "INSERT INTO customers VALUES (2, 'second@plain.example', 'SSN-PLAIN-2', 'm');",
+    ]);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        log.contains("its masking policy changed since the last run (from none to email=hash"),
+        "{log}"
+    );
+    let hashes = python_hmac(&[
+        "first@plain.example".to_string(),
+        "second@plain.example".to_string(),
+    ]);
+    assert_eq!(
+        duck_query(
+            &db,
+            "customers",
+            "SELECT id || '|' || email || '|' || (ssn IS NULL) FROM {scan} ORDER BY id"
+        ),
+        vec![
+            format!("1|{}|true", hashes[0]),
+            format!("2|{}|true", hashes[1])
+        ]
+    );
+    let accounts = python_hmac(&["acct@plain.example".to_string()]);
+    assert_eq!(
+        duck_query(&db, "accounts", "SELECT email FROM {scan}"),
+        vec![accounts[0].clone()]
+    );
+
+    // a restart with the same policies copies nothing again
+    let mut child = start_with(&db, &[]);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(!log.contains("masking policy changed"), "{log}");
+}

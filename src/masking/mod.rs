@@ -215,6 +215,37 @@ impl Masking {
             .unwrap_or_default()
     }
 
+    /// What the lake of `table` was written with, for the slot record: its policies, and when
+    /// a column is hashed a check value of the key (an HMAC of a fixed text, which tells keys
+    /// apart and nothing of them). Empty when the table has no policy. A table whose record
+    /// says otherwise is copied again, so the lake never mixes two maskings.
+    pub fn fingerprint(&self, table: &TableId) -> String {
+        let Some(policies) = self.tables.get(table) else {
+            return String::new();
+        };
+        let mut text = policies
+            .iter()
+            .map(|(c, p)| format!("{c}={}", p.name()))
+            .collect::<Vec<_>>()
+            .join(",");
+        if let Some(hasher) = &self.hasher
+            && policies.values().any(|p| *p == ColumnPolicy::Hash)
+        {
+            let check = hasher.hex(b"lakewriter masking key check");
+            text.push_str(";key=");
+            text.push_str(&String::from_utf8_lossy(&check[..16]));
+        }
+        text
+    }
+
+    /// [`Masking::fingerprint`] of every table with a policy, by `schema.table`.
+    pub fn fingerprints(&self) -> BTreeMap<String, String> {
+        self.tables
+            .keys()
+            .map(|t| (t.to_string(), self.fingerprint(t)))
+            .collect()
+    }
+
     /// Checks the policies of `table` against its columns (as the catalog has them) and the key
     /// it is upserted on: every column named must exist, and a key column may only be hashed.
     pub fn check_table(&self, table: &TableId, columns: &[&str], key: &[String]) -> Result<()> {

@@ -44,6 +44,9 @@ pub struct Record {
     /// them, for `status` (a restart after the fix clears it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stopped: BTreeMap<String, String>,
+    /// The masking each table with a policy was written with (`Masking::fingerprint`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub masking: BTreeMap<String, String>,
 }
 
 impl Record {
@@ -280,6 +283,39 @@ pub fn broken(record: &Record, table: &TableId, membership: Option<&str>) -> Opt
     }
 }
 
+/// Why `table`'s checkpoint cannot be continued under the masking `now` (its
+/// `Masking::fingerprint`): the last run recorded another (or none, with a policy now), so
+/// the lake holds values masked otherwise, or not at all.
+pub fn masking_changed(record: &Record, table: &TableId, now: &str) -> Option<String> {
+    let before = record
+        .masking
+        .get(&table.to_string())
+        .map(String::as_str)
+        .unwrap_or("");
+    (before != now).then(|| {
+        let policies = |f: &str| {
+            let text = f.split(';').next().unwrap_or("");
+            if text.is_empty() {
+                "none".to_string()
+            } else {
+                text.to_string()
+            }
+        };
+        let key = if before.contains(";key=") && now.contains(";key=") {
+            " (or the masking key)"
+        } else {
+            ""
+        };
+        format!(
+            "its masking policy changed since the last run (from {} to {}{key}): copying it again \
+             replaces every row with one masked the new way (snapshots from before keep the old \
+             values until they expire)",
+            policies(before),
+            policies(now)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +329,7 @@ mod tests {
                 .map(|(t, m)| (t.to_string(), m.to_string()))
                 .collect(),
             stopped: BTreeMap::new(),
+            masking: BTreeMap::new(),
         }
     }
 

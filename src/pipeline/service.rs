@@ -244,6 +244,9 @@ pub async fn run<S: Sink>(
                     .or_else(|| {
                         membership::broken(record, table, members.get(table).map(String::as_str))
                     })
+                    .or_else(|| {
+                        membership::masking_changed(record, table, &masking.fingerprint(table))
+                    })
                     .map(|why| (table.clone(), why))
             })
             .collect();
@@ -350,6 +353,7 @@ pub async fn run<S: Sink>(
                 .filter_map(|t| members.get(t).map(|m| (t.to_string(), m.clone())))
                 .collect(),
             stopped: stopped_tables(states.iter()),
+            masking: masking.fingerprints(),
         };
         records.write(&record).await?;
         Acknowledger::new(records, record, &config, start)
