@@ -8,13 +8,12 @@ mod support;
 use support::TestDb;
 use support::writer::{caught_up, command_ok, start_with, stop, write_config};
 
-/// Every object under `prefix` of `bucket` with its encryption: (key, SSE, KMS key id, bucket
-/// key enabled).
-async fn objects(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-) -> Vec<(String, Option<String>, Option<String>, Option<bool>)> {
+/// An object as stored: its key, its server-side encryption, its KMS key id, whether it
+/// uses a bucket key.
+type Stored = (String, Option<String>, Option<String>, Option<bool>);
+
+/// Every object under `prefix` of `bucket` with its encryption.
+async fn objects(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<Stored> {
     let mut found = Vec::new();
     let mut token = None;
     loop {
@@ -53,11 +52,7 @@ async fn objects(
 
 /// Runs the orders workload into an S3 warehouse with `format` and `encryption` (TOML lines of
 /// `[sink.s3]`), compacts, and returns every object under the warehouse with its encryption.
-async fn run_and_compact(
-    label: &str,
-    format: &str,
-    encryption: &str,
-) -> Vec<(String, Option<String>, Option<String>, Option<bool>)> {
+async fn run_and_compact(label: &str, format: &str, encryption: &str) -> Vec<Stored> {
     let db = TestDb::new(label).await;
     db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
     let endpoint = support::stack().aws_endpoint().to_string();
@@ -103,7 +98,7 @@ async fn run_and_compact(
 /// Checks `found` holds every `kinds` of object and each carries `sse` (and, with KMS, the key
 /// and the bucket-key flag).
 fn assert_encrypted(
-    found: &[(String, Option<String>, Option<String>, Option<bool>)],
+    found: &[Stored],
     kinds: &[&str],
     sse: &str,
     kms_key: Option<&str>,
