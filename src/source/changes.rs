@@ -492,3 +492,85 @@ enum Side {
     New,
     Old,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::schema::SourceColumn;
+
+    fn column(name: &str, oid: u32, attnum: i16) -> SourceColumn {
+        SourceColumn {
+            name: name.into(),
+            type_oid: Oid(oid),
+            type_modifier: -1,
+            not_null: false,
+            type_name: String::new(),
+            attnum,
+        }
+    }
+
+    #[test]
+    fn a_masked_shape_hashes_to_strings_keeps_redacted_types_and_leaves_dropped_out() -> Result<()>
+    {
+        let table = SourceTable {
+            id: TableId::new("public", "customers"),
+            oid: RelationId(1),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                column("id", 23, 1),
+                column("email", 25, 2),
+                column("ssn", 23, 3),
+                column("notes", 25, 4),
+            ],
+            primary_key: vec!["id".into()],
+            identity_index: Vec::new(),
+            selectable: true,
+        };
+        let types = [PgType::Int4, PgType::Text, PgType::Int4, PgType::Text];
+        let policies = BTreeMap::from([
+            ("email".to_string(), ColumnPolicy::Hash),
+            ("ssn".to_string(), ColumnPolicy::Redact),
+            ("notes".to_string(), ColumnPolicy::Drop),
+        ]);
+        let (schema, intake) =
+            TableSchema::from_catalog_masked(&table, &types, &TypeOptions::default(), &policies)?;
+        assert_eq!(
+            intake,
+            vec![
+                Intake::Value(0),
+                Intake::Hash(1),
+                Intake::Redact(2),
+                Intake::Drop
+            ]
+        );
+        let fields = schema.arrow.fields();
+        assert_eq!(
+            fields.len(),
+            3,
+            "a dropped column is not in the lake's shape"
+        );
+        assert_eq!(fields[1].data_type(), &DataType::Utf8);
+        assert_eq!(fields[2].data_type(), &DataType::Int32);
+        assert_eq!(
+            fields[1]
+                .metadata()
+                .get(MASK_METADATA_KEY)
+                .map(String::as_str),
+            Some("hash")
+        );
+        assert_eq!(
+            fields[2]
+                .metadata()
+                .get(MASK_METADATA_KEY)
+                .map(String::as_str),
+            Some("redact")
+        );
+        assert!(schema.columns[0].key);
+        // a shape that hashes cannot be built into without the key
+        let schema = Arc::new(schema);
+        let intake: Arc<[Intake]> = intake.into();
+        assert!(ChangeBuilder::masked(schema.clone(), intake.clone(), None, Lsn(1), 0).is_err());
+        assert!(ChangeBuilder::masked(schema, intake, Some(Hasher::new(b"k")), Lsn(1), 0).is_ok());
+        Ok(())
+    }
+}
