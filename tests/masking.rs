@@ -622,3 +622,69 @@ async fn a_policy_added_to_a_table_in_the_lake_copies_it_again_masked() {
     let log = stop(child);
     assert!(!log.contains("masking policy changed"), "{log}");
 }
+
+#[tokio::test]
+async fn delta_tables_are_masked_alike_and_upsert_on_the_hashed_key() {
+    let db = TestDb::new("masking_delta").await;
+    let (_secrets, key, _spill) = secrets();
+    db.psql(&[
+        "-c",
+        "CREATE TABLE accounts (email text PRIMARY KEY, balance int);\
+         INSERT INTO accounts SELECT 'acct-' || i || '@plain.example', i \
+           FROM generate_series(1, 20) i;\
+         CREATE TABLE customers (id int PRIMARY KEY, email text, ssn text, notes text);",
+    ]);
+    write_config(
+        &db,
+        &format!(
+            "format = \"delta\"\n\
+             [sink.tables.\"public.accounts\"]\ncolumns = {{ email = \"hash\" }}\n\
+             [sink.masking]\nkey_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let mut child = start_with(&db, &[]);
+    caught_up(&db, &mut child).await;
+    db.psql(&[
+        "-c",
+        "UPDATE accounts SET balance = 1000 WHERE email = 'acct-1@plain.example';\
+         UPDATE accounts SET email = 'acct-moved@plain.example' WHERE email = 'acct-2@plain.example';\
+         DELETE FROM accounts WHERE email = 'acct-3@plain.example';",
+    ]);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(!log.contains("@plain.example"), "{log}");
+
+    let rows = db
+        .client()
+        .await
+        .query("SELECT email, balance FROM accounts", &[])
+        .await
+        .expect("read accounts");
+    let emails: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let mut expected: Vec<String> = python_hmac(&emails)
+        .iter()
+        .zip(&rows)
+        .map(|(h, r)| format!("{h}|{}", r.get::<_, i32>(1)))
+        .collect();
+    expected.sort();
+    let lake = support::delta::python_delta_rows(
+        &db.warehouse
+            .path()
+            .join(&db.namespace)
+            .join("accounts")
+            .display()
+            .to_string(),
+        &[],
+        &["email", "balance"],
+    );
+    assert_eq!(lake, expected);
+    let leaks = files_with_markers(db.warehouse.path());
+    assert!(leaks.is_empty(), "unmasked values in lake files: {leaks:?}");
+    let verified = command(&db, &["verify"], &[]);
+    assert!(
+        verified.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+}
