@@ -18,6 +18,9 @@
 //!    With `--metrics 1`, each run also restarts `service::run` on a lake of its own with the
 //!    metrics recorded, `/metrics` served on 127.0.0.1 and scraped every second (and the
 //!    source sampled as `run` samples it): the ratio of its rate to the run without them.
+//!    With `--masking 1`, each run also restarts `service::run` on a lake of its own whose
+//!    `customer_id` and `status` are hashed (`[sink.tables."public.orders"] columns`): the
+//!    ratio of its rate to the run without masking.
 //! 2. Freshness: `service::run` with the default flush policy (`max_latency = "10s"`) on a
 //!    fresh lake; after its initial snapshot, `--commits` single-row transactions, one every
 //!    `--spacing` seconds (not waiting for the lake); for each, the time from the commit
@@ -45,12 +48,12 @@
 //! cargo bench --bench lake -- [--seed-rows N] [--rounds N] [--batch N] [--snapshot-rows N]
 //!                             [--big-rows N] [--budget-mib N] [--runs N] [--commits N]
 //!                             [--spacing SECONDS] [--only LIST] [--format iceberg|delta]
-//!                             [--metrics 1]
+//!                             [--metrics 1] [--masking 1]
 //! ```
 //!
 //! or the same through `LAKEWRITER_BENCH_SEED_ROWS`, `…_ROUNDS`, `…_BATCH`, `…_SNAPSHOT_ROWS`,
 //! `…_BIG_ROWS`, `…_BUDGET_MIB`, `…_RUNS`, `…_COMMITS`, `…_SPACING`, `…_ONLY`, `…_FORMAT`,
-//! `…_METRICS`
+//! `…_METRICS`, `…_MASKING`
 //! (`--only stream,freshness,snapshot,memory`, the default; the parts run in that order;
 //! `--format delta` takes `--only stream,snapshot`).
 //! Defaults: 100 000 seed rows, 16 rounds of 4 000 (about 210 k row changes), 1 000 000
@@ -140,6 +143,9 @@ struct Args {
     /// The stream part also runs, on lakes of its own, with metrics served and scraped
     /// every second (`--metrics 1`).
     metrics: bool,
+    /// The stream part also runs, on lakes of its own, with `customer_id` and `status`
+    /// hashed (`--masking 1`).
+    masking: bool,
 }
 
 impl Args {
@@ -159,6 +165,7 @@ impl Args {
                 "only",
                 "format",
                 "metrics",
+                "masking",
             ],
         );
         let only = options.parts(&PARTS);
@@ -188,6 +195,7 @@ impl Args {
             spacing: options.number("spacing", 3),
             only,
             metrics: options.number("metrics", 0) > 0,
+            masking: options.number("masking", 0) > 0,
         }
     }
 
@@ -710,13 +718,27 @@ impl Workload {
         // every slot starts where its lake ends.
         let mut lakes = Vec::new();
         let sides = if args.metrics { 2 } else { 1 };
-        for run in 0..args.runs * sides {
+        // the masked lakes come last: two columns hashed, with a key from a file
+        let key = root.join("masking.key");
+        std::fs::write(&key, "bench-masking-key-0123456789abcdef0123456789")
+            .expect("write the masking key");
+        let masked = format!(
+            "[sink.tables.\"public.orders\"]\ncolumns = {{ customer_id = \"hash\", status = \"hash\" }}\n\
+             [sink.masking]\nkey_file = \"{}\"\n",
+            key.display()
+        );
+        for run in 0..args.runs * (sides + usize::from(args.masking)) {
+            let extra = if run >= args.runs * sides {
+                format!("{masked}[flush]\nmax_latency = \"1s\"\n")
+            } else {
+                "[flush]\nmax_latency = \"1s\"\n".to_string()
+            };
             let lake = Lake::new(
                 db,
                 root,
                 &format!("stream{run}"),
                 &format!("{}_lake{run}", db.slot),
-                "[flush]\nmax_latency = \"1s\"\n",
+                &extra,
             );
             let copied = run_until(
                 &lake,
@@ -821,6 +843,7 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
     let output = root.join("recvlogical");
     std::fs::create_dir_all(&output).expect("a directory for pg_recvlogical's files");
     let (mut references, mut ours, mut served) = (Vec::new(), Vec::new(), Vec::new());
+    let mut masked = Vec::new();
     let mut lake_states = Vec::new();
     // the metrics of the measured side with --metrics, paused for the runs without them
     let metrics = args.metrics.then(|| {
@@ -893,6 +916,23 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
             );
             served.push(until.run);
         }
+        if args.masking {
+            let sides = if args.metrics { 2 } else { 1 };
+            let lake = &workload.lakes[args.runs * sides + run];
+            let until = run_until(lake, "the workload's last commit in the lake", limit, |s| {
+                s.reached(workload.last_commit)
+            })
+            .await;
+            println!(
+                "  run {}: service::run with customer_id and status hashed {:.3} s, {:.2} CPU s \
+                 ({} changes received)",
+                run + 1,
+                until.run.seconds,
+                until.run.cpu,
+                until.stats.changes,
+            );
+            masked.push(until.run);
+        }
     }
     // the lakes are alike: DuckDB reads one (merge-on-read of equality deletes is slow there)
     let postgres = postgres_count(db).await;
@@ -940,6 +980,21 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
             note: format!(
                 "/metrics on 127.0.0.1 scraped every second, the source sampled every 5 s; \
                  rows/s with metrics over rows/s without: {:.3} (target ≥ 0.97)",
+                without.seconds / with.seconds
+            ),
+        });
+    }
+    if !masked.is_empty() {
+        let (with, without) = (fastest(&masked), fastest(&ours));
+        lines.push(Rate {
+            name: "the same, customer_id and status hashed".into(),
+            rows: workload.changes,
+            run: with,
+            reference: Some(reference.seconds),
+            note: format!(
+                "[sink.tables.\"public.orders\"] columns = {{ customer_id = \"hash\", status = \
+                 \"hash\" }} (HMAC-SHA-256 of every value, new and old rows); rows/s hashed over \
+                 rows/s without: {:.3} (target ≥ 0.9)",
                 without.seconds / with.seconds
             ),
         });

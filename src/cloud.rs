@@ -72,6 +72,25 @@ pub async fn s3_client(config: &Config) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// `put` with the server-side encryption of `[sink.s3]`: every object lakewriter writes
+/// through the AWS SDK itself (its slot records, doctor's probe) goes through here.
+pub fn encrypted(
+    put: aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+    s3: &crate::config::S3Config,
+) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+    let Some(sse) = s3.sse else {
+        return put;
+    };
+    let put = put
+        .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::from(sse.header()))
+        .set_ssekms_key_id(s3.kms_key_id.clone());
+    if s3.bucket_key {
+        put.bucket_key_enabled(true)
+    } else {
+        put
+    }
+}
+
 /// The Glue client for the catalog.
 pub async fn glue_client(config: &Config) -> aws_sdk_glue::Client {
     let glue = &config.sink.glue;

@@ -7,6 +7,22 @@ use crate::error::Result;
 
 pub use crate::verify::query::OutputFormat;
 
+/// `lakewriter iam-policy`: prints the least IAM policy the configuration needs.
+pub fn iam_policy(config: &Config) -> Result<()> {
+    let policy = crate::access::iam_policy(config)?;
+    let text = serde_json::to_string_pretty(&policy).map_err(|e| crate::Error::Io {
+        path: "stdout".into(),
+        source: std::io::Error::other(e),
+    })?;
+    // written, not printed: a closed pipe (`| head`) is an error to report, not a panic
+    std::io::Write::write_all(&mut std::io::stdout(), format!("{text}\n").as_bytes()).map_err(
+        |source| crate::Error::Io {
+            path: "stdout".into(),
+            source,
+        },
+    )
+}
+
 /// `lakewriter run`: initial snapshot of the tables not yet in the lake, then streaming, until
 /// SIGTERM or SIGINT (which flush, commit and exit 0).
 pub async fn run(config: &Config) -> Result<()> {

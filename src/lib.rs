@@ -10,6 +10,7 @@
 //! - [`lsn`]: [`Lsn`], the WAL position every checkpoint is made of.
 //! - [`table`]: the table model no layer owns: [`table::TableId`] (the `schema.table` every
 //!   buffer and lake table hangs on), a table's shape and its changes.
+//! - [`access`]: the least AWS IAM policy a configuration needs (`lakewriter iam-policy`).
 //! - [`catalog`]: the pointer from a lake table to its current Iceberg metadata, swapped by
 //!   compare-and-swap in AWS Glue or a local SQLite file (pyiceberg's schema); Glue also
 //!   registers Delta tables for Athena.
@@ -25,11 +26,14 @@
 //! - [`lake`]: reading the lake — DataFusion sessions over its tables (Iceberg's merge-on-read
 //!   as an anti-join; Delta through deltalake's table provider), a snapshot's live files — for
 //!   `query`, `verify` and `compact`.
+//! - [`masking`]: per-column policies (hash, redact, drop) applied where values are decoded,
+//!   so nothing downstream holds an unmasked value.
 //! - [`metrics`]: what `run` measures (Prometheus), served with `/healthz` and `/readyz`.
 //! - [`verify`]: `query` and `verify`: SQL over the lake, and the row-by-row comparison with
 //!   the source.
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
+pub mod access;
 pub mod catalog;
 pub mod cloud;
 pub mod commands;
@@ -39,6 +43,7 @@ pub mod error;
 pub mod lake;
 pub mod lsn;
 pub mod maintenance;
+pub mod masking;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;

@@ -99,6 +99,14 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Print the least AWS IAM policy this configuration needs, as JSON.
+    ///
+    /// S3 actions on the warehouse prefix only, Glue actions on the namespace's database and
+    /// tables only, KMS actions on the configured key only.
+    IamPolicy {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Per table: checkpoint LSN, lag in bytes and seconds, snapshots, data and delete files.
     Status {
         #[command(flatten)]
@@ -181,6 +189,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 .map(|()| true)
         }
         Command::Doctor { config } => commands::doctor(&load(&config)?).await,
+        Command::IamPolicy { config } => commands::iam_policy(&load(&config)?).map(|()| true),
         Command::Status { config, json } => {
             commands::status(&load(&config)?, json).await.map(|()| true)
         }

@@ -4,6 +4,8 @@
 //!
 //! `catalogs/` in the repository holds a ready profile for each catalog.
 
+mod encryption;
+mod masking;
 mod overrides;
 mod pattern;
 mod units;
@@ -14,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use encryption::ServerSideEncryption;
+pub use masking::{ColumnPolicy, MaskingConfig, key_policy_refused};
 pub use pattern::TablePattern;
 pub use units::{ByteSize, Secret, Span};
 
@@ -205,6 +209,9 @@ pub struct SinkConfig {
     /// `"stop_table"`.
     #[serde(default)]
     pub on_table_error: TableErrorPolicy,
+    /// Where the key of the `hash` column policy comes from (see `masking`).
+    #[serde(default)]
+    pub masking: MaskingConfig,
 }
 
 impl Default for SinkConfig {
@@ -221,6 +228,7 @@ impl Default for SinkConfig {
             s3: S3Config::default(),
             s3tables: S3TablesConfig::default(),
             tables: BTreeMap::new(),
+            masking: MaskingConfig::default(),
         }
     }
 }
@@ -338,6 +346,17 @@ pub struct S3Config {
     /// Static secret access key, with `access_key_id`. Never printed.
     #[serde(default)]
     pub secret_access_key: Secret,
+    /// Server-side encryption of every object lakewriter writes (data, delete files,
+    /// manifests, metadata, Delta logs and checkpoints, compaction output, its own records):
+    /// `"AES256"` or `"aws:kms"`. Default: none sent (the bucket's default encryption applies).
+    #[serde(default)]
+    pub sse: Option<ServerSideEncryption>,
+    /// The KMS key (id, ARN or alias) of `sse = "aws:kms"`. Default: the account's `aws/s3` key.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// S3 Bucket Keys with `sse = "aws:kms"` (far fewer KMS requests). Default: `false`.
+    #[serde(default)]
+    pub bucket_key: bool,
 }
 
 /// `[sink.tables."schema.table"]`: one table's layout.
@@ -354,6 +373,11 @@ pub struct SinkTableConfig {
     /// Default: `[flush] max_latency`.
     #[serde(default)]
     pub max_latency: Option<Span>,
+    /// Masking policies by column name: `{ email = "hash", ssn = "redact", notes = "drop" }`
+    /// (see [`ColumnPolicy`]). Applied where values are decoded, before anything else sees
+    /// them. Default: none.
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnPolicy>,
 }
 
 /// `[flush]`: a table's buffered changes are committed when any limit is reached, always on a
@@ -697,6 +721,14 @@ impl Config {
                         .into(),
                 );
             }
+            if self.sink.s3.sse == Some(ServerSideEncryption::Kms) {
+                return fail(
+                    "sink.s3.sse = \"aws:kms\" with sink.catalog = \"s3tables\": a table \
+                     bucket's objects take only its own encryption; set SSE-KMS on the table \
+                     bucket (PutTableBucketEncryption) and leave sse out"
+                        .into(),
+                );
+            }
         }
         let has_key_id = self.sink.s3.access_key_id.is_some();
         let has_secret = !self.sink.s3.secret_access_key.is_empty();
@@ -712,6 +744,8 @@ impl Config {
                 "source.sslcert and source.sslkey go together: set both, or neither".into(),
             );
         }
+        masking::validate(self).or_else(fail)?;
+        encryption::validate(&self.sink.s3, self.sink.format).or_else(fail)?;
         if self.flush.max_rows == 0 {
             return fail("flush.max_rows must be at least 1".into());
         }

@@ -2,6 +2,8 @@
 //! with the fix for it. A run would fail exactly when a finding is an error, and then the
 //! command exits non-zero.
 
+mod masking;
+mod privileges;
 mod sink;
 mod source;
 

@@ -86,8 +86,7 @@ async fn check_s3(config: &Config, location: &cloud::S3Location, out: &mut Vec<F
     let s3 = cloud::s3_client(config).await;
     let key = location.key(PROBE);
     let url = format!("s3://{}/{}", location.bucket, key);
-    let put = s3
-        .put_object()
+    let put = cloud::encrypted(s3.put_object(), &config.sink.s3)
         .bucket(&location.bucket)
         .key(&key)
         .body(b"probe".to_vec().into())

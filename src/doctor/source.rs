@@ -162,6 +162,8 @@ async fn check_connected(
         check_table(config, table, &user, out);
     }
     check_config_tables(config, &tables, out);
+    super::masking::check(config, client, &tables, version, out).await?;
+    super::privileges::check(config, client, &tables, out).await?;
     check_slot(config, slot, out);
     Ok(())
 }

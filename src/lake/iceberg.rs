@@ -424,6 +424,23 @@ pub(crate) fn register_location(
             .with_access_key_id(key)
             .with_secret_access_key(s3.secret_access_key.expose());
     }
+    // queries only read; should anything write through this store, it is encrypted too
+    let mut encryption = Vec::new();
+    if let Some(sse) = s3.sse {
+        encryption.push(("aws_server_side_encryption", sse.header().to_string()));
+    }
+    if let Some(key) = &s3.kms_key_id {
+        encryption.push(("aws_sse_kms_key_id", key.clone()));
+    }
+    if s3.bucket_key {
+        encryption.push(("aws_sse_bucket_key_enabled", "true".to_string()));
+    }
+    for (name, value) in encryption {
+        let key = name
+            .parse::<object_store::aws::AmazonS3ConfigKey>()
+            .map_err(|e| Error::config("sink.s3", format!("{name}: {e}")))?;
+        builder = builder.with_config(key, value);
+    }
     let store = builder
         .build()
         .map_err(|e| Error::config("sink.s3", format!("the S3 store for queries: {e}")))?;

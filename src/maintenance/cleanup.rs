@@ -200,7 +200,11 @@ async fn list_files(config: &Config, location: &str) -> Result<Vec<Listed>> {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| Error::Sink {
                 table: location.to_string(),
-                message: format!("list s3://{}/{prefix}: {e}", s3.bucket),
+                message: format!(
+                    "list s3://{}/{prefix}: {}",
+                    s3.bucket,
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ),
                 retryable: true,
             })?;
             for object in page.contents() {

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, TableMode};
 use crate::error::{Error, Result};
+use crate::masking::Masking;
 use crate::pipeline::acknowledge::Acknowledger;
 use crate::pipeline::membership;
 use crate::pipeline::{Pipeline, TableState, changelog};
@@ -110,7 +111,13 @@ pub(super) async fn check_membership<S: Sink>(
         let Some(described) = schema::describe_table(client, &table).await? else {
             continue;
         };
-        let shape = snapshot::table_schema(client, &described, &TypeOptions::default()).await?;
+        let shape = snapshot::masked_table_schema(
+            client,
+            &described,
+            &TypeOptions::default(),
+            pipeline.masking(),
+        )
+        .await?;
         pipeline.join(shape);
     }
     copy_joined(config, control, pipeline, acknowledger).await
@@ -144,6 +151,7 @@ pub(super) async fn copy_tables<S: Sink>(
     states: &mut HashMap<TableId, TableState>,
     targets: &HashMap<TableId, Arc<TableSchema>>,
     progress: &Progress,
+    masking: &Arc<Masking>,
 ) -> Result<()> {
     let lsn = session.snapshot.checkpoint();
     while let Some(table) = pending.first().cloned() {
@@ -157,6 +165,7 @@ pub(super) async fn copy_tables<S: Sink>(
                     state,
                     target.clone(),
                     progress,
+                    masking,
                 )
                 .await?;
             } else {
@@ -231,7 +240,10 @@ async fn copy_discovered_once<S: Sink>(
     let membership = membership::memberships(client, &config.source.publication)
         .await?
         .remove(table);
-    let shape = snapshot::table_schema(client, &described, &TypeOptions::default()).await?;
+    let masking = pipeline.masking().clone();
+    let shape =
+        snapshot::masked_table_schema(client, &described, &TypeOptions::default(), &masking)
+            .await?;
     let Some(state) = pipeline.tables.get_mut(table) else {
         return Ok(None);
     };
@@ -259,6 +271,7 @@ async fn copy_discovered_once<S: Sink>(
         &mut state,
         target.clone(),
         &progress,
+        &masking,
     )
     .await;
     // closed either way, so a retry can create the temporary slot again
@@ -271,6 +284,7 @@ async fn copy_discovered_once<S: Sink>(
 /// Copies one table in the snapshot into the lake: chunks committed without a checkpoint
 /// (the first truncating, so an interrupted copy restarts clean), the last with the
 /// snapshot's consistent point.
+#[allow(clippy::too_many_arguments)]
 async fn copy_into_lake<S: Sink>(
     config: &Config,
     client: &tokio_postgres::Client,
@@ -279,6 +293,7 @@ async fn copy_into_lake<S: Sink>(
     state: &mut TableState,
     target: Arc<TableSchema>,
     progress: &Progress,
+    masking: &Arc<Masking>,
 ) -> Result<()> {
     let table = state.schema.table.clone();
     let estimate = snapshot::estimated_rows(client, &table).await?;
@@ -295,6 +310,7 @@ async fn copy_into_lake<S: Sink>(
     let counter = bar.clone();
     let settings = CopySettings {
         parallelism: config.source.snapshot_parallelism,
+        masking: masking.clone(),
         ..CopySettings::default()
     };
     let copying = tokio::spawn(async move {

@@ -44,6 +44,9 @@ pub struct Record {
     /// them, for `status` (a restart after the fix clears it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub stopped: BTreeMap<String, String>,
+    /// The masking each table with a policy was written with (`Masking::fingerprint`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub masking: BTreeMap<String, String>,
 }
 
 impl Record {
@@ -69,6 +72,8 @@ enum Place {
         client: Box<aws_sdk_s3::Client>,
         location: S3Location,
         key: String,
+        /// Its encryption settings.
+        s3: Box<crate::config::S3Config>,
     },
 }
 
@@ -84,6 +89,7 @@ impl RecordStore {
                 client: Box::new(crate::cloud::s3_client(config).await),
                 key: location.key(&name),
                 location,
+                s3: Box::new(config.sink.s3.clone()),
             },
             None => Place::Local(PathBuf::from(&config.sink.warehouse).join(name)),
         };
@@ -119,6 +125,7 @@ impl RecordStore {
                 client,
                 location,
                 key,
+                ..
             } => {
                 let got = client
                     .get_object()
@@ -184,9 +191,9 @@ impl RecordStore {
                 client,
                 location,
                 key,
+                s3,
             } => {
-                client
-                    .put_object()
+                crate::cloud::encrypted(client.put_object(), s3)
                     .bucket(&location.bucket)
                     .key(key)
                     .body(bytes.into())
@@ -276,6 +283,39 @@ pub fn broken(record: &Record, table: &TableId, membership: Option<&str>) -> Opt
     }
 }
 
+/// Why `table`'s checkpoint cannot be continued under the masking `now` (its
+/// `Masking::fingerprint`): the last run recorded another (or none, with a policy now), so
+/// the lake holds values masked otherwise, or not at all.
+pub fn masking_changed(record: &Record, table: &TableId, now: &str) -> Option<String> {
+    let before = record
+        .masking
+        .get(&table.to_string())
+        .map(String::as_str)
+        .unwrap_or("");
+    (before != now).then(|| {
+        let policies = |f: &str| {
+            let text = f.split(';').next().unwrap_or("");
+            if text.is_empty() {
+                "none".to_string()
+            } else {
+                text.to_string()
+            }
+        };
+        let key = if before.contains(";key=") && now.contains(";key=") {
+            " (or the masking key)"
+        } else {
+            ""
+        };
+        format!(
+            "its masking policy changed since the last run (from {} to {}{key}): copying it again \
+             replaces every row with one masked the new way (snapshots from before keep the old \
+             values until they expire)",
+            policies(before),
+            policies(now)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +329,7 @@ mod tests {
                 .map(|(t, m)| (t.to_string(), m.to_string()))
                 .collect(),
             stopped: BTreeMap::new(),
+            masking: BTreeMap::new(),
         }
     }
 

@@ -24,6 +24,7 @@ mod flush;
 pub mod membership;
 mod observe;
 pub mod reduce;
+mod sealed;
 pub mod service;
 pub mod spill;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use tokio::sync::watch;
 use crate::config::{Config, TableMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::masking::Masking;
 use crate::pipeline::reduce::Entry;
 use crate::pipeline::spill::Spill;
 use crate::sink::{Sink, TableLayout};
@@ -193,6 +195,8 @@ pub struct Pipeline<S: Sink> {
     stats: Stats,
     /// Tables that appeared in the stream without being known at the start: they need a copy.
     discovered: Vec<TableId>,
+    /// The column masking policies the copies of joining tables apply.
+    masking: Arc<Masking>,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -217,7 +221,18 @@ impl<S: Sink> Pipeline<S> {
             durable,
             stats: Stats::default(),
             discovered: Vec::new(),
+            masking: Masking::none(),
         }
+    }
+
+    /// Sets the column masking policies the copies of joining tables apply.
+    pub fn set_masking(&mut self, masking: Arc<Masking>) {
+        self.masking = masking;
+    }
+
+    /// The column masking policies.
+    pub fn masking(&self) -> &Arc<Masking> {
+        &self.masking
     }
 
     /// Tables that appeared in the stream since the last call (added to the publication, or

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, TableErrorPolicy, TableMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::masking::Masking;
 use crate::pipeline::acknowledge::{Acknowledger, stopped_tables};
 use crate::pipeline::copy::{
     COPY_ATTEMPTS, MEMBERSHIP_INTERVAL, check_membership, copy_joined, copy_tables, snapshot_lost,
@@ -35,6 +36,8 @@ pub async fn run<S: Sink>(
     // the session beside the stream: catalog reads now, copies of tables that join while
     // streaming, and the last acknowledgement; it reopens itself after a server restart
     let mut control = connection::Session::open(&config.source, connection::CONTROL).await?;
+    // the masking key is read before anything is copied: a hashed column without it stops here
+    let masking = Masking::from_config(&config)?;
     let client = control.client().await?;
     setup::ensure_publication(client, &config).await?;
     let slot = setup::slot_state(client, &config).await?;
@@ -73,7 +76,10 @@ pub async fn run<S: Sink>(
         let Some(described) = schema::describe_table(client, table).await? else {
             continue;
         };
-        let shape = snapshot::table_schema(client, &described, &type_options).await?;
+        let columns: Vec<&str> = described.columns.iter().map(|c| c.name.as_str()).collect();
+        masking.check_table(table, &columns, &described.key_columns(&config))?;
+        let shape =
+            snapshot::masked_table_schema(client, &described, &type_options, &masking).await?;
         let settings = config.source.tables.get(&table.to_string());
         let mode = settings.map(|s| s.mode).unwrap_or_default();
         let key = match mode {
@@ -238,6 +244,9 @@ pub async fn run<S: Sink>(
                     .or_else(|| {
                         membership::broken(record, table, members.get(table).map(String::as_str))
                     })
+                    .or_else(|| {
+                        membership::masking_changed(record, table, &masking.fingerprint(table))
+                    })
                     .map(|why| (table.clone(), why))
             })
             .collect();
@@ -298,6 +307,7 @@ pub async fn run<S: Sink>(
                 &mut states,
                 &targets,
                 &progress,
+                &masking,
             )
             .await;
             session.close();
@@ -343,6 +353,7 @@ pub async fn run<S: Sink>(
                 .filter_map(|t| members.get(t).map(|m| (t.to_string(), m.clone())))
                 .collect(),
             stopped: stopped_tables(states.iter()),
+            masking: masking.fingerprints(),
         };
         records.write(&record).await?;
         Acknowledger::new(records, record, &config, start)
@@ -354,6 +365,7 @@ pub async fn run<S: Sink>(
     let settings = StreamSettings {
         start,
         type_options,
+        masking: masking.clone(),
         ..StreamSettings::default()
     };
     // The stream stops after the pipeline's last commit, so that it can report that position
@@ -370,6 +382,7 @@ pub async fn run<S: Sink>(
         .await
     });
     let mut pipeline = Pipeline::new(config.clone(), sink, states, durable_tx.clone());
+    pipeline.set_masking(masking.clone());
     let tick = (config.shortest_max_latency() / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);

@@ -44,6 +44,7 @@ use arrow::row::{RowConverter, SortField};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::pipeline::reduce::Entry;
+use crate::pipeline::sealed::{SealedWriter, Sealer};
 use crate::table::{ChangeBatch, OldRow, Op, TableId, TableSchema};
 
 /// Buckets per table. A 10 M-row transaction of a 7-column table spills about 2 GiB of Arrow
@@ -68,6 +69,8 @@ pub struct Spill {
     /// transaction, which a merged read-back restores).
     rows: u64,
     bytes: u64,
+    /// The key every file of this spill is sealed with, in memory only.
+    sealer: Arc<Sealer>,
 }
 
 /// One table's spilled changes.
@@ -97,7 +100,7 @@ struct Segment {
 
 struct BucketFile {
     path: PathBuf,
-    writer: Option<FileWriter<BufWriter<File>>>,
+    writer: Option<FileWriter<BufWriter<SealedWriter<File>>>>,
 }
 
 impl std::fmt::Debug for BucketFile {
@@ -122,6 +125,10 @@ impl Spill {
             path: dir.clone(),
             source,
         })?;
+        let sealer = Sealer::new().map_err(|source| Error::Io {
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Spill {
             dir,
             commit_lsn,
@@ -129,6 +136,7 @@ impl Spill {
             order: Vec::new(),
             rows: 0,
             bytes: 0,
+            sealer: Arc::new(sealer),
         })
     }
 
@@ -198,7 +206,7 @@ impl Spill {
                 self.bytes +=
                     (batch.new.get_array_memory_size() + batch.old.get_array_memory_size()) as u64;
                 spill.removes |= batch.ops.iter().any(|op| !matches!(op, Op::Insert));
-                spill.write(&dir, table, &batch, sequence)
+                spill.write(&dir, &self.sealer, table, &batch, sequence)
             }
         }
     }
@@ -261,7 +269,7 @@ impl Spill {
                 // every bucket as one, copies left out, in the transaction's order
                 let mut batches = Vec::new();
                 for file in segment.files.iter().flatten() {
-                    batches.extend(read_file(&file.path)?);
+                    batches.extend(read_file(&file.path, &self.sealer)?);
                 }
                 if batches.is_empty() {
                     continue;
@@ -289,7 +297,7 @@ impl Spill {
                     &sorted,
                 )?));
             } else if let Some(Some(file)) = segment.files.get(group) {
-                for batch in read_file(&file.path)? {
+                for batch in read_file(&file.path, &self.sealer)? {
                     entries.push(Entry::Changes(decode(
                         &segment.schema,
                         self.commit_lsn,
@@ -314,6 +322,7 @@ impl TableSpill {
     fn write(
         &mut self,
         dir: &Path,
+        sealer: &Arc<Sealer>,
         table: &TableId,
         batch: &ChangeBatch,
         sequence: u64,
@@ -361,8 +370,9 @@ impl TableSpill {
                     path: path.clone(),
                     source,
                 })?;
-                let writer = FileWriter::try_new(BufWriter::new(file), &segment.encoded)
-                    .map_err(|e| io_error(&path, e))?;
+                let writer =
+                    FileWriter::try_new(BufWriter::new(sealer.writer(file)), &segment.encoded)
+                        .map_err(|e| io_error(&path, e))?;
                 *slot = Some(BucketFile {
                     path,
                     writer: Some(writer),
@@ -656,12 +666,15 @@ fn take_batch(
     RecordBatch::try_new(batch.schema(), columns)
 }
 
-fn read_file(path: &Path) -> Result<Vec<RecordBatch>> {
-    let file = File::open(path).map_err(|source| Error::Io {
+fn read_file(path: &Path, sealer: &Sealer) -> Result<Vec<RecordBatch>> {
+    let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let reader = FileReader::try_new(BufReader::new(file), None).map_err(|e| io_error(path, e))?;
+    };
+    let file = File::open(path).map_err(io)?;
+    let sealed = sealer.reader(BufReader::new(file)).map_err(io)?;
+    let reader =
+        FileReader::try_new(BufReader::new(sealed), None).map_err(|e| io_error(path, e))?;
     reader
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| io_error(path, e))

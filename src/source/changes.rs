@@ -3,16 +3,20 @@
 //! rows (key or whole, as the replica identity logs them), the operation of each row, and which
 //! values are unchanged TOAST that the pipeline must resolve.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::Schema;
+use arrow::datatypes::{DataType, Field, Schema};
 
+use crate::config::ColumnPolicy;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::masking::{Hasher, MASK_METADATA_KEY};
 use crate::source::pgoutput::{self, OldTuple, TupleData, Value};
 use crate::source::schema::{ReplicaIdentity, SourceTable};
-use crate::source::types::{ColumnBuilder, PgType, TypeOptions, arrow_field};
+use crate::source::types::{ColumnBuilder, PG_TYPE_METADATA_KEY, PgType, TypeOptions, arrow_field};
+use crate::source::{Oid, RelationId};
 use crate::table::TableId;
 
 pub use crate::table::{ChangeBatch, ColumnSchema, OldRow, Op, TableSchema};
@@ -24,31 +28,37 @@ impl TableSchema {
         types: &[PgType],
         options: &TypeOptions,
     ) -> Result<TableSchema> {
+        Ok(TableSchema::from_relation_masked(relation, types, options, &BTreeMap::new())?.0)
+    }
+
+    /// [`from_relation`](Self::from_relation) with the masking `policies` (by column name)
+    /// applied: the shape the lake gets, and how each of the relation's columns reaches it.
+    pub fn from_relation_masked(
+        relation: &pgoutput::Relation<'_>,
+        types: &[PgType],
+        options: &TypeOptions,
+        policies: &BTreeMap<String, ColumnPolicy>,
+    ) -> Result<(TableSchema, Vec<Intake>)> {
         let table = TableId::new(relation.namespace, relation.name);
-        let mut fields = Vec::with_capacity(relation.columns.len());
-        let mut columns = Vec::with_capacity(relation.columns.len());
-        for (column, pg_type) in relation.columns.iter().zip(types) {
-            let field = arrow_field(column.name, pg_type, column.type_modifier, true, options)
-                .map_err(|e| Error::Source {
-                    message: format!("table {table}: {e}"),
-                })?;
-            fields.push(field);
-            columns.push(ColumnSchema {
-                name: column.name.to_string(),
+        let columns = relation
+            .columns
+            .iter()
+            .zip(types)
+            .map(|(column, pg_type)| Described {
+                name: column.name,
                 type_oid: column.type_oid,
                 type_modifier: column.type_modifier,
                 key: column.is_key(),
+                pg_type,
             });
-        }
-        let arrow = Arc::new(Schema::new(fields));
-        Ok(TableSchema {
-            relation: relation.id,
-            replica_identity: relation.replica_identity,
-            columns,
-            arrow_nullable: arrow.clone(),
-            arrow,
+        shape(
             table,
-        })
+            relation.id,
+            relation.replica_identity,
+            columns,
+            options,
+            policies,
+        )
     }
 
     /// Builds the schema of a table from the catalog, the way the stream's Relation message
@@ -59,40 +69,155 @@ impl TableSchema {
         types: &[PgType],
         options: &TypeOptions,
     ) -> Result<TableSchema> {
+        Ok(TableSchema::from_catalog_masked(table, types, options, &BTreeMap::new())?.0)
+    }
+
+    /// [`from_catalog`](Self::from_catalog) with the masking `policies` (by column name)
+    /// applied, as [`from_relation_masked`](Self::from_relation_masked) applies them.
+    pub fn from_catalog_masked(
+        table: &SourceTable,
+        types: &[PgType],
+        options: &TypeOptions,
+        policies: &BTreeMap<String, ColumnPolicy>,
+    ) -> Result<(TableSchema, Vec<Intake>)> {
         let logged = table.logged_old_columns();
-        let mut fields = Vec::with_capacity(table.columns.len());
-        let mut columns = Vec::with_capacity(table.columns.len());
-        for (column, pg_type) in table.columns.iter().zip(types) {
-            fields.push(
-                arrow_field(&column.name, pg_type, column.type_modifier, true, options).map_err(
-                    |e| Error::Source {
-                        message: format!("table {}: {e}", table.id),
-                    },
-                )?,
-            );
-            columns.push(ColumnSchema {
-                name: column.name.clone(),
+        let columns = table
+            .columns
+            .iter()
+            .zip(types)
+            .map(|(column, pg_type)| Described {
+                name: &column.name,
                 type_oid: column.type_oid,
                 type_modifier: column.type_modifier,
                 key: logged.contains(&column.name),
+                pg_type,
             });
-        }
-        let arrow = Arc::new(Schema::new(fields));
-        Ok(TableSchema {
-            table: table.id.clone(),
-            relation: table.oid,
-            replica_identity: match table.replica_identity {
-                ReplicaIdentity::Default => pgoutput::ReplicaIdentity::Default,
-                ReplicaIdentity::Nothing => pgoutput::ReplicaIdentity::Nothing,
-                ReplicaIdentity::Full => pgoutput::ReplicaIdentity::Full,
-                ReplicaIdentity::Index => pgoutput::ReplicaIdentity::Index,
-            },
+        let replica_identity = match table.replica_identity {
+            ReplicaIdentity::Default => pgoutput::ReplicaIdentity::Default,
+            ReplicaIdentity::Nothing => pgoutput::ReplicaIdentity::Nothing,
+            ReplicaIdentity::Full => pgoutput::ReplicaIdentity::Full,
+            ReplicaIdentity::Index => pgoutput::ReplicaIdentity::Index,
+        };
+        shape(
+            table.id.clone(),
+            table.oid,
+            replica_identity,
+            columns,
+            options,
+            policies,
+        )
+    }
+}
+
+/// How one column of a source row reaches a change batch, its masking policy applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// Parsed into the batch's column at this index.
+    Value(usize),
+    /// Its text output hashed ([`Hasher::hex`]) into the string column at this index.
+    Hash(usize),
+    /// NULL in the column at this index, whatever the value.
+    Redact(usize),
+    /// Not taken at all.
+    Drop,
+}
+
+/// One source column, as the stream or the catalog describes it.
+struct Described<'a> {
+    name: &'a str,
+    type_oid: Oid,
+    type_modifier: i32,
+    key: bool,
+    pg_type: &'a PgType,
+}
+
+/// The lake's shape of a table whose columns are `columns`, with `policies` applied: a dropped
+/// column is left out, a hashed one becomes a string column (marked, for COPY, with
+/// [`MASK_METADATA_KEY`]), a redacted one keeps its type (and the mark).
+fn shape<'a>(
+    table: TableId,
+    relation: RelationId,
+    replica_identity: pgoutput::ReplicaIdentity,
+    described: impl Iterator<Item = Described<'a>>,
+    options: &TypeOptions,
+    policies: &BTreeMap<String, ColumnPolicy>,
+) -> Result<(TableSchema, Vec<Intake>)> {
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    let mut intake = Vec::new();
+    for column in described {
+        let policy = policies.get(column.name).copied();
+        let index = fields.len();
+        let field = match policy {
+            Some(ColumnPolicy::Drop) => {
+                intake.push(Intake::Drop);
+                continue;
+            }
+            Some(ColumnPolicy::Hash) => {
+                intake.push(Intake::Hash(index));
+                columns.push(ColumnSchema {
+                    name: column.name.to_string(),
+                    type_oid: TEXT_OID,
+                    type_modifier: -1,
+                    key: column.key,
+                });
+                fields.push(Field::new(column.name, DataType::Utf8, true).with_metadata(
+                    HashMap::from([
+                        (PG_TYPE_METADATA_KEY.to_string(), "text".to_string()),
+                        (MASK_METADATA_KEY.to_string(), "hash".to_string()),
+                    ]),
+                ));
+                continue;
+            }
+            Some(ColumnPolicy::Redact) => {
+                intake.push(Intake::Redact(index));
+                let field = mapped(&table, &column, options)?;
+                let mut metadata = field.metadata().clone();
+                metadata.insert(MASK_METADATA_KEY.to_string(), "redact".to_string());
+                field.with_metadata(metadata)
+            }
+            None => {
+                intake.push(Intake::Value(index));
+                mapped(&table, &column, options)?
+            }
+        };
+        fields.push(field);
+        columns.push(ColumnSchema {
+            name: column.name.to_string(),
+            type_oid: column.type_oid,
+            type_modifier: column.type_modifier,
+            key: column.key,
+        });
+    }
+    let arrow = Arc::new(Schema::new(fields));
+    Ok((
+        TableSchema {
+            table,
+            relation,
+            replica_identity,
             columns,
             arrow_nullable: arrow.clone(),
             arrow,
-        })
-    }
+        },
+        intake,
+    ))
 }
+
+fn mapped(table: &TableId, column: &Described<'_>, options: &TypeOptions) -> Result<Field> {
+    arrow_field(
+        column.name,
+        column.pg_type,
+        column.type_modifier,
+        true,
+        options,
+    )
+    .map_err(|e| Error::Source {
+        message: format!("table {table}: {e}"),
+    })
+}
+
+/// `text`, the type a hashed column has in the lake.
+const TEXT_OID: Oid = Oid(25);
 
 /// Accumulates one table's changes into Arrow builders.
 #[derive(Debug)]
@@ -105,11 +230,36 @@ pub struct ChangeBuilder {
     old: Vec<ColumnBuilder>,
     old_rows: Vec<OldRow>,
     unchanged_toast: Vec<(u32, u16)>,
+    /// How each column of a source row reaches the builders.
+    intake: Arc<[Intake]>,
+    /// The key of hashed columns.
+    hasher: Option<Hasher>,
 }
 
 impl ChangeBuilder {
     /// An empty builder for `schema`, in the transaction committing at `commit_lsn`.
     pub fn new(schema: Arc<TableSchema>, commit_lsn: Lsn, first_position: u64) -> Result<Self> {
+        let intake: Arc<[Intake]> = (0..schema.columns.len()).map(Intake::Value).collect();
+        ChangeBuilder::masked(schema, intake, None, commit_lsn, first_position)
+    }
+
+    /// An empty builder for the masked `schema`, whose source rows reach it as `intake` says
+    /// ([`TableSchema::from_relation_masked`]), hashed with `hasher`.
+    pub fn masked(
+        schema: Arc<TableSchema>,
+        intake: Arc<[Intake]>,
+        hasher: Option<Hasher>,
+        commit_lsn: Lsn,
+        first_position: u64,
+    ) -> Result<Self> {
+        if hasher.is_none() && intake.iter().any(|i| matches!(i, Intake::Hash(_))) {
+            return Err(Error::Source {
+                message: format!(
+                    "table {}: a column is hashed, but no masking key is loaded",
+                    schema.table
+                ),
+            });
+        }
         let builders = |schema: &TableSchema| -> Result<Vec<ColumnBuilder>> {
             schema
                 .arrow_nullable
@@ -131,6 +281,8 @@ impl ChangeBuilder {
             ops: Vec::new(),
             old_rows: Vec::new(),
             unchanged_toast: Vec::new(),
+            intake,
+            hasher,
         })
     }
 
@@ -258,12 +410,12 @@ impl ChangeBuilder {
 
     fn append_tuple(&mut self, side: Side, tuple: TupleData<'_>, lsn: Lsn) -> Result<()> {
         let table = &self.schema.table;
-        if tuple.len() != self.schema.columns.len() {
+        if tuple.len() != self.intake.len() {
             return Err(Error::Source {
                 message: format!(
                     "table {table} at LSN {lsn}: a row of {} columns for a relation of {}",
                     tuple.len(),
-                    self.schema.columns.len()
+                    self.intake.len()
                 ),
             });
         }
@@ -272,9 +424,42 @@ impl ChangeBuilder {
             Side::New => &mut self.new,
             Side::Old => &mut self.old,
         };
-        for (index, (value, builder)) in tuple.iter().zip(builders.iter_mut()).enumerate() {
-            let column = &self.schema.columns[index].name;
+        for (value, intake) in tuple.iter().zip(self.intake.iter()) {
+            let (index, hashed) = match *intake {
+                Intake::Value(index) => (index, false),
+                Intake::Hash(index) => (index, true),
+                Intake::Redact(index) => {
+                    // NULL whatever was sent, unchanged TOAST included: nothing to resolve
+                    if let Some(builder) = builders.get_mut(index) {
+                        builder.append_null();
+                    }
+                    continue;
+                }
+                Intake::Drop => continue,
+            };
+            let (Some(builder), Some(column)) =
+                (builders.get_mut(index), self.schema.columns.get(index))
+            else {
+                return Err(Error::Source {
+                    message: format!(
+                        "table {table} at LSN {lsn}: no column {index} in the table's shape"
+                    ),
+                });
+            };
+            let column = &column.name;
             match value {
+                Value::Text(text) if hashed => {
+                    let hash = self.hasher.as_ref().map(|h| h.hex(text));
+                    // a hashed value's error says nothing of the value
+                    builder
+                        .append_text(hash.as_ref().map(|h| &h[..]))
+                        .map_err(|_| Error::Source {
+                            message: format!(
+                                "table {table}, column {column} (hashed), at LSN {lsn}: the \
+                                 hash could not be stored"
+                            ),
+                        })?
+                }
                 Value::Text(text) => {
                     builder.append_text(Some(text)).map_err(|e| Error::Source {
                         message: format!("table {table}, column {column}, at LSN {lsn}: {e}"),
@@ -306,4 +491,86 @@ impl ChangeBuilder {
 enum Side {
     New,
     Old,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::schema::SourceColumn;
+
+    fn column(name: &str, oid: u32, attnum: i16) -> SourceColumn {
+        SourceColumn {
+            name: name.into(),
+            type_oid: Oid(oid),
+            type_modifier: -1,
+            not_null: false,
+            type_name: String::new(),
+            attnum,
+        }
+    }
+
+    #[test]
+    fn a_masked_shape_hashes_to_strings_keeps_redacted_types_and_leaves_dropped_out() -> Result<()>
+    {
+        let table = SourceTable {
+            id: TableId::new("public", "customers"),
+            oid: RelationId(1),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                column("id", 23, 1),
+                column("email", 25, 2),
+                column("ssn", 23, 3),
+                column("notes", 25, 4),
+            ],
+            primary_key: vec!["id".into()],
+            identity_index: Vec::new(),
+            selectable: true,
+        };
+        let types = [PgType::Int4, PgType::Text, PgType::Int4, PgType::Text];
+        let policies = BTreeMap::from([
+            ("email".to_string(), ColumnPolicy::Hash),
+            ("ssn".to_string(), ColumnPolicy::Redact),
+            ("notes".to_string(), ColumnPolicy::Drop),
+        ]);
+        let (schema, intake) =
+            TableSchema::from_catalog_masked(&table, &types, &TypeOptions::default(), &policies)?;
+        assert_eq!(
+            intake,
+            vec![
+                Intake::Value(0),
+                Intake::Hash(1),
+                Intake::Redact(2),
+                Intake::Drop
+            ]
+        );
+        let fields = schema.arrow.fields();
+        assert_eq!(
+            fields.len(),
+            3,
+            "a dropped column is not in the lake's shape"
+        );
+        assert_eq!(fields[1].data_type(), &DataType::Utf8);
+        assert_eq!(fields[2].data_type(), &DataType::Int32);
+        assert_eq!(
+            fields[1]
+                .metadata()
+                .get(MASK_METADATA_KEY)
+                .map(String::as_str),
+            Some("hash")
+        );
+        assert_eq!(
+            fields[2]
+                .metadata()
+                .get(MASK_METADATA_KEY)
+                .map(String::as_str),
+            Some("redact")
+        );
+        assert!(schema.columns[0].key);
+        // a shape that hashes cannot be built into without the key
+        let schema = Arc::new(schema);
+        let intake: Arc<[Intake]> = intake.into();
+        assert!(ChangeBuilder::masked(schema.clone(), intake.clone(), None, Lsn(1), 0).is_err());
+        assert!(ChangeBuilder::masked(schema, intake, Some(Hasher::new(b"k")), Lsn(1), 0).is_ok());
+        Ok(())
+    }
 }

@@ -48,6 +48,8 @@ pub struct SourceColumn {
     pub not_null: bool,
     /// The type as PostgreSQL prints it (`numeric(10,2)`), for messages.
     pub type_name: String,
+    /// Its number in the table (`attnum`): it stays when the column is renamed.
+    pub attnum: i16,
 }
 
 /// A replicated table as the catalog describes it.
@@ -173,7 +175,7 @@ pub async fn describe_table(client: &Client, table: &TableId) -> Result<Option<S
     let columns = client
         .query(
             "SELECT attname::text, atttypid, atttypmod, attnotnull, \
-               format_type(atttypid, atttypmod) \
+               format_type(atttypid, atttypmod), attnum \
              FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped \
                AND attgenerated = '' ORDER BY attnum",
             &[&oid],
@@ -187,6 +189,7 @@ pub async fn describe_table(client: &Client, table: &TableId) -> Result<Option<S
             type_modifier: r.get(2),
             not_null: r.get(3),
             type_name: r.get(4),
+            attnum: r.get(5),
         })
         .collect();
     Ok(Some(SourceTable {

@@ -13,9 +13,11 @@ use pgwire_replication::ReplicationClient;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::config::ColumnPolicy;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::masking::{Hasher, MASK_METADATA_KEY, Masking};
 use crate::source::changes::TableSchema;
 use crate::source::connection;
 use crate::source::copy_binary::{BinaryCopyError, BinaryCopyReader, BinaryRow};
@@ -146,6 +148,8 @@ pub struct CopySettings {
     pub pages_per_range: u32,
     /// Type mapping options.
     pub type_options: TypeOptions,
+    /// The key of the columns a masked shape hashes (marked [`MASK_METADATA_KEY`]).
+    pub masking: Arc<Masking>,
 }
 
 impl Default for CopySettings {
@@ -155,6 +159,7 @@ impl Default for CopySettings {
             parallelism: 2,
             pages_per_range: 16_384,
             type_options: TypeOptions::default(),
+            masking: Masking::none(),
         }
     }
 }
@@ -178,6 +183,43 @@ pub async fn table_schema(
         types.push(pg_type);
     }
     Ok(Arc::new(TableSchema::from_catalog(table, &types, options)?))
+}
+
+/// The shape of `table` as the lake gets it, with `masking`'s policies applied: what `run`
+/// writes and `verify` compares. A COPY of this shape reads the masked columns masked.
+pub async fn masked_table_schema(
+    client: &tokio_postgres::Client,
+    table: &SourceTable,
+    options: &TypeOptions,
+    masking: &Masking,
+) -> Result<Arc<TableSchema>> {
+    if !masking.masks(&table.id) {
+        return table_schema(client, table, options).await;
+    }
+    let columns: Vec<(&str, Option<i16>)> = table
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), Some(c.attnum)))
+        .collect();
+    let policies = masking.resolve(&table.id, table.oid, &columns);
+    let mut types = Vec::with_capacity(table.columns.len());
+    for column in &table.columns {
+        // a dropped or hashed column's type is never mapped: any type can be masked
+        let pg_type = match policies.get(&column.name) {
+            Some(ColumnPolicy::Drop | ColumnPolicy::Hash) => PgType::Text,
+            _ => match PgType::builtin(column.type_oid) {
+                Some(t) => t,
+                None => resolve_type(client, column.type_oid)
+                    .await
+                    .map_err(|e| Error::Source {
+                        message: format!("table {}, column {}: {e}", table.id, column.name),
+                    })?,
+            },
+        };
+        types.push(pg_type);
+    }
+    let (schema, _) = TableSchema::from_catalog_masked(table, &types, options, &policies)?;
+    Ok(Arc::new(schema))
 }
 
 /// The planner's estimate of a table's rows (`reltuples`); `None` before the first ANALYZE.
@@ -328,7 +370,15 @@ async fn copy_range(
             )
         })?;
     let wires = wires(&schema);
-    let columns = select_list(&schema, &wires);
+    let masks = masks(&schema);
+    if masks.contains(&Some(ColumnPolicy::Hash)) && settings.masking.hasher().is_none() {
+        return Err(Error::Source {
+            message: format!(
+                "COPY table {table}: a column is hashed, but no masking key is loaded"
+            ),
+        });
+    }
+    let columns = masked_select_list(&schema, &wires, &masks);
     let mut conditions = Vec::new();
     if let Some(from) = from_page {
         conditions.push(format!("ctid >= '({from},0)'::tid"));
@@ -354,6 +404,8 @@ async fn copy_range(
         .map_err(|e| Error::postgres(format!("COPY table {table}"), e))?;
     futures::pin_mut!(stream);
     let mut batch = RowBatch::new(&schema, settings.batch_rows)?;
+    batch.masks = masks;
+    batch.hasher = settings.masking.hasher().cloned();
     let mut reader = BinaryCopyReader::new(schema.columns.len());
     let mut rows = 0u64;
     while let Some(chunk) = stream.next().await {
@@ -431,6 +483,50 @@ pub fn select_list(schema: &TableSchema, wires: &[Wire]) -> String {
         .join(", ")
 }
 
+/// The masking of each column of a masked shape ([`MASK_METADATA_KEY`]): hashed, redacted or
+/// neither.
+fn masks(schema: &TableSchema) -> Vec<Option<ColumnPolicy>> {
+    schema
+        .arrow
+        .fields()
+        .iter()
+        .map(
+            |field| match field.metadata().get(MASK_METADATA_KEY).map(String::as_str) {
+                Some("hash") => Some(ColumnPolicy::Hash),
+                Some("redact") => Some(ColumnPolicy::Redact),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// [`select_list`] with the masked columns masked in PostgreSQL's reply: a redacted column
+/// selects NULL (its values never leave the server), a hashed one its text output (what
+/// pgoutput sends, so the copy and the stream hash the same bytes).
+fn masked_select_list(
+    schema: &TableSchema,
+    wires: &[Wire],
+    masks: &[Option<ColumnPolicy>],
+) -> String {
+    schema
+        .columns
+        .iter()
+        .zip(wires)
+        .zip(masks)
+        .map(|((c, wire), mask)| {
+            let column = quote_ident(&c.name);
+            match mask {
+                Some(ColumnPolicy::Redact | ColumnPolicy::Drop) => "NULL".to_string(),
+                Some(ColumnPolicy::Hash) => {
+                    format!("CASE WHEN {column} IS NULL THEN NULL ELSE format('%s', {column}) END")
+                }
+                None => wire.select(c.type_oid, &column),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How each column of `schema` is read from binary COPY ([`Wire::of`]).
 pub fn wires(schema: &TableSchema) -> Vec<Wire> {
     schema
@@ -445,6 +541,9 @@ pub fn wires(schema: &TableSchema) -> Vec<Wire> {
 struct RowBatch<'a> {
     schema: &'a TableSchema,
     builders: Vec<ColumnBuilder>,
+    /// Which columns are masked (empty: none).
+    masks: Vec<Option<ColumnPolicy>>,
+    hasher: Option<Hasher>,
 }
 
 impl<'a> RowBatch<'a> {
@@ -459,7 +558,12 @@ impl<'a> RowBatch<'a> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(RowBatch { schema, builders })
+        Ok(RowBatch {
+            schema,
+            builders,
+            masks: Vec::new(),
+            hasher: None,
+        })
     }
 
     fn len(&self) -> usize {
@@ -482,14 +586,32 @@ impl<'a> RowBatch<'a> {
             });
         }
         for (i, (builder, wire)) in self.builders.iter_mut().zip(wires).enumerate() {
-            builder
-                .append_binary(row.get(i), *wire)
-                .map_err(|e| Error::Source {
-                    message: format!(
-                        "COPY table {}, column {}: {e}",
-                        self.schema.table, self.schema.columns[i].name
-                    ),
-                })?;
+            match self.masks.get(i).copied().flatten() {
+                None => builder
+                    .append_binary(row.get(i), *wire)
+                    .map_err(|e| Error::Source {
+                        message: format!(
+                            "COPY table {}, column {}: {e}",
+                            self.schema.table, self.schema.columns[i].name
+                        ),
+                    })?,
+                Some(ColumnPolicy::Hash) => {
+                    let hash = match (row.get(i), &self.hasher) {
+                        (Some(text), Some(hasher)) => Some(hasher.hex(text)),
+                        _ => None,
+                    };
+                    // a hashed value's error says nothing of the value
+                    builder
+                        .append_text(hash.as_ref().map(|h| &h[..]))
+                        .map_err(|_| Error::Source {
+                            message: format!(
+                                "COPY table {}, column {} (hashed): the hash could not be stored",
+                                self.schema.table, self.schema.columns[i].name
+                            ),
+                        })?
+                }
+                Some(_) => builder.append_null(),
+            }
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! PostgreSQL. A dropped connection or a server restart reconnects with backoff from the durable
 //! LSN.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{ColumnPolicy, Config};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::source::changes::{ChangeBatch, ChangeBuilder, TableSchema};
+use crate::masking::Masking;
+use crate::source::changes::{ChangeBatch, ChangeBuilder, Intake, TableSchema};
 use crate::source::connection;
 use crate::source::pgoutput::{self, Message};
 use crate::source::types::{PgType, TypeOptions, resolve_type};
@@ -88,6 +89,8 @@ pub struct StreamSettings {
     pub type_options: TypeOptions,
     /// How often standby status is sent when nothing else happens.
     pub status_interval: Duration,
+    /// The column masking policies, applied to every row as it is decoded.
+    pub masking: Arc<Masking>,
 }
 
 impl Default for StreamSettings {
@@ -98,6 +101,7 @@ impl Default for StreamSettings {
             batch_bytes: 32 << 20,
             type_options: TypeOptions::default(),
             status_interval: Duration::from_secs(1),
+            masking: Masking::none(),
         }
     }
 }
@@ -337,6 +341,8 @@ struct Decoder<'a> {
     catalog: Client,
     /// Known relations; `None` for relations the config does not select.
     relations: HashMap<RelationId, Option<Arc<TableSchema>>>,
+    /// How the columns of a masked relation reach its batches (absent: unmasked).
+    intakes: HashMap<RelationId, Arc<[Intake]>>,
     types: HashMap<Oid, PgType>,
     transaction: Option<Transaction>,
     last_idle: Lsn,
@@ -351,6 +357,7 @@ impl<'a> Decoder<'a> {
             settings,
             catalog,
             relations: HashMap::new(),
+            intakes: HashMap::new(),
             types: HashMap::new(),
             transaction: None,
             last_idle: Lsn::ZERO,
@@ -497,11 +504,24 @@ impl<'a> Decoder<'a> {
         for column in &relation.columns {
             types.push(self.pg_type(column.type_oid, relation, column.name).await?);
         }
-        let schema = Arc::new(TableSchema::from_relation(
-            relation,
-            &types,
-            &self.settings.type_options,
-        )?);
+        let table = TableId::new(relation.namespace, relation.name);
+        let (schema, intake) = if self.settings.masking.masks(&table) {
+            let policies = self.policies(relation, &table).await?;
+            let (schema, intake) = TableSchema::from_relation_masked(
+                relation,
+                &types,
+                &self.settings.type_options,
+                &policies,
+            )?;
+            (Arc::new(schema), Some(Arc::<[Intake]>::from(intake)))
+        } else {
+            let schema = TableSchema::from_relation(relation, &types, &self.settings.type_options)?;
+            (Arc::new(schema), None)
+        };
+        match intake {
+            Some(intake) => self.intakes.insert(relation.id, intake),
+            None => self.intakes.remove(&relation.id),
+        };
         if let Some(Some(known)) = self.relations.get(&relation.id)
             && known.same_shape(&schema)
         {
@@ -523,6 +543,62 @@ impl<'a> Decoder<'a> {
         });
         self.relations.insert(relation.id, Some(schema));
         Ok(())
+    }
+
+    /// The masking policy of each column of `relation` by its name in the message. Policies
+    /// are bound to their columns' numbers (`attnum`) in the catalog at the start, so a column
+    /// renamed since keeps its policy under its new name (and later copies of the table mask
+    /// it there too). A column the catalog no longer knows (renamed or dropped since the
+    /// message was written), while a masked column is missing from the message, could be that
+    /// column: refused, never guessed.
+    async fn policies(
+        &mut self,
+        relation: &pgoutput::Relation<'_>,
+        table: &TableId,
+    ) -> Result<BTreeMap<String, ColumnPolicy>> {
+        let rows = self
+            .catalog
+            .query(
+                "SELECT attnum, attname::text FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&relation.id.0],
+            )
+            .await
+            .map_err(|e| Error::postgres(format!("read the columns of table {table}"), e))?;
+        let catalog: HashMap<String, i16> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(1), r.get::<_, i16>(0)))
+            .collect();
+        let columns: Vec<(&str, Option<i16>)> = relation
+            .columns
+            .iter()
+            .map(|c| (c.name, catalog.get(c.name).copied()))
+            .collect();
+        let masking = &self.settings.masking;
+        let policies = masking.resolve(table, relation.id, &columns);
+        let placed: Vec<i16> = columns.iter().filter_map(|(_, a)| *a).collect();
+        // a drop is a policy like the others: a dropped column must not come back unmasked
+        let missing = masking
+            .bound_columns(relation.id)
+            .iter()
+            .any(|attnum| !placed.contains(attnum));
+        if let Some((column, _)) = columns
+            .iter()
+            .find(|(name, attnum)| attnum.is_none() && !policies.contains_key(*name))
+            && missing
+        {
+            return Err(Error::Source {
+                message: format!(
+                    "table {table} at LSN {}: column {column} of the stream's schema is no \
+                     longer in the catalog (renamed or dropped since), and a masked column of \
+                     the table is not in that schema either: it may be the same column, so it \
+                     is not written unmasked. Name the column's policy under every name it had \
+                     in sink.tables.\"{table}\".columns",
+                    self.at
+                ),
+            });
+        }
+        Ok(policies)
     }
 
     async fn pg_type(
@@ -578,8 +654,18 @@ impl<'a> Decoder<'a> {
         {
             Some(index) => index,
             None => {
-                let builder =
-                    ChangeBuilder::new(schema, transaction.commit_lsn, transaction.position)?;
+                let builder = match self.intakes.get(&relation) {
+                    Some(intake) => ChangeBuilder::masked(
+                        schema,
+                        intake.clone(),
+                        self.settings.masking.hasher().cloned(),
+                        transaction.commit_lsn,
+                        transaction.position,
+                    )?,
+                    None => {
+                        ChangeBuilder::new(schema, transaction.commit_lsn, transaction.position)?
+                    }
+                };
                 transaction.builders.push((relation, builder));
                 transaction.builders.len() - 1
             }

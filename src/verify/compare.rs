@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
@@ -29,6 +30,7 @@ use crate::config::{Config, TableMode};
 use crate::error::{Error, Result};
 use crate::lake;
 use crate::lsn::Lsn;
+use crate::masking::Masking;
 use crate::sink::delta::types::convert;
 use crate::sink::iceberg::lake_table;
 use crate::source::snapshot::{self, CopySettings, ExportedSnapshot, SnapshotRows};
@@ -73,6 +75,8 @@ pub struct TableReport {
 /// Compares every lake table of the config (or only `only`, a source `schema.table`) with
 /// PostgreSQL and prints the report; `Ok(true)` when all are equal.
 pub async fn run(config: &Config, only: Option<&str>, json: bool) -> Result<bool> {
+    // the source side is masked as the writer masks it, so the lake's masked values compare
+    let masking = Masking::from_config(config)?;
     let client = connection::connect(&config.source).await?;
     let tables: Vec<TableId> = match only {
         Some(name) => vec![parse_table(name)?],
@@ -81,7 +85,7 @@ pub async fn run(config: &Config, only: Option<&str>, json: bool) -> Result<bool
     wait_for_writer(config, &client).await?;
     let mut reports = Vec::new();
     for table in tables {
-        let report = compare_table(config, &client, &table).await?;
+        let report = compare_table(config, &client, &table, &masking).await?;
         if !json {
             print_report(&report);
         }
@@ -227,7 +231,12 @@ async fn compare_table(
     config: &Config,
     client: &tokio_postgres::Client,
     table: &TableId,
+    masking: &Arc<Masking>,
 ) -> Result<TableReport> {
+    let copy_settings = CopySettings {
+        masking: masking.clone(),
+        ..CopySettings::default()
+    };
     let lake_name = lake_table(&config.sink.namespace, table);
     let mut report = TableReport {
         source: table.to_string(),
@@ -254,7 +263,8 @@ async fn compare_table(
         return Ok(report);
     };
     let source_schema =
-        snapshot::table_schema(client, &described, &CopySettings::default().type_options).await?;
+        snapshot::masked_table_schema(client, &described, &copy_settings.type_options, masking)
+            .await?;
     let key = described.key_columns(config);
     let (ctx, tables) = match lake::session(config, Some(&lake_name)).await {
         Ok(found) => found,
@@ -377,7 +387,7 @@ async fn compare_table(
                 &config,
                 &ExportedSnapshot { name, lsn },
                 schema,
-                &CopySettings::default(),
+                &copy_settings,
                 tx,
                 |_| {},
             )

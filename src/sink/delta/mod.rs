@@ -177,6 +177,20 @@ fn storage_options(config: &Config) -> HashMap<String, String> {
         "virtual"
     };
     options.insert("AWS_S3_ADDRESSING_STYLE".to_string(), style.to_string());
+    // object_store sends these with every put, multipart upload and copy: data files, the
+    // log's commits and checkpoints, optimize's output
+    if let Some(sse) = s3.sse {
+        options.insert(
+            "aws_server_side_encryption".to_string(),
+            sse.header().to_string(),
+        );
+    }
+    if let Some(key) = &s3.kms_key_id {
+        options.insert("aws_sse_kms_key_id".to_string(), key.clone());
+    }
+    if s3.bucket_key {
+        options.insert("aws_sse_bucket_key_enabled".to_string(), "true".to_string());
+    }
     if let Some(key_id) = &s3.access_key_id {
         options.insert("AWS_ACCESS_KEY_ID".to_string(), key_id.clone());
         options.insert(

@@ -31,7 +31,7 @@ use arrow::array::RecordBatch;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::{
     FileIO, FileIOBuilder, S3_ACCESS_KEY_ID, S3_ENDPOINT, S3_PATH_STYLE_ACCESS, S3_REGION,
-    S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
+    S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN, S3_SSE_KEY, S3_SSE_TYPE,
 };
 use iceberg::spec::{DataFile, TableMetadata};
 use iceberg_storage_opendal::OpenDalStorageFactory;
@@ -43,7 +43,7 @@ use self::files::FileWriter;
 pub use self::row_delta::Rewrite;
 use self::row_delta::{RowDelta, StageError};
 use crate::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer, RetryPolicy};
-use crate::config::Config;
+use crate::config::{Config, ServerSideEncryption};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::{Sink, TableDelta, TableLayout};
@@ -158,6 +158,18 @@ pub fn file_io(config: &Config) -> Result<FileIO> {
     }
     if s3.force_path_style {
         props.push((S3_PATH_STYLE_ACCESS, "true".into()));
+    }
+    // every file the FileIO writes (data, deletes, manifests, lists, metadata, compaction
+    // output) carries the configured encryption
+    match s3.sse {
+        Some(ServerSideEncryption::Aes256) => props.push((S3_SSE_TYPE, "s3".into())),
+        Some(ServerSideEncryption::Kms) => {
+            props.push((S3_SSE_TYPE, "kms".into()));
+            if let Some(key) = &s3.kms_key_id {
+                props.push((S3_SSE_KEY, key.clone()));
+            }
+        }
+        None => {}
     }
     if let Some(key_id) = &s3.access_key_id {
         props.push((S3_ACCESS_KEY_ID, key_id.clone()));
