@@ -640,14 +640,15 @@ async fn a_writer_with_stale_metadata_reloads_and_both_commits_land() {
     assert_eq!(metadata.metadata_log().len(), 2, "create, first commit");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_lose_the_swap_retry_and_lose_no_commit() {
     let lake = Lake::new("racing");
     let schema = items_schema();
     let table = schema.table.clone();
     let layout = keyed(&["id"], &[]);
-    let mut first = lake.sink().await;
-    let mut second = lake.sink().await;
+    // two writers as two processes are: each with its own commit gates
+    let mut first = lake.sink().await.with_private_commit_gates();
+    let mut second = lake.sink().await.with_private_commit_gates();
     first
         .prepare(&table, &schema, &layout)
         .await
@@ -678,9 +679,17 @@ async fn racing_writers_lose_the_swap_retry_and_lose_no_commit() {
             vec![items(&schema, &[(b, Some("b"))])],
             u64::try_from(b).expect("positive"),
         );
-        let (ra, rb) = tokio::join!(first.commit(chunk), second.commit(streamed));
-        ra.expect("first writer");
-        rb.expect("second writer");
+        // each writer on a thread of its own, as two processes would be
+        let a_task = tokio::spawn(async move {
+            first.commit(chunk).await.expect("first writer");
+            first
+        });
+        let b_task = tokio::spawn(async move {
+            second.commit(streamed).await.expect("second writer");
+            second
+        });
+        first = a_task.await.expect("first writer's task");
+        second = b_task.await.expect("second writer's task");
         expected.extend([(a, Some("a")), (b, Some("b"))]);
         rounds += 1;
         // either writer may have committed last: read what the catalog points at

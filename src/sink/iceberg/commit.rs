@@ -16,17 +16,35 @@ use crate::catalog::{
 };
 use crate::error::{Error, Result};
 
-/// The commit gate of `lake` in this process (see [`IcebergSink::commit_change`]): a fair
-/// lock, so commits take turns in the order they asked.
-fn commit_gate(lake: &CatalogTable) -> Arc<tokio::sync::Mutex<()>> {
-    static GATES: LazyLock<Mutex<HashMap<CatalogTable, Arc<tokio::sync::Mutex<()>>>>> =
-        LazyLock::new(|| Mutex::new(HashMap::new()));
-    GATES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(lake.clone())
-        .or_default()
-        .clone()
+/// Where the commits of each table take turns (see [`IcebergSink::commit_change`]): fair
+/// locks, so commits go in the order they asked. Every sink of a process shares one
+/// ([`CommitGates::process`]), so `run`'s scheduled compaction and its writer take turns; a
+/// sink given [`CommitGates::private`] races the others as a writer in another process does.
+#[derive(Debug, Clone)]
+pub struct CommitGates(Arc<Mutex<HashMap<CatalogTable, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl CommitGates {
+    /// The gates every sink of this process shares.
+    pub fn process() -> CommitGates {
+        static GATES: LazyLock<CommitGates> =
+            LazyLock::new(|| CommitGates(Arc::new(Mutex::new(HashMap::new()))));
+        GATES.clone()
+    }
+
+    /// Gates of one sink's own.
+    pub fn private() -> CommitGates {
+        CommitGates(Arc::new(Mutex::new(HashMap::new())))
+    }
+
+    /// The gate of `lake`.
+    fn of(&self, lake: &CatalogTable) -> Arc<tokio::sync::Mutex<()>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(lake.clone())
+            .or_default()
+            .clone()
+    }
 }
 
 /// Why one commit attempt (inside [`commit_with_retry`]) did not stage metadata.
@@ -160,7 +178,7 @@ impl<C: Catalog> IcebergSink<C> {
         // compaction's, an expiry's. Each commit then stages on the table as the previous one
         // left it, so a compaction beside a writer committing every second lands at its turn
         // instead of losing every compare-and-swap to commits quicker than its staging.
-        let gate = commit_gate(lake);
+        let gate = self.settings.commit_gates.of(lake);
         let _turn = gate.lock().await;
         let staged: Mutex<Option<StagedMetadata>> = Mutex::new(None);
         let outcome = commit_with_retry(&self.catalog, lake, &self.settings.retry, |current| {

@@ -16,6 +16,7 @@
 
 mod commit;
 mod expiry;
+pub use self::commit::CommitGates;
 pub use self::expiry::{Expired, ManifestRefs};
 mod files;
 mod lookup;
@@ -93,6 +94,8 @@ pub struct IcebergSettings {
     /// (metadata files off the log, expired manifest lists and manifests). Not on S3 Tables,
     /// whose storage takes no deletes: its unreferenced file removal does it.
     pub removes_files: bool,
+    /// Where this sink's commits take turns with the other sinks' of the process.
+    pub commit_gates: CommitGates,
 }
 
 impl IcebergSettings {
@@ -118,6 +121,7 @@ impl IcebergSettings {
             snapshot_retention: config.compaction.snapshot_retention.get(),
             keep_snapshots: config.compaction.keep_snapshots.max(1),
             removes_files: config.sink.catalog != crate::config::CatalogKind::S3tables,
+            commit_gates: CommitGates::process(),
         })
     }
 
@@ -248,6 +252,13 @@ impl IcebergSink<LakeCatalog> {
 }
 
 impl<C: Catalog> IcebergSink<C> {
+    /// This sink with commit gates of its own: it races the process's other sinks for each
+    /// compare-and-swap, as a writer in another process does.
+    pub fn with_private_commit_gates(mut self) -> Self {
+        self.settings.commit_gates = CommitGates::private();
+        self
+    }
+
     /// A sink committing through `catalog`, writing files with `file_io`.
     pub fn new(catalog: C, file_io: FileIO, settings: IcebergSettings) -> Self {
         IcebergSink {
