@@ -316,6 +316,29 @@ pub trait Catalog: Send + Sync {
     ) -> impl Future<Output = Result<bool, CatalogError>> + Send;
 }
 
+/// Whether an AWS SDK call's failure is transient: a timeout, a lost connection, an answer
+/// that never came whole, or a service error whose code is one of `transient_codes`
+/// (throttling, the service's own failures). Glue's and S3 Tables' clients share the type.
+pub(crate) fn aws_transient<E>(
+    error: &aws_sdk_glue::error::SdkError<E>,
+    transient_codes: &[&str],
+) -> bool
+where
+    E: aws_sdk_glue::error::ProvideErrorMetadata,
+{
+    use aws_sdk_glue::error::SdkError;
+    match error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => service
+            .err()
+            .code()
+            .is_some_and(|code| transient_codes.contains(&code)),
+        _ => false,
+    }
+}
+
 /// The catalog a configuration names (`[sink] catalog`), so callers hold one type whichever
 /// it is.
 #[derive(Debug, Clone)]

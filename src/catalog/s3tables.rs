@@ -37,21 +37,22 @@ impl S3TablesCatalog {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let retryable = match &error {
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => true,
-            SdkError::ServiceError(service) => matches!(
-                service.err().code(),
-                Some("TooManyRequestsException" | "InternalServerErrorException")
-            ),
-            _ => false,
-        };
+        let retryable = super::aws_transient(
+            &error,
+            &["TooManyRequestsException", "InternalServerErrorException"],
+        );
         CatalogError::S3Tables {
             catalog: self.describe.clone(),
             context,
             message: DisplayErrorContext(&error).to_string(),
             retryable,
+        }
+    }
+
+    fn not_found(&self, table: &CatalogTable) -> CatalogError {
+        CatalogError::TableNotFound {
+            catalog: self.describe.clone(),
+            table: table.clone(),
         }
     }
 
@@ -113,12 +114,7 @@ impl S3TablesCatalog {
                 table: table.clone(),
                 expected: expected.unwrap_or("(none)").to_string(),
             }),
-            Err(e) if Self::code(&e) == Some("NotFoundException") => {
-                Err(CatalogError::TableNotFound {
-                    catalog: self.describe.clone(),
-                    table: table.clone(),
-                })
-            }
+            Err(e) if Self::code(&e) == Some("NotFoundException") => Err(self.not_found(table)),
             Err(e) => Err(self.error(format!("update the metadata location of {table}"), e)),
         }
     }
@@ -188,10 +184,7 @@ impl Catalog for S3TablesCatalog {
         }
         match self.get(table).await? {
             Some((_, _, storage)) => Ok(Some(storage.trim_end_matches('/').to_string())),
-            None => Err(CatalogError::TableNotFound {
-                catalog: self.describe.clone(),
-                table: table.clone(),
-            }),
+            None => Err(self.not_found(table)),
         }
     }
 
@@ -202,10 +195,7 @@ impl Catalog for S3TablesCatalog {
         _metadata: &TableMetadata,
     ) -> Result<Pointer, CatalogError> {
         let Some((token, current, _)) = self.get(table).await? else {
-            return Err(CatalogError::TableNotFound {
-                catalog: self.describe.clone(),
-                table: table.clone(),
-            });
+            return Err(self.not_found(table));
         };
         if current.is_some() {
             return Err(CatalogError::AlreadyExists {

@@ -783,13 +783,17 @@ impl Config {
 
     /// How old `table`'s oldest buffered change may get before the table is committed: its
     /// own `[sink.tables] max_latency`, or `[flush] max_latency`.
-    pub fn max_latency_of(&self, table: &str) -> std::time::Duration {
-        self.sink
-            .tables
-            .get(table)
-            .and_then(|t| t.max_latency)
-            .unwrap_or(self.flush.max_latency)
-            .get()
+    pub fn max_latency_of(&self, table: &crate::table::TableId) -> std::time::Duration {
+        let own = match self.sink.tables.is_empty() {
+            // the pipeline asks for every buffered table on every tick: no name built for nothing
+            true => None,
+            false => self
+                .sink
+                .tables
+                .get(&table.to_string())
+                .and_then(|t| t.max_latency),
+        };
+        own.unwrap_or(self.flush.max_latency).get()
     }
 
     /// The shortest `max_latency` of any table: how often the pipeline looks for tables due.

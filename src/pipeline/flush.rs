@@ -273,9 +273,8 @@ impl<S: Sink> Pipeline<S> {
             .filter(|(t, s)| {
                 all || s.rows >= flush.max_rows
                     || s.bytes as u64 >= flush.max_bytes.bytes()
-                    || s.oldest.is_some_and(|oldest| {
-                        oldest.elapsed() >= config.max_latency_of(&t.to_string())
-                    })
+                    || s.oldest
+                        .is_some_and(|oldest| oldest.elapsed() >= config.max_latency_of(t))
                     || (self.caught_up && flush.idle_rows > 0 && s.rows >= flush.idle_rows)
             })
             .map(|(t, _)| t.clone())

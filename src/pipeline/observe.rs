@@ -80,7 +80,7 @@ impl<S: Sink> Pipeline<S> {
                 state.bytes,
                 state.oldest.map(|t| t.elapsed()),
                 state.checkpoint,
-                self.config.max_latency_of(&table.to_string()),
+                self.config.max_latency_of(table),
             );
         }
         let spilled = self

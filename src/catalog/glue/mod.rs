@@ -52,21 +52,15 @@ impl GlueCatalog {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let retryable = match &error {
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => true,
-            SdkError::ServiceError(service) => matches!(
-                service.err().code(),
-                Some(
-                    "ThrottlingException"
-                        | "InternalServiceException"
-                        | "OperationTimeoutException"
-                        | "ResourceNotReadyException"
-                )
-            ),
-            _ => false,
-        };
+        let retryable = super::aws_transient(
+            &error,
+            &[
+                "ThrottlingException",
+                "InternalServiceException",
+                "OperationTimeoutException",
+                "ResourceNotReadyException",
+            ],
+        );
         CatalogError::Glue {
             catalog: self.describe.clone(),
             context,
