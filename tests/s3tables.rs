@@ -5,19 +5,13 @@
 mod support;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use arrow::array::{Int32Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
 use lakewriter::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog};
+use lakewriter::sink::Sink;
 use lakewriter::sink::iceberg::IcebergSink;
-use lakewriter::sink::{Sink, TableDelta, TableLayout};
-use lakewriter::source::changes::{ColumnSchema, TableSchema};
-use lakewriter::source::pgoutput::ReplicaIdentity;
-use lakewriter::source::{Oid, RelationId};
-use lakewriter::table::TableId;
 use lakewriter::{Config, Lsn};
+use support::items::{delta, items, items_schema, keyed};
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{command_ok, crash_and_restart, write_config};
 use support::{TestDb, project_dir, stack};
@@ -70,66 +64,6 @@ fn config(namespace: &str, warehouse: &Path, sink: &str) -> Config {
     .expect("a valid config")
 }
 
-fn items_schema() -> Arc<TableSchema> {
-    let arrow = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int32, true),
-        Field::new("name", DataType::Utf8, true),
-    ]));
-    let column = |name: &str, oid: u32, key: bool| ColumnSchema {
-        name: name.into(),
-        type_oid: Oid(oid),
-        type_modifier: -1,
-        key,
-    };
-    Arc::new(TableSchema {
-        table: TableId::new("public", "items"),
-        relation: RelationId(16384),
-        replica_identity: ReplicaIdentity::Default,
-        columns: vec![column("id", 23, true), column("name", 25, false)],
-        arrow_nullable: arrow.clone(),
-        arrow,
-    })
-}
-
-fn items(schema: &TableSchema, rows: &[(i32, Option<&str>)]) -> RecordBatch {
-    RecordBatch::try_new(
-        schema.arrow_nullable.clone(),
-        vec![
-            Arc::new(Int32Array::from(
-                rows.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            )),
-            Arc::new(StringArray::from(
-                rows.iter().map(|(_, name)| *name).collect::<Vec<_>>(),
-            )),
-        ],
-    )
-    .expect("an items batch")
-}
-
-fn delta(
-    schema: &Arc<TableSchema>,
-    deletes: Vec<RecordBatch>,
-    rows: Vec<RecordBatch>,
-    lsn: u64,
-) -> TableDelta {
-    TableDelta {
-        table: schema.table.clone(),
-        schema: schema.clone(),
-        truncate: false,
-        adds_only: false,
-        deletes,
-        rows,
-        lsn: Some(Lsn(lsn)),
-    }
-}
-
-fn layout() -> TableLayout {
-    TableLayout {
-        key: vec!["id".into()],
-        partition_by: Vec::new(),
-    }
-}
-
 /// `query` in DuckDB over moto's S3, `{metadata}` standing for `location`; rows as lines.
 fn duck_over_s3(location: &str, query: &str) -> Vec<String> {
     let endpoint = stack().aws_endpoint().trim_end_matches('/').to_string();
@@ -174,7 +108,7 @@ async fn commits_land_in_the_table_storage_s3_tables_gives_and_duckdb_reads_them
     let schema = items_schema();
     let table = schema.table.clone();
     let mut sink = IcebergSink::from_config(&config).await.expect("the sink");
-    sink.prepare(&table, &schema, &layout())
+    sink.prepare(&table, &schema, &keyed(&["id"], &[]))
         .await
         .expect("create the table in the bucket");
     sink.commit(delta(
@@ -229,7 +163,7 @@ async fn commits_land_in_the_table_storage_s3_tables_gives_and_duckdb_reads_them
         IcebergSink::from_config(&config)
             .await
             .expect("a second sink")
-            .prepare(&table, &schema, &layout())
+            .prepare(&table, &schema, &keyed(&["id"], &[]))
             .await
             .expect("prepare"),
         Some(Lsn(20))
@@ -245,12 +179,12 @@ async fn a_version_token_moved_by_another_writer_refuses_the_swap_and_the_sink_r
     let table = schema.table.clone();
     let mut first = IcebergSink::from_config(&config).await.expect("a sink");
     first
-        .prepare(&table, &schema, &layout())
+        .prepare(&table, &schema, &keyed(&["id"], &[]))
         .await
         .expect("create");
     let mut second = IcebergSink::from_config(&config).await.expect("a sink");
     second
-        .prepare(&table, &schema, &layout())
+        .prepare(&table, &schema, &keyed(&["id"], &[]))
         .await
         .expect("prepare the same table");
 

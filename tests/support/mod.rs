@@ -6,6 +6,7 @@
 pub mod delta;
 pub mod extremes;
 pub mod http;
+pub mod items;
 pub mod orders;
 pub mod writer;
 
