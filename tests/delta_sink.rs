@@ -220,6 +220,84 @@ async fn upserts_deletes_and_rekeys_land_as_one_final_state_per_key() {
     assert_eq!(found, 1);
 }
 
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn staged_parts_are_sealed_on_local_disk_until_their_commit() {
+    const PLAIN: &str = "staged-plaintext-value-that-must-not-show";
+    let lake = Lake::new("sealed");
+    let schema = items_schema(false);
+    let mut sink = lake.sink();
+    sink.prepare(&items(), &schema, &layout())
+        .await
+        .expect("prepare");
+    sink.commit(delta(
+        &schema,
+        false,
+        &[],
+        &[(1, Some("a")), (2, Some("b"))],
+        Some(10),
+    ))
+    .await
+    .expect("first commit");
+    // a key's changes are in one part, as the spill's buckets send them
+    let mut many: Vec<(i32, Option<&str>)> = (100..2100).map(|i| (i, Some(PLAIN))).collect();
+    many.push((1, Some(PLAIN)));
+    sink.stage(delta(&schema, false, &[(1, None)], &many, None))
+        .await
+        .expect("stage");
+    sink.stage(delta(&schema, false, &[(2, None)], &[], None))
+        .await
+        .expect("stage a delete");
+
+    // the parts wait in the spill directory, sealed: neither a value nor a key shows
+    let staged = files_under(&lake.warehouse.path().join("spill"));
+    assert!(
+        !staged.is_empty(),
+        "nothing was staged, so this proves nothing"
+    );
+    for file in &staged {
+        let bytes = std::fs::read(file).expect("a staged file");
+        for marker in [PLAIN.as_bytes(), b"PAR1", b"ARROW1"] {
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker),
+                "{} holds {:?} in the clear",
+                file.display(),
+                String::from_utf8_lossy(marker)
+            );
+        }
+    }
+
+    // and their commit reads them back whole
+    sink.commit(delta(&schema, false, &[], &[], Some(20)))
+        .await
+        .expect("commit the staged parts");
+    let count = lake.rows(
+        &items(),
+        "SELECT count(*), count(DISTINCT name), min(id), max(id) FROM {scan}",
+    );
+    assert_eq!(count, ["2001|1|1|2099"]);
+    assert!(
+        files_under(&lake.warehouse.path().join("spill")).is_empty(),
+        "staged files left behind"
+    );
+}
+
 #[tokio::test]
 async fn staged_parts_commit_with_the_transaction_and_truncate_replaces_everything() {
     let lake = Lake::new("staged");
@@ -349,7 +427,7 @@ async fn parts_that_only_add_rows_are_written_once_into_the_table_and_committed_
     // both parts and the commit's own rows went through one writer into one file, in the
     // table's location: nothing was staged locally
     assert_eq!(data_files(&lake.location(&items())).len(), files_before + 1);
-    let local = data_files(&lake.warehouse.path().join("spill"));
+    let local = files_under(&lake.warehouse.path().join("spill"));
     assert!(local.is_empty(), "staged locally: {local:?}");
 
     // an insert-only transaction: an append

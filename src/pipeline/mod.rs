@@ -24,7 +24,7 @@ mod flush;
 pub mod membership;
 mod observe;
 pub mod reduce;
-mod sealed;
+pub(crate) mod sealed;
 pub mod service;
 pub mod spill;
 #[cfg(test)]

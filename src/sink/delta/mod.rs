@@ -10,7 +10,7 @@
 //! - `schema`: creating a table, adding columns, replacing an incomplete table's schema,
 //!   and keeping its statistics exact (`delta.dataSkippingStatsColumns`);
 //! - `write`: the commit of one delta (MERGE, append or overwrite) with its checkpoint;
-//! - `staging`: parts of a transaction too large for memory, as local Parquet files until the
+//! - `staging`: parts of a transaction too large for memory, as sealed local files until the
 //!   transaction's commit takes them in (what a stopped process left is removed when the table
 //!   is first prepared);
 //! - `data_files`: parts of a transaction whose commit only adds rows (an initial snapshot, a
@@ -50,6 +50,7 @@ use crate::catalog::{CatalogTable, GlueCatalog, RetryPolicy, SqliteCatalog};
 use crate::config::{CatalogKind, Config};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+use crate::pipeline::sealed::Sealer;
 use crate::sink::iceberg::lake_table;
 use crate::sink::{CHECKPOINT_PROPERTY, Sink, TableDelta, TableLayout};
 use crate::table::{TableId, TableSchema};
@@ -83,6 +84,8 @@ pub struct DeltaSettings {
     pub storage_options: HashMap<String, String>,
     /// Local directory of staged parts (`<spill_dir>/lakewriter-delta-staged`).
     pub staging_dir: PathBuf,
+    /// The key staged parts are sealed with, held in this process's memory only.
+    pub sealer: Arc<Sealer>,
     /// Size a data file is rolled at, in bytes.
     pub target_file_size: u64,
     /// How commits that lost a race or hit a storage hiccup are tried again.
@@ -124,6 +127,10 @@ impl DeltaSettings {
             } else {
                 HashMap::new()
             },
+            sealer: Arc::new(Sealer::new().map_err(|source| Error::Io {
+                path: staging_dir.clone(),
+                source,
+            })?),
             staging_dir,
             target_file_size: config.sink.target_file_size.bytes(),
             retry: RetryPolicy::default(),
@@ -574,6 +581,7 @@ impl DeltaSink {
         }
         let staged = StagedPart::write(
             &self.settings.staging_dir,
+            &self.settings.sealer,
             &state.lake,
             &lake_schema,
             &part.rows,

@@ -23,13 +23,13 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::{Column, JoinType, ScalarValue};
 use datafusion::dataframe::DataFrame;
-use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, cast, col, lit};
+use datafusion::prelude::{Expr, SessionContext, cast, col, lit};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::StreamExt;
 
-use super::staging::StagedPart;
+use super::staging::{StagedFile, StagedPart};
 use super::{DeltaSettings, Failure, TableState, checkpoint_app_id, txn_version, types};
 use crate::catalog::CatalogTable;
 use crate::error::Result;
@@ -68,6 +68,7 @@ async fn commit_inner(
         &ctx,
         &delta.rows,
         staged.iter().filter_map(|p| p.rows.as_ref()),
+        settings,
         &target,
     )
     .await?;
@@ -77,6 +78,7 @@ async fn commit_inner(
             &ctx,
             &delta.deletes,
             staged.iter().filter_map(|p| p.deletes.as_ref()),
+            settings,
             &target,
         )
         .await?
@@ -279,11 +281,13 @@ pub fn checkpoint_properties(
 }
 
 /// The rows of `batches` (source layout) and of the staged `files` (lake layout, maybe of an
-/// older schema) as one frame in the layout `target`; `None` when there are none.
+/// older schema, sealed with the settings' key) as one frame in the layout `target`; `None`
+/// when there are none.
 async fn frame(
     ctx: &SessionContext,
     batches: &[RecordBatch],
-    files: impl Iterator<Item = &std::path::PathBuf>,
+    files: impl Iterator<Item = &StagedFile>,
+    settings: &DeltaSettings,
     target: &SchemaRef,
 ) -> Result<Option<DataFrame>, Failure> {
     let shaped = batches
@@ -296,10 +300,7 @@ async fn frame(
         frames.push(ctx.read_batches(shaped)?);
     }
     for file in files {
-        let path = file.to_string_lossy().into_owned();
-        let scanned = ctx
-            .read_parquet(path, ParquetReadOptions::default())
-            .await?;
+        let scanned = ctx.read_table(file.table(&settings.sealer)?)?;
         frames.push(align(scanned, target)?);
     }
     let mut frames = frames.into_iter();
