@@ -263,6 +263,75 @@ async fn expiry_and_orphan_removal_never_touch_a_live_file() {
 }
 
 #[tokio::test]
+async fn files_compaction_replaced_go_with_the_last_snapshot_that_held_them() {
+    let db = TestDb::new("compact_replaced").await;
+    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let mut child = start(&db);
+    caught_up(&db, &mut child).await;
+    for round in 0..3 {
+        db.client()
+            .await
+            .batch_execute(&format!(
+                "UPDATE orders SET status = 'r{round}' WHERE order_id % 3 = {round}"
+            ))
+            .await
+            .expect("update");
+        caught_up(&db, &mut child).await;
+    }
+    stop(child);
+    let data_dir = db
+        .warehouse
+        .path()
+        .join(&db.namespace)
+        .join("orders")
+        .join("data");
+    let on_disk = || -> std::collections::BTreeSet<String> {
+        files_under(&data_dir)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    };
+    let live = || -> std::collections::BTreeSet<String> {
+        live_files(&db)
+            .iter()
+            .filter_map(|f| f.split_once(' ').map(|(_, path)| path.to_string()))
+            .collect()
+    };
+
+    // the rewrite replaces every file; the snapshots before it still hold the old ones
+    let report = command_ok(&db, &["compact"], &[]);
+    assert!(report.contains("0 orphan files"), "{report}");
+    let before = on_disk();
+    assert!(
+        before.len() > live().len(),
+        "the old files are gone while snapshots still hold them: {report}"
+    );
+
+    // once no kept snapshot holds them, the expiry removes them itself: orphan removal,
+    // three days away, finds nothing left to take
+    let settings = [
+        ("COMPACTION__SNAPSHOT_RETENTION", "0s"),
+        ("COMPACTION__KEEP_SNAPSHOTS", "1"),
+    ];
+    let report = command_ok(&db, &["compact"], &settings);
+    assert!(!report.contains(" 0 snapshots expired"), "{report}");
+    assert!(!report.contains("(0 replaced files"), "{report}");
+    assert!(report.contains(" 0 orphan files"), "{report}");
+    assert_eq!(
+        on_disk(),
+        live(),
+        "data files on disk differ from the live ones"
+    );
+    assert_eq!(
+        lake_rows(&db),
+        postgres_lines(&db).await,
+        "a live file was removed"
+    );
+    let verify = command_ok(&db, &["verify"], &[]);
+    assert!(verify.contains("equal"), "{verify}");
+}
+
+#[tokio::test]
 async fn run_compacts_on_its_schedule_while_it_streams() {
     let db = TestDb::new("compact_scheduled").await;
     db.psql(&["-v", "rows=1000", "-f", "sql/orders.sql"]);

@@ -31,7 +31,10 @@ pub struct Cleanup {
     pub table: String,
     /// Snapshots expired.
     pub snapshots: usize,
-    /// Files removed.
+    /// Data and delete files the expired snapshots had replaced or truncated, removed with
+    /// them.
+    pub replaced_files: usize,
+    /// Orphan files removed.
     pub files: usize,
     /// Their bytes.
     pub bytes: u64,
@@ -78,10 +81,13 @@ pub async fn clean_table(
         )
         .await?;
     cleanup.snapshots = expired.snapshots;
+    cleanup.replaced_files = expired.data_files;
     tracing::debug!(
         table = %lake,
         files = expired.files,
-        "removed the manifest lists and manifests only expired snapshots listed"
+        data_files = expired.data_files,
+        "removed the manifest lists and manifests only expired snapshots listed, and the \
+         files they had removed from the table"
     );
 
     if !sink.settings().removes_files {

@@ -430,8 +430,9 @@ pub(crate) fn plan(
 pub fn print(outcomes: &[Outcome]) {
     for o in outcomes {
         let cleaned = format!(
-            "; {} snapshots expired, {} orphan files ({} bytes) removed",
-            o.cleanup.snapshots, o.cleanup.files, o.cleanup.bytes
+            "; {} snapshots expired ({} replaced files removed with them), {} orphan files \
+             ({} bytes) removed",
+            o.cleanup.snapshots, o.cleanup.replaced_files, o.cleanup.files, o.cleanup.bytes
         );
         if let Some(error) = &o.failed {
             println!("{}: failed: {error}", o.table);

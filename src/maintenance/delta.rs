@@ -271,6 +271,7 @@ async fn vacuum(
         snapshots: 0,
         files: removed.len(),
         bytes: removed.iter().sum(),
+        ..Cleanup::default()
     };
     Ok(table)
 }

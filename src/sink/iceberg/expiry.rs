@@ -1,15 +1,17 @@
 //! Snapshot expiry on the writer's own cadence: which snapshots go (never the current one,
 //! what tags and branches hold, or the checkpoint's), and the files only they referenced —
-//! their manifest lists, and the manifests no remaining snapshot lists — removed after the
-//! expiry commits, so a table committed every few seconds keeps bounded metadata between
-//! compactions.
+//! their manifest lists, the manifests no remaining snapshot lists, and the data and delete
+//! files an expired snapshot removed from the table (a compaction's replaced files, a
+//! truncate's) once no kept snapshot can still hold them — removed after the expiry commits,
+//! so a table committed every few seconds keeps bounded metadata between compactions, and
+//! its storage does not grow with what compaction replaces.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use iceberg::io::FileIO;
-use iceberg::spec::{ManifestList, TableMetadata};
+use iceberg::spec::{FormatVersion, Manifest, ManifestList, ManifestStatus, TableMetadata};
 
 use super::{IcebergSink, TableState, table};
 use crate::catalog::{Catalog, CatalogTable, Pointer};
@@ -32,6 +34,12 @@ pub struct ManifestRefs {
     ids: HashMap<Arc<str>, u32>,
     paths: Vec<Arc<str>>,
     lists: HashMap<i64, Box<[u32]>>,
+    /// Per known snapshot that removed files from the table: its sequence number and the
+    /// manifests it wrote that mark them deleted.
+    removing: HashMap<i64, (i64, Vec<Arc<str>>)>,
+    /// Files removed from the table by snapshots expired since, with the sequence number of
+    /// the snapshot that removed each: waiting until no kept snapshot is older than it.
+    removed: Vec<(i64, Arc<str>)>,
 }
 
 impl ManifestRefs {
@@ -56,17 +64,11 @@ impl ManifestRefs {
             .map(|s| (s.snapshot_id(), s.manifest_list().to_string()))
             .collect();
         let version = metadata.format_version();
-        let read: Vec<Option<(i64, Vec<String>)>> = futures::stream::iter(unknown)
+        let read: Vec<Option<(i64, ManifestList)>> = futures::stream::iter(unknown)
             .map(|(id, list)| async move {
                 let bytes = file_io.new_input(&list)?.read().await?;
                 let list = ManifestList::parse_with_version(&bytes, version)?;
-                Ok::<_, iceberg::Error>((
-                    id,
-                    list.entries()
-                        .iter()
-                        .map(|m| m.manifest_path.clone())
-                        .collect(),
-                ))
+                Ok::<_, iceberg::Error>((id, list))
             })
             .buffer_unordered(READ_AHEAD)
             .map(Result::ok)
@@ -74,15 +76,93 @@ impl ManifestRefs {
             .await;
         let mut complete = true;
         for entry in read {
-            match entry {
-                Some((id, manifests)) => {
-                    let ids = manifests.iter().map(|p| self.intern(p)).collect();
-                    self.lists.insert(id, ids);
-                }
-                None => complete = false,
+            let Some((id, list)) = entry else {
+                complete = false;
+                continue;
+            };
+            let ids = list
+                .entries()
+                .iter()
+                .map(|m| self.intern(&m.manifest_path))
+                .collect();
+            self.lists.insert(id, ids);
+            let removing: Vec<Arc<str>> = list
+                .entries()
+                .iter()
+                .filter(|m| m.added_snapshot_id == id && m.has_deleted_files())
+                .map(|m| Arc::from(m.manifest_path.as_str()))
+                .collect();
+            if let Some(snapshot) = metadata.snapshot_by_id(id)
+                && !removing.is_empty()
+            {
+                self.removing
+                    .insert(id, (snapshot.sequence_number(), removing));
             }
         }
         complete
+    }
+
+    /// Reads which files known snapshots removed from the table (their manifests' `DELETED`
+    /// entries) once it matters: for a snapshot `after` no longer has (before its manifests
+    /// are removed with it), and for one no kept snapshot is older than (what it removed is
+    /// then in no kept snapshot). They wait in memory until [`removable`](Self::removable)
+    /// lets them go. A manifest that cannot be read leaves its files to orphan removal.
+    pub(super) async fn collect_removed(&mut self, file_io: &FileIO, after: &TableMetadata) {
+        let oldest = oldest_sequence(after);
+        let due: Vec<i64> = self
+            .removing
+            .iter()
+            .filter(|(id, (sequence, _))| {
+                after.snapshot_by_id(**id).is_none() || oldest.is_some_and(|o| *sequence <= o)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some((sequence, manifests)) = self.removing.remove(&id) else {
+                continue;
+            };
+            for path in manifests {
+                let read = async {
+                    let bytes = file_io.new_input(path.as_ref())?.read().await?;
+                    Manifest::parse_avro(&bytes)
+                };
+                match read.await {
+                    Ok(manifest) => self.removed.extend(
+                        manifest
+                            .entries()
+                            .iter()
+                            .filter(|e| {
+                                e.status() == ManifestStatus::Deleted && e.snapshot_id() == Some(id)
+                            })
+                            .map(|e| (sequence, Arc::from(e.file_path()))),
+                    ),
+                    Err(e) => tracing::warn!(
+                        manifest = %path,
+                        error = %e,
+                        "could not read which files a snapshot removed from the table; \
+                         compact's orphan removal takes them later"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The files removed from the table that no snapshot of `after` can hold any more: on a
+    /// table whose only history is `main` (sequence numbers then order its snapshots), a
+    /// file removed by the snapshot of sequence number `n` is in no snapshot from `n` on, so
+    /// once every kept snapshot is at `n` or later nothing reads it. With tags or other
+    /// branches (which may hold older states), or on a format v1 table, nothing is released
+    /// and orphan removal takes the files.
+    pub(super) fn removable(&mut self, after: &TableMetadata) -> Vec<Arc<str>> {
+        let Some(oldest) = oldest_sequence(after) else {
+            self.removed.clear();
+            return Vec::new();
+        };
+        let (go, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut self.removed)
+            .into_iter()
+            .partition(|(sequence, _)| *sequence <= oldest);
+        self.removed = stay;
+        go.into_iter().map(|(_, path)| path).collect()
     }
 
     /// Forgets the snapshots `metadata` no longer has; returns the manifests they listed
@@ -98,6 +178,10 @@ impl ManifestRefs {
         if gone.is_empty() {
             return Vec::new();
         }
+        // what they removed from the table was collected by the expiry that took them, or
+        // is orphan removal's when another writer expired them
+        self.removing
+            .retain(|id, _| metadata.snapshot_by_id(*id).is_some());
         let mut candidates: HashSet<u32> = HashSet::new();
         for id in gone {
             if let Some(list) = self.lists.remove(&id) {
@@ -143,6 +227,9 @@ pub struct Expired {
     pub snapshots: usize,
     /// Manifest lists and manifests removed with them.
     pub files: usize,
+    /// Data and delete files the expired snapshots had removed from the table (replaced by
+    /// compaction, truncated), removed from storage.
+    pub data_files: usize,
 }
 
 impl<C: Catalog> IcebergSink<C> {
@@ -187,7 +274,7 @@ impl<C: Catalog> IcebergSink<C> {
                 after,
                 Expired {
                     snapshots,
-                    files: 0,
+                    ..Expired::default()
                 },
             ));
         }
@@ -210,6 +297,18 @@ impl<C: Catalog> IcebergSink<C> {
         let mut files = 0usize;
         // snapshots another writer added meanwhile must be known before anything is removed
         let complete = refs.learn(&self.file_io, &after).await;
+        refs.collect_removed(&self.file_io, &after).await;
+        let mut data_files = 0usize;
+        if gc_enabled(&after) {
+            let location = format!("{}/", after.location().trim_end_matches('/'));
+            for file in refs.removable(&after) {
+                // a `compact` that starts afresh finds again what an earlier one removed
+                let there = self.file_io.exists(file.as_ref()).await.unwrap_or(true);
+                if file.starts_with(&location) && there && remove(file.to_string()).await {
+                    data_files += 1;
+                }
+            }
+        }
         let unreferenced = refs.release(&after);
         if complete {
             for manifest in unreferenced {
@@ -226,7 +325,15 @@ impl<C: Catalog> IcebergSink<C> {
                 files += 1;
             }
         }
-        Ok((pointer, after, Expired { snapshots, files }))
+        Ok((
+            pointer,
+            after,
+            Expired {
+                snapshots,
+                files,
+                data_files,
+            },
+        ))
     }
 
     /// [`expire_removing_files`](Self::expire_removing_files) on the writer's cadence, with
@@ -260,6 +367,7 @@ impl<C: Catalog> IcebergSink<C> {
                         expired = expired.snapshots,
                         snapshots = metadata.snapshots().len(),
                         files_removed = expired.files,
+                        data_files_removed = expired.data_files,
                         "expired old snapshots"
                     );
                 }
@@ -301,6 +409,25 @@ pub(super) fn expired_snapshots(
         })
         .map(|(_, id)| id)
         .collect()
+}
+
+/// The sequence number of `metadata`'s oldest snapshot, when sequence numbers order its whole
+/// history: a format v2 table whose only ref is `main`.
+fn oldest_sequence(metadata: &TableMetadata) -> Option<i64> {
+    if metadata.format_version() < FormatVersion::V2 || !kept_by_refs(metadata).is_empty() {
+        return None;
+    }
+    metadata.snapshots().map(|s| s.sequence_number()).min()
+}
+
+/// Whether the table lets its writers delete the files it no longer references (Iceberg's
+/// `gc.enabled`, true unless set to false: a table registered in several catalogs sets it
+/// false so that no one of them deletes what another still lists).
+fn gc_enabled(metadata: &TableMetadata) -> bool {
+    metadata
+        .properties()
+        .get("gc.enabled")
+        .is_none_or(|v| !v.eq_ignore_ascii_case("false"))
 }
 
 /// The snapshots tags and branches other than `main` hold: a tag's snapshot, and a branch's
