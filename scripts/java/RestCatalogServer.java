@@ -728,6 +728,97 @@ public final class RestCatalogServer {
     return builder.build();
   }
 
+  // ---- logging ----
+
+  /**
+   * Iceberg's warnings and errors on stderr, one line each, beside the request lines. Iceberg
+   * logs through SLF4J; without a provider SLF4J prints a notice at every start and drops
+   * everything, and the log4j jars pyspark carries cost 0.4 s of start-up. Registered in the
+   * server's jar (META-INF/services/org.slf4j.spi.SLF4JServiceProvider, written by
+   * scripts/iceberg_java).
+   */
+  public static final class StderrLogging implements org.slf4j.spi.SLF4JServiceProvider {
+    private final org.slf4j.IMarkerFactory markers = new org.slf4j.helpers.BasicMarkerFactory();
+    private final org.slf4j.spi.MDCAdapter mdc = new org.slf4j.helpers.NOPMDCAdapter();
+
+    @Override
+    public org.slf4j.ILoggerFactory getLoggerFactory() {
+      return StderrLogger::new;
+    }
+
+    @Override
+    public org.slf4j.IMarkerFactory getMarkerFactory() {
+      return markers;
+    }
+
+    @Override
+    public org.slf4j.spi.MDCAdapter getMDCAdapter() {
+      return mdc;
+    }
+
+    @Override
+    public String getRequestedApiVersion() {
+      return "2.0.99";
+    }
+
+    @Override
+    public void initialize() {}
+  }
+
+  static final class StderrLogger extends org.slf4j.helpers.LegacyAbstractLogger {
+    StderrLogger(String name) {
+      this.name = name;
+    }
+
+    @Override
+    public boolean isTraceEnabled() {
+      return false;
+    }
+
+    @Override
+    public boolean isDebugEnabled() {
+      return false;
+    }
+
+    @Override
+    public boolean isInfoEnabled() {
+      return false;
+    }
+
+    @Override
+    public boolean isWarnEnabled() {
+      return true;
+    }
+
+    @Override
+    public boolean isErrorEnabled() {
+      return true;
+    }
+
+    @Override
+    protected String getFullyQualifiedCallerName() {
+      return null;
+    }
+
+    @Override
+    protected void handleNormalizedLoggingCall(
+        org.slf4j.event.Level level,
+        org.slf4j.Marker marker,
+        String pattern,
+        Object[] arguments,
+        Throwable thrown) {
+      String text = org.slf4j.helpers.MessageFormatter.basicArrayFormat(pattern, arguments);
+      String shortName = name.substring(name.lastIndexOf('.') + 1);
+      System.err.println(
+          level.toString().toLowerCase(java.util.Locale.ROOT)
+              + " "
+              + shortName
+              + ": "
+              + text
+              + (thrown == null ? "" : " (" + thrown + ")"));
+    }
+  }
+
   // ---- helpers ----
 
   /** A request to a path or with a method this server does not serve: 400, as the spec's. */
