@@ -10,10 +10,11 @@
  *
  *   RestCatalogServer --port P --warehouse DIR --catalog-db FILE [--prefix PREFIX]
  *                     [--token T] [--client-id ID --client-secret S [--token-ttl SECONDS]]
+ *                     [--stop-on-stdin-eof]
  *
  * It listens on 127.0.0.1:P, prints `ready P` on stdout once it accepts connections, logs one
  * line per request on stderr (method, path, status, milliseconds) and exits 0 on SIGTERM or
- * SIGINT.
+ * SIGINT, or, with --stop-on-stdin-eof, when its stdin closes (so a server outlives no test).
  *
  * Routes (the REST catalog spec, open-api/rest-catalog-open-api.yaml; {prefix}/ is absent
  * unless --prefix is given, and GET /v1/config announces it as the `prefix` override):
@@ -131,11 +132,16 @@ public final class RestCatalogServer {
     String clientId;
     String clientSecret;
     long tokenTtlSeconds = 3600;
+    boolean stopOnStdinEof;
 
     static Options parse(String[] args) {
       Options o = new Options();
       for (int i = 0; i < args.length; i++) {
         String name = args[i];
+        if (name.equals("--stop-on-stdin-eof")) {
+          o.stopOnStdinEof = true;
+          continue;
+        }
         if (i + 1 >= args.length) {
           throw new IllegalArgumentException("option " + name + " needs a value");
         }
@@ -264,6 +270,25 @@ public final class RestCatalogServer {
     // SIGTERM ends the server cleanly, with status 0: the tests stop it that way
     for (String signal : List.of("TERM", "INT")) {
       sun.misc.Signal.handle(new sun.misc.Signal(signal), s -> stop.countDown());
+    }
+    if (options.stopOnStdinEof) {
+      // the test that started the server holds our stdin: when it dies, even by SIGKILL,
+      // the pipe closes and the server goes with it instead of lingering
+      Thread watcher =
+          new Thread(
+              () -> {
+                try {
+                  while (System.in.read() >= 0) {
+                    // nothing is sent; the end of the stream is the signal
+                  }
+                } catch (IOException e) {
+                  // a broken stdin means the same
+                }
+                stop.countDown();
+              },
+              "stdin-watch");
+      watcher.setDaemon(true);
+      watcher.start();
     }
     System.out.println("ready " + http.getAddress().getPort());
     System.out.flush();

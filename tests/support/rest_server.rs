@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -56,6 +56,9 @@ impl CommitFault {
 #[derive(Debug)]
 pub struct RestServer {
     child: Child,
+    /// Held open: the server stops when it closes, so even a test killed with SIGKILL leaves
+    /// no server behind.
+    _stdin: ChildStdin,
     addr: SocketAddr,
     dir: tempfile::TempDir,
 }
@@ -96,7 +99,8 @@ impl RestServer {
             .arg("--warehouse")
             .arg(dir.path().join("warehouse"))
             .arg("--catalog-db")
-            .arg(dir.path().join("catalog.db"));
+            .arg(dir.path().join("catalog.db"))
+            .arg("--stop-on-stdin-eof");
         if let Some(prefix) = &options.prefix {
             command.args(["--prefix", prefix]);
         }
@@ -110,12 +114,13 @@ impl RestServer {
             command.args(["--token-ttl", &ttl.as_secs().max(1).to_string()]);
         }
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("start scripts/iceberg_java rest");
         let stdout = child.stdout.take().expect("the server's stdout");
+        let stdin = child.stdin.take().expect("the server's stdin");
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -125,7 +130,12 @@ impl RestServer {
                 }
             }
         });
-        let mut server = RestServer { child, addr, dir };
+        let mut server = RestServer {
+            child,
+            _stdin: stdin,
+            addr,
+            dir,
+        };
         let expected = format!("ready {}", addr.port());
         match receiver.recv_timeout(READY_TIMEOUT) {
             Ok(line) if line == expected => server,
