@@ -283,6 +283,10 @@ async fn trickle(
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second as f64));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut done = 0u64;
+    // the live keys are a window of `rows` ids, `oldest..oldest + rows`: each transaction adds
+    // the next id (the serial) and deletes the oldest, so the table keeps its size and what
+    // grows is the writer's state, not the data compaction rewrites
+    let mut oldest = 1u64;
     while !*stop.borrow() {
         ticker.tick().await;
         let mut sql = String::from("BEGIN;");
@@ -290,19 +294,15 @@ async fn trickle(
             sql.push_str(&format!(
                 "UPDATE orders SET total_amount = round((random() * 1000)::numeric, 2), \
                  status = 'paid', updated_at = now() WHERE order_id = {};",
-                next(rows)
+                oldest + next(rows) - 1
             ));
         }
         sql.push_str(
             "INSERT INTO orders (customer_id, order_date, total_amount, status) \
              VALUES (1, current_date, 1.00, 'pending');",
         );
-        if done.is_multiple_of(10) {
-            sql.push_str(&format!(
-                "DELETE FROM orders WHERE order_id = {};",
-                next(rows)
-            ));
-        }
+        sql.push_str(&format!("DELETE FROM orders WHERE order_id = {oldest};"));
+        oldest += 1;
         sql.push_str("COMMIT;");
         client
             .batch_execute(&sql)
