@@ -294,6 +294,10 @@ impl<C: Catalog> IcebergSink<C> {
     }
 
     async fn read_metadata(&self, lake: &CatalogTable, pointer: &Pointer) -> Result<TableMetadata> {
+        // a REST catalog sends the metadata with each answer
+        if let Some(metadata) = self.catalog.known_metadata(lake, pointer) {
+            return Ok(metadata);
+        }
         TableMetadata::read_from(&self.file_io, &pointer.metadata_location)
             .await
             .map_err(|e| {
