@@ -226,7 +226,10 @@ mod tests {
         )?;
         let text = p.to_string();
         assert!(text.contains("\"arn:aws:s3:::lake/lw/*\""), "{text}");
-        assert!(!text.contains("glue:") && !text.contains("s3tables:"), "{text}");
+        assert!(
+            !text.contains("glue:") && !text.contains("s3tables:"),
+            "{text}"
+        );
         let local = Config::parse(
             "[source]\ndatabase = \"a\"\n[sink]\nwarehouse = \"./w\"\ncatalog = \"rest\"\n\
              [sink.rest]\nuri = \"https://catalog.example.com\"\n",
@@ -234,7 +237,10 @@ mod tests {
             Vec::new(),
         )?;
         let refused = iam_policy(&local).expect_err("a local warehouse needs no AWS policy");
-        assert!(refused.to_string().contains("granted in the catalog"), "{refused}");
+        assert!(
+            refused.to_string().contains("granted in the catalog"),
+            "{refused}"
+        );
         Ok(())
     }
 

@@ -380,7 +380,9 @@ fn check_catalog_uri(key: &str, uri: &str) -> std::result::Result<(), String> {
         ));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(format!("{key} = {uri:?}: a base URI takes no query or fragment"));
+        return Err(format!(
+            "{key} = {uri:?}: a base URI takes no query or fragment"
+        ));
     }
     match parsed.scheme() {
         "https" => Ok(()),
@@ -876,9 +878,11 @@ impl Config {
             return Ok(());
         }
         if rest.uri.trim().is_empty() {
-            return Err("sink.catalog = \"rest\" needs sink.rest.uri, the catalog's base URI \
+            return Err(
+                "sink.catalog = \"rest\" needs sink.rest.uri, the catalog's base URI \
                         (before /v1/…)"
-                .into());
+                    .into(),
+            );
         }
         check_catalog_uri("sink.rest.uri", &rest.uri)?;
         if self.sink.format == TableFormat::Delta {
@@ -1111,7 +1115,9 @@ mod tests {
         assert_eq!(config.sink.rest.scope(), "catalog");
         assert_eq!(config.sink.rest.warehouse.as_deref(), Some("lake"));
         parse(&format!("{base}uri = \"http://127.0.0.1:8181\"\n"))?;
-        parse(&format!("{base}uri = \"http://localhost:8181/\"\ntoken_env = \"T\"\n"))?;
+        parse(&format!(
+            "{base}uri = \"http://localhost:8181/\"\ntoken_env = \"T\"\n"
+        ))?;
         let refused = [
             (format!("{base}warehouse = \"lake\"\n"), "sink.rest.uri"),
             (
@@ -1143,10 +1149,17 @@ mod tests {
                 ),
                 "sink.rest.oauth2_server_uri",
             ),
-            (format!("{base}uri = \"https://c\"\ntoken_env = \"\"\n"), "sink.rest.token_env is empty"),
-            (format!("{base}uri = \"https://c\"\nsigv4 = true\n"), "unknown field `sigv4`"),
             (
-                format!("{base}uri = \"https://c\"\n").replace("[sink]\n", "[sink]\nformat = \"delta\"\n"),
+                format!("{base}uri = \"https://c\"\ntoken_env = \"\"\n"),
+                "sink.rest.token_env is empty",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\nsigv4 = true\n"),
+                "unknown field `sigv4`",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\n")
+                    .replace("[sink]\n", "[sink]\nformat = \"delta\"\n"),
                 "Iceberg tables only",
             ),
             (

@@ -117,7 +117,10 @@ impl TableChange {
             updates.push(TableUpdate::SetCurrentSchema {
                 schema_id: if last_added == Some(current_schema) {
                     LAST_ADDED
-                } else if added_schemas.iter().any(|s| s.schema_id() == current_schema) {
+                } else if added_schemas
+                    .iter()
+                    .any(|s| s.schema_id() == current_schema)
+                {
                     return refuse(format!(
                         "the current schema to {current_schema}, added before another new one"
                     ));
@@ -347,9 +350,10 @@ impl TableChange {
         mark.removed_snapshots
             .iter()
             .all(|id| metadata.snapshot_by_id(*id).is_none())
-            && mark.schema.as_ref().is_none_or(|schema| {
-                metadata.current_schema().as_struct() == schema.as_struct()
-            })
+            && mark
+                .schema
+                .as_ref()
+                .is_none_or(|schema| metadata.current_schema().as_struct() == schema.as_struct())
             && mark
                 .set_properties
                 .iter()
@@ -426,7 +430,9 @@ mod tests {
             .with_parent_snapshot_id(metadata.current_snapshot_id())
             .with_sequence_number(metadata.next_sequence_number())
             .with_timestamp_ms(metadata.last_updated_ms() + 1)
-            .with_manifest_list(format!("/warehouse/lakewriter/orders/metadata/snap-{id}.avro"))
+            .with_manifest_list(format!(
+                "/warehouse/lakewriter/orders/metadata/snap-{id}.avro"
+            ))
             .with_summary(Summary {
                 operation: Operation::Append,
                 additional_properties: HashMap::from([(

@@ -221,9 +221,8 @@ impl RestCatalog {
         properties.extend(answer.overrides);
         let root = match properties.get("uri") {
             Some(moved) if moved.trim_end_matches('/') != uri => {
-                url::Url::parse(&format!("{}/", moved.trim_end_matches('/'))).map_err(|e| {
-                    fail(context, format!("the server's uri {moved:?}: {e}"), false)
-                })?
+                url::Url::parse(&format!("{}/", moved.trim_end_matches('/')))
+                    .map_err(|e| fail(context, format!("the server's uri {moved:?}: {e}"), false))?
             }
             _ => root,
         };
@@ -237,13 +236,8 @@ impl RestCatalog {
                 .extend(prefix.split('/').filter(|s| !s.is_empty()))
                 .push("");
         }
-        let inner = Arc::into_inner(provisional.inner).ok_or_else(|| {
-            fail(
-                context,
-                "the client is still in use".into(),
-                false,
-            )
-        })?;
+        let inner = Arc::into_inner(provisional.inner)
+            .ok_or_else(|| fail(context, "the client is still in use".into(), false))?;
         Ok(RestCatalog {
             inner: Arc::new(Inner { base, ..inner }),
         })
@@ -287,12 +281,7 @@ impl RestCatalog {
     }
 
     /// An HTTP error answer as an error; 5xx and 429 may pass.
-    fn status_error(
-        &self,
-        context: &str,
-        status: reqwest::StatusCode,
-        body: &str,
-    ) -> CatalogError {
+    fn status_error(&self, context: &str, status: reqwest::StatusCode, body: &str) -> CatalogError {
         let hint = match status.as_u16() {
             401 => " (check the token or credential in the environment variable sink.rest names)",
             403 => " (the principal lacks a privilege on this catalog, namespace or table)",
@@ -369,9 +358,8 @@ impl RestCatalog {
         context: &str,
         body: &str,
     ) -> Result<(Pointer, Arc<TableMetadata>), CatalogError> {
-        let answer: TableResponse = serde_json::from_str(body).map_err(|e| {
-            self.error(context, format!("not a table response: {e}"), false)
-        })?;
+        let answer: TableResponse = serde_json::from_str(body)
+            .map_err(|e| self.error(context, format!("not a table response: {e}"), false))?;
         let Some(location) = answer.metadata_location else {
             return Err(CatalogError::NotIceberg {
                 catalog: self.inner.describe.clone(),
@@ -423,7 +411,9 @@ impl RestCatalog {
             return Ok(metadata);
         }
         match self.load_table(table).await? {
-            Some((pointer, metadata)) if pointer.metadata_location == expected.metadata_location => {
+            Some((pointer, metadata))
+                if pointer.metadata_location == expected.metadata_location =>
+            {
                 Ok(metadata)
             }
             Some(_) => Err(self.conflict(table, expected)),
@@ -636,9 +626,8 @@ impl Catalog for RestCatalog {
                 }
                 Sent::Lost(message) => return Err(self.error(&context, message, true)),
             };
-            let answer: ListTablesResponse = serde_json::from_str(&answer).map_err(|e| {
-                self.error(&context, format!("not a list of tables: {e}"), false)
-            })?;
+            let answer: ListTablesResponse = serde_json::from_str(&answer)
+                .map_err(|e| self.error(&context, format!("not a list of tables: {e}"), false))?;
             tables.extend(
                 answer
                     .identifiers

@@ -247,7 +247,9 @@ impl<C: Catalog> IcebergSink<C> {
         if self.catalog.writes_metadata() && self.settings.removes_files {
             // the catalog wrote its own metadata files: the staged ones only described the
             // change, and nothing references them
-            let files = attempts.into_inner().unwrap_or_else(PoisonError::into_inner);
+            let files = attempts
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner);
             for (file, _) in files {
                 if let Err(e) = self.file_io.delete(&file).await {
                     tracing::warn!(
