@@ -46,8 +46,11 @@ struct Inner {
     auth: Auth,
     describe: String,
     /// Metadata the server sent, by table and metadata location: what a commit diffs against.
-    cache: Mutex<HashMap<CatalogTable, VecDeque<(String, Arc<TableMetadata>)>>>,
+    cache: Mutex<HashMap<CatalogTable, Versions>>,
 }
+
+/// A table's latest metadata versions, oldest first, by metadata location.
+type Versions = VecDeque<(String, Arc<TableMetadata>)>;
 
 /// `GET /v1/config`'s answer.
 #[derive(Debug, Deserialize)]
