@@ -666,7 +666,100 @@ impl Catalog for RestCatalog {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    /// A server on 127.0.0.1 answering `GET /v1/config` with `config` and anything else with
+    /// `{}`; it records each request line.
+    async fn recording_server(config: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let address = listener.local_addr().expect("an address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = vec![0u8; 8192];
+                let n = stream.read(&mut buffer).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buffer[..n]).to_string();
+                let line = request.lines().next().unwrap_or_default().to_string();
+                let body = if line.starts_with("GET /v1/config") {
+                    config
+                } else {
+                    "{}"
+                };
+                record
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(line);
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        (format!("http://{address}"), seen)
+    }
+
+    #[tokio::test]
+    async fn the_servers_overrides_win_over_its_defaults_and_its_prefix_is_used() {
+        let (uri, seen) = recording_server(
+            r#"{"defaults":{"prefix":"not-this"},"overrides":{"prefix":"cat/a b"}}"#,
+        )
+        .await;
+        let catalog = RestCatalog::connect(&RestCatalogConfig {
+            uri: format!("{uri}/"),
+            warehouse: Some("lake house".into()),
+            ..RestCatalogConfig::default()
+        })
+        .await
+        .expect("connected");
+        assert!(catalog.namespace_exists("my ns").await.expect("an answer"));
+        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert_eq!(
+            seen,
+            [
+                "GET /v1/config?warehouse=lake+house HTTP/1.1",
+                "GET /v1/cat/a%20b/namespaces/my%20ns HTTP/1.1",
+            ]
+        );
+        assert_eq!(catalog.describe(), format!("rest catalog {uri}"));
+    }
+
+    #[tokio::test]
+    async fn without_a_prefix_namespaces_are_under_v1() {
+        let (uri, seen) = recording_server(r#"{"defaults":{},"overrides":{}}"#).await;
+        let catalog = RestCatalog::connect(&RestCatalogConfig {
+            uri,
+            ..RestCatalogConfig::default()
+        })
+        .await
+        .expect("connected");
+        catalog.namespace_exists("lake").await.expect("an answer");
+        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert_eq!(seen[0], "GET /v1/config HTTP/1.1");
+        assert_eq!(seen[1], "GET /v1/namespaces/lake HTTP/1.1");
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_names_the_variable_and_the_key() {
+        let error = RestCatalog::connect(&RestCatalogConfig {
+            uri: "http://127.0.0.1:9".into(),
+            token_env: Some("LAKEWRITER_TEST_TOKEN_THAT_IS_NOT_SET".into()),
+            ..RestCatalogConfig::default()
+        })
+        .await
+        .expect_err("no token");
+        let text = error.to_string();
+        assert!(
+            text.contains("LAKEWRITER_TEST_TOKEN_THAT_IS_NOT_SET"),
+            "{text}"
+        );
+        assert!(text.contains("sink.rest.token_env"), "{text}");
+    }
 
     #[test]
     fn error_bodies_are_read_for_their_message() {
