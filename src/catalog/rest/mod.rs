@@ -224,8 +224,19 @@ impl RestCatalog {
         properties.extend(answer.overrides);
         let root = match properties.get("uri") {
             Some(moved) if moved.trim_end_matches('/') != uri => {
-                url::Url::parse(&format!("{}/", moved.trim_end_matches('/')))
-                    .map_err(|e| fail(context, format!("the server's uri {moved:?}: {e}"), false))?
+                let moved_to = url::Url::parse(&format!("{}/", moved.trim_end_matches('/')))
+                    .map_err(|e| {
+                        fail(context, format!("the server's uri {moved:?}: {e}"), false)
+                    })?;
+                // credentials sent over TLS stay on TLS
+                if root.scheme() == "https" && moved_to.scheme() != "https" {
+                    return Err(fail(
+                        context,
+                        format!("the server moves clients to {moved:?}, which is not https"),
+                        false,
+                    ));
+                }
+                moved_to
             }
             _ => root,
         };
