@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.1 GET over a TCP stream, for the tests that read `lakewriter run`'s
-//! metrics endpoints and Prometheus's API (no client library in the test build), and the
-//! helpers to read the Prometheus text the writer serves.
+//! A minimal HTTP/1.1 client over a TCP stream, for the tests that read `lakewriter run`'s
+//! metrics endpoints and Prometheus's API and drive the test REST catalog server (no client
+//! library in the test build), and the helpers to read the Prometheus text the writer serves.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,15 +32,47 @@ pub fn free_address() -> SocketAddr {
 
 /// GET `path` (with its query) from `addr`, with extra `headers`; `None` when nothing answers.
 pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<Answer> {
+    request(addr, "GET", path, headers, None)
+}
+
+/// POST `body` (sent as `content_type`) to `path` on `addr`; `None` when nothing answers.
+pub fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &str,
+) -> Option<Answer> {
+    request(addr, "POST", path, headers, Some((content_type, body)))
+}
+
+/// Sends one request (`body`: its content type and text) and reads the whole answer; `None`
+/// when nothing answers or the connection closes before an answer.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &str)>,
+) -> Option<Answer> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .ok()?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some((content_type, text)) = body {
+        request.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            text.len()
+        ));
+    }
     request.push_str("\r\n");
+    if let Some((_, text)) = body {
+        request.push_str(text);
+    }
     stream.write_all(request.as_bytes()).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;

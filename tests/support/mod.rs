@@ -8,6 +8,7 @@ pub mod extremes;
 pub mod http;
 pub mod items;
 pub mod orders;
+pub mod rest_server;
 pub mod writer;
 
 use std::collections::HashMap;
