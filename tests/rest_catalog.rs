@@ -502,6 +502,13 @@ async fn kill_9_on_a_rest_catalog_with_oauth2_loses_and_duplicates_nothing() {
         "{status}"
     );
 
+    // pyiceberg's REST catalog client, after compact (it refuses equality deletes, which
+    // compact applied), finds PostgreSQL's rows through the server
+    assert_eq!(
+        pyiceberg_lines(&server, &db.namespace, "lakewriter:s3cret"),
+        postgres_lines(&db).await
+    );
+
     // an independent reader finds PostgreSQL's rows in the server's metadata file
     let location = server_location(&server, &db.namespace, "orders");
     let scan = "iceberg_scan('{metadata}')";
@@ -575,6 +582,44 @@ fn server_location(server: &RestServer, namespace: &str, name: &str) -> String {
         |row| row.get(0),
     )
     .expect("the table in the server's catalog")
+}
+
+/// The lines of [`LAKE_LINES`] over `namespace.orders` as pyiceberg's `RestCatalog` reads it
+/// through `server` (OAuth2 with `credential`), DuckDB running the query over its Arrow table.
+fn pyiceberg_lines(server: &RestServer, namespace: &str, credential: &str) -> Vec<String> {
+    let script = format!(
+        r#"
+import sys
+import duck
+from pyiceberg.catalog.rest import RestCatalog
+catalog = RestCatalog("lakewriter_test", uri=sys.argv[1], credential=sys.argv[2])
+orders = catalog.load_table(sys.argv[3] + ".orders").scan().to_arrow()
+con = duck.connect()
+con.register("orders", orders)
+for values in con.sql({query:?}).fetchall():
+    print("|".join("NULL" if v is None else str(v) for v in values))
+"#,
+        query = LAKE_LINES.replace("{scan}", "orders")
+    );
+    let output = stack()
+        .python()
+        .arg("-c")
+        .arg(script)
+        .arg(server.uri())
+        .arg(credential)
+        .arg(namespace)
+        .env("PYTHONPATH", project_dir().join("tests/readers"))
+        .output()
+        .expect("run pyiceberg");
+    assert!(
+        output.status.success(),
+        "pyiceberg over the REST catalog: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// `lakewriter <args>` on the test config with `env` set; its output.
