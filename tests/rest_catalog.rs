@@ -7,14 +7,18 @@
 mod support;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::DataType;
 use iceberg::spec::TableMetadata;
 use lakewriter::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer};
 use lakewriter::sink::Sink;
 use lakewriter::sink::iceberg::{IcebergSettings, IcebergSink, file_io};
+use lakewriter::table::TableId;
 use lakewriter::{Config, Lsn};
-use support::items::{delta, items, items_schema, keyed};
+use support::items::{delta, items, items_schema, keyed, table_schema};
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::rest_server::{CommitFault, RestServer, RestServerOptions};
 use support::writer::{caught_up, crash_and_restart_env, start_with_env, stop, write_config};
@@ -214,6 +218,109 @@ async fn commits_are_applied_by_the_reference_server_and_duckdb_reads_them() {
     assert!(catalog.drop_table(&lake).await.expect("drop"));
     assert!(catalog.load(&lake).await.expect("load").is_none());
     assert!(!catalog.drop_table(&lake).await.expect("drop again"));
+}
+
+#[tokio::test]
+async fn schema_changes_and_truncates_are_applied_by_the_reference_server() {
+    let server = RestServer::start();
+    let warehouse = tempfile::tempdir().expect("a warehouse");
+    let config = config("lake", warehouse.path(), &server);
+    let table = TableId::new("public", "counters");
+    let lake = CatalogTable::new("lake", "counters");
+    let layout = keyed(&["id"], &[]);
+    let v1 = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("hits", DataType::Int32, 23, false),
+        ],
+        &[],
+    );
+    let mut sink = IcebergSink::from_config(&config).await.expect("the sink");
+    sink.prepare(&table, &v1, &layout).await.expect("create");
+    let batch = RecordBatch::try_new(
+        v1.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![1, 2])),
+            Arc::new(Int32Array::from(vec![Some(5), None])),
+        ],
+    )
+    .expect("v1 rows");
+    sink.commit(delta(&v1, vec![], vec![batch], 10))
+        .await
+        .expect("v1 rows");
+
+    // ALTER TABLE … ALTER hits TYPE bigint, ADD note text: add-schema, set-current-schema
+    let v2 = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("hits", DataType::Int64, 20, false),
+            ("note", DataType::Utf8, 25, false),
+        ],
+        &[],
+    );
+    let batch = RecordBatch::try_new(
+        v2.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![3])),
+            Arc::new(Int64Array::from(vec![5_000_000_000])),
+            Arc::new(StringArray::from(vec!["big"])),
+        ],
+    )
+    .expect("v2 rows");
+    sink.commit(delta(&v2, vec![], vec![batch], 20))
+        .await
+        .expect("v2 rows");
+    let (pointer, metadata) = current(&config, &lake).await;
+    let names: Vec<String> = metadata
+        .current_schema()
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert_eq!(names, ["id", "hits", "note"]);
+    assert_eq!(metadata.schemas_iter().len(), 2);
+    assert_eq!(
+        duck(
+            &pointer.metadata_location,
+            "SELECT id, hits, note FROM iceberg_scan('{metadata}') ORDER BY 1"
+        ),
+        ["1|5|NULL", "2|NULL|NULL", "3|5000000000|big"]
+    );
+
+    // a truncate, then a row
+    let batch = RecordBatch::try_new(
+        v2.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![9])),
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(StringArray::from(vec!["after"])),
+        ],
+    )
+    .expect("rows");
+    let mut truncate = delta(&v2, vec![], vec![batch], 30);
+    truncate.truncate = true;
+    sink.commit(truncate).await.expect("truncate");
+    let (pointer, metadata) = current(&config, &lake).await;
+    assert_eq!(
+        duck(
+            &pointer.metadata_location,
+            "SELECT id, hits, note FROM iceberg_scan('{metadata}') ORDER BY 1"
+        ),
+        ["9|1|after"]
+    );
+    assert_eq!(
+        lakewriter::sink::iceberg::checkpoint(&lake, &metadata).expect("a checkpoint"),
+        Some(Lsn(30))
+    );
+    assert_eq!(
+        commits_applied(&server),
+        4,
+        "rows, the schema change, rows, the truncate"
+    );
+    no_staged_files_left(&pointer, &metadata);
 }
 
 /// A catalog whose next commit is preceded by another writer's commit, between the load the
