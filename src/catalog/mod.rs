@@ -281,7 +281,10 @@ impl CatalogError {
 }
 
 /// A catalog of Iceberg tables that swaps pointers atomically. The methods return `Send`
-/// futures so a commit can run on any task.
+/// futures so a commit can run on any task. A REST catalog is the same contract in another
+/// form: the server applies the difference between the expected metadata and the staged one
+/// only if the table is still at the expected version, and writes the metadata file itself
+/// (the returned pointer names its file, not the staged one).
 ///
 /// The contract of [`Catalog::commit`]: the pointer moves from `expected` to the new location
 /// only if it still is `expected` at the instant of the swap; otherwise nothing changes and the
