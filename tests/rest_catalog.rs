@@ -323,6 +323,39 @@ async fn schema_changes_and_truncates_are_applied_by_the_reference_server() {
     no_staged_files_left(&pointer, &metadata);
 }
 
+#[tokio::test]
+async fn the_prefix_the_server_announces_is_where_tables_are() {
+    let server = RestServer::start_with(RestServerOptions {
+        prefix: Some("warehouse-1".into()),
+        ..RestServerOptions::default()
+    });
+    let warehouse = tempfile::tempdir().expect("a warehouse");
+    let config = config("lake", warehouse.path(), &server);
+    let schema = items_schema();
+    let mut sink = IcebergSink::from_config(&config).await.expect("the sink");
+    sink.prepare(&schema.table, &schema, &keyed(&["id"], &[]))
+        .await
+        .expect("create");
+    sink.commit(delta(
+        &schema,
+        vec![],
+        vec![items(&schema, &[(1, Some("a"))])],
+        10,
+    ))
+    .await
+    .expect("commit");
+    // the server serves its routes under /v1/warehouse-1/ only: the commit found them
+    assert_eq!(server.commits_of("lake.items"), 1);
+    let (pointer, _) = current(&config, &CatalogTable::new("lake", "items")).await;
+    assert_eq!(
+        duck(
+            &pointer.metadata_location,
+            "SELECT id, name FROM iceberg_scan('{metadata}')"
+        ),
+        ["1|a"]
+    );
+}
+
 /// A catalog whose next commit is preceded by another writer's commit, between the load the
 /// commit was staged on and the commit itself.
 struct Interloper {
