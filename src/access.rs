@@ -102,6 +102,11 @@ pub fn iam_policy(config: &Config) -> Result<Policy> {
         None => {
             // a REST catalog's privileges are granted in the catalog, to its principal
             let rest = match config.sink.catalog {
+                CatalogKind::Rest if config.sink.rest.sigv4 => {
+                    "; with sink.rest.sigv4 the REST endpoint authorises the signing principal \
+                     by the signing service's own IAM actions (those of S3 Tables or Glue on the \
+                     catalog, namespace and tables), which this command does not print"
+                }
                 CatalogKind::Rest => {
                     "; the REST catalog's own privileges (create namespace, register, load \
                      and commit tables) are granted in the catalog to the principal lakewriter \
@@ -241,6 +246,15 @@ mod tests {
             refused.to_string().contains("granted in the catalog"),
             "{refused}"
         );
+        let signed = Config::parse(
+            "[source]\ndatabase = \"a\"\n[sink]\nwarehouse = \"./w\"\ncatalog = \"rest\"\n\
+             [sink.rest]\nuri = \"https://glue.eu-west-1.amazonaws.com/iceberg\"\nsigv4 = true\n\
+             signing_name = \"glue\"\n",
+            Path::new("t.toml"),
+            Vec::new(),
+        )?;
+        let refused = iam_policy(&signed).expect_err("the signing service's actions");
+        assert!(refused.to_string().contains("signing service"), "{refused}");
         Ok(())
     }
 

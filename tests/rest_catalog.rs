@@ -711,6 +711,135 @@ async fn a_bearer_token_is_sent_and_a_wrong_one_is_an_error_doctor_explains() {
     assert!(verify.contains("equal"), "{verify}");
 }
 
+/// A moto server of the test's own (S3 and IAM), stopped on drop: its IAM enforcement,
+/// once on, checks every request's SigV4 signature.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = stack()
+            .python()
+            .arg(project_dir().join("scripts/moto_server.py"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not answer on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigv4_signed_requests_pass_motos_signature_check_and_a_wrong_key_does_not() {
+    // moto serves no Iceberg REST routes: a bucket named like the catalog's path holds the
+    // answer of GET /v1/config, so the signed request is an S3 GetObject whose signature and
+    // IAM policy moto checks
+    let db = TestDb::new("rest_sigv4").await;
+    let moto = Moto::start();
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let setup = stack()
+        .python()
+        .arg("-c")
+        .arg(
+            "import sys, json, boto3, urllib.request\n\
+             endpoint = sys.argv[1]\n\
+             def client(name):\n\
+             \x20   return boto3.client(name, endpoint_url=endpoint, region_name='us-east-1',\n\
+             \x20       aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             s3 = client('s3')\n\
+             s3.create_bucket(Bucket='rest-catalog')\n\
+             s3.put_object(Bucket='rest-catalog', Key='v1/config',\n\
+             \x20   Body=json.dumps({'defaults': {}, 'overrides': {}}).encode())\n\
+             iam = client('iam')\n\
+             iam.create_user(UserName='catalog')\n\
+             iam.put_user_policy(UserName='catalog', PolicyName='read', PolicyDocument=json.dumps(\n\
+             \x20   {'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow',\n\
+             \x20    'Action': 's3:GetObject', 'Resource': 'arn:aws:s3:::rest-catalog/*'}]}))\n\
+             key = iam.create_access_key(UserName='catalog')['AccessKey']\n\
+             urllib.request.urlopen(urllib.request.Request(\n\
+             \x20   endpoint + '/moto-api/reset-auth', data=b'0', method='POST',\n\
+             \x20   headers={'Content-Type': 'text/plain'})).read()\n\
+             print(key['AccessKeyId'])\n\
+             print(key['SecretAccessKey'])\n",
+        )
+        .arg(&endpoint)
+        .output()
+        .expect("run the moto set-up");
+    assert!(
+        setup.status.success(),
+        "moto set-up: {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let keys = String::from_utf8_lossy(&setup.stdout).into_owned();
+    let mut keys = keys.lines();
+    let id = keys.next().expect("an access key id").to_string();
+    let secret = keys.next().expect("a secret key").to_string();
+
+    write_config(
+        &db,
+        &format!(
+            "catalog = \"rest\"\n[sink.rest]\nuri = \"{endpoint}/rest-catalog\"\nsigv4 = true\n\
+             signing_name = \"s3\"\nsigning_region = \"us-east-1\"\n"
+        ),
+    );
+    let doctor = |secret: &str| {
+        let env = [
+            ("AWS_ACCESS_KEY_ID".to_string(), id.clone()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string()),
+            ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ];
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+            .args(["doctor", "--config"])
+            .arg(support::writer::config_path(&db))
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .envs(env)
+            .output()
+            .expect("run lakewriter doctor");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    let signed = doctor(&secret);
+    assert!(
+        signed.contains("answers its configuration, with AWS SigV4 (s3 in us-east-1)"),
+        "{signed}"
+    );
+    let wrong = doctor("not-the-secret");
+    assert!(
+        wrong.contains("HTTP 403") && wrong.contains("SignatureDoesNotMatch"),
+        "{wrong}"
+    );
+    assert!(
+        !wrong.contains("not-the-secret"),
+        "the secret was printed: {wrong}"
+    );
+}
+
 /// The metadata location the server holds for `namespace.name`, read without lakewriter:
 /// from its JdbcCatalog's database.
 fn server_location(server: &RestServer, namespace: &str, name: &str) -> String {

@@ -360,6 +360,19 @@ pub struct RestCatalogConfig {
     /// The OAuth2 scope asked for, with `credential_env`. Default: `"catalog"`.
     #[serde(default)]
     pub scope: Option<String>,
+    /// Sign every request with AWS SigV4, with the AWS SDK's credential chain (environment,
+    /// profile, instance or task role): the REST endpoints of S3 Tables and Glue. Not with
+    /// `token_env` or `credential_env`. Default: `false`.
+    #[serde(default)]
+    pub sigv4: bool,
+    /// The SigV4 signing name, with `sigv4`: `"s3tables"` (S3 Tables' endpoint) or `"glue"`
+    /// (Glue's). Required with `sigv4`.
+    #[serde(default)]
+    pub signing_name: Option<String>,
+    /// The SigV4 signing region, with `sigv4`. Default: the AWS SDK's (`AWS_REGION`, the
+    /// profile).
+    #[serde(default)]
+    pub signing_region: Option<String>,
 }
 
 impl RestCatalogConfig {
@@ -868,6 +881,9 @@ impl Config {
                 ("credential_env", rest.credential_env.is_some()),
                 ("oauth2_server_uri", rest.oauth2_server_uri.is_some()),
                 ("scope", rest.scope.is_some()),
+                ("sigv4", rest.sigv4),
+                ("signing_name", rest.signing_name.is_some()),
+                ("signing_region", rest.signing_region.is_some()),
             ];
             if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
                 return Err(format!(
@@ -896,6 +912,8 @@ impl Config {
             ("credential_env", &rest.credential_env),
             ("warehouse", &rest.warehouse),
             ("scope", &rest.scope),
+            ("signing_name", &rest.signing_name),
+            ("signing_region", &rest.signing_region),
         ] {
             if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
                 return Err(format!("sink.rest.{key} is empty: set it, or remove it"));
@@ -922,6 +940,33 @@ impl Config {
         }
         if let Some(uri) = &rest.oauth2_server_uri {
             check_catalog_uri("sink.rest.oauth2_server_uri", uri)?;
+        }
+        if rest.sigv4 {
+            if rest.token_env.is_some() || rest.credential_env.is_some() {
+                return Err(
+                    "sink.rest.sigv4 signs with AWS credentials: it goes with neither \
+                     sink.rest.token_env nor sink.rest.credential_env"
+                        .into(),
+                );
+            }
+            if rest.signing_name.is_none() {
+                return Err(
+                    "sink.rest.sigv4 needs sink.rest.signing_name: \"s3tables\" for the S3 \
+                     Tables endpoint, \"glue\" for Glue's"
+                        .into(),
+                );
+            }
+        } else {
+            for (key, set) in [
+                ("signing_name", rest.signing_name.is_some()),
+                ("signing_region", rest.signing_region.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "sink.rest.{key} is a SigV4 setting: it needs sink.rest.sigv4 = true"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1115,6 +1160,11 @@ mod tests {
         assert_eq!(config.sink.rest.scope(), "catalog");
         assert_eq!(config.sink.rest.warehouse.as_deref(), Some("lake"));
         parse(&format!("{base}uri = \"http://127.0.0.1:8181\"\n"))?;
+        let signed = parse(&format!(
+            "{base}uri = \"https://s3tables.us-east-1.amazonaws.com/iceberg\"\nsigv4 = true\n\
+             signing_name = \"s3tables\"\nsigning_region = \"us-east-1\"\n"
+        ))?;
+        assert!(signed.sink.rest.sigv4);
         parse(&format!(
             "{base}uri = \"http://localhost:8181/\"\ntoken_env = \"T\"\n"
         ))?;
@@ -1155,7 +1205,22 @@ mod tests {
             ),
             (
                 format!("{base}uri = \"https://c\"\nsigv4 = true\n"),
-                "unknown field `sigv4`",
+                "needs sink.rest.signing_name",
+            ),
+            (
+                format!(
+                    "{base}uri = \"https://c\"\nsigv4 = true\nsigning_name = \"glue\"\n\
+                     token_env = \"T\"\n"
+                ),
+                "goes with neither",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\nsigning_region = \"eu-west-1\"\n"),
+                "sink.rest.signing_region is a SigV4 setting",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\nsigv5 = true\n"),
+                "unknown field `sigv5`",
             ),
             (
                 format!("{base}uri = \"https://c\"\n")

@@ -244,8 +244,9 @@ async fn check_rest(config: &Config, out: &mut Vec<Finding>) {
             out.push(Finding::error(
                 format!("cannot use the REST catalog at {uri}: {e}"),
                 "check [sink.rest] uri and warehouse, that the server answers GET /v1/config, \
-                 and the token or credential in the environment variable [sink.rest] names \
-                 (README: Iceberg REST catalog)",
+                 and the credentials: the token or client credential in the environment \
+                 variable [sink.rest] names, or with sigv4 the AWS SDK's credentials and \
+                 signing_name (README: Iceberg REST catalog)",
             ));
             return;
         }

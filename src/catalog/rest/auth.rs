@@ -1,10 +1,15 @@
-//! How lakewriter proves itself to a REST catalog: not at all, with a bearer token, or with
-//! an OAuth2 client-credentials grant whose token is renewed before it expires (and once more
-//! when the server refuses it anyway). Secrets come from environment variables the
-//! configuration names, never from the file, and never appear in `Debug` or errors.
+//! How lakewriter proves itself to a REST catalog: not at all, with a bearer token, with an
+//! OAuth2 client-credentials grant whose token is renewed before it expires (and once more when
+//! the server refuses it anyway), or by signing each request with AWS SigV4 (the REST endpoints
+//! of S3 Tables and Glue) with the AWS SDK's credential chain. Secrets come from environment
+//! variables the configuration names (or the SDK's chain), never from the file, and never
+//! appear in `Debug` or errors.
 
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
 use serde::Deserialize;
 
@@ -16,6 +21,18 @@ pub(crate) enum Auth {
     Bearer(String),
     /// OAuth2 client credentials.
     OAuth2(OAuth2),
+    /// AWS SigV4 signatures.
+    SigV4(SigV4),
+}
+
+/// AWS SigV4 request signing: the service's signing name (`s3tables`, `glue`), the region,
+/// and the credentials of the AWS SDK's chain.
+pub(crate) struct SigV4 {
+    /// The signing name.
+    pub name: String,
+    /// The signing region.
+    pub region: String,
+    credentials: SharedCredentialsProvider,
 }
 
 impl std::fmt::Debug for Auth {
@@ -28,6 +45,11 @@ impl std::fmt::Debug for Auth {
                 .field("token_uri", &o.token_uri)
                 .field("client_id", &o.client_id)
                 .field("scope", &o.scope)
+                .finish_non_exhaustive(),
+            Auth::SigV4(s) => f
+                .debug_struct("Auth::SigV4")
+                .field("name", &s.name)
+                .field("region", &s.region)
                 .finish_non_exhaustive(),
         }
     }
@@ -165,11 +187,140 @@ fn renew_after(expires_in: u64) -> Duration {
     life - (life / 10).min(Duration::from_secs(60))
 }
 
+impl SigV4 {
+    /// Signing for service `name` in `region` with the credentials `credentials` provides.
+    pub(crate) fn new(
+        name: String,
+        region: String,
+        credentials: SharedCredentialsProvider,
+    ) -> Self {
+        SigV4 {
+            name,
+            region,
+            credentials,
+        }
+    }
+
+    /// Signs `request` (headers, and a body already in memory) with the current credentials.
+    async fn sign(&self, request: &mut reqwest::Request) -> Result<(), AuthError> {
+        let credentials = self
+            .credentials
+            .provide_credentials()
+            .await
+            .map_err(|e| AuthError {
+                message: format!(
+                    "AWS credentials for SigV4 ({}): {}",
+                    self.name,
+                    aws_sdk_glue::error::DisplayErrorContext(&e)
+                ),
+                retryable: true,
+            })?;
+        sign_request(
+            request,
+            credentials,
+            &self.region,
+            &self.name,
+            SystemTime::now(),
+            true,
+        )
+    }
+}
+
+/// Adds the SigV4 headers (`authorization`, `x-amz-date`, `x-amz-security-token`) that sign
+/// `request` as of `time`; `sign_body`: and `x-amz-content-sha256`, the body's hash, signed
+/// too (the S3 family of services requires it, the others take it).
+fn sign_request(
+    request: &mut reqwest::Request,
+    credentials: Credentials,
+    region: &str,
+    name: &str,
+    time: SystemTime,
+    sign_body: bool,
+) -> Result<(), AuthError> {
+    use aws_sigv4::http_request::{
+        PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
+    };
+    let fail = |what: String| AuthError {
+        message: format!("SigV4 signing for {name} in {region}: {what}"),
+        retryable: false,
+    };
+    let identity = credentials.into();
+    let mut settings = SigningSettings::default();
+    if sign_body {
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    }
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(name)
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|e| fail(e.to_string()))?
+        .into();
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let body = request
+        .body()
+        .map(|b| b.as_bytes().ok_or_else(|| fail("a streaming body".into())))
+        .transpose()?
+        .unwrap_or_default();
+    let signable = SignableRequest::new(
+        request.method().as_str(),
+        request.url().as_str(),
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| fail(e.to_string()))?
+        .into_parts();
+    let mut signed = Vec::new();
+    for (name, value) in instructions.headers() {
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+        let value =
+            reqwest::header::HeaderValue::from_str(value).map_err(|e| fail(e.to_string()))?;
+        signed.push((name, value));
+    }
+    for (name, value) in signed {
+        request.headers_mut().insert(name, value);
+    }
+    Ok(())
+}
+
 impl Auth {
-    /// The `Authorization` header value for the next request, if any.
-    pub(crate) async fn header(&self, http: &reqwest::Client) -> Result<Option<String>, AuthError> {
+    /// Adds what proves the client to `request`: an `Authorization` header, or a signature.
+    pub(crate) async fn apply(
+        &self,
+        http: &reqwest::Client,
+        request: &mut reqwest::Request,
+    ) -> Result<(), AuthError> {
+        let bearer = match self {
+            Auth::None => return Ok(()),
+            Auth::SigV4(signer) => return signer.sign(request).await,
+            Auth::Bearer(token) => format!("Bearer {token}"),
+            Auth::OAuth2(grant) => format!("Bearer {}", grant.token(http).await?),
+        };
+        let value = reqwest::header::HeaderValue::from_str(&bearer).map_err(|_| AuthError {
+            message: "the token is not a valid header value".into(),
+            retryable: false,
+        })?;
+        request
+            .headers_mut()
+            .insert(reqwest::header::AUTHORIZATION, value);
+        Ok(())
+    }
+
+    /// The `Authorization` header value for the next request, if any (not with SigV4, which
+    /// signs the request itself).
+    #[cfg(test)]
+    async fn header(&self, http: &reqwest::Client) -> Result<Option<String>, AuthError> {
         match self {
-            Auth::None => Ok(None),
+            Auth::None | Auth::SigV4(_) => Ok(None),
             Auth::Bearer(token) => Ok(Some(format!("Bearer {token}"))),
             Auth::OAuth2(grant) => Ok(Some(format!("Bearer {}", grant.token(http).await?))),
         }
@@ -182,7 +333,7 @@ impl Auth {
                 grant.forget();
                 true
             }
-            Auth::None | Auth::Bearer(_) => false,
+            Auth::None | Auth::Bearer(_) | Auth::SigV4(_) => false,
         }
     }
 
@@ -194,6 +345,10 @@ impl Auth {
             Auth::OAuth2(grant) => format!(
                 "OAuth2 client credentials of client {} at {}",
                 grant.client_id, grant.token_uri
+            ),
+            Auth::SigV4(signer) => format!(
+                "AWS SigV4 ({} in {}) with the AWS SDK's credentials",
+                signer.name, signer.region
             ),
         }
     }
@@ -316,6 +471,127 @@ mod tests {
         assert!(!error.message.contains("wrong-secret"), "{}", error.message);
         assert!(!error.retryable);
         assert!(!format!("{auth:?}").contains("wrong-secret"));
+    }
+
+    /// The AWS signing test suite's `v4` cases (aws-sigv4's `aws-signing-test-suite`): its
+    /// credentials, time, region and service, each request, and the signature it must get.
+    #[test]
+    fn sigv4_signatures_match_the_aws_signing_test_suite() {
+        // 2015-08-30T12:36:00Z
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160);
+        type Case<'a> = (
+            &'a str,
+            reqwest::Method,
+            &'a [(&'a str, &'a str)],
+            Option<&'a str>,
+            &'a str,
+        );
+        let cases: [Case; 6] = [
+            (
+                "get-vanilla",
+                reqwest::Method::GET,
+                &[],
+                None,
+                "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
+            ),
+            (
+                "post-vanilla",
+                reqwest::Method::POST,
+                &[],
+                None,
+                "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b",
+            ),
+            (
+                "post-header-key-sort",
+                reqwest::Method::POST,
+                &[("My-Header1", "value1")],
+                None,
+                "c5410059b04c1ee005303aed430f6e6645f61f4dc9e1461ec8f8916fdf18852c",
+            ),
+            (
+                "get-vanilla-with-session-token",
+                reqwest::Method::GET,
+                &[],
+                Some("6e86291e8372ff2a2260956d9b8aae1d763fbf315fa00fa31553b73ebf194267"),
+                "07ec1639c89043aa0e3e2de82b96708f198cceab042d4a97044c66dd9f74e7f8",
+            ),
+            (
+                "get-vanilla-query-order-key-case",
+                reqwest::Method::GET,
+                &[],
+                None,
+                "b97d918cfa904a5beff61c982a1b6f458b799221646efd99d3219ec94cdf2500",
+            ),
+            // the suite's case with a signed body (sign_body: true): x-amz-content-sha256
+            (
+                "post-x-www-form-urlencoded",
+                reqwest::Method::POST,
+                &[
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                    ("Content-Length", "13"),
+                ],
+                None,
+                "d3875051da38690788ef43de4db0d8f280229d82040bfac253562e56c3f20e0b",
+            ),
+        ];
+        for (case, method, headers, token, expected) in cases {
+            let url = if case == "get-vanilla-query-order-key-case" {
+                "https://example.amazonaws.com/?Param2=value2&Param1=value1"
+            } else {
+                "https://example.amazonaws.com/"
+            };
+            let mut request = reqwest::Request::new(method, url.parse().expect("a vector's URL"));
+            for (name, value) in headers {
+                request.headers_mut().insert(
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("a name"),
+                    reqwest::header::HeaderValue::from_static(value),
+                );
+            }
+            let sign_body = case == "post-x-www-form-urlencoded";
+            if sign_body {
+                *request.body_mut() = Some(reqwest::Body::from("Param1=value1"));
+            }
+            let credentials = Credentials::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                token.map(str::to_string),
+                None,
+                "test-suite",
+            );
+            sign_request(
+                &mut request,
+                credentials,
+                "us-east-1",
+                "service",
+                time,
+                sign_body,
+            )
+            .unwrap_or_else(|e| panic!("{case}: {}", e.message));
+            let authorization = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                authorization.starts_with(
+                    "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request"
+                ),
+                "{case}: {authorization}"
+            );
+            assert!(
+                authorization.ends_with(&format!("Signature={expected}")),
+                "{case}: {authorization}"
+            );
+            assert_eq!(
+                request
+                    .headers()
+                    .get("x-amz-date")
+                    .and_then(|v| v.to_str().ok()),
+                Some("20150830T123600Z"),
+                "{case}"
+            );
+        }
     }
 
     #[test]

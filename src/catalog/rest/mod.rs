@@ -22,7 +22,7 @@ use iceberg::spec::TableMetadata;
 use serde::Deserialize;
 use serde_json::json;
 
-use self::auth::{Auth, OAuth2};
+use self::auth::{Auth, OAuth2, SigV4};
 use self::diff::TableChange;
 use super::{Catalog, CatalogError, CatalogTable, Pointer, VersionToken};
 use crate::config::RestCatalogConfig;
@@ -181,6 +181,28 @@ impl RestCatalog {
                     )
                 })?;
             Auth::OAuth2(grant)
+        } else if config.sigv4 {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            if let Some(region) = &config.signing_region {
+                loader = loader.region(aws_config::Region::new(region.clone()));
+            }
+            let shared = loader.load().await;
+            let region = shared.region().map(|r| r.to_string()).ok_or_else(|| {
+                fail(
+                    "sign with SigV4",
+                    "no AWS region: set sink.rest.signing_region or AWS_REGION".into(),
+                    false,
+                )
+            })?;
+            let credentials = shared.credentials_provider().ok_or_else(|| {
+                fail(
+                    "sign with SigV4",
+                    "the AWS SDK found no credential provider".into(),
+                    false,
+                )
+            })?;
+            let name = config.signing_name.clone().unwrap_or_default();
+            Auth::SigV4(SigV4::new(name, region, credentials))
         } else {
             Auth::None
         };
@@ -298,7 +320,10 @@ impl RestCatalog {
     fn status_error(&self, context: &str, status: reqwest::StatusCode, body: &str) -> CatalogError {
         let hint = match status.as_u16() {
             401 => " (check the token or credential in the environment variable sink.rest names)",
-            403 => " (the principal lacks a privilege on this catalog, namespace or table)",
+            403 => {
+                " (refused: a wrong signature or key with sigv4, or the principal lacks a \
+                 privilege on this catalog, namespace or table)"
+            }
             _ => "",
         };
         self.error(
@@ -318,13 +343,14 @@ impl RestCatalog {
         let inner = &self.inner;
         let mut renewed = false;
         loop {
-            let mut request = build(&inner.http).header("accept", "application/json");
-            match inner.auth.header(&inner.http).await {
-                Ok(Some(value)) => request = request.header("authorization", value),
-                Ok(None) => {}
-                Err(e) => return Err(self.error(context, e.message, e.retryable)),
+            let mut request = build(&inner.http)
+                .header("accept", "application/json")
+                .build()
+                .map_err(|e| self.error(context, transport_message(&e), false))?;
+            if let Err(e) = inner.auth.apply(&inner.http, &mut request).await {
+                return Err(self.error(context, e.message, e.retryable));
             }
-            let answer = match request.send().await {
+            let answer = match inner.http.execute(request).await {
                 Ok(answer) => answer,
                 Err(e) => return Ok(Sent::Lost(transport_message(&e))),
             };
