@@ -1,8 +1,10 @@
 //! Commit latency per catalog: `--commits` small commits (one upserted row each) of one table
 //! through the Iceberg sink, on the SQLite catalog with a local warehouse (the reference), on
-//! Glue with an S3 warehouse, and on S3 Tables — the last two on the stack's moto, so what is
-//! compared is each catalog's round trips and the storage's, on one machine, not AWS's
-//! latency. Prints the median and p99 of each and their ratios to the reference.
+//! Glue with an S3 warehouse, on S3 Tables — those two on the stack's moto — and on an Iceberg
+//! REST catalog (Apache Iceberg's Java reference server, `scripts/iceberg_java`) with a local
+//! warehouse, so what is compared is each catalog's round trips and the storage's, on one
+//! machine, not a cloud's latency. Prints the median and p99 of each and their ratios to the
+//! reference.
 //!
 //! ```text
 //! cargo bench --bench catalogs -- [--commits N]
@@ -154,6 +156,15 @@ async fn bench(commits: usize) {
         .await
         .expect("create the table bucket");
 
+    let server = support::rest_server::RestServer::start();
+    let rest_warehouse = tempfile::tempdir().expect("a warehouse");
+    let rest = parse(&format!(
+        "[source]\ndatabase = \"unused\"\n[sink]\nnamespace = \"bench_{id}\"\ncatalog = \"rest\"\n\
+         warehouse = \"{}\"\n[sink.rest]\nuri = \"{}\"\n",
+        rest_warehouse.path().display(),
+        server.uri()
+    ));
+
     println!(
         "{commits} commits of one upserted row per catalog; load average {}",
         load_average()
@@ -165,6 +176,7 @@ async fn bench(commits: usize) {
         ("sqlite, local warehouse", &sqlite),
         ("glue, S3 warehouse (moto)", &glue),
         ("s3tables (moto)", &s3tables),
+        ("rest, local warehouse (Java reference server)", &rest),
     ] {
         let mut times = commit_times(config, commits).await;
         times.sort_by(f64::total_cmp);

@@ -100,10 +100,24 @@ pub fn iam_policy(config: &Config) -> Result<Policy> {
         // S3 Tables' tables are in its bucket: a local warehouse keeps only the slot record
         None if s3_tables => Vec::new(),
         None => {
+            // a REST catalog's privileges are granted in the catalog, to its principal
+            let rest = match config.sink.catalog {
+                CatalogKind::Rest if config.sink.rest.sigv4 => {
+                    "; with sink.rest.sigv4 the REST endpoint authorises the signing principal \
+                     by the signing service's own IAM actions (those of S3 Tables or Glue on the \
+                     catalog, namespace and tables), which this command does not print"
+                }
+                CatalogKind::Rest => {
+                    "; the REST catalog's own privileges (create namespace, register, load \
+                     and commit tables) are granted in the catalog to the principal lakewriter \
+                     authenticates as"
+                }
+                _ => "",
+            };
             return Err(Error::config(
                 "sink.warehouse",
                 format!(
-                    "{} is a local warehouse: lakewriter needs no AWS permission for it",
+                    "{} is a local warehouse: lakewriter needs no AWS permission for it{rest}",
                     config.sink.warehouse
                 ),
             ));
@@ -207,6 +221,41 @@ mod tests {
         )?;
         serde_json::to_value(iam_policy(&config)?)
             .map_err(|e| Error::config("t.toml", e.to_string()))
+    }
+
+    #[test]
+    fn with_a_rest_catalog_the_policy_is_the_warehouse_only() -> Result<()> {
+        let p = policy(
+            "warehouse = \"s3://lake/lw\"\ncatalog = \"rest\"\n[sink.rest]\n\
+             uri = \"https://catalog.example.com/api/catalog\"\n",
+        )?;
+        let text = p.to_string();
+        assert!(text.contains("\"arn:aws:s3:::lake/lw/*\""), "{text}");
+        assert!(
+            !text.contains("glue:") && !text.contains("s3tables:"),
+            "{text}"
+        );
+        let local = Config::parse(
+            "[source]\ndatabase = \"a\"\n[sink]\nwarehouse = \"./w\"\ncatalog = \"rest\"\n\
+             [sink.rest]\nuri = \"https://catalog.example.com\"\n",
+            Path::new("t.toml"),
+            Vec::new(),
+        )?;
+        let refused = iam_policy(&local).expect_err("a local warehouse needs no AWS policy");
+        assert!(
+            refused.to_string().contains("granted in the catalog"),
+            "{refused}"
+        );
+        let signed = Config::parse(
+            "[source]\ndatabase = \"a\"\n[sink]\nwarehouse = \"./w\"\ncatalog = \"rest\"\n\
+             [sink.rest]\nuri = \"https://glue.eu-west-1.amazonaws.com/iceberg\"\nsigv4 = true\n\
+             signing_name = \"glue\"\n",
+            Path::new("t.toml"),
+            Vec::new(),
+        )?;
+        let refused = iam_policy(&signed).expect_err("the signing service's actions");
+        assert!(refused.to_string().contains("signing service"), "{refused}");
+        Ok(())
     }
 
     #[test]

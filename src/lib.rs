@@ -1,5 +1,6 @@
-//! lakewriter copies a PostgreSQL database into lakehouse tables — Apache Iceberg v2 (AWS Glue
-//! or a local SQLite catalog) and Delta Lake — from logical replication, exactly once.
+//! lakewriter copies a PostgreSQL database into lakehouse tables — Apache Iceberg v2 (AWS Glue,
+//! Amazon S3 Tables, an Iceberg REST catalog or a local SQLite catalog) and Delta Lake — from
+//! logical replication, exactly once.
 //!
 //! A tour of the crate (the README has the whole picture):
 //!
@@ -12,8 +13,8 @@
 //!   buffer and lake table hangs on), a table's shape and its changes.
 //! - [`access`]: the least AWS IAM policy a configuration needs (`lakewriter iam-policy`).
 //! - [`catalog`]: the pointer from a lake table to its current Iceberg metadata, swapped by
-//!   compare-and-swap in AWS Glue or a local SQLite file (pyiceberg's schema); Glue also
-//!   registers Delta tables for Athena.
+//!   compare-and-swap in AWS Glue, a local SQLite file (pyiceberg's schema) or S3 Tables, or
+//!   as a REST catalog's requirements and updates; Glue also registers Delta tables for Athena.
 //! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,
 //!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
 //! - [`status`]: per lake table (Iceberg or Delta), checkpoint, lag, snapshots or log version,

@@ -1,12 +1,14 @@
 //! The catalog: the pointer from a lake table's name to its current Iceberg metadata file, and
 //! nothing else. Every change to a table is one compare-and-swap of that pointer (DESIGN.md,
-//! invariant 9), against AWS Glue ([`GlueCatalog`]) or a local SQLite file ([`SqliteCatalog`]).
+//! invariant 9), against AWS Glue ([`GlueCatalog`]), a local SQLite file ([`SqliteCatalog`]),
+//! Amazon S3 Tables ([`S3TablesCatalog`]) or an Iceberg REST catalog ([`RestCatalog`]).
 //!
 //! Writing metadata files is the caller's job: a commit takes the location of a metadata file
-//! that is already written, and the metadata itself only so the catalog can describe the table
-//! (Glue's columns and location).
+//! that is already written, and the metadata itself so the catalog can describe the table
+//! (Glue's columns and location) or, for REST, send the change it makes.
 
 mod glue;
+mod rest;
 mod retry;
 mod s3tables;
 mod sqlite;
@@ -18,6 +20,7 @@ use std::path::PathBuf;
 use iceberg::spec::TableMetadata;
 
 pub use glue::GlueCatalog;
+pub use rest::RestCatalog;
 pub use retry::{RetryPolicy, StagedMetadata, commit_with_retry};
 pub use s3tables::S3TablesCatalog;
 pub use sqlite::SqliteCatalog;
@@ -195,6 +198,34 @@ pub enum CatalogError {
         retryable: bool,
     },
 
+    /// A REST catalog request failed.
+    #[error("{catalog}: {context}: {message}")]
+    Rest {
+        /// The catalog, described for a reader.
+        catalog: String,
+        /// What lakewriter was doing, naming the table.
+        context: String,
+        /// The server's answer (status and message) or the transport's error.
+        message: String,
+        /// Whether the failure is transient (5xx, 429, timeouts, lost connections).
+        retryable: bool,
+    },
+
+    /// A commit changes the table in a way the REST protocol's updates cannot say: it is
+    /// refused whole rather than sent in part.
+    #[error(
+        "{catalog}: table {table}: the commit changes {change}, which no REST catalog update \
+         expresses; nothing was committed"
+    )]
+    Inexpressible {
+        /// The catalog, described for a reader.
+        catalog: String,
+        /// The table.
+        table: CatalogTable,
+        /// The difference, named.
+        change: String,
+    },
+
     /// A local file or directory of the catalog could not be created or opened.
     #[error("{catalog}: {}: {source}", path.display())]
     Io {
@@ -229,14 +260,15 @@ impl CatalogError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CatalogError::Conflict { .. } | CatalogError::TooManyConflicts { .. } => true,
-            CatalogError::Glue { retryable, .. } | CatalogError::S3Tables { retryable, .. } => {
-                *retryable
-            }
+            CatalogError::Glue { retryable, .. }
+            | CatalogError::S3Tables { retryable, .. }
+            | CatalogError::Rest { retryable, .. } => *retryable,
             CatalogError::Sqlite { source, .. } => sqlite::is_transient(source),
             CatalogError::AlreadyExists { .. }
             | CatalogError::TableNotFound { .. }
             | CatalogError::NamespaceNotFound { .. }
             | CatalogError::NotIceberg { .. }
+            | CatalogError::Inexpressible { .. }
             | CatalogError::Io { .. }
             | CatalogError::Task { .. } => false,
         }
@@ -249,7 +281,10 @@ impl CatalogError {
 }
 
 /// A catalog of Iceberg tables that swaps pointers atomically. The methods return `Send`
-/// futures so a commit can run on any task.
+/// futures so a commit can run on any task. A REST catalog is the same contract in another
+/// form: the server applies the difference between the expected metadata and the staged one
+/// only if the table is still at the expected version, and writes the metadata file itself
+/// (the returned pointer names its file, not the staged one).
 ///
 /// The contract of [`Catalog::commit`]: the pointer moves from `expected` to the new location
 /// only if it still is `expected` at the instant of the swap; otherwise nothing changes and the
@@ -280,6 +315,19 @@ pub trait Catalog: Send + Sync {
         _table: &CatalogTable,
     ) -> impl Future<Output = Result<Option<String>, CatalogError>> + Send {
         async { Ok(None) }
+    }
+
+    /// Whether the catalog writes the table's metadata files itself (REST): a commit's staged
+    /// file then only describes the change and never becomes the table's, and the committed
+    /// pointer names the catalog's own file.
+    fn writes_metadata(&self) -> bool {
+        false
+    }
+
+    /// The metadata `pointer` names, when the catalog already holds it (a REST server sends
+    /// it with every answer): saves reading the file.
+    fn known_metadata(&self, _table: &CatalogTable, _pointer: &Pointer) -> Option<TableMetadata> {
+        None
     }
 
     /// Registers a new table at `metadata_location` (already written, describing `metadata`).
@@ -349,10 +397,13 @@ pub enum LakeCatalog {
     Glue(GlueCatalog),
     /// `catalog = "s3tables"`.
     S3Tables(S3TablesCatalog),
+    /// `catalog = "rest"`.
+    Rest(RestCatalog),
 }
 
 impl LakeCatalog {
-    /// Opens the catalog of `config`: the SQLite file (created when missing) or a Glue client.
+    /// Opens the catalog of `config`: the SQLite file (created when missing), a Glue or S3
+    /// Tables client, or a REST catalog (its configuration read, its credentials checked).
     pub async fn from_config(config: &Config) -> Result<LakeCatalog, CatalogError> {
         match config.sink.catalog {
             CatalogKind::Sqlite => Ok(LakeCatalog::Sqlite(
@@ -366,16 +417,34 @@ impl LakeCatalog {
                 crate::cloud::s3tables_client(config).await,
                 &config.sink.s3tables.table_bucket_arn,
             ))),
+            CatalogKind::Rest => Ok(LakeCatalog::Rest(
+                RestCatalog::connect(&config.sink.rest).await?,
+            )),
         }
     }
 }
 
 impl Catalog for LakeCatalog {
+    fn writes_metadata(&self) -> bool {
+        match self {
+            LakeCatalog::Rest(c) => c.writes_metadata(),
+            LakeCatalog::Sqlite(_) | LakeCatalog::Glue(_) | LakeCatalog::S3Tables(_) => false,
+        }
+    }
+
+    fn known_metadata(&self, table: &CatalogTable, pointer: &Pointer) -> Option<TableMetadata> {
+        match self {
+            LakeCatalog::Rest(c) => c.known_metadata(table, pointer),
+            LakeCatalog::Sqlite(_) | LakeCatalog::Glue(_) | LakeCatalog::S3Tables(_) => None,
+        }
+    }
+
     fn describe(&self) -> &str {
         match self {
             LakeCatalog::Sqlite(c) => c.describe(),
             LakeCatalog::Glue(c) => c.describe(),
             LakeCatalog::S3Tables(c) => c.describe(),
+            LakeCatalog::Rest(c) => c.describe(),
         }
     }
 
@@ -384,6 +453,7 @@ impl Catalog for LakeCatalog {
             LakeCatalog::Sqlite(c) => c.ensure_namespace(namespace).await,
             LakeCatalog::Glue(c) => c.ensure_namespace(namespace).await,
             LakeCatalog::S3Tables(c) => c.ensure_namespace(namespace).await,
+            LakeCatalog::Rest(c) => c.ensure_namespace(namespace).await,
         }
     }
 
@@ -392,6 +462,7 @@ impl Catalog for LakeCatalog {
             LakeCatalog::Sqlite(c) => c.load(table).await,
             LakeCatalog::Glue(c) => c.load(table).await,
             LakeCatalog::S3Tables(c) => c.load(table).await,
+            LakeCatalog::Rest(c) => c.load(table).await,
         }
     }
 
@@ -405,6 +476,7 @@ impl Catalog for LakeCatalog {
             LakeCatalog::Sqlite(c) => c.create(table, metadata_location, metadata).await,
             LakeCatalog::Glue(c) => c.create(table, metadata_location, metadata).await,
             LakeCatalog::S3Tables(c) => c.create(table, metadata_location, metadata).await,
+            LakeCatalog::Rest(c) => c.create(table, metadata_location, metadata).await,
         }
     }
 
@@ -428,6 +500,10 @@ impl Catalog for LakeCatalog {
                 c.commit(table, expected, new_metadata_location, metadata)
                     .await
             }
+            LakeCatalog::Rest(c) => {
+                c.commit(table, expected, new_metadata_location, metadata)
+                    .await
+            }
         }
     }
 
@@ -436,6 +512,7 @@ impl Catalog for LakeCatalog {
             LakeCatalog::Sqlite(c) => c.table_location(table).await,
             LakeCatalog::Glue(c) => c.table_location(table).await,
             LakeCatalog::S3Tables(c) => c.table_location(table).await,
+            LakeCatalog::Rest(c) => c.table_location(table).await,
         }
     }
 
@@ -444,6 +521,7 @@ impl Catalog for LakeCatalog {
             LakeCatalog::Sqlite(c) => c.list(namespace).await,
             LakeCatalog::Glue(c) => c.list(namespace).await,
             LakeCatalog::S3Tables(c) => c.list(namespace).await,
+            LakeCatalog::Rest(c) => c.list(namespace).await,
         }
     }
 
@@ -452,6 +530,7 @@ impl Catalog for LakeCatalog {
             LakeCatalog::Sqlite(c) => c.drop_table(table).await,
             LakeCatalog::Glue(c) => c.drop_table(table).await,
             LakeCatalog::S3Tables(c) => c.drop_table(table).await,
+            LakeCatalog::Rest(c) => c.drop_table(table).await,
         }
     }
 }

@@ -81,7 +81,11 @@ pub struct StagedMetadata {
 /// give up (for example when the winner's change makes its own impossible).
 ///
 /// A transient failure may hide a commit that landed (the answer was lost): the reloaded
-/// pointer then names the staged file, and that counts as success.
+/// pointer then names the staged file, and that counts as success. A catalog that writes its
+/// own metadata files ([`Catalog::writes_metadata`], REST) never names the staged file: it
+/// settles a lost answer itself, reloading and looking for the change before it fails, and
+/// `attempt` is the last guard (the sink looks for an earlier attempt's snapshot in the table
+/// it is given before staging again).
 pub async fn commit_with_retry<C, F, Fut, E>(
     catalog: &C,
     table: &CatalogTable,

@@ -200,6 +200,9 @@ pub struct SinkConfig {
     /// The table bucket, when `catalog = "s3tables"`.
     #[serde(default)]
     pub s3tables: S3TablesConfig,
+    /// The Iceberg REST catalog, when `catalog = "rest"`.
+    #[serde(default)]
+    pub rest: RestCatalogConfig,
     /// Per-table settings, keyed by the source's `schema.table`:
     /// `[sink.tables."public.orders"] partition_by = ["day(order_date)"]`.
     #[serde(default)]
@@ -227,6 +230,7 @@ impl Default for SinkConfig {
             glue: GlueCatalogConfig::default(),
             s3: S3Config::default(),
             s3tables: S3TablesConfig::default(),
+            rest: RestCatalogConfig::default(),
             tables: BTreeMap::new(),
             masking: MaskingConfig::default(),
         }
@@ -256,6 +260,9 @@ pub enum CatalogKind {
     /// Amazon S3 Tables: a table bucket's namespaces and tables, each table with the storage
     /// the service gives it.
     S3tables,
+    /// An Iceberg REST catalog (`[sink.rest]`): Polaris, Lakekeeper, Unity, Nessie, …; the
+    /// writer chooses where a table's files go (`<warehouse>/<namespace>/<name>`).
+    Rest,
 }
 
 /// `[sink.sqlite]`.
@@ -322,6 +329,86 @@ impl S3TablesConfig {
                 .filter(|r| !r.is_empty())
                 .map(str::to_string)
         })
+    }
+}
+
+/// `[sink.rest]`. Secrets are never in the file: the keys name environment variables.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestCatalogConfig {
+    /// The catalog's base URI, before `/v1/…`: `https://catalog.example.com/api/catalog`.
+    /// `https://` (TLS, certificates checked against the system's roots); `http://` only to
+    /// the loopback interface. Required with `catalog = "rest"`.
+    #[serde(default)]
+    pub uri: String,
+    /// The warehouse the server is asked for (`GET /v1/config?warehouse=…`): a catalog name
+    /// on Polaris, a warehouse name on Lakekeeper. Default: none sent.
+    #[serde(default)]
+    pub warehouse: Option<String>,
+    /// The environment variable holding a bearer token, sent as `Authorization: Bearer …`.
+    /// Default: none (no token).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// The environment variable holding OAuth2 client credentials, `client_id:client_secret`,
+    /// exchanged for tokens (client-credentials grant) renewed before they expire. Not with
+    /// `token_env`. Default: none.
+    #[serde(default)]
+    pub credential_env: Option<String>,
+    /// The OAuth2 token endpoint, with `credential_env`. Default: `{uri}/v1/oauth/tokens`.
+    #[serde(default)]
+    pub oauth2_server_uri: Option<String>,
+    /// The OAuth2 scope asked for, with `credential_env`. Default: `"catalog"`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Sign every request with AWS SigV4, with the AWS SDK's credential chain (environment,
+    /// profile, instance or task role): the REST endpoints of S3 Tables and Glue. Not with
+    /// `token_env` or `credential_env`. Default: `false`.
+    #[serde(default)]
+    pub sigv4: bool,
+    /// The SigV4 signing name, with `sigv4`: `"s3tables"` (S3 Tables' endpoint) or `"glue"`
+    /// (Glue's). Required with `sigv4`.
+    #[serde(default)]
+    pub signing_name: Option<String>,
+    /// The SigV4 signing region, with `sigv4`. Default: the AWS SDK's (`AWS_REGION`, the
+    /// profile).
+    #[serde(default)]
+    pub signing_region: Option<String>,
+}
+
+impl RestCatalogConfig {
+    /// The OAuth2 scope: the configured one, else `catalog`.
+    pub fn scope(&self) -> &str {
+        self.scope.as_deref().unwrap_or("catalog")
+    }
+}
+
+/// Whether `uri` is `https://…`, or `http://` to the loopback interface; the message
+/// otherwise, naming `key`.
+fn check_catalog_uri(key: &str, uri: &str) -> std::result::Result<(), String> {
+    let parsed = url::Url::parse(uri).map_err(|e| format!("{key} = {uri:?} is not a URI: {e}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "{key} holds credentials: put them in the environment variable \
+             sink.rest.token_env or sink.rest.credential_env names"
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "{key} = {uri:?}: a base URI takes no query or fragment"
+        ));
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => match parsed.host() {
+            Some(url::Host::Ipv4(ip)) if ip.is_loopback() => Ok(()),
+            Some(url::Host::Ipv6(ip)) if ip.is_loopback() => Ok(()),
+            Some(url::Host::Domain("localhost")) => Ok(()),
+            _ => Err(format!(
+                "{key} = {uri:?} is plain http to another host: use https:// (tokens and \
+                 credentials would cross the network in the clear)"
+            )),
+        },
+        other => Err(format!("{key} = {uri:?}: use https:// (not {other}://)")),
     }
 }
 
@@ -730,6 +817,7 @@ impl Config {
                 );
             }
         }
+        self.validate_rest().or_else(fail)?;
         let has_key_id = self.sink.s3.access_key_id.is_some();
         let has_secret = !self.sink.s3.secret_access_key.is_empty();
         if has_key_id != has_secret {
@@ -777,6 +865,108 @@ impl Config {
                  commit references them, and a shorter age would remove them while it runs",
                 self.compaction.orphan_age
             ));
+        }
+        Ok(())
+    }
+
+    /// `[sink.rest]`: required with `catalog = "rest"`, and only then; one kind of
+    /// credentials; the OAuth2 settings only with OAuth2.
+    fn validate_rest(&self) -> std::result::Result<(), String> {
+        let rest = &self.sink.rest;
+        if self.sink.catalog != CatalogKind::Rest {
+            let set = [
+                ("uri", !rest.uri.is_empty()),
+                ("warehouse", rest.warehouse.is_some()),
+                ("token_env", rest.token_env.is_some()),
+                ("credential_env", rest.credential_env.is_some()),
+                ("oauth2_server_uri", rest.oauth2_server_uri.is_some()),
+                ("scope", rest.scope.is_some()),
+                ("sigv4", rest.sigv4),
+                ("signing_name", rest.signing_name.is_some()),
+                ("signing_region", rest.signing_region.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "sink.rest.{key} is set, but sink.catalog is not \"rest\": set \
+                     catalog = \"rest\", or remove [sink.rest]"
+                ));
+            }
+            return Ok(());
+        }
+        if rest.uri.trim().is_empty() {
+            return Err(
+                "sink.catalog = \"rest\" needs sink.rest.uri, the catalog's base URI \
+                        (before /v1/…)"
+                    .into(),
+            );
+        }
+        check_catalog_uri("sink.rest.uri", &rest.uri)?;
+        if self.sink.format == TableFormat::Delta {
+            return Err(
+                "sink.catalog = \"rest\" holds Iceberg tables only: use sink.format = \"iceberg\""
+                    .into(),
+            );
+        }
+        for (key, value) in [
+            ("token_env", &rest.token_env),
+            ("credential_env", &rest.credential_env),
+            ("warehouse", &rest.warehouse),
+            ("scope", &rest.scope),
+            ("signing_name", &rest.signing_name),
+            ("signing_region", &rest.signing_region),
+        ] {
+            if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(format!("sink.rest.{key} is empty: set it, or remove it"));
+            }
+        }
+        if rest.token_env.is_some() && rest.credential_env.is_some() {
+            return Err(
+                "sink.rest.token_env and sink.rest.credential_env are both set: a bearer token \
+                 or OAuth2 client credentials, not both"
+                    .into(),
+            );
+        }
+        if rest.credential_env.is_none() {
+            for (key, set) in [
+                ("oauth2_server_uri", rest.oauth2_server_uri.is_some()),
+                ("scope", rest.scope.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "sink.rest.{key} is an OAuth2 setting: it needs sink.rest.credential_env"
+                    ));
+                }
+            }
+        }
+        if let Some(uri) = &rest.oauth2_server_uri {
+            check_catalog_uri("sink.rest.oauth2_server_uri", uri)?;
+        }
+        if rest.sigv4 {
+            if rest.token_env.is_some() || rest.credential_env.is_some() {
+                return Err(
+                    "sink.rest.sigv4 signs with AWS credentials: it goes with neither \
+                     sink.rest.token_env nor sink.rest.credential_env"
+                        .into(),
+                );
+            }
+            if rest.signing_name.is_none() {
+                return Err(
+                    "sink.rest.sigv4 needs sink.rest.signing_name: \"s3tables\" for the S3 \
+                     Tables endpoint, \"glue\" for Glue's"
+                        .into(),
+                );
+            }
+        } else {
+            for (key, set) in [
+                ("signing_name", rest.signing_name.is_some()),
+                ("signing_region", rest.signing_region.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "sink.rest.{key} is a SigV4 setting: it needs sink.rest.sigv4 = true"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -956,6 +1146,98 @@ mod tests {
              enforce_orphan_age_floor = false\n",
         )?;
         assert_eq!(config.compaction.orphan_age, Span::secs(0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_rest_catalog_takes_a_uri_and_one_kind_of_credentials() -> Result<()> {
+        let base = "[source]\ndatabase = \"a\"\n[sink]\ncatalog = \"rest\"\n[sink.rest]\n";
+        let config = parse(&format!(
+            "{base}uri = \"https://catalog.example.com/api/catalog\"\nwarehouse = \"lake\"\n\
+             credential_env = \"LAKEWRITER_REST_CREDENTIAL\"\n"
+        ))?;
+        assert_eq!(config.sink.catalog, CatalogKind::Rest);
+        assert_eq!(config.sink.rest.scope(), "catalog");
+        assert_eq!(config.sink.rest.warehouse.as_deref(), Some("lake"));
+        parse(&format!("{base}uri = \"http://127.0.0.1:8181\"\n"))?;
+        let signed = parse(&format!(
+            "{base}uri = \"https://s3tables.us-east-1.amazonaws.com/iceberg\"\nsigv4 = true\n\
+             signing_name = \"s3tables\"\nsigning_region = \"us-east-1\"\n"
+        ))?;
+        assert!(signed.sink.rest.sigv4);
+        parse(&format!(
+            "{base}uri = \"http://localhost:8181/\"\ntoken_env = \"T\"\n"
+        ))?;
+        let refused = [
+            (format!("{base}warehouse = \"lake\"\n"), "sink.rest.uri"),
+            (
+                format!("{base}uri = \"http://catalog.example.com\"\n"),
+                "use https://",
+            ),
+            (format!("{base}uri = \"ftp://catalog\"\n"), "sink.rest.uri"),
+            (format!("{base}uri = \"not a uri\"\n"), "sink.rest.uri"),
+            (
+                format!("{base}uri = \"https://me:pw@catalog.example.com\"\n"),
+                "holds credentials",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\ntoken_env = \"T\"\ncredential_env = \"C\"\n"),
+                "not both",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\nscope = \"catalog\"\n"),
+                "sink.rest.scope is an OAuth2 setting",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\noauth2_server_uri = \"https://c/t\"\n"),
+                "sink.rest.oauth2_server_uri is an OAuth2 setting",
+            ),
+            (
+                format!(
+                    "{base}uri = \"https://c\"\ncredential_env = \"C\"\n\
+                     oauth2_server_uri = \"http://idp.example.com/token\"\n"
+                ),
+                "sink.rest.oauth2_server_uri",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\ntoken_env = \"\"\n"),
+                "sink.rest.token_env is empty",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\nsigv4 = true\n"),
+                "needs sink.rest.signing_name",
+            ),
+            (
+                format!(
+                    "{base}uri = \"https://c\"\nsigv4 = true\nsigning_name = \"glue\"\n\
+                     token_env = \"T\"\n"
+                ),
+                "goes with neither",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\nsigning_region = \"eu-west-1\"\n"),
+                "sink.rest.signing_region is a SigV4 setting",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\nsigv5 = true\n"),
+                "unknown field `sigv5`",
+            ),
+            (
+                format!("{base}uri = \"https://c\"\n")
+                    .replace("[sink]\n", "[sink]\nformat = \"delta\"\n"),
+                "Iceberg tables only",
+            ),
+            (
+                "[source]\ndatabase = \"a\"\n[sink.rest]\nuri = \"https://c\"\n".to_string(),
+                "sink.catalog is not \"rest\"",
+            ),
+        ];
+        for (text, expected) in refused {
+            match parse(&text) {
+                Ok(_) => panic!("accepted: {text}"),
+                Err(e) => assert!(e.to_string().contains(expected), "{text}: {e}"),
+            }
+        }
         Ok(())
     }
 

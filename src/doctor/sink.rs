@@ -40,6 +40,7 @@ pub(super) async fn check(config: &Config, out: &mut Vec<Finding>) {
         }
         CatalogKind::Glue => check_glue(config, out).await,
         CatalogKind::S3tables => check_s3tables(config, out).await,
+        CatalogKind::Rest => check_rest(config, out).await,
     }
 }
 
@@ -231,5 +232,40 @@ async fn check_s3tables(config: &Config, out: &mut Vec<Finding>) {
                 ));
             }
         }
+    }
+}
+
+async fn check_rest(config: &Config, out: &mut Vec<Finding>) {
+    use crate::catalog::RestCatalog;
+    let uri = &config.sink.rest.uri;
+    let catalog = match RestCatalog::connect(&config.sink.rest).await {
+        Ok(catalog) => catalog,
+        Err(e) => {
+            out.push(Finding::error(
+                format!("cannot use the REST catalog at {uri}: {e}"),
+                "check [sink.rest] uri and warehouse, that the server answers GET /v1/config, \
+                 and the credentials: the token or client credential in the environment \
+                 variable [sink.rest] names, or with sigv4 the AWS SDK's credentials and \
+                 signing_name (README: Iceberg REST catalog)",
+            ));
+            return;
+        }
+    };
+    out.push(Finding::ok(format!(
+        "REST catalog at {uri} answers its configuration, with {}",
+        catalog.auth_description()
+    )));
+    let namespace = &config.sink.namespace;
+    match catalog.namespace_exists(namespace).await {
+        Ok(true) => out.push(Finding::ok(format!(
+            "REST catalog namespace {namespace} exists"
+        ))),
+        Ok(false) => out.push(Finding::ok(format!(
+            "REST catalog namespace {namespace} does not exist yet: run creates it"
+        ))),
+        Err(e) => out.push(Finding::error(
+            format!("cannot read REST catalog namespace {namespace}: {e}"),
+            "check the principal's privileges on the namespace (README: Iceberg REST catalog)",
+        )),
     }
 }

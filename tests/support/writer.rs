@@ -248,6 +248,11 @@ def text(v):
 
 /// Starts the writer with more settings, as environment overrides (`SECTION__KEY`).
 pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Writer {
+    start_with_env(db, settings, &[])
+}
+
+/// [`start_with`], with the environment variables `env` set too (secrets a config names).
+pub fn start_with_env(db: &TestDb, settings: &[(&str, &str)], env: &[(&str, &str)]) -> Writer {
     Command::new(env!("CARGO_BIN_EXE_lakewriter"))
         .args(["run", "--config"])
         .arg(config_path(db))
@@ -256,6 +261,7 @@ pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Writer {
                 .iter()
                 .map(|(k, v)| (format!("LAKEWRITER__{k}"), *v)),
         )
+        .envs(env.iter().copied())
         // the default filter, as a user runs it
         .env_remove("LAKEWRITER_LOG")
         .stdout(Stdio::null())
@@ -318,6 +324,18 @@ pub async fn crash_and_restart(
     crashes: usize,
     wait_ms: u64,
 ) {
+    crash_and_restart_env(db, settings, &[], workloads, crashes, wait_ms).await;
+}
+
+/// [`crash_and_restart`], each writer started with the environment variables `env` too.
+pub async fn crash_and_restart_env(
+    db: &TestDb,
+    settings: &[(&str, &str)],
+    env: &[(&str, &str)],
+    workloads: usize,
+    crashes: usize,
+    wait_ms: u64,
+) {
     let seed = std::env::var("LAKEWRITER_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -355,7 +373,7 @@ pub async fn crash_and_restart(
     });
 
     for round in 0..crashes {
-        let mut child = start_with(db, settings);
+        let mut child = start_with_env(db, settings, env);
         let wait = 300 + random.next(wait_ms);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         if let Ok(Some(status)) = child.try_wait() {
@@ -371,7 +389,7 @@ pub async fn crash_and_restart(
     workload.join().expect("workload");
 
     // A last run to the end, then a clean stop.
-    let mut child = start_with(db, settings);
+    let mut child = start_with_env(db, settings, env);
     caught_up(db, &mut child).await;
     stop(child);
 }

@@ -294,6 +294,12 @@ impl DeltaSink {
                     "S3 Tables holds Iceberg tables only: use sink.format = \"iceberg\"",
                 ));
             }
+            CatalogKind::Rest => {
+                return Err(Error::config(
+                    "sink.catalog",
+                    "a REST catalog holds Iceberg tables only: use sink.format = \"iceberg\"",
+                ));
+            }
         })
     }
 

@@ -181,8 +181,12 @@ impl<C: Catalog> IcebergSink<C> {
         let gate = self.settings.commit_gates.of(lake);
         let _turn = gate.lock().await;
         let staged: Mutex<Option<StagedMetadata>> = Mutex::new(None);
+        // every attempt's staged file and the snapshot it adds: an attempt whose answer was
+        // lost may have landed, and is recognised by either
+        let attempts: Mutex<Vec<(String, Option<i64>)>> = Mutex::new(Vec::new());
         let outcome = commit_with_retry(&self.catalog, lake, &self.settings.retry, |current| {
             let staged = &staged;
+            let attempts = &attempts;
             let change = &change;
             async move {
                 let base = if current.metadata_location == pointer.metadata_location {
@@ -193,19 +197,23 @@ impl<C: Catalog> IcebergSink<C> {
                         .map_err(AttemptError::Failed)?
                 };
                 // An earlier attempt whose answer was lost may have landed, with another
-                // commit on top of it since: its metadata file is then in the table's log,
-                // and the change is done (staging it again would find the lake past it).
-                let earlier = staged
+                // commit on top of it since: its metadata file is then in the table's log (a
+                // catalog that swaps pointers), or its snapshot is in the table (one that
+                // writes its own metadata, REST; snapshot ids are unique per commit), and the
+                // change is done (staging it again would find the lake past it, or apply it
+                // twice).
+                let landed = attempts
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .as_ref()
-                    .map(|s| s.location.clone());
-                if let Some(earlier) = earlier
-                    && base
-                        .metadata_log()
-                        .iter()
-                        .any(|m| m.metadata_file == earlier)
-                {
+                    .iter()
+                    .find(|(location, snapshot)| {
+                        base.metadata_log()
+                            .iter()
+                            .any(|m| &m.metadata_file == location)
+                            || snapshot.is_some_and(|id| base.snapshot_by_id(id).is_some())
+                    })
+                    .map(|(location, _)| location.clone());
+                if let Some(earlier) = landed {
                     tracing::info!(
                         table = %lake,
                         metadata = %earlier,
@@ -213,12 +221,21 @@ impl<C: Catalog> IcebergSink<C> {
                     );
                     return Err(AttemptError::Unchanged(current, Box::new(base)));
                 }
+                let base_snapshot = base.current_snapshot_id();
                 match self
                     .stage(lake, change, &current, base)
                     .await
                     .map_err(AttemptError::Failed)?
                 {
                     Ok(next) => {
+                        let added = next
+                            .metadata
+                            .current_snapshot_id()
+                            .filter(|id| Some(*id) != base_snapshot);
+                        attempts
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((next.location.clone(), added));
                         *staged.lock().unwrap_or_else(PoisonError::into_inner) = Some(next.clone());
                         Ok(next)
                     }
@@ -227,6 +244,24 @@ impl<C: Catalog> IcebergSink<C> {
             }
         })
         .await;
+        if self.catalog.writes_metadata() && self.settings.removes_files {
+            // the catalog wrote its own metadata files: the staged ones only described the
+            // change, and nothing references them
+            let files = attempts
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (file, _) in files {
+                if let Err(e) = self.file_io.delete(&file).await {
+                    tracing::warn!(
+                        table = %lake,
+                        file = %file,
+                        error = %e,
+                        "a staged metadata file could not be removed; compact's orphan \
+                         removal takes it later"
+                    );
+                }
+            }
+        }
         match outcome {
             Ok(committed) => {
                 let staged = staged

@@ -1,6 +1,6 @@
 //! The Iceberg sink: Iceberg v2 tables, upserts as equality deletes, one snapshot per commit
 //! carrying its checkpoint (`lakewriter.lsn`), committed by a compare-and-swap of the catalog
-//! pointer (Glue or SQLite, [`crate::catalog`]).
+//! pointer (Glue, SQLite, S3 Tables or REST, [`crate::catalog`]).
 //!
 //! - `table`: schemas, partition specs, evolution and the checkpoint of a table;
 //! - `files`: data and equality-delete files, partitioned and rolled;
@@ -216,8 +216,8 @@ struct TableState {
     manifest_refs: expiry::ManifestRefs,
 }
 
-/// The Iceberg [`Sink`] over catalog `C` (Glue or SQLite: [`LakeCatalog`] picks from the
-/// config).
+/// The Iceberg [`Sink`] over catalog `C` (Glue, SQLite, S3 Tables or REST: [`LakeCatalog`]
+/// picks from the config).
 pub struct IcebergSink<C: Catalog = LakeCatalog> {
     catalog: C,
     file_io: FileIO,
@@ -294,6 +294,10 @@ impl<C: Catalog> IcebergSink<C> {
     }
 
     async fn read_metadata(&self, lake: &CatalogTable, pointer: &Pointer) -> Result<TableMetadata> {
+        // a REST catalog sends the metadata with each answer
+        if let Some(metadata) = self.catalog.known_metadata(lake, pointer) {
+            return Ok(metadata);
+        }
         TableMetadata::read_from(&self.file_io, &pointer.metadata_location)
             .await
             .map_err(|e| {
