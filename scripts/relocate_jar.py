@@ -4,8 +4,8 @@ it) from one package prefix to another — what Maven's shade plugin does, for t
 tests need.
 
 Iceberg's Spark runtime jar refers to Jackson as `org.apache.iceberg.shaded.com.fasterxml.jackson`
-but does not contain it (the Spark distribution it is built for brings its own, unshaded). This
-builds the missing jar from pyspark's own Jackson jars.
+and to Apache HttpClient 5 as `org.apache.iceberg.shaded.org.apache.hc`, but contains neither.
+This builds the missing jars: Jackson from pyspark's own jars, HttpClient from Debian's.
 
 What is rewritten, from `--from` to `--to` (slashed and dotted forms both):
   - entry paths (`com/fasterxml/jackson/core/JsonFactory.class`, also under

@@ -632,6 +632,14 @@ async fn kill_9_on_a_rest_catalog_with_oauth2_loses_and_duplicates_nothing() {
 
     let verify = command_ok_env(&db, &["verify"], &credential);
     assert!(verify.contains("equal"), "{verify}");
+    // Spark with Iceberg's Java REST client finds PostgreSQL's rows through the server, the
+    // equality deletes of the run applied by the reference implementation's reader
+    let (lines, equality_deletes) = spark_read(&server, &db.namespace, "lakewriter:s3cret");
+    assert_ne!(
+        equality_deletes, "0",
+        "the run left no equality deletes for Spark"
+    );
+    assert_eq!(lines, postgres_lines(&db).await, "Spark before compact");
     let compacted = command_ok_env(&db, &["compact"], &credential);
     assert!(compacted.contains("orders"), "{compacted}");
     let verify = command_ok_env(&db, &["verify"], &credential);
@@ -641,6 +649,10 @@ async fn kill_9_on_a_rest_catalog_with_oauth2_loses_and_duplicates_nothing() {
         status.contains(&format!("{}.orders", db.namespace)),
         "{status}"
     );
+    // and after compact, which applied them
+    let (lines, equality_deletes) = spark_read(&server, &db.namespace, "lakewriter:s3cret");
+    assert_eq!(equality_deletes, "0", "equality deletes left by compact");
+    assert_eq!(lines, postgres_lines(&db).await, "Spark after compact");
 
     // pyiceberg's REST catalog client, after compact (it refuses equality deletes, which
     // compact applied), finds PostgreSQL's rows through the server
@@ -889,6 +901,51 @@ for values in con.sql({query:?}).fetchall():
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Spark SQL's query for the lines of [`postgres_lines`] over `{table}`, as [`LAKE_LINES`] is
+/// DuckDB's (the reader's session is in UTC; dates and decimals print as PostgreSQL's do).
+const SPARK_LINES: &str = "SELECT concat_ws('|', CAST(order_id AS STRING), \
+    CAST(customer_id AS STRING), CAST(order_date AS STRING), CAST(total_amount AS STRING), \
+    status, CAST(unix_micros(created_at) AS STRING), CAST(unix_micros(updated_at) AS STRING)) \
+    FROM {table} ORDER BY order_id";
+
+/// `namespace.orders` as Spark reads it through `server`'s REST routes with Iceberg's own Java
+/// client (OAuth2 with `credential`), in one session of `tests/readers/spark_rest.py`: the
+/// lines of [`SPARK_LINES`], and how many equality delete files the current snapshot has.
+fn spark_read(server: &RestServer, namespace: &str, credential: &str) -> (Vec<String>, String) {
+    let table = format!("lake.{namespace}.orders");
+    let output = stack()
+        .python()
+        .arg(project_dir().join("tests/readers/spark_rest.py"))
+        .arg(server.uri())
+        .args(["--credential", credential])
+        .arg(SPARK_LINES.replace("{table}", &table))
+        // content 2: equality deletes (1 would be position deletes)
+        .arg(format!(
+            "SELECT count(*) FROM {table}.delete_files WHERE content = 2"
+        ))
+        .output()
+        .expect("run Spark");
+    assert!(
+        output.status.success(),
+        "Spark over the REST catalog: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // one block of lines per query, separated by an empty line
+    let blocks: Vec<&str> = stdout
+        .strip_suffix('\n')
+        .unwrap_or(&stdout)
+        .split("\n\n")
+        .collect();
+    let [lines, count] = blocks[..] else {
+        panic!("Spark's output is not two queries' rows: {stdout}");
+    };
+    (
+        lines.lines().map(str::to_string).collect(),
+        count.to_string(),
+    )
 }
 
 /// `lakewriter <args>` on the test config with `env` set; its output.
