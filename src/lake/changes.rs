@@ -1,0 +1,313 @@
+//! What a lake table holds for `export`: its live rows at its current version, or only what
+//! changed since an earlier version — the live rows of the keys touched since, and the touched
+//! keys that are gone.
+//!
+//! A key is touched by a snapshot (Delta: a commit) that adds a data file holding it, adds an
+//! equality delete naming it, or removes a data file holding it (a truncate, another engine's
+//! copy-on-write rewrite). A compaction (`replace`; Delta: actions with `dataChange = false`)
+//! moves rows without changing them and touches nothing. The final state of the touched keys
+//! is read from the current version by merge-on-read, so any number of commits in between
+//! collapse into one row or one delete per key.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::JoinType;
+use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, col};
+use iceberg::spec::{Operation, TableMetadata};
+
+use super::iceberg::{
+    ManifestCache, df_error, file_url, live_files_at, quoted, register_location,
+    register_object_store, sink_error, table_frame,
+};
+use super::table::LakeTable;
+use crate::catalog::{Catalog, CatalogTable, LakeCatalog};
+use crate::config::{Config, TableFormat};
+use crate::error::{Error, Result};
+use crate::sink::iceberg::{catalog_error, file_io};
+
+/// A version of a lake table: an Iceberg snapshot or a Delta table version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LakeVersion {
+    /// The Iceberg snapshot id, or the Delta version.
+    pub id: i64,
+    /// When it was committed, in milliseconds since the epoch.
+    pub committed_at_ms: i64,
+}
+
+/// A lake table's rows to export, as DataFusion plans not yet run.
+#[derive(Debug)]
+pub struct LakeChanges {
+    /// The table: its key and its columns.
+    pub table: LakeTable,
+    /// The version read; `None` for a table without any snapshot yet.
+    pub version: Option<LakeVersion>,
+    /// Live rows at `version`: all of them, or those of the touched keys.
+    pub rows: DataFrame,
+    /// The touched keys without a live row at `version` (the key columns only); `None` when
+    /// `rows` is the whole table.
+    pub gone: Option<DataFrame>,
+    /// Files whose keys were read to find the touched keys.
+    pub files_read: usize,
+}
+
+/// The rows of `name` to export: everything when `since` is `None`, else what changed after
+/// version `since`. The key is the Iceberg table's identifier fields.
+pub async fn changes(
+    config: &Config,
+    name: &CatalogTable,
+    since: Option<i64>,
+) -> Result<LakeChanges> {
+    match config.sink.format {
+        TableFormat::Iceberg => iceberg_changes(config, name, since).await,
+        TableFormat::Delta => Err(Error::NotBuilt {
+            what: "export of Delta tables",
+        }),
+    }
+}
+
+async fn iceberg_changes(
+    config: &Config,
+    name: &CatalogTable,
+    since: Option<i64>,
+) -> Result<LakeChanges> {
+    let namespace_error = |e| catalog_error(&config.sink.namespace, e);
+    let catalog = LakeCatalog::from_config(config)
+        .await
+        .map_err(namespace_error)?;
+    let io = file_io(config)?;
+    let pointer = catalog
+        .load(name)
+        .await
+        .map_err(namespace_error)?
+        .ok_or_else(|| sink_error(name, "no such table in the catalog"))?;
+    let metadata = TableMetadata::read_from(&io, &pointer.metadata_location)
+        .await
+        .map_err(|e| Error::Sink {
+            table: name.to_string(),
+            message: format!("read {}: {e}", pointer.metadata_location),
+            retryable: true,
+        })?;
+    let ctx = SessionContext::new();
+    register_object_store(config, &ctx)?;
+    if !metadata
+        .location()
+        .starts_with(config.sink.warehouse.trim_end_matches('/'))
+    {
+        register_location(config, &ctx, metadata.location())?;
+    }
+    let (table, rows) = table_frame(&ctx, &io, name, &pointer.metadata_location, &metadata).await?;
+    if table.key.is_empty() {
+        return Err(sink_error(
+            name,
+            "the table has no key (no identifier fields): export needs one to merge rows",
+        ));
+    }
+    let Some(current) = metadata.current_snapshot() else {
+        return Ok(LakeChanges {
+            table,
+            version: None,
+            rows,
+            gone: None,
+            files_read: 0,
+        });
+    };
+    let version = LakeVersion {
+        id: current.snapshot_id(),
+        committed_at_ms: current.timestamp_ms(),
+    };
+    let Some(since) = since else {
+        return Ok(LakeChanges {
+            table,
+            version: Some(version),
+            rows,
+            gone: None,
+            files_read: 0,
+        });
+    };
+    if metadata.snapshot_by_id(since).is_none() {
+        return Err(expired(name, since, "snapshot"));
+    }
+    // the snapshots after `since` up to the current one, by their parents
+    let mut chain = Vec::new();
+    let mut next = Some(current.clone());
+    loop {
+        let Some(snapshot) = next else {
+            return Err(sink_error(
+                name,
+                format!(
+                    "snapshot {since}, exported last, is not an ancestor of the current \
+                     snapshot {} (the table was rolled back, or snapshots between them were \
+                     expired): the changes in between are unknown; run the export again with \
+                     --full to copy the whole table",
+                    version.id
+                ),
+            ));
+        };
+        if snapshot.snapshot_id() == since {
+            break;
+        }
+        next = snapshot
+            .parent_snapshot_id()
+            .and_then(|p| metadata.snapshot_by_id(p).cloned());
+        chain.push(snapshot);
+    }
+    let key_ids: BTreeSet<i32> = metadata.current_schema().identifier_field_ids().collect();
+    let mut cache = ManifestCache::default();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    for snapshot in &chain {
+        if snapshot.summary().operation == Operation::Replace {
+            continue;
+        }
+        let after = live_files_at(&io, name, &metadata, snapshot, &mut cache).await?;
+        let before = match snapshot
+            .parent_snapshot_id()
+            .and_then(|p| metadata.snapshot_by_id(p))
+        {
+            Some(parent) => live_files_at(&io, name, &metadata, parent, &mut cache).await?,
+            None => Default::default(),
+        };
+        let before_data: BTreeSet<&str> = before.data.iter().map(|f| f.path.as_str()).collect();
+        let after_data: BTreeSet<&str> = after.data.iter().map(|f| f.path.as_str()).collect();
+        touched.extend(
+            after_data
+                .symmetric_difference(&before_data)
+                .map(|p| p.to_string()),
+        );
+        let before_deletes: BTreeSet<&str> = before
+            .deletes
+            .values()
+            .flatten()
+            .map(|f| f.path.as_str())
+            .collect();
+        for (ids, files) in &after.deletes {
+            for file in files {
+                if before_deletes.contains(file.path.as_str()) {
+                    continue;
+                }
+                let ids: BTreeSet<i32> = ids.iter().copied().collect();
+                if ids != key_ids {
+                    return Err(sink_error(
+                        name,
+                        format!(
+                            "{}: an equality delete on field ids {ids:?}, not on the key's \
+                             {key_ids:?}, is not supported by export",
+                            file.path
+                        ),
+                    ));
+                }
+                touched.insert(file.path.clone());
+            }
+        }
+    }
+    let keys = key_frame(&ctx, name, &table, touched.iter().cloned().collect()).await?;
+    let files_read = touched.len();
+    let (rows, gone) = restrict(name, &table, rows, keys)?;
+    Ok(LakeChanges {
+        table,
+        version: Some(version),
+        rows,
+        gone: Some(gone),
+        files_read,
+    })
+}
+
+/// The error of a last exported version the table no longer has.
+pub(super) fn expired(name: &CatalogTable, since: i64, what: &str) -> Error {
+    sink_error(
+        name,
+        format!(
+            "{what} {since}, exported last, has been expired: the changes since are gone; run \
+             the export again with --full to copy the whole table"
+        ),
+    )
+}
+
+/// The key columns of `table`, as a schema.
+fn key_schema(name: &CatalogTable, table: &LakeTable) -> Result<SchemaRef> {
+    let fields = table
+        .key
+        .iter()
+        .map(|k| {
+            table
+                .schema
+                .field_with_name(k)
+                .map(|f| f.clone())
+                .map_err(|_| sink_error(name, format!("key column {k} is not in the schema")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The distinct keys in the Parquet files at `paths` (data files or equality deletes), read
+/// by column name in the table's current key types.
+pub(super) async fn key_frame(
+    ctx: &SessionContext,
+    name: &CatalogTable,
+    table: &LakeTable,
+    paths: Vec<String>,
+) -> Result<DataFrame> {
+    let schema = key_schema(name, table)?;
+    if paths.is_empty() {
+        return ctx
+            .read_batch(RecordBatch::new_empty(schema))
+            .map_err(|e| df_error(name, "plan the touched keys", e));
+    }
+    let urls: Vec<String> = paths.iter().map(|p| file_url(p)).collect();
+    let options = ParquetReadOptions {
+        file_extension: "",
+        schema: Some(&schema),
+        ..Default::default()
+    };
+    ctx.read_parquet(urls, options)
+        .await
+        .and_then(|f| f.distinct())
+        .map_err(|e| df_error(name, "read the touched keys", e))
+}
+
+/// `rows` restricted to the keys in `keys`, and the keys without a row.
+pub(super) fn restrict(
+    name: &CatalogTable,
+    table: &LakeTable,
+    rows: DataFrame,
+    keys: DataFrame,
+) -> Result<(DataFrame, DataFrame)> {
+    let renamed = |k: &String| format!("__lakewriter_touched_{k}");
+    let touched = keys
+        .clone()
+        .select(
+            table
+                .key
+                .iter()
+                .map(|k| col(quoted(k)).alias(renamed(k)))
+                .collect::<Vec<Expr>>(),
+        )
+        .map_err(|e| df_error(name, "plan the touched keys", e))?;
+    let on: Vec<Expr> = table
+        .key
+        .iter()
+        .map(|k| col(quoted(k)).eq(col(quoted(&renamed(k)))))
+        .collect();
+    let live = rows
+        .clone()
+        .join_on(touched.clone(), JoinType::LeftSemi, on.clone())
+        .map_err(|e| df_error(name, "plan the touched rows", e))?;
+    let live_keys = rows
+        .select(table.key.iter().map(|k| col(quoted(k))).collect::<Vec<_>>())
+        .map_err(|e| df_error(name, "plan the live keys", e))?;
+    let gone = touched
+        .join_on(live_keys, JoinType::LeftAnti, on)
+        .and_then(|f| {
+            f.select(
+                table
+                    .key
+                    .iter()
+                    .map(|k| col(quoted(&renamed(k))).alias(k.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .map_err(|e| df_error(name, "plan the deleted keys", e))?;
+    Ok((live, gone))
+}
