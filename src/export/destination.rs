@@ -66,8 +66,20 @@ fn describe(config: &tokio_postgres::Config) -> String {
     )
 }
 
-/// Creates the state table when it is missing.
+/// Creates the state table when it is missing (a role that may not create schemas can
+/// export once it exists).
 pub async fn ensure_state_table(client: &Client) -> Result<()> {
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{STATE_TABLE}') IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres(format!("look for the state table {STATE_TABLE}"), e))?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
     client
         .batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
