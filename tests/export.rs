@@ -9,7 +9,7 @@ mod support;
 use std::process::{Command, Output};
 
 use support::TestDb;
-use support::writer::{caught_up, command_ok, config_path, start, stop};
+use support::writer::{caught_up, command_ok, config_path, start, stop, write_config};
 
 /// The orders of `db`, one line per row, in a text both databases print alike.
 async fn orders(db: &TestDb) -> Vec<String> {
@@ -134,20 +134,26 @@ async fn rounds_of_changes_compaction_and_repairs_reach_the_destination() {
         );
         assert_eq!(orders(&b).await, orders(&a).await, "round {round}");
     }
-    stop(writer);
-
     // nothing new: up to date
     assert_eq!(export_ok(&a, &b, &[]), (0, 0, 0));
     // a compaction moves rows without changing them: it exports nothing, yet is recorded
     let before = exported_version(&b).await;
-    command_ok(&a, &["compact"], &[]);
+    let compacted = command_ok(&a, &["compact"], &[]);
     assert_eq!(export_ok(&a, &b, &[]), (0, 0, 0));
     assert_ne!(
         exported_version(&b).await,
         before,
-        "the compaction is recorded"
+        "not recorded: {compacted}"
     );
     assert_eq!(orders(&b).await, orders(&a).await);
+
+    // a truncate drops every file: every key is gone but the ten new ones
+    truncate_and_refill(&a, &mut writer).await;
+    let (upserted, deleted, _) = export_ok(&a, &b, &[]);
+    assert_eq!(upserted, 10);
+    assert!(deleted > 3000, "{deleted}");
+    assert_eq!(orders(&b).await, orders(&a).await);
+    stop(writer);
 
     // a row changed in the destination by someone else: --full puts the lake's back and
     // says it changed one row, and removes a row the lake does not hold
@@ -179,6 +185,74 @@ async fn rounds_of_changes_compaction_and_repairs_reach_the_destination() {
         "{stderr}"
     );
     export_ok(&a, &b, &["--full"]);
+    assert_eq!(orders(&b).await, orders(&a).await);
+}
+
+/// Truncates the orders and inserts ten new ones: the lake's truncate drops every file.
+async fn truncate_and_refill(db: &TestDb, writer: &mut std::process::Child) {
+    db.client()
+        .await
+        .batch_execute(
+            "TRUNCATE public.orders;
+             INSERT INTO public.orders (customer_id, order_date, total_amount, status)
+             SELECT i, date '2025-01-01', 1.5, 'new' FROM generate_series(1, 10) i;",
+        )
+        .await
+        .expect("truncate");
+    caught_up(db, writer).await;
+}
+
+#[tokio::test]
+async fn delta_tables_export_incrementally_and_exactly_once_too() {
+    let a = TestDb::new("export_delta").await;
+    let b = TestDb::new("export_delta_dst").await;
+    a.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    write_config(&a, "format = \"delta\"");
+    let mut writer = start(&a);
+    caught_up(&a, &mut writer).await;
+    assert_eq!(export_ok(&a, &b, &[]), (2000, 0, 2000));
+    assert_eq!(orders(&b).await, orders(&a).await);
+    for round in 0..2 {
+        a.workload(1, 200);
+        caught_up(&a, &mut writer).await;
+        let (upserted, deleted, _) = export_ok(&a, &b, &[]);
+        assert!(
+            upserted > 0 && deleted > 0,
+            "round {round}: {upserted} {deleted}"
+        );
+        // a MERGE rewrites whole files: only the rows that differ are touched
+        assert!(
+            upserted < 1000,
+            "round {round}: {upserted} rows for a small round"
+        );
+        assert_eq!(orders(&b).await, orders(&a).await, "round {round}");
+    }
+    // killed in the middle of the merge: nothing applied; the next run applies it once
+    a.workload(1, 100);
+    caught_up(&a, &mut writer).await;
+    let held = orders(&b).await;
+    let output = export(
+        &a,
+        &b,
+        &["--table", "public.orders"],
+        &[("LAKEWRITER_EXPORT_CRASH_AT", "merged")],
+    );
+    assert!(!output.status.success());
+    assert_eq!(orders(&b).await, held);
+    export_ok(&a, &b, &[]);
+    assert_eq!(orders(&b).await, orders(&a).await);
+    truncate_and_refill(&a, &mut writer).await;
+    let (upserted, deleted, _) = export_ok(&a, &b, &[]);
+    assert_eq!(upserted, 10);
+    assert!(deleted > 2000, "{deleted}");
+    assert_eq!(orders(&b).await, orders(&a).await);
+    a.workload(1, 100);
+    caught_up(&a, &mut writer).await;
+    stop(writer);
+    export_ok(&a, &b, &[]);
+    // OPTIMIZE's actions carry dataChange = false: nothing to export
+    command_ok(&a, &["compact"], &[]);
+    assert_eq!(export_ok(&a, &b, &[]), (0, 0, 0));
     assert_eq!(orders(&b).await, orders(&a).await);
 }
 

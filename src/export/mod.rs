@@ -20,7 +20,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, TableFormat};
+use crate::config::{Config, TableFormat, TableMode};
 use crate::error::{Error, Result};
 use crate::lake;
 use crate::progress::Progress;
@@ -152,7 +152,21 @@ async fn export_table(
     let (lake_key, destination) = (lake_name.to_string(), mapping.destination.to_string());
     let previous = destination::exported(client, &lake_key, &destination).await?;
     let since = if full { None } else { previous };
-    let changes = lake::changes(config, &lake_name, since).await?;
+    let table_config = config.source.tables.get(&mapping.source.to_string());
+    if table_config.is_some_and(|t| t.mode == TableMode::Changelog) {
+        return Err(Error::Sink {
+            table: lake_key,
+            message: "a changelog table holds every change as a row of its own: it has no key \
+                      to merge on, and is not exported"
+                .into(),
+            retryable: false,
+        });
+    }
+    let delta_key = match config.sink.format {
+        TableFormat::Iceberg => Vec::new(),
+        TableFormat::Delta => delta_key(config, &mapping.source).await?,
+    };
+    let changes = lake::changes(config, &lake_name, since, &delta_key).await?;
     let Some(version) = changes.version else {
         return Err(Error::Sink {
             table: lake_key,
@@ -272,6 +286,43 @@ async fn export_table(
         applied,
         elapsed: started.elapsed(),
     })
+}
+
+/// The key of a Delta table, which carries none: the one the writer merged on, from
+/// `[source.tables."schema.table"] key` or else the source table's primary key (or replica
+/// identity index).
+async fn delta_key(config: &Config, source: &TableId) -> Result<Vec<String>> {
+    if let Some(key) = config
+        .source
+        .tables
+        .get(&source.to_string())
+        .and_then(|t| t.key.clone())
+    {
+        return Ok(key);
+    }
+    let hint = format!(
+        "a Delta table has no key of its own; export takes the source table's, or \
+         [source.tables.\"{source}\"] key = [...]"
+    );
+    let client = crate::source::connection::connect(&config.source)
+        .await
+        .map_err(|e| Error::Sink {
+            table: source.to_string(),
+            message: format!("{hint}: cannot read it from the source: {e}"),
+            retryable: e.is_retryable(),
+        })?;
+    let key = match crate::source::schema::describe_table(&client, source).await? {
+        Some(described) => described.key_columns(config),
+        None => Vec::new(),
+    };
+    if key.is_empty() {
+        return Err(Error::Sink {
+            table: source.to_string(),
+            message: format!("{hint}: the source table has none"),
+            retryable: false,
+        });
+    }
+    Ok(key)
 }
 
 /// Whether every lake column's destination column has exactly the type the lake's maps to.

@@ -54,17 +54,17 @@ pub struct LakeChanges {
 }
 
 /// The rows of `name` to export: everything when `since` is `None`, else what changed after
-/// version `since`. The key is the Iceberg table's identifier fields.
+/// version `since`. An Iceberg table's key is its identifier fields; a Delta table carries
+/// none, and is read with `delta_key` (the source's key, which the writer merged on).
 pub async fn changes(
     config: &Config,
     name: &CatalogTable,
     since: Option<i64>,
+    delta_key: &[String],
 ) -> Result<LakeChanges> {
     match config.sink.format {
         TableFormat::Iceberg => iceberg_changes(config, name, since).await,
-        TableFormat::Delta => Err(Error::NotBuilt {
-            what: "export of Delta tables",
-        }),
+        TableFormat::Delta => super::delta::changes(config, name, since, delta_key).await,
     }
 }
 
@@ -249,11 +249,24 @@ pub(super) async fn key_frame(
     table: &LakeTable,
     paths: Vec<String>,
 ) -> Result<DataFrame> {
-    let schema = key_schema(name, table)?;
+    read_files(ctx, name, paths, key_schema(name, table)?)
+        .await?
+        .distinct()
+        .map_err(|e| df_error(name, "plan the touched keys", e))
+}
+
+/// The rows of the Parquet files at `paths`, read by column name in `schema` (a column a file
+/// lacks reads as null).
+pub(super) async fn read_files(
+    ctx: &SessionContext,
+    name: &CatalogTable,
+    paths: Vec<String>,
+    schema: SchemaRef,
+) -> Result<DataFrame> {
     if paths.is_empty() {
         return ctx
             .read_batch(RecordBatch::new_empty(schema))
-            .map_err(|e| df_error(name, "plan the touched keys", e));
+            .map_err(|e| df_error(name, "plan an empty read", e));
     }
     let urls: Vec<String> = paths.iter().map(|p| file_url(p)).collect();
     let options = ParquetReadOptions {
@@ -263,8 +276,32 @@ pub(super) async fn key_frame(
     };
     ctx.read_parquet(urls, options)
         .await
-        .and_then(|f| f.distinct())
-        .map_err(|e| df_error(name, "read the touched keys", e))
+        .map_err(|e| df_error(name, "read changed files", e))
+}
+
+/// The keys of the rows that differ between the files `added` and the files `removed` by one
+/// commit: a copy-on-write rewrite removes a file and adds it again with a few rows changed,
+/// and only those rows' keys are touched.
+pub(super) async fn rewritten_keys(
+    ctx: &SessionContext,
+    name: &CatalogTable,
+    table: &LakeTable,
+    added: Vec<String>,
+    removed: Vec<String>,
+) -> Result<DataFrame> {
+    if removed.is_empty() {
+        return key_frame(ctx, name, table, added).await;
+    }
+    let schema = table.schema.clone();
+    let added = read_files(ctx, name, added, schema.clone()).await?;
+    let removed = read_files(ctx, name, removed, schema).await?;
+    let key: Vec<Expr> = table.key.iter().map(|k| col(quoted(k))).collect();
+    let plan = || -> datafusion::error::Result<DataFrame> {
+        let new = added.clone().except(removed.clone())?.select(key.clone())?;
+        let old = removed.clone().except(added.clone())?.select(key.clone())?;
+        new.union(old)?.distinct()
+    };
+    plan().map_err(|e| df_error(name, "plan the rewritten rows", e))
 }
 
 /// `rows` restricted to the keys in `keys`, and the keys without a row.
