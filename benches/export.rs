@@ -218,6 +218,7 @@ async fn export(config: &Config, b: &TestDb, table: &str) -> (Run, TableExport) 
         ],
         destination: b.url.clone(),
         full: false,
+        as_of: None,
     };
     let cpu = cpu_seconds().0;
     let started = Instant::now();

@@ -137,6 +137,12 @@ enum Command {
         /// last exported snapshot was expired, or to repair a destination changed by others).
         #[arg(long)]
         full: bool,
+        /// Time travel: export the table as it was at this snapshot id (Delta: version) or at
+        /// this time (`2026-01-31T09:26:56Z`: the newest version committed by then), into a
+        /// destination table that does not exist yet. Recorded like any export, so a later
+        /// run without it brings the table forward.
+        #[arg(long, value_name = "SNAPSHOT_ID|TIMESTAMP", conflicts_with_all = ["full", "every"])]
+        as_of: Option<lakewriter::lake::AsOf>,
         /// Keep running: export again every DURATION (`30s`, `15m`, `1h`) until SIGTERM or
         /// SIGINT.
         #[arg(long, value_name = "DURATION", value_parser = parse_span)]
@@ -230,12 +236,14 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             tables,
             to,
             full,
+            as_of,
             every,
         } => {
             let options = lakewriter::export::ExportOptions {
                 tables,
                 destination: to,
                 full,
+                as_of,
             };
             commands::export(&load(&config)?, &options, every.map(|e| e.get()))
                 .await

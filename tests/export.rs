@@ -13,10 +13,17 @@ use support::writer::{caught_up, command_ok, config_path, start, stop, write_con
 
 /// The orders of `db`, one line per row, in a text both databases print alike.
 async fn orders(db: &TestDb) -> Vec<String> {
+    orders_in(db, "public.orders").await
+}
+
+/// [`orders`] of another table of the same shape.
+async fn orders_in(db: &TestDb, table: &str) -> Vec<String> {
     lines(
         db,
-        "SELECT concat_ws('|', order_id, customer_id, order_date, total_amount, status, \
-           created_at, updated_at) FROM public.orders ORDER BY order_id",
+        &format!(
+            "SELECT concat_ws('|', order_id, customer_id, order_date, total_amount, status, \
+               created_at, updated_at) FROM {table} ORDER BY order_id"
+        ),
     )
     .await
 }
@@ -212,6 +219,7 @@ async fn delta_tables_export_incrementally_and_exactly_once_too() {
     caught_up(&a, &mut writer).await;
     assert_eq!(export_ok(&a, &b, &[]), (2000, 0, 2000));
     assert_eq!(orders(&b).await, orders(&a).await);
+    let (first, first_version) = (orders(&a).await, exported_version(&b).await);
     for round in 0..2 {
         a.workload(1, 200);
         caught_up(&a, &mut writer).await;
@@ -254,6 +262,97 @@ async fn delta_tables_export_incrementally_and_exactly_once_too() {
     command_ok(&a, &["compact"], &[]);
     assert_eq!(export_ok(&a, &b, &[]), (0, 0, 0));
     assert_eq!(orders(&b).await, orders(&a).await);
+
+    // time travel to the first export's version, into a fresh table
+    let version = first_version.expect("a recorded version").to_string();
+    let output = export(
+        &a,
+        &b,
+        &[
+            "--table",
+            "public.orders=restore.orders",
+            "--as-of",
+            &version,
+        ],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(orders_in(&b, "restore.orders").await, first);
+}
+
+#[tokio::test]
+async fn as_of_restores_a_table_as_it_was_at_a_snapshot_or_a_time() {
+    let a = TestDb::new("export_as_of").await;
+    let b = TestDb::new("export_as_of_dst").await;
+    a.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
+    let mut writer = start(&a);
+    caught_up(&a, &mut writer).await;
+    export_ok(&a, &b, &[]);
+    let (first, snapshot) = (orders(&a).await, exported_version(&b).await);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let then: String = lines(
+        &a,
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+    .await
+    .remove(0);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        a.workload(1, 100);
+        caught_up(&a, &mut writer).await;
+    }
+    stop(writer);
+    export_ok(&a, &b, &[]);
+    assert_eq!(orders(&b).await, orders(&a).await);
+    assert_ne!(orders(&a).await, first);
+
+    let snapshot = snapshot.expect("a recorded snapshot").to_string();
+    for (destination, as_of) in [
+        ("restore.by_id", snapshot.as_str()),
+        ("restore.by_time", then.as_str()),
+    ] {
+        let target = format!("public.orders={destination}");
+        let output = export(&a, &b, &["--table", &target, "--as-of", as_of], &[]);
+        assert!(
+            output.status.success(),
+            "{as_of}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let restored = orders_in(&b, destination).await;
+        assert_eq!(restored, first, "--as-of {as_of}");
+    }
+    // never over an existing table
+    let output = export(
+        &a,
+        &b,
+        &[
+            "--table",
+            "public.orders=restore.by_id",
+            "--as-of",
+            &snapshot,
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("restore.by_id") && stderr.contains("does not exist yet"),
+        "{stderr}"
+    );
+    // and a later export without it brings the restored table forward
+    export_ok(&a, &b, &[]);
+    let output = export(&a, &b, &["--table", "public.orders=restore.by_id"], &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let forward = orders_in(&b, "restore.by_id").await;
+    assert_eq!(forward, orders(&a).await);
 }
 
 #[tokio::test]

@@ -71,6 +71,9 @@ pub struct ExportOptions {
     /// Export every row, whatever the state table says (after an expired snapshot, or to
     /// repair a destination changed by someone else).
     pub full: bool,
+    /// Export the table as it was at this version or time, into destination tables that do
+    /// not exist yet (a restore); recorded, so a later export brings them forward.
+    pub as_of: Option<lake::AsOf>,
 }
 
 /// What one table's export did.
@@ -124,7 +127,7 @@ pub async fn run(config: &Config, options: &ExportOptions) -> Result<Vec<TableEx
     let progress = Progress::new(config.metrics.progress_interval.get());
     let mut done = Vec::new();
     for mapping in &options.tables {
-        let export = export_table(config, &mut client, mapping, options.full, &progress).await?;
+        let export = export_table(config, &mut client, mapping, options, &progress).await?;
         tracing::info!(
             table = %export.source,
             destination = %export.destination,
@@ -144,14 +147,17 @@ async fn export_table(
     config: &Config,
     client: &mut tokio_postgres::Client,
     mapping: &TableMapping,
-    full: bool,
+    options: &ExportOptions,
     progress: &Progress,
 ) -> Result<TableExport> {
     let started = Instant::now();
     let lake_name = lake_table(&config.sink.namespace, &mapping.source);
     let (lake_key, destination) = (lake_name.to_string(), mapping.destination.to_string());
     let previous = destination::exported(client, &lake_key, &destination).await?;
-    let since = if full { None } else { previous };
+    let since = match (options.full, options.as_of) {
+        (false, None) => previous,
+        _ => None,
+    };
     let table_config = config.source.tables.get(&mapping.source.to_string());
     if table_config.is_some_and(|t| t.mode == TableMode::Changelog) {
         return Err(Error::Sink {
@@ -166,7 +172,12 @@ async fn export_table(
         TableFormat::Iceberg => Vec::new(),
         TableFormat::Delta => delta_key(config, &mapping.source).await?,
     };
-    let changes = lake::changes(config, &lake_name, since, &delta_key).await?;
+    let read = match (options.as_of, since) {
+        (Some(as_of), _) => lake::ReadFrom::AsOf(as_of),
+        (None, Some(since)) => lake::ReadFrom::Since(since),
+        (None, None) => lake::ReadFrom::Everything,
+    };
+    let changes = lake::changes(config, &lake_name, read, &delta_key).await?;
     let Some(version) = changes.version else {
         return Err(Error::Sink {
             table: lake_key,
@@ -214,6 +225,14 @@ async fn export_table(
         });
     }
     let (shape, created) = match destination::describe_table(&tx, &mapping.destination).await? {
+        Some(_) if options.as_of.is_some() => {
+            return Err(Error::Export {
+                table: destination,
+                message: "--as-of restores into a table that does not exist yet, and this one \
+                          does: name another destination (schema.table=restore.table)"
+                    .into(),
+            });
+        }
         Some(shape) => (shape, false),
         None => {
             let sql = destination::create_table_sql(

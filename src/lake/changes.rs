@@ -37,6 +37,47 @@ pub struct LakeVersion {
     pub committed_at_ms: i64,
 }
 
+/// What to read of a lake table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Every live row of the current version.
+    Everything,
+    /// What changed after this version (an Iceberg snapshot id, a Delta version).
+    Since(i64),
+    /// Every live row of an earlier version: time travel.
+    AsOf(AsOf),
+}
+
+/// A version of the past, as a user names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// An Iceberg snapshot id, or a Delta version.
+    Version(i64),
+    /// The version current at this time, in milliseconds since the epoch: the newest one
+    /// committed at or before it.
+    Time(i64),
+}
+
+impl std::str::FromStr for AsOf {
+    type Err = String;
+
+    /// A whole number is a version; anything else a timestamp (`2026-01-31T09:26:56Z`, a
+    /// zone-less one read as UTC).
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        if let Ok(version) = text.trim().parse::<i64>() {
+            return Ok(AsOf::Version(version));
+        }
+        arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(text.trim())
+            .map(|nanos| AsOf::Time(nanos.div_euclid(1_000_000)))
+            .map_err(|_| {
+                format!(
+                    "{text:?} is neither a snapshot id (Delta: a version) nor a timestamp such \
+                     as 2026-01-31T09:26:56Z"
+                )
+            })
+    }
+}
+
 /// A lake table's rows to export, as DataFusion plans not yet run.
 #[derive(Debug)]
 pub struct LakeChanges {
@@ -53,25 +94,25 @@ pub struct LakeChanges {
     pub files_read: usize,
 }
 
-/// The rows of `name` to export: everything when `since` is `None`, else what changed after
-/// version `since`. An Iceberg table's key is its identifier fields; a Delta table carries
-/// none, and is read with `delta_key` (the source's key, which the writer merged on).
+/// The rows of `name` to export, as `read` says. An Iceberg table's key is its identifier
+/// fields; a Delta table carries none, and is read with `delta_key` (the source's key, which
+/// the writer merged on).
 pub async fn changes(
     config: &Config,
     name: &CatalogTable,
-    since: Option<i64>,
+    read: ReadFrom,
     delta_key: &[String],
 ) -> Result<LakeChanges> {
     match config.sink.format {
-        TableFormat::Iceberg => iceberg_changes(config, name, since).await,
-        TableFormat::Delta => super::delta::changes(config, name, since, delta_key).await,
+        TableFormat::Iceberg => iceberg_changes(config, name, read).await,
+        TableFormat::Delta => super::delta::changes(config, name, read, delta_key).await,
     }
 }
 
 async fn iceberg_changes(
     config: &Config,
     name: &CatalogTable,
-    since: Option<i64>,
+    read: ReadFrom,
 ) -> Result<LakeChanges> {
     let namespace_error = |e| catalog_error(&config.sink.namespace, e);
     let catalog = LakeCatalog::from_config(config)
@@ -118,14 +159,33 @@ async fn iceberg_changes(
         id: current.snapshot_id(),
         committed_at_ms: current.timestamp_ms(),
     };
-    let Some(since) = since else {
-        return Ok(LakeChanges {
-            table,
-            version: Some(version),
-            rows,
-            gone: None,
-            files_read: 0,
-        });
+    let since = match read {
+        ReadFrom::Everything => {
+            return Ok(LakeChanges {
+                table,
+                version: Some(version),
+                rows,
+                gone: None,
+                files_read: 0,
+            });
+        }
+        ReadFrom::AsOf(as_of) => {
+            let snapshot = iceberg_as_of(name, &metadata, as_of)?;
+            let mut cache = ManifestCache::default();
+            let files = live_files_at(&io, name, &metadata, &snapshot, &mut cache).await?;
+            let rows = super::iceberg::files_frame(&ctx, name, &metadata, &files).await?;
+            return Ok(LakeChanges {
+                table,
+                version: Some(LakeVersion {
+                    id: snapshot.snapshot_id(),
+                    committed_at_ms: snapshot.timestamp_ms(),
+                }),
+                rows,
+                gone: None,
+                files_read: 0,
+            });
+        }
+        ReadFrom::Since(since) => since,
     };
     if metadata.snapshot_by_id(since).is_none() {
         return Err(expired(name, since, "snapshot"));
@@ -212,6 +272,44 @@ async fn iceberg_changes(
         gone: Some(gone),
         files_read,
     })
+}
+
+/// The snapshot `as_of` names: by id, or the newest of the main branch's ancestry committed
+/// at or before a time.
+fn iceberg_as_of(
+    name: &CatalogTable,
+    metadata: &TableMetadata,
+    as_of: AsOf,
+) -> Result<iceberg::spec::SnapshotRef> {
+    match as_of {
+        AsOf::Version(id) => metadata.snapshot_by_id(id).cloned().ok_or_else(|| {
+            sink_error(
+                name,
+                format!("snapshot {id} is not in the table (never was, or expired)"),
+            )
+        }),
+        AsOf::Time(ms) => {
+            let mut next = metadata.current_snapshot().cloned();
+            let mut oldest = None;
+            while let Some(snapshot) = next {
+                if snapshot.timestamp_ms() <= ms {
+                    return Ok(snapshot);
+                }
+                oldest = Some(snapshot.timestamp_ms());
+                next = snapshot
+                    .parent_snapshot_id()
+                    .and_then(|p| metadata.snapshot_by_id(p).cloned());
+            }
+            Err(sink_error(
+                name,
+                format!(
+                    "no snapshot committed at or before {ms} ms since the epoch: the oldest \
+                     kept is from {} ms",
+                    oldest.unwrap_or(0)
+                ),
+            ))
+        }
+    }
 }
 
 /// The error of a last exported version the table no longer has.

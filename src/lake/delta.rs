@@ -8,7 +8,7 @@
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::prelude::SessionContext;
 
-use super::changes::{LakeChanges, LakeVersion};
+use super::changes::{AsOf, LakeChanges, LakeVersion, ReadFrom};
 use super::table::{LakeTable, register_namespace};
 use crate::catalog::CatalogTable;
 use crate::config::Config;
@@ -84,11 +84,31 @@ pub(crate) async fn session(
 pub(crate) async fn changes(
     config: &Config,
     name: &CatalogTable,
-    since: Option<i64>,
+    read: ReadFrom,
     key: &[String],
 ) -> Result<LakeChanges> {
     let settings = DeltaSettings::from_config(config)?;
-    let table = tables::open_existing(&settings, name).await?;
+    let mut table = tables::open_existing(&settings, name).await?;
+    if let ReadFrom::AsOf(as_of) = read {
+        let version = match as_of {
+            AsOf::Version(v) => v,
+            AsOf::Time(ms) => version_at(name, &table, ms).await?,
+        };
+        let wanted = u64::try_from(version).map_err(|_| Error::Sink {
+            table: name.to_string(),
+            message: format!("version {version} is not a Delta version"),
+            retryable: false,
+        })?;
+        table.load_version(wanted).await.map_err(|e| Error::Sink {
+            table: name.to_string(),
+            message: format!("load version {version} (never was, or its log was cleaned up): {e}"),
+            retryable: false,
+        })?;
+    }
+    let since = match read {
+        ReadFrom::Since(since) => Some(since),
+        ReadFrom::Everything | ReadFrom::AsOf(_) => None,
+    };
     let ctx = deltalake::delta_datafusion::create_session().into_inner();
     let fail = |message: String| Error::Sink {
         table: name.to_string(),
@@ -213,6 +233,35 @@ pub(crate) async fn changes(
         gone: Some(gone),
         files_read,
     })
+}
+
+/// The newest version committed at or before `ms`, from the commits' timestamps.
+async fn version_at(name: &CatalogTable, table: &deltalake::DeltaTable, ms: i64) -> Result<i64> {
+    let fail = |message: String| Error::Sink {
+        table: name.to_string(),
+        message,
+        retryable: false,
+    };
+    let current = table
+        .snapshot()
+        .map_err(|e| fail(format!("read the table's state: {e}")))?
+        .version();
+    let log = table.log_store();
+    for v in (0..=current).rev() {
+        let Some(entry) = log
+            .read_commit_entry(v)
+            .await
+            .map_err(|e| fail(format!("read the log entry of version {v}: {e}")))?
+        else {
+            break;
+        };
+        if commit_timestamp(&entry).is_some_and(|t| t <= ms) {
+            return i64::try_from(v).map_err(|_| fail(format!("version {v} is out of range")));
+        }
+    }
+    Err(fail(format!(
+        "no version committed at or before {ms} ms since the epoch is left in the log"
+    )))
 }
 
 /// The data files a commit adds and removes with a data change, as paths relative to the

@@ -25,7 +25,7 @@ use crate::catalog::CatalogTable;
 use crate::config::{Config, TableFormat};
 use crate::error::Result;
 
-pub use changes::{LakeChanges, LakeVersion, changes};
+pub use changes::{AsOf, LakeChanges, LakeVersion, ReadFrom, changes};
 pub(crate) use iceberg::{
     LiveFile, LiveFiles, files_frame, key_columns, live_files, manifest_list, quoted,
     register_location, register_object_store,
