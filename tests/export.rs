@@ -611,4 +611,14 @@ async fn refusals_name_the_table_and_column_and_apply_nothing() {
         .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
         .await
         .expect("drop the role");
+
+    // a lake table without a key to merge on: a changelog table appends every change
+    write_config(
+        &a,
+        "[source.tables.\"public.orders\"]\nmode = \"changelog\"\n",
+    );
+    refused(
+        &["--table", "public.orders"],
+        &["orders", "changelog", "no key"],
+    );
 }

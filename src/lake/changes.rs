@@ -332,7 +332,7 @@ fn key_schema(name: &CatalogTable, table: &LakeTable) -> Result<SchemaRef> {
             table
                 .schema
                 .field_with_name(k)
-                .map(|f| f.clone())
+                .cloned()
                 .map_err(|_| sink_error(name, format!("key column {k} is not in the schema")))
         })
         .collect::<Result<Vec<_>>>()?;
