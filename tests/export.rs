@@ -9,7 +9,7 @@ mod support;
 use std::process::{Command, Output};
 
 use support::TestDb;
-use support::writer::{caught_up, command_ok, config_path, start, stop, write_config};
+use support::writer::{Writer, caught_up, command_ok, config_path, start, stop, write_config};
 
 /// The orders of `db`, one line per row, in a text both databases print alike.
 async fn orders(db: &TestDb) -> Vec<String> {
@@ -353,6 +353,55 @@ async fn as_of_restores_a_table_as_it_was_at_a_snapshot_or_a_time() {
     );
     let forward = orders_in(&b, "restore.by_id").await;
     assert_eq!(forward, orders(&a).await);
+}
+
+#[tokio::test]
+async fn every_keeps_exporting_until_sigterm() {
+    let a = TestDb::new("export_every").await;
+    let b = TestDb::new("export_every_dst").await;
+    a.psql(&["-v", "rows=300", "-f", "sql/orders.sql"]);
+    let mut writer = start(&a);
+    caught_up(&a, &mut writer).await;
+    // killed if the test fails before stopping it
+    let exporter = Writer::from_child(
+        Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+            .args(["export", "--config"])
+            .arg(config_path(&a))
+            .args(["--table", "public.orders", "--every", "500ms"])
+            .env("LAKEWRITER_EXPORT_TO", &b.url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start export --every"),
+    );
+    let mut equal = false;
+    for round in 0..2 {
+        a.workload(1, 100);
+        caught_up(&a, &mut writer).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        equal = false;
+        while std::time::Instant::now() < deadline {
+            let exported = b
+                .client()
+                .await
+                .query_opt("SELECT 1 FROM pg_class WHERE relname = 'orders'", &[])
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            if exported && orders(&b).await == orders(&a).await {
+                equal = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(equal, "round {round}: the destination never caught up");
+    }
+    assert!(equal);
+    stop(writer);
+    // SIGTERM between runs: a clean exit 0
+    let log = stop(exporter);
+    assert!(log.contains("stopping"), "{log}");
 }
 
 #[tokio::test]
