@@ -172,13 +172,24 @@ async fn bench(options: Options) {
     println!("destination equals the source (count and hash of every row): {expected}");
 }
 
-/// `query` (a `COPY … TO STDOUT (FORMAT binary)`) collected.
+/// `query` (a `COPY … TO STDOUT (FORMAT binary)`) collected in chunks of 4 MiB, the size
+/// `export` sends: the server sends a message per row, and sending those one by one would
+/// flush per row and slow the reference down.
 async fn copy_out(client: &tokio_postgres::Client, query: &str) -> Vec<Bytes> {
+    const CHUNK: usize = 4 << 20;
     let mut stream = std::pin::pin!(client.copy_out(query).await.expect("start the COPY"));
     let mut chunks = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        chunks.push(chunk.expect("a chunk of the COPY"));
+    let mut chunk = Vec::with_capacity(CHUNK);
+    while let Some(part) = stream.next().await {
+        chunk.extend_from_slice(&part.expect("a chunk of the COPY"));
+        if chunk.len() >= CHUNK {
+            chunks.push(Bytes::from(std::mem::replace(
+                &mut chunk,
+                Vec::with_capacity(CHUNK),
+            )));
+        }
     }
+    chunks.push(Bytes::from(chunk));
     chunks
 }
 
@@ -216,7 +227,7 @@ async fn export(config: &Config, b: &TestDb, table: &str) -> (Run, TableExport) 
                 .parse()
                 .expect("a table mapping"),
         ],
-        destination: b.url.clone(),
+        destination: lakewriter::config::Secret::new(b.url.clone()),
         full: false,
         as_of: None,
     };

@@ -241,7 +241,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         } => {
             let options = lakewriter::export::ExportOptions {
                 tables,
-                destination: to,
+                destination: lakewriter::config::Secret::new(to),
                 full,
                 as_of,
             };

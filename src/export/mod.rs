@@ -66,8 +66,9 @@ impl FromStr for TableMapping {
 pub struct ExportOptions {
     /// The tables, exported one after the other.
     pub tables: Vec<TableMapping>,
-    /// The destination connection string (libpq URL or `key=value` pairs).
-    pub destination: String,
+    /// The destination connection string (libpq URL or `key=value` pairs); it may hold a
+    /// password, so it never prints.
+    pub destination: crate::config::Secret,
     /// Export every row, whatever the state table says (after an expired snapshot, or to
     /// repair a destination changed by someone else).
     pub full: bool,
@@ -122,7 +123,7 @@ impl fmt::Display for TableExport {
 /// Exports each table of `options` once, in order; stops at the first table that fails
 /// (the ones before it are committed).
 pub async fn run(config: &Config, options: &ExportOptions) -> Result<Vec<TableExport>> {
-    let mut client = destination::connect(&options.destination).await?;
+    let mut client = destination::connect(options.destination.expose()).await?;
     destination::ensure_state_table(&client).await?;
     let progress = Progress::new(config.metrics.progress_interval.get());
     let mut done = Vec::new();
