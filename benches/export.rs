@@ -109,6 +109,7 @@ async fn bench(options: Options) {
         copies.push(copy_in(&destination, &format!("bench.copy_full_{run}"), &all).await);
         let (timed, report) = export(&config, &b, &format!("bench.export_full_{run}")).await;
         assert_eq!(report.applied.upserted, rows, "the full export's rows");
+        phases(&report);
         exports.push(timed);
     }
     let full = (fastest(&copies), fastest(&exports));
@@ -149,6 +150,7 @@ async fn bench(options: Options) {
             report.applied.upserted, changed,
             "the incremental export's rows"
         );
+        phases(&report);
         exports.push(timed);
     }
     let incremental = (fastest(&copies), fastest(&exports));
@@ -241,6 +243,18 @@ async fn export(config: &Config, b: &TestDb, table: &str) -> (Run, TableExport) 
         cpu: cpu_seconds().0 - cpu,
     };
     (run, done.pop().expect("one table exported"))
+}
+
+/// Where one export's time went.
+fn phases(report: &TableExport) {
+    println!(
+        "  export into {}: plan {:.2} s, copy {:.2} s, merge {:.2} s, total {:.2} s",
+        report.destination,
+        report.plan_seconds,
+        report.applied.copy_seconds,
+        report.applied.merge_seconds,
+        report.elapsed.as_secs_f64()
+    );
 }
 
 fn report(what: &str, rows: u64, copy: Run, export: Run) {

@@ -119,8 +119,12 @@ pub async fn exported(
 }
 
 /// What one export applied, as recorded in the state table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Applied {
+    /// Seconds spent copying rows into PostgreSQL (reading the lake, encoding, COPY).
+    pub copy_seconds: f64,
+    /// Seconds spent in the merge statements after the copy.
+    pub merge_seconds: f64,
     /// Rows of touched keys written (inserted, updated, or found equal).
     pub upserted: u64,
     /// Keys deleted from the destination.

@@ -54,6 +54,7 @@ pub async fn apply(
         .map(|f| f.name().clone())
         .collect();
     let key = &changes.table.key;
+    let started = std::time::Instant::now();
     if direct {
         let copied = copy_frame(
             tx,
@@ -69,6 +70,8 @@ pub async fn apply(
             upserted: copied,
             deleted: 0,
             changed: copied,
+            copy_seconds: started.elapsed().as_secs_f64(),
+            merge_seconds: 0.0,
         });
     }
     let postgres = |what: &str, e| Error::postgres(format!("export into {destination}: {what}"), e);
@@ -82,6 +85,7 @@ pub async fn apply(
         progress,
     )
     .await?;
+    let mut copy_seconds = started.elapsed().as_secs_f64();
     tx.batch_execute(&format!("ANALYZE {STAGE}"))
         .await
         .map_err(|e| postgres("analyze the staged rows", e))?;
@@ -171,8 +175,10 @@ pub async fn apply(
                     })?,
             );
             create_stage(tx, destination, GONE, &key_schema, key).await?;
+            let copy_started = std::time::Instant::now();
             let staged_gone =
                 copy_frame(tx, destination, GONE, key, gone.clone(), progress).await?;
+            copy_seconds += copy_started.elapsed().as_secs_f64();
             if staged_gone == 0 {
                 0
             } else {
@@ -209,6 +215,9 @@ pub async fn apply(
         upserted: staged,
         deleted,
         changed: u64::try_from(written).unwrap_or(0) + deleted,
+        copy_seconds,
+        // the rest: creating the staging tables, ANALYZE, the upsert and the delete
+        merge_seconds: (started.elapsed().as_secs_f64() - copy_seconds).max(0.0),
     })
 }
 

@@ -94,6 +94,9 @@ pub struct TableExport {
     pub applied: destination::Applied,
     /// Wall time.
     pub elapsed: Duration,
+    /// Wall time until the destination transaction began: reading the lake's metadata and
+    /// planning what changed.
+    pub plan_seconds: f64,
 }
 
 impl fmt::Display for TableExport {
@@ -136,6 +139,10 @@ pub async fn run(config: &Config, options: &ExportOptions) -> Result<Vec<TableEx
             upserted = export.applied.upserted,
             deleted = export.applied.deleted,
             changed = export.applied.changed,
+            plan_seconds = export.plan_seconds,
+            copy_seconds = export.applied.copy_seconds,
+            merge_seconds = export.applied.merge_seconds,
+            seconds = export.elapsed.as_secs_f64(),
             "exported"
         );
         done.push(export);
@@ -199,8 +206,10 @@ async fn export_table(
             created: false,
             applied: Default::default(),
             elapsed: started.elapsed(),
+            plan_seconds: started.elapsed().as_secs_f64(),
         });
     }
+    let plan_seconds = started.elapsed().as_secs_f64();
     let postgres = |what: &str, e| Error::postgres(format!("export into {destination}: {what}"), e);
     let tx = client
         .transaction()
@@ -305,6 +314,7 @@ async fn export_table(
         created,
         applied,
         elapsed: started.elapsed(),
+        plan_seconds,
     })
 }
 
