@@ -230,9 +230,10 @@ pub async fn doctor(config: &Config) -> Result<bool> {
 }
 
 /// `lakewriter status`: per table, checkpoint LSN, lag, snapshots and files; as JSON with
-/// the metrics' field names when `json`.
-pub async fn status(config: &Config, json: bool) -> Result<()> {
-    crate::status::print(config, json).await
+/// the metrics' field names when `json`; and the exports recorded in the destination
+/// `exports_to`, when given.
+pub async fn status(config: &Config, json: bool, exports_to: Option<&str>) -> Result<()> {
+    crate::status::print(config, json, exports_to).await
 }
 
 /// `lakewriter export`: each table of `options` into its destination, once, or every `every`

@@ -155,6 +155,15 @@ enum Command {
         /// Print the report as JSON, its fields named as the metrics name them.
         #[arg(long)]
         json: bool,
+        /// Also show the exports (`lakewriter export`) recorded in this destination database:
+        /// per lake table and destination table, the version exported, when, and its counts.
+        #[arg(
+            long,
+            env = "LAKEWRITER_EXPORT_TO",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        exports_to: Option<String>,
     },
 }
 
@@ -249,9 +258,13 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 .await
                 .map(|()| true)
         }
-        Command::Status { config, json } => {
-            commands::status(&load(&config)?, json).await.map(|()| true)
-        }
+        Command::Status {
+            config,
+            json,
+            exports_to,
+        } => commands::status(&load(&config)?, json, exports_to.as_deref())
+            .await
+            .map(|()| true),
     }
     .map_err(anyhow::Error::from)
 }

@@ -193,6 +193,19 @@ async fn rounds_of_changes_compaction_and_repairs_reach_the_destination() {
     );
     export_ok(&a, &b, &["--full"]);
     assert_eq!(orders(&b).await, orders(&a).await);
+
+    // status shows the export: the version the destination holds, and its age
+    let version = exported_version(&b).await.expect("a recorded version");
+    let status = command_ok(&a, &["status", "--exports-to", &b.url], &[]);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("export {}.orders -> public.orders", a.namespace)))
+        .unwrap_or_else(|| panic!("no export line in {status}"));
+    assert!(
+        line.contains(&format!("iceberg version {version} ")),
+        "{line}"
+    );
+    assert!(line.contains(" s ago"), "{line}");
 }
 
 /// Truncates the orders and inserts ten new ones: the lake's truncate drops every file.

@@ -118,6 +118,78 @@ pub async fn exported(
     Ok(row.map(|r| r.get(0)))
 }
 
+/// One row of the state table: what a destination table holds of a lake table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportRecord {
+    /// The lake table (`namespace.table`).
+    pub lake_table: String,
+    /// The destination table (`schema.table`).
+    pub destination: String,
+    /// `iceberg` or `delta`.
+    pub format: String,
+    /// The Iceberg snapshot id or Delta version exported.
+    pub version: i64,
+    /// When that version was committed (UTC).
+    pub version_time: String,
+    /// When it was exported (UTC).
+    pub exported_at: String,
+    /// Seconds since it was exported.
+    pub age_seconds: i64,
+    /// The last export's rows upserted.
+    pub rows_upserted: i64,
+    /// The last export's keys deleted.
+    pub rows_deleted: i64,
+    /// The last export's destination rows changed.
+    pub rows_changed: i64,
+}
+
+/// Every row of the state table (none when it does not exist yet).
+pub async fn records(client: &Client) -> Result<Vec<ExportRecord>> {
+    let context = || format!("read {STATE_TABLE}");
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{STATE_TABLE}') IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres(context(), e))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let time = |column: &str| {
+        format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+    };
+    let rows = client
+        .query(
+            &format!(
+                "SELECT lake_table, destination, format, version, {}, {}, \
+                   extract(epoch FROM now() - exported_at)::bigint, rows_upserted, \
+                   rows_deleted, rows_changed FROM {STATE_TABLE} ORDER BY lake_table, destination",
+                time("version_time"),
+                time("exported_at")
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres(context(), e))?;
+    Ok(rows
+        .iter()
+        .map(|r| ExportRecord {
+            lake_table: r.get(0),
+            destination: r.get(1),
+            format: r.get(2),
+            version: r.get(3),
+            version_time: r.get(4),
+            exported_at: r.get(5),
+            age_seconds: r.get(6),
+            rows_upserted: r.get(7),
+            rows_deleted: r.get(8),
+            rows_changed: r.get(9),
+        })
+        .collect())
+}
+
 /// What one export applied, as recorded in the state table.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Applied {
