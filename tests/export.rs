@@ -466,6 +466,24 @@ async fn an_export_killed_at_each_phase_applies_nothing_and_the_next_run_everyth
         // and once only: a second run finds nothing
         assert_eq!(export_ok(&a, &b, &[]), (0, 0, 0), "{phase}");
     }
+
+    // a destination table dropped behind the state's back is not refilled with changes only
+    b.client()
+        .await
+        .batch_execute("DROP TABLE public.orders")
+        .await
+        .expect("drop");
+    a.workload(1, 50);
+    caught_up(&a, &mut writer).await;
+    let output = export(&a, &b, &["--table", "public.orders"], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("the table is gone") && stderr.contains("--full"),
+        "{stderr}"
+    );
+    export_ok(&a, &b, &["--full"]);
+    assert_eq!(orders(&b).await, orders(&a).await);
     stop(writer);
 }
 

@@ -262,6 +262,17 @@ async fn export_table(
             (shape, true)
         }
     };
+    if created && changes.gone.is_some() {
+        // only the changes would go into an empty table
+        return Err(Error::Export {
+            table: destination,
+            message: format!(
+                "the table is gone, though {STATE} records version {previous:?} exported into \
+                 it: run the export again with --full to copy the whole table",
+                STATE = destination::STATE_TABLE
+            ),
+        });
+    }
     destination::check_table(
         &mapping.destination,
         &shape,
