@@ -230,7 +230,54 @@ pub async fn doctor(config: &Config) -> Result<bool> {
 }
 
 /// `lakewriter status`: per table, checkpoint LSN, lag, snapshots and files; as JSON with
-/// the metrics' field names when `json`.
-pub async fn status(config: &Config, json: bool) -> Result<()> {
-    crate::status::print(config, json).await
+/// the metrics' field names when `json`; and the exports recorded in the destination
+/// `exports_to`, when given.
+pub async fn status(config: &Config, json: bool, exports_to: Option<&str>) -> Result<()> {
+    crate::status::print(config, json, exports_to).await
+}
+
+/// `lakewriter export`: each table of `options` into its destination, once, or every `every`
+/// until SIGTERM or SIGINT. A signal during a run abandons its transaction (nothing of it is
+/// applied) and exits cleanly; with `every`, a failure that may pass (a destination that is
+/// down) is logged and retried at the next run.
+pub async fn export(
+    config: &Config,
+    options: &crate::export::ExportOptions,
+    every: Option<std::time::Duration>,
+) -> Result<()> {
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop.send(true);
+    });
+    loop {
+        let outcome = tokio::select! {
+            outcome = crate::export::run(config, options) => outcome,
+            _ = stopped.wait_for(|s| *s) => {
+                tracing::info!("stopping: the export in flight is rolled back");
+                return Ok(());
+            }
+        };
+        match (outcome, every) {
+            (Ok(done), _) => {
+                for table in done {
+                    println!("{table}");
+                }
+            }
+            (Err(e), Some(_)) if e.is_retryable() => {
+                tracing::warn!(error = %e, "export failed; the next run retries");
+            }
+            (Err(e), _) => return Err(e),
+        }
+        let Some(every) = every else {
+            return Ok(());
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.wait_for(|s| *s) => {
+                tracing::info!("stopping between exports");
+                return Ok(());
+            }
+        }
+    }
 }

@@ -66,6 +66,16 @@ pub enum Error {
         retryable: bool,
     },
 
+    /// `export` cannot put a lake table's rows into its destination table: a column or key
+    /// that does not match, a type without a PostgreSQL counterpart.
+    #[error("export into {table}: {message}")]
+    Export {
+        /// The destination table (`schema.table`).
+        table: String,
+        /// What is wrong, naming the column or key.
+        message: String,
+    },
+
     /// A PostgreSQL query or connection failed.
     #[error("postgres: {context}: {}", describe_postgres(source))]
     Postgres {
@@ -82,7 +92,10 @@ impl Error {
     /// do, bad configuration does not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Config { .. } | Error::NotBuilt { .. } | Error::Source { .. } => false,
+            Error::Config { .. }
+            | Error::NotBuilt { .. }
+            | Error::Source { .. }
+            | Error::Export { .. } => false,
             Error::Sink { retryable, .. } => *retryable,
             Error::Io { source, .. } => matches!(
                 source.kind(),

@@ -16,7 +16,7 @@
 //!   compare-and-swap in AWS Glue, a local SQLite file (pyiceberg's schema) or S3 Tables, or
 //!   as a REST catalog's requirements and updates; Glue also registers Delta tables for Athena.
 //! - [`commands`]: one function per command of the binary (`run`, `compact`, `verify`, `query`,
-//!   `doctor`, `status`); `main.rs` only parses arguments and calls them.
+//!   `doctor`, `status`, `export`); `main.rs` only parses arguments and calls them.
 //! - [`status`]: per lake table (Iceberg or Delta), checkpoint, lag, snapshots or log version,
 //!   and files.
 //! - [`doctor`]: checks the source and the sink before a run, each finding with its fix.
@@ -32,6 +32,8 @@
 //! - [`metrics`]: what `run` measures (Prometheus), served with `/healthz` and `/readyz`.
 //! - [`verify`]: `query` and `verify`: SQL over the lake, and the row-by-row comparison with
 //!   the source.
+//! - [`export`]: `export`, lake tables back into PostgreSQL tables, incrementally and exactly
+//!   once (the merge and the record of the exported version in one transaction).
 //! - [`error`]: the one error type, whose kinds say whether to retry.
 
 pub mod access;
@@ -41,6 +43,7 @@ pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod export;
 pub mod lake;
 pub mod lsn;
 pub mod maintenance;

@@ -107,6 +107,47 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Export lake tables into PostgreSQL tables, incrementally and exactly once.
+    ///
+    /// The first run copies the whole table (creating the destination table from the lake's
+    /// schema when it is missing); later runs apply only what changed since the version last
+    /// exported: rows of touched keys are upserted, keys that are gone are deleted. The merge
+    /// and the record of the exported version (table lakewriter_export.state in the
+    /// destination) commit in one transaction, so a run killed anywhere and run again applies
+    /// everything once.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A lake table, by its source table's name (`schema.table`), exported into the table
+        /// of the same name; `schema.table=dest_schema.dest_table` names the destination.
+        /// Repeat for several tables.
+        #[arg(long = "table", required = true, value_name = "SCHEMA.TABLE[=DEST]")]
+        tables: Vec<lakewriter::export::TableMapping>,
+        /// The destination PostgreSQL, as a libpq URL or `key=value` string. Prefer the
+        /// environment variable, which keeps a password out of the process list; a password
+        /// missing from it is read from PGPASSWORD.
+        #[arg(
+            long,
+            env = "LAKEWRITER_EXPORT_TO",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        to: String,
+        /// Copy the whole table again instead of what changed since the last export (after the
+        /// last exported snapshot was expired, or to repair a destination changed by others).
+        #[arg(long)]
+        full: bool,
+        /// Time travel: export the table as it was at this snapshot id (Delta: version) or at
+        /// this time (`2026-01-31T09:26:56Z`: the newest version committed by then), into a
+        /// destination table that does not exist yet. Recorded like any export, so a later
+        /// run without it brings the table forward.
+        #[arg(long, value_name = "SNAPSHOT_ID|TIMESTAMP", conflicts_with_all = ["full", "every"])]
+        as_of: Option<lakewriter::lake::AsOf>,
+        /// Keep running: export again every DURATION (`30s`, `15m`, `1h`) until SIGTERM or
+        /// SIGINT.
+        #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+        every: Option<lakewriter::config::Span>,
+    },
     /// Per table: checkpoint LSN, lag in bytes and seconds, snapshots, data and delete files.
     Status {
         #[command(flatten)]
@@ -114,6 +155,15 @@ enum Command {
         /// Print the report as JSON, its fields named as the metrics name them.
         #[arg(long)]
         json: bool,
+        /// Also show the exports (`lakewriter export`) recorded in this destination database:
+        /// per lake table and destination table, the version exported, when, and its counts.
+        #[arg(
+            long,
+            env = "LAKEWRITER_EXPORT_TO",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        exports_to: Option<String>,
     },
 }
 
@@ -190,11 +240,42 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         }
         Command::Doctor { config } => commands::doctor(&load(&config)?).await,
         Command::IamPolicy { config } => commands::iam_policy(&load(&config)?).map(|()| true),
-        Command::Status { config, json } => {
-            commands::status(&load(&config)?, json).await.map(|()| true)
+        Command::Export {
+            config,
+            tables,
+            to,
+            full,
+            as_of,
+            every,
+        } => {
+            let options = lakewriter::export::ExportOptions {
+                tables,
+                destination: lakewriter::config::Secret::new(to),
+                full,
+                as_of,
+            };
+            commands::export(&load(&config)?, &options, every.map(|e| e.get()))
+                .await
+                .map(|()| true)
         }
+        Command::Status {
+            config,
+            json,
+            exports_to,
+        } => commands::status(&load(&config)?, json, exports_to.as_deref())
+            .await
+            .map(|()| true),
     }
     .map_err(anyhow::Error::from)
+}
+
+/// A duration as the config writes one (`30s`, `1h`), above zero.
+fn parse_span(text: &str) -> Result<lakewriter::config::Span, String> {
+    let span = lakewriter::config::Span::parse(text)?;
+    if span.is_zero() {
+        return Err("must be above zero".into());
+    }
+    Ok(span)
 }
 
 /// The default log filter: lakewriter's own events, and only warnings and errors of the

@@ -30,6 +30,13 @@ pub struct Report {
     /// The tables the writer stopped (`[sink] on_table_error = "stop_table"`), with the error
     /// that stopped each, as its slot record says.
     pub stopped_tables: std::collections::BTreeMap<String, String>,
+    /// The exports recorded in a destination database (`lakewriter export`), when one was
+    /// given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exports: Option<Vec<crate::export::destination::ExportRecord>>,
+    /// Why that destination's exports could not be read, when they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exports_error: Option<String>,
 }
 
 /// The source's positions, named as the metrics name them.
@@ -116,8 +123,18 @@ fn growth_warnings(table: &TableReport) -> Vec<String> {
 }
 
 /// Prints the status of every lake table of the config, as text or as one JSON object.
-pub async fn print(config: &Config, json: bool) -> Result<()> {
-    let report = report(config).await?;
+pub async fn print(config: &Config, json: bool, exports_to: Option<&str>) -> Result<()> {
+    let mut report = report(config).await?;
+    if let Some(url) = exports_to {
+        let read = async {
+            let client = crate::export::destination::connect(url).await?;
+            crate::export::destination::records(&client).await
+        };
+        match read.await {
+            Ok(records) => report.exports = Some(records),
+            Err(e) => report.exports_error = Some(e.to_string()),
+        }
+    }
     if json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Source {
             message: format!("status as JSON: {e}"),
@@ -131,7 +148,35 @@ pub async fn print(config: &Config, json: bool) -> Result<()> {
         TableFormat::Delta => print_delta(&report),
     }
     print_stopped(&report);
+    print_exports(&report);
     Ok(())
+}
+
+/// The exports a destination records, one line each, with their age.
+fn print_exports(report: &Report) {
+    if let Some(error) = &report.exports_error {
+        println!("\nexports: cannot read them: {error}");
+    }
+    let Some(exports) = &report.exports else {
+        return;
+    };
+    println!("\nexports ({}):", exports.len());
+    for e in exports {
+        println!(
+            "export {} -> {}: {} version {} (committed {}), exported {} ({} s ago): {} \
+             upserted, {} deleted, {} changed",
+            e.lake_table,
+            e.destination,
+            e.format,
+            e.version,
+            e.version_time,
+            e.exported_at,
+            e.age_seconds,
+            e.rows_upserted,
+            e.rows_deleted,
+            e.rows_changed
+        );
+    }
 }
 
 /// The status of every lake table of the config.
@@ -150,6 +195,8 @@ pub async fn report(config: &Config) -> Result<Report> {
         source_error,
         tables,
         stopped_tables: stopped_tables(config).await,
+        exports: None,
+        exports_error: None,
     })
 }
 

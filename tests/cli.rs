@@ -71,7 +71,9 @@ fn commands_not_built_yet_exit_2_and_say_so() {
 fn every_command_explains_itself() {
     let top = lakewriter(&["--help"]);
     let text = String::from_utf8_lossy(&top.stdout);
-    for command in ["run", "compact", "verify", "query", "doctor", "status"] {
+    for command in [
+        "run", "compact", "verify", "query", "doctor", "status", "export",
+    ] {
         assert!(text.contains(command), "--help lists {command}: {text}");
         let help = lakewriter(&[command, "--help"]);
         assert!(help.status.success());
@@ -97,4 +99,66 @@ fn the_shipped_profiles_are_valid() {
         }
     }
     assert!(seen >= 3, "local.toml, glue.toml and glue-local.toml");
+}
+
+#[test]
+fn export_refuses_contradictory_options_before_connecting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "[source]\ndatabase = \"app\"\n");
+    let to = "postgres://nobody@127.0.0.1:1/none";
+    for (args, expected) in [
+        (vec!["export", "--config", &path, "--to", to], "--table"),
+        (
+            vec!["export", "--config", &path, "--table", "orders", "--to", to],
+            "schema.table",
+        ),
+        (
+            vec![
+                "export",
+                "--config",
+                &path,
+                "--table",
+                "public.orders",
+                "--to",
+                to,
+                "--full",
+                "--as-of",
+                "12",
+            ],
+            "cannot be used with",
+        ),
+        (
+            vec![
+                "export",
+                "--config",
+                &path,
+                "--table",
+                "public.orders",
+                "--to",
+                to,
+                "--as-of",
+                "yesterday",
+            ],
+            "neither a snapshot id",
+        ),
+        (
+            vec![
+                "export",
+                "--config",
+                &path,
+                "--table",
+                "public.orders",
+                "--to",
+                to,
+                "--every",
+                "0s",
+            ],
+            "above zero",
+        ),
+    ] {
+        let output = lakewriter(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }

@@ -8,6 +8,7 @@
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::prelude::SessionContext;
 
+use super::changes::{AsOf, LakeChanges, LakeVersion, ReadFrom};
 use super::table::{LakeTable, register_namespace};
 use crate::catalog::CatalogTable;
 use crate::config::Config;
@@ -74,4 +75,264 @@ pub(crate) async fn session(
     }
     register_namespace(&ctx, config, schemas)?;
     Ok((ctx, registered))
+}
+
+/// The rows of Delta table `name` to export (see [`super::changes`]): everything when `since`
+/// is `None`, else the live rows of the keys touched by the commits after version `since`
+/// and the touched keys that are gone. `key` comes from the caller: Delta tables carry none.
+/// Actions with `dataChange = false` (OPTIMIZE, compaction) touch nothing.
+pub(crate) async fn changes(
+    config: &Config,
+    name: &CatalogTable,
+    read: ReadFrom,
+    key: &[String],
+) -> Result<LakeChanges> {
+    let settings = DeltaSettings::from_config(config)?;
+    let mut table = tables::open_existing(&settings, name).await?;
+    if let ReadFrom::AsOf(as_of) = read {
+        let version = match as_of {
+            AsOf::Version(v) => v,
+            AsOf::Time(ms) => version_at(name, &table, ms).await?,
+        };
+        let wanted = u64::try_from(version).map_err(|_| Error::Sink {
+            table: name.to_string(),
+            message: format!("version {version} is not a Delta version"),
+            retryable: false,
+        })?;
+        table.load_version(wanted).await.map_err(|e| Error::Sink {
+            table: name.to_string(),
+            message: format!("load version {version} (never was, or its log was cleaned up): {e}"),
+            retryable: false,
+        })?;
+    }
+    let since = match read {
+        ReadFrom::Since(since) => Some(since),
+        ReadFrom::Everything | ReadFrom::AsOf(_) => None,
+    };
+    let ctx = deltalake::delta_datafusion::create_session().into_inner();
+    let fail = |message: String| Error::Sink {
+        table: name.to_string(),
+        message,
+        retryable: false,
+    };
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| fail(format!("register in DataFusion: {e}")))?;
+    let provider = table
+        .table_provider()
+        .await
+        .map_err(|e| fail(format!("register in DataFusion: {e}")))?;
+    let snapshot = table.snapshot().map_err(|e| Error::Sink {
+        table: name.to_string(),
+        message: format!("read the table's state: {e}"),
+        retryable: true,
+    })?;
+    let version = i64::try_from(snapshot.version())
+        .map_err(|_| fail(format!("version {} is out of range", snapshot.version())))?;
+    let partitioned: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+    if let Some(column) = key.iter().find(|k| partitioned.contains(k)) {
+        return Err(fail(format!(
+            "the key column {column} is a partition column: export reads keys from the data \
+             files, which do not hold it"
+        )));
+    }
+    let schema = provider.schema();
+    for column in key {
+        if schema.field_with_name(column).is_err() {
+            return Err(fail(format!(
+                "the key column {column} is not a column of the table"
+            )));
+        }
+    }
+    let lake_table = LakeTable {
+        name: name.clone(),
+        metadata_location: format!(
+            "{}/_delta_log/{version:020}.json",
+            settings.table_location(name)
+        ),
+        checkpoint: tables::checkpoint(name, &table).await?,
+        key: key.to_vec(),
+        schema: schema.clone(),
+        data_files: snapshot.log_data().into_iter().count(),
+        delete_files: 0,
+    };
+    let rows = ctx
+        .read_table(provider)
+        .map_err(|e| fail(format!("plan the rows: {e}")))?;
+    let log = table.log_store();
+    let committed_at_ms = match log
+        .read_commit_entry(snapshot.version())
+        .await
+        .map_err(|e| fail(format!("read the log entry of version {version}: {e}")))?
+    {
+        Some(entry) => commit_timestamp(&entry).unwrap_or_else(now_ms),
+        // the entry was cleaned up behind a checkpoint
+        None => now_ms(),
+    };
+    let current = LakeVersion {
+        id: version,
+        committed_at_ms,
+    };
+    let Some(since) = since else {
+        return Ok(LakeChanges {
+            table: lake_table,
+            version: Some(current),
+            rows,
+            gone: None,
+            files_read: 0,
+        });
+    };
+    if since > version {
+        return Err(fail(format!(
+            "version {since}, exported last, is newer than the table's version {version} \
+             (the table was re-created?): run the export again with --full"
+        )));
+    }
+    let root = table.table_url().clone();
+    let url = |path: &String| {
+        root.join(path)
+            .map(|u| u.to_string())
+            .map_err(|e| fail(format!("{path}: {e}")))
+    };
+    let mut keys: Option<datafusion::prelude::DataFrame> = None;
+    let mut files_read = 0;
+    for v in since + 1..=version {
+        let entry = log
+            .read_commit_entry(v as u64)
+            .await
+            .map_err(|e| fail(format!("read the log entry of version {v}: {e}")))?
+            .ok_or_else(|| super::changes::expired(name, since, "version"))?;
+        let (added, removed) =
+            touched_files(&entry).map_err(|m| fail(format!("version {v}: {m}")))?;
+        if added.is_empty() && removed.is_empty() {
+            continue;
+        }
+        files_read += added.len() + removed.len();
+        let added = added.iter().map(url).collect::<Result<Vec<_>>>()?;
+        let removed = removed.iter().map(url).collect::<Result<Vec<_>>>()?;
+        let touched =
+            super::changes::rewritten_keys(&ctx, name, &lake_table, added, removed).await?;
+        keys = Some(match keys {
+            None => touched,
+            Some(keys) => keys
+                .union(touched)
+                .map_err(|e| fail(format!("plan the touched keys: {e}")))?,
+        });
+    }
+    let keys = match keys {
+        Some(keys) => keys
+            .distinct()
+            .map_err(|e| fail(format!("plan the touched keys: {e}")))?,
+        None => super::changes::key_frame(&ctx, name, &lake_table, Vec::new()).await?,
+    };
+    let (rows, gone) = super::changes::restrict(name, &lake_table, rows, keys)?;
+    Ok(LakeChanges {
+        table: lake_table,
+        version: Some(current),
+        rows,
+        gone: Some(gone),
+        files_read,
+    })
+}
+
+/// The newest version committed at or before `ms`, from the commits' timestamps.
+async fn version_at(name: &CatalogTable, table: &deltalake::DeltaTable, ms: i64) -> Result<i64> {
+    let fail = |message: String| Error::Sink {
+        table: name.to_string(),
+        message,
+        retryable: false,
+    };
+    let current = table
+        .snapshot()
+        .map_err(|e| fail(format!("read the table's state: {e}")))?
+        .version();
+    let log = table.log_store();
+    for v in (0..=current).rev() {
+        let Some(entry) = log
+            .read_commit_entry(v)
+            .await
+            .map_err(|e| fail(format!("read the log entry of version {v}: {e}")))?
+        else {
+            break;
+        };
+        if commit_timestamp(&entry).is_some_and(|t| t <= ms) {
+            return i64::try_from(v).map_err(|_| fail(format!("version {v} is out of range")));
+        }
+    }
+    Err(fail(format!(
+        "no version committed at or before {ms} ms since the epoch is left in the log"
+    )))
+}
+
+/// The data files a commit adds and removes with a data change, as paths relative to the
+/// table; deletion vectors (position deletes by other engines) are refused, naming the file.
+type Touched = (Vec<String>, Vec<String>);
+
+fn touched_files(entry: &[u8]) -> std::result::Result<Touched, String> {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let action: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| format!("a log line that is not JSON: {e}"))?;
+        for kind in ["add", "remove"] {
+            let Some(file) = action.get(kind) else {
+                continue;
+            };
+            let path = file
+                .get("path")
+                .and_then(|p| p.as_str())
+                .ok_or_else(|| format!("an {kind} action without a path"))?;
+            if file.get("dataChange").and_then(|d| d.as_bool()) == Some(false) {
+                continue;
+            }
+            if file.get("deletionVector").is_some_and(|d| !d.is_null()) {
+                return Err(format!(
+                    "{path}: deletion vectors (written by another engine) are not supported; \
+                     run OPTIMIZE with that engine to apply them"
+                ));
+            }
+            match kind {
+                "add" => added.push(path.to_string()),
+                _ => removed.push(path.to_string()),
+            }
+        }
+    }
+    Ok((added, removed))
+}
+
+/// The `commitInfo.timestamp` of a log entry.
+fn commit_timestamp(entry: &[u8]) -> Option<i64> {
+    entry
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .find_map(|a| a.get("commitInfo")?.get("timestamp")?.as_i64())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_actions_touch_nothing_and_deletion_vectors_are_refused() {
+        let entry = br#"{"commitInfo":{"timestamp":1700000000000,"operation":"MERGE"}}
+{"add":{"path":"a.parquet","dataChange":true}}
+{"remove":{"path":"b.parquet","dataChange":true}}
+{"add":{"path":"c.parquet","dataChange":false}}
+{"remove":{"path":"d.parquet","dataChange":false}}
+"#;
+        assert_eq!(
+            touched_files(entry),
+            Ok((vec!["a.parquet".to_string()], vec!["b.parquet".to_string()]))
+        );
+        assert_eq!(commit_timestamp(entry), Some(1_700_000_000_000));
+        let dv = br#"{"add":{"path":"e.parquet","dataChange":true,"deletionVector":{"storageType":"u"}}}"#;
+        let err = touched_files(dv).expect_err("a deletion vector");
+        assert!(err.contains("e.parquet"), "{err}");
+    }
 }

@@ -295,51 +295,99 @@ pub(crate) async fn live_files(
     name: &CatalogTable,
     metadata: &TableMetadata,
 ) -> Result<LiveFiles> {
-    let mut files = LiveFiles::default();
     let Some(snapshot) = metadata.current_snapshot() else {
-        return Ok(files);
+        return Ok(LiveFiles::default());
     };
+    live_files_at(io, name, metadata, snapshot, &mut ManifestCache::default()).await
+}
+
+/// The live files of each manifest read so far, by the manifest's path: the snapshots of a
+/// table share most of their manifests, so a walk over many snapshots reads each once.
+#[derive(Debug, Default)]
+pub(crate) struct ManifestCache {
+    manifests: std::collections::HashMap<String, Arc<LiveFiles>>,
+}
+
+/// The live files of `snapshot`, with their data sequence numbers and partitions. Position
+/// deletes (written by other engines) are refused, naming the file: lakewriter reads none.
+pub(crate) async fn live_files_at(
+    io: &FileIO,
+    name: &CatalogTable,
+    metadata: &TableMetadata,
+    snapshot: &iceberg::spec::Snapshot,
+    cache: &mut ManifestCache,
+) -> Result<LiveFiles> {
+    let mut files = LiveFiles::default();
     let list = manifest_list(io, name, snapshot, metadata).await?;
     for manifest_file in list.entries() {
-        let manifest = manifest_file.load_manifest(io).await.map_err(|e| {
+        let live = match cache.manifests.get(&manifest_file.manifest_path) {
+            Some(live) => live.clone(),
+            None => {
+                let live = Arc::new(manifest_live_files(io, name, manifest_file).await?);
+                cache
+                    .manifests
+                    .insert(manifest_file.manifest_path.clone(), live.clone());
+                live
+            }
+        };
+        files.data.extend(live.data.iter().cloned());
+        for (ids, deletes) in &live.deletes {
+            files
+                .deletes
+                .entry(ids.clone())
+                .or_default()
+                .extend(deletes.iter().cloned());
+        }
+    }
+    Ok(files)
+}
+
+/// The live entries of one manifest.
+async fn manifest_live_files(
+    io: &FileIO,
+    name: &CatalogTable,
+    manifest_file: &iceberg::spec::ManifestFile,
+) -> Result<LiveFiles> {
+    let mut files = LiveFiles::default();
+    let manifest = manifest_file.load_manifest(io).await.map_err(|e| {
+        sink_error(
+            name,
+            format!("read manifest {}: {e}", manifest_file.manifest_path),
+        )
+    })?;
+    for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
+        let sequence = entry.sequence_number().ok_or_else(|| {
             sink_error(
                 name,
-                format!("read manifest {}: {e}", manifest_file.manifest_path),
+                format!(
+                    "{}: a live file without a sequence number",
+                    entry.file_path()
+                ),
             )
         })?;
-        for entry in manifest.entries().iter().filter(|e| e.is_alive()) {
-            let sequence = entry.sequence_number().ok_or_else(|| {
-                sink_error(
+        let file = entry.data_file();
+        let live = LiveFile {
+            path: file.file_path().to_string(),
+            sequence,
+            partition: format!("{}/{:?}", manifest_file.partition_spec_id, file.partition()),
+            size: file.file_size_in_bytes(),
+            records: file.record_count(),
+        };
+        match (manifest_file.content, file.content_type()) {
+            (ManifestContentType::Data, _) => files.data.push(live),
+            (ManifestContentType::Deletes, DataContentType::EqualityDeletes) => {
+                let ids = file.equality_ids().unwrap_or_default();
+                files.deletes.entry(ids).or_default().push(live);
+            }
+            (ManifestContentType::Deletes, _) => {
+                return Err(sink_error(
                     name,
                     format!(
-                        "{}: a live file without a sequence number",
-                        entry.file_path()
+                        "{}: position deletes (written by another engine) are not supported; \
+                         compact the table with that engine to apply them",
+                        file.file_path()
                     ),
-                )
-            })?;
-            let file = entry.data_file();
-            let live = LiveFile {
-                path: file.file_path().to_string(),
-                sequence,
-                partition: format!("{}/{:?}", manifest_file.partition_spec_id, file.partition()),
-                size: file.file_size_in_bytes(),
-                records: file.record_count(),
-            };
-            match (manifest_file.content, file.content_type()) {
-                (ManifestContentType::Data, _) => files.data.push(live),
-                (ManifestContentType::Deletes, DataContentType::EqualityDeletes) => {
-                    let ids = file.equality_ids().unwrap_or_default();
-                    files.deletes.entry(ids).or_default().push(live);
-                }
-                (ManifestContentType::Deletes, _) => {
-                    return Err(sink_error(
-                        name,
-                        format!(
-                            "{}: position deletes are not read here (lakewriter writes none)",
-                            file.file_path()
-                        ),
-                    ));
-                }
+                ));
             }
         }
     }
@@ -355,7 +403,7 @@ pub(crate) fn key_columns(schema: &iceberg::spec::Schema) -> Vec<String> {
 }
 
 /// The schema without field metadata (Iceberg field ids), for DataFusion's readers.
-fn plain(schema: &Schema) -> SchemaRef {
+pub(super) fn plain(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
         schema
             .fields()
@@ -371,7 +419,7 @@ pub(crate) fn quoted(name: &str) -> String {
 }
 
 /// A file path as a URL DataFusion's object stores resolve.
-fn file_url(path: &str) -> String {
+pub(super) fn file_url(path: &str) -> String {
     if path.starts_with('/') {
         format!("file://{path}")
     } else {
@@ -450,7 +498,7 @@ pub(crate) fn register_location(
     Ok(())
 }
 
-fn sink_error(table: &CatalogTable, message: impl Into<String>) -> Error {
+pub(super) fn sink_error(table: &CatalogTable, message: impl Into<String>) -> Error {
     Error::Sink {
         table: table.to_string(),
         message: message.into(),
@@ -458,6 +506,10 @@ fn sink_error(table: &CatalogTable, message: impl Into<String>) -> Error {
     }
 }
 
-fn df_error(table: &CatalogTable, context: &str, e: datafusion::error::DataFusionError) -> Error {
+pub(super) fn df_error(
+    table: &CatalogTable,
+    context: &str,
+    e: datafusion::error::DataFusionError,
+) -> Error {
     sink_error(table, format!("{context}: {e}"))
 }

@@ -7,11 +7,14 @@
 //!   deltalake's table provider ([`delta`]) — and the [`LakeTable`] facts of each;
 //! - "the files and deletes of this snapshot": [`live_files`], the live data and delete files
 //!   of an Iceberg snapshot, with their sequence numbers and partitions, and
-//!   [`files_frame`], the live rows of a chosen set of them (what `compact` rewrites).
+//!   [`files_frame`], the live rows of a chosen set of them (what `compact` rewrites);
+//! - "what changed since version A": [`changes`], the live rows of the keys touched after A
+//!   and the touched keys that are gone (what `export` merges into PostgreSQL).
 //!
-//! It sits below `verify` and `maintenance`, beside `sink`, and reads through the catalog,
+//! It sits below `verify`, `maintenance` and `export`, beside `sink`, and reads through the catalog,
 //! never around it.
 
+mod changes;
 mod delta;
 mod iceberg;
 mod table;
@@ -22,6 +25,7 @@ use crate::catalog::CatalogTable;
 use crate::config::{Config, TableFormat};
 use crate::error::Result;
 
+pub use changes::{AsOf, LakeChanges, LakeVersion, ReadFrom, changes};
 pub(crate) use iceberg::{
     LiveFile, LiveFiles, files_frame, key_columns, live_files, manifest_list, quoted,
     register_location, register_object_store,

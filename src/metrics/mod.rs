@@ -838,7 +838,8 @@ pub fn error_kind(error: &crate::Error) -> &'static str {
         crate::Error::Source { .. } => "source",
         crate::Error::Replication { .. } => "replication",
         crate::Error::Sink { .. } => "sink",
-        crate::Error::Postgres { .. } => "postgres",
+        // only `export` meets these, and it reports no metrics: a destination's PostgreSQL
+        crate::Error::Postgres { .. } | crate::Error::Export { .. } => "postgres",
     }
 }
 
