@@ -25,12 +25,14 @@ const CHUNK: usize = 4 << 20;
 
 /// The environment variable that makes `export` abort the process at a phase of its
 /// transaction (`staged`, `merged`, `recorded`): how the tests prove that a run killed there
-/// applies nothing, and the next run everything, once.
+/// applies nothing, and the next run everything, once. Only debug builds (the tests') read
+/// it: a release binary has no way to be told to abort.
 pub const CRASH_AT: &str = "LAKEWRITER_EXPORT_CRASH_AT";
 
-/// Aborts the process, as a `kill -9` would stop it, when [`CRASH_AT`] names `phase`.
+/// Aborts the process, as a `kill -9` would stop it, when [`CRASH_AT`] names `phase` (debug
+/// builds only).
 pub fn crash_point(phase: &str) {
-    if std::env::var(CRASH_AT).is_ok_and(|p| p == phase) {
+    if cfg!(debug_assertions) && std::env::var(CRASH_AT).is_ok_and(|p| p == phase) {
         eprintln!("{CRASH_AT}={phase}: aborting");
         std::process::abort();
     }
