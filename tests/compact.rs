@@ -195,9 +195,11 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-#[tokio::test]
-async fn expiry_and_orphan_removal_never_touch_a_live_file() {
-    let db = TestDb::new("compact_clean").await;
+/// `orders` (500 rows) copied by `run`, then a third of its rows updated in each of three
+/// commits, the writer stopped: a table with equality deletes for `compact`. Returns the
+/// database and the table's data directory.
+async fn orders_updated_three_times(label: &str) -> (TestDb, std::path::PathBuf) {
+    let db = TestDb::new(label).await;
     db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
     let mut child = start(&db);
     caught_up(&db, &mut child).await;
@@ -212,13 +214,19 @@ async fn expiry_and_orphan_removal_never_touch_a_live_file() {
         caught_up(&db, &mut child).await;
     }
     stop(child);
-    // an orphan a failed commit could leave: a data file no snapshot references
     let data_dir = db
         .warehouse
         .path()
         .join(&db.namespace)
         .join("orders")
         .join("data");
+    (db, data_dir)
+}
+
+#[tokio::test]
+async fn expiry_and_orphan_removal_never_touch_a_live_file() {
+    let (db, data_dir) = orders_updated_three_times("compact_clean").await;
+    // an orphan a failed commit could leave: a data file no snapshot references
     let orphan = data_dir.join("orphan-from-a-lost-commit.parquet");
     std::fs::write(&orphan, b"not referenced").expect("write an orphan");
 
@@ -264,27 +272,7 @@ async fn expiry_and_orphan_removal_never_touch_a_live_file() {
 
 #[tokio::test]
 async fn files_compaction_replaced_go_with_the_last_snapshot_that_held_them() {
-    let db = TestDb::new("compact_replaced").await;
-    db.psql(&["-v", "rows=500", "-f", "sql/orders.sql"]);
-    let mut child = start(&db);
-    caught_up(&db, &mut child).await;
-    for round in 0..3 {
-        db.client()
-            .await
-            .batch_execute(&format!(
-                "UPDATE orders SET status = 'r{round}' WHERE order_id % 3 = {round}"
-            ))
-            .await
-            .expect("update");
-        caught_up(&db, &mut child).await;
-    }
-    stop(child);
-    let data_dir = db
-        .warehouse
-        .path()
-        .join(&db.namespace)
-        .join("orders")
-        .join("data");
+    let (db, data_dir) = orders_updated_three_times("compact_replaced").await;
     let on_disk = || -> std::collections::BTreeSet<String> {
         files_under(&data_dir)
             .iter()

@@ -57,22 +57,7 @@ for values in con.sql({query:?}.replace("{{metadata}}", {location:?})).fetchall(
     print("|".join("NULL" if v is None else str(v) for v in values))
 "#
     );
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .env("PYTHONPATH", project_dir().join("tests/readers"))
-        .output()
-        .expect("run DuckDB");
-    assert!(
-        output.status.success(),
-        "DuckDB over {location}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    stack().python_lines(&format!("DuckDB over {location}"), &script, &[])
 }
 
 /// The table's pointer and metadata as the server has them now.
@@ -882,25 +867,11 @@ for values in con.sql({query:?}).fetchall():
 "#,
         query = LAKE_LINES.replace("{scan}", "orders")
     );
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .arg(server.uri())
-        .arg(credential)
-        .arg(namespace)
-        .env("PYTHONPATH", project_dir().join("tests/readers"))
-        .output()
-        .expect("run pyiceberg");
-    assert!(
-        output.status.success(),
-        "pyiceberg over the REST catalog: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    stack().python_lines(
+        "pyiceberg over the REST catalog",
+        &script,
+        &[&server.uri(), credential, namespace],
+    )
 }
 
 /// Spark SQL's query for the lines of [`postgres_lines`] over `{table}`, as [`LAKE_LINES`] is

@@ -14,7 +14,7 @@ use lakewriter::{Config, Lsn};
 use support::items::{delta, items, items_schema, keyed};
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{command_ok, crash_and_restart, write_config};
-use support::{TestDb, project_dir, stack};
+use support::{TestDb, stack};
 
 /// A fresh table bucket on the stack's moto, and the `[sink]` lines (after `namespace`) that
 /// point lakewriter at it.
@@ -82,22 +82,7 @@ for values in con.sql({query:?}.replace("{{metadata}}", {location:?})).fetchall(
     print("|".join("NULL" if v is None else str(v) for v in values))
 "#
     );
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .env("PYTHONPATH", project_dir().join("tests/readers"))
-        .output()
-        .expect("run DuckDB");
-    assert!(
-        output.status.success(),
-        "DuckDB over {location}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    stack().python_lines(&format!("DuckDB over {location}"), &script, &[])
 }
 
 #[tokio::test]

@@ -55,6 +55,29 @@ impl Stack {
         command
     }
 
+    /// Runs the Python `script` with `args` and the readers of `tests/readers` importable;
+    /// panics naming `what` with Python's stderr when it fails, and returns the lines it
+    /// printed.
+    pub fn python_lines(&self, what: &str, script: &str, args: &[&str]) -> Vec<String> {
+        let output = self
+            .python()
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .env("PYTHONPATH", project_dir().join("tests/readers"))
+            .output()
+            .unwrap_or_else(|e| panic!("run {what}: {e}"));
+        assert!(
+            output.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// A PostgreSQL client program (psql, pg_recvlogical) of the cluster's version.
     pub fn pg_program(&self, name: &str) -> Command {
         let mut command = Command::new(Path::new(self.var("LAKEWRITER_PG_BINDIR")).join(name));

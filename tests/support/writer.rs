@@ -194,22 +194,7 @@ for values in con.sql(query).fetchall():
         catalog = catalog.display().to_string(),
         namespace = db.namespace,
     );
-    let output = stack()
-        .python()
-        .arg("-c")
-        .arg(script)
-        .env("PYTHONPATH", project_dir().join("tests/readers"))
-        .output()
-        .expect("run DuckDB");
-    assert!(
-        output.status.success(),
-        "DuckDB: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    stack().python_lines("DuckDB", &script, &[])
 }
 
 /// Runs the pyiceberg `body` on the test's SQLite catalog and returns what it printed. The

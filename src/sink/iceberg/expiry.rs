@@ -104,11 +104,15 @@ impl ManifestRefs {
 
     /// Reads which files known snapshots removed from the table (their manifests' `DELETED`
     /// entries) once it matters: for a snapshot `after` no longer has (before its manifests
-    /// are removed with it), and for one no kept snapshot is older than (what it removed is
-    /// then in no kept snapshot). They wait in memory until [`removable`](Self::removable)
+    /// are removed with it), and for one no kept snapshot is older than, `oldest` being the
+    /// kept snapshots' lowest sequence number (what it removed is then in no kept snapshot). They wait in memory until [`removable`](Self::removable)
     /// lets them go. A manifest that cannot be read leaves its files to orphan removal.
-    pub(super) async fn collect_removed(&mut self, file_io: &FileIO, after: &TableMetadata) {
-        let oldest = oldest_sequence(after);
+    async fn collect_removed(
+        &mut self,
+        file_io: &FileIO,
+        after: &TableMetadata,
+        oldest: Option<i64>,
+    ) {
         let due: Vec<i64> = self
             .removing
             .iter()
@@ -147,14 +151,15 @@ impl ManifestRefs {
         }
     }
 
-    /// The files removed from the table that no snapshot of `after` can hold any more: on a
+    /// The files removed from the table that no kept snapshot can hold any more, `oldest`
+    /// being the kept snapshots' lowest sequence number ([`oldest_sequence`]): on a
     /// table whose only history is `main` (sequence numbers then order its snapshots), a
     /// file removed by the snapshot of sequence number `n` is in no snapshot from `n` on, so
     /// once every kept snapshot is at `n` or later nothing reads it. With tags or other
     /// branches (which may hold older states), or on a format v1 table, nothing is released
     /// and orphan removal takes the files.
-    pub(super) fn removable(&mut self, after: &TableMetadata) -> Vec<Arc<str>> {
-        let Some(oldest) = oldest_sequence(after) else {
+    fn removable(&mut self, oldest: Option<i64>) -> Vec<Arc<str>> {
+        let Some(oldest) = oldest else {
             self.removed.clear();
             return Vec::new();
         };
@@ -163,6 +168,19 @@ impl ManifestRefs {
             .partition(|(sequence, _)| *sequence <= oldest);
         self.removed = stay;
         go.into_iter().map(|(_, path)| path).collect()
+    }
+
+    /// The files removed from the table (by snapshots known here) that no snapshot of `after`
+    /// holds any more: [`collect_removed`](Self::collect_removed), then
+    /// [`removable`](Self::removable), with `after`'s history read once.
+    pub(super) async fn take_removable(
+        &mut self,
+        file_io: &FileIO,
+        after: &TableMetadata,
+    ) -> Vec<Arc<str>> {
+        let oldest = oldest_sequence(after);
+        self.collect_removed(file_io, after, oldest).await;
+        self.removable(oldest)
     }
 
     /// Forgets the snapshots `metadata` no longer has; returns the manifests they listed
@@ -297,11 +315,11 @@ impl<C: Catalog> IcebergSink<C> {
         let mut files = 0usize;
         // snapshots another writer added meanwhile must be known before anything is removed
         let complete = refs.learn(&self.file_io, &after).await;
-        refs.collect_removed(&self.file_io, &after).await;
+        let removable = refs.take_removable(&self.file_io, &after).await;
         let mut data_files = 0usize;
         if gc_enabled(&after) {
             let location = format!("{}/", after.location().trim_end_matches('/'));
-            for file in refs.removable(&after) {
+            for file in removable {
                 // a `compact` that starts afresh finds again what an earlier one removed
                 let there = self.file_io.exists(file.as_ref()).await.unwrap_or(true);
                 if file.starts_with(&location) && there && remove(file.to_string()).await {
