@@ -1599,7 +1599,9 @@ async fn log_entries_past_the_retention_go_at_the_checkpoints_and_the_table_read
     let schema = items_schema(false);
     let mut settings = DeltaSettings::from_config(&lake.config).expect("the sink's settings");
     // `[compaction] snapshot_retention` (6 h by default), shortened to see it act
-    settings.log_retention = std::time::Duration::from_secs(1);
+    // (an hour: the log entries are aged by hand below, so no commit ever finds them past
+    // the retention because the machine was slow)
+    settings.log_retention = std::time::Duration::from_secs(3600);
     let mut sink = DeltaSink::new(settings);
     sink.prepare(&items(), &schema, &layout())
         .await
@@ -1616,7 +1618,7 @@ async fn log_entries_past_the_retention_go_at_the_checkpoints_and_the_table_read
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
         });
-    assert_eq!(retention.as_deref(), Some("interval 1 seconds"));
+    assert_eq!(retention.as_deref(), Some("interval 3600 seconds"));
     let entries = || -> Vec<u64> {
         let mut versions: Vec<u64> = std::fs::read_dir(&log)
             .expect("list the log")
@@ -1645,7 +1647,14 @@ async fn log_entries_past_the_retention_go_at_the_checkpoints_and_the_table_read
     }
     // past the retention, the entries before the checkpoint at version 99 may go — but only
     // when the next checkpoint is written: the commits between do not touch the log
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let aged = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+    for entry in std::fs::read_dir(&log).expect("list the log").flatten() {
+        std::fs::File::options()
+            .write(true)
+            .open(entry.path())
+            .and_then(|f| f.set_modified(aged))
+            .expect("age a log entry");
+    }
     for i in 151..=198i32 {
         commit(&mut sink, i).await;
         expected.push(format!("{i}|v"));
