@@ -153,6 +153,17 @@ async fn rounds_of_changes_compaction_and_repairs_reach_the_destination() {
         "not recorded: {compacted}"
     );
     assert_eq!(orders(&b).await, orders(&a).await);
+    // changes, then a compaction before the export: the changed rows have moved into the
+    // compaction's files, and are read from there
+    a.workload(1, 300);
+    caught_up(&a, &mut writer).await;
+    command_ok(&a, &["compact"], &[]);
+    let (upserted, deleted, _) = export_ok(&a, &b, &[]);
+    assert!(
+        upserted > 0 && upserted < 1000 && deleted > 0,
+        "{upserted} {deleted}"
+    );
+    assert_eq!(orders(&b).await, orders(&a).await);
 
     // a truncate drops every file: every key is gone but the ten new ones
     truncate_and_refill(&a, &mut writer).await;
@@ -269,11 +280,22 @@ async fn delta_tables_export_incrementally_and_exactly_once_too() {
     assert_eq!(orders(&b).await, orders(&a).await);
     a.workload(1, 100);
     caught_up(&a, &mut writer).await;
-    stop(writer);
     export_ok(&a, &b, &[]);
     // OPTIMIZE's actions carry dataChange = false: nothing to export
     command_ok(&a, &["compact"], &[]);
     assert_eq!(export_ok(&a, &b, &[]), (0, 0, 0));
+    assert_eq!(orders(&b).await, orders(&a).await);
+    // changes, then OPTIMIZE before the export: the files the changes wrote are gone again,
+    // and the changed rows are found in OPTIMIZE's
+    a.workload(1, 100);
+    caught_up(&a, &mut writer).await;
+    stop(writer);
+    command_ok(&a, &["compact"], &[]);
+    let (upserted, deleted, _) = export_ok(&a, &b, &[]);
+    assert!(
+        upserted > 0 && upserted < 1000 && deleted > 0,
+        "{upserted} {deleted}"
+    );
     assert_eq!(orders(&b).await, orders(&a).await);
 
     // time travel to the first export's version, into a fresh table

@@ -2,12 +2,17 @@
 //! changed since an earlier version — the live rows of the keys touched since, and the touched
 //! keys that are gone.
 //!
-//! A key is touched by a snapshot (Delta: a commit) that adds a data file holding it, adds an
-//! equality delete naming it, or removes a data file holding it (a truncate, another engine's
-//! copy-on-write rewrite). A compaction (`replace`; Delta: actions with `dataChange = false`)
-//! moves rows without changing them and touches nothing. The final state of the touched keys
-//! is read from the current version by merge-on-read, so any number of commits in between
-//! collapse into one row or one delete per key.
+//! Iceberg: a key is touched by a snapshot that adds a data file holding it, adds an equality
+//! delete naming it, or removes a data file holding it (a truncate, another engine's
+//! copy-on-write rewrite). A compaction (`replace`) moves rows without changing them and
+//! touches nothing. The final state of the touched keys is read from the current version by
+//! merge-on-read — from the data files added since the earlier version only, unless a
+//! snapshot in between removed data files — so any number of commits in between collapse
+//! into one row or one delete per key.
+//!
+//! Delta (copy-on-write, no deletes to read): the files live now and not then are compared
+//! with the files live then and not now, row by row; the rows only the new side holds are the
+//! changed rows, the keys only the old side holds are gone.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -217,6 +222,10 @@ async fn iceberg_changes(
     let key_ids: BTreeSet<i32> = metadata.current_schema().identifier_field_ids().collect();
     let mut cache = ManifestCache::default();
     let mut touched: BTreeSet<String> = BTreeSet::new();
+    // whether a snapshot other than a compaction removed data files (a truncate, another
+    // engine's copy-on-write rewrite): the keys of such a file may live on in files older
+    // than `since`
+    let mut removed_data = false;
     for snapshot in &chain {
         if snapshot.summary().operation == Operation::Replace {
             continue;
@@ -231,6 +240,7 @@ async fn iceberg_changes(
         };
         let before_data: BTreeSet<&str> = before.data.iter().map(|f| f.path.as_str()).collect();
         let after_data: BTreeSet<&str> = after.data.iter().map(|f| f.path.as_str()).collect();
+        removed_data |= before_data.difference(&after_data).next().is_some();
         touched.extend(
             after_data
                 .symmetric_difference(&before_data)
@@ -264,6 +274,22 @@ async fn iceberg_changes(
     }
     let keys = key_frame(&ctx, name, &table, touched.iter().cloned().collect()).await?;
     let files_read = touched.len();
+    let rows = if removed_data {
+        rows
+    } else {
+        // Every change of a key after `since` added an equality delete of it (or it was new),
+        // so a touched key's live row, if it has one, is in a data file added after `since`
+        // (by the change itself, or by a compaction that moved the row since): only those
+        // files need reading, with every delete file applied as usual.
+        let earlier = metadata
+            .snapshot_by_id(since)
+            .ok_or_else(|| expired(name, since, "snapshot"))?;
+        let earlier = live_files_at(&io, name, &metadata, earlier, &mut cache).await?;
+        let earlier: BTreeSet<&str> = earlier.data.iter().map(|f| f.path.as_str()).collect();
+        let mut newer = live_files_at(&io, name, &metadata, current, &mut cache).await?;
+        newer.data.retain(|f| !earlier.contains(f.path.as_str()));
+        super::iceberg::files_frame(&ctx, name, &metadata, &newer).await?
+    };
     let (rows, gone) = restrict(name, &table, rows, keys)?;
     Ok(LakeChanges {
         table,
@@ -377,29 +403,30 @@ pub(super) async fn read_files(
         .map_err(|e| df_error(name, "read changed files", e))
 }
 
-/// The keys of the rows that differ between the files `added` and the files `removed` by one
-/// commit: a copy-on-write rewrite removes a file and adds it again with a few rows changed,
-/// and only those rows' keys are touched.
-pub(super) async fn rewritten_keys(
+/// What changed between two sets of files of a copy-on-write table (Delta): the rows of the
+/// files `added` that the files `removed` do not hold (the new and changed rows, whole), and
+/// the keys of the rows of `removed` that `added` does not hold and that have no new row (the
+/// deleted keys). A MERGE rewrites whole files, so most rows of the two sides are equal and
+/// cancel out; a rewrite without a data change (OPTIMIZE) cancels out entirely.
+pub(super) async fn file_difference(
     ctx: &SessionContext,
     name: &CatalogTable,
     table: &LakeTable,
     added: Vec<String>,
     removed: Vec<String>,
-) -> Result<DataFrame> {
-    if removed.is_empty() {
-        return key_frame(ctx, name, table, added).await;
-    }
+) -> Result<(DataFrame, DataFrame)> {
     let schema = table.schema.clone();
     let added = read_files(ctx, name, added, schema.clone()).await?;
     let removed = read_files(ctx, name, removed, schema).await?;
     let key: Vec<Expr> = table.key.iter().map(|k| col(quoted(k))).collect();
-    let plan = || -> datafusion::error::Result<DataFrame> {
-        let new = added.clone().except(removed.clone())?.select(key.clone())?;
-        let old = removed.clone().except(added.clone())?.select(key.clone())?;
-        new.union(old)?.distinct()
+    let plan = || -> datafusion::error::Result<(DataFrame, DataFrame)> {
+        let new = added.clone().except(removed.clone())?;
+        let old_keys = removed.except(added)?.select(key.clone())?;
+        Ok((new, old_keys))
     };
-    plan().map_err(|e| df_error(name, "plan the rewritten rows", e))
+    let (new, old_keys) = plan().map_err(|e| df_error(name, "plan the rewritten rows", e))?;
+    let (_, gone) = restrict(name, table, new.clone(), old_keys)?;
+    Ok((new, gone))
 }
 
 /// `rows` restricted to the keys in `keys`, and the keys without a row.

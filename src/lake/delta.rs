@@ -5,6 +5,8 @@
 //! Delta has no identifier fields, so a [`LakeTable`] of a Delta table has no key of its own:
 //! `verify` takes the key from the source, as the sink does when it merges.
 
+use std::collections::BTreeSet;
+
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::prelude::SessionContext;
 
@@ -194,38 +196,34 @@ pub(crate) async fn changes(
             .map(|u| u.to_string())
             .map_err(|e| fail(format!("{path}: {e}")))
     };
-    let mut keys: Option<datafusion::prelude::DataFrame> = None;
-    let mut files_read = 0;
+    // the files live now and not at `since`, and those live then and not now, whatever
+    // happened in between: one comparison, however many commits rewrote the same files
+    let (mut added, mut removed) = (BTreeSet::new(), BTreeSet::new());
     for v in since + 1..=version {
         let entry = log
             .read_commit_entry(v as u64)
             .await
             .map_err(|e| fail(format!("read the log entry of version {v}: {e}")))?
             .ok_or_else(|| super::changes::expired(name, since, "version"))?;
-        let (added, removed) =
-            touched_files(&entry).map_err(|m| fail(format!("version {v}: {m}")))?;
-        if added.is_empty() && removed.is_empty() {
-            continue;
+        let actions = file_actions(&entry).map_err(|m| fail(format!("version {v}: {m}")))?;
+        for (path, kind) in actions {
+            match kind {
+                Action::Add => {
+                    added.insert(path);
+                }
+                Action::Remove => {
+                    if !added.remove(&path) {
+                        removed.insert(path);
+                    }
+                }
+            }
         }
-        files_read += added.len() + removed.len();
-        let added = added.iter().map(url).collect::<Result<Vec<_>>>()?;
-        let removed = removed.iter().map(url).collect::<Result<Vec<_>>>()?;
-        let touched =
-            super::changes::rewritten_keys(&ctx, name, &lake_table, added, removed).await?;
-        keys = Some(match keys {
-            None => touched,
-            Some(keys) => keys
-                .union(touched)
-                .map_err(|e| fail(format!("plan the touched keys: {e}")))?,
-        });
     }
-    let keys = match keys {
-        Some(keys) => keys
-            .distinct()
-            .map_err(|e| fail(format!("plan the touched keys: {e}")))?,
-        None => super::changes::key_frame(&ctx, name, &lake_table, Vec::new()).await?,
-    };
-    let (rows, gone) = super::changes::restrict(name, &lake_table, rows, keys)?;
+    let files_read = added.len() + removed.len();
+    let added = added.iter().map(url).collect::<Result<Vec<_>>>()?;
+    let removed = removed.iter().map(url).collect::<Result<Vec<_>>>()?;
+    let (rows, gone) =
+        super::changes::file_difference(&ctx, name, &lake_table, added, removed).await?;
     Ok(LakeChanges {
         table: lake_table,
         version: Some(current),
@@ -264,16 +262,23 @@ async fn version_at(name: &CatalogTable, table: &deltalake::DeltaTable, ms: i64)
     )))
 }
 
-/// The data files a commit adds and removes with a data change, as paths relative to the
-/// table; deletion vectors (position deletes by other engines) are refused, naming the file.
-type Touched = (Vec<String>, Vec<String>);
+/// What a log entry's action does to a data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Add,
+    Remove,
+}
 
-fn touched_files(entry: &[u8]) -> std::result::Result<Touched, String> {
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
+/// The data files a commit adds and removes, in the order of its actions, as paths relative
+/// to the table (with or without a data change: OPTIMIZE's moves cancel out in the
+/// comparison); deletion vectors (position deletes by other engines) are refused, naming the
+/// file.
+fn file_actions(entry: &[u8]) -> std::result::Result<Vec<(String, Action)>, String> {
+    let mut actions = Vec::new();
     for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let action: serde_json::Value = serde_json::from_slice(line)
             .map_err(|e| format!("a log line that is not JSON: {e}"))?;
-        for kind in ["add", "remove"] {
+        for (kind, what) in [("add", Action::Add), ("remove", Action::Remove)] {
             let Some(file) = action.get(kind) else {
                 continue;
             };
@@ -281,22 +286,16 @@ fn touched_files(entry: &[u8]) -> std::result::Result<Touched, String> {
                 .get("path")
                 .and_then(|p| p.as_str())
                 .ok_or_else(|| format!("an {kind} action without a path"))?;
-            if file.get("dataChange").and_then(|d| d.as_bool()) == Some(false) {
-                continue;
-            }
             if file.get("deletionVector").is_some_and(|d| !d.is_null()) {
                 return Err(format!(
                     "{path}: deletion vectors (written by another engine) are not supported; \
                      run OPTIMIZE with that engine to apply them"
                 ));
             }
-            match kind {
-                "add" => added.push(path.to_string()),
-                _ => removed.push(path.to_string()),
-            }
+            actions.push((path.to_string(), what));
         }
     }
-    Ok((added, removed))
+    Ok(actions)
 }
 
 /// The `commitInfo.timestamp` of a log entry.
@@ -319,7 +318,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compaction_actions_touch_nothing_and_deletion_vectors_are_refused() {
+    fn every_file_action_counts_in_order_and_deletion_vectors_are_refused() {
         let entry = br#"{"commitInfo":{"timestamp":1700000000000,"operation":"MERGE"}}
 {"add":{"path":"a.parquet","dataChange":true}}
 {"remove":{"path":"b.parquet","dataChange":true}}
@@ -327,12 +326,17 @@ mod tests {
 {"remove":{"path":"d.parquet","dataChange":false}}
 "#;
         assert_eq!(
-            touched_files(entry),
-            Ok((vec!["a.parquet".to_string()], vec!["b.parquet".to_string()]))
+            file_actions(entry),
+            Ok(vec![
+                ("a.parquet".to_string(), Action::Add),
+                ("b.parquet".to_string(), Action::Remove),
+                ("c.parquet".to_string(), Action::Add),
+                ("d.parquet".to_string(), Action::Remove),
+            ])
         );
         assert_eq!(commit_timestamp(entry), Some(1_700_000_000_000));
         let dv = br#"{"add":{"path":"e.parquet","dataChange":true,"deletionVector":{"storageType":"u"}}}"#;
-        let err = touched_files(dv).expect_err("a deletion vector");
+        let err = file_actions(dv).expect_err("a deletion vector");
         assert!(err.contains("e.parquet"), "{err}");
     }
 }
