@@ -439,6 +439,87 @@ async fn every_keeps_exporting_until_sigterm() {
     assert!(log.contains("stopping"), "{log}");
 }
 
+/// `export --every` killed with SIGKILL at random points while `run` is killed at random
+/// points too, under a workload of inserts, updates, key changes and deletes: after a last
+/// run and a last export, B equals A.
+#[tokio::test]
+async fn run_and_export_killed_at_random_points_leave_the_destination_equal() {
+    let a = TestDb::new("export_kill").await;
+    let b = TestDb::new("export_kill_dst").await;
+    a.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    write_config(&a, "");
+    let mut writer = start(&a);
+    caught_up(&a, &mut writer).await;
+    stop(writer);
+
+    let seed = std::env::var("LAKEWRITER_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(11)
+        });
+    println!("export kill seed: {seed} (replay with LAKEWRITER_CRASH_SEED={seed})");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let done = done.clone();
+        let config = config_path(&a);
+        let url = b.url.clone();
+        std::thread::spawn(move || {
+            let mut state = seed | 1;
+            let mut kills = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut exporter = Writer::from_child(
+                    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+                        .args(["export", "--config"])
+                        .arg(&config)
+                        .args(["--table", "public.orders", "--every", "200ms"])
+                        .env("LAKEWRITER_EXPORT_TO", &url)
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("start export --every"),
+                );
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let wait = 100 + (state >> 33) % 1500;
+                std::thread::sleep(std::time::Duration::from_millis(wait));
+                if let Ok(Some(status)) = exporter.try_wait() {
+                    let output = exporter
+                        .into_child()
+                        .wait_with_output()
+                        .expect("the exporter's output");
+                    panic!(
+                        "export --every exited by itself with {status}: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                }
+                exporter.kill().expect("SIGKILL");
+                let _ = exporter.wait();
+                kills += 1;
+            }
+            kills
+        })
+    };
+    support::writer::crash_and_restart(&a, &[], 6, 5, 2000).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kills = killer.join().expect("the exporter's killer");
+    assert!(kills >= 3, "the exporter was killed {kills} times only");
+    // some exports committed between the kills (the first created the table)
+    assert_eq!(
+        lines(&b, "SELECT count(*)::text FROM lakewriter_export.state").await,
+        vec!["1".to_string()]
+    );
+
+    // whatever the kills left, the next export brings B to A
+    export_ok(&a, &b, &[]);
+    assert_eq!(orders(&b).await, orders(&a).await);
+    assert_eq!(export_ok(&a, &b, &[]), (0, 0, 0));
+}
+
 #[tokio::test]
 async fn an_export_killed_at_each_phase_applies_nothing_and_the_next_run_everything_once() {
     let a = TestDb::new("export_crash").await;
