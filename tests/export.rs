@@ -55,9 +55,19 @@ fn export(source: &TestDb, destination: &TestDb, args: &[&str], env: &[(&str, &s
 /// [`export`] of `public.orders`, asserting success; the counts it printed: rows upserted,
 /// deleted, destination rows changed.
 fn export_ok(source: &TestDb, destination: &TestDb, args: &[&str]) -> (u64, u64, u64) {
+    export_ok_env(source, destination, args, &[])
+}
+
+/// [`export_ok`] with environment `env`.
+fn export_ok_env(
+    source: &TestDb,
+    destination: &TestDb,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (u64, u64, u64) {
     let mut all = vec!["--table", "public.orders"];
     all.extend_from_slice(args);
-    let output = export(source, destination, &all, &[]);
+    let output = export(source, destination, &all, env);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -518,6 +528,58 @@ async fn run_and_export_killed_at_random_points_leave_the_destination_equal() {
     export_ok(&a, &b, &[]);
     assert_eq!(orders(&b).await, orders(&a).await);
     assert_eq!(export_ok(&a, &b, &[]), (0, 0, 0));
+}
+
+/// A lake on S3 (moto) registered in Glue, Iceberg and Delta: the export reads it through
+/// the same catalog and object store as the writer, whole and then incrementally.
+#[tokio::test]
+async fn a_lake_on_s3_with_glue_exports_whole_then_incrementally() {
+    for format in ["iceberg", "delta"] {
+        let a = TestDb::new(&format!("export_s3_{format}")).await;
+        let b = TestDb::new(&format!("export_s3_{format}_dst")).await;
+        a.psql(&["-v", "rows=1500", "-f", "sql/orders.sql"]);
+        let endpoint = support::stack().aws_endpoint().to_string();
+        let bucket = format!("export-{format}-{}", std::process::id());
+        let warehouse = format!("s3://{bucket}/warehouse");
+        let extra = format!(
+            "format = \"{format}\"\ncatalog = \"glue\"\n\
+             [sink.glue]\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\n\
+             [sink.s3]\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\n\
+             force_path_style = true\naccess_key_id = \"testing\"\n\
+             secret_access_key = \"testing\"\n"
+        );
+        write_config(&a, &extra);
+        let config = lakewriter::Config::parse(
+            &a.config_toml(&extra),
+            std::path::Path::new("export-s3.toml"),
+            vec![("LAKEWRITER__SINK__WAREHOUSE".to_string(), warehouse.clone())],
+        )
+        .expect("a valid config");
+        let s3 = lakewriter::cloud::s3_client(&config).await;
+        if let Err(e) = s3.create_bucket().bucket(&bucket).send().await {
+            let text = format!("{e:?}");
+            assert!(
+                text.contains("BucketAlreadyOwnedByYou"),
+                "create bucket: {text}"
+            );
+        }
+        let mut writer = support::writer::start_with(&a, &[("SINK__WAREHOUSE", &warehouse)]);
+        caught_up(&a, &mut writer).await;
+        let env = [("LAKEWRITER__SINK__WAREHOUSE", warehouse.as_str())];
+        assert_eq!(export_ok_env(&a, &b, &[], &env).0, 1500, "{format}");
+        assert_eq!(orders(&b).await, orders(&a).await, "{format}");
+        a.workload(1, 200);
+        caught_up(&a, &mut writer).await;
+        stop(writer);
+        let (upserted, deleted, _) = export_ok_env(&a, &b, &[], &env);
+        assert!(
+            upserted > 0 && upserted < 1000 && deleted > 0,
+            "{format}: {upserted} {deleted}"
+        );
+        assert_eq!(orders(&b).await, orders(&a).await, "{format}");
+        let local = a.warehouse.path().join(&a.namespace);
+        assert!(!local.exists(), "{format}: the lake went to local disk");
+    }
 }
 
 #[tokio::test]
