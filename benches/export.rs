@@ -14,7 +14,9 @@
 //! 2. Incremental: `--changed-percent` of the keys updated in the source (another slice each
 //!    run), the writer caught up, then the export of what changed into the first full run's
 //!    table (touched keys found, their rows staged by COPY, upserted) against the same changed
-//!    rows copied into an empty table with the key.
+//!    rows copied into an empty table with the key — and against a second reference, the
+//!    server's own share: the same rows copied into a temporary table and upserted by the
+//!    same `INSERT … ON CONFLICT DO UPDATE` into a full copy of the table.
 //!
 //! The destination of the first full run is checked against the source at the end (a count
 //! and a hash of every row).
@@ -113,11 +115,11 @@ async fn bench(options: Options) {
         exports.push(timed);
     }
     let full = (fastest(&copies), fastest(&exports));
-    report("full", rows, full.0, full.1);
+    report("full", "COPY FROM STDIN binary", rows, full.0, full.1);
 
     // 2. incremental
     let modulus = (100 / percent).max(1);
-    let (mut copies, mut exports) = (Vec::new(), Vec::new());
+    let (mut copies, mut exports, mut upserts) = (Vec::new(), Vec::new(), Vec::new());
     let mut changed = 0;
     for run in 0..runs {
         let slice = format!("order_id % {modulus} = {}", run as u64 % modulus);
@@ -145,6 +147,14 @@ async fn bench(options: Options) {
             )
             .await,
         );
+        upserts.push(
+            upsert_in(
+                &destination,
+                &format!("bench.copy_full_{run}"),
+                &rows_changed,
+            )
+            .await,
+        );
         let (timed, report) = export(&config, &b, "bench.export_full_0").await;
         assert_eq!(
             report.applied.upserted, changed,
@@ -154,7 +164,20 @@ async fn bench(options: Options) {
         exports.push(timed);
     }
     let incremental = (fastest(&copies), fastest(&exports));
-    report("incremental", changed, incremental.0, incremental.1);
+    report(
+        "incremental",
+        "COPY FROM STDIN binary",
+        changed,
+        incremental.0,
+        incremental.1,
+    );
+    report(
+        "incremental",
+        "COPY into a temporary table + the same upsert",
+        changed,
+        fastest(&upserts),
+        incremental.1,
+    );
     stop(writer);
 
     let expected: String = source
@@ -221,6 +244,64 @@ async fn copy_in(client: &tokio_postgres::Client, table: &str, data: &[Bytes]) -
     }
 }
 
+/// The second reference of the incremental export, the floor of any upsert: `data` copied
+/// into a temporary table and upserted from there into `table` (a full copy of the table, as
+/// the export's destination is) by the same `INSERT … ON CONFLICT DO UPDATE`, in a
+/// transaction, committed — what the server itself spends on the merge.
+async fn upsert_in(client: &tokio_postgres::Client, table: &str, data: &[Bytes]) -> Run {
+    let cpu = cpu_seconds().0;
+    let started = Instant::now();
+    client
+        .batch_execute(&format!(
+            "BEGIN; CREATE TEMP TABLE stage (LIKE {table}) ON COMMIT DROP"
+        ))
+        .await
+        .expect("the staging table");
+    let sink = client
+        .copy_in::<_, Bytes>("COPY stage FROM STDIN (FORMAT binary)")
+        .await
+        .expect("start the COPY");
+    let mut sink = std::pin::pin!(sink);
+    for chunk in data {
+        sink.send(chunk.clone()).await.expect("send a chunk");
+    }
+    sink.as_mut().finish().await.expect("finish the COPY");
+    let others = [
+        "customer_id",
+        "order_date",
+        "total_amount",
+        "status",
+        "created_at",
+        "updated_at",
+    ];
+    let set = others
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ours = others
+        .iter()
+        .map(|c| format!("d.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let theirs = others
+        .iter()
+        .map(|c| format!("EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    client
+        .batch_execute(&format!(
+            "ANALYZE stage; INSERT INTO {table} AS d SELECT * FROM stage ON CONFLICT (order_id) \
+             DO UPDATE SET {set} WHERE ROW({ours}) IS DISTINCT FROM ROW({theirs}); COMMIT"
+        ))
+        .await
+        .expect("the upsert");
+    Run {
+        seconds: started.elapsed().as_secs_f64(),
+        cpu: cpu_seconds().0 - cpu,
+    }
+}
+
 /// `lakewriter export` of the lake's orders into `table`, timed.
 async fn export(config: &Config, b: &TestDb, table: &str) -> (Run, TableExport) {
     let options = ExportOptions {
@@ -257,10 +338,10 @@ fn phases(report: &TableExport) {
     );
 }
 
-fn report(what: &str, rows: u64, copy: Run, export: Run) {
+fn report(what: &str, reference: &str, rows: u64, copy: Run, export: Run) {
     let rate = |run: Run| rows as f64 / run.seconds.max(1e-9);
     println!(
-        "{what:>11}: {rows} rows | COPY FROM STDIN binary {:.2} s ({:.0} rows/s) | export \
+        "{what:>11}: {rows} rows | {reference} {:.2} s ({:.0} rows/s) | export \
          {:.2} s ({:.0} rows/s, {:.1} CPU s in this process) | ratio {:.2}",
         copy.seconds,
         rate(copy),
