@@ -493,6 +493,7 @@ impl<C: Catalog> IcebergSink<C> {
             spec_id: state.metadata.default_partition_spec_id(),
             truncate: delta.truncate,
             lsn: delta.lsn,
+            copy: delta.copy.clone(),
             rewrite: None,
         })
     }
@@ -582,6 +583,15 @@ impl<C: Catalog> Sink for IcebergSink<C> {
         checkpoint(&state.lake, &state.metadata).ok().flatten()
     }
 
+    fn keeps_copy_progress(&self) -> bool {
+        true
+    }
+
+    fn copy_progress(&self, table: &TableId) -> Option<String> {
+        let state = self.tables.get(table)?;
+        table::copy_progress(&state.metadata)
+    }
+
     async fn mark_incomplete(&mut self, table: &TableId) -> Result<()> {
         let Some(state) = self.tables.get(table) else {
             return Err(sink_error(
@@ -595,6 +605,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             spec_id: state.metadata.default_partition_spec_id(),
             truncate: false,
             lsn: None,
+            copy: None,
             rewrite: None,
         };
         let (pointer, metadata) = self
@@ -686,6 +697,7 @@ impl<C: Catalog> IcebergSink<C> {
             spec_id: metadata.default_partition_spec_id(),
             truncate: false,
             lsn: None,
+            copy: None,
             rewrite: Some(rewrite),
         };
         self.commit_change(lake, pointer, metadata, Change::Rows(&delta))
@@ -764,6 +776,7 @@ impl<C: Catalog> IcebergSink<C> {
             spec_id: state.metadata.default_partition_spec_id(),
             truncate: false,
             lsn: None,
+            copy: None,
             rewrite: None,
         });
         Ok(())
