@@ -95,7 +95,8 @@ fn workload(
                    SELECT 1 + (random() * {all})::int, {round}, 'back{round}'
                    FROM generate_series(1, 5)
                    ON CONFLICT (id) DO NOTHING;
-                 INSERT INTO joined (id, v, note) VALUES ({all} + 1 + {round}, {round}, 'tail');
+                 INSERT INTO joined (id, v, note) VALUES ({all} + 1 + {round}, {round}, 'tail')
+                   ON CONFLICT (id) DO NOTHING;
                  UPDATE orders SET status = 'r{round}' WHERE order_id = 1 + {round} % 500;
                  COMMIT;",
                 span = 2 * CHUNK_ROWS,
@@ -196,6 +197,20 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
     assert!(
         !first_log.contains("copied the table in chunks while streaming"),
         "the copy ended before the kill: make the table larger"
+    );
+
+    // the lake says how far the copy got, with the writer down as well
+    let status = command_ok(&db, &["status"], &[]);
+    let committed = lake_copy_progress(&db, "joined")
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+        .and_then(|p| p["chunks"].as_u64())
+        .expect("the lake holds the copy's progress after the kill");
+    let expected = format!("(chunk {committed}/{})", ROWS / CHUNK_ROWS);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("joined: copying") && l.contains("% ") && l.contains(&expected)),
+        "status does not show the copy's progress ({expected}): {status}"
     );
 
     // the restarted writer resumes after the last committed chunk, under the same workload

@@ -61,6 +61,12 @@ pub fn lake_table(namespace: &str, table: &TableId) -> CatalogTable {
     CatalogTable::new(namespace, name)
 }
 
+/// The progress of the table's chunked copy its metadata holds (`lakewriter.copy`); `None`
+/// when no copy is under way.
+pub fn copy_progress(metadata: &TableMetadata) -> Option<String> {
+    table::copy_progress(metadata)
+}
+
 /// The checkpoint a table's metadata holds: the `lakewriter.lsn` of its current snapshot
 /// (`None` when it has none), for `status` and `compact` (which carries it forward).
 pub fn checkpoint(table: &CatalogTable, metadata: &TableMetadata) -> Result<Option<Lsn>> {
