@@ -213,6 +213,16 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
         "status does not show the copy's progress ({expected}): {status}"
     );
 
+    // a compaction mid-copy keeps the progress (it reads as the head of lakewriter's commits)
+    let before = lake_copy_progress(&db, "joined");
+    let compacted = command_ok(&db, &["compact"], &[]);
+    println!("compact mid-copy: {compacted}");
+    assert_eq!(
+        lake_copy_progress(&db, "joined"),
+        before,
+        "compact dropped the copy's progress: {compacted}"
+    );
+
     // the restarted writer resumes after the last committed chunk, under the same workload
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut writer = start_with(&db, SETTINGS);
