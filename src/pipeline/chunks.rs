@@ -46,11 +46,11 @@ pub(super) type ChunkInbox = Arc<Mutex<HashMap<TableId, ChunkRead>>>;
 /// One chunk read, waiting for its high watermark.
 #[derive(Debug)]
 pub(super) struct ChunkRead {
-    copy: String,
-    chunk: u64,
-    attempt: u32,
-    schema: Arc<TableSchema>,
-    data: Chunk,
+    pub(super) copy: String,
+    pub(super) chunk: u64,
+    pub(super) attempt: u32,
+    pub(super) schema: Arc<TableSchema>,
+    pub(super) data: Chunk,
 }
 
 /// A chunk for a reading task to read.
@@ -60,10 +60,10 @@ pub(super) struct ChunkRequest {
     pub table: TableId,
     /// Which read this is ([`ReadId`]).
     pub id: ReadId,
-    copy: String,
-    chunk: u64,
-    attempt: u32,
-    after: Option<Vec<String>>,
+    pub(super) copy: String,
+    pub(super) chunk: u64,
+    pub(super) attempt: u32,
+    pub(super) after: Option<Vec<String>>,
     key: Vec<String>,
     limit: u64,
 }
