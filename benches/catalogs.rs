@@ -100,6 +100,7 @@ async fn commit_times(config: &Config, commits: usize) -> Vec<f64> {
             deletes: vec![row(&schema, id, None)],
             rows: vec![row(&schema, id, Some("v"))],
             lsn: Some(Lsn(i as u64 + 1)),
+            copy: None,
         })
         .await
         .expect("a commit");

@@ -378,6 +378,7 @@ async fn build_mor_table(
         deletes,
         rows,
         lsn: Some(Lsn(lsn)),
+        copy: None,
     };
     sink.commit(delta(Vec::new(), rows_of(&schema, &ids, 0), 1))
         .await

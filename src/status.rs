@@ -17,6 +17,7 @@ use crate::lsn::Lsn;
 use crate::sink::delta::{DeltaSettings, tables};
 use crate::sink::iceberg::{catalog_error, checkpoint, file_io};
 use crate::source::connection;
+use crate::table::CopyProgress;
 
 /// What `status` reports: the source's positions and each lake table.
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +88,9 @@ pub struct TableReport {
     pub metadata_bytes: Option<u64>,
     /// Iceberg: the manifests of the current snapshot, which every reader plans over.
     pub manifests: Option<usize>,
+    /// The table's chunked copy while one runs beside the stream: `copying 41 % (chunk
+    /// 812/1970)`.
+    pub copy: Option<String>,
 }
 
 /// Past these, a table's state costs every commit and every reader more than it should:
@@ -388,6 +392,11 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
             rows: total("total-records"),
             metadata_bytes,
             manifests,
+            copy: crate::sink::iceberg::copy_progress(&metadata).map(|text| {
+                CopyProgress::decode(&text)
+                    .map(|p| p.describe())
+                    .unwrap_or_else(|e| format!("copying ({e})"))
+            }),
         });
     }
     Ok(reports)
@@ -421,6 +430,11 @@ fn print_iceberg(report: &Report) {
             or_dash(t.manifests),
             or_dash(t.metadata_bytes),
         );
+    }
+    for t in &report.tables {
+        if let Some(copy) = &t.copy {
+            println!("{}: {copy}", t.table);
+        }
     }
     for warning in report.tables.iter().flat_map(growth_warnings) {
         println!("warning: {warning}");
@@ -474,6 +488,7 @@ async fn delta_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<TableR
             data_files: Some(files),
             delete_files: None,
             rows,
+            copy: None,
         });
     }
     Ok(reports)
@@ -525,6 +540,7 @@ mod tests {
             rows: None,
             metadata_bytes: Some(metadata_bytes),
             manifests: Some(manifests),
+            copy: None,
         }
     }
 

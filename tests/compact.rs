@@ -639,6 +639,7 @@ async fn an_initial_copy_in_flight_keeps_its_files_through_compact() {
         deletes: Vec::new(),
         rows,
         lsn,
+        copy: None,
     };
     sink.stage(part(vec![rows], None)).await.expect("stage");
     let table_dir = db.warehouse.path().join(&db.namespace).join("copying");

@@ -574,6 +574,7 @@ async fn a_copy_in_flight_into_an_incomplete_delta_table_keeps_its_files_through
         deletes: Vec::new(),
         rows,
         lsn,
+        copy: None,
     };
 
     // a table copied once, then marked incomplete (a table error with suspend_table): the

@@ -145,6 +145,7 @@ fn delta(
         deletes: vec![batch(schema, deletes)],
         rows: vec![batch(schema, rows)],
         lsn: lsn.map(Lsn),
+        copy: None,
     }
 }
 
@@ -837,6 +838,7 @@ async fn a_type_change_stops_a_complete_table_and_replaces_an_incomplete_ones_sc
         deletes: Vec::new(),
         rows: vec![row],
         lsn: Some(Lsn(20)),
+        copy: None,
     })
     .await
     .expect("the copy");
@@ -937,6 +939,7 @@ async fn every_stored_type_reads_back_in_duckdb_and_looks_up_as_the_source_sent_
         deletes: Vec::new(),
         rows: vec![rows.clone()],
         lsn: Some(Lsn(5)),
+        copy: None,
     })
     .await
     .expect("commit");
@@ -1104,6 +1107,7 @@ async fn mixed_case_and_spaced_column_names_merge_by_their_exact_names() {
             deletes: vec![rows(&deletes)],
             rows: vec![rows(&written)],
             lsn: Some(Lsn(lsn)),
+            copy: None,
         })
         .await
         .expect("commit");

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use lakewriter::Lsn;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{
-    acknowledged, caught_up, duck_query, start, start_with, stop, stopped_at, write_config,
+    acknowledged, caught_up, copy_completed, duck_query, start, start_with, stop, stopped_at,
+    write_config,
 };
 use support::{Cluster, TestDb};
 
@@ -337,9 +338,36 @@ async fn copy_sessions_terminated_during_the_initial_copy_are_taken_up_in_a_new_
 /// the publication while streaming), waited for up to three minutes (a loaded machine takes
 /// its time to see a table join: the bound only says when to give up).
 async fn wait_for_copies(db: &TestDb) -> Vec<i32> {
+    wait_for_sessions(db, false).await
+}
+
+/// The writer's sessions reading chunks of the `joined` table: each lives for one chunk (its
+/// watermarks, the chunk's last key, its COPY), so any of them is caught, not only a COPY.
+async fn chunk_sessions(db: &TestDb) -> Vec<i32> {
+    db.client()
+        .await
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'lakewriter run: copy' AND query LIKE '%joined%'",
+            &[&db.name],
+        )
+        .await
+        .expect("read pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits (as [`wait_for_copies`]) for copy sessions, or with `chunks` for
+/// [`chunk_sessions`].
+async fn wait_for_sessions(db: &TestDb, chunks: bool) -> Vec<i32> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let copies = running_copies(db).await;
+        let copies = if chunks {
+            chunk_sessions(db).await
+        } else {
+            running_copies(db).await
+        };
         if !copies.is_empty() {
             return copies;
         }
@@ -363,20 +391,32 @@ async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn copy_sessions_of_a_table_joining_while_streaming_terminated_then_copied_again() {
-    let db = TestDb::new("run_join_terminated").await;
+/// A table joins the publication while the writer streams; the sessions copying it are
+/// terminated mid-copy. `keyed`: it has a primary key, so it is copied in chunks beside the
+/// stream; otherwise its key (from the config) may hold NULLs, and it is copied in one piece
+/// in a snapshot. Returns the writer's log, the lake checked equal to PostgreSQL.
+async fn joining_copy_terminated(label: &str, keyed: bool) -> String {
+    let db = TestDb::new(label).await;
     db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
-    let mut child = start(&db);
+    if !keyed {
+        write_config(&db, "[source.tables.\"public.joined\"]\nkey = [\"id\"]\n");
+    }
+    // chunks small enough for a read to be caught running
+    let mut child = start_with(&db, &[("SOURCE__SNAPSHOT_CHUNK_ROWS", "20000")]);
     caught_up(&db, &mut child).await;
 
     // a table joins the publication with rows enough for its copy to be caught running
     let client = db.client().await;
+    let create = if keyed {
+        "CREATE TABLE joined (id int PRIMARY KEY, v int);"
+    } else {
+        "CREATE TABLE joined (id int, v int); ALTER TABLE joined REPLICA IDENTITY FULL;"
+    };
     client
-        .batch_execute(
-            "CREATE TABLE joined (id int PRIMARY KEY, v int);
-             INSERT INTO joined SELECT g, g FROM generate_series(1, 400000) g;",
-        )
+        .batch_execute(&format!(
+            "{create}
+             INSERT INTO joined SELECT g, g FROM generate_series(1, 400000) g;"
+        ))
         .await
         .expect("create joined");
     client
@@ -387,7 +427,12 @@ async fn copy_sessions_of_a_table_joining_while_streaming_terminated_then_copied
         ))
         .await
         .expect("publish joined");
-    for pid in wait_for_copies(&db).await {
+    let sessions = if keyed {
+        wait_for_sessions(&db, true).await
+    } else {
+        wait_for_copies(&db).await
+    };
+    for pid in sessions {
         client
             .execute("SELECT pg_terminate_backend($1)", &[&pid])
             .await
@@ -402,11 +447,9 @@ async fn copy_sessions_of_a_table_joining_while_streaming_terminated_then_copied
         .expect("change joined");
     db.workload(1, 200);
     caught_up(&db, &mut child).await;
+    // a chunked copy goes on beside the stream: the slot does not wait for it
+    copy_completed(&db, &mut child, "joined").await;
     let log = stop(child);
-    assert!(
-        log.contains("copying it again in a new snapshot"),
-        "the copy was not taken up again: {log}"
-    );
     assert_orders_equal(&db, postgres_lines(&db).await);
     assert_eq!(
         duck_query(
@@ -417,13 +460,50 @@ async fn copy_sessions_of_a_table_joining_while_streaming_terminated_then_copied
         vec!["0".to_string()],
         "duplicated keys in the lake"
     );
+    let lake = duck_query(
+        &db,
+        "joined",
+        "SELECT id || '|' || v FROM {scan} ORDER BY id",
+    );
+    let postgres = joined_in_postgres(&db).await;
+    if lake != postgres {
+        let lake_set: std::collections::BTreeSet<&String> = lake.iter().collect();
+        let postgres_set: std::collections::BTreeSet<&String> = postgres.iter().collect();
+        let missing: Vec<_> = postgres_set.difference(&lake_set).take(10).collect();
+        let extra: Vec<_> = lake_set.difference(&postgres_set).take(10).collect();
+        panic!(
+            "the lake's joined table differs from PostgreSQL ({} rows against {}): missing \
+             {missing:?}, extra {extra:?}; the writer's log:\n{log}",
+            lake.len(),
+            postgres.len()
+        );
+    }
+    log
+}
+
+#[tokio::test]
+async fn copy_sessions_of_a_table_joining_while_streaming_terminated_then_copied_again() {
+    let log = joining_copy_terminated("run_join_terminated", false).await;
     assert!(
-        duck_query(
-            &db,
-            "joined",
-            "SELECT id || '|' || v FROM {scan} ORDER BY id"
-        ) == joined_in_postgres(&db).await,
-        "the lake's joined table differs from PostgreSQL"
+        log.contains("the table has no key of NOT NULL columns to order chunks by"),
+        "the log does not say why the table is copied in one piece: {log}"
+    );
+    assert!(
+        log.contains("copying it again in a new snapshot"),
+        "the copy was not taken up again: {log}"
+    );
+}
+
+#[tokio::test]
+async fn chunk_reads_of_a_table_joining_while_streaming_terminated_then_read_again() {
+    let log = joining_copy_terminated("run_join_chunk_terminated", true).await;
+    assert!(
+        log.contains("copying the table in chunks beside the stream"),
+        "the table was not copied in chunks: {log}"
+    );
+    assert!(
+        log.contains("reading it again"),
+        "the chunk was not read again: {log}"
     );
 }
 

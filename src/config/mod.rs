@@ -118,6 +118,11 @@ pub struct SourceConfig {
     /// How many COPY streams one large table's snapshot uses at once. Default: `2`.
     #[serde(default = "defaults::snapshot_parallelism")]
     pub snapshot_parallelism: usize,
+    /// Rows per chunk when a table that joins the publication while `run` streams is copied
+    /// in key-ordered chunks beside the stream. Each chunk is held in memory until its rows
+    /// are in the table's buffer. Default: `100000`.
+    #[serde(default = "defaults::snapshot_chunk_rows")]
+    pub snapshot_chunk_rows: u64,
     /// Per-table settings, keyed by `schema.table`:
     /// `[source.tables."public.orders"] key = ["order_id"], mode = "changelog"`.
     #[serde(default)]
@@ -638,6 +643,9 @@ mod defaults {
     pub fn snapshot_parallelism() -> usize {
         2
     }
+    pub fn snapshot_chunk_rows() -> u64 {
+        100_000
+    }
     pub fn warehouse() -> String {
         "./warehouse".into()
     }
@@ -753,6 +761,9 @@ impl Config {
         }
         if self.source.snapshot_parallelism == 0 {
             return fail("source.snapshot_parallelism must be at least 1".into());
+        }
+        if self.source.snapshot_chunk_rows == 0 {
+            return fail("source.snapshot_chunk_rows must be at least 1".into());
         }
         for name in self.source.tables.keys().chain(self.sink.tables.keys()) {
             if name

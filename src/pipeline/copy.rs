@@ -1,7 +1,9 @@
 //! The copies `run` makes: the initial copy of the tables without a checkpoint, in the slot's
 //! exported snapshot (or a new temporary slot's after an interruption); a table that joins
-//! while streaming, in a temporary slot's snapshot while the stream waits; and, from the
-//! periodic membership check, a table that rejoined the publication or was created again.
+//! while streaming, in key-ordered chunks beside the stream (`chunks`), or, without a key to
+//! order them by (or on Delta), in a temporary slot's snapshot while the stream waits; and,
+//! from the periodic membership check, a table that rejoined the publication or was created
+//! again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,33 +13,150 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, TableMode};
 use crate::error::{Error, Result};
+use crate::lsn::Lsn;
 use crate::masking::Masking;
 use crate::pipeline::acknowledge::Acknowledger;
+use crate::pipeline::chunks::{self, ChunkedCopy};
 use crate::pipeline::membership;
 use crate::pipeline::{Pipeline, TableState, changelog};
 use crate::progress::Progress;
 use crate::sink::{Sink, TableDelta};
 use crate::source::snapshot::{self, CopySettings, SnapshotRows, SnapshotSession};
 use crate::source::types::TypeOptions;
-use crate::source::{connection, schema};
-use crate::table::{TableId, TableSchema};
+use crate::source::{chunk, connection, schema};
+use crate::table::{CopyProgress, TableId, TableSchema};
 
 /// How often, at most, the publication's membership is compared with what streams.
 pub(super) const MEMBERSHIP_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Copies the tables that joined the stream, and records their membership.
+/// Copies the tables that joined the stream, and records their membership. A copy starts
+/// between two source transactions, so that none of the table's changes is half in the
+/// stream's part and half in the copy's.
 pub(super) async fn copy_joined<S: Sink>(
     config: &Config,
     control: &mut connection::Session,
     pipeline: &mut Pipeline<S>,
     acknowledger: &mut Acknowledger,
 ) -> Result<()> {
+    if pipeline.in_transaction() {
+        return Ok(());
+    }
     for table in pipeline.take_discovered() {
-        if let Some(membership) = copy_discovered(config, control, pipeline, &table).await? {
+        let membership = match start_chunked(config, control, pipeline, &table).await? {
+            Some(membership) => membership,
+            None => copy_discovered(config, control, pipeline, &table).await?,
+        };
+        if let Some(membership) = membership {
             acknowledger.member(&table, Some(membership)).await?;
         }
     }
     Ok(())
+}
+
+/// Starts the chunked copy of a table that joined while streaming (see `chunks`): the lake
+/// table emptied, at a checkpoint just below the next transaction the stream brings, with
+/// the copy's progress at its start. `None` when the table cannot be copied in chunks (said
+/// in the log); else its membership, read before the copy begins. A start the server
+/// interrupts is made again.
+async fn start_chunked<S: Sink>(
+    config: &Config,
+    control: &mut connection::Session,
+    pipeline: &mut Pipeline<S>,
+    table: &TableId,
+) -> Result<Option<Option<String>>> {
+    let mut attempt = 0u32;
+    loop {
+        let started = match control.client().await {
+            Ok(client) => start_chunked_once(config, client, pipeline, table).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Err(e) if e.is_retryable() && attempt < COPY_ATTEMPTS => {
+                attempt += 1;
+                let pause = Duration::from_millis(500 * (1 << attempt.min(6)));
+                tracing::warn!(
+                    table = %table,
+                    error = %e,
+                    retry_in = ?pause,
+                    "starting the chunked copy of a table that joined while streaming failed; \
+                     starting it again"
+                );
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn start_chunked_once<S: Sink>(
+    config: &Config,
+    client: &tokio_postgres::Client,
+    pipeline: &mut Pipeline<S>,
+    table: &TableId,
+) -> Result<Option<Option<String>>> {
+    let Some(described) = schema::describe_table(client, table).await? else {
+        return Ok(Some(None));
+    };
+    let key = described.key_columns(config);
+    let key_columns = chunk::key_columns(&described, &key);
+    let keeps_progress = pipeline.sink_mut().keeps_copy_progress();
+    let Some(state) = pipeline.tables.get(table) else {
+        return Ok(Some(None));
+    };
+    if let Err(why) = chunks::chunkable(keeps_progress, state, key_columns.as_deref()) {
+        tracing::info!(
+            table = %table,
+            why,
+            "the table is copied in one piece, in a snapshot, while the stream waits"
+        );
+        return Ok(None);
+    }
+    let membership = membership::memberships(client, &config.source.publication)
+        .await?
+        .remove(table);
+    let masking = pipeline.masking().clone();
+    let shape =
+        snapshot::masked_table_schema(client, &described, &TypeOptions::default(), &masking)
+            .await?;
+    let estimate = snapshot::estimated_rows(client, table).await?;
+    let Some(state) = pipeline.tables.get_mut(table) else {
+        return Ok(Some(None));
+    };
+    state.layout.key = key.clone();
+    state.row_key = key.clone();
+    let layout = state.layout.clone();
+    let holds = pipeline.sink_mut().prepare(table, &shape, &layout).await?;
+    // every transaction the stream brings from now on commits at or after `received`, and
+    // what the lake held of the table (a table that rejoined) is below this commit's
+    let lsn = Lsn(pipeline.received().get().saturating_sub(1))
+        .max(holds.map_or(Lsn::ZERO, |h| Lsn(h.get().saturating_add(1))));
+    let progress = CopyProgress::start(estimate, config.source.snapshot_chunk_rows);
+    pipeline
+        .sink_mut()
+        .commit(TableDelta {
+            table: table.clone(),
+            schema: shape.clone(),
+            truncate: true,
+            adds_only: false,
+            deletes: Vec::new(),
+            rows: Vec::new(),
+            lsn: Some(lsn),
+            copy: Some(progress.encode()),
+        })
+        .await?;
+    if let Some(m) = crate::metrics::installed() {
+        m.copy_started(table, estimate);
+    }
+    tracing::info!(
+        table = %table,
+        lsn = %lsn,
+        key = %key.join(", "),
+        chunk_rows = config.source.snapshot_chunk_rows,
+        estimate = ?estimate,
+        "copying the table in chunks beside the stream"
+    );
+    pipeline.start_chunked(table, lsn, shape, ChunkedCopy::start(key, progress));
+    Ok(Some(membership))
 }
 
 /// Compares the publication's membership with what streams. A table that left (or was
@@ -178,6 +297,7 @@ pub(super) async fn copy_tables<S: Sink>(
                     deletes: Vec::new(),
                     rows: Vec::new(),
                     lsn: Some(lsn),
+                    copy: None,
                 })
                 .await?;
             }
@@ -350,6 +470,7 @@ async fn copy_into_lake<S: Sink>(
                 deletes: Vec::new(),
                 rows: vec![rows],
                 lsn: None,
+                copy: None,
             })
             .await?;
         }
@@ -376,6 +497,7 @@ async fn copy_into_lake<S: Sink>(
         deletes: Vec::new(),
         rows: Vec::new(),
         lsn: Some(session.snapshot.checkpoint()),
+        copy: None,
     })
     .await?;
     bar.finish();

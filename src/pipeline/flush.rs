@@ -54,7 +54,7 @@ impl<S: Sink> Pipeline<S> {
                 continue;
             }
             // what the table buffered before goes first, in its own commit
-            if !state.buffer.is_empty() {
+            if state.has_pending() {
                 let first = state.first_commit.unwrap_or(commit_lsn);
                 if let Err(e) = self.flush_table(&table).await {
                     self.table_failed(&table, first, e).await?;
@@ -151,6 +151,7 @@ impl<S: Sink> Pipeline<S> {
                     deletes: reduced.deletes.into_iter().collect(),
                     rows: reduced.rows.into_iter().collect(),
                     lsn: None,
+                    copy: None,
                 })
                 .await?;
             target = Some(reduced.target);
@@ -160,6 +161,12 @@ impl<S: Sink> Pipeline<S> {
             None => self.reduce(table, &[]).await?.target,
         };
         self.prepare_for(table, &target).await?;
+        // the buffer, chunks included, was committed before: the copy stands where it was
+        let copy = self
+            .tables
+            .get(table)
+            .and_then(|s| s.copy.as_ref())
+            .and_then(|c| c.committed_progress());
         self.sink
             .commit(TableDelta {
                 table: table.clone(),
@@ -169,6 +176,7 @@ impl<S: Sink> Pipeline<S> {
                 deletes: Vec::new(),
                 rows: Vec::new(),
                 lsn: Some(commit_lsn),
+                copy,
             })
             .await?;
         self.stats.commits += 1;
@@ -269,9 +277,11 @@ impl<S: Sink> Pipeline<S> {
         let mut due: Vec<TableId> = self
             .tables
             .iter()
-            .filter(|(_, s)| !s.buffer.is_empty() && !s.awaiting_copy && s.stopped.is_none())
+            .filter(|(_, s)| s.has_pending() && !s.awaiting_copy && s.stopped.is_none())
             .filter(|(t, s)| {
                 all || s.rows >= flush.max_rows
+                    // a chunked copy's last chunk: its commit completes the copy
+                    || s.copy.as_ref().is_some_and(|c| c.done())
                     || s.bytes as u64 >= flush.max_bytes.bytes()
                     || s.oldest
                         .is_some_and(|oldest| oldest.elapsed() >= config.max_latency_of(t))
@@ -318,6 +328,7 @@ impl<S: Sink> Pipeline<S> {
             return Ok(());
         };
         let entries = std::mem::take(&mut state.buffer);
+        let copy = state.copy.as_ref().and_then(|c| c.committed_progress());
         let lsn = state.last_commit;
         let first = state.first_commit;
         let rows = state.rows;
@@ -337,6 +348,7 @@ impl<S: Sink> Pipeline<S> {
             deletes: deletes.into_iter().collect(),
             rows: rows_out.into_iter().collect(),
             lsn,
+            copy,
         };
         let (deleted, written) = (
             delta.deletes.iter().map(|b| b.num_rows()).sum::<usize>(),
@@ -354,6 +366,7 @@ impl<S: Sink> Pipeline<S> {
             state.first_commit = None;
             state.last_commit = None;
         }
+        self.copy_committed(table);
         tracing::info!(
             table = %table,
             changes = rows,

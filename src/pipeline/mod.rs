@@ -13,12 +13,14 @@
 //! Beside the buffers: `flush` (the way out: reduced commits when due, spilled transactions,
 //! failed tables), `reduce` (one final state per key), `spill` (transactions larger than
 //! memory), `changelog` (append-only tables), and `run` itself in `service` (start, stream,
-//! stop), with `copy` (initial, joining and rejoining tables' copies), `membership` (the slot
+//! stop), with `copy` (initial, joining and rejoining tables' copies), `chunks` (the chunked
+//! copy beside the stream of a table that joins while streaming), `membership` (the slot
 //! record: which tables streamed, how far the slot may go), `acknowledge` (the slot never
 //! confirmed past the record) and `observe` (the metrics' hooks).
 
 mod acknowledge;
 pub mod changelog;
+mod chunks;
 mod copy;
 mod flush;
 pub mod membership;
@@ -77,6 +79,8 @@ pub struct TableState {
     /// Stopped by an error retrying cannot fix (`[sink] on_table_error`): its changes are no
     /// longer applied.
     pub stopped: Option<String>,
+    /// Its chunked copy, while one runs beside the stream.
+    copy: Option<chunks::ChunkedCopy>,
 }
 
 /// Whether `error` belongs to one table (a schema the lake cannot take, a row without its key),
@@ -93,6 +97,12 @@ pub fn is_table_error(error: &Error) -> bool {
 }
 
 impl TableState {
+    /// Whether something waits for the table's next commit: buffered changes, or a chunked
+    /// copy's chunk (which may have kept no row, but moves the copy on).
+    fn has_pending(&self) -> bool {
+        !self.buffer.is_empty() || self.last_commit.is_some()
+    }
+
     /// Empties the table's buffer: its copy holds what it held.
     fn clear_buffer(&mut self) {
         self.buffer.clear();
@@ -141,6 +151,7 @@ impl TableState {
             last_commit: None,
             awaiting_copy: false,
             stopped: None,
+            copy: None,
         }
     }
 }
@@ -159,6 +170,8 @@ struct OpenTransaction {
     /// A transaction the pipeline took in before a reconnect, resent by the new session: it
     /// is dropped whole (DESIGN.md invariant 11).
     replay: bool,
+    /// The watermarks of chunked copies it carries, taken at its commit.
+    watermarks: Vec<crate::source::chunk::Watermark>,
 }
 
 /// Counters for logs and `status`.
@@ -197,6 +210,8 @@ pub struct Pipeline<S: Sink> {
     discovered: Vec<TableId>,
     /// The column masking policies the copies of joining tables apply.
     masking: Arc<Masking>,
+    /// The chunks read for chunked copies, waiting for their high watermarks.
+    chunk_inbox: chunks::ChunkInbox,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -222,6 +237,7 @@ impl<S: Sink> Pipeline<S> {
             stats: Stats::default(),
             discovered: Vec::new(),
             masking: Masking::none(),
+            chunk_inbox: Default::default(),
         }
     }
 
@@ -298,6 +314,7 @@ impl<S: Sink> Pipeline<S> {
         if let Some(state) = self.tables.get_mut(table) {
             state.awaiting_copy = true;
             state.checkpoint = None;
+            state.copy = None;
             state.clear_buffer();
             self.discovered.push(table.clone());
         }
@@ -355,6 +372,7 @@ impl<S: Sink> Pipeline<S> {
                     bytes: 0,
                     spill: None,
                     replay,
+                    watermarks: Vec::new(),
                 });
             }
             SourceEvent::Schema { schema, .. } => {
@@ -371,7 +389,10 @@ impl<S: Sink> Pipeline<S> {
                 self.stats.changes += batch.len() as u64;
                 let table = batch.schema.table.clone();
                 observe::changes(&table, &batch.ops);
-                if self.open.is_some() {
+                if let Some(open) = &self.open {
+                    if !open.replay {
+                        self.note_touched(&batch)?;
+                    }
                     let bytes =
                         batch.new.get_array_memory_size() + batch.old.get_array_memory_size();
                     self.receive(table, Entry::Changes(batch), bytes)?;
@@ -385,6 +406,11 @@ impl<S: Sink> Pipeline<S> {
                     }
                 }
             }
+            SourceEvent::Watermark(watermark) => {
+                if let Some(open) = self.open.as_mut().filter(|o| !o.replay) {
+                    open.watermarks.push(watermark);
+                }
+            }
             SourceEvent::Commit {
                 commit_lsn,
                 end_lsn,
@@ -395,10 +421,12 @@ impl<S: Sink> Pipeline<S> {
                 {
                     self.stats.transactions += 1;
                     self.taken = self.taken.max(commit_lsn);
+                    let watermarks = std::mem::take(&mut open.watermarks);
                     match open.spill.take() {
                         Some(spill) => self.commit_spilled(open, spill, commit_lsn).await?,
                         None => self.commit_transaction(open, commit_lsn).await?,
                     }
+                    self.take_watermarks(watermarks, commit_lsn)?;
                 }
                 self.received = self.received.max(end_lsn);
                 self.flush_due(false).await?;

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::config::{Config, TableErrorPolicy, TableMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::masking::Masking;
 use crate::pipeline::acknowledge::{Acknowledger, stopped_tables};
+use crate::pipeline::chunks::{self, ChunkedCopy};
 use crate::pipeline::copy::{
     COPY_ATTEMPTS, MEMBERSHIP_INTERVAL, check_membership, copy_joined, copy_tables, snapshot_lost,
 };
@@ -24,8 +26,8 @@ use crate::source::setup::{self, Readiness};
 use crate::source::snapshot::{self, SnapshotSession};
 use crate::source::stream::{self, StreamSettings};
 use crate::source::types::TypeOptions;
-use crate::source::{connection, schema};
-use crate::table::{TableId, TableSchema, quote_literal};
+use crate::source::{chunk, connection, schema};
+use crate::table::{CopyProgress, TableId, TableSchema, quote_literal};
 
 /// Runs the service until `shutdown` turns true.
 pub async fn run<S: Sink>(
@@ -195,6 +197,33 @@ pub async fn run<S: Sink>(
         let mut state = TableState::new(shape, layout, mode, checkpoint);
         // a changelog table only appends, but resolves and is folded by its key
         state.row_key = described.key_columns(&config);
+        // a chunked copy the last run did not finish goes on after its last committed chunk
+        if let (Some(_), Some(text)) = (checkpoint, sink.copy_progress(table)) {
+            let key = described.key_columns(&config);
+            let key_columns = chunk::key_columns(&described, &key);
+            let usable =
+                chunks::chunkable(sink.keeps_copy_progress(), &state, key_columns.as_deref());
+            match (CopyProgress::decode(&text), usable) {
+                (Ok(progress), Ok(())) => {
+                    tracing::info!(
+                        table = %table,
+                        chunks = progress.chunks,
+                        rows = progress.rows,
+                        "resuming the table's chunked copy after its last committed chunk"
+                    );
+                    state.copy = Some(ChunkedCopy::resume(key, progress));
+                }
+                (progress, usable) => {
+                    tracing::warn!(
+                        table = %table,
+                        progress = ?progress.err(),
+                        chunks = ?usable.err(),
+                        "the table's chunked copy cannot go on: copying it again"
+                    );
+                    state.checkpoint = None;
+                }
+            }
+        }
         states.insert(table.clone(), state);
     }
 
@@ -269,7 +298,7 @@ pub async fn run<S: Sink>(
 
     // Tables without a checkpoint need a copy; a new slot means every table does (changes
     // between their checkpoint and the new slot are gone).
-    let needs_copy: Vec<TableId> = match slot {
+    let mut needs_copy: Vec<TableId> = match slot {
         Readiness::Missing => states
             .iter()
             .filter(|(_, s)| s.stopped.is_none())
@@ -281,6 +310,13 @@ pub async fn run<S: Sink>(
             .map(|(t, _)| t.clone())
             .collect(),
     };
+    needs_copy.sort();
+    for table in &needs_copy {
+        // copied whole now: a chunked copy under way is replaced
+        if let Some(state) = states.get_mut(table) {
+            state.copy = None;
+        }
+    }
     if !needs_copy.is_empty() || slot == Readiness::Missing {
         let mut pending = needs_copy.clone();
         pending.sort();
@@ -394,6 +430,9 @@ pub async fn run<S: Sink>(
             .clamp(Duration::from_secs(1), MEMBERSHIP_INTERVAL),
     );
     let mut shutdown = shutdown;
+    // the chunk reads of chunked copies, beside the stream
+    let mut reads: JoinSet<(TableId, chunks::ReadId, Result<()>)> = JoinSet::new();
+    let inbox = pipeline.chunk_inbox();
     // Events flow until shutdown (then every whole transaction received is committed before
     // the stream stops) or until the stream ends on its own.
     let outcome: Result<bool> = async {
@@ -401,6 +440,17 @@ pub async fn run<S: Sink>(
             return Ok(true);
         }
         loop {
+            for request in pipeline.chunk_requests() {
+                let (config, masking, inbox) = (config.clone(), masking.clone(), inbox.clone());
+                reads.spawn(async move {
+                    let (table, id) = (request.table.clone(), request.id.clone());
+                    (
+                        table,
+                        id,
+                        chunks::read(config, masking, request, inbox).await,
+                    )
+                });
+            }
             tokio::select! {
                 changed = shutdown.changed() => {
                     // a dropped sender stops too: nobody is left to ask
@@ -426,6 +476,15 @@ pub async fn run<S: Sink>(
                     acknowledger.pass(position, false).await?;
                     acknowledger.stopped(stopped_tables(pipeline.tables().iter())).await;
                 }
+                Some(read) = reads.join_next(), if !reads.is_empty() => match read {
+                    Ok((_, _, Ok(()))) => {}
+                    Ok((table, id, Err(e))) => pipeline.chunk_failed(&table, id, e).await?,
+                    Err(e) => {
+                        return Err(Error::Source {
+                            message: format!("a chunk read of a chunked copy failed: {e}"),
+                        });
+                    }
+                },
                 _ = membership_check.tick() => {
                     check_membership(
                         &config,

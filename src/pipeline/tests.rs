@@ -446,3 +446,179 @@ async fn a_table_with_its_own_max_latency_commits_on_its_own_cadence() {
         "only the table whose own max_latency passed commits; the other waits for the run's"
     );
 }
+
+/// A transaction holding only `request`'s watermark `mark`, committing at `lsn`.
+fn watermark(
+    lsn: u64,
+    request: &chunks::ChunkRequest,
+    mark: crate::source::chunk::Mark,
+) -> Vec<SourceEvent> {
+    transaction(
+        lsn,
+        vec![SourceEvent::Watermark(crate::source::chunk::Watermark {
+            copy: request.copy.clone(),
+            table: request.table.to_string(),
+            chunk: request.chunk,
+            attempt: request.attempt,
+            mark,
+        })],
+    )
+}
+
+/// Leaves `(id, v)` rows in the inbox as `request`'s read, ending at `last`.
+fn read_chunk(
+    pipeline: &Pipeline<RecordingSink>,
+    request: &chunks::ChunkRequest,
+    rows: &[(i32, &str)],
+    last: &str,
+) {
+    let schema = schema("u");
+    let batch = RecordBatch::try_new(
+        schema.arrow.clone(),
+        vec![
+            Arc::new(Int32Array::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("chunk");
+    pipeline.chunk_inbox().lock().expect("inbox").insert(
+        request.table.clone(),
+        chunks::ChunkRead {
+            copy: request.copy.clone(),
+            chunk: request.chunk,
+            attempt: request.attempt,
+            schema,
+            data: crate::source::chunk::Chunk {
+                rows: vec![batch],
+                count: rows.len() as u64,
+                last_key: Some(vec![last.to_string()]),
+            },
+        },
+    );
+}
+
+/// Table `u` copied in chunks of 4 rows from LSN 10 (`resumed`: after a restart).
+fn copying(resumed: bool) -> (Pipeline<RecordingSink>, chunks::ChunkRequest) {
+    let mut config = (*config()).clone();
+    config.source.snapshot_chunk_rows = 4;
+    let (mut pipeline, _) = pipeline_with(Arc::new(config));
+    let table = TableId::new("public", "u");
+    let progress = crate::table::CopyProgress::start(Some(8), 4);
+    let copy = if resumed {
+        chunks::ChunkedCopy::resume(vec!["id".into()], progress)
+    } else {
+        chunks::ChunkedCopy::start(vec!["id".into()], progress)
+    };
+    pipeline.start_chunked(&table, Lsn(10), schema("u"), copy);
+    let request = pipeline.chunk_requests().pop().expect("a chunk to read");
+    assert!(pipeline.chunk_requests().is_empty(), "one read at a time");
+    (pipeline, request)
+}
+
+#[tokio::test]
+async fn a_chunk_joins_at_its_high_watermark_without_the_keys_the_stream_changed() {
+    use crate::source::chunk::Mark;
+    let (mut pipeline, request) = copying(false);
+    let mut events = transaction(100, vec![change("u", 100, Op::Insert, 2, "stream")]);
+    events.extend(watermark(110, &request, Mark::Low));
+    events.extend(transaction(
+        120,
+        vec![change("u", 120, Op::Update, 3, "stream")],
+    ));
+    for event in events {
+        pipeline.handle(event).await.expect("handle");
+    }
+    // read between the watermarks: keys 2 and 3 as the read saw them
+    read_chunk(
+        &pipeline,
+        &request,
+        &[(1, "chunk"), (2, "chunk"), (3, "old"), (4, "chunk")],
+        "4",
+    );
+    for event in watermark(130, &request, Mark::High) {
+        pipeline.handle(event).await.expect("handle");
+    }
+    let next = pipeline.chunk_requests().pop().expect("the next chunk");
+    assert_eq!(
+        (next.chunk, next.after.clone()),
+        (1, Some(vec!["4".to_string()]))
+    );
+    pipeline.flush_all().await.expect("flush");
+    let sink = pipeline.into_sink();
+    let mut rows = committed(&sink, "u");
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "chunk".to_string()),
+            (2, "stream".to_string()),
+            (3, "stream".to_string()),
+            (4, "chunk".to_string())
+        ]
+    );
+    let last = sink.commits.last().expect("a commit");
+    assert_eq!(
+        last.lsn,
+        Some(Lsn(130)),
+        "the commit is at the high watermark"
+    );
+    let progress = crate::table::CopyProgress::decode(last.copy.as_deref().expect("progress"))
+        .expect("progress");
+    assert_eq!(
+        (progress.chunks, progress.after),
+        (1, Some(vec!["4".to_string()]))
+    );
+}
+
+#[tokio::test]
+async fn a_chunk_read_under_another_attempt_or_without_its_low_watermark_is_read_again() {
+    use crate::source::chunk::Mark;
+    let (mut pipeline, request) = copying(false);
+    // the high watermark alone (the low one was lost with a failed read): read again
+    read_chunk(&pipeline, &request, &[(1, "chunk")], "1");
+    for event in watermark(130, &request, Mark::High) {
+        pipeline.handle(event).await.expect("handle");
+    }
+    let again = pipeline.chunk_requests().pop().expect("the chunk again");
+    assert_eq!((again.chunk, again.attempt), (0, 1));
+    // the old attempt's watermarks are passed over
+    let mut events = watermark(140, &request, Mark::Low);
+    events.extend(watermark(150, &request, Mark::High));
+    for event in events {
+        pipeline.handle(event).await.expect("handle");
+    }
+    assert!(
+        pipeline.chunk_requests().is_empty(),
+        "the new read is under way"
+    );
+    pipeline.flush_all().await.expect("flush");
+    assert!(committed(&pipeline.into_sink(), "u").is_empty());
+}
+
+#[tokio::test]
+async fn a_resumed_copy_writes_its_rows_as_upserts_and_the_last_chunk_completes_it() {
+    use crate::source::chunk::Mark;
+    let (mut pipeline, request) = copying(true);
+    let mut events = watermark(110, &request, Mark::Low);
+    read_chunk(&pipeline, &request, &[(5, "chunk")], "5");
+    events.extend(watermark(120, &request, Mark::High));
+    for event in events {
+        pipeline.handle(event).await.expect("handle");
+    }
+    // fewer rows than a chunk: the last one; its commit is due at once and carries no progress
+    assert!(pipeline.chunk_requests().is_empty(), "the copy is done");
+    pipeline.tick().await.expect("tick");
+    let sink = pipeline.into_sink();
+    let last = sink.commits.last().expect("the copy's last commit");
+    assert_eq!(last.copy, None, "the copy is complete");
+    assert_eq!(
+        last.deletes.iter().map(|b| b.num_rows()).sum::<usize>(),
+        1,
+        "the resumed copy's row deletes its key first"
+    );
+    assert_eq!(committed(&sink, "u"), vec![(5, "chunk".to_string())]);
+}

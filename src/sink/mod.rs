@@ -26,6 +26,11 @@ use crate::table::{TableId, TableSchema};
 /// source position a commit covers.
 pub const CHECKPOINT_PROPERTY: &str = "lakewriter.lsn";
 
+/// The key in an Iceberg snapshot summary holding the progress of a chunked copy (the table
+/// joined while streaming): what the copy read so far, committed with the rows it read, so
+/// a restart resumes after the last committed chunk. Absent once the copy is complete.
+pub const COPY_PROPERTY: &str = "lakewriter.copy";
+
 /// Refuses source tables that would share one lake table: `public.sales_orders` and
 /// `sales.orders` both become `sales_orders` (Glue and Athena also fold case), and their rows
 /// would mix. The error names every pair.
@@ -97,6 +102,11 @@ pub struct TableDelta {
     /// incomplete, and [`Sink::prepare`] reports it as `None` so it is copied again (the
     /// first chunk of a copy truncates).
     pub lsn: Option<Lsn>,
+    /// The progress of the table's chunked copy, written into the commit beside `lsn`
+    /// ([`COPY_PROPERTY`]); `None` when the table is not being copied in chunks (then the
+    /// commit says the copy, if any, is complete). Only sinks whose
+    /// [`Sink::keeps_copy_progress`] is true are given one.
+    pub copy: Option<String>,
 }
 
 /// A lake table format.
@@ -131,6 +141,19 @@ pub trait Sink {
     /// The checkpoint of `table` as last read from the lake, also when [`Sink::prepare`]
     /// failed after reading it (a schema the lake cannot take); `None` when unknown.
     fn known_checkpoint(&self, table: &TableId) -> Option<Lsn>;
+
+    /// Whether commits carry a chunked copy's progress ([`TableDelta::copy`]) and
+    /// [`Sink::copy_progress`] reads it back. A sink that cannot copies joining tables in one
+    /// piece.
+    fn keeps_copy_progress(&self) -> bool {
+        false
+    }
+
+    /// The progress of `table`'s chunked copy as its current commit carries it (read by
+    /// [`Sink::prepare`]); `None` when no copy is under way.
+    fn copy_progress(&self, _table: &TableId) -> Option<String> {
+        None
+    }
 
     /// Marks `table` incomplete, so the next start copies it again: a commit without a
     /// checkpoint and without rows. Works after a failed [`Sink::prepare`] too.

@@ -4,6 +4,7 @@
 //! acknowledge.
 
 pub mod changes;
+pub mod chunk;
 pub mod connection;
 pub mod copy_binary;
 pub mod pgoutput;

@@ -458,7 +458,7 @@ async fn send(
     })
 }
 
-fn copy_error(table: &TableId, error: BinaryCopyError) -> Error {
+pub(super) fn copy_error(table: &TableId, error: BinaryCopyError) -> Error {
     Error::Source {
         message: format!("COPY table {table}: {error}"),
     }
@@ -485,7 +485,7 @@ pub fn select_list(schema: &TableSchema, wires: &[Wire]) -> String {
 
 /// The masking of each column of a masked shape ([`MASK_METADATA_KEY`]): hashed, redacted or
 /// neither.
-fn masks(schema: &TableSchema) -> Vec<Option<ColumnPolicy>> {
+pub(super) fn masks(schema: &TableSchema) -> Vec<Option<ColumnPolicy>> {
     schema
         .arrow
         .fields()
@@ -503,7 +503,7 @@ fn masks(schema: &TableSchema) -> Vec<Option<ColumnPolicy>> {
 /// [`select_list`] with the masked columns masked in PostgreSQL's reply: a redacted column
 /// selects NULL (its values never leave the server), a hashed one its text output (what
 /// pgoutput sends, so the copy and the stream hash the same bytes).
-fn masked_select_list(
+pub(super) fn masked_select_list(
     schema: &TableSchema,
     wires: &[Wire],
     masks: &[Option<ColumnPolicy>],
@@ -538,16 +538,16 @@ pub fn wires(schema: &TableSchema) -> Vec<Wire> {
 }
 
 /// Builders for one batch of a table's rows.
-struct RowBatch<'a> {
+pub(super) struct RowBatch<'a> {
     schema: &'a TableSchema,
     builders: Vec<ColumnBuilder>,
     /// Which columns are masked (empty: none).
-    masks: Vec<Option<ColumnPolicy>>,
-    hasher: Option<Hasher>,
+    pub(super) masks: Vec<Option<ColumnPolicy>>,
+    pub(super) hasher: Option<Hasher>,
 }
 
 impl<'a> RowBatch<'a> {
-    fn new(schema: &'a TableSchema, capacity: usize) -> Result<Self> {
+    pub(super) fn new(schema: &'a TableSchema, capacity: usize) -> Result<Self> {
         let builders = schema
             .arrow
             .fields()
@@ -566,15 +566,15 @@ impl<'a> RowBatch<'a> {
         })
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.builders.first().map_or(0, ColumnBuilder::len)
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn append(&mut self, row: BinaryRow<'_>, wires: &[Wire]) -> Result<()> {
+    pub(super) fn append(&mut self, row: BinaryRow<'_>, wires: &[Wire]) -> Result<()> {
         if row.len() != self.builders.len() {
             return Err(Error::Source {
                 message: format!(
@@ -616,7 +616,7 @@ impl<'a> RowBatch<'a> {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<RecordBatch> {
+    pub(super) fn finish(&mut self) -> Result<RecordBatch> {
         let columns = self
             .builders
             .iter_mut()

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::masking::Masking;
 use crate::source::changes::{ChangeBatch, ChangeBuilder, Intake, TableSchema};
+use crate::source::chunk::{WATERMARK_PREFIX, Watermark};
 use crate::source::connection;
 use crate::source::pgoutput::{self, Message};
 use crate::source::types::{PgType, TypeOptions, resolve_type};
@@ -67,6 +68,10 @@ pub enum SourceEvent {
         /// Commit time, microseconds since the Unix epoch.
         commit_time_micros: i64,
     },
+    /// A watermark of a chunked copy (a `pg_logical_emit_message` of lakewriter's), in the
+    /// current transaction: it sits in WAL order between the transactions committed before
+    /// and after it.
+    Watermark(Watermark),
     /// No transaction is open and the server has sent everything up to `server_lsn`: with
     /// nothing pending, the pipeline may acknowledge up to here so the slot holds no WAL for
     /// idle tables or unpublished traffic.
@@ -417,7 +422,24 @@ impl<'a> Decoder<'a> {
                     out.push(SourceEvent::Idle { server_lsn });
                 }
             }
-            ReplicationEvent::Message { .. } | ReplicationEvent::StoppedAt { .. } => {}
+            ReplicationEvent::Message {
+                transactional,
+                prefix,
+                content,
+                lsn,
+            } => {
+                // lakewriter writes its watermarks in transactions of their own
+                if transactional && prefix == WATERMARK_PREFIX && self.transaction.is_some() {
+                    match Watermark::decode(&content) {
+                        Some(watermark) => out.push(SourceEvent::Watermark(watermark)),
+                        None => tracing::debug!(
+                            lsn = %Lsn::from(lsn),
+                            "a lakewriter message that is no watermark of this version: ignored"
+                        ),
+                    }
+                }
+            }
+            ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(out)
     }

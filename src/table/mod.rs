@@ -5,7 +5,10 @@
 
 use std::fmt;
 
+mod copy;
 mod model;
+
+pub use copy::CopyProgress;
 
 pub use model::{
     ChangeBatch, ColumnSchema, Oid, OldRow, Op, RelationId, ReplicaIdentity, TableSchema,

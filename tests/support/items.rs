@@ -99,5 +99,6 @@ pub fn delta(
         deletes,
         rows,
         lsn: Some(Lsn(lsn)),
+        copy: None,
     }
 }

@@ -197,6 +197,46 @@ for values in con.sql(query).fetchall():
     stack().python_lines("DuckDB", &script, &[])
 }
 
+/// The progress of lake table `name`'s chunked copy as its current snapshot carries it
+/// (`lakewriter.copy`); `None` when no copy is under way (or no such table).
+pub fn lake_copy_progress(db: &TestDb, name: &str) -> Option<String> {
+    let catalog = db.warehouse.path().join("catalog.db");
+    let script = format!(
+        r#"
+import json, sqlite3
+row = sqlite3.connect({catalog:?}).execute(
+    "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
+    ({namespace:?}, {name:?}),
+).fetchone()
+if row is not None:
+    meta = json.load(open(row[0].removeprefix("file://")))
+    current = meta.get("current-snapshot-id")
+    for s in meta.get("snapshots", []):
+        if s["snapshot-id"] == current and "lakewriter.copy" in s["summary"]:
+            print(s["summary"]["lakewriter.copy"])
+"#,
+        catalog = catalog.display().to_string(),
+        namespace = db.namespace,
+    );
+    stack()
+        .python_lines("the lake's metadata", &script, &[])
+        .into_iter()
+        .next()
+}
+
+/// Waits until lake table `name` has no chunked copy under way.
+pub async fn copy_completed(db: &TestDb, child: &mut Child, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while lake_copy_progress(db, name).is_some() {
+        exited_early(child);
+        assert!(
+            Instant::now() < deadline,
+            "the copy of {name} never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs the pyiceberg `body` on the test's SQLite catalog and returns what it printed. The
 /// body finds `catalog` (the catalog), `ident` (`<namespace>.<table>`), `args` (the extra
 /// `args`) and `text(v)` (a value as PostgreSQL prints it: decimals positional, `NULL`).

@@ -61,6 +61,12 @@ pub fn lake_table(namespace: &str, table: &TableId) -> CatalogTable {
     CatalogTable::new(namespace, name)
 }
 
+/// The progress of the table's chunked copy its metadata holds (`lakewriter.copy`); `None`
+/// when no copy is under way.
+pub fn copy_progress(metadata: &TableMetadata) -> Option<String> {
+    table::copy_progress(metadata)
+}
+
 /// The checkpoint a table's metadata holds: the `lakewriter.lsn` of its current snapshot
 /// (`None` when it has none), for `status` and `compact` (which carries it forward).
 pub fn checkpoint(table: &CatalogTable, metadata: &TableMetadata) -> Result<Option<Lsn>> {
@@ -493,6 +499,7 @@ impl<C: Catalog> IcebergSink<C> {
             spec_id: state.metadata.default_partition_spec_id(),
             truncate: delta.truncate,
             lsn: delta.lsn,
+            copy: delta.copy.clone(),
             rewrite: None,
         })
     }
@@ -582,6 +589,15 @@ impl<C: Catalog> Sink for IcebergSink<C> {
         checkpoint(&state.lake, &state.metadata).ok().flatten()
     }
 
+    fn keeps_copy_progress(&self) -> bool {
+        true
+    }
+
+    fn copy_progress(&self, table: &TableId) -> Option<String> {
+        let state = self.tables.get(table)?;
+        table::copy_progress(&state.metadata)
+    }
+
     async fn mark_incomplete(&mut self, table: &TableId) -> Result<()> {
         let Some(state) = self.tables.get(table) else {
             return Err(sink_error(
@@ -595,6 +611,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             spec_id: state.metadata.default_partition_spec_id(),
             truncate: false,
             lsn: None,
+            copy: None,
             rewrite: None,
         };
         let (pointer, metadata) = self
@@ -686,6 +703,7 @@ impl<C: Catalog> IcebergSink<C> {
             spec_id: metadata.default_partition_spec_id(),
             truncate: false,
             lsn: None,
+            copy: None,
             rewrite: Some(rewrite),
         };
         self.commit_change(lake, pointer, metadata, Change::Rows(&delta))
@@ -764,6 +782,7 @@ impl<C: Catalog> IcebergSink<C> {
             spec_id: state.metadata.default_partition_spec_id(),
             truncate: false,
             lsn: None,
+            copy: None,
             rewrite: None,
         });
         Ok(())

@@ -22,7 +22,7 @@ use iceberg::spec::{
 
 use crate::catalog::StagedMetadata;
 use crate::lsn::Lsn;
-use crate::sink::CHECKPOINT_PROPERTY;
+use crate::sink::{CHECKPOINT_PROPERTY, COPY_PROPERTY};
 
 /// A commit's files, written once and committed by one snapshot.
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub(super) struct RowDelta {
     /// The checkpoint the snapshot carries; `None` for an initial snapshot's chunk before its
     /// last.
     pub lsn: Option<Lsn>,
+    /// The progress of the table's chunked copy ([`COPY_PROPERTY`]); a rewrite carries the
+    /// table's forward itself.
+    pub copy: Option<String>,
     /// A compaction: the data files replace `removes`, read from an earlier snapshot.
     pub rewrite: Option<Rewrite>,
 }
@@ -109,10 +112,13 @@ pub(super) async fn stage(
             rewrite.schema_id
         )));
     }
-    // a rewrite carries the latest checkpoint forward
-    let carried_checkpoint = match &delta.rewrite {
-        Some(_) => super::table::checkpoint(&metadata).ok().flatten(),
-        None => None,
+    // a rewrite carries the latest checkpoint forward, and a chunked copy's progress with it
+    let (carried_checkpoint, carried_copy) = match &delta.rewrite {
+        Some(_) => (
+            super::table::checkpoint(&metadata).ok().flatten(),
+            super::table::copy_progress(&metadata),
+        ),
+        None => (None, None),
     };
     let added_sequence = delta
         .rewrite
@@ -270,6 +276,9 @@ pub(super) async fn stage(
             "true".to_string(),
         ),
     };
+    if let Some(copy) = delta.copy.clone().or(carried_copy) {
+        properties.insert(COPY_PROPERTY.to_string(), copy);
+    }
     // A snapshot older than the table's last update by more than a minute is refused, so a
     // clock that went back does not stop commits.
     let timestamp_ms = now_ms().max(metadata.last_updated_ms());

@@ -13,7 +13,7 @@ use iceberg::spec::{
 };
 
 use crate::lsn::Lsn;
-use crate::sink::{CHECKPOINT_PROPERTY, TableLayout};
+use crate::sink::{CHECKPOINT_PROPERTY, COPY_PROPERTY, TableLayout};
 
 /// Table properties every lake table is created with: readers and other writers (Spark,
 /// Athena, compaction) then write the same format and codec, and every writer removes the
@@ -491,6 +491,17 @@ pub(super) fn checkpoint(metadata: &TableMetadata) -> Result<Option<Lsn>, String
         // marked incomplete
         None => Ok(None),
     }
+}
+
+/// The progress of the table's chunked copy ([`COPY_PROPERTY`]) as the snapshot its
+/// checkpoint is read from carries it; `None` when no copy is under way.
+pub(crate) fn copy_progress(metadata: &TableMetadata) -> Option<String> {
+    let snapshot = lakewriter_head(metadata).ok().flatten()?;
+    snapshot
+        .summary()
+        .additional_properties
+        .get(COPY_PROPERTY)
+        .cloned()
 }
 
 /// The newest snapshot in the ancestry of `main` that lakewriter committed (carrying its

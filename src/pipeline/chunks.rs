@@ -1,0 +1,569 @@
+//! Chunked copies of tables that join the publication while `run` streams (the DBLog
+//! algorithm): the table is emptied in the lake and streams from then on like any other,
+//! while its existing rows are read in key-ordered chunks beside the stream, each bracketed by
+//! a low and a high watermark in the WAL (`source::chunk`). When the high watermark comes
+//! through the stream, the chunk's rows join the table's buffer at that position, as if they
+//! were a transaction committed there, and flush with the table's other changes — so every
+//! other table keeps committing meanwhile.
+//!
+//! A chunk's row whose key the stream changed since the copy began is dropped: the stream's
+//! version is newer, or as new (this covers DBLog's rule — a key changed between the chunk's
+//! two watermarks — and the changes before the low watermark that a plain insert would
+//! duplicate). The other rows are plain inserts: their keys are not in the lake yet. The keys
+//! are remembered until the copy ends.
+//!
+//! Each commit of the table carries the copy's progress (the last key the committed chunks
+//! read), so a restart resumes after the last committed chunk. The keys the stream changed
+//! before the restart are not known then, so a resumed copy writes its rows as upserts (each
+//! row deletes its key first).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, new_null_array};
+use arrow::row::{RowConverter, SortField};
+
+use super::{Pipeline, TableState};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+use crate::masking::Masking;
+use crate::pipeline::reduce::Entry;
+use crate::sink::Sink;
+use crate::source::chunk::{self, Chunk, Mark, Watermark};
+use crate::source::{connection, schema, snapshot};
+use crate::table::{ChangeBatch, CopyProgress, OldRow, Op, TableId, TableSchema};
+
+/// Chunk reads of one copy that may fail in a row before the run stops.
+const READ_ATTEMPTS: u32 = 8;
+
+/// What the chunk reads left for the pipeline, by table; taken when the chunk's high
+/// watermark comes through the stream.
+pub(super) type ChunkInbox = Arc<Mutex<HashMap<TableId, ChunkRead>>>;
+
+/// One chunk read, waiting for its high watermark.
+#[derive(Debug)]
+pub(super) struct ChunkRead {
+    pub(super) copy: String,
+    pub(super) chunk: u64,
+    pub(super) attempt: u32,
+    pub(super) schema: Arc<TableSchema>,
+    pub(super) data: Chunk,
+}
+
+/// A chunk for a reading task to read.
+#[derive(Debug, Clone)]
+pub(super) struct ChunkRequest {
+    /// The table.
+    pub table: TableId,
+    /// Which read this is ([`ReadId`]).
+    pub id: ReadId,
+    pub(super) copy: String,
+    pub(super) chunk: u64,
+    pub(super) attempt: u32,
+    pub(super) after: Option<Vec<String>>,
+    key: Vec<String>,
+    limit: u64,
+}
+
+/// One read of one chunk: the copy, the chunk and the attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ReadId(String, u64, u32);
+
+/// A table's chunked copy, as the pipeline runs it.
+#[derive(Debug)]
+pub(super) struct ChunkedCopy {
+    /// Unique to this copy by this process: the watermarks it writes carry it.
+    id: String,
+    key: Vec<String>,
+    progress: CopyProgress,
+    attempt: u32,
+    /// A read of the next chunk is under way.
+    in_flight: bool,
+    /// The low watermark of the read under way came through the stream.
+    low_seen: bool,
+    /// Rows are written as upserts (a resumed copy does not know the keys changed before).
+    upserts: bool,
+    /// The last chunk is in the buffer: the next commit completes the copy.
+    done: bool,
+    /// Keys the stream changed since the copy (or its resumption) began, encoded.
+    touched: HashSet<Box<[u8]>>,
+    failures: u32,
+    started: Instant,
+}
+
+/// A new copy id: this process's, and counted, so no two copies share one.
+fn copy_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| uuid::Uuid::new_v4().simple().to_string());
+    format!("{run}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl ChunkedCopy {
+    /// A copy from the table's first key.
+    pub(super) fn start(key: Vec<String>, progress: CopyProgress) -> Self {
+        ChunkedCopy {
+            id: copy_id(),
+            key,
+            progress,
+            attempt: 0,
+            in_flight: false,
+            low_seen: false,
+            upserts: false,
+            done: false,
+            touched: HashSet::new(),
+            failures: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// A copy resumed after the chunks `progress` says are committed.
+    pub(super) fn resume(key: Vec<String>, progress: CopyProgress) -> Self {
+        ChunkedCopy {
+            upserts: true,
+            ..ChunkedCopy::start(key, progress)
+        }
+    }
+
+    /// The progress the table's next commit carries; `None` once the last chunk is in.
+    pub(super) fn committed_progress(&self) -> Option<String> {
+        (!self.done).then(|| self.progress.encode())
+    }
+
+    /// Whether the last chunk is in the buffer.
+    pub(super) fn done(&self) -> bool {
+        self.done
+    }
+}
+
+/// Whether `table` can be copied in chunks beside the stream; otherwise why not, for the log.
+pub(super) fn chunkable(
+    keeps_progress: bool,
+    state: &TableState,
+    key: Option<&[chunk::KeyColumn]>,
+) -> std::result::Result<(), &'static str> {
+    if !keeps_progress {
+        return Err("the sink's format does not record a copy's progress (Delta)");
+    }
+    if state.mode != crate::config::TableMode::Upsert {
+        return Err("changelog tables are copied whole");
+    }
+    if key.is_none() {
+        return Err("the table has no key of NOT NULL columns to order chunks by");
+    }
+    Ok(())
+}
+
+/// Reads one chunk between its two watermarks and leaves it in `inbox` before the high one is
+/// written, so the pipeline finds it when the watermark comes through.
+pub(super) async fn read(
+    config: Arc<Config>,
+    masking: Arc<Masking>,
+    request: ChunkRequest,
+    inbox: ChunkInbox,
+) -> Result<()> {
+    let table = &request.table;
+    let client = connection::connect_as(&config.source, Some(connection::COPY)).await?;
+    let Some(described) = schema::describe_table(&client, table).await? else {
+        return Err(Error::Source {
+            message: format!("table {table}: gone from the catalog during its chunked copy"),
+        });
+    };
+    // the shape now: a column added since the copy began is read with its values
+    let shape = snapshot::masked_table_schema(
+        &client,
+        &described,
+        &crate::source::types::TypeOptions::default(),
+        &masking,
+    )
+    .await?;
+    let key = chunk::key_columns(&described, &request.key).ok_or_else(|| Error::Source {
+        message: format!(
+            "table {table}: key ({}) is no longer NOT NULL columns of the table",
+            request.key.join(", ")
+        ),
+    })?;
+    let mut watermark = Watermark {
+        copy: request.copy.clone(),
+        table: table.to_string(),
+        chunk: request.chunk,
+        attempt: request.attempt,
+        mark: Mark::Low,
+    };
+    tracing::info!(
+        table = %table,
+        chunk = request.chunk,
+        attempt = request.attempt,
+        "reading a chunk of the table"
+    );
+    chunk::emit(&client, &watermark).await?;
+    let data = chunk::read_chunk(
+        &client,
+        &shape,
+        &key,
+        request.after.as_deref(),
+        request.limit,
+        &masking,
+    )
+    .await?;
+    if let Ok(mut inbox) = inbox.lock() {
+        inbox.insert(
+            table.clone(),
+            ChunkRead {
+                copy: request.copy.clone(),
+                chunk: request.chunk,
+                attempt: request.attempt,
+                schema: shape,
+                data,
+            },
+        );
+    }
+    watermark.mark = Mark::High;
+    chunk::emit(&client, &watermark).await
+}
+
+/// The encoded keys of `columns` (key columns of one batch) at each row; `None` where a key
+/// column is NULL (the side of a change that has no row).
+fn encode_keys(columns: &[ArrayRef]) -> Result<Vec<Option<Box<[u8]>>>> {
+    let Some(first) = columns.first() else {
+        return Ok(Vec::new());
+    };
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| Error::Source {
+        message: format!("encode the keys of a chunked copy: {e}"),
+    })?;
+    let rows = converter
+        .convert_columns(columns)
+        .map_err(|e| Error::Source {
+            message: format!("encode the keys of a chunked copy: {e}"),
+        })?;
+    Ok((0..first.len())
+        .map(|i| {
+            (!columns.iter().any(|c| c.is_null(i))).then(|| Box::<[u8]>::from(rows.row(i).as_ref()))
+        })
+        .collect())
+}
+
+/// The key columns named `key` of `batch` (laid out as `schema`); `None` when one is missing.
+fn key_arrays(batch: &RecordBatch, key: &[String]) -> Option<Vec<ArrayRef>> {
+    key.iter()
+        .map(|name| {
+            batch
+                .schema()
+                .index_of(name)
+                .ok()
+                .map(|i| batch.column(i).clone())
+        })
+        .collect()
+}
+
+impl<S: Sink> Pipeline<S> {
+    /// What the chunk reads leave for the pipeline.
+    pub(super) fn chunk_inbox(&self) -> ChunkInbox {
+        self.chunk_inbox.clone()
+    }
+
+    /// Whether a source transaction is being received (a copy starts between two).
+    pub(super) fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The end of what the stream has delivered.
+    pub(super) fn received(&self) -> Lsn {
+        self.received
+    }
+
+    /// `table` starts a chunked copy: the lake holds it empty as of `lsn` (committed by the
+    /// caller), the stream applies its changes after that, and the chunks add the rest.
+    pub(super) fn start_chunked(
+        &mut self,
+        table: &TableId,
+        lsn: Lsn,
+        target: Arc<TableSchema>,
+        copy: ChunkedCopy,
+    ) {
+        if let Some(state) = self.tables.get_mut(table) {
+            state.checkpoint = Some(lsn);
+            state.prepared = Some(target);
+            state.awaiting_copy = false;
+            state.clear_buffer();
+            state.copy = Some(copy);
+        }
+    }
+
+    /// The chunks to read now: the next of every copy with none under way.
+    pub(super) fn chunk_requests(&mut self) -> Vec<ChunkRequest> {
+        let limit = self.config.source.snapshot_chunk_rows;
+        let mut requests = Vec::new();
+        for (table, state) in &mut self.tables {
+            if state.stopped.is_some() || state.awaiting_copy {
+                continue;
+            }
+            let Some(copy) = state.copy.as_mut() else {
+                continue;
+            };
+            if copy.in_flight || copy.done {
+                continue;
+            }
+            copy.in_flight = true;
+            copy.low_seen = false;
+            requests.push(ChunkRequest {
+                table: table.clone(),
+                id: ReadId(copy.id.clone(), copy.progress.chunks, copy.attempt),
+                copy: copy.id.clone(),
+                chunk: copy.progress.chunks,
+                attempt: copy.attempt,
+                after: copy.progress.after.clone(),
+                key: copy.key.clone(),
+                limit,
+            });
+        }
+        requests
+    }
+
+    /// A chunk read of `table` failed with `error`: it is read again (under a new attempt,
+    /// so the watermarks of the failed one are passed over), up to a limit.
+    /// Past the limit, or on an error retrying cannot fix, the table fails as any table
+    /// commit does (`[sink] on_table_error`).
+    pub(super) async fn chunk_failed(
+        &mut self,
+        table: &TableId,
+        read: ReadId,
+        error: Error,
+    ) -> Result<()> {
+        let Some(state) = self.tables.get_mut(table) else {
+            return Ok(());
+        };
+        let first = state.first_commit.or(state.checkpoint).unwrap_or_default();
+        let Some(copy) = state.copy.as_mut() else {
+            return Ok(());
+        };
+        // a read the copy has moved past (its chunk came through before the error)
+        if !copy.in_flight || read != ReadId(copy.id.clone(), copy.progress.chunks, copy.attempt) {
+            return Ok(());
+        }
+        copy.in_flight = false;
+        copy.attempt += 1;
+        copy.failures += 1;
+        if copy.failures > READ_ATTEMPTS || !error.is_retryable() {
+            let error = Error::Source {
+                message: format!(
+                    "table {table}: chunk {} of its copy while streaming: {error}",
+                    copy.progress.chunks
+                ),
+            };
+            return self.table_failed(table, first, error).await;
+        }
+        tracing::warn!(
+            table = %table,
+            chunk = copy.progress.chunks,
+            error = %error,
+            "a chunk read of a table copied while streaming failed; reading it again"
+        );
+        Ok(())
+    }
+
+    /// Remembers the keys `batch` changes, when its table is being copied in chunks.
+    pub(super) fn note_touched(&mut self, batch: &ChangeBatch) -> Result<()> {
+        let Some(copy) = self
+            .tables
+            .get_mut(&batch.schema.table)
+            .and_then(|s| s.copy.as_mut())
+        else {
+            return Ok(());
+        };
+        for side in [&batch.new, &batch.old] {
+            let Some(columns) = key_arrays(side, &copy.key) else {
+                return Err(Error::Source {
+                    message: format!(
+                        "table {}: a change without the key columns ({}) its chunked copy \
+                         orders by",
+                        batch.schema.table,
+                        copy.key.join(", ")
+                    ),
+                });
+            };
+            for key in encode_keys(&columns)?.into_iter().flatten() {
+                copy.touched.insert(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the watermarks of the transaction committed at `commit_lsn`: a high watermark
+    /// puts its chunk's rows into the table's buffer there.
+    pub(super) fn take_watermarks(
+        &mut self,
+        watermarks: Vec<Watermark>,
+        commit_lsn: Lsn,
+    ) -> Result<()> {
+        for watermark in watermarks {
+            let table = self
+                .tables
+                .keys()
+                .find(|t| t.to_string() == watermark.table)
+                .cloned();
+            let Some(table) = table else { continue };
+            let Some(copy) = self.tables.get_mut(&table).and_then(|s| s.copy.as_mut()) else {
+                continue;
+            };
+            let current = copy.in_flight
+                && watermark.copy == copy.id
+                && watermark.chunk == copy.progress.chunks
+                && watermark.attempt == copy.attempt;
+            if !current {
+                continue;
+            }
+            match watermark.mark {
+                Mark::Low => copy.low_seen = true,
+                Mark::High => self.chunk_through(&table, commit_lsn)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The high watermark of `table`'s chunk came through at `commit_lsn`: its rows, but
+    /// those whose key the stream changed, join the buffer there.
+    fn chunk_through(&mut self, table: &TableId, commit_lsn: Lsn) -> Result<()> {
+        let read = self
+            .chunk_inbox
+            .lock()
+            .ok()
+            .and_then(|mut inbox| inbox.remove(table));
+        let Some(state) = self.tables.get_mut(table) else {
+            return Ok(());
+        };
+        let Some(copy) = state.copy.as_mut() else {
+            return Ok(());
+        };
+        let read = read.filter(|r| {
+            r.copy == copy.id && r.chunk == copy.progress.chunks && r.attempt == copy.attempt
+        });
+        let Some(read) = read.filter(|_| copy.low_seen) else {
+            // the stream brought the watermarks, but not the read's rows (or not in order):
+            // the chunk is read again
+            copy.in_flight = false;
+            copy.attempt += 1;
+            return Ok(());
+        };
+        let mut kept = 0usize;
+        let mut batches = Vec::new();
+        for batch in &read.data.rows {
+            let columns = key_arrays(batch, &copy.key).ok_or_else(|| Error::Source {
+                message: format!("table {table}: a chunk without its key columns"),
+            })?;
+            let keep: BooleanArray = encode_keys(&columns)?
+                .iter()
+                .map(|k| Some(k.as_ref().is_none_or(|k| !copy.touched.contains(k))))
+                .collect();
+            let filtered =
+                arrow::compute::filter_record_batch(batch, &keep).map_err(|e| Error::Source {
+                    message: format!("table {table}: filter a chunk: {e}"),
+                })?;
+            if filtered.num_rows() == 0 {
+                continue;
+            }
+            kept += filtered.num_rows();
+            batches.push(filtered);
+        }
+        let op = if copy.upserts { Op::Update } else { Op::Insert };
+        let now = Instant::now();
+        for batch in batches {
+            let rows = batch.num_rows();
+            let new =
+                RecordBatch::try_new(read.schema.arrow_nullable.clone(), batch.columns().to_vec())
+                    .map_err(|e| Error::Source {
+                        message: format!("table {table}: a chunk's rows: {e}"),
+                    })?;
+            let old_columns: Vec<ArrayRef> = read
+                .schema
+                .arrow_nullable
+                .fields()
+                .iter()
+                .map(|f| new_null_array(f.data_type(), rows))
+                .collect();
+            let old = RecordBatch::try_new(read.schema.arrow_nullable.clone(), old_columns)
+                .map_err(|e| Error::Source {
+                    message: format!("table {table}: a chunk's rows: {e}"),
+                })?;
+            state.rows += rows;
+            state.bytes += new.get_array_memory_size();
+            state.buffer.push(Entry::Changes(ChangeBatch {
+                schema: read.schema.clone(),
+                commit_lsn,
+                first_position: 0,
+                ops: vec![op; rows],
+                new,
+                old,
+                old_rows: vec![OldRow::Absent; rows],
+                unchanged_toast: Vec::new(),
+            }));
+        }
+        // the commit at the watermark carries the progress, even with no row kept
+        state.oldest.get_or_insert(now);
+        state.first_commit.get_or_insert(commit_lsn);
+        state.last_commit = Some(commit_lsn);
+        let dropped = read.data.count as usize - kept;
+        copy.progress.chunks += 1;
+        copy.progress.rows += read.data.count;
+        copy.in_flight = false;
+        copy.failures = 0;
+        let limit = self.config.source.snapshot_chunk_rows;
+        match read.data.last_key {
+            Some(last) if read.data.count >= limit => copy.progress.after = Some(last),
+            // fewer rows than asked for: the table has no more (rows added since come
+            // through the stream)
+            last => {
+                copy.progress.after = last.or(copy.progress.after.take());
+                copy.done = true;
+            }
+        }
+        tracing::debug!(
+            table = %table,
+            chunk = copy.progress.chunks,
+            rows = read.data.count,
+            dropped,
+            lsn = %commit_lsn,
+            "a chunk joined the buffer"
+        );
+        if copy.done {
+            tracing::info!(
+                table = %table,
+                chunks = copy.progress.chunks,
+                rows = copy.progress.rows,
+                seconds = copy.started.elapsed().as_secs_f64(),
+                "the table's chunked copy has read its last chunk; its next commit completes it"
+            );
+        }
+        if let Some(m) = crate::metrics::installed() {
+            m.copied_rows(table, read.data.count);
+        }
+        Ok(())
+    }
+
+    /// The table's commit completed its copy: it streams as any other from now on.
+    pub(super) fn copy_committed(&mut self, table: &TableId) {
+        if let Some(state) = self.tables.get_mut(table)
+            && state.copy.as_ref().is_some_and(ChunkedCopy::done)
+            && let Some(copy) = state.copy.take()
+        {
+            tracing::info!(
+                table = %table,
+                chunks = copy.progress.chunks,
+                rows = copy.progress.rows,
+                "copied the table in chunks while streaming"
+            );
+            if let Some(m) = crate::metrics::installed() {
+                m.copy_committed(table, copy.progress.rows);
+            }
+        }
+    }
+}

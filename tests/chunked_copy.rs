@@ -1,0 +1,296 @@
+//! A table that joins the publication while `run` streams is copied in key-ordered chunks
+//! beside the stream, bracketed by watermarks in the WAL, against the real PostgreSQL: a
+//! workload updates, deletes and re-inserts keys inside and around the chunk being read, the
+//! writer is killed with SIGKILL during the copy, and the restarted writer resumes after the
+//! last committed chunk. The lake must then equal PostgreSQL (`verify` and DuckDB), and no
+//! chunk may have been read more than twice. The watermarks are counted from the WAL itself,
+//! through a `test_decoding` slot of the test's own.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::TestDb;
+use support::writer::{
+    Writer, caught_up, command_ok, duck_query, lake_copy_progress, start_with, stop,
+};
+
+/// Rows of the joining table, and rows per chunk: a copy of 60 chunks.
+const ROWS: i64 = 120_000;
+const CHUNK_ROWS: i64 = 2_000;
+
+const SETTINGS: &[(&str, &str)] = &[("SOURCE__SNAPSHOT_CHUNK_ROWS", "2000")];
+
+/// The low watermarks of `joined`'s chunks in the WAL, by chunk number, and the chunk read
+/// last: read (and consumed) from the test's `test_decoding` slot.
+#[derive(Debug, Default)]
+struct Reads {
+    by_chunk: BTreeMap<u64, u32>,
+    latest: Option<u64>,
+}
+
+async fn drain_watermarks(client: &tokio_postgres::Client, watch: &str, reads: &Mutex<Reads>) {
+    let rows = client
+        .query(
+            "SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL) \
+             WHERE data LIKE 'message: transactional: 1 prefix: lakewriter%'",
+            &[&watch],
+        )
+        .await
+        .expect("read the watch slot");
+    let mut reads = reads.lock().expect("reads");
+    for row in rows {
+        let data: String = row.get(0);
+        let Some(content) = data.split_once("content:").map(|(_, c)| c) else {
+            continue;
+        };
+        let Ok(mark) = serde_json::from_str::<serde_json::Value>(content) else {
+            continue;
+        };
+        if mark["table"] == "public.joined" && mark["mark"] == "low" {
+            let chunk = mark["chunk"].as_u64().expect("a chunk number");
+            *reads.by_chunk.entry(chunk).or_default() += 1;
+            reads.latest = Some(chunk);
+        }
+    }
+}
+
+/// Until `stop`: rounds of changes to `joined`, each one transaction that updates, deletes
+/// and re-inserts keys of the chunk being read (the latest low watermark's) and of the next
+/// one, deletes and re-inserts keys anywhere, and adds keys past the end; between rounds the
+/// watermarks are counted.
+fn workload(
+    db: &TestDb,
+    watch: String,
+    reads: Arc<Mutex<Reads>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u32> {
+    let url = db.url.clone();
+    tokio::spawn(async move {
+        let client = support::connect(&url).await;
+        let mut round = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            drain_watermarks(&client, &watch, &reads).await;
+            let chunk = reads.lock().expect("reads").latest.unwrap_or(0) as i64;
+            // the keys of the chunk being read, and of the next (deletes shift the bounds)
+            let low = chunk * CHUNK_ROWS;
+            let sql = format!(
+                "BEGIN;
+                 UPDATE joined SET v = v + 1, note = 'u{round}'
+                   WHERE id IN (SELECT {low} + (random() * {span})::int FROM generate_series(1, 20));
+                 DELETE FROM joined
+                   WHERE id IN (SELECT {low} + (random() * {span})::int FROM generate_series(1, 8));
+                 INSERT INTO joined (id, v, note)
+                   SELECT DISTINCT {low} + (random() * {span})::int, {round}, 'r{round}'
+                   FROM generate_series(1, 8)
+                   ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v, note = EXCLUDED.note;
+                 UPDATE joined SET v = -v
+                   WHERE id IN (SELECT 1 + (random() * {all})::int FROM generate_series(1, 10));
+                 DELETE FROM joined
+                   WHERE id IN (SELECT 1 + (random() * {all})::int FROM generate_series(1, 5));
+                 INSERT INTO joined (id, v, note)
+                   SELECT 1 + (random() * {all})::int, {round}, 'back{round}'
+                   FROM generate_series(1, 5)
+                   ON CONFLICT (id) DO NOTHING;
+                 INSERT INTO joined (id, v, note) VALUES ({all} + 1 + {round}, {round}, 'tail')
+                   ON CONFLICT (id) DO NOTHING;
+                 UPDATE orders SET status = 'r{round}' WHERE order_id = 1 + {round} % 500;
+                 COMMIT;",
+                span = 2 * CHUNK_ROWS,
+                all = ROWS,
+            );
+            client.batch_execute(&sql).await.expect("a workload round");
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        drain_watermarks(&client, &watch, &reads).await;
+        round
+    })
+}
+
+async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT id::text || '|' || v::text || '|' || note FROM joined ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read joined")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn log_of(writer: Writer) -> String {
+    let mut child = writer.into_child();
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("wait for lakewriter");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_postgres() {
+    let db = TestDb::new("chunked_copy").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut writer = start_with(&db, SETTINGS);
+    caught_up(&db, &mut writer).await;
+
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE joined (id int PRIMARY KEY, v int NOT NULL, note text);
+             INSERT INTO joined SELECT g, g, 'n' || g FROM generate_series(1, {ROWS}) g;
+             ANALYZE joined;"
+        ))
+        .await
+        .expect("create joined");
+    let watch = format!("{}_watch", db.slot);
+    client
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'test_decoding')",
+            &[&watch],
+        )
+        .await
+        .expect("create the watch slot");
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE joined",
+            db.publication
+        ))
+        .await
+        .expect("publish joined");
+    let reads = Arc::new(Mutex::new(Reads::default()));
+    let stop_workload = Arc::new(AtomicBool::new(false));
+    let running = workload(&db, watch.clone(), reads.clone(), stop_workload.clone());
+
+    // SIGKILL once a few chunks are committed, well before the last
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let killed_at = loop {
+        if let Some(progress) = lake_copy_progress(&db, "joined") {
+            let chunks = serde_json::from_str::<serde_json::Value>(&progress)
+                .expect("the copy progress is JSON")["chunks"]
+                .as_u64()
+                .expect("a chunk count");
+            if chunks >= 3 {
+                break chunks;
+            }
+        }
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no chunk was committed: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first_log = log_of(writer);
+    assert!(
+        first_log.contains("copying the table in chunks beside the stream"),
+        "the table was not copied in chunks: {first_log}"
+    );
+    assert!(
+        !first_log.contains("copied the table in chunks while streaming"),
+        "the copy ended before the kill: make the table larger"
+    );
+
+    // the lake says how far the copy got, with the writer down as well
+    let status = command_ok(&db, &["status"], &[]);
+    let committed = lake_copy_progress(&db, "joined")
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+        .and_then(|p| p["chunks"].as_u64())
+        .expect("the lake holds the copy's progress after the kill");
+    let expected = format!("(chunk {committed}/{})", ROWS / CHUNK_ROWS);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("joined: copying") && l.contains("% ") && l.contains(&expected)),
+        "status does not show the copy's progress ({expected}): {status}"
+    );
+
+    // a compaction mid-copy keeps the progress (it reads as the head of lakewriter's commits)
+    let before = lake_copy_progress(&db, "joined");
+    let compacted = command_ok(&db, &["compact"], &[]);
+    println!("compact mid-copy: {compacted}");
+    assert_eq!(
+        lake_copy_progress(&db, "joined"),
+        before,
+        "compact dropped the copy's progress: {compacted}"
+    );
+
+    // the restarted writer resumes after the last committed chunk, under the same workload
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut writer = start_with(&db, SETTINGS);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while lake_copy_progress(&db, "joined").is_some() {
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy never completed: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // a few more rounds on the copied table, then quiet
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_workload.store(true, Ordering::Relaxed);
+    let rounds = running.await.expect("the workload");
+    caught_up(&db, &mut writer).await;
+    let log = stop(writer);
+    assert!(
+        log.contains("resuming the table's chunked copy after its last committed chunk"),
+        "the copy did not resume: {log}"
+    );
+    assert!(
+        log.contains("copied the table in chunks while streaming"),
+        "{log}"
+    );
+
+    let by_chunk = reads.lock().expect("reads").by_chunk.clone();
+    let chunks = by_chunk.len() as u64;
+    println!(
+        "{rounds} workload rounds; killed after {killed_at} committed chunks; reads by chunk: \
+         {by_chunk:?}"
+    );
+    assert!(
+        chunks >= (ROWS / CHUNK_ROWS) as u64 && chunks > killed_at,
+        "the WAL shows {chunks} chunks read: {by_chunk:?}"
+    );
+    let thrice: Vec<(&u64, &u32)> = by_chunk.iter().filter(|(_, n)| **n > 2).collect();
+    assert!(thrice.is_empty(), "chunks read more than twice: {thrice:?}");
+    assert!(rounds > 20, "the workload ran only {rounds} rounds");
+
+    assert_eq!(
+        duck_query(
+            &db,
+            "joined",
+            "SELECT count(*) - count(DISTINCT id) FROM {scan}"
+        ),
+        vec!["0".to_string()],
+        "duplicated keys in the lake"
+    );
+    let lake = duck_query(
+        &db,
+        "joined",
+        "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
+    );
+    let postgres = joined_in_postgres(&db).await;
+    assert!(
+        lake == postgres,
+        "the lake's joined table differs from PostgreSQL: {} rows against {}",
+        lake.len(),
+        postgres.len()
+    );
+    command_ok(&db, &["verify"], &[]);
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&watch])
+        .await
+        .expect("drop the watch slot");
+}
