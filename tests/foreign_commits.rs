@@ -11,6 +11,9 @@ mod support;
 
 use std::process::Command;
 
+use lakewriter::catalog::Catalog;
+use lakewriter::sink::iceberg::{IcebergSink, Rewrite, file_io, is_conflict, lake_table};
+use lakewriter::table::TableId;
 use support::delta::delta_query;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{
@@ -227,6 +230,30 @@ async fn spark_position_deletes_are_read_compacted_exported_and_streamed_over() 
     command_ok(&db, &["compact"], &[]);
     export_equal(&db, &destination, "of the whole table").await;
 
+    // a compaction reads the table as it is now (its rewrite committed after Spark's change)
+    let config = lakewriter::Config::load(&config_path(&db)).expect("config");
+    let sink = IcebergSink::from_config(&config).await.expect("sink");
+    let lake = lake_table(&config.sink.namespace, &TableId::new("public", "orders"));
+    let pointer = sink
+        .catalog()
+        .load(&lake)
+        .await
+        .expect("load")
+        .expect("the table");
+    let io = file_io(&config).expect("file io");
+    let read = iceberg::spec::TableMetadata::read_from(&io, &pointer.metadata_location)
+        .await
+        .expect("metadata");
+    let data_files: std::collections::HashSet<String> = duck_query(
+        &db,
+        "orders",
+        "SELECT file_path FROM iceberg_metadata('{metadata}') \
+         WHERE status <> 'DELETED' AND content <> 'DELETED' AND manifest_content = 'DATA'",
+    )
+    .into_iter()
+    .collect();
+    assert!(!data_files.is_empty());
+
     // One change, made twice: in PostgreSQL while the writer is stopped (its slot keeps it for
     // the next run), and by Spark in the lake, as merge-on-read: position deletes.
     let change = "DELETE FROM {t} WHERE order_id % 7 = 0; \
@@ -257,6 +284,27 @@ async fn spark_position_deletes_are_read_compacted_exported_and_streamed_over() 
         2,
         "the table left v2"
     );
+
+    // the compaction that read the table before Spark's change loses: its files would no
+    // longer be named by Spark's position deletes, and the rows they delete would come back
+    let err = sink
+        .commit_rewrite(
+            &lake,
+            &pointer,
+            &read,
+            Vec::new(),
+            Rewrite {
+                data_sequence: read
+                    .current_snapshot()
+                    .expect("a snapshot")
+                    .sequence_number(),
+                schema_id: read.current_schema_id(),
+                removes: data_files,
+            },
+        )
+        .await
+        .expect_err("a rewrite must lose to position deletes committed meanwhile");
+    assert!(is_conflict(&err), "{err}");
 
     // query and verify see Spark's change; DuckDB, an independent reader, agrees
     let expected = postgres_lines(&db).await;
