@@ -4,13 +4,22 @@
 //! 12): a restart after a foreign commit neither copies the table again nor, with
 //! `initial_snapshot = false`, empties it; it streams on from where the lake is. Delta keeps
 //! each writer's latest `txn` across other writers' commits, and the same holds there.
+//! Spark's merge-on-read `DELETE` and `UPDATE` leave position deletes, which every command
+//! reads, `compact` applies and `export` exports, and over which the writer streams on.
 
 mod support;
 
+use std::process::Command;
+
+use lakewriter::catalog::Catalog;
+use lakewriter::sink::iceberg::{IcebergSink, Rewrite, file_io, is_conflict, lake_table};
+use lakewriter::table::TableId;
 use support::delta::delta_query;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
-use support::writer::{caught_up, command_ok, duck_query, pyiceberg, start_with, stop};
-use support::{TestDb, stack};
+use support::writer::{
+    caught_up, command, command_ok, config_path, duck_query, pyiceberg, start_with, stop,
+};
+use support::{TestDb, project_dir, stack};
 
 /// Rewrites the lake's orders table with pyiceberg (its own rows, read and written back as
 /// one overwrite), the way another engine's compaction commits; returns the new snapshot's
@@ -129,4 +138,262 @@ write_deltalake(sys.argv[1], rows, mode="overwrite")
         delta_query(&table, LAKE_LINES) == postgres_lines(&db).await,
         "the lake's orders differ from PostgreSQL"
     );
+}
+
+/// Runs the Spark SQL `statements` in one session of `tests/readers/spark_rest.py`, with
+/// Iceberg's JdbcCatalog on the test's SQLite catalog file (the catalog lakewriter commits
+/// through); what they printed, one block per statement.
+fn spark_sql(db: &TestDb, statements: &[String]) -> Vec<String> {
+    let warehouse = db.warehouse.path();
+    let output = stack()
+        .python()
+        .arg(project_dir().join("tests/readers/spark_rest.py"))
+        .arg(format!(
+            "jdbc:sqlite:{}",
+            warehouse.join("catalog.db").display()
+        ))
+        .arg("--warehouse")
+        .arg(format!("file://{}", warehouse.display()))
+        .args(statements)
+        .output()
+        .expect("run Spark");
+    assert!(
+        output.status.success(),
+        "Spark on the SQLite catalog: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .strip_suffix('\n')
+        .unwrap_or(&stdout)
+        .split("\n\n")
+        .map(str::to_string)
+        .collect()
+}
+
+/// The orders of `db` (source or export destination), one line per row.
+async fn order_lines(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT concat_ws('|', order_id, customer_id, order_date, total_amount, status, \
+               created_at, updated_at) FROM public.orders ORDER BY order_id",
+            &[],
+        )
+        .await
+        .expect("read orders")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// `lakewriter export --table public.orders` of `source`'s lake into `destination`,
+/// asserting success, then that the destination holds the source's orders.
+async fn export_equal(source: &TestDb, destination: &TestDb, when: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+        .args(["export", "--config"])
+        .arg(config_path(source))
+        .args(["--table", "public.orders"])
+        .env("LAKEWRITER_EXPORT_TO", &destination.url)
+        .output()
+        .expect("run lakewriter export");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "export {when} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        order_lines(destination).await == order_lines(source).await,
+        "the export {when} differs from the source: {stdout}"
+    );
+    stdout
+}
+
+/// The current metadata file of the lake's orders table, as JSON.
+fn orders_metadata(db: &TestDb) -> serde_json::Value {
+    let location = duck_query(db, "orders", "SELECT '{metadata}'");
+    let path = location[0].trim_start_matches("file://");
+    serde_json::from_slice(&std::fs::read(path).expect("read the metadata file"))
+        .expect("metadata JSON")
+}
+
+#[tokio::test]
+async fn spark_position_deletes_are_read_compacted_exported_and_streamed_over() {
+    let db = TestDb::new("foreign_positions").await;
+    let destination = TestDb::new("foreign_positions_dst").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut child = start_with(&db, &[]);
+    db.workload(1, 300);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    command_ok(&db, &["compact"], &[]);
+    export_equal(&db, &destination, "of the whole table").await;
+
+    // a compaction reads the table as it is now (its rewrite committed after Spark's change)
+    let config = lakewriter::Config::load(&config_path(&db)).expect("config");
+    let sink = IcebergSink::from_config(&config).await.expect("sink");
+    let lake = lake_table(&config.sink.namespace, &TableId::new("public", "orders"));
+    let pointer = sink
+        .catalog()
+        .load(&lake)
+        .await
+        .expect("load")
+        .expect("the table");
+    let io = file_io(&config).expect("file io");
+    let read = iceberg::spec::TableMetadata::read_from(&io, &pointer.metadata_location)
+        .await
+        .expect("metadata");
+    let data_files: std::collections::HashSet<String> = duck_query(
+        &db,
+        "orders",
+        "SELECT file_path FROM iceberg_metadata('{metadata}') \
+         WHERE status <> 'DELETED' AND content <> 'DELETED' AND manifest_content = 'DATA'",
+    )
+    .into_iter()
+    .collect();
+    assert!(!data_files.is_empty());
+
+    // One change, made twice: in PostgreSQL while the writer is stopped (its slot keeps it for
+    // the next run), and by Spark in the lake, as merge-on-read: position deletes.
+    let change = "DELETE FROM {t} WHERE order_id % 7 = 0; \
+                  UPDATE {t} SET status = 'spark' WHERE order_id % 7 = 1";
+    db.psql(&["-c", &change.replace("{t}", "orders")]);
+    let table = format!("lakewriter.{}.orders", db.namespace);
+    let mut statements = vec![format!(
+        "ALTER TABLE {table} SET TBLPROPERTIES ('write.delete.mode' = 'merge-on-read', \
+         'write.update.mode' = 'merge-on-read')"
+    )];
+    statements.extend(
+        change
+            .replace("{t}", &table)
+            .split("; ")
+            .map(str::to_string),
+    );
+    statements.push(format!(
+        "SELECT count(*) FROM {table}.delete_files WHERE content = 1"
+    ));
+    let blocks = spark_sql(&db, &statements);
+    let position_deletes: u64 = blocks
+        .last()
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count of position deletes in {blocks:?}"));
+    assert!(position_deletes > 0, "Spark wrote no position deletes");
+    assert_eq!(
+        orders_metadata(&db)["format-version"],
+        2,
+        "the table left v2"
+    );
+
+    // the compaction that read the table before Spark's change loses: its files would no
+    // longer be named by Spark's position deletes, and the rows they delete would come back
+    let err = sink
+        .commit_rewrite(
+            &lake,
+            &pointer,
+            &read,
+            Vec::new(),
+            Rewrite {
+                data_sequence: read
+                    .current_snapshot()
+                    .expect("a snapshot")
+                    .sequence_number(),
+                schema_id: read.current_schema_id(),
+                removes: data_files,
+            },
+        )
+        .await
+        .expect_err("a rewrite must lose to position deletes committed meanwhile");
+    assert!(is_conflict(&err), "{err}");
+
+    // query and verify see Spark's change; DuckDB, an independent reader, agrees
+    let expected = postgres_lines(&db).await;
+    assert!(
+        duck_query(&db, "orders", LAKE_LINES) == expected,
+        "DuckDB: the lake differs from PostgreSQL after Spark's change"
+    );
+    let verify = command(&db, &["verify", "--table", "public.orders"], &[]);
+    assert!(
+        verify.status.success(),
+        "verify over Spark's position deletes: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let counted = command_ok(
+        &db,
+        &[
+            "query",
+            "--format",
+            "csv",
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'spark') FROM {}.orders",
+                db.namespace
+            ),
+        ],
+        &[],
+    );
+    let in_postgres: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT count(*)::text || ',' || (count(*) FILTER (WHERE status = 'spark'))::text \
+             FROM orders",
+            &[],
+        )
+        .await
+        .expect("count orders")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        counted.lines().last().map(str::to_string),
+        in_postgres.first().cloned(),
+        "query: {counted}"
+    );
+    // export takes the keys of the rows Spark deleted and updated
+    export_equal(&db, &destination, "of Spark's snapshots").await;
+
+    // the writer streams on: PostgreSQL's own copy of the change comes as equality deletes
+    // beside Spark's position deletes, then more changes
+    let mut child = start_with(&db, &[]);
+    db.workload(1, 300);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert_lake_equal(&db).await;
+    command_ok(&db, &["verify"], &[]);
+    export_equal(&db, &destination, "after the writer's commits").await;
+
+    // compact applies the position deletes and drops their files: pyiceberg, which reads no
+    // equality deletes, then reads PostgreSQL's rows and finds no delete file
+    let report = command_ok(&db, &["compact"], &[]);
+    let read = pyiceberg(
+        &db,
+        "orders",
+        r#"
+table = catalog.load_table(ident)
+files = table.inspect.files()
+print(sum(1 for c in files.column("content").to_pylist() if c != 0))
+rows = table.scan().to_arrow().sort_by("order_id")
+print(rows.num_rows)
+"#,
+        &[],
+    );
+    let mut lines = read.lines();
+    assert_eq!(
+        lines.next(),
+        Some("0"),
+        "delete files left after compact: {report}"
+    );
+    assert_eq!(
+        lines.next().and_then(|n| n.parse::<usize>().ok()),
+        Some(expected_rows(&db).await),
+        "pyiceberg's rows after compact"
+    );
+    assert_lake_equal(&db).await;
+    command_ok(&db, &["verify"], &[]);
+    export_equal(&db, &destination, "after compact").await;
+}
+
+async fn expected_rows(db: &TestDb) -> usize {
+    postgres_lines(db).await.len()
 }

@@ -3,8 +3,9 @@
 //! keys that are gone.
 //!
 //! Iceberg: a key is touched by a snapshot that adds a data file holding it, adds an equality
-//! delete naming it, or removes a data file holding it (a truncate, another engine's
-//! copy-on-write rewrite). A compaction (`replace`) moves rows without changing them and
+//! delete naming it, adds a position delete naming a row that holds it (another engine's
+//! merge-on-read `DELETE` or `UPDATE`), or removes a data file holding it (a truncate, another
+//! engine's copy-on-write rewrite). A compaction (`replace`) moves rows without changing them and
 //! touches nothing. The final state of the touched keys is read from the current version by
 //! merge-on-read — from the data files added since the earlier version only, unless a
 //! snapshot in between removed data files — so any number of commits in between collapse
@@ -31,7 +32,9 @@ use super::table::LakeTable;
 use crate::catalog::{Catalog, CatalogTable, LakeCatalog};
 use crate::config::{Config, TableFormat};
 use crate::error::{Error, Result};
-use crate::sink::iceberg::{catalog_error, file_io};
+use crate::sink::iceberg::{
+    DeletedPositions, Keep, catalog_error, conform, file_io, read_data_file,
+};
 
 /// A version of a lake table: an Iceberg snapshot or a Delta table version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +181,7 @@ async fn iceberg_changes(
             let snapshot = iceberg_as_of(name, &metadata, as_of)?;
             let mut cache = ManifestCache::default();
             let files = live_files_at(&io, name, &metadata, &snapshot, &mut cache).await?;
-            let rows = super::iceberg::files_frame(&ctx, name, &metadata, &files).await?;
+            let rows = super::iceberg::files_frame(&ctx, &io, name, &metadata, &files).await?;
             return Ok(LakeChanges {
                 table,
                 version: Some(LakeVersion {
@@ -226,6 +229,9 @@ async fn iceberg_changes(
     // engine's copy-on-write rewrite): the keys of such a file may live on in files older
     // than `since`
     let mut removed_data = false;
+    // rows named by the position deletes added after `since`: their keys are touched
+    let mut deleted_rows = DeletedPositions::default();
+    let mut position_files: BTreeSet<String> = BTreeSet::new();
     for snapshot in &chain {
         if snapshot.summary().operation == Operation::Replace {
             continue;
@@ -271,13 +277,36 @@ async fn iceberg_changes(
                 touched.insert(file.path.clone());
             }
         }
+        let before_positions: BTreeSet<&str> =
+            before.positions.iter().map(|f| f.path.as_str()).collect();
+        for file in &after.positions {
+            if before_positions.contains(file.path.as_str())
+                || !position_files.insert(file.path.clone())
+            {
+                continue;
+            }
+            deleted_rows.merge(
+                DeletedPositions::load(&io, &file.path)
+                    .await
+                    .map_err(|e| sink_error(name, format!("read position deletes: {e}")))?,
+            );
+        }
     }
-    let keys = key_frame(&ctx, name, &table, touched.iter().cloned().collect()).await?;
-    let files_read = touched.len();
+    let mut keys = key_frame(&ctx, name, &table, touched.iter().cloned().collect()).await?;
+    let mut files_read = touched.len() + position_files.len();
+    if !deleted_rows.is_empty() {
+        let (deleted, read) = deleted_keys(&ctx, &io, name, &table, &deleted_rows).await?;
+        files_read += read;
+        keys = keys
+            .union(deleted)
+            .and_then(|k| k.distinct())
+            .map_err(|e| df_error(name, "plan the touched keys", e))?;
+    }
     let rows = if removed_data {
         rows
     } else {
-        // Every change of a key after `since` added an equality delete of it (or it was new),
+        // Every change of a key after `since` added a delete of it (equality, or another
+        // engine's position delete) or was new,
         // so a touched key's live row, if it has one, is in a data file added after `since`
         // (by the change itself, or by a compaction that moved the row since): only those
         // files need reading, with every delete file applied as usual.
@@ -288,7 +317,7 @@ async fn iceberg_changes(
         let earlier: BTreeSet<&str> = earlier.data.iter().map(|f| f.path.as_str()).collect();
         let mut newer = live_files_at(&io, name, &metadata, current, &mut cache).await?;
         newer.data.retain(|f| !earlier.contains(f.path.as_str()));
-        super::iceberg::files_frame(&ctx, name, &metadata, &newer).await?
+        super::iceberg::files_frame(&ctx, &io, name, &metadata, &newer).await?
     };
     let (rows, gone) = restrict(name, &table, rows, keys)?;
     Ok(LakeChanges {
@@ -401,6 +430,42 @@ pub(super) async fn read_files(
     ctx.read_parquet(urls, options)
         .await
         .map_err(|e| df_error(name, "read changed files", e))
+}
+
+/// The keys of the rows `deleted` names (read from the data files it names, which a later
+/// compaction may have replaced but not yet expired), and how many data files were read.
+async fn deleted_keys(
+    ctx: &SessionContext,
+    io: &iceberg::io::FileIO,
+    name: &CatalogTable,
+    table: &LakeTable,
+    deleted: &DeletedPositions,
+) -> Result<(DataFrame, usize)> {
+    let schema = key_schema(name, table)?;
+    let mut batches = Vec::new();
+    let mut files = 0;
+    for data in deleted.data_files() {
+        let Some(rows) = deleted.of(data) else {
+            continue;
+        };
+        files += 1;
+        let reader = read_data_file(io, data, rows, Keep::Only)
+            .await
+            .map_err(|e| sink_error(name, format!("read the rows position deletes name: {e}")))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| sink_error(name, format!("{data}: {e}")))?;
+            batches.push(
+                conform(&batch, &schema).map_err(|e| sink_error(name, format!("{data}: {e}")))?,
+            );
+        }
+    }
+    let frame = if batches.is_empty() {
+        ctx.read_batch(RecordBatch::new_empty(schema))
+    } else {
+        ctx.read_batches(batches)
+    }
+    .map_err(|e| df_error(name, "plan the deleted rows' keys", e))?;
+    Ok((frame, files))
 }
 
 /// What changed between two sets of files of a copy-on-write table (Delta): the rows of the

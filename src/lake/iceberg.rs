@@ -7,27 +7,42 @@
 //! same way) on the key, the partition, and `data sequence < delete sequence` — the Iceberg
 //! rule that a delete applies to files committed before it, in its own partition.
 //!
+//! Position deletes (other engines' merge-on-read `DELETE` and `UPDATE`) name a data file and
+//! a row position: a data file they apply to (its path named, its data sequence number at or
+//! below the delete's, Iceberg's rule) is read with those rows left out by a Parquet row
+//! selection, then joined with the equality deletes like any other. Format v3 deletion
+//! vectors are refused, naming the file.
+//!
 //! Files are read through DataFusion's Parquet reader with the table's current schema, by
 //! column name: columns added since a file was written read as null, widened ones are cast.
 //! It reads through the catalog, never around it: the file list is the snapshot's manifests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::common::JoinType;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::{DataFusionError, JoinType};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, col, lit};
+use futures::TryStreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::io::FileIO;
-use iceberg::spec::{DataContentType, ManifestContentType, ManifestList, TableMetadata};
+use iceberg::spec::{
+    DataContentType, DataFileFormat, ManifestContentType, ManifestList, TableMetadata,
+};
 
 use crate::catalog::{Catalog, CatalogTable, LakeCatalog};
 use crate::cloud::S3Location;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::sink::iceberg::{catalog_error, checkpoint, file_io};
+use crate::sink::iceberg::{
+    DeletedPositions, Keep, catalog_error, checkpoint, conform, file_io, read_data_file,
+};
 
 use super::table::LakeTable;
 
@@ -56,6 +71,60 @@ pub(crate) struct LiveFiles {
     pub data: Vec<LiveFile>,
     /// Equality deletes, by their equality field ids.
     pub deletes: BTreeMap<Vec<i32>, Vec<LiveFile>>,
+    /// Position deletes (Parquet files of `file_path`, `pos`).
+    pub positions: Vec<LiveFile>,
+}
+
+impl LiveFiles {
+    /// Live delete files, equality and position.
+    pub fn delete_count(&self) -> usize {
+        self.deletes.values().map(Vec::len).sum::<usize>() + self.positions.len()
+    }
+}
+
+/// A position-delete file and what it removes.
+#[derive(Debug, Clone)]
+pub(crate) struct PositionDeleteFile {
+    pub file: LiveFile,
+    pub removes: DeletedPositions,
+}
+
+impl PositionDeleteFile {
+    /// Whether it applies to `data`: it names the file, and the file's data sequence number is
+    /// at or below its own (Iceberg's rule for position deletes).
+    pub fn applies_to(&self, data: &LiveFile) -> bool {
+        data.sequence <= self.file.sequence && self.removes.of(&data.path).is_some()
+    }
+}
+
+/// What the position-delete files `files` remove, each read once.
+pub(crate) async fn load_positions(
+    io: &FileIO,
+    name: &CatalogTable,
+    files: &[LiveFile],
+) -> Result<Vec<PositionDeleteFile>> {
+    let mut loaded = Vec::with_capacity(files.len());
+    for file in files {
+        let removes = DeletedPositions::load(io, &file.path)
+            .await
+            .map_err(|e| sink_error(name, format!("read position deletes: {e}")))?;
+        loaded.push(PositionDeleteFile {
+            file: file.clone(),
+            removes,
+        });
+    }
+    Ok(loaded)
+}
+
+/// The positions `positions` remove from `data`, over every delete file that applies to it.
+fn removed_from(data: &LiveFile, positions: &[PositionDeleteFile]) -> Option<BTreeSet<u64>> {
+    let mut removed: Option<BTreeSet<u64>> = None;
+    for delete in positions.iter().filter(|d| d.applies_to(data)) {
+        if let Some(rows) = delete.removes.of(&data.path) {
+            removed.get_or_insert_default().extend(rows.iter().copied());
+        }
+    }
+    removed
 }
 
 /// A DataFusion session over the lake tables of `config`, each registered as
@@ -141,16 +210,17 @@ pub(crate) async fn table_frame(
         key,
         schema: schema.clone(),
         data_files: files.data.len(),
-        delete_files: files.deletes.values().map(Vec::len).sum(),
+        delete_files: files.delete_count(),
     };
-    let frame = files_frame(ctx, name, metadata, &files).await?;
+    let frame = files_frame(ctx, io, name, metadata, &files).await?;
     Ok((table, frame))
 }
 
-/// The plan of the rows of `files.data` that `files.deletes` leave, in the table's current
-/// schema: a subset of a snapshot's files, as `compact` rewrites them.
+/// The plan of the rows of `files.data` that `files.deletes` and `files.positions` leave, in
+/// the table's current schema: a subset of a snapshot's files, as `compact` rewrites them.
 pub(crate) async fn files_frame(
     ctx: &SessionContext,
+    io: &FileIO,
     name: &CatalogTable,
     metadata: &TableMetadata,
     files: &LiveFiles,
@@ -165,7 +235,26 @@ pub(crate) async fn files_frame(
         .iter()
         .map(|f| col(quoted(f.name())))
         .collect();
-    let mut data = match read_groups(ctx, name, &files.data, &schema, SEQUENCE, PARTITION).await? {
+    let positions = load_positions(io, name, &files.positions).await?;
+    let mut whole = Vec::new();
+    let mut hit = Vec::new();
+    for file in &files.data {
+        match removed_from(file, &positions) {
+            Some(removed) => hit.push((file, Arc::new(removed))),
+            None => whole.push(file.clone()),
+        }
+    }
+    let whole = read_groups(ctx, name, &whole, &schema, SEQUENCE, PARTITION).await?;
+    let hit = read_without(ctx, io, name, hit, &schema).await?;
+    let data = match (whole, hit) {
+        (Some(whole), Some(hit)) => Some(
+            whole
+                .union(hit)
+                .map_err(|e| df_error(name, "plan the union of files", e))?,
+        ),
+        (whole, hit) => whole.or(hit),
+    };
+    let mut data = match data {
         Some(data) => data,
         None => {
             return ctx
@@ -267,6 +356,90 @@ async fn read_groups(
     Ok(frame)
 }
 
+/// Reads each data file of `files` without the rows at its positions, grouped by sequence
+/// number and partition and tagged with both, as [`read_groups`] does; `None` for no file.
+async fn read_without(
+    ctx: &SessionContext,
+    io: &FileIO,
+    name: &CatalogTable,
+    files: Vec<(&LiveFile, Arc<BTreeSet<u64>>)>,
+    schema: &SchemaRef,
+) -> Result<Option<DataFrame>> {
+    let mut groups: BTreeMap<(i64, &str), Vec<Arc<dyn PartitionStream>>> = BTreeMap::new();
+    for (file, removed) in files {
+        groups
+            .entry((file.sequence, file.partition.as_str()))
+            .or_default()
+            .push(Arc::new(LiveRows {
+                io: io.clone(),
+                path: file.path.clone(),
+                removed,
+                schema: schema.clone(),
+            }));
+    }
+    let mut frame: Option<DataFrame> = None;
+    for ((sequence, partition), streams) in groups {
+        let table = StreamingTable::try_new(schema.clone(), streams)
+            .map_err(|e| df_error(name, "plan the files with position deletes", e))?;
+        let group = ctx
+            .read_table(Arc::new(table))
+            .map_err(|e| df_error(name, "read data files", e))?
+            .with_column(SEQUENCE, lit(sequence))
+            .and_then(|f| f.with_column(PARTITION, lit(partition)))
+            .map_err(|e| df_error(name, "tag data files", e))?;
+        frame = Some(match frame {
+            None => group,
+            Some(frame) => frame
+                .union(group)
+                .map_err(|e| df_error(name, "plan the union of files", e))?,
+        });
+    }
+    Ok(frame)
+}
+
+/// The live rows of one data file that position deletes apply to, read by column name into
+/// the table's current schema as DataFusion consumes them.
+#[derive(Debug)]
+struct LiveRows {
+    io: FileIO,
+    path: String,
+    removed: Arc<BTreeSet<u64>>,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for LiveRows {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (io, path, removed, schema) = (
+            self.io.clone(),
+            self.path.clone(),
+            self.removed.clone(),
+            self.schema.clone(),
+        );
+        let open = async move {
+            let reader = read_data_file(&io, &path, &removed, Keep::AllBut)
+                .await
+                .map_err(DataFusionError::Execution)?;
+            let batches = reader.map(move |batch| {
+                batch
+                    .map_err(|e| DataFusionError::Execution(format!("{path}: {e}")))
+                    .and_then(|b| {
+                        conform(&b, &schema)
+                            .map_err(|e| DataFusionError::Execution(format!("{path}: {e}")))
+                    })
+            });
+            Ok::<_, DataFusionError>(futures::stream::iter(batches))
+        };
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::once(open).try_flatten(),
+        ))
+    }
+}
+
 /// The manifest list of `snapshot` of table `name`: the manifests a reader of it plans over.
 pub(crate) async fn manifest_list(
     io: &FileIO,
@@ -308,8 +481,8 @@ pub(crate) struct ManifestCache {
     manifests: std::collections::HashMap<String, Arc<LiveFiles>>,
 }
 
-/// The live files of `snapshot`, with their data sequence numbers and partitions. Position
-/// deletes (written by other engines) are refused, naming the file: lakewriter reads none.
+/// The live files of `snapshot`, with their data sequence numbers and partitions. Deletion
+/// vectors (format v3, written by other engines) are refused, naming the file.
 pub(crate) async fn live_files_at(
     io: &FileIO,
     name: &CatalogTable,
@@ -331,6 +504,7 @@ pub(crate) async fn live_files_at(
             }
         };
         files.data.extend(live.data.iter().cloned());
+        files.positions.extend(live.positions.iter().cloned());
         for (ids, deletes) in &live.deletes {
             files
                 .deletes
@@ -379,13 +553,21 @@ async fn manifest_live_files(
                 let ids = file.equality_ids().unwrap_or_default();
                 files.deletes.entry(ids).or_default().push(live);
             }
+            (ManifestContentType::Deletes, DataContentType::PositionDeletes)
+                if file.file_format() == DataFileFormat::Parquet =>
+            {
+                files.positions.push(live);
+            }
             (ManifestContentType::Deletes, _) => {
                 return Err(sink_error(
                     name,
                     format!(
-                        "{}: position deletes (written by another engine) are not supported; \
-                         compact the table with that engine to apply them",
-                        file.file_path()
+                        "{}: {:?} deletes in {} files (deletion vectors, written by another \
+                         engine) are not supported; compact the table with that engine to \
+                         apply them",
+                        file.file_path(),
+                        file.content_type(),
+                        file.file_format()
                     ),
                 ));
             }

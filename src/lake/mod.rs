@@ -3,7 +3,8 @@
 //!
 //! - "the live rows of these tables": [`session`], a DataFusion session with each lake table
 //!   registered as `namespace.table` — Iceberg through its catalog and manifests, with
-//!   merge-on-read of equality deletes as a hash anti-join ([`iceberg`]); Delta through
+//!   merge-on-read of equality deletes as a hash anti-join and of other engines' position
+//!   deletes as row selections ([`iceberg`]); Delta through
 //!   deltalake's table provider ([`delta`]) — and the [`LakeTable`] facts of each;
 //! - "the files and deletes of this snapshot": [`live_files`], the live data and delete files
 //!   of an Iceberg snapshot, with their sequence numbers and partitions, and
@@ -27,8 +28,8 @@ use crate::error::Result;
 
 pub use changes::{AsOf, LakeChanges, LakeVersion, ReadFrom, changes};
 pub(crate) use iceberg::{
-    LiveFile, LiveFiles, files_frame, key_columns, live_files, manifest_list, quoted,
-    register_location, register_object_store,
+    LiveFile, LiveFiles, PositionDeleteFile, files_frame, key_columns, live_files, load_positions,
+    manifest_list, quoted, register_location, register_object_store,
 };
 pub use table::{LakeTable, reference};
 

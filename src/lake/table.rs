@@ -28,7 +28,7 @@ pub struct LakeTable {
     pub schema: SchemaRef,
     /// Live data files.
     pub data_files: usize,
-    /// Live equality-delete files (none in Delta).
+    /// Live delete files, equality and position (none in Delta).
     pub delete_files: usize,
 }
 

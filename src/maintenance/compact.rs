@@ -2,15 +2,17 @@
 //! hit by equality deletes — with the deletes applied, safely beside a running writer.
 //!
 //! Per table, per partition ([`plan`]):
-//! - a data file is chosen when at least `min_delete_files` equality-delete files apply to it
-//!   (same partition, later sequence number), or when it is smaller than `small_file_ratio`
+//! - a data file is chosen when at least `min_delete_files` delete files apply to it
+//!   (equality deletes: same partition, later sequence number; position deletes, which other
+//!   engines write: naming the file, same or later sequence number), or when it is smaller than `small_file_ratio`
 //!   of the target size and there is something to merge it with (another small file, or a
 //!   file being rewritten anyway in that partition);
 //! - the chosen files are read in groups of at most `group_size` bytes, through the same
 //!   merge-on-read plan `query` uses, sorted by key (`sort_by_key`), and written to files of
 //!   the target size;
-//! - a delete file is removed when no data file left after the rewrite is older than it in
-//!   its partition: it applies to nothing any more.
+//! - a delete file is removed when it applies to no data file left after the rewrite: an
+//!   equality delete when none is older than it in its partition, a position delete when none
+//!   it names is left.
 //!
 //! Everything is committed as one `replace` snapshot (DESIGN.md invariant 8):
 //! - the new files keep the data sequence number of the snapshot that was read, so equality
@@ -38,8 +40,8 @@ use crate::catalog::{Catalog, CatalogTable};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lake::{
-    LiveFile, LiveFiles, files_frame, key_columns, live_files, quoted, register_location,
-    register_object_store,
+    LiveFile, LiveFiles, PositionDeleteFile, files_frame, key_columns, live_files, load_positions,
+    quoted, register_location, register_object_store,
 };
 use crate::maintenance::cleanup::{Cleanup, clean_table};
 use crate::progress::Progress;
@@ -233,9 +235,11 @@ async fn compact_table(
             return Ok(outcome);
         };
         let files = live_files(io, lake, &metadata).await?;
+        let positions = load_positions(io, lake, &files.positions).await?;
         let target = config.sink.target_file_size.bytes();
         let plan = plan(
             &files,
+            &positions,
             (config.compaction.small_file_ratio * target as f64) as u64,
             config.compaction.min_delete_files,
             config.compaction.group_size.bytes(),
@@ -244,7 +248,7 @@ async fn compact_table(
             outcome.skipped = Some(format!(
                 "{} data files, {} delete files: nothing to rewrite",
                 files.data.len(),
-                files.deletes.values().map(Vec::len).sum::<usize>()
+                files.delete_count()
             ));
             return Ok(outcome);
         }
@@ -277,8 +281,13 @@ async fn compact_table(
                         (ids.clone(), deletes)
                     })
                     .collect(),
+                positions: positions
+                    .iter()
+                    .filter(|p| group.iter().any(|f| p.applies_to(f)))
+                    .map(|p| p.file.clone())
+                    .collect(),
             };
-            let frame = files_frame(&ctx, lake, &metadata, &subset).await?;
+            let frame = files_frame(&ctx, io, lake, &metadata, &subset).await?;
             let frame = if config.compaction.sort_by_key && !key.is_empty() {
                 frame
                     .sort(
@@ -368,9 +377,11 @@ pub(crate) struct Plan {
 /// Chooses the data files to rewrite and the delete files that go with them (see the module
 /// documentation). An equality delete applies to a data file of its partition with a smaller
 /// data sequence number — the Iceberg rule for a table with one partition spec, which is all
-/// lakewriter creates.
+/// lakewriter creates; a position delete (`positions`, the loaded `files.positions`) to a data
+/// file it names with a data sequence number at or below its own.
 pub(crate) fn plan(
     files: &LiveFiles,
+    positions: &[PositionDeleteFile],
     small_below: u64,
     min_delete_files: usize,
     group_size: u64,
@@ -383,12 +394,14 @@ pub(crate) fn plan(
         partitions.entry(&file.partition).or_default().1.push(file);
     }
     let mut plan = Plan::default();
+    let mut kept_files: Vec<&LiveFile> = Vec::new();
     for (data, deletes) in partitions.values() {
         // per data file: hit by enough deletes, small
         let marks: Vec<(bool, bool)> = data
             .iter()
             .map(|f| {
-                let applying = deletes.iter().filter(|d| f.sequence < d.sequence).count();
+                let applying = deletes.iter().filter(|d| f.sequence < d.sequence).count()
+                    + positions.iter().filter(|p| p.applies_to(f)).count();
                 (applying >= min_delete_files.max(1), f.size < small_below)
             })
             .collect();
@@ -408,6 +421,7 @@ pub(crate) fn plan(
                 .filter(|d| !kept.iter().any(|f| f.sequence < d.sequence))
                 .map(|d| (*d).clone()),
         );
+        kept_files.extend(kept.iter().copied());
         chosen.sort_by(|a, b| (a.sequence, &a.path).cmp(&(b.sequence, &b.path)));
         let mut group: Vec<LiveFile> = Vec::new();
         let mut bytes = 0u64;
@@ -423,6 +437,12 @@ pub(crate) fn plan(
             plan.groups.push(group);
         }
     }
+    plan.obsolete_deletes.extend(
+        positions
+            .iter()
+            .filter(|p| !kept_files.iter().any(|f| p.applies_to(f)))
+            .map(|p| p.file.clone()),
+    );
     plan
 }
 
@@ -483,6 +503,7 @@ mod tests {
         LiveFiles {
             data,
             deletes: BTreeMap::from([(vec![1], deletes)]),
+            positions: Vec::new(),
         }
     }
 
@@ -511,6 +532,7 @@ mod tests {
                 ],
                 vec![file("d1", "p", 2, 5)],
             ),
+            &[],
             100,
             1,
             10_000,
@@ -527,6 +549,7 @@ mod tests {
                 vec![file("older", "p", 1, 1000), file("old", "p", 2, 1000)],
                 vec![file("d1", "p", 2, 5), file("d2", "p", 3, 5)],
             ),
+            &[],
             100,
             2,
             10_000,
@@ -541,6 +564,7 @@ mod tests {
                 vec![file("a", "p", 1, 10), file("big", "p", 1, 1000)],
                 vec![],
             ),
+            &[],
             100,
             1,
             10_000,
@@ -555,6 +579,7 @@ mod tests {
                 ],
                 vec![],
             ),
+            &[],
             100,
             1,
             10_000,
@@ -570,6 +595,7 @@ mod tests {
                 vec![file("p1", "p", 1, 1000), file("q1", "q", 1, 1000)],
                 vec![file("dq", "q", 2, 5), file("dr", "r", 2, 5)],
             ),
+            &[],
             100,
             1,
             10_000,
@@ -578,12 +604,52 @@ mod tests {
         assert_eq!(paths(&plan), (vec![vec!["q1"]], vec!["dq", "dr"]));
     }
 
+    fn positions(path: &str, sequence: i64, removes: &[(&str, u64)]) -> PositionDeleteFile {
+        PositionDeleteFile {
+            file: file(path, "p", sequence, 5),
+            removes: removes.iter().map(|(f, p)| (f.to_string(), *p)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_position_delete_chooses_the_files_it_names_and_goes_when_they_are_rewritten() {
+        let data = vec![
+            file("a", "p", 1, 1000),
+            file("b", "p", 1, 1000),
+            file("c", "p", 3, 1000),
+        ];
+        // `p1` names `a` (older: applies) and `c` (newer than it: does not apply); `p2` names
+        // `b` at its own sequence number (applies, as Spark's do)
+        let deletes = vec![
+            positions("p1", 2, &[("a", 0), ("c", 1)]),
+            positions("p2", 1, &[("b", 7)]),
+        ];
+        let one = plan(&files(data.clone(), vec![]), &deletes, 100, 1, 10_000);
+        assert_eq!(paths(&one), (vec![vec!["a", "b"]], vec!["p1", "p2"]));
+        // with two deletes needed per file, nothing is rewritten and both stay
+        let two = plan(&files(data, vec![]), &deletes, 100, 2, 10_000);
+        assert_eq!(two, Plan::default());
+    }
+
+    #[test]
+    fn a_position_delete_naming_a_kept_file_stays() {
+        let data = vec![file("a", "p", 1, 1000), file("b", "p", 1, 1000)];
+        let deletes = vec![
+            positions("p1", 2, &[("a", 0), ("b", 0)]),
+            positions("p2", 2, &[("b", 1)]),
+        ];
+        // `a` is hit by one delete, `b` by two: with two needed, only `b` is rewritten, and
+        // `p1` still applies to `a`
+        let plan = plan(&files(data, vec![]), &deletes, 100, 2, 10_000);
+        assert_eq!(paths(&plan), (vec![vec!["b"]], vec!["p2"]));
+    }
+
     #[test]
     fn chosen_files_are_split_into_groups_of_the_group_size() {
         let data = (1..=5)
             .map(|i| file(&format!("f{i}"), "p", i, 40))
             .collect();
-        let plan = plan(&files(data, vec![]), 100, 1, 100);
+        let plan = plan(&files(data, vec![]), &[], 100, 1, 100);
         assert_eq!(
             paths(&plan).0,
             vec![vec!["f1", "f2"], vec!["f3", "f4"], vec!["f5"]]

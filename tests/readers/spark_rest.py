@@ -4,7 +4,14 @@ catalog `lake` and prints each row as a line, its values joined by `|` (NULL for
 Several queries run in one session (Spark's start-up is most of the time), their rows separated
 by an empty line.
 
-usage: spark_rest.py URI [--token T | --credential ID:SECRET] [--warehouse W] QUERY [QUERY ...]
+usage: spark_rest.py URI [--token T | --credential ID:SECRET] [--warehouse W] [--catalog NAME]
+                     QUERY [QUERY ...]
+
+A URI `jdbc:sqlite:FILE` opens the SQLite catalog file lakewriter writes with Iceberg's own
+JdbcCatalog instead (`--warehouse` required; `--catalog` must then be the catalog name the file
+records, `lakewriter` by default). Iceberg's SQL extensions are loaded, so the queries may also
+change the tables (`DELETE`, `UPDATE`, `CALL lakewriter.system.…`): Spark as another engine
+committing to lakewriter's tables.
 
 The jars Spark needs besides pyspark's (the runtime jar and the Jackson and HttpClient it refers
 to under `org.apache.iceberg.shaded`) come from `scripts/iceberg_java spark-jars`, which must have
@@ -69,23 +76,35 @@ def session(args):
         .config("spark.sql.shuffle.partitions", "1")
         .config("spark.default.parallelism", "1")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.catalog.lake", "org.apache.iceberg.spark.SparkCatalog")
-        .config("spark.sql.catalog.lake.type", "rest")
-        .config("spark.sql.catalog.lake.uri", args.uri)
-        # each query sees the catalog's current state, not a table loaded earlier
-        .config("spark.sql.catalog.lake.cache-enabled", "false")
+        .config("spark.sql.extensions",
+                "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions")
     )
+    catalog = f"spark.sql.catalog.{args.catalog}"
+    builder = (
+        builder.config(catalog, "org.apache.iceberg.spark.SparkCatalog")
+        .config(f"{catalog}.uri", args.uri)
+        # each query sees the catalog's current state, not a table loaded earlier
+        .config(f"{catalog}.cache-enabled", "false")
+    )
+    if args.uri.startswith("jdbc:"):
+        builder = (
+            builder.config(f"{catalog}.catalog-impl", "org.apache.iceberg.jdbc.JdbcCatalog")
+            # the table layout pyiceberg and lakewriter share (no iceberg_type column)
+            .config(f"{catalog}.jdbc.schema-version", "V0")
+        )
+    else:
+        builder = builder.config(f"{catalog}.type", "rest")
     if args.warehouse:
-        builder = builder.config("spark.sql.catalog.lake.warehouse", args.warehouse)
+        builder = builder.config(f"{catalog}.warehouse", args.warehouse)
     if args.token:
-        builder = builder.config("spark.sql.catalog.lake.token", args.token)
+        builder = builder.config(f"{catalog}.token", args.token)
     if args.credential:
-        builder = builder.config("spark.sql.catalog.lake.credential", args.credential)
+        builder = builder.config(f"{catalog}.credential", args.credential)
         # the spec's token endpoint on the catalog itself (the client's default, made explicit:
         # Iceberg warns when it is left implicit)
-        builder = builder.config("spark.sql.catalog.lake.oauth2-server-uri",
+        builder = builder.config(f"{catalog}.oauth2-server-uri",
                                  args.uri.rstrip("/") + "/v1/oauth/tokens")
-        builder = builder.config("spark.sql.catalog.lake.scope", "catalog")
+        builder = builder.config(f"{catalog}.scope", "catalog")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
@@ -101,8 +120,11 @@ def main() -> int:
     parser.add_argument("--token")
     parser.add_argument("--credential")
     parser.add_argument("--warehouse")
+    parser.add_argument("--catalog")
     parser.add_argument("queries", nargs="+")
     args = parser.parse_args()
+    if args.catalog is None:
+        args.catalog = "lakewriter" if args.uri.startswith("jdbc:") else "lake"
     started = time.monotonic()
     spark = session(args)
     ready = time.monotonic()

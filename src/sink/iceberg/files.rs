@@ -265,7 +265,7 @@ const ROWS_PER_WRITE: usize = 8192;
 /// list's element field, binary as large binary); columns the source no longer has are
 /// null. Fails, naming the column, when a value does not fit or a required (key) column is
 /// null.
-pub(super) fn conform(batch: &RecordBatch, lake: &ArrowSchemaRef) -> Result<RecordBatch, String> {
+pub(crate) fn conform(batch: &RecordBatch, lake: &ArrowSchemaRef) -> Result<RecordBatch, String> {
     let rows = batch.num_rows();
     let mut columns = Vec::with_capacity(lake.fields().len());
     for field in lake.fields() {

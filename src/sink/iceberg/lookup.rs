@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Decimal128Array, FixedSizeBinaryArray,
     Float32Array, Float64Array, Int32Array, Int64Array, LargeBinaryArray, RecordBatch, StringArray,
-    Time64MicrosecondArray, TimestampMicrosecondArray, UInt64Array,
+    Time64MicrosecondArray, TimestampMicrosecondArray,
 };
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::SchemaRef as ArrowSchemaRef;
@@ -23,9 +23,9 @@ use iceberg::scan::FileScanTaskDeleteFile;
 use iceberg::spec::{DataContentType, Datum, PrimitiveType, TableMetadata, Type};
 use iceberg::table::Table;
 use iceberg::{Runtime, TableIdent};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::files::conform;
+use super::positions::{DeletedPositions, open};
 use crate::catalog::CatalogTable;
 
 /// Keys per planned scan: each scan's filter is a tree over this many keys.
@@ -110,7 +110,7 @@ pub(super) async fn lookup(
         .map_err(|e| format!("cannot open the table for a lookup: {e}"))?;
 
     let mut deletes_cache: HashMap<String, Arc<EqualityDeletes>> = HashMap::new();
-    let mut positions_cache: HashMap<String, Arc<HashMap<String, HashSet<u64>>>> = HashMap::new();
+    let mut positions_cache: HashMap<String, Arc<DeletedPositions>> = HashMap::new();
     let mut read_files: HashSet<String> = HashSet::new();
     let mut found = Vec::new();
     let rows: Vec<usize> = (0..keys.num_rows()).collect();
@@ -149,12 +149,12 @@ pub(super) async fn lookup(
                     }
                     DataContentType::PositionDeletes => {
                         if !positions_cache.contains_key(&delete.file_path) {
-                            let loaded = load_position_deletes(file_io, &delete.file_path).await?;
+                            let loaded = DeletedPositions::load(file_io, &delete.file_path).await?;
                             positions_cache.insert(delete.file_path.clone(), Arc::new(loaded));
                         }
                         if let Some(p) = positions_cache
                             .get(&delete.file_path)
-                            .and_then(|p| p.get(&task.data_file_path))
+                            .and_then(|p| p.of(&task.data_file_path))
                         {
                             removed_positions.extend(p.iter().copied());
                         }
@@ -251,14 +251,9 @@ fn key_filter(
 
 /// Every batch of the Parquet file at `path`.
 async fn read_parquet(file_io: &FileIO, path: &str) -> Result<Vec<RecordBatch>, String> {
-    let bytes = file_io
-        .new_input(path)
-        .map_err(|e| format!("{path}: {e}"))?
-        .read()
-        .await
-        .map_err(|e| format!("{path}: {e}"))?;
-    ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
+    open(file_io, path)
+        .await?
+        .build()
         .map_err(|e| format!("{path}: {e}"))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{path}: {e}"))
@@ -302,39 +297,6 @@ async fn load_equality_deletes(
         converter,
         rows,
     })
-}
-
-/// The positions a position-delete file removes, by data file path.
-async fn load_position_deletes(
-    file_io: &FileIO,
-    path: &str,
-) -> Result<HashMap<String, HashSet<u64>>, String> {
-    let mut removed: HashMap<String, HashSet<u64>> = HashMap::new();
-    for batch in read_parquet(file_io, path).await? {
-        let files = batch
-            .column_by_name("file_path")
-            .and_then(|c| cast(c, &arrow::datatypes::DataType::Utf8).ok())
-            .ok_or_else(|| format!("{path}: no file_path column"))?;
-        let files = files
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| format!("{path}: file_path is not text"))?;
-        let positions = batch
-            .column_by_name("pos")
-            .and_then(|c| cast(c, &arrow::datatypes::DataType::UInt64).ok())
-            .ok_or_else(|| format!("{path}: no pos column"))?;
-        let positions = positions
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .ok_or_else(|| format!("{path}: pos is not a number"))?;
-        for row in 0..batch.num_rows() {
-            removed
-                .entry(files.value(row).to_string())
-                .or_default()
-                .insert(positions.value(row));
-        }
-    }
-    Ok(removed)
 }
 
 /// Combines `items` into a tree of depth log(n), so a long key list does not make the

@@ -21,6 +21,7 @@ pub use self::expiry::{Expired, ManifestRefs};
 mod files;
 mod lookup;
 mod parquet;
+mod positions;
 mod row_delta;
 mod table;
 
@@ -41,6 +42,8 @@ pub use table::PartitionExpr;
 
 use self::commit::Change;
 use self::files::FileWriter;
+pub(crate) use self::files::conform;
+pub(crate) use self::positions::{DeletedPositions, Keep, read_data_file};
 pub use self::row_delta::Rewrite;
 use self::row_delta::{RowDelta, StageError};
 use crate::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer, RetryPolicy};

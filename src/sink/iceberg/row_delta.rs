@@ -200,6 +200,9 @@ pub(super) async fn stage(
                 carried.push(manifest);
                 continue;
             }
+            if let Some(rewrite) = &delta.rewrite {
+                position_deletes_since(file_io, &manifest, rewrite).await?;
+            }
             let kept = remove_from(
                 file_io,
                 &manifest,
@@ -300,6 +303,34 @@ pub(super) async fn stage(
         .build()?
         .metadata;
     write_next_metadata(file_io, current_location, updated).await
+}
+
+/// A conflict when `manifest` holds a live position delete committed after the snapshot
+/// `rewrite` read (another engine's merge-on-read `DELETE` meanwhile): it names rows by the
+/// paths of the files the rewrite replaces, and would no longer apply to their rows.
+async fn position_deletes_since(
+    file_io: &FileIO,
+    manifest: &ManifestFile,
+    rewrite: &Rewrite,
+) -> Result<(), StageError> {
+    if manifest.content != ManifestContentType::Deletes
+        || manifest.sequence_number <= rewrite.data_sequence
+    {
+        return Ok(());
+    }
+    let entries = manifest.load_manifest(file_io).await?;
+    let newer = entries.entries().iter().find(|e| {
+        e.is_alive()
+            && e.data_file().content_type() == DataContentType::PositionDeletes
+            && e.sequence_number().unwrap_or(i64::MAX) > rewrite.data_sequence
+    });
+    match newer {
+        Some(entry) => Err(StageError::Conflict(format!(
+            "position deletes were committed since the rewrite read the table ({})",
+            entry.file_path()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Writes `metadata` as the version after `current_location`
