@@ -196,6 +196,24 @@ async fn compact_tables(
     }
 }
 
+/// `lakewriter resync`: ask the writer to copy `table` again, online, in chunks beside the
+/// stream (see `source::resync`); prints what was asked.
+pub async fn resync(config: &Config, table: &str) -> Result<()> {
+    let asked = crate::source::resync::request(config, table).await?;
+    println!(
+        "asked to copy {} again (request at LSN {} in the WAL of slot {})",
+        asked.table, asked.lsn, config.source.slot
+    );
+    if asked.writer_running {
+        println!("the running writer copies it now, in chunks; `lakewriter status` shows the copy");
+    } else {
+        println!(
+            "no writer is streaming the slot now: the next `lakewriter run` takes the request up"
+        );
+    }
+    Ok(())
+}
+
 /// `lakewriter verify`: compare the lake with PostgreSQL row by row; `Ok(true)` when every
 /// table is equal.
 pub async fn verify(config: &Config, table: Option<&str>, json: bool) -> Result<bool> {

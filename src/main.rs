@@ -62,6 +62,19 @@ enum Command {
         #[arg(long)]
         table: Option<String>,
     },
+    /// Copy one table again, online: the running `run` empties its lake table at the request's
+    /// place in the stream and copies it in chunks while every other table streams on.
+    ///
+    /// The request is a message in the WAL (`pg_logical_emit_message`); with no writer
+    /// running, the next `run` takes it up. Refused for a table the writer does not stream,
+    /// or one without a key of NOT NULL columns (the chunks are ordered by it).
+    Resync {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The table (`schema.table` of the source).
+        #[arg(long)]
+        table: String,
+    },
     /// Compare the lake with PostgreSQL row by row; exit 0 only when they are equal.
     ///
     /// Prints, per table, equal or the number of missing, extra and different rows with
@@ -206,6 +219,9 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
     match command {
         Command::Run { config } => commands::run(&load(&config)?).await.map(|()| true),
         Command::Compact { config, table } => commands::compact(&load(&config)?, table.as_deref())
+            .await
+            .map(|()| true),
+        Command::Resync { config, table } => commands::resync(&load(&config)?, &table)
             .await
             .map(|()| true),
         Command::Verify {

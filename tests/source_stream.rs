@@ -59,7 +59,7 @@ impl Consumer {
                     let _ = self.durable.send(end_lsn);
                 }
             }
-            SourceEvent::Watermark(_) => {}
+            SourceEvent::Watermark(_) | SourceEvent::Resync(_) => {}
             SourceEvent::Idle { server_lsn } => {
                 // the server has sent everything before this position (other databases share
                 // the WAL, so our last commit may never reach the current LSN by itself)

@@ -172,6 +172,8 @@ struct OpenTransaction {
     replay: bool,
     /// The watermarks of chunked copies it carries, taken at its commit.
     watermarks: Vec<crate::source::chunk::Watermark>,
+    /// The tables `lakewriter resync` asked, in it, to copy again.
+    resyncs: Vec<TableId>,
 }
 
 /// Counters for logs and `status`.
@@ -320,6 +322,52 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
+    /// Takes up `lakewriter resync`'s requests to copy `tables` again, made in the transaction
+    /// committed at `commit_lsn`: each waits for a copy like a table that rejoined. A request
+    /// the lake already took up (a restart streams it again, below the checkpoint of the copy
+    /// it started), one for a table being copied (that copy ends equal to PostgreSQL too), and
+    /// one for a table this run does not stream or has stopped are logged and ignored.
+    fn resync(&mut self, tables: Vec<TableId>, commit_lsn: Lsn) {
+        for table in tables {
+            let Some(state) = self.tables.get(&table) else {
+                tracing::warn!(
+                    table = %table,
+                    lsn = %commit_lsn,
+                    "a resync request for a table this run does not stream: ignored"
+                );
+                continue;
+            };
+            if state.checkpoint.is_some_and(|c| commit_lsn <= c) {
+                tracing::debug!(
+                    table = %table,
+                    lsn = %commit_lsn,
+                    "a resync request the lake already took up: skipped"
+                );
+            } else if state.stopped.is_some() {
+                tracing::warn!(
+                    table = %table,
+                    lsn = %commit_lsn,
+                    "a resync request for a stopped table: ignored (a restart after the fix \
+                     takes it up again)"
+                );
+            } else if state.awaiting_copy || state.copy.is_some() {
+                tracing::info!(
+                    table = %table,
+                    lsn = %commit_lsn,
+                    "a resync request for a table being copied: ignored, the copy under way \
+                     ends equal to PostgreSQL"
+                );
+            } else {
+                tracing::info!(
+                    table = %table,
+                    lsn = %commit_lsn,
+                    "resync requested: the table is copied again beside the stream"
+                );
+                self.recopy(&table);
+            }
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
@@ -373,6 +421,7 @@ impl<S: Sink> Pipeline<S> {
                     spill: None,
                     replay,
                     watermarks: Vec::new(),
+                    resyncs: Vec::new(),
                 });
             }
             SourceEvent::Schema { schema, .. } => {
@@ -411,6 +460,11 @@ impl<S: Sink> Pipeline<S> {
                     open.watermarks.push(watermark);
                 }
             }
+            SourceEvent::Resync(table) => {
+                if let Some(open) = self.open.as_mut().filter(|o| !o.replay) {
+                    open.resyncs.push(table);
+                }
+            }
             SourceEvent::Commit {
                 commit_lsn,
                 end_lsn,
@@ -422,11 +476,13 @@ impl<S: Sink> Pipeline<S> {
                     self.stats.transactions += 1;
                     self.taken = self.taken.max(commit_lsn);
                     let watermarks = std::mem::take(&mut open.watermarks);
+                    let resyncs = std::mem::take(&mut open.resyncs);
                     match open.spill.take() {
                         Some(spill) => self.commit_spilled(open, spill, commit_lsn).await?,
                         None => self.commit_transaction(open, commit_lsn).await?,
                     }
                     self.take_watermarks(watermarks, commit_lsn)?;
+                    self.resync(resyncs, commit_lsn);
                 }
                 self.received = self.received.max(end_lsn);
                 self.flush_due(false).await?;

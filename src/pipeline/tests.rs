@@ -622,3 +622,37 @@ async fn a_resumed_copy_writes_its_rows_as_upserts_and_the_last_chunk_completes_
     );
     assert_eq!(committed(&sink, "u"), vec![(5, "chunk".to_string())]);
 }
+
+/// A resync request of `table` in a transaction of its own committing at `lsn`.
+fn resync_request(table: &str, lsn: u64) -> Vec<SourceEvent> {
+    transaction(lsn, vec![SourceEvent::Resync(schema(table).table.clone())])
+}
+
+#[tokio::test]
+async fn a_resync_request_is_taken_up_once_above_the_checkpoint_and_not_during_a_copy() {
+    let (mut pipeline, _acknowledged) = pipeline();
+    let u = schema("u").table.clone();
+    // below the checkpoint: a request the lake already took up, streamed again
+    for event in resync_request("u", 8) {
+        pipeline.handle(event).await.expect("handle");
+    }
+    assert!(pipeline.take_discovered().is_empty());
+    // a change buffered before the request is in the copy: dropped
+    for event in transaction(15, vec![change("u", 15, Op::Insert, 1, "a")]) {
+        pipeline.handle(event).await.expect("handle");
+    }
+    for event in resync_request("u", 20) {
+        pipeline.handle(event).await.expect("handle");
+    }
+    assert_eq!(pipeline.take_discovered(), vec![u.clone()]);
+    let state = &pipeline.tables()[&u];
+    assert!(state.awaiting_copy && state.checkpoint.is_none() && state.buffer.is_empty());
+    // again while the table waits for its copy, and for a table this run does not stream
+    for event in resync_request("u", 30)
+        .into_iter()
+        .chain(resync_request("gone", 40))
+    {
+        pipeline.handle(event).await.expect("handle");
+    }
+    assert!(pipeline.take_discovered().is_empty());
+}

@@ -8,6 +8,7 @@ pub mod chunk;
 pub mod connection;
 pub mod copy_binary;
 pub mod pgoutput;
+pub mod resync;
 pub mod schema;
 pub mod setup;
 pub mod snapshot;

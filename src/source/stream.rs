@@ -22,6 +22,7 @@ use crate::source::changes::{ChangeBatch, ChangeBuilder, Intake, TableSchema};
 use crate::source::chunk::{WATERMARK_PREFIX, Watermark};
 use crate::source::connection;
 use crate::source::pgoutput::{self, Message};
+use crate::source::resync::{RESYNC_PREFIX, ResyncRequest};
 use crate::source::types::{PgType, TypeOptions, resolve_type};
 use crate::source::{Oid, RelationId};
 use crate::table::TableId;
@@ -72,6 +73,9 @@ pub enum SourceEvent {
     /// current transaction: it sits in WAL order between the transactions committed before
     /// and after it.
     Watermark(Watermark),
+    /// A request of `lakewriter resync` to copy this table again, in the current transaction:
+    /// the copy starts at its commit.
+    Resync(TableId),
     /// No transaction is open and the server has sent everything up to `server_lsn`: with
     /// nothing pending, the pipeline may acknowledge up to here so the slot holds no WAL for
     /// idle tables or unpublished traffic.
@@ -429,6 +433,15 @@ impl<'a> Decoder<'a> {
                 lsn,
             } => {
                 // lakewriter writes its watermarks in transactions of their own
+                if transactional && prefix == RESYNC_PREFIX && self.transaction.is_some() {
+                    match ResyncRequest::decode(&content) {
+                        Some(table) => out.push(SourceEvent::Resync(table)),
+                        None => tracing::warn!(
+                            lsn = %Lsn::from(lsn),
+                            "a resync request this version cannot read: ignored"
+                        ),
+                    }
+                }
                 if transactional && prefix == WATERMARK_PREFIX && self.transaction.is_some() {
                     match Watermark::decode(&content) {
                         Some(watermark) => out.push(SourceEvent::Watermark(watermark)),

@@ -1,0 +1,254 @@
+//! `lakewriter resync --table T` against the real PostgreSQL: asked while `run` streams, the
+//! running writer copies T again in key-ordered chunks beside the stream while another table
+//! keeps committing (its change seen in the lake while the copy is under way); a writer
+//! killed with SIGKILL mid-copy resumes the copy after its last committed chunk (the request,
+//! streamed again, is not taken up twice); a second request during the copy is ignored; and
+//! the lake then equals PostgreSQL (`verify`, DuckDB). `resync` refuses a table the writer
+//! does not stream and one without a key, naming it, and with no writer running says the
+//! next start takes the request up.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::TestDb;
+use support::writer::{
+    Writer, caught_up, command, command_ok, duck_query, lake_copy_progress, start_with, stop,
+    write_config,
+};
+
+/// Rows of the table copied again, in chunks of `CHUNK_ROWS`: a copy of 60 chunks.
+const ROWS: i64 = 120_000;
+const SETTINGS: &[(&str, &str)] = &[("SOURCE__SNAPSHOT_CHUNK_ROWS", "2000")];
+
+fn log_of(writer: Writer) -> String {
+    let mut child = writer.into_child();
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("wait for lakewriter");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The chunks the lake's copy of `big` has committed; `None` with no copy under way.
+fn committed_chunks(db: &TestDb) -> Option<u64> {
+    lake_copy_progress(db, "big")
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+        .and_then(|p| p["chunks"].as_u64())
+}
+
+/// Until `stop`: updates, deletes and re-inserts of `big`'s keys, one transaction a round.
+fn workload(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
+    let url = db.url.clone();
+    tokio::spawn(async move {
+        let client = support::connect(&url).await;
+        let mut round = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let sql = format!(
+                "BEGIN;
+                 UPDATE big SET v = v + 1, note = 'u{round}'
+                   WHERE id IN (SELECT 1 + (random() * {ROWS})::int FROM generate_series(1, 20));
+                 DELETE FROM big
+                   WHERE id IN (SELECT 1 + (random() * {ROWS})::int FROM generate_series(1, 5));
+                 INSERT INTO big (id, v, note)
+                   SELECT 1 + (random() * {ROWS})::int, {round}, 'back{round}'
+                   FROM generate_series(1, 5)
+                   ON CONFLICT (id) DO NOTHING;
+                 COMMIT;"
+            );
+            client.batch_execute(&sql).await.expect("a workload round");
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        round
+    })
+}
+
+async fn rows(db: &TestDb, query: &str) -> Vec<String> {
+    db.client()
+        .await
+        .query(query, &[])
+        .await
+        .expect("read PostgreSQL")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Waits until the copy of `big` has committed `chunks` chunks.
+async fn wait_for_chunks(db: &TestDb, writer: Writer, chunks: u64) -> Writer {
+    let mut writer = writer;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if committed_chunks(db).is_some_and(|c| c >= chunks) {
+            return writer;
+        }
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resync's copy committed no {chunks} chunks: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
+    let db = TestDb::new("resync").await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE big (id int PRIMARY KEY, v int NOT NULL, note text);
+             INSERT INTO big SELECT g, g, 'n' || g FROM generate_series(1, {ROWS}) g;
+             ANALYZE big;
+             CREATE TABLE other (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO other SELECT g, g FROM generate_series(1, 100) g;
+             CREATE TABLE nokey (v int);
+             ALTER TABLE nokey REPLICA IDENTITY FULL;
+             INSERT INTO nokey VALUES (1), (2);"
+        ))
+        .await
+        .expect("create the tables");
+
+    // `nokey` is keyed by a column that may hold NULL: fine to upsert, not to order chunks
+    write_config(&db, "[source.tables.\"public.nokey\"]\nkey = [\"v\"]\n");
+    // before any run: no slot, so nothing to ask
+    let early = command(&db, &["resync", "--table", "public.big"], SETTINGS);
+    assert!(!early.status.success(), "resync before the first run");
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+
+    let mut writer = start_with(&db, SETTINGS);
+    caught_up(&db, &mut writer).await;
+    assert_eq!(committed_chunks(&db), None, "the first copy is not chunked");
+
+    // the refusals name the table and the reason
+    let unknown = command(&db, &["resync", "--table", "public.missing"], SETTINGS);
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success()
+            && said.contains("public.missing")
+            && said.contains("not one of the writer's tables")
+            && said.contains("public.big"),
+        "{said}"
+    );
+    let keyless = command(&db, &["resync", "--table", "public.nokey"], SETTINGS);
+    let said = String::from_utf8_lossy(&keyless.stderr);
+    assert!(
+        !keyless.status.success() && said.contains("public.nokey") && said.contains("no key"),
+        "{said}"
+    );
+
+    // the resync, under a workload on the table copied again
+    let stop_workload = Arc::new(AtomicBool::new(false));
+    let running = workload(&db, stop_workload.clone());
+    let asked = command_ok(&db, &["resync", "--table", "public.big"], SETTINGS);
+    assert!(
+        asked.contains("asked to copy public.big again") && asked.contains("copies it now"),
+        "{asked}"
+    );
+    let writer = wait_for_chunks(&db, writer, 2).await;
+
+    // the other table commits while the copy goes on
+    client
+        .execute("UPDATE other SET v = 777 WHERE id = 1", &[])
+        .await
+        .expect("update other");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while duck_query(&db, "other", "SELECT v FROM {scan} WHERE id = 1") != ["777"] {
+        assert!(Instant::now() < deadline, "other never committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = committed_chunks(&db);
+    assert!(
+        during.is_some_and(|c| c < (ROWS / 2000) as u64),
+        "the copy was over before the other table's commit: make the table larger ({during:?})"
+    );
+
+    // a second request while the table is being copied is ignored
+    command_ok(&db, &["resync", "--table", "public.big"], SETTINGS);
+    let writer = wait_for_chunks(&db, writer, during.unwrap_or(0) + 2).await;
+    let first_log = log_of(writer); // SIGKILL mid-copy
+    assert!(
+        first_log.contains("resync requested: the table is copied again beside the stream")
+            && first_log.contains("copying the table in chunks beside the stream"),
+        "the resync was not taken up in chunks: {first_log}"
+    );
+    assert!(
+        first_log.contains("a resync request for a table being copied: ignored"),
+        "the second request was not ignored: {first_log}"
+    );
+    assert!(
+        !first_log.contains("copied the table in chunks while streaming"),
+        "the copy ended before the kill: make the table larger"
+    );
+    let killed_at = committed_chunks(&db).expect("the lake keeps the copy's progress");
+    let status = command_ok(&db, &["status"], &[]);
+    assert!(
+        status.lines().any(|l| l.contains("big: copying")),
+        "status does not show the copy: {status}"
+    );
+
+    // a request with no writer running waits for the next start, which also resumes the copy
+    let waiting = command_ok(&db, &["resync", "--table", "public.other"], SETTINGS);
+    assert!(
+        waiting.contains("the next `lakewriter run` takes"),
+        "{waiting}"
+    );
+    let mut writer = start_with(&db, SETTINGS);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while committed_chunks(&db).is_some() || lake_copy_progress(&db, "other").is_some() {
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(Instant::now() < deadline, "the copy never completed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_workload.store(true, Ordering::Relaxed);
+    let rounds = running.await.expect("the workload");
+    caught_up(&db, &mut writer).await;
+    let log = stop(writer);
+    assert!(
+        log.contains("resuming the table's chunked copy after its last committed chunk"),
+        "the copy did not resume after chunk {killed_at}: {log}"
+    );
+    let taken_up: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("resync requested: the table is copied again"))
+        .collect();
+    assert!(
+        taken_up.len() == 1 && taken_up[0].contains("public.other"),
+        "after the restart, not just the request made with no writer running was taken up: \
+         {taken_up:?}"
+    );
+    assert!(
+        log.contains("copied the table in chunks while streaming"),
+        "{log}"
+    );
+    assert!(rounds > 10, "the workload ran only {rounds} rounds");
+
+    let lake = duck_query(
+        &db,
+        "big",
+        "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
+    );
+    let postgres = rows(
+        &db,
+        "SELECT id::text || '|' || v::text || '|' || note FROM big ORDER BY id",
+    )
+    .await;
+    assert!(
+        lake == postgres,
+        "the lake's big table differs from PostgreSQL: {} rows against {}",
+        lake.len(),
+        postgres.len()
+    );
+    command_ok(&db, &["verify"], &[]);
+}
