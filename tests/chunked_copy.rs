@@ -282,12 +282,21 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
         "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
     );
     let postgres = joined_in_postgres(&db).await;
-    assert!(
-        lake == postgres,
-        "the lake's joined table differs from PostgreSQL: {} rows against {}",
-        lake.len(),
-        postgres.len()
-    );
+    if lake != postgres {
+        let (ours, theirs): (
+            std::collections::BTreeSet<&String>,
+            std::collections::BTreeSet<&String>,
+        ) = (lake.iter().collect(), postgres.iter().collect());
+        let only_lake: Vec<&&String> = ours.difference(&theirs).take(20).collect();
+        let only_postgres: Vec<&&String> = theirs.difference(&ours).take(20).collect();
+        panic!(
+            "the lake's joined table differs from PostgreSQL: {} rows against {}; only in the \
+             lake: {only_lake:?}; only in PostgreSQL: {only_postgres:?}; log of the last run: \
+             {log}",
+            lake.len(),
+            postgres.len()
+        );
+    }
     command_ok(&db, &["verify"], &[]);
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&watch])
