@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use support::TestDb;
 use support::writer::{
-    Writer, caught_up, command_ok, duck_query, lake_copy_progress, start_with, stop,
+    assert_same_lines, caught_up, command_ok, duck_query, lake_copy_progress, log_of, start_with,
+    stop, wait_for_chunks,
 };
 
 /// Rows of the joining table, and rows per chunk: a copy of 60 chunks.
@@ -125,13 +126,6 @@ async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
-fn log_of(writer: Writer) -> String {
-    let mut child = writer.into_child();
-    let _ = child.kill();
-    let output = child.wait_with_output().expect("wait for lakewriter");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[tokio::test]
 async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_postgres() {
     let db = TestDb::new("chunked_copy").await;
@@ -168,27 +162,7 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
     let running = workload(&db, watch.clone(), reads.clone(), stop_workload.clone());
 
     // SIGKILL once a few chunks are committed, well before the last
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let killed_at = loop {
-        if let Some(progress) = lake_copy_progress(&db, "joined") {
-            let chunks = serde_json::from_str::<serde_json::Value>(&progress)
-                .expect("the copy progress is JSON")["chunks"]
-                .as_u64()
-                .expect("a chunk count");
-            if chunks >= 3 {
-                break chunks;
-            }
-        }
-        if let Ok(Some(status)) = writer.try_wait() {
-            panic!("lakewriter exited early with {status}: {}", log_of(writer));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no chunk was committed: {}",
-            log_of(writer)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (writer, killed_at) = wait_for_chunks(&db, writer, "joined", 3).await;
     let first_log = log_of(writer);
     assert!(
         first_log.contains("copying the table in chunks beside the stream"),
@@ -282,21 +256,7 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
         "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
     );
     let postgres = joined_in_postgres(&db).await;
-    if lake != postgres {
-        let (ours, theirs): (
-            std::collections::BTreeSet<&String>,
-            std::collections::BTreeSet<&String>,
-        ) = (lake.iter().collect(), postgres.iter().collect());
-        let only_lake: Vec<&&String> = ours.difference(&theirs).take(20).collect();
-        let only_postgres: Vec<&&String> = theirs.difference(&ours).take(20).collect();
-        panic!(
-            "the lake's joined table differs from PostgreSQL: {} rows against {}; only in the \
-             lake: {only_lake:?}; only in PostgreSQL: {only_postgres:?}; log of the last run: \
-             {log}",
-            lake.len(),
-            postgres.len()
-        );
-    }
+    assert_same_lines("joined", &lake, &postgres, &log);
     command_ok(&db, &["verify"], &[]);
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&watch])

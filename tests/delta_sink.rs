@@ -656,13 +656,7 @@ async fn on_s3_a_merge_lands_and_query_compact_and_python_deltalake_work_on_it()
     let config =
         Config::parse(&text, Path::new("delta-s3-test.toml"), Vec::new()).expect("a valid config");
     let s3 = lakewriter::cloud::s3_client(&config).await;
-    if let Err(e) = s3.create_bucket().bucket(&bucket).send().await {
-        let text = format!("{e:?}");
-        assert!(
-            text.contains("BucketAlreadyOwnedByYou"),
-            "create bucket: {text}"
-        );
-    }
+    support::create_bucket(&s3, &bucket).await;
     let schema = items_schema(false);
     let mut sink = DeltaSink::from_config(&config)
         .await
@@ -1226,13 +1220,7 @@ async fn with_the_glue_catalog_delta_tables_are_registered_for_athena_and_gain_c
     let config = Config::parse(&text, Path::new("delta-glue-test.toml"), Vec::new())
         .expect("a valid config");
     let s3 = lakewriter::cloud::s3_client(&config).await;
-    if let Err(e) = s3.create_bucket().bucket(&bucket).send().await {
-        let text = format!("{e:?}");
-        assert!(
-            text.contains("BucketAlreadyOwnedByYou"),
-            "create bucket: {text}"
-        );
-    }
+    support::create_bucket(&s3, &bucket).await;
     let glue = lakewriter::cloud::glue_client(&config).await;
 
     // prepare creates the database and the table, as Athena's native Delta reader wants it

@@ -73,13 +73,7 @@ async fn run_and_compact(label: &str, format: &str, encryption: &str) -> Vec<Sto
     )
     .expect("a valid config");
     let s3 = lakewriter::cloud::s3_client(&config).await;
-    if let Err(e) = s3.create_bucket().bucket(&bucket).send().await {
-        let text = format!("{e:?}");
-        assert!(
-            text.contains("BucketAlreadyOwnedByYou"),
-            "create bucket: {text}"
-        );
-    }
+    support::create_bucket(&s3, &bucket).await;
     let settings = [("SINK__WAREHOUSE", warehouse.as_str())];
     let mut child = start_with(&db, &settings);
     caught_up(&db, &mut child).await;

@@ -15,27 +15,13 @@ use std::time::{Duration, Instant};
 
 use support::TestDb;
 use support::writer::{
-    Writer, caught_up, command, command_ok, duck_query, lake_copy_progress, start_with, stop,
-    write_config,
+    caught_up, command, command_ok, copy_chunks, duck_query, lake_copy_progress, log_of,
+    start_with, stop, wait_for_chunks, write_config,
 };
 
 /// Rows of the table copied again, in chunks of `CHUNK_ROWS`: a copy of 60 chunks.
 const ROWS: i64 = 120_000;
 const SETTINGS: &[(&str, &str)] = &[("SOURCE__SNAPSHOT_CHUNK_ROWS", "2000")];
-
-fn log_of(writer: Writer) -> String {
-    let mut child = writer.into_child();
-    let _ = child.kill();
-    let output = child.wait_with_output().expect("wait for lakewriter");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// The chunks the lake's copy of `big` has committed; `None` with no copy under way.
-fn committed_chunks(db: &TestDb) -> Option<u64> {
-    lake_copy_progress(db, "big")
-        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
-        .and_then(|p| p["chunks"].as_u64())
-}
 
 /// Until `stop`: updates, deletes and re-inserts of `big`'s keys, one transaction a round.
 fn workload(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
@@ -75,26 +61,6 @@ async fn rows(db: &TestDb, query: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the copy of `big` has committed `chunks` chunks.
-async fn wait_for_chunks(db: &TestDb, writer: Writer, chunks: u64) -> Writer {
-    let mut writer = writer;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        if committed_chunks(db).is_some_and(|c| c >= chunks) {
-            return writer;
-        }
-        if let Ok(Some(status)) = writer.try_wait() {
-            panic!("lakewriter exited early with {status}: {}", log_of(writer));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resync's copy committed no {chunks} chunks: {}",
-            log_of(writer)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
     let db = TestDb::new("resync").await;
@@ -126,7 +92,11 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
 
     let mut writer = start_with(&db, SETTINGS);
     caught_up(&db, &mut writer).await;
-    assert_eq!(committed_chunks(&db), None, "the first copy is not chunked");
+    assert_eq!(
+        copy_chunks(&db, "big"),
+        None,
+        "the first copy is not chunked"
+    );
 
     // the refusals name the table and the reason
     let unknown = command(&db, &["resync", "--table", "public.missing"], SETTINGS);
@@ -153,7 +123,7 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
         asked.contains("asked to copy public.big again") && asked.contains("copies it now"),
         "{asked}"
     );
-    let writer = wait_for_chunks(&db, writer, 2).await;
+    let (writer, _) = wait_for_chunks(&db, writer, "big", 2).await;
 
     // the other table commits while the copy goes on
     client
@@ -165,7 +135,7 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
         assert!(Instant::now() < deadline, "other never committed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let during = committed_chunks(&db);
+    let during = copy_chunks(&db, "big");
     assert!(
         during.is_some_and(|c| c < (ROWS / 2000) as u64),
         "the copy was over before the other table's commit: make the table larger ({during:?})"
@@ -173,7 +143,7 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
 
     // a second request while the table is being copied is ignored
     command_ok(&db, &["resync", "--table", "public.big"], SETTINGS);
-    let writer = wait_for_chunks(&db, writer, during.unwrap_or(0) + 2).await;
+    let (writer, _) = wait_for_chunks(&db, writer, "big", during.unwrap_or(0) + 2).await;
     let first_log = log_of(writer); // SIGKILL mid-copy
     assert!(
         first_log.contains("resync requested: the table is copied again beside the stream")
@@ -188,7 +158,7 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
         !first_log.contains("copied the table in chunks while streaming"),
         "the copy ended before the kill: make the table larger"
     );
-    let killed_at = committed_chunks(&db).expect("the lake keeps the copy's progress");
+    let killed_at = copy_chunks(&db, "big").expect("the lake keeps the copy's progress");
     let status = command_ok(&db, &["status"], &[]);
     assert!(
         status.lines().any(|l| l.contains("big: copying")),
@@ -203,7 +173,7 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
     );
     let mut writer = start_with(&db, SETTINGS);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while committed_chunks(&db).is_some() || lake_copy_progress(&db, "other").is_some() {
+    while copy_chunks(&db, "big").is_some() || lake_copy_progress(&db, "other").is_some() {
         if let Ok(Some(status)) = writer.try_wait() {
             panic!("lakewriter exited early with {status}: {}", log_of(writer));
         }

@@ -423,13 +423,7 @@ async fn glue_lake(
     )
     .expect("a valid config");
     let s3 = lakewriter::cloud::s3_client(&clients).await;
-    if let Err(e) = s3.create_bucket().bucket(bucket).send().await {
-        let text = format!("{e:?}");
-        assert!(
-            text.contains("BucketAlreadyOwnedByYou"),
-            "create bucket: {text}"
-        );
-    }
+    support::create_bucket(&s3, bucket).await;
     (extra, vec![("SINK__WAREHOUSE", warehouse)], clients)
 }
 

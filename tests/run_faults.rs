@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use lakewriter::Lsn;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{
-    acknowledged, caught_up, copy_completed, duck_query, start, start_with, stop, stopped_at,
-    write_config,
+    acknowledged, assert_same_lines, caught_up, copy_completed, duck_query, start, start_with,
+    stop, stopped_at, write_config,
 };
 use support::{Cluster, TestDb};
 
@@ -466,18 +466,7 @@ async fn joining_copy_terminated(label: &str, keyed: bool) -> String {
         "SELECT id || '|' || v FROM {scan} ORDER BY id",
     );
     let postgres = joined_in_postgres(&db).await;
-    if lake != postgres {
-        let lake_set: std::collections::BTreeSet<&String> = lake.iter().collect();
-        let postgres_set: std::collections::BTreeSet<&String> = postgres.iter().collect();
-        let missing: Vec<_> = postgres_set.difference(&lake_set).take(10).collect();
-        let extra: Vec<_> = lake_set.difference(&postgres_set).take(10).collect();
-        panic!(
-            "the lake's joined table differs from PostgreSQL ({} rows against {}): missing \
-             {missing:?}, extra {extra:?}; the writer's log:\n{log}",
-            lake.len(),
-            postgres.len()
-        );
-    }
+    assert_same_lines("joined", &lake, &postgres, &log);
     log
 }
 

@@ -398,3 +398,14 @@ impl Drop for TestDb {
         let _ = cleanup.join();
     }
 }
+
+/// Creates `bucket` on the S3 endpoint of `s3` (moto), or finds it already there.
+pub async fn create_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
+    if let Err(e) = s3.create_bucket().bucket(bucket).send().await {
+        let text = format!("{e:?}");
+        assert!(
+            text.contains("BucketAlreadyOwnedByYou"),
+            "create bucket: {text}"
+        );
+    }
+}

@@ -418,3 +418,62 @@ pub async fn crash_and_restart_env(
     caught_up(db, &mut child).await;
     stop(child);
 }
+
+/// Kills `writer` (if still running) and returns what it logged.
+pub fn log_of(writer: Writer) -> String {
+    let mut child = writer.into_child();
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("wait for lakewriter");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Panics, naming up to ten rows only the lake holds and ten only PostgreSQL holds, and the
+/// writer's `log`, unless the two sides' lines of table `what` are equal.
+pub fn assert_same_lines(what: &str, lake: &[String], postgres: &[String], log: &str) {
+    if lake == postgres {
+        return;
+    }
+    let lake_set: std::collections::BTreeSet<&String> = lake.iter().collect();
+    let postgres_set: std::collections::BTreeSet<&String> = postgres.iter().collect();
+    let missing: Vec<_> = postgres_set.difference(&lake_set).take(10).collect();
+    let extra: Vec<_> = lake_set.difference(&postgres_set).take(10).collect();
+    panic!(
+        "the lake's {what} table differs from PostgreSQL ({} rows against {}): missing \
+         {missing:?}, extra {extra:?}; the writer's log:\n{log}",
+        lake.len(),
+        postgres.len()
+    );
+}
+
+/// The chunks lake table `name`'s copy has committed; `None` with no copy under way.
+pub fn copy_chunks(db: &TestDb, name: &str) -> Option<u64> {
+    lake_copy_progress(db, name)
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+        .and_then(|p| p["chunks"].as_u64())
+}
+
+/// Waits (three minutes at most) until lake table `name`'s copy has committed `chunks`
+/// chunks; the writer back, and the count seen.
+pub async fn wait_for_chunks(
+    db: &TestDb,
+    writer: Writer,
+    name: &str,
+    chunks: u64,
+) -> (Writer, u64) {
+    let mut writer = writer;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(seen) = copy_chunks(db, name).filter(|c| *c >= chunks) {
+            return (writer, seen);
+        }
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy of {name} committed no {chunks} chunks: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
