@@ -19,6 +19,7 @@ mod expiry;
 pub use self::commit::CommitGates;
 pub use self::expiry::{Expired, ManifestRefs};
 mod files;
+pub mod key_index;
 mod lookup;
 mod parquet;
 mod positions;
