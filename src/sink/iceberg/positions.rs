@@ -110,13 +110,6 @@ const POS_FIELD_ID: i32 = 2_147_483_545;
 /// in spec `spec_id` (a reader applies a delete file only within its partition). Returns its
 /// entry for a manifest, naming its data file when it has only one (`referenced_data_file`,
 /// which lets readers skip it for every other file).
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "issue 17 phase 2: the position delete mode writes through it"
-    )
-)]
 pub async fn write_position_deletes(
     file_io: &FileIO,
     path: &str,
