@@ -12,7 +12,9 @@ mod support;
 use std::process::Command;
 
 use lakewriter::catalog::Catalog;
-use lakewriter::sink::iceberg::{IcebergSink, Rewrite, file_io, is_conflict, lake_table};
+use lakewriter::sink::iceberg::{
+    DeletedPositions, IcebergSink, Rewrite, file_io, is_conflict, lake_table,
+};
 use lakewriter::table::TableId;
 use support::delta::delta_query;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
@@ -396,4 +398,114 @@ print(rows.num_rows)
 
 async fn expected_rows(db: &TestDb) -> usize {
     postgres_lines(db).await.len()
+}
+
+/// The order ids of `orders` in PostgreSQL, sorted, as one line.
+async fn postgres_ids(db: &TestDb) -> String {
+    db.client()
+        .await
+        .query_one(
+            "SELECT string_agg(order_id::text, ',' ORDER BY order_id) FROM orders",
+            &[],
+        )
+        .await
+        .expect("read order ids")
+        .get(0)
+}
+
+/// The order ids pyiceberg reads from the lake (no compaction first), sorted, as one line.
+fn pyiceberg_ids(db: &TestDb) -> String {
+    pyiceberg(
+        db,
+        "orders",
+        r#"
+ids = sorted(catalog.load_table(ident).scan().to_arrow().column("order_id").to_pylist())
+print(",".join(str(i) for i in ids))
+"#,
+        &[],
+    )
+    .trim()
+    .to_string()
+}
+
+/// Issue 17, phase 2 (work in progress): position deletes lakewriter writes itself, from
+/// where rows are (as the key index will know them), are read by the engines that refuse
+/// equality deletes, and carry the checkpoint past the source transaction they apply.
+#[tokio::test]
+async fn position_deletes_lakewriter_writes_are_read_by_pyiceberg_duckdb_and_spark() {
+    let db = TestDb::new("own_positions").await;
+    db.psql(&["-v", "rows=1000", "-f", "sql/orders.sql"]);
+    let mut child = start_with(&db, &[]);
+    caught_up(&db, &mut child).await;
+    stop(child);
+
+    // where the rows to delete are: data file and position
+    let listed = pyiceberg(
+        &db,
+        "orders",
+        r#"
+import pyarrow.parquet as pq
+table = catalog.load_table(ident)
+for f in table.inspect.files().to_pylist():
+    if f["content"] != 0:
+        continue
+    path = f["file_path"]
+    ids = pq.read_table(path.removeprefix("file://"), columns=["order_id"]).column(0)
+    for position, order_id in enumerate(ids.to_pylist()):
+        if order_id % 5 == 0:
+            print(path, position)
+"#,
+        &[],
+    );
+    let deleted: DeletedPositions = listed
+        .lines()
+        .map(|line| {
+            let (path, position) = line.rsplit_once(' ').expect("a path and a position");
+            (path.to_string(), position.parse().expect("a position"))
+        })
+        .collect();
+    assert_eq!(listed.lines().count(), 200, "rows to delete: {listed}");
+
+    // the same rows deleted in PostgreSQL; the lake's commit carries that transaction
+    db.psql(&["-c", "DELETE FROM orders WHERE order_id % 5 = 0"]);
+    let lsn = db.current_lsn().await;
+    let config = lakewriter::Config::load(&config_path(&db)).expect("config");
+    let sink = IcebergSink::from_config(&config).await.expect("sink");
+    let lake = lake_table(&config.sink.namespace, &TableId::new("public", "orders"));
+    let pointer = sink
+        .catalog()
+        .load(&lake)
+        .await
+        .expect("load")
+        .expect("the table");
+    let io = file_io(&config).expect("file io");
+    let metadata = iceberg::spec::TableMetadata::read_from(&io, &pointer.metadata_location)
+        .await
+        .expect("metadata");
+    sink.commit_position_deletes(&lake, &pointer, &metadata, &deleted, lsn)
+        .await
+        .expect("commit the position deletes");
+
+    // without compact: pyiceberg, DuckDB, Spark and verify find PostgreSQL's rows
+    let ids = postgres_ids(&db).await;
+    assert_eq!(pyiceberg_ids(&db), ids, "pyiceberg");
+    assert_lake_equal(&db).await;
+    command_ok(&db, &["verify"], &[]);
+    let table = format!("lakewriter.{}.orders", db.namespace);
+    let spark = spark_sql(
+        &db,
+        &[format!(
+            "SELECT concat_ws(',', collect_list(CAST(order_id AS STRING))) FROM \
+             (SELECT order_id FROM {table} ORDER BY order_id)"
+        )],
+    );
+    assert_eq!(spark.first().map(|s| s.trim()), Some(ids.as_str()), "Spark");
+
+    // the writer starts after the checkpoint: PostgreSQL's delete is not applied again (as
+    // an equality delete pyiceberg would refuse)
+    let mut child = start_with(&db, &[]);
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(!log.contains("table copied"), "copied again: {log}");
+    assert_eq!(pyiceberg_ids(&db), ids, "pyiceberg after a restart");
 }

@@ -19,6 +19,7 @@ mod expiry;
 pub use self::commit::CommitGates;
 pub use self::expiry::{Expired, ManifestRefs};
 mod files;
+pub mod key_index;
 mod lookup;
 mod parquet;
 mod positions;
@@ -43,7 +44,8 @@ pub use table::PartitionExpr;
 use self::commit::Change;
 use self::files::FileWriter;
 pub(crate) use self::files::conform;
-pub(crate) use self::positions::{DeletedPositions, Keep, read_data_file};
+pub use self::positions::DeletedPositions;
+pub(crate) use self::positions::{Keep, read_data_file};
 pub use self::row_delta::Rewrite;
 use self::row_delta::{RowDelta, StageError};
 use crate::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer, RetryPolicy};
@@ -684,6 +686,51 @@ impl<C: Catalog> IcebergSink<C> {
             .write_rows(rows)
             .await
             .map_err(|e| iceberg_error(lake, "write data files", e))
+    }
+
+    /// Commits position deletes of rows of `lake` (at `pointer`, `metadata`), as one snapshot
+    /// carrying the checkpoint `lsn`: what the `position` delete mode will commit for updates
+    /// and deletes of keys its index finds (issue 17, phase 2; a table with a partition spec
+    /// is refused for now, since each delete file must be in its data files' partition).
+    pub async fn commit_position_deletes(
+        &self,
+        lake: &CatalogTable,
+        pointer: &Pointer,
+        metadata: &TableMetadata,
+        deleted: &DeletedPositions,
+        lsn: Lsn,
+    ) -> Result<(Pointer, TableMetadata)> {
+        let spec = metadata.default_partition_spec();
+        if !spec.fields().is_empty() {
+            return Err(sink_error(
+                lake,
+                "position deletes into a partitioned table are not written yet",
+            ));
+        }
+        let path = format!(
+            "{}/data/{}-position-deletes.parquet",
+            metadata.location().trim_end_matches('/'),
+            row_delta::unique_id()
+        );
+        let file = positions::write_position_deletes(
+            &self.file_io,
+            &path,
+            deleted,
+            iceberg::spec::Struct::empty(),
+            spec.spec_id(),
+        )
+        .await
+        .map_err(|m| sink_error(lake, m))?;
+        let delta = RowDelta {
+            data_files: Vec::new(),
+            delete_files: vec![file],
+            spec_id: spec.spec_id(),
+            truncate: false,
+            lsn: Some(lsn),
+            rewrite: None,
+        };
+        self.commit_change(lake, pointer, metadata, Change::Rows(&delta))
+            .await
     }
 
     /// Commits a compaction of `lake` (at `pointer`, `metadata`): `data_files` (written by

@@ -101,6 +101,87 @@ impl FromIterator<(String, u64)> for DeletedPositions {
     }
 }
 
+/// The field ids the spec reserves for a position-delete file's columns.
+const FILE_PATH_FIELD_ID: i32 = 2_147_483_546;
+const POS_FIELD_ID: i32 = 2_147_483_545;
+
+/// Writes, at `path`, the position-delete file of the rows `deleted` names, sorted by file
+/// path then position as the spec requires; every data file it names must be of `partition`
+/// in spec `spec_id` (a reader applies a delete file only within its partition). Returns its
+/// entry for a manifest, naming its data file when it has only one (`referenced_data_file`,
+/// which lets readers skip it for every other file).
+pub async fn write_position_deletes(
+    file_io: &FileIO,
+    path: &str,
+    deleted: &DeletedPositions,
+    partition: iceberg::spec::Struct,
+    spec_id: i32,
+) -> Result<iceberg::spec::DataFile, String> {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::{Field, Schema};
+    use parquet::arrow::{ArrowWriter, PARQUET_FIELD_ID_META_KEY};
+
+    let with_id = |field: Field, id: i32| {
+        field.with_metadata(HashMap::from([(
+            PARQUET_FIELD_ID_META_KEY.to_string(),
+            id.to_string(),
+        )]))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        with_id(
+            Field::new("file_path", DataType::Utf8, false),
+            FILE_PATH_FIELD_ID,
+        ),
+        with_id(Field::new("pos", DataType::Int64, false), POS_FIELD_ID),
+    ]));
+    let mut files: Vec<(&String, &BTreeSet<u64>)> = deleted.files.iter().collect();
+    files.sort();
+    let (mut paths, mut positions) = (Vec::new(), Vec::new());
+    for (file, rows) in &files {
+        for &row in rows.iter() {
+            paths.push(file.as_str());
+            positions
+                .push(i64::try_from(row).map_err(|_| format!("{path}: position {row} of {file}"))?);
+        }
+    }
+    let records = paths.len() as u64;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(paths)),
+        Arc::new(Int64Array::from(positions)),
+    ];
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let mut bytes = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut bytes, schema, None).map_err(|e| format!("{path}: {e}"))?;
+    writer.write(&batch).map_err(|e| format!("{path}: {e}"))?;
+    writer.close().map_err(|e| format!("{path}: {e}"))?;
+    let size = bytes.len() as u64;
+    file_io
+        .new_output(path)
+        .map_err(|e| format!("{path}: {e}"))?
+        .write(Bytes::from(bytes))
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let referenced = match files.as_slice() {
+        [(only, _)] => Some((*only).clone()),
+        _ => None,
+    };
+    iceberg::spec::DataFileBuilder::default()
+        .content(iceberg::spec::DataContentType::PositionDeletes)
+        .file_path(path.to_string())
+        .file_format(iceberg::spec::DataFileFormat::Parquet)
+        .partition(partition)
+        .partition_spec_id(spec_id)
+        .record_count(records)
+        .file_size_in_bytes(size)
+        .referenced_data_file(referenced)
+        .build()
+        .map_err(|e| format!("{path}: {e}"))
+}
+
 /// Which rows of a data file a read keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
@@ -178,6 +259,63 @@ mod tests {
             .iter()
             .map(|s| (!s.skip, s.row_count))
             .collect::<Vec<_>>()
+    }
+
+    #[tokio::test]
+    async fn written_position_deletes_read_back_with_the_spec_field_ids() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("deletes.parquet").display().to_string();
+        let deleted: DeletedPositions = [
+            ("s3://b/t/data/b.parquet".to_string(), 7),
+            ("s3://b/t/data/a.parquet".to_string(), 3),
+            ("s3://b/t/data/a.parquet".to_string(), 0),
+        ]
+        .into_iter()
+        .collect();
+        let io = FileIO::new_with_fs();
+        let entry = write_position_deletes(&io, &path, &deleted, iceberg::spec::Struct::empty(), 0)
+            .await
+            .expect("write");
+        assert_eq!(entry.record_count(), 3);
+        assert_eq!(entry.referenced_data_file(), None);
+        assert_eq!(
+            DeletedPositions::load(&io, &path).await.expect("read"),
+            deleted
+        );
+        let builder = open(&io, &path).await.expect("open");
+        let ids: Vec<i32> = builder
+            .parquet_schema()
+            .columns()
+            .iter()
+            .map(|c| c.self_type().get_basic_info().id())
+            .collect();
+        assert_eq!(ids, vec![FILE_PATH_FIELD_ID, POS_FIELD_ID]);
+        // sorted by file path, then position
+        let rows: Vec<(String, i64)> = builder
+            .build()
+            .expect("read")
+            .flat_map(|b| {
+                let b = b.expect("a batch");
+                let files = b.column(0).as_any().downcast_ref::<StringArray>().cloned();
+                let pos = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .cloned();
+                let (files, pos) = (files.expect("text"), pos.expect("longs"));
+                (0..b.num_rows())
+                    .map(|r| (files.value(r).to_string(), pos.value(r)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("s3://b/t/data/a.parquet".to_string(), 0),
+                ("s3://b/t/data/a.parquet".to_string(), 3),
+                ("s3://b/t/data/b.parquet".to_string(), 7),
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,538 @@
+//! The key index of an upsert table (issue 17, work in progress: nothing writes through it
+//! yet): primary key → (data file, row position) of the key's live row, in an embedded redb
+//! file on local disk, so that an update or delete of a key already in the lake can become a
+//! position delete instead of an equality delete.
+//!
+//! It is a cache (DESIGN.md invariant 14): it records the snapshot it is exact for, and one that
+//! does not match the table's current snapshot is rebuilt from the lake ([`rebuild`]) before it
+//! is used. redb gives one ACID write transaction per update, so a crash leaves the index as of
+//! its last update, never half of one, with its snapshot saying which.
+//!
+//! Keys are stored in Arrow's row format, which is not promised stable across Arrow releases:
+//! the index records the format and the key's types, and any difference means a rebuild.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, Rows, SortField};
+use iceberg::io::FileIO;
+use parquet::arrow::ProjectionMask;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::files::conform;
+use super::positions::{DeletedPositions, open};
+
+/// Key (row format) → (file id, row position).
+const KEYS: TableDefinition<&[u8], (u32, u64)> = TableDefinition::new("keys");
+/// File id → data file path.
+const FILES: TableDefinition<u32, &str> = TableDefinition::new("files");
+/// Data file path → file id.
+const FILE_IDS: TableDefinition<&str, u32> = TableDefinition::new("file_ids");
+/// What the index is exact for: `snapshot` (i64, big-endian) and `layout` (text).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The key encoding: bumped when the Arrow major version (and so its row format) changes.
+const ENCODING: &str = "arrow-58-row";
+
+/// Where a key's live row is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowLocation {
+    /// The data file's path, as the table's manifests name it.
+    pub file: String,
+    /// The row's position in the file (0-based).
+    pub position: u64,
+}
+
+/// What the index is exact for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExactFor {
+    /// The snapshot id.
+    pub snapshot: i64,
+    /// The key encoding and types it was written with.
+    pub layout: String,
+}
+
+/// The key index of one table.
+#[derive(Debug)]
+pub struct KeyIndex {
+    db: Database,
+    layout: String,
+    converter: RowConverter,
+}
+
+impl KeyIndex {
+    /// Opens (or creates) the index file at `path` for keys of the types of `key` (the key
+    /// columns, in order), with a page cache of `cache_bytes`.
+    pub fn open(path: &Path, key: &SchemaRef, cache_bytes: usize) -> Result<Self, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("create the key index's directory {}: {e}", dir.display()))?;
+        }
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| format!("open the key index {}: {e}", path.display()))?;
+        let converter = RowConverter::new(
+            key.fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| format!("key index {}: {e}", path.display()))?;
+        let layout = format!(
+            "{ENCODING}:{}",
+            key.fields()
+                .iter()
+                .map(|f| format!("{}={}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(KeyIndex {
+            db,
+            layout,
+            converter,
+        })
+    }
+
+    /// The converter that encodes keys for [`KeyIndex::lookup`] and [`IndexUpdate`].
+    pub fn converter(&self) -> &RowConverter {
+        &self.converter
+    }
+
+    /// The snapshot the index is exact for, if it is for this key layout; `None` for an index
+    /// never built, or built for other key types or another encoding (to be rebuilt).
+    pub fn exact_for(&self) -> Result<Option<i64>, String> {
+        let read = self.db.begin_read().map_err(|e| e.to_string())?;
+        let meta = match read.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let layout = meta.get("layout").map_err(|e| e.to_string())?;
+        if layout.as_ref().map(|l| l.value()) != Some(self.layout.as_bytes()) {
+            return Ok(None);
+        }
+        let snapshot = meta.get("snapshot").map_err(|e| e.to_string())?;
+        Ok(snapshot.and_then(|s| <[u8; 8]>::try_from(s.value()).ok().map(i64::from_be_bytes)))
+    }
+
+    /// Where each key of `keys` (encoded by [`KeyIndex::converter`]) has its live row.
+    pub fn lookup(&self, keys: &Rows) -> Result<Vec<Option<RowLocation>>, String> {
+        let read = self.db.begin_read().map_err(|e| e.to_string())?;
+        let (index, files) = match (read.open_table(KEYS), read.open_table(FILES)) {
+            (Ok(index), Ok(files)) => (index, files),
+            (Err(redb::TableError::TableDoesNotExist(_)), _)
+            | (_, Err(redb::TableError::TableDoesNotExist(_))) => {
+                return Ok(vec![None; keys.num_rows()]);
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e.to_string()),
+        };
+        let mut paths: HashMap<u32, String> = HashMap::new();
+        let mut found = Vec::with_capacity(keys.num_rows());
+        for key in keys.iter() {
+            let Some(entry) = index.get(key.as_ref()).map_err(|e| e.to_string())? else {
+                found.push(None);
+                continue;
+            };
+            let (file, position) = entry.value();
+            let path = match paths.get(&file) {
+                Some(path) => path.clone(),
+                None => {
+                    let path = files
+                        .get(file)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("the key index names file id {file}, unknown"))?
+                        .value()
+                        .to_string();
+                    paths.insert(file, path.clone());
+                    path
+                }
+            };
+            found.push(Some(RowLocation {
+                file: path,
+                position,
+            }));
+        }
+        Ok(found)
+    }
+
+    /// Applies `update` and records `snapshot` as the one the index is exact for (`None`: for
+    /// none, as while a rebuild is under way), in one transaction: after a crash the index is
+    /// as before or as after, never in between.
+    pub fn apply(&self, snapshot: Option<i64>, update: &IndexUpdate) -> Result<(), String> {
+        let write = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut index = write.open_table(KEYS).map_err(|e| e.to_string())?;
+            let mut files = write.open_table(FILES).map_err(|e| e.to_string())?;
+            let mut ids = write.open_table(FILE_IDS).map_err(|e| e.to_string())?;
+            for path in &update.removed_files {
+                if let Some(id) = ids.remove(path.as_str()).map_err(|e| e.to_string())? {
+                    files.remove(id.value()).map_err(|e| e.to_string())?;
+                }
+            }
+            for key in &update.removed {
+                index.remove(key.as_slice()).map_err(|e| e.to_string())?;
+            }
+            for (path, keys) in &update.added {
+                let known = ids
+                    .get(path.as_str())
+                    .map_err(|e| e.to_string())?
+                    .map(|id| id.value());
+                let id = match known {
+                    Some(id) => id,
+                    None => {
+                        let next = files
+                            .last()
+                            .map_err(|e| e.to_string())?
+                            .map_or(0, |(id, _)| id.value() + 1);
+                        files
+                            .insert(next, path.as_str())
+                            .map_err(|e| e.to_string())?;
+                        ids.insert(path.as_str(), next).map_err(|e| e.to_string())?;
+                        next
+                    }
+                };
+                for (key, position) in keys {
+                    index
+                        .insert(key.as_slice(), (id, *position))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            let mut meta = write.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert("layout", self.layout.as_bytes())
+                .map_err(|e| e.to_string())?;
+            match snapshot {
+                Some(snapshot) => meta
+                    .insert("snapshot", snapshot.to_be_bytes().as_slice())
+                    .map(drop),
+                None => meta.remove("snapshot").map(drop),
+            }
+            .map_err(|e| e.to_string())?;
+        }
+        write.commit().map_err(|e| e.to_string())
+    }
+
+    /// Empties the index (before a rebuild), in one transaction.
+    pub fn clear(&self) -> Result<(), String> {
+        let write = self.db.begin_write().map_err(|e| e.to_string())?;
+        write.delete_table(KEYS).map_err(|e| e.to_string())?;
+        write.delete_table(FILES).map_err(|e| e.to_string())?;
+        write.delete_table(FILE_IDS).map_err(|e| e.to_string())?;
+        write.delete_table(META).map_err(|e| e.to_string())?;
+        write.commit().map_err(|e| e.to_string())
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> Result<u64, String> {
+        let read = self.db.begin_read().map_err(|e| e.to_string())?;
+        match read.open_table(KEYS) {
+            Ok(index) => index.len().map_err(|e| e.to_string()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> Result<bool, String> {
+        self.len().map(|n| n == 0)
+    }
+}
+
+/// The keys (encoded) of one data file's live rows, each with its position.
+pub type FileKeys = Vec<(Vec<u8>, u64)>;
+
+/// One change of the index: keys whose row is gone, rows added (per data file, each key with
+/// its position), data files no longer live.
+#[derive(Debug, Default)]
+pub struct IndexUpdate {
+    /// Keys (encoded) whose live row was deleted or moved.
+    pub removed: Vec<Vec<u8>>,
+    /// Per data file added, its keys (encoded) and their positions.
+    pub added: Vec<(String, FileKeys)>,
+    /// Data files no longer live (rewritten, truncated).
+    pub removed_files: Vec<String>,
+}
+
+/// The keys of the data file at `path` with their positions, the rows `deleted` names left
+/// out: what the index holds for a file (key columns `key`, read by name).
+pub async fn file_keys(
+    file_io: &FileIO,
+    path: &str,
+    key: &SchemaRef,
+    converter: &RowConverter,
+    deleted: Option<&BTreeSet<u64>>,
+) -> Result<FileKeys, String> {
+    let builder = open(file_io, path).await?;
+    let names: Vec<&str> = key.fields().iter().map(|f| f.name().as_str()).collect();
+    let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| format!("{path}: {e}"))?;
+    let mut keys = Vec::new();
+    let mut position = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("{path}: {e}"))?;
+        let batch = conform(&batch, key).map_err(|e| format!("{path}: {e}"))?;
+        let rows = converter
+            .convert_columns(batch.columns())
+            .map_err(|e| format!("{path}: {e}"))?;
+        for row in rows.iter() {
+            if !deleted.is_some_and(|d| d.contains(&position)) {
+                keys.push((row.as_ref().to_vec(), position));
+            }
+            position += 1;
+        }
+    }
+    Ok(keys)
+}
+
+/// A file of the snapshot a rebuild reads.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    /// Its path.
+    pub path: String,
+    /// Its data sequence number.
+    pub sequence: i64,
+    /// Its partition (spec id and tuple, as one comparable text).
+    pub partition: String,
+}
+
+/// What a rebuild reads: the live files of one snapshot.
+#[derive(Debug, Default)]
+pub struct SnapshotFiles {
+    /// Data files.
+    pub data: Vec<SnapshotFile>,
+    /// Equality deletes on the key columns.
+    pub equality: Vec<SnapshotFile>,
+    /// Position deletes, each with what it removes.
+    pub positions: Vec<(SnapshotFile, DeletedPositions)>,
+}
+
+/// How a rebuild went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Data files read.
+    pub files: usize,
+    /// Live keys indexed.
+    pub keys: u64,
+}
+
+/// Rebuilds `index` from the live files of `snapshot`: every data file's keys with their
+/// positions, less the rows its position deletes (naming it, same or later sequence number)
+/// and equality deletes (same partition, later sequence number) remove. The index is exact
+/// for no snapshot until the last file is in: a crash during a rebuild means another one.
+pub async fn rebuild(
+    index: &KeyIndex,
+    file_io: &FileIO,
+    key: &SchemaRef,
+    snapshot: i64,
+    files: &SnapshotFiles,
+) -> Result<Rebuilt, String> {
+    // the newest equality delete of each key, per partition
+    let mut deleted: HashMap<(&str, Vec<u8>), i64> = HashMap::new();
+    for delete in &files.equality {
+        for (row, _) in file_keys(file_io, &delete.path, key, index.converter(), None).await? {
+            let newest = deleted.entry((delete.partition.as_str(), row)).or_default();
+            *newest = (*newest).max(delete.sequence);
+        }
+    }
+    index.clear()?;
+    let mut rebuilt = Rebuilt::default();
+    for file in &files.data {
+        let mut removed: Option<BTreeSet<u64>> = None;
+        for (delete, rows) in &files.positions {
+            if file.sequence <= delete.sequence
+                && let Some(rows) = rows.of(&file.path)
+            {
+                removed.get_or_insert_default().extend(rows.iter().copied());
+            }
+        }
+        let keys: FileKeys = file_keys(
+            file_io,
+            &file.path,
+            key,
+            index.converter(),
+            removed.as_ref(),
+        )
+        .await?
+        .into_iter()
+        .filter(|(row, _)| {
+            deleted
+                .get(&(file.partition.as_str(), row.clone()))
+                .is_none_or(|&newest| newest <= file.sequence)
+        })
+        .collect();
+        rebuilt.files += 1;
+        rebuilt.keys += keys.len() as u64;
+        index.apply(
+            None,
+            &IndexUpdate {
+                added: vec![(file.path.clone(), keys)],
+                ..IndexUpdate::default()
+            },
+        )?;
+    }
+    index.apply(Some(snapshot), &IndexUpdate::default())?;
+    Ok(rebuilt)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int32Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn key_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("region", DataType::Utf8, false),
+        ]))
+    }
+
+    fn encode(index: &KeyIndex, keys: &[(i32, &str)]) -> Rows {
+        let ids: ArrayRef = Arc::new(Int32Array::from_iter_values(keys.iter().map(|k| k.0)));
+        let regions: ArrayRef = Arc::new(StringArray::from_iter_values(keys.iter().map(|k| k.1)));
+        index
+            .converter()
+            .convert_columns(&[ids, regions])
+            .expect("encode keys")
+    }
+
+    fn at(file: &str, position: u64) -> Option<RowLocation> {
+        Some(RowLocation {
+            file: file.into(),
+            position,
+        })
+    }
+
+    /// Writes `columns` (named) as a Parquet file `name` in `dir`; its path.
+    fn parquet(dir: &Path, name: &str, columns: Vec<(&str, ArrayRef)>) -> String {
+        let batch = arrow::array::RecordBatch::try_from_iter(columns).expect("a batch");
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).expect("create a Parquet file");
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)
+            .expect("a Parquet writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        path.display().to_string()
+    }
+
+    fn ids(values: &[i32]) -> ArrayRef {
+        Arc::new(Int32Array::from(values.to_vec()))
+    }
+
+    fn regions(values: &[&str]) -> ArrayRef {
+        Arc::new(StringArray::from(values.to_vec()))
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_indexes_the_live_rows_of_a_snapshot() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = |path: &str, sequence: i64| SnapshotFile {
+            path: path.into(),
+            sequence,
+            partition: "0/[]".into(),
+        };
+        // seq 1: keys 1..4 in `a`; seq 2: key 2 updated (equality delete + new row in `b`);
+        // seq 3: another engine deletes key 3 by position (row 2 of `a`)
+        let a = parquet(
+            dir.path(),
+            "a.parquet",
+            vec![
+                ("id", ids(&[1, 2, 3, 4])),
+                ("region", regions(&["eu", "eu", "eu", "eu"])),
+                ("note", regions(&["x", "y", "z", "w"])),
+            ],
+        );
+        let b = parquet(
+            dir.path(),
+            "b.parquet",
+            vec![("region", regions(&["eu"])), ("id", ids(&[2]))],
+        );
+        let eq = parquet(
+            dir.path(),
+            "eq.parquet",
+            vec![("id", ids(&[2])), ("region", regions(&["eu"]))],
+        );
+        let files = SnapshotFiles {
+            data: vec![file(&a, 1), file(&b, 2)],
+            equality: vec![file(&eq, 2)],
+            positions: vec![(
+                file("pos.parquet", 3),
+                [(a.clone(), 2)].into_iter().collect(),
+            )],
+        };
+        let index =
+            KeyIndex::open(&dir.path().join("i.redb"), &key_schema(), 1 << 20).expect("open");
+        let rebuilt = rebuild(&index, &FileIO::new_with_fs(), &key_schema(), 42, &files)
+            .await
+            .expect("rebuild");
+        assert_eq!(rebuilt, Rebuilt { files: 2, keys: 3 });
+        assert_eq!(index.exact_for().expect("read"), Some(42));
+        let keys = encode(&index, &[(1, "eu"), (2, "eu"), (3, "eu"), (4, "eu")]);
+        assert_eq!(
+            index.lookup(&keys).expect("lookup"),
+            vec![at(&a, 0), at(&b, 0), None, at(&a, 3)]
+        );
+    }
+
+    #[test]
+    fn updates_are_looked_up_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("orders.redb");
+        let index = KeyIndex::open(&path, &key_schema(), 1 << 20).expect("open");
+        assert_eq!(index.exact_for().expect("read"), None);
+        let keys = encode(&index, &[(1, "eu"), (2, "eu"), (1, "us")]);
+        let owned: Vec<Vec<u8>> = keys.iter().map(|r| r.as_ref().to_vec()).collect();
+        index
+            .apply(
+                Some(10),
+                &IndexUpdate {
+                    added: vec![
+                        (
+                            "a.parquet".into(),
+                            vec![(owned[0].clone(), 0), (owned[1].clone(), 1)],
+                        ),
+                        ("b.parquet".into(), vec![(owned[2].clone(), 0)]),
+                    ],
+                    ..IndexUpdate::default()
+                },
+            )
+            .expect("apply");
+        // (1, eu) is updated: its new row is in c.parquet; (2, eu) is deleted
+        index
+            .apply(
+                Some(11),
+                &IndexUpdate {
+                    removed: vec![owned[1].clone()],
+                    added: vec![("c.parquet".into(), vec![(owned[0].clone(), 4)])],
+                    ..IndexUpdate::default()
+                },
+            )
+            .expect("apply");
+        drop(index);
+
+        let index = KeyIndex::open(&path, &key_schema(), 1 << 20).expect("reopen");
+        assert_eq!(index.exact_for().expect("read"), Some(11));
+        assert_eq!(index.len().expect("len"), 2);
+        let missing = encode(&index, &[(3, "eu")]);
+        assert_eq!(
+            index.lookup(&keys).expect("lookup"),
+            vec![at("c.parquet", 4), None, at("b.parquet", 0)]
+        );
+        assert_eq!(index.lookup(&missing).expect("lookup"), vec![None]);
+
+        // other key types: the index is not exact for anything, and is rebuilt
+        let other = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        drop(index);
+        let index = KeyIndex::open(&path, &other, 1 << 20).expect("reopen");
+        assert_eq!(index.exact_for().expect("read"), None);
+        index.clear().expect("clear");
+        assert!(index.is_empty().expect("len"));
+    }
+}
