@@ -344,6 +344,60 @@ async fn run_compacts_on_its_schedule_while_it_streams() {
     assert_eq!(lake_rows(&db), postgres_lines(&db).await);
 }
 
+/// `delete_mode = "position"` beside `run`'s scheduled compaction: each compaction moves rows
+/// the key index pointed at, so the writer's next flush loses its race, reads the table
+/// again, finds the rows anew and commits position deletes still; no snapshot carries an
+/// equality delete, so pyiceberg (which refuses them) reads the lake at every stop.
+#[tokio::test]
+async fn position_deletes_beside_scheduled_compaction_find_moved_rows_again() {
+    let db = TestDb::new("compact_positions").await;
+    db.psql(&["-v", "rows=1000", "-f", "sql/orders.sql"]);
+    let index_dir = db.warehouse.path().join("key-index").display().to_string();
+    let settings = [
+        ("COMPACTION__INTERVAL", "1s"),
+        ("SINK__DELETE_MODE", "position"),
+        ("SINK__KEY_INDEX__DIR", index_dir.as_str()),
+    ];
+    let mut child = start_with(&db, &settings);
+    caught_up(&db, &mut child).await;
+    for round in 0..6 {
+        db.client()
+            .await
+            .batch_execute(&format!(
+                "UPDATE orders SET status = 's{round}' WHERE order_id % 4 = {};
+                 DELETE FROM orders WHERE order_id % 29 = {round};",
+                round % 4
+            ))
+            .await
+            .expect("update");
+        caught_up(&db, &mut child).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(log.contains("compacted"), "no table was rewritten: {log}");
+    assert!(
+        log.contains("finding the deleted rows again"),
+        "no flush met a compaction's commit: {log}"
+    );
+    assert!(
+        !log.contains("writes equality deletes"),
+        "a flush fell back to equality deletes: {log}"
+    );
+    assert_eq!(lake_rows(&db), postgres_lines(&db).await);
+    let count = pyiceberg(
+        &db,
+        "orders",
+        "print(len(catalog.load_table(ident).scan().to_arrow()))",
+        &[],
+    );
+    assert_eq!(
+        count.trim(),
+        postgres_lines(&db).await.len().to_string(),
+        "pyiceberg"
+    );
+}
+
 /// Only the files that slow reads down are rewritten: a large file no delete applies to stays
 /// as it is, and the delete files go once nothing left is older than them.
 #[tokio::test]

@@ -12,9 +12,7 @@ mod support;
 use std::process::Command;
 
 use lakewriter::catalog::Catalog;
-use lakewriter::sink::iceberg::{
-    DeletedPositions, IcebergSink, Rewrite, file_io, is_conflict, lake_table,
-};
+use lakewriter::sink::iceberg::{IcebergSink, Rewrite, file_io, is_conflict, lake_table};
 use lakewriter::table::TableId;
 use support::delta::delta_query;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
@@ -428,70 +426,98 @@ print(",".join(str(i) for i in ids))
     .to_string()
 }
 
-/// Issue 17, phase 2 (work in progress): position deletes lakewriter writes itself, from
-/// where rows are (as the key index will know them), are read by the engines that refuse
-/// equality deletes, and carry the checkpoint past the source transaction they apply.
-#[tokio::test]
-async fn position_deletes_lakewriter_writes_are_read_by_pyiceberg_duckdb_and_spark() {
-    let db = TestDb::new("own_positions").await;
-    db.psql(&["-v", "rows=1000", "-f", "sql/orders.sql"]);
-    let mut child = start_with(&db, &[]);
-    caught_up(&db, &mut child).await;
-    stop(child);
-
-    // where the rows to delete are: data file and position
-    let listed = pyiceberg(
-        &db,
+/// Counts of the live delete files of `orders`, as pyiceberg lists them: `equality position`.
+fn delete_file_counts(db: &TestDb) -> String {
+    pyiceberg(
+        db,
         "orders",
         r#"
-import pyarrow.parquet as pq
-table = catalog.load_table(ident)
-for f in table.inspect.files().to_pylist():
-    if f["content"] != 0:
-        continue
-    path = f["file_path"]
-    ids = pq.read_table(path.removeprefix("file://"), columns=["order_id"]).column(0)
-    for position, order_id in enumerate(ids.to_pylist()):
-        if order_id % 5 == 0:
-            print(path, position)
+files = catalog.load_table(ident).inspect.files().to_pylist()
+print(sum(f["content"] == 2 for f in files), sum(f["content"] == 1 for f in files))
 "#,
         &[],
+    )
+    .trim()
+    .to_string()
+}
+
+/// What a user checks after each phase: DuckDB and pyiceberg (which refuses equality deletes)
+/// read PostgreSQL's rows without a compaction, and only position deletes are live.
+async fn read_by_every_engine(db: &TestDb, when: &str) {
+    assert_lake_equal(db).await;
+    let ids = postgres_ids(db).await;
+    assert_eq!(pyiceberg_ids(db), ids, "pyiceberg {when}");
+    let counts = delete_file_counts(db);
+    assert!(
+        counts.starts_with("0 "),
+        "equality deletes (equality position) {when}: {counts}"
     );
-    let deleted: DeletedPositions = listed
-        .lines()
-        .map(|line| {
-            let (path, position) = line.rsplit_once(' ').expect("a path and a position");
-            (path.to_string(), position.parse().expect("a position"))
-        })
-        .collect();
-    assert_eq!(listed.lines().count(), 200, "rows to delete: {listed}");
+}
 
-    // the same rows deleted in PostgreSQL; the lake's commit carries that transaction
-    db.psql(&["-c", "DELETE FROM orders WHERE order_id % 5 = 0"]);
-    let lsn = db.current_lsn().await;
-    let config = lakewriter::Config::load(&config_path(&db)).expect("config");
-    let sink = IcebergSink::from_config(&config).await.expect("sink");
-    let lake = lake_table(&config.sink.namespace, &TableId::new("public", "orders"));
-    let pointer = sink
-        .catalog()
-        .load(&lake)
-        .await
-        .expect("load")
-        .expect("the table");
-    let io = file_io(&config).expect("file io");
-    let metadata = iceberg::spec::TableMetadata::read_from(&io, &pointer.metadata_location)
-        .await
-        .expect("metadata");
-    sink.commit_position_deletes(&lake, &pointer, &metadata, &deleted, lsn)
-        .await
-        .expect("commit the position deletes");
-
-    // without compact: pyiceberg, DuckDB, Spark and verify find PostgreSQL's rows
-    let ids = postgres_ids(&db).await;
-    assert_eq!(pyiceberg_ids(&db), ids, "pyiceberg");
-    assert_lake_equal(&db).await;
+/// `delete_mode = "position"` (issue 17): through SIGKILLs at random moments, a lost index,
+/// an index update lost after its commit, and Spark's `rewrite_data_files` between two runs,
+/// every snapshot reads right in pyiceberg, DuckDB and Spark without `compact`, and the
+/// writer's deletes are position deletes only.
+#[tokio::test]
+async fn position_mode_through_kill_9_a_lost_index_and_a_spark_rewrite_reads_in_every_engine() {
+    let db = TestDb::new("position_mode").await;
+    db.psql(&["-v", "rows=3000", "-f", "sql/orders.sql"]);
+    let index_dir = db.warehouse.path().join("key-index");
+    let index_dir_text = index_dir.display().to_string();
+    let settings = [
+        ("SINK__DELETE_MODE", "position"),
+        ("SINK__KEY_INDEX__DIR", index_dir_text.as_str()),
+    ];
+    support::writer::crash_and_restart(&db, &settings, 8, 6, 2500).await;
+    read_by_every_engine(&db, "after kill -9").await;
+    let counts = delete_file_counts(&db);
+    assert_ne!(
+        counts, "0 0",
+        "the workload's updates wrote no position deletes"
+    );
     command_ok(&db, &["verify"], &[]);
+
+    let run = |what: &'static str| {
+        let db = &db;
+        let settings = &settings;
+        async move {
+            let mut child = start_with(db, settings);
+            db.workload(2, 200);
+            caught_up(db, &mut child).await;
+            let log = stop(child);
+            read_by_every_engine(db, what).await;
+            log
+        }
+    };
+
+    // the index deleted while stopped: rebuilt from the lake at the next start
+    std::fs::remove_dir_all(&index_dir).expect("remove the key index");
+    let log = run("after the index was deleted").await;
+    assert!(log.contains("rebuilt the key index"), "{log}");
+
+    // a commit that landed but whose index update was lost: the index as of a run ago
+    let file = index_dir.join(&db.namespace).join("orders.redb");
+    let saved = db.warehouse.path().join("orders.redb.saved");
+    std::fs::copy(&file, &saved).expect("save the index");
+    let log = run("before the lost update").await;
+    assert!(!log.contains("rebuilt the key index"), "{log}");
+    std::fs::copy(&saved, &file).expect("put the older index back");
+    let log = run("after the lost index update").await;
+    assert!(log.contains("rebuilt the key index"), "{log}");
+
+    // Spark's rewrite_data_files between two runs moves every live row to new files
     let table = format!("lakewriter.{}.orders", db.namespace);
+    spark_sql(
+        &db,
+        &[format!(
+            "CALL lakewriter.system.rewrite_data_files(table => '{}.orders', \
+             options => map('rewrite-all', 'true'))",
+            db.namespace
+        )],
+    );
+    let log = run("after Spark's rewrite").await;
+    assert!(log.contains("rebuilt the key index"), "{log}");
+    let ids = postgres_ids(&db).await;
     let spark = spark_sql(
         &db,
         &[format!(
@@ -500,12 +526,5 @@ for f in table.inspect.files().to_pylist():
         )],
     );
     assert_eq!(spark.first().map(|s| s.trim()), Some(ids.as_str()), "Spark");
-
-    // the writer starts after the checkpoint: PostgreSQL's delete is not applied again (as
-    // an equality delete pyiceberg would refuse)
-    let mut child = start_with(&db, &[]);
-    caught_up(&db, &mut child).await;
-    let log = stop(child);
-    assert!(!log.contains("table copied"), "copied again: {log}");
-    assert_eq!(pyiceberg_ids(&db), ids, "pyiceberg after a restart");
+    command_ok(&db, &["verify"], &[]);
 }

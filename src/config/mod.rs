@@ -220,6 +220,50 @@ pub struct SinkConfig {
     /// Where the key of the `hash` column policy comes from (see `masking`).
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// How an Iceberg upsert table's updates and deletes remove the old rows: `"equality"`
+    /// (equality deletes by key; no local state) or `"position"` (position deletes of the rows
+    /// a local key index finds, readable by engines that refuse equality deletes). Per table:
+    /// `[sink.tables."…"] delete_mode`. Default: `"equality"`.
+    #[serde(default)]
+    pub delete_mode: DeleteMode,
+    /// The key index of `delete_mode = "position"` tables.
+    #[serde(default)]
+    pub key_index: KeyIndexConfig,
+}
+
+/// How an upsert table's changes remove the rows they replace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteMode {
+    /// An equality delete of each changed key: no local state; every reader joins.
+    #[default]
+    Equality,
+    /// A position delete (data file, row) of each changed key's live row, found in the
+    /// table's key index; a key not in the lake needs none.
+    Position,
+}
+
+/// `[sink.key_index]`: where the key indexes of `delete_mode = "position"` tables live.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyIndexConfig {
+    /// Local directory of the indexes (one file per table, `<namespace>/<table>.redb`). A
+    /// cache of the lake: deleting it costs a rebuild at the next start, nothing else. A
+    /// relative path is taken from the working directory. Default: `"./key-index"`.
+    #[serde(default = "defaults::key_index_dir")]
+    pub dir: PathBuf,
+    /// Page cache of each table's index, in memory. Default: `"256MiB"`.
+    #[serde(default = "defaults::key_index_cache")]
+    pub cache: ByteSize,
+}
+
+impl Default for KeyIndexConfig {
+    fn default() -> Self {
+        KeyIndexConfig {
+            dir: defaults::key_index_dir(),
+            cache: defaults::key_index_cache(),
+        }
+    }
 }
 
 impl Default for SinkConfig {
@@ -238,6 +282,8 @@ impl Default for SinkConfig {
             rest: RestCatalogConfig::default(),
             tables: BTreeMap::new(),
             masking: MaskingConfig::default(),
+            delete_mode: DeleteMode::default(),
+            key_index: KeyIndexConfig::default(),
         }
     }
 }
@@ -470,6 +516,9 @@ pub struct SinkTableConfig {
     /// them. Default: none.
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnPolicy>,
+    /// This table's `[sink] delete_mode`. Default: `[sink] delete_mode`.
+    #[serde(default)]
+    pub delete_mode: Option<DeleteMode>,
 }
 
 /// `[flush]`: a table's buffered changes are committed when any limit is reached, always on a
@@ -658,6 +707,12 @@ mod defaults {
     pub fn target_file_size() -> ByteSize {
         ByteSize::mib(128)
     }
+    pub fn key_index_dir() -> std::path::PathBuf {
+        std::path::PathBuf::from("./key-index")
+    }
+    pub fn key_index_cache() -> ByteSize {
+        ByteSize::mib(256)
+    }
     pub fn max_rows() -> usize {
         1_000_000
     }
@@ -784,6 +839,22 @@ impl Config {
         }
         if self.sink.namespace.trim().is_empty() {
             return fail("sink.namespace is empty".into());
+        }
+        if self.sink.format == TableFormat::Delta {
+            let position = (self.sink.delete_mode == DeleteMode::Position)
+                .then(|| "sink.delete_mode".to_string())
+                .or_else(|| {
+                    self.sink.tables.iter().find_map(|(name, t)| {
+                        (t.delete_mode == Some(DeleteMode::Position))
+                            .then(|| format!("sink.tables.\"{name}\".delete_mode"))
+                    })
+                });
+            if let Some(key) = position {
+                return fail(format!(
+                    "{key} = \"position\" is for Iceberg tables; Delta tables are written \
+                     copy-on-write (remove it, or use sink.format = \"iceberg\")"
+                ));
+            }
         }
         if self.sink.target_file_size.bytes() < 1 << 20 {
             return fail(format!(

@@ -17,7 +17,7 @@
 
 mod changes;
 mod delta;
-mod iceberg;
+pub(crate) mod iceberg;
 mod table;
 
 use datafusion::prelude::SessionContext;

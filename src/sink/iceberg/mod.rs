@@ -14,6 +14,7 @@
 //! winner's metadata. Files of a commit that fails are never referenced (compaction removes
 //! them later as orphans).
 
+mod by_position;
 mod commit;
 mod expiry;
 pub use self::commit::CommitGates;
@@ -49,7 +50,7 @@ pub(crate) use self::positions::{Keep, read_data_file};
 pub use self::row_delta::Rewrite;
 use self::row_delta::{RowDelta, StageError};
 use crate::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer, RetryPolicy};
-use crate::config::{Config, ServerSideEncryption};
+use crate::config::{Config, DeleteMode, ServerSideEncryption};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::sink::{Sink, TableDelta, TableLayout};
@@ -107,6 +108,12 @@ pub struct IcebergSettings {
     pub removes_files: bool,
     /// Where this sink's commits take turns with the other sinks' of the process.
     pub commit_gates: CommitGates,
+    /// `[sink] delete_mode`, and per table (`schema.table`) where it differs.
+    pub delete_mode: DeleteMode,
+    /// Tables whose `delete_mode` differs from the sink's.
+    pub table_delete_modes: HashMap<String, DeleteMode>,
+    /// The key indexes' directory (absolute) and each one's page cache, in bytes.
+    pub key_index: (std::path::PathBuf, usize),
 }
 
 impl IcebergSettings {
@@ -133,7 +140,37 @@ impl IcebergSettings {
             keep_snapshots: config.compaction.keep_snapshots.max(1),
             removes_files: config.sink.catalog != crate::config::CatalogKind::S3tables,
             commit_gates: CommitGates::process(),
+            delete_mode: config.sink.delete_mode,
+            table_delete_modes: config
+                .sink
+                .tables
+                .iter()
+                .filter_map(|(name, t)| t.delete_mode.map(|m| (name.clone(), m)))
+                .collect(),
+            key_index: (
+                std::path::absolute(&config.sink.key_index.dir).map_err(|source| Error::Io {
+                    path: config.sink.key_index.dir.clone(),
+                    source,
+                })?,
+                usize::try_from(config.sink.key_index.cache.bytes()).unwrap_or(usize::MAX),
+            ),
         })
+    }
+
+    /// The delete mode of `table`.
+    pub fn delete_mode(&self, table: &TableId) -> DeleteMode {
+        self.table_delete_modes
+            .get(&table.to_string())
+            .copied()
+            .unwrap_or(self.delete_mode)
+    }
+
+    /// Where the key index of lake table `table` lives.
+    pub fn key_index_path(&self, table: &CatalogTable) -> std::path::PathBuf {
+        self.key_index
+            .0
+            .join(&table.namespace)
+            .join(format!("{}.redb", table.name))
     }
 
     /// Where `table`'s files go: `<warehouse>/<namespace>/<name>`.
@@ -225,6 +262,8 @@ struct TableState {
     commits: u32,
     /// The manifests each snapshot lists, as far as read (see `expiry`).
     manifest_refs: expiry::ManifestRefs,
+    /// The key index, when the table is in `delete_mode = "position"` (see `by_position`).
+    index: Option<by_position::TableIndex>,
 }
 
 /// The Iceberg [`Sink`] over catalog `C` (Glue, SQLite, S3 Tables or REST: [`LakeCatalog`]
@@ -506,6 +545,7 @@ impl<C: Catalog> IcebergSink<C> {
             lsn: delta.lsn,
             copy: delta.copy.clone(),
             rewrite: None,
+            based_on: None,
         })
     }
 }
@@ -529,10 +569,13 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             open_rows: None,
             commits: 0,
             manifest_refs: expiry::ManifestRefs::default(),
+            index: None,
         };
         if let Some(earlier) = self.tables.remove(table) {
             state.staged = earlier.staged;
             state.open_rows = earlier.open_rows;
+            // the index file stays open (redb takes it for one handle at a time)
+            state.index = earlier.index;
             self.close_open_rows(&mut state).await?;
         }
         // a table without a checkpoint is copied again from scratch: a column whose type changed
@@ -552,6 +595,16 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             );
         }
         Self::equality_ids(&state)?;
+        if state.index.is_none() {
+            state.index = self.open_index(table, &state)?;
+        }
+        if let Some(index) = &state.index
+            && let Err(e) = self.index_exact(&state, index).await
+        {
+            // exact before the first commit: a rebuild, if one is due, happens here; one
+            // that fails is tried again before the first flush with deletes
+            tracing::warn!(table = %state.lake, error = %e, "the key index could not be rebuilt");
+        }
         let checkpoint = checkpoint(&state.lake, &state.metadata)?;
         tracing::debug!(table = %state.lake, checkpoint = ?checkpoint, "prepared lake table");
         self.tables.insert(table.clone(), state);
@@ -618,6 +671,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             lsn: None,
             copy: None,
             rewrite: None,
+            based_on: None,
         };
         let (pointer, metadata) = self
             .commit_change(
@@ -688,51 +742,6 @@ impl<C: Catalog> IcebergSink<C> {
             .map_err(|e| iceberg_error(lake, "write data files", e))
     }
 
-    /// Commits position deletes of rows of `lake` (at `pointer`, `metadata`), as one snapshot
-    /// carrying the checkpoint `lsn`: what the `position` delete mode will commit for updates
-    /// and deletes of keys its index finds (issue 17, phase 2; a table with a partition spec
-    /// is refused for now, since each delete file must be in its data files' partition).
-    pub async fn commit_position_deletes(
-        &self,
-        lake: &CatalogTable,
-        pointer: &Pointer,
-        metadata: &TableMetadata,
-        deleted: &DeletedPositions,
-        lsn: Lsn,
-    ) -> Result<(Pointer, TableMetadata)> {
-        let spec = metadata.default_partition_spec();
-        if !spec.fields().is_empty() {
-            return Err(sink_error(
-                lake,
-                "position deletes into a partitioned table are not written yet",
-            ));
-        }
-        let path = format!(
-            "{}/data/{}-position-deletes.parquet",
-            metadata.location().trim_end_matches('/'),
-            row_delta::unique_id()
-        );
-        let file = positions::write_position_deletes(
-            &self.file_io,
-            &path,
-            deleted,
-            iceberg::spec::Struct::empty(),
-            spec.spec_id(),
-        )
-        .await
-        .map_err(|m| sink_error(lake, m))?;
-        let delta = RowDelta {
-            data_files: Vec::new(),
-            delete_files: vec![file],
-            spec_id: spec.spec_id(),
-            truncate: false,
-            lsn: Some(lsn),
-            rewrite: None,
-        };
-        self.commit_change(lake, pointer, metadata, Change::Rows(&delta))
-            .await
-    }
-
     /// Commits a compaction of `lake` (at `pointer`, `metadata`): `data_files` (written by
     /// [`IcebergSink::write_data`] from what `rewrite` read) replace its files. The new files
     /// keep the data sequence number of the snapshot read, so equality deletes committed since
@@ -755,6 +764,7 @@ impl<C: Catalog> IcebergSink<C> {
             lsn: None,
             copy: None,
             rewrite: Some(rewrite),
+            based_on: None,
         };
         self.commit_change(lake, pointer, metadata, Change::Rows(&delta))
             .await
@@ -812,6 +822,20 @@ impl<C: Catalog> IcebergSink<C> {
         Ok(())
     }
 
+    /// Reads `state`'s table again from the catalog (after another writer's commit).
+    async fn reload(&self, state: &mut TableState) -> Result<()> {
+        let lake = &state.lake;
+        let pointer = self
+            .catalog
+            .load(lake)
+            .await
+            .map_err(|e| catalog_error(lake, e))?
+            .ok_or_else(|| sink_error(lake, "the table is no longer in the catalog"))?;
+        state.metadata = self.read_metadata(lake, &pointer).await?;
+        state.pointer = pointer;
+        Ok(())
+    }
+
     /// Closes the table's open data-file writer, its files staged for the next commit.
     async fn close_open_rows(&self, state: &mut TableState) -> Result<()> {
         let Some(open) = state.open_rows.take() else {
@@ -834,29 +858,131 @@ impl<C: Catalog> IcebergSink<C> {
             lsn: None,
             copy: None,
             rewrite: None,
+            based_on: None,
         });
         Ok(())
     }
 
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
+        let index = state.index.take();
+        let result = self.commit_indexed(state, delta, index.as_ref()).await;
+        state.index = index;
+        result
+    }
+
+    /// Commits `delta`, its deletes as position deletes of the rows `index` finds when there
+    /// is one, and brings the index along.
+    async fn commit_indexed(
+        &self,
+        state: &mut TableState,
+        delta: &TableDelta,
+        index: Option<&by_position::TableIndex>,
+    ) -> Result<()> {
         self.close_open_rows(state).await?;
         if !delta.schema.same_shape(&state.source) {
             self.evolve(state, &delta.schema, false).await?;
             state.source = delta.schema.clone();
         }
-        let mut files = self.write_files(state, delta).await?;
+        // a truncating delta removes every row anyway: nothing to find
+        let positional = match index {
+            Some(index) if !delta.truncate && delta.deletes.iter().any(|b| b.num_rows() > 0) => {
+                match self.position_deletes(state, index, &delta.deletes).await {
+                    Ok(positional) => Some(positional),
+                    // equality deletes need no index: the flush goes on with them
+                    Err(e) => {
+                        tracing::warn!(
+                            table = %state.lake,
+                            error = %e,
+                            "the key index cannot serve this flush: it writes equality deletes"
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut files = match &positional {
+            Some(positional) => {
+                let rows_only = TableDelta {
+                    deletes: Vec::new(),
+                    ..delta.clone()
+                };
+                let mut files = self.write_files(state, &rows_only).await?;
+                files.delete_files.extend(positional.file.iter().cloned());
+                files.based_on = Some(positional.based_on);
+                files
+            }
+            None => self.write_files(state, delta).await?,
+        };
         for part in state.staged.drain(..) {
             files.data_files.extend(part.data_files);
             files.delete_files.extend(part.delete_files);
         }
-        let (pointer, metadata) = self
-            .commit_change(
-                &state.lake,
-                &state.pointer,
-                &state.metadata,
-                Change::Rows(&files),
-            )
-            .await?;
+        let mut positional = positional;
+        // another commit landing on the snapshot the rows were found in (a compaction, another
+        // engine) may have moved them: the table is read again, the index brought up to it and
+        // the rows found again, once; losing again, the flush deletes by key, which needs no
+        // index (its position-delete files, never committed, are orphans for cleanup)
+        let mut attempts = 0;
+        let committed = loop {
+            let committed = self
+                .commit_change(
+                    &state.lake,
+                    &state.pointer,
+                    &state.metadata,
+                    Change::Rows(&files),
+                )
+                .await;
+            let (Err(e), Some(index)) = (&committed, index) else {
+                break committed;
+            };
+            if positional.is_none() || !is_conflict(e) {
+                break committed;
+            }
+            attempts += 1;
+            files
+                .delete_files
+                .retain(|f| f.content_type() != iceberg::spec::DataContentType::PositionDeletes);
+            files.based_on = None;
+            positional = None;
+            if attempts == 1 {
+                tracing::info!(
+                    table = %state.lake,
+                    reason = %e,
+                    "another commit landed first: finding the deleted rows again"
+                );
+                let found = match self.reload(state).await {
+                    Ok(()) => self.position_deletes(state, index, &delta.deletes).await,
+                    Err(e) => Err(e),
+                };
+                match found {
+                    Ok(found) => {
+                        files.delete_files.extend(found.file.iter().cloned());
+                        files.based_on = Some(found.based_on);
+                        positional = Some(found);
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(
+                        table = %state.lake,
+                        error = %e,
+                        "the key index cannot serve this flush: it writes equality deletes"
+                    ),
+                }
+            } else {
+                tracing::info!(
+                    table = %state.lake,
+                    reason = %e,
+                    "another commit landed first again: this flush writes equality deletes"
+                );
+            }
+            let deletes_only = TableDelta {
+                rows: Vec::new(),
+                ..delta.clone()
+            };
+            let by_key = self.write_files(state, &deletes_only).await?;
+            files.delete_files.extend(by_key.delete_files);
+        };
+        let (pointer, metadata) = committed?;
         if let Some(m) = crate::metrics::installed() {
             let bytes = files
                 .data_files
@@ -882,6 +1008,15 @@ impl<C: Catalog> IcebergSink<C> {
         );
         state.pointer = pointer;
         state.metadata = metadata;
+        if let Some(index) = index
+            && let Err(e) = self
+                .index_committed(state, index, &files, positional.as_ref())
+                .await
+        {
+            // the commit stands; the index, still exact for the snapshot before it, is
+            // rebuilt before its next use
+            tracing::warn!(table = %state.lake, error = %e, "the key index missed this commit");
+        }
         Ok(())
     }
 }

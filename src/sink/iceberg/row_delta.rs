@@ -43,6 +43,10 @@ pub(super) struct RowDelta {
     pub copy: Option<String>,
     /// A compaction: the data files replace `removes`, read from an earlier snapshot.
     pub rewrite: Option<Rewrite>,
+    /// The snapshot its position deletes name rows of (`delete_mode = "position"`): staged on
+    /// any other, a row they name may have moved (a compaction, another engine's rewrite) or
+    /// another row of the key been added, so that is a conflict.
+    pub based_on: Option<i64>,
 }
 
 /// What a compaction replaces, and what it read (DESIGN.md invariant 8).
@@ -127,6 +131,17 @@ pub(super) async fn stage(
     let snapshot_id = new_snapshot_id(&metadata);
     let sequence_number = metadata.next_sequence_number();
     let parent = metadata.snapshot_for_ref(MAIN_BRANCH).cloned();
+    if let Some(based_on) = delta.based_on
+        && parent.as_ref().map(|p| p.snapshot_id()) != Some(based_on)
+    {
+        return Err(StageError::Conflict(format!(
+            "the position deletes name rows of snapshot {based_on}, and the table is at {} \
+             now (another commit landed: a compaction, another engine)",
+            parent
+                .as_ref()
+                .map_or("no snapshot".to_string(), |p| p.snapshot_id().to_string())
+        )));
+    }
     let commit_id = unique_id();
     let metadata_dir = format!("{}/metadata", metadata.location().trim_end_matches('/'));
     let mut manifest_count = 0;
@@ -319,18 +334,29 @@ async fn position_deletes_since(
         return Ok(());
     }
     let entries = manifest.load_manifest(file_io).await?;
-    let newer = entries.entries().iter().find(|e| {
+    for entry in entries.entries().iter().filter(|e| {
         e.is_alive()
             && e.data_file().content_type() == DataContentType::PositionDeletes
             && e.sequence_number().unwrap_or(i64::MAX) > rewrite.data_sequence
-    });
-    match newer {
-        Some(entry) => Err(StageError::Conflict(format!(
-            "position deletes were committed since the rewrite read the table ({})",
-            entry.file_path()
-        ))),
-        None => Ok(()),
+    }) {
+        // one naming only files the rewrite keeps applies to them as before
+        let names_replaced = match entry.data_file().referenced_data_file() {
+            Some(only) => rewrite.removes.contains(&only),
+            None => super::positions::DeletedPositions::load(file_io, entry.file_path())
+                .await
+                .map_err(StageError::Invalid)?
+                .data_files()
+                .any(|name| rewrite.removes.contains(name)),
+        };
+        if names_replaced {
+            return Err(StageError::Conflict(format!(
+                "position deletes of rows it rewrites were committed since the rewrite read \
+                 the table ({})",
+                entry.file_path()
+            )));
+        }
     }
+    Ok(())
 }
 
 /// Writes `metadata` as the version after `current_location`

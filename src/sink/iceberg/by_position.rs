@@ -1,0 +1,307 @@
+//! `delete_mode = "position"`: an update or delete of a key already in the lake removes the
+//! old row by a position delete (data file, row) found in the table's key index, instead of
+//! an equality delete of the key; a key the lake does not hold needs no delete at all.
+//! Engines that refuse equality deletes (pyiceberg, Snowflake, older Hive and Impala) then
+//! read every snapshot, and the others skip the anti-join.
+//!
+//! The index is a cache of the lake (DESIGN.md invariant 14), exact for one snapshot:
+//! - before a flush's lookups it must be exact for the snapshot the sink knows, else it is
+//!   rebuilt from that snapshot's live files (after a crash between a commit and its index
+//!   update, a lost disk, a compaction or another engine's commit);
+//! - the commit is staged only on that snapshot ([`RowDelta::based_on`]): another commit
+//!   landing first (a compaction moving the rows, another engine adding a row of the key)
+//!   is a conflict, and that flush writes equality deletes instead, which need no index;
+//! - after a commit made on the index's snapshot, the index takes the commit's changes (its
+//!   new data files' keys read back with their positions, the keys it deleted) and records
+//!   the new snapshot, in one redb transaction.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::{DataFile, TableMetadata};
+
+use super::key_index::{self, IndexUpdate, KeyIndex, SnapshotFile, SnapshotFiles};
+use super::positions::{self, DeletedPositions};
+use super::row_delta::{self, RowDelta};
+use super::{IcebergSink, TableState, iceberg_error, sink_error};
+use crate::catalog::Catalog;
+use crate::config::DeleteMode;
+use crate::error::Result;
+use crate::table::TableId;
+
+/// The snapshot id an index of a table without snapshots is exact for.
+const NO_SNAPSHOT: i64 = 0;
+
+/// The key index of one table in position mode.
+pub(super) struct TableIndex {
+    store: KeyIndex,
+    /// The key columns, in the lake's Arrow types (the index's encoding is of these).
+    key: SchemaRef,
+    /// Identifier field ids of the key (equality deletes on them can be indexed).
+    key_ids: Vec<i32>,
+}
+
+impl std::fmt::Debug for TableIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableIndex")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// The position deletes of one flush, before its commit.
+pub(super) struct Positional {
+    /// The position-delete file written, if any key was in the lake.
+    pub file: Option<DataFile>,
+    /// The keys (encoded) whose rows it deletes.
+    removed: Vec<Vec<u8>>,
+    /// The snapshot the rows were found in.
+    pub based_on: i64,
+}
+
+/// The current snapshot id of `metadata`, as the index records it.
+fn snapshot_of(metadata: &TableMetadata) -> i64 {
+    metadata.current_snapshot_id().unwrap_or(NO_SNAPSHOT)
+}
+
+impl<C: Catalog> IcebergSink<C> {
+    /// The key index of `table` (prepared as `state`) when it is in position mode, opened;
+    /// `None` in equality mode, or when position deletes cannot serve the table (no key, a
+    /// partition spec: each delete file must be in its data files' partition, not written
+    /// yet), which the log says.
+    pub(super) fn open_index(
+        &self,
+        table: &TableId,
+        state: &TableState,
+    ) -> Result<Option<TableIndex>> {
+        if self.settings.delete_mode(table) != DeleteMode::Position {
+            return Ok(None);
+        }
+        let lake = &state.lake;
+        if state.layout.key.is_empty() {
+            tracing::info!(table = %lake, "delete_mode = position: the table has no key (a changelog); nothing to delete");
+            return Ok(None);
+        }
+        if !state.metadata.default_partition_spec().fields().is_empty() {
+            tracing::warn!(
+                table = %lake,
+                "delete_mode = position is not written to partitioned tables yet: this table \
+                 keeps equality deletes"
+            );
+            return Ok(None);
+        }
+        let key_ids = Self::equality_ids(state)?;
+        let key = key_schema(state)?;
+        let path = self.settings.key_index_path(lake);
+        let store = KeyIndex::open(&path, &key, self.settings.key_index.1)
+            .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
+        Ok(Some(TableIndex {
+            store,
+            key,
+            key_ids,
+        }))
+    }
+
+    /// Makes `index` exact for the snapshot `state` knows, rebuilding it from that snapshot's
+    /// live files when it is exact for another (or none).
+    pub(super) async fn index_exact(&self, state: &TableState, index: &TableIndex) -> Result<()> {
+        let lake = &state.lake;
+        let snapshot = snapshot_of(&state.metadata);
+        let holds = index
+            .store
+            .exact_for()
+            .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
+        if holds == Some(snapshot) && index.key.fields().len() == index.key_ids.len() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        tracing::info!(
+            table = %lake,
+            index_snapshot = ?holds,
+            snapshot,
+            "rebuilding the key index from the lake (it is not exact for the table's snapshot)"
+        );
+        let live = crate::lake::iceberg::live_files(&self.file_io, lake, &state.metadata).await?;
+        let mut files = SnapshotFiles::default();
+        let file = |f: &crate::lake::iceberg::LiveFile| SnapshotFile {
+            path: f.path.clone(),
+            sequence: f.sequence,
+            partition: f.partition.clone(),
+        };
+        files.data = live.data.iter().map(file).collect();
+        for (ids, deletes) in &live.deletes {
+            if *ids != index.key_ids {
+                return Err(sink_error(
+                    lake,
+                    format!(
+                        "key index: the table has equality deletes on field ids {ids:?}, not \
+                         its key ({:?}), written by another engine; compact the table, or set \
+                         delete_mode = \"equality\" for it",
+                        index.key_ids
+                    ),
+                ));
+            }
+            files.equality.extend(deletes.iter().map(file));
+        }
+        for delete in
+            crate::lake::iceberg::load_positions(&self.file_io, lake, &live.positions).await?
+        {
+            files.positions.push((file(&delete.file), delete.removes));
+        }
+        let rebuilt = key_index::rebuild(&index.store, &self.file_io, &index.key, snapshot, &files)
+            .await
+            .map_err(|m| sink_error(lake, format!("rebuild the key index: {m}")))?;
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            table = %lake,
+            snapshot,
+            files = rebuilt.files,
+            keys = rebuilt.keys,
+            seconds,
+            keys_per_second = (rebuilt.keys as f64 / seconds.max(1e-3)) as u64,
+            "rebuilt the key index"
+        );
+        Ok(())
+    }
+
+    /// Finds the live rows of the keys of `deletes` (old rows, source layout) and writes
+    /// the position-delete file removing them.
+    pub(super) async fn position_deletes(
+        &self,
+        state: &TableState,
+        index: &TableIndex,
+        deletes: &[RecordBatch],
+    ) -> Result<Positional> {
+        self.index_exact(state, index).await?;
+        let lake = &state.lake;
+        let mut found: Vec<(String, u64)> = Vec::new();
+        let mut removed = Vec::new();
+        for batch in deletes.iter().filter(|b| b.num_rows() > 0) {
+            let keys = super::files::conform(batch, &index.key).map_err(|m| sink_error(lake, m))?;
+            let rows = index
+                .store
+                .converter()
+                .convert_columns(keys.columns())
+                .map_err(|e| sink_error(lake, format!("key index: encode keys: {e}")))?;
+            let located = index
+                .store
+                .lookup(&rows)
+                .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
+            for (row, at) in rows.iter().zip(located) {
+                if let Some(at) = at {
+                    found.push((at.file, at.position));
+                    removed.push(row.as_ref().to_vec());
+                }
+            }
+        }
+        let found: DeletedPositions = found.into_iter().collect();
+        let file = if found.is_empty() {
+            None
+        } else {
+            let spec = state.metadata.default_partition_spec();
+            let path = format!(
+                "{}/data/{}-deletes.parquet",
+                state.metadata.location().trim_end_matches('/'),
+                row_delta::unique_id()
+            );
+            Some(
+                positions::write_position_deletes(
+                    &self.file_io,
+                    &path,
+                    &found,
+                    iceberg::spec::Struct::empty(),
+                    spec.spec_id(),
+                )
+                .await
+                .map_err(|m| sink_error(lake, format!("write position deletes: {m}")))?,
+            )
+        };
+        Ok(Positional {
+            file,
+            removed,
+            based_on: snapshot_of(&state.metadata),
+        })
+    }
+
+    /// After `files` were committed as the snapshot `state` now knows: when the index was
+    /// exact for its parent, the index takes the commit's changes and becomes exact for it;
+    /// otherwise (another commit came between) it is left to be rebuilt before its next use.
+    pub(super) async fn index_committed(
+        &self,
+        state: &TableState,
+        index: &TableIndex,
+        files: &RowDelta,
+        positional: Option<&Positional>,
+    ) -> Result<()> {
+        let lake = &state.lake;
+        let error = |m: String| sink_error(lake, format!("key index: {m}"));
+        let Some(snapshot) = state.metadata.current_snapshot() else {
+            return Ok(());
+        };
+        let parent = snapshot.parent_snapshot_id().unwrap_or(NO_SNAPSHOT);
+        if index.store.exact_for().map_err(error)? != Some(parent) {
+            tracing::debug!(table = %lake, "the key index missed a commit: rebuilt before its next use");
+            return Ok(());
+        }
+        if files.truncate {
+            index.store.clear().map_err(error)?;
+        }
+        let converter = index.store.converter();
+        let mut update = IndexUpdate::default();
+        if let Some(positional) = positional {
+            update.removed.extend(positional.removed.iter().cloned());
+        }
+        for delete in files
+            .delete_files
+            .iter()
+            .filter(|f| f.content_type() == iceberg::spec::DataContentType::EqualityDeletes)
+        {
+            let keys = key_index::file_keys(
+                &self.file_io,
+                delete.file_path(),
+                &index.key,
+                converter,
+                None,
+            )
+            .await
+            .map_err(error)?;
+            update.removed.extend(keys.into_iter().map(|(key, _)| key));
+        }
+        for data in &files.data_files {
+            let keys =
+                key_index::file_keys(&self.file_io, data.file_path(), &index.key, converter, None)
+                    .await
+                    .map_err(error)?;
+            update.added.push((data.file_path().to_string(), keys));
+        }
+        index
+            .store
+            .apply(Some(snapshot.snapshot_id()), &update)
+            .map_err(error)
+    }
+}
+
+/// The key columns of `state`'s lake table, in their Arrow types, required.
+fn key_schema(state: &TableState) -> Result<SchemaRef> {
+    let arrow = schema_to_arrow_schema(state.metadata.current_schema())
+        .map_err(|e| iceberg_error(&state.lake, "convert the schema to Arrow", e))?;
+    let fields = state
+        .layout
+        .key
+        .iter()
+        .map(|name| {
+            arrow
+                .field_with_name(name)
+                .map(|f| Arc::new(f.clone().with_nullable(false)))
+                .map_err(|_| {
+                    sink_error(
+                        &state.lake,
+                        format!("key column {name} is not a column of the lake table"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(ArrowSchema::new(fields)))
+}
