@@ -20,7 +20,9 @@
 //!    source sampled as `run` samples it): the ratio of its rate to the run without them.
 //!    With `--masking 1`, each run also restarts `service::run` on a lake of its own whose
 //!    `customer_id` and `status` are hashed (`[sink.tables."public.orders"] columns`): the
-//!    ratio of its rate to the run without masking.
+//!    ratio of its rate to the run without masking. With `--position 1`, likewise on lakes in
+//!    `[sink] delete_mode = "position"` (each with its key index): the ratio of its rate to
+//!    the run in equality mode.
 //! 2. Freshness: `service::run` with the default flush policy (`max_latency = "10s"`) on a
 //!    fresh lake; after its initial snapshot, `--commits` single-row transactions, one every
 //!    `--spacing` seconds (not waiting for the lake); for each, the time from the commit
@@ -48,12 +50,12 @@
 //! cargo bench --bench lake -- [--seed-rows N] [--rounds N] [--batch N] [--snapshot-rows N]
 //!                             [--big-rows N] [--budget-mib N] [--runs N] [--commits N]
 //!                             [--spacing SECONDS] [--only LIST] [--format iceberg|delta]
-//!                             [--metrics 1] [--masking 1]
+//!                             [--metrics 1] [--masking 1] [--position 1]
 //! ```
 //!
 //! or the same through `LAKEWRITER_BENCH_SEED_ROWS`, `…_ROUNDS`, `…_BATCH`, `…_SNAPSHOT_ROWS`,
 //! `…_BIG_ROWS`, `…_BUDGET_MIB`, `…_RUNS`, `…_COMMITS`, `…_SPACING`, `…_ONLY`, `…_FORMAT`,
-//! `…_METRICS`, `…_MASKING`
+//! `…_METRICS`, `…_MASKING`, `…_POSITION`
 //! (`--only stream,freshness,snapshot,memory`, the default; the parts run in that order;
 //! `--format delta` takes `--only stream,snapshot`).
 //! Defaults: 100 000 seed rows, 16 rounds of 4 000 (about 210 k row changes), 1 000 000
@@ -146,6 +148,9 @@ struct Args {
     /// The stream part also runs, on lakes of its own, with `customer_id` and `status`
     /// hashed (`--masking 1`).
     masking: bool,
+    /// The stream part also runs, on lakes of their own, with `[sink] delete_mode =
+    /// "position"` (`--position 1`).
+    position: bool,
 }
 
 impl Args {
@@ -166,6 +171,7 @@ impl Args {
                 "format",
                 "metrics",
                 "masking",
+                "position",
             ],
         );
         let only = options.parts(&PARTS);
@@ -196,6 +202,7 @@ impl Args {
             only,
             metrics: options.number("metrics", 0) > 0,
             masking: options.number("masking", 0) > 0,
+            position: options.number("position", 0) > 0,
         }
     }
 
@@ -727,19 +734,27 @@ impl Workload {
              [sink.masking]\nkey_file = \"{}\"\n",
             key.display()
         );
-        for run in 0..args.runs * (sides + usize::from(args.masking)) {
-            let extra = if run >= args.runs * sides {
+        let masked_sides = sides + usize::from(args.masking);
+        for run in 0..args.runs * (masked_sides + usize::from(args.position)) {
+            let extra = if run >= args.runs * sides && run < args.runs * masked_sides {
                 format!("{masked}[flush]\nmax_latency = \"1s\"\n")
             } else {
                 "[flush]\nmax_latency = \"1s\"\n".to_string()
             };
-            let lake = Lake::new(
+            let mut lake = Lake::new(
                 db,
                 root,
                 &format!("stream{run}"),
                 &format!("{}_lake{run}", db.slot),
                 &extra,
             );
+            // the position-delete lakes come last, each with its key index beside it
+            if run >= args.runs * masked_sides {
+                let mut config = (*lake.config).clone();
+                config.sink.delete_mode = lakewriter::config::DeleteMode::Position;
+                config.sink.key_index.dir = lake.warehouse.join("key-index");
+                lake.config = Arc::new(config);
+            }
             let copied = run_until(
                 &lake,
                 "the initial snapshot",
@@ -844,6 +859,7 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
     std::fs::create_dir_all(&output).expect("a directory for pg_recvlogical's files");
     let (mut references, mut ours, mut served) = (Vec::new(), Vec::new(), Vec::new());
     let mut masked = Vec::new();
+    let mut positioned = Vec::new();
     let mut lake_states = Vec::new();
     // the metrics of the measured side with --metrics, paused for the runs without them
     let metrics = args.metrics.then(|| {
@@ -933,6 +949,24 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
             );
             masked.push(until.run);
         }
+        if args.position {
+            let sides = if args.metrics { 2 } else { 1 } + usize::from(args.masking);
+            let lake = &workload.lakes[args.runs * sides + run];
+            let until = run_until(lake, "the workload's last commit in the lake", limit, |s| {
+                s.reached(workload.last_commit)
+            })
+            .await;
+            println!(
+                "  run {}: service::run with delete_mode = \"position\" {:.3} s, {:.2} CPU s \
+                 ({} changes received, {} lake commits)",
+                run + 1,
+                until.run.seconds,
+                until.run.cpu,
+                until.stats.changes,
+                until.stats.commits,
+            );
+            positioned.push(until.run);
+        }
     }
     // the lakes are alike: DuckDB reads one (merge-on-read of equality deletes is slow there)
     let postgres = postgres_count(db).await;
@@ -995,6 +1029,21 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
                 "[sink.tables.\"public.orders\"] columns = {{ customer_id = \"hash\", status = \
                  \"hash\" }} (HMAC-SHA-256 of every value, new and old rows); rows/s hashed over \
                  rows/s without: {:.3} (target ≥ 0.9)",
+                without.seconds / with.seconds
+            ),
+        });
+    }
+    if !positioned.is_empty() {
+        let (with, without) = (fastest(&positioned), fastest(&ours));
+        lines.push(Rate {
+            name: "the same, delete_mode = \"position\"".into(),
+            rows: workload.changes,
+            run: with,
+            reference: Some(reference.seconds),
+            note: format!(
+                "[sink] delete_mode = \"position\": each update's old row found in the key \
+                 index (redb) and removed by a position delete; rows/s in position mode over \
+                 rows/s in equality mode: {:.3} (target ≥ 0.9)",
                 without.seconds / with.seconds
             ),
         });

@@ -104,8 +104,9 @@ impl<C: Catalog> IcebergSink<C> {
         }))
     }
 
-    /// Makes `index` exact for the snapshot `state` knows, rebuilding it from that snapshot's
-    /// live files when it is exact for another (or none).
+    /// Makes `index` exact for the snapshot `state` knows: from the snapshots it missed when
+    /// it is exact for an ancestor still in the metadata (only what changed is read), else
+    /// rebuilt from every live file.
     pub(super) async fn index_exact(&self, state: &TableState, index: &TableIndex) -> Result<()> {
         let lake = &state.lake;
         let snapshot = snapshot_of(&state.metadata);
@@ -113,16 +114,63 @@ impl<C: Catalog> IcebergSink<C> {
             .store
             .exact_for()
             .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
-        if holds == Some(snapshot) && index.key.fields().len() == index.key_ids.len() {
+        if holds == Some(snapshot) {
             return Ok(());
         }
+        let since = holds.and_then(|held| ancestor_sequence(&state.metadata, held));
         let started = std::time::Instant::now();
+        let files = self.snapshot_files(state, index).await?;
+        let mut how = if since.is_some() {
+            "caught up"
+        } else {
+            "rebuilt"
+        };
+        let mut done = key_index::bring_up(
+            &index.store,
+            &self.file_io,
+            &index.key,
+            snapshot,
+            &files,
+            since,
+        )
+        .await;
+        if let (Err(e), Some(_)) = (&done, since) {
+            // a file of a snapshot it missed may be gone (expired): every live file then
+            tracing::info!(table = %lake, reason = %e, "the key index cannot catch up: rebuilding it");
+            how = "rebuilt";
+            done = key_index::bring_up(
+                &index.store,
+                &self.file_io,
+                &index.key,
+                snapshot,
+                &files,
+                None,
+            )
+            .await;
+        }
+        let done = done.map_err(|m| sink_error(lake, format!("bring the key index up: {m}")))?;
+        let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             table = %lake,
             index_snapshot = ?holds,
             snapshot,
-            "rebuilding the key index from the lake (it is not exact for the table's snapshot)"
+            how,
+            files_read = done.files,
+            keys_added = done.keys,
+            seconds,
+            keys_per_second = (done.keys as f64 / seconds.max(1e-3)) as u64,
+            "key index {how}: exact for the table's snapshot"
         );
+        Ok(())
+    }
+
+    /// The live files of the snapshot `state` knows, as the index reads them.
+    async fn snapshot_files(
+        &self,
+        state: &TableState,
+        index: &TableIndex,
+    ) -> Result<SnapshotFiles> {
+        let lake = &state.lake;
         let live = crate::lake::iceberg::live_files(&self.file_io, lake, &state.metadata).await?;
         let mut files = SnapshotFiles::default();
         let file = |f: &crate::lake::iceberg::LiveFile| SnapshotFile {
@@ -150,20 +198,7 @@ impl<C: Catalog> IcebergSink<C> {
         {
             files.positions.push((file(&delete.file), delete.removes));
         }
-        let rebuilt = key_index::rebuild(&index.store, &self.file_io, &index.key, snapshot, &files)
-            .await
-            .map_err(|m| sink_error(lake, format!("rebuild the key index: {m}")))?;
-        let seconds = started.elapsed().as_secs_f64();
-        tracing::info!(
-            table = %lake,
-            snapshot,
-            files = rebuilt.files,
-            keys = rebuilt.keys,
-            seconds,
-            keys_per_second = (rebuilt.keys as f64 / seconds.max(1e-3)) as u64,
-            "rebuilt the key index"
-        );
-        Ok(())
+        Ok(files)
     }
 
     /// Finds the live rows of the keys of `deletes` (old rows, source layout) and writes
@@ -280,6 +315,19 @@ impl<C: Catalog> IcebergSink<C> {
             .store
             .apply(Some(snapshot.snapshot_id()), &update)
             .map_err(error)
+    }
+}
+
+/// The sequence number of snapshot `held` when it is the current snapshot's ancestor in
+/// `metadata` (the index can catch up from it); `None` otherwise (a rollback, an expired or
+/// never-seen snapshot, none at all: a rebuild).
+fn ancestor_sequence(metadata: &TableMetadata, held: i64) -> Option<i64> {
+    let mut at = metadata.current_snapshot()?;
+    loop {
+        if at.snapshot_id() == held {
+            return Some(at.sequence_number());
+        }
+        at = metadata.snapshot_by_id(at.parent_snapshot_id()?)?;
     }
 }
 

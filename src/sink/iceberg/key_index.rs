@@ -4,14 +4,14 @@
 //! position delete instead of an equality delete.
 //!
 //! It is a cache (DESIGN.md invariant 14): it records the snapshot it is exact for, and one that
-//! does not match the table's current snapshot is rebuilt from the lake ([`rebuild`]) before it
+//! does not match the table's current snapshot is brought up to it from the lake ([`bring_up`]) before it
 //! is used. redb gives one ACID write transaction per update, so a crash leaves the index as of
 //! its last update, never half of one, with its snapshot saying which.
 //!
 //! Keys are stored in Arrow's row format, which is not promised stable across Arrow releases:
 //! the index records the format and the key's types, and any difference means a rebuild.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use arrow::datatypes::SchemaRef;
@@ -119,19 +119,28 @@ impl KeyIndex {
 
     /// Where each key of `keys` (encoded by [`KeyIndex::converter`]) has its live row.
     pub fn lookup(&self, keys: &Rows) -> Result<Vec<Option<RowLocation>>, String> {
+        self.lookup_encoded(keys.iter().map(|k| k.data()), keys.num_rows())
+    }
+
+    /// [`KeyIndex::lookup`] of keys already encoded (`count` of them).
+    pub fn lookup_encoded<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]>,
+        count: usize,
+    ) -> Result<Vec<Option<RowLocation>>, String> {
         let read = self.db.begin_read().map_err(|e| e.to_string())?;
         let (index, files) = match (read.open_table(KEYS), read.open_table(FILES)) {
             (Ok(index), Ok(files)) => (index, files),
             (Err(redb::TableError::TableDoesNotExist(_)), _)
             | (_, Err(redb::TableError::TableDoesNotExist(_))) => {
-                return Ok(vec![None; keys.num_rows()]);
+                return Ok(vec![None; count]);
             }
             (Err(e), _) | (_, Err(e)) => return Err(e.to_string()),
         };
         let mut paths: HashMap<u32, String> = HashMap::new();
-        let mut found = Vec::with_capacity(keys.num_rows());
-        for key in keys.iter() {
-            let Some(entry) = index.get(key.as_ref()).map_err(|e| e.to_string())? else {
+        let mut found = Vec::with_capacity(count);
+        for key in keys {
+            let Some(entry) = index.get(key).map_err(|e| e.to_string())? else {
                 found.push(None);
                 continue;
             };
@@ -211,6 +220,22 @@ impl KeyIndex {
             .map_err(|e| e.to_string())?;
         }
         write.commit().map_err(|e| e.to_string())
+    }
+
+    /// The data files it knows (every data file live at the snapshot it is exact for).
+    pub fn files(&self) -> Result<HashSet<String>, String> {
+        let read = self.db.begin_read().map_err(|e| e.to_string())?;
+        let ids = match read.open_table(FILE_IDS) {
+            Ok(ids) => ids,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashSet::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut paths = HashSet::new();
+        for entry in ids.iter().map_err(|e| e.to_string())? {
+            let (path, _) = entry.map_err(|e| e.to_string())?;
+            paths.insert(path.value().to_string());
+        }
+        Ok(paths)
     }
 
     /// Empties the index (before a rebuild), in one transaction.
@@ -310,37 +335,110 @@ pub struct SnapshotFiles {
     pub positions: Vec<(SnapshotFile, DeletedPositions)>,
 }
 
-/// How a rebuild went.
+/// How the index was brought up to a snapshot.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Rebuilt {
-    /// Data files read.
+    /// Data files whose keys were read (added, removed or named by new position deletes).
     pub files: usize,
-    /// Live keys indexed.
+    /// Keys indexed from the files added.
     pub keys: u64,
 }
 
-/// Rebuilds `index` from the live files of `snapshot`: every data file's keys with their
-/// positions, less the rows its position deletes (naming it, same or later sequence number)
-/// and equality deletes (same partition, later sequence number) remove. The index is exact
-/// for no snapshot until the last file is in: a crash during a rebuild means another one.
-pub async fn rebuild(
+/// Brings `index` to the live files of `snapshot`. `since`: the data sequence number of the
+/// snapshot the index is exact for, an ancestor of `snapshot` — then only what changed is
+/// read: the keys of the data files no longer live (dropped where they still point into them),
+/// the deletes committed since (their keys or rows dropped where the index points at a row
+/// they remove) and the data files it does not know (indexed, less the rows the live deletes
+/// remove). `None`: emptied and rebuilt from every live file. The index is exact for no
+/// snapshot until the end: a crash meanwhile means another rebuild.
+pub async fn bring_up(
     index: &KeyIndex,
     file_io: &FileIO,
     key: &SchemaRef,
     snapshot: i64,
     files: &SnapshotFiles,
+    since: Option<i64>,
 ) -> Result<Rebuilt, String> {
+    let converter = index.converter();
     // the newest equality delete of each key, per partition
     let mut deleted: HashMap<(&str, Vec<u8>), i64> = HashMap::new();
     for delete in &files.equality {
-        for (row, _) in file_keys(file_io, &delete.path, key, index.converter(), None).await? {
+        for (row, _) in file_keys(file_io, &delete.path, key, converter, None).await? {
             let newest = deleted.entry((delete.partition.as_str(), row)).or_default();
             *newest = (*newest).max(delete.sequence);
         }
     }
-    index.clear()?;
+    let live: HashMap<&str, &SnapshotFile> =
+        files.data.iter().map(|f| (f.path.as_str(), f)).collect();
     let mut rebuilt = Rebuilt::default();
-    for file in &files.data {
+    let known = match since {
+        None => {
+            index.clear()?;
+            HashSet::new()
+        }
+        Some(since) => {
+            let known = index.files()?;
+            index.apply(None, &IndexUpdate::default())?;
+            let mut update = IndexUpdate::default();
+            // the keys of files no longer live, where the index still has them there
+            for path in known.iter().filter(|p| !live.contains_key(p.as_str())) {
+                let keys = file_keys(file_io, path, key, converter, None).await?;
+                rebuilt.files += 1;
+                let found =
+                    index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
+                for ((row, _), at) in keys.into_iter().zip(found) {
+                    if at.is_some_and(|at| at.file == *path) {
+                        update.removed.push(row);
+                    }
+                }
+                update.removed_files.push(path.clone());
+            }
+            // equality deletes since: the keys whose indexed row is older
+            for delete in files.equality.iter().filter(|d| d.sequence > since) {
+                let keys = file_keys(file_io, &delete.path, key, converter, None).await?;
+                let found =
+                    index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
+                for ((row, _), at) in keys.into_iter().zip(found) {
+                    let older = at
+                        .and_then(|at| live.get(at.file.as_str()).copied())
+                        .is_some_and(|data| {
+                            data.sequence < delete.sequence && data.partition == delete.partition
+                        });
+                    if older {
+                        update.removed.push(row);
+                    }
+                }
+            }
+            // position deletes since, of files the index knows: the rows they name
+            for (delete, removes) in files.positions.iter().filter(|(d, _)| d.sequence > since) {
+                for path in removes.data_files() {
+                    let Some(data) = live.get(path) else { continue };
+                    if data.sequence > delete.sequence || !known.contains(path) {
+                        continue;
+                    }
+                    let Some(positions) = removes.of(path) else {
+                        continue;
+                    };
+                    let keys: FileKeys = file_keys(file_io, path, key, converter, None)
+                        .await?
+                        .into_iter()
+                        .filter(|(_, position)| positions.contains(position))
+                        .collect();
+                    rebuilt.files += 1;
+                    let found =
+                        index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
+                    for ((row, position), at) in keys.into_iter().zip(found) {
+                        if at.is_some_and(|at| at.file == path && at.position == position) {
+                            update.removed.push(row);
+                        }
+                    }
+                }
+            }
+            index.apply(None, &update)?;
+            known
+        }
+    };
+    for file in files.data.iter().filter(|f| !known.contains(&f.path)) {
         let mut removed: Option<BTreeSet<u64>> = None;
         for (delete, rows) in &files.positions {
             if file.sequence <= delete.sequence
@@ -349,21 +447,15 @@ pub async fn rebuild(
                 removed.get_or_insert_default().extend(rows.iter().copied());
             }
         }
-        let keys: FileKeys = file_keys(
-            file_io,
-            &file.path,
-            key,
-            index.converter(),
-            removed.as_ref(),
-        )
-        .await?
-        .into_iter()
-        .filter(|(row, _)| {
-            deleted
-                .get(&(file.partition.as_str(), row.clone()))
-                .is_none_or(|&newest| newest <= file.sequence)
-        })
-        .collect();
+        let keys: FileKeys = file_keys(file_io, &file.path, key, converter, removed.as_ref())
+            .await?
+            .into_iter()
+            .filter(|(row, _)| {
+                deleted
+                    .get(&(file.partition.as_str(), row.clone()))
+                    .is_none_or(|&newest| newest <= file.sequence)
+            })
+            .collect();
         rebuilt.files += 1;
         rebuilt.keys += keys.len() as u64;
         index.apply(
@@ -469,15 +561,109 @@ mod tests {
         };
         let index =
             KeyIndex::open(&dir.path().join("i.redb"), &key_schema(), 1 << 20).expect("open");
-        let rebuilt = rebuild(&index, &FileIO::new_with_fs(), &key_schema(), 42, &files)
-            .await
-            .expect("rebuild");
+        let rebuilt = bring_up(
+            &index,
+            &FileIO::new_with_fs(),
+            &key_schema(),
+            42,
+            &files,
+            None,
+        )
+        .await
+        .expect("rebuild");
         assert_eq!(rebuilt, Rebuilt { files: 2, keys: 3 });
         assert_eq!(index.exact_for().expect("read"), Some(42));
         let keys = encode(&index, &[(1, "eu"), (2, "eu"), (3, "eu"), (4, "eu")]);
         assert_eq!(
             index.lookup(&keys).expect("lookup"),
             vec![at(&a, 0), at(&b, 0), None, at(&a, 3)]
+        );
+    }
+
+    /// From an index exact for seq 1 (keys 1..4 in `a`, 5 in `b`), a compaction rewrites `a`
+    /// into `c` (keeping seq 1, rows reordered), then seq 3 deletes key 2 by equality and adds
+    /// key 6 in `d`, and seq 4 deletes key 4 by position in `c` and key 5 in `b`: caught up,
+    /// the index finds what a rebuild finds, reading only `a`, `c`, `b` and `d`.
+    #[tokio::test]
+    async fn catching_up_finds_what_a_rebuild_finds() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = |path: &str, sequence: i64| SnapshotFile {
+            path: path.into(),
+            sequence,
+            partition: "0/[]".into(),
+        };
+        let eu = |n: usize| regions(&vec!["eu"; n]);
+        let a = parquet(
+            dir.path(),
+            "a.parquet",
+            vec![("id", ids(&[1, 2, 3, 4])), ("region", eu(4))],
+        );
+        let b = parquet(
+            dir.path(),
+            "b.parquet",
+            vec![("id", ids(&[5])), ("region", eu(1))],
+        );
+        let c = parquet(
+            dir.path(),
+            "c.parquet",
+            vec![("id", ids(&[4, 3, 2, 1])), ("region", eu(4))],
+        );
+        let d = parquet(
+            dir.path(),
+            "d.parquet",
+            vec![("id", ids(&[6])), ("region", eu(1))],
+        );
+        let eq = parquet(
+            dir.path(),
+            "eq.parquet",
+            vec![("id", ids(&[2])), ("region", eu(1))],
+        );
+        let io = FileIO::new_with_fs();
+        let before = SnapshotFiles {
+            data: vec![file(&a, 1), file(&b, 1)],
+            ..SnapshotFiles::default()
+        };
+        let after = SnapshotFiles {
+            data: vec![file(&c, 1), file(&b, 1), file(&d, 3)],
+            equality: vec![file(&eq, 3)],
+            positions: vec![(
+                file("pos.parquet", 4),
+                [(c.clone(), 0), (b.clone(), 0)].into_iter().collect(),
+            )],
+        };
+        let caught =
+            KeyIndex::open(&dir.path().join("c.redb"), &key_schema(), 1 << 20).expect("open");
+        bring_up(&caught, &io, &key_schema(), 10, &before, None)
+            .await
+            .expect("build");
+        let done = bring_up(&caught, &io, &key_schema(), 11, &after, Some(1))
+            .await
+            .expect("catch up");
+        // a (gone), c (b's delete is of a file it knows), c and d (new)
+        assert_eq!(done, Rebuilt { files: 4, keys: 3 });
+        let rebuilt =
+            KeyIndex::open(&dir.path().join("r.redb"), &key_schema(), 1 << 20).expect("open");
+        bring_up(&rebuilt, &io, &key_schema(), 11, &after, None)
+            .await
+            .expect("rebuild");
+        let keys = encode(
+            &caught,
+            &[
+                (1, "eu"),
+                (2, "eu"),
+                (3, "eu"),
+                (4, "eu"),
+                (5, "eu"),
+                (6, "eu"),
+            ],
+        );
+        let expected = vec![at(&c, 3), None, at(&c, 1), None, None, at(&d, 0)];
+        assert_eq!(caught.lookup(&keys).expect("lookup"), expected);
+        assert_eq!(rebuilt.lookup(&keys).expect("lookup"), expected);
+        assert_eq!(caught.exact_for().expect("read"), Some(11));
+        assert_eq!(
+            caught.files().expect("files"),
+            rebuilt.files().expect("files")
         );
     }
 
