@@ -41,6 +41,12 @@
 //!    sampled every 100 ms) against the budget. The lake's row count (snapshot summary
 //!    `total-records`, and DuckDB) is compared with PostgreSQL's. This part takes minutes.
 //!
+//! 5. Deletes (only with `--only deletes`, Iceberg): `--delete-rows` rows (default 2 000 000)
+//!    copied into two lakes, `delete_mode` equality and position; half the keys deleted in
+//!    transactions of 100 000; each lake's writer timed to the last delete; a query over
+//!    each lake (lakewriter's and DuckDB's); the position lake's key index rebuilt from scratch
+//!    against a read of the key column through the same merge-on-read.
+//!
 //! Each side of 1 and 3 runs `--runs` times (default 2), alternating, and keeps its best run;
 //! the CPU seconds shown are this process's (the writer runs in it) or pg_recvlogical's. Rate
 //! ratios are the measured side's rate over the reference's; freshness and memory ratios are
@@ -116,6 +122,8 @@ const MEMORY_SEED_ROWS: u64 = 10_000;
 
 /// The parts, in the order they run.
 const PARTS: [&str; 4] = ["stream", "freshness", "snapshot", "memory"];
+/// Every part, those run only when `--only` names them included.
+const ALL_PARTS: [&str; 5] = ["stream", "freshness", "snapshot", "memory", "deletes"];
 
 /// Sizes and choices, from arguments or the environment.
 #[derive(Debug, Clone)]
@@ -151,6 +159,8 @@ struct Args {
     /// The stream part also runs, on lakes of their own, with `[sink] delete_mode =
     /// "position"` (`--position 1`).
     position: bool,
+    /// Rows of the deletes part's table, half of which it deletes (`--delete-rows`).
+    delete_rows: u64,
 }
 
 impl Args {
@@ -172,9 +182,13 @@ impl Args {
                 "metrics",
                 "masking",
                 "position",
+                "delete-rows",
             ],
         );
-        let only = options.parts(&PARTS);
+        let only = match options.text("only") {
+            None => PARTS.iter().map(|p| p.to_string()).collect(),
+            Some(_) => options.parts(&ALL_PARTS),
+        };
         let format = match options.text("format") {
             None | Some("iceberg") => TableFormat::Iceberg,
             Some("delta") => TableFormat::Delta,
@@ -203,6 +217,7 @@ impl Args {
             metrics: options.number("metrics", 0) > 0,
             masking: options.number("masking", 0) > 0,
             position: options.number("position", 0) > 0,
+            delete_rows: options.number("delete-rows", 2_000_000).max(2),
         }
     }
 
@@ -245,6 +260,9 @@ async fn main() {
         snapshot_bench(&db, root.path(), &args).await;
     }
     drop(db);
+    if args.runs_part("deletes") {
+        deletes_bench(root.path(), &args).await;
+    }
     if args.runs_part("memory") {
         memory_bench(root.path(), &args).await;
     }
@@ -1743,4 +1761,211 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Deletes in each delete mode
+
+/// `--delete-rows` rows copied into two lakes, one per `[sink] delete_mode`; half their keys
+/// deleted in PostgreSQL (transactions of 100 000, so none spills); each lake's writer timed
+/// to the last delete; then a query over each (lakewriter's DataFusion and DuckDB), and the
+/// position lake's key index rebuilt from scratch, against reading the key column of the
+/// same table through the same merge-on-read.
+async fn deletes_bench(root: &Path, args: &Args) {
+    assert_eq!(
+        format(),
+        TableFormat::Iceberg,
+        "the deletes part is for Iceberg"
+    );
+    let db = TestDb::new("bench_deletes").await;
+    db.psql(&[
+        "-v",
+        &format!("rows={}", args.delete_rows),
+        "-f",
+        "sql/orders.sql",
+    ]);
+    let client = db.client().await;
+    client
+        .batch_execute("VACUUM (ANALYZE) public.orders")
+        .await
+        .expect("vacuum orders");
+    let mut lakes = Vec::new();
+    for (i, position) in [false, true].into_iter().enumerate() {
+        let mut lake = Lake::new(
+            &db,
+            root,
+            &format!("deletes{i}"),
+            &format!("{}_deletes{i}", db.slot),
+            "[flush]\nmax_latency = \"1s\"\n",
+        );
+        if position {
+            let mut config = (*lake.config).clone();
+            config.sink.delete_mode = lakewriter::config::DeleteMode::Position;
+            config.sink.key_index.dir = lake.warehouse.join("key-index");
+            lake.config = Arc::new(config);
+        }
+        run_until(
+            &lake,
+            "the initial snapshot",
+            Duration::from_secs(3600),
+            |s| s.checkpoint.is_some(),
+        )
+        .await;
+        lakes.push(lake);
+    }
+    let (min, max): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT min(order_id)::bigint, max(order_id)::bigint FROM orders",
+                &[],
+            )
+            .await
+            .expect("read the key range");
+        (row.get(0), row.get(1))
+    };
+    let step = 200_000i64;
+    let mut bound = Lsn::ZERO;
+    let mut deleted = 0u64;
+    let mut from = min;
+    while from <= max {
+        let transaction = client.simple_query("BEGIN").await;
+        transaction.expect("begin");
+        let n = client
+            .execute(
+                "DELETE FROM orders WHERE order_id % 2 = 0 AND order_id >= $1 AND order_id < $2",
+                &[&from, &(from + step)],
+            )
+            .await
+            .expect("delete");
+        deleted += n;
+        let inside: String = client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .expect("read the WAL position")
+            .get(0);
+        client.simple_query("COMMIT").await.expect("commit");
+        bound = inside.parse().expect("an LSN");
+        from += step;
+    }
+    println!(
+        "\ndeletes: {} rows copied into an equality lake and a position lake; {deleted} of them \
+         deleted in PostgreSQL",
+        args.delete_rows
+    );
+    let mut streamed = Vec::new();
+    for (lake, mode) in lakes.iter().zip(["equality", "position"]) {
+        let until = run_until(lake, "the last delete", Duration::from_secs(3600), |s| {
+            s.reached(bound)
+        })
+        .await;
+        println!(
+            "  {mode}: the deletes committed in {:.3} s, {:.2} CPU s ({} lake commits)",
+            until.run.seconds, until.run.cpu, until.stats.commits
+        );
+        streamed.push(until.run);
+    }
+    let postgres = postgres_count(&db).await;
+    let sql = "SELECT count(*), sum(amount) FROM lakewriter.orders";
+    let mut queried = Vec::new();
+    let mut ducked = Vec::new();
+    for (lake, mode) in lakes.iter().zip(["equality", "position"]) {
+        let mut best = f64::MAX;
+        let mut printed = Vec::new();
+        for _ in 0..args.runs {
+            printed.clear();
+            let started = Instant::now();
+            lakewriter::verify::query::run(
+                &lake.config,
+                sql,
+                lakewriter::verify::query::OutputFormat::Csv,
+                &mut printed,
+            )
+            .await
+            .expect("query the lake");
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+        let text = String::from_utf8_lossy(&printed);
+        println!(
+            "  {mode}: lakewriter query {best:.3} s: {}",
+            text.trim().replace('\n', " | ")
+        );
+        queried.push(best);
+        let state = LakeProbe::open(&lake.config)
+            .await
+            .read()
+            .await
+            .expect("the lake table");
+        let started = Instant::now();
+        let counted = duck_count(&state.scan);
+        ducked.push(started.elapsed().as_secs_f64());
+        print_check(&format!("{mode} lake"), counted, postgres);
+    }
+    // the key index rebuilt from every live file, against a read of the key column
+    let position = &lakes[1];
+    let mut keys_read = Vec::new();
+    let started = Instant::now();
+    lakewriter::verify::query::run(
+        &position.config,
+        "SELECT count(order_id) FROM lakewriter.orders",
+        lakewriter::verify::query::OutputFormat::Csv,
+        &mut keys_read,
+    )
+    .await
+    .expect("read the key column");
+    let key_read = started.elapsed().as_secs_f64();
+    let sink = IcebergSink::from_config(&position.config)
+        .await
+        .expect("a sink");
+    let started = Instant::now();
+    let rebuilt = sink
+        .rebuild_key_index(&TableId::new("public", "orders"))
+        .await
+        .expect("rebuild the key index");
+    let rebuild = started.elapsed().as_secs_f64();
+    let index_bytes = std::fs::metadata(
+        position
+            .warehouse
+            .join("key-index")
+            .join(&position.config.sink.namespace)
+            .join("orders.redb"),
+    )
+    .map_or(0, |m| m.len());
+    println!(
+        "\n5. deletes: {deleted} keys deleted of {} (best of {} for the queries)",
+        args.delete_rows, args.runs
+    );
+    println!(
+        "  streaming the deletes: equality {:.3} s, position {:.3} s: position's rate over \
+         equality's {:.3} (target ≥ 0.9)",
+        streamed[0].seconds,
+        streamed[1].seconds,
+        streamed[0].seconds / streamed[1].seconds
+    );
+    println!(
+        "  `{sql}`: equality {:.3} s, position {:.3} s: position {:.2}× as fast",
+        queried[0],
+        queried[1],
+        queried[0] / queried[1]
+    );
+    println!(
+        "  DuckDB count(*), count(DISTINCT order_id): equality {:.3} s, position {:.3} s \
+         (process start included)",
+        ducked[0], ducked[1]
+    );
+    println!(
+        "  key index rebuilt from {} files: {} keys in {rebuild:.3} s = {:.0} keys/s ({:.1} MB \
+         on disk); reading the key column through the same merge-on-read took {key_read:.3} s: \
+         ratio {:.3}",
+        rebuilt.files,
+        rebuilt.keys,
+        rebuilt.keys as f64 / rebuild,
+        index_bytes as f64 / 1e6,
+        key_read / rebuild
+    );
+    for lake in &lakes {
+        lake.drop_slot(&db).await;
+    }
+    for lake in lakes {
+        lake.remove();
+    }
 }

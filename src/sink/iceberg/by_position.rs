@@ -22,11 +22,11 @@ use arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, TableMetadata};
 
-use super::key_index::{self, IndexUpdate, KeyIndex, SnapshotFile, SnapshotFiles};
+use super::key_index::{self, IndexUpdate, KeyIndex, Rebuilt, SnapshotFile, SnapshotFiles};
 use super::positions::{self, DeletedPositions};
 use super::row_delta::{self, RowDelta};
 use super::{IcebergSink, TableState, iceberg_error, sink_error};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogTable};
 use crate::config::DeleteMode;
 use crate::error::Result;
 use crate::table::TableId;
@@ -92,34 +92,92 @@ impl<C: Catalog> IcebergSink<C> {
             );
             return Ok(None);
         }
-        let key_ids = Self::equality_ids(state)?;
-        let key = key_schema(state)?;
+        self.open_index_of(lake, &state.metadata, &state.layout.key)
+            .map(Some)
+    }
+
+    /// Opens the key index of `lake` (as `metadata` has it) with key columns `key`.
+    fn open_index_of(
+        &self,
+        lake: &CatalogTable,
+        metadata: &TableMetadata,
+        key: &[String],
+    ) -> Result<TableIndex> {
+        let schema = metadata.current_schema();
+        let key_ids = key
+            .iter()
+            .map(|name| {
+                schema.field_by_name(name).map(|f| f.id).ok_or_else(|| {
+                    sink_error(
+                        lake,
+                        format!("key column {name} is not a column of the lake table"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let key = key_schema(lake, metadata, key)?;
         let path = self.settings.key_index_path(lake);
         let store = KeyIndex::open(&path, &key, self.settings.key_index.1)
             .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
-        Ok(Some(TableIndex {
+        Ok(TableIndex {
             store,
             key,
             key_ids,
-        }))
+        })
+    }
+
+    /// Rebuilds the key index of `table` from every live file of its current snapshot, as
+    /// a start after the index was lost does (the index must not be open elsewhere: a
+    /// running writer holds it). How many files and keys, for the benchmarks.
+    pub async fn rebuild_key_index(&self, table: &TableId) -> Result<Rebuilt> {
+        let lake = self.lake_table(table);
+        let pointer = self
+            .catalog
+            .load(&lake)
+            .await
+            .map_err(|e| super::catalog_error(&lake, e))?
+            .ok_or_else(|| sink_error(&lake, "the table is not in the catalog"))?;
+        let metadata = self.read_metadata(&lake, &pointer).await?;
+        let key = crate::lake::iceberg::key_columns(metadata.current_schema());
+        let index = self.open_index_of(&lake, &metadata, &key)?;
+        index
+            .store
+            .clear()
+            .map_err(|m| sink_error(&lake, format!("key index: {m}")))?;
+        Ok(self
+            .index_exact_at(&lake, &metadata, &index)
+            .await?
+            .unwrap_or_default())
     }
 
     /// Makes `index` exact for the snapshot `state` knows: from the snapshots it missed when
     /// it is exact for an ancestor still in the metadata (only what changed is read), else
     /// rebuilt from every live file.
     pub(super) async fn index_exact(&self, state: &TableState, index: &TableIndex) -> Result<()> {
-        let lake = &state.lake;
-        let snapshot = snapshot_of(&state.metadata);
+        self.index_exact_at(&state.lake, &state.metadata, index)
+            .await
+            .map(drop)
+    }
+
+    /// [`IcebergSink::index_exact`] for `lake` as `metadata` has it; what it read, when it
+    /// had to.
+    async fn index_exact_at(
+        &self,
+        lake: &CatalogTable,
+        metadata: &TableMetadata,
+        index: &TableIndex,
+    ) -> Result<Option<Rebuilt>> {
+        let snapshot = snapshot_of(metadata);
         let holds = index
             .store
             .exact_for()
             .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
         if holds == Some(snapshot) {
-            return Ok(());
+            return Ok(None);
         }
-        let since = holds.and_then(|held| ancestor_sequence(&state.metadata, held));
+        let since = holds.and_then(|held| ancestor_sequence(metadata, held));
         let started = std::time::Instant::now();
-        let files = self.snapshot_files(state, index).await?;
+        let files = self.snapshot_files(lake, metadata, index).await?;
         let mut how = if since.is_some() {
             "caught up"
         } else {
@@ -161,17 +219,17 @@ impl<C: Catalog> IcebergSink<C> {
             keys_per_second = (done.keys as f64 / seconds.max(1e-3)) as u64,
             "key index {how}: exact for the table's snapshot"
         );
-        Ok(())
+        Ok(Some(done))
     }
 
     /// The live files of the snapshot `state` knows, as the index reads them.
     async fn snapshot_files(
         &self,
-        state: &TableState,
+        lake: &CatalogTable,
+        metadata: &TableMetadata,
         index: &TableIndex,
     ) -> Result<SnapshotFiles> {
-        let lake = &state.lake;
-        let live = crate::lake::iceberg::live_files(&self.file_io, lake, &state.metadata).await?;
+        let live = crate::lake::iceberg::live_files(&self.file_io, lake, metadata).await?;
         let mut files = SnapshotFiles::default();
         let file = |f: &crate::lake::iceberg::LiveFile| SnapshotFile {
             path: f.path.clone(),
@@ -331,13 +389,11 @@ fn ancestor_sequence(metadata: &TableMetadata, held: i64) -> Option<i64> {
     }
 }
 
-/// The key columns of `state`'s lake table, in their Arrow types, required.
-fn key_schema(state: &TableState) -> Result<SchemaRef> {
-    let arrow = schema_to_arrow_schema(state.metadata.current_schema())
-        .map_err(|e| iceberg_error(&state.lake, "convert the schema to Arrow", e))?;
-    let fields = state
-        .layout
-        .key
+/// The key columns `key` of `lake`'s table, in their Arrow types, required.
+fn key_schema(lake: &CatalogTable, metadata: &TableMetadata, key: &[String]) -> Result<SchemaRef> {
+    let arrow = schema_to_arrow_schema(metadata.current_schema())
+        .map_err(|e| iceberg_error(lake, "convert the schema to Arrow", e))?;
+    let fields = key
         .iter()
         .map(|name| {
             arrow
@@ -345,7 +401,7 @@ fn key_schema(state: &TableState) -> Result<SchemaRef> {
                 .map(|f| Arc::new(f.clone().with_nullable(false)))
                 .map_err(|_| {
                     sink_error(
-                        &state.lake,
+                        lake,
                         format!("key column {name} is not a column of the lake table"),
                     )
                 })
