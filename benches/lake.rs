@@ -353,6 +353,9 @@ impl Lake {
         config.source.slot = slot.to_string();
         config.sink.warehouse = warehouse.display().to_string();
         config.sink.format = format();
+        // equality deletes unless a part asks for position ones, each lake's index its own
+        config.sink.delete_mode = Some(lakewriter::config::DeleteMode::Equality);
+        config.sink.key_index.dir = warehouse.join("key-index");
         Lake {
             config: Arc::new(config),
             warehouse,
@@ -769,7 +772,7 @@ impl Workload {
             // the position-delete lakes come last, each with its key index beside it
             if run >= args.runs * masked_sides {
                 let mut config = (*lake.config).clone();
-                config.sink.delete_mode = lakewriter::config::DeleteMode::Position;
+                config.sink.delete_mode = Some(lakewriter::config::DeleteMode::Position);
                 config.sink.key_index.dir = lake.warehouse.join("key-index");
                 lake.config = Arc::new(config);
             }
@@ -1800,7 +1803,7 @@ async fn deletes_bench(root: &Path, args: &Args) {
         );
         if position {
             let mut config = (*lake.config).clone();
-            config.sink.delete_mode = lakewriter::config::DeleteMode::Position;
+            config.sink.delete_mode = Some(lakewriter::config::DeleteMode::Position);
             config.sink.key_index.dir = lake.warehouse.join("key-index");
             lake.config = Arc::new(config);
         }

@@ -496,7 +496,15 @@ async fn position_mode_through_kill_9_a_lost_index_and_a_spark_rewrite_reads_in_
     assert!(log.contains("key index rebuilt"), "{log}");
 
     // a commit that landed but whose index update was lost: the index as of a run ago
-    let file = index_dir.join(&db.namespace).join("orders.redb");
+    let file = std::fs::read_dir(index_dir.join(&db.namespace))
+        .expect("the namespace's key indexes")
+        .map(|entry| entry.expect("an index file").path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("orders-") && n.ends_with(".redb"))
+        })
+        .expect("the key index of orders");
     let saved = db.warehouse.path().join("orders.redb.saved");
     std::fs::copy(&file, &saved).expect("save the index");
     let log = run("before the lost update").await;
@@ -527,5 +535,36 @@ async fn position_mode_through_kill_9_a_lost_index_and_a_spark_rewrite_reads_in_
         )],
     );
     assert_eq!(spark.first().map(|s| s.trim()), Some(ids.as_str()), "Spark");
+    command_ok(&db, &["verify"], &[]);
+}
+
+/// A partitioned table in the default delete mode: each position delete goes in its data
+/// file's partition, so pyiceberg and DuckDB read every snapshot through SIGKILLs without
+/// `compact`, and no equality delete is written.
+#[tokio::test]
+async fn a_partitioned_table_takes_position_deletes_in_each_partition_through_kill_9() {
+    let db = TestDb::new("position_partitioned").await;
+    db.psql(&["-v", "rows=3000", "-f", "sql/orders.sql"]);
+    support::writer::write_config(
+        &db,
+        "[sink.tables.\"public.orders\"]\npartition_by = [\"bucket(4, order_id)\"]\n",
+    );
+    support::writer::crash_and_restart(&db, &[], 6, 4, 2500).await;
+    read_by_every_engine(&db, "after kill -9").await;
+    let counts = delete_file_counts(&db);
+    assert_ne!(counts, "0 0", "the workload's updates wrote no position deletes");
+    let partitions = pyiceberg(
+        &db,
+        "orders",
+        r#"
+files = catalog.load_table(ident).inspect.files().to_pylist()
+print(len({str(f["partition"]) for f in files if f["content"] == 1}))
+"#,
+        &[],
+    );
+    assert!(
+        partitions.trim().parse::<u32>().expect("a count") > 1,
+        "position deletes in {partitions} partition(s)"
+    );
     command_ok(&db, &["verify"], &[]);
 }

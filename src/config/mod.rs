@@ -223,20 +223,20 @@ pub struct SinkConfig {
     /// How an Iceberg upsert table's updates and deletes remove the old rows: `"equality"`
     /// (equality deletes by key; no local state) or `"position"` (position deletes of the rows
     /// a local key index finds, readable by engines that refuse equality deletes). Per table:
-    /// `[sink.tables."…"] delete_mode`. Default: `"equality"`.
+    /// `[sink.tables."…"] delete_mode`. Default: `"position"` (Iceberg; Delta tables take
+    /// deletes by rewriting files).
     #[serde(default)]
-    pub delete_mode: DeleteMode,
+    pub delete_mode: Option<DeleteMode>,
     /// The key index of `delete_mode = "position"` tables.
     #[serde(default)]
     pub key_index: KeyIndexConfig,
 }
 
 /// How an upsert table's changes remove the rows they replace.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeleteMode {
     /// An equality delete of each changed key: no local state; every reader joins.
-    #[default]
     Equality,
     /// A position delete (data file, row) of each changed key's live row, found in the
     /// table's key index; a key not in the lake needs none.
@@ -247,7 +247,8 @@ pub enum DeleteMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyIndexConfig {
-    /// Local directory of the indexes (one file per table, `<namespace>/<table>.redb`). A
+    /// Local directory of the indexes (one file per table, `<namespace>/<table>-<hash of the
+    /// table's location>.redb`, so pipelines writing other lakes never share one). A
     /// cache of the lake: deleting it costs a rebuild at the next start, nothing else. A
     /// relative path is taken from the working directory. Default: `"./key-index"`.
     #[serde(default = "defaults::key_index_dir")]
@@ -282,7 +283,7 @@ impl Default for SinkConfig {
             rest: RestCatalogConfig::default(),
             tables: BTreeMap::new(),
             masking: MaskingConfig::default(),
-            delete_mode: DeleteMode::default(),
+            delete_mode: None,
             key_index: KeyIndexConfig::default(),
         }
     }
@@ -841,7 +842,7 @@ impl Config {
             return fail("sink.namespace is empty".into());
         }
         if self.sink.format == TableFormat::Delta {
-            let position = (self.sink.delete_mode == DeleteMode::Position)
+            let position = (self.sink.delete_mode == Some(DeleteMode::Position))
                 .then(|| "sink.delete_mode".to_string())
                 .or_else(|| {
                     self.sink.tables.iter().find_map(|(name, t)| {

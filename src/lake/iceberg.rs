@@ -60,6 +60,9 @@ pub(crate) struct LiveFile {
     pub sequence: i64,
     /// The partition spec id and the partition tuple, as one comparable text.
     pub partition: String,
+    /// The partition spec it was written with, and its partition tuple.
+    pub spec_id: i32,
+    pub partition_value: iceberg::spec::Struct,
     pub size: u64,
     /// Rows it holds (before any delete).
     pub records: u64,
@@ -544,6 +547,8 @@ async fn manifest_live_files(
             path: file.file_path().to_string(),
             sequence,
             partition: format!("{}/{:?}", manifest_file.partition_spec_id, file.partition()),
+            spec_id: manifest_file.partition_spec_id,
+            partition_value: file.partition().clone(),
             size: file.file_size_in_bytes(),
             records: file.record_count(),
         };

@@ -494,6 +494,8 @@ mod tests {
             path: path.into(),
             sequence,
             partition: partition.into(),
+            spec_id: 0,
+            partition_value: iceberg::spec::Struct::empty(),
             size,
             records: size,
         }

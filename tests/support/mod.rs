@@ -351,7 +351,7 @@ impl TestDb {
             "[source]\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"{db}\"\nuser = \"postgres\"\n\
              password = \"{password}\"\npublication = \"{publication}\"\nslot = \"{slot}\"\n\
              create_publication = true\n\n[sink]\nwarehouse = \"{warehouse}\"\n\
-             namespace = \"{namespace}\"\n{extra}",
+             namespace = \"{namespace}\"\n{extra}\n[sink.key_index]\ndir = \"{warehouse}/key-index\"\n",
             port = self.port,
             db = self.name,
             password = self.password,

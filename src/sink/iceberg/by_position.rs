@@ -15,12 +15,13 @@
 //!   new data files' keys read back with their positions, the keys it deleted) and records
 //!   the new snapshot, in one redb transaction.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use iceberg::arrow::schema_to_arrow_schema;
-use iceberg::spec::{DataFile, TableMetadata};
+use iceberg::spec::{DataFile, Struct, TableMetadata};
 
 use super::key_index::{self, IndexUpdate, KeyIndex, Rebuilt, SnapshotFile, SnapshotFiles};
 use super::positions::{self, DeletedPositions};
@@ -41,6 +42,10 @@ pub(super) struct TableIndex {
     key: SchemaRef,
     /// Identifier field ids of the key (equality deletes on them can be indexed).
     key_ids: Vec<i32>,
+    /// The partition spec and tuple of the data files the index names, as far as known: a
+    /// position delete goes in its data file's partition. Filled from the manifests at the
+    /// first need after a start, then by each commit's new files.
+    partitions: Mutex<HashMap<String, (i32, Struct)>>,
 }
 
 impl std::fmt::Debug for TableIndex {
@@ -53,8 +58,8 @@ impl std::fmt::Debug for TableIndex {
 
 /// The position deletes of one flush, before its commit.
 pub(super) struct Positional {
-    /// The position-delete file written, if any key was in the lake.
-    pub file: Option<DataFile>,
+    /// The position-delete files written, one per partition of the rows it deletes.
+    pub files: Vec<DataFile>,
     /// The keys (encoded) whose rows it deletes.
     removed: Vec<Vec<u8>>,
     /// The snapshot the rows were found in.
@@ -84,14 +89,6 @@ impl<C: Catalog> IcebergSink<C> {
             tracing::info!(table = %lake, "delete_mode = position: the table has no key (a changelog); nothing to delete");
             return Ok(None);
         }
-        if !state.metadata.default_partition_spec().fields().is_empty() {
-            tracing::warn!(
-                table = %lake,
-                "delete_mode = position is not written to partitioned tables yet: this table \
-                 keeps equality deletes"
-            );
-            return Ok(None);
-        }
         self.open_index_of(lake, &state.metadata, &state.layout.key)
             .map(Some)
     }
@@ -116,13 +113,21 @@ impl<C: Catalog> IcebergSink<C> {
             })
             .collect::<Result<Vec<_>>>()?;
         let key = key_schema(lake, metadata, key)?;
-        let path = self.settings.key_index_path(lake);
-        let store = KeyIndex::open(&path, &key, self.settings.key_index.1)
-            .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
+        let path = self.settings.key_index_path(lake, metadata.location());
+        let store = KeyIndex::open(&path, &key, self.settings.key_index.1).map_err(|m| {
+            sink_error(
+                lake,
+                format!(
+                    "key index: {m} (a second lakewriter on this lake holds it? Each pipeline \
+                     needs its own sink.key_index.dir)"
+                ),
+            )
+        })?;
         Ok(TableIndex {
             store,
             key,
             key_ids,
+            partitions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -289,32 +294,85 @@ impl<C: Catalog> IcebergSink<C> {
                 }
             }
         }
-        let found: DeletedPositions = found.into_iter().collect();
-        let file = if found.is_empty() {
-            None
-        } else {
-            let spec = state.metadata.default_partition_spec();
+        // one delete file per partition of the rows found, in the table's current spec
+        let mut groups: HashMap<Struct, Vec<(String, u64)>> = HashMap::new();
+        let spec = state.metadata.default_partition_spec();
+        for (path, position) in found {
+            let (spec_id, partition) = self.partition_of(state, index, &path).await?;
+            if spec_id != spec.spec_id() {
+                return Err(sink_error(
+                    lake,
+                    format!(
+                        "{path} was written with partition spec {spec_id}, not the current \
+                         {}: its rows are deleted by key",
+                        spec.spec_id()
+                    ),
+                ));
+            }
+            groups.entry(partition).or_default().push((path, position));
+        }
+        let mut files = Vec::with_capacity(groups.len());
+        for (partition, rows) in groups {
+            let deleted: DeletedPositions = rows.into_iter().collect();
             let path = format!(
                 "{}/data/{}-deletes.parquet",
                 state.metadata.location().trim_end_matches('/'),
                 row_delta::unique_id()
             );
-            Some(
+            files.push(
                 positions::write_position_deletes(
                     &self.file_io,
                     &path,
-                    &found,
-                    iceberg::spec::Struct::empty(),
+                    &deleted,
+                    partition,
                     spec.spec_id(),
                 )
                 .await
                 .map_err(|m| sink_error(lake, format!("write position deletes: {m}")))?,
-            )
-        };
+            );
+        }
         Ok(Positional {
-            file,
+            files,
             removed,
             based_on: snapshot_of(&state.metadata),
+        })
+    }
+
+    /// The partition spec and tuple of data file `path`, read from the manifests of the
+    /// snapshot `state` knows when not known yet.
+    async fn partition_of(
+        &self,
+        state: &TableState,
+        index: &TableIndex,
+        path: &str,
+    ) -> Result<(i32, Struct)> {
+        let known = |index: &TableIndex| {
+            index
+                .partitions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(path)
+                .cloned()
+        };
+        if let Some(found) = known(index) {
+            return Ok(found);
+        }
+        let live =
+            crate::lake::iceberg::live_files(&self.file_io, &state.lake, &state.metadata).await?;
+        index
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(
+                live.data
+                    .into_iter()
+                    .map(|f| (f.path, (f.spec_id, f.partition_value))),
+            );
+        known(index).ok_or_else(|| {
+            sink_error(
+                &state.lake,
+                format!("the key index names {path}, not a live data file of the table"),
+            )
         })
     }
 
@@ -340,6 +398,21 @@ impl<C: Catalog> IcebergSink<C> {
         }
         if files.truncate {
             index.store.clear().map_err(error)?;
+        }
+        {
+            let mut partitions = index
+                .partitions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if files.truncate {
+                partitions.clear();
+            }
+            partitions.extend(files.data_files.iter().map(|f| {
+                (
+                    f.file_path().to_string(),
+                    (files.spec_id, f.partition().clone()),
+                )
+            }));
         }
         let converter = index.store.converter();
         let mut update = IndexUpdate::default();

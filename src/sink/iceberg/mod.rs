@@ -140,7 +140,7 @@ impl IcebergSettings {
             keep_snapshots: config.compaction.keep_snapshots.max(1),
             removes_files: config.sink.catalog != crate::config::CatalogKind::S3tables,
             commit_gates: CommitGates::process(),
-            delete_mode: config.sink.delete_mode,
+            delete_mode: config.sink.delete_mode.unwrap_or(DeleteMode::Position),
             table_delete_modes: config
                 .sink
                 .tables
@@ -165,12 +165,19 @@ impl IcebergSettings {
             .unwrap_or(self.delete_mode)
     }
 
-    /// Where the key index of lake table `table` lives.
-    pub fn key_index_path(&self, table: &CatalogTable) -> std::path::PathBuf {
+    /// Where the key index of lake table `table`, at `location`, lives: named after the
+    /// table and a digest of its location, so two pipelines writing different lakes from one
+    /// working directory never share an index.
+    pub fn key_index_path(&self, table: &CatalogTable, location: &str) -> std::path::PathBuf {
+        let digest = ring::digest::digest(&ring::digest::SHA256, location.as_bytes());
+        let short: String = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         self.key_index
             .0
             .join(&table.namespace)
-            .join(format!("{}.redb", table.name))
+            .join(format!("{}-{short}.redb", table.name))
     }
 
     /// Where `table`'s files go: `<warehouse>/<namespace>/<name>`.
@@ -908,7 +915,7 @@ impl<C: Catalog> IcebergSink<C> {
                     ..delta.clone()
                 };
                 let mut files = self.write_files(state, &rows_only).await?;
-                files.delete_files.extend(positional.file.iter().cloned());
+                files.delete_files.extend(positional.files.iter().cloned());
                 files.based_on = Some(positional.based_on);
                 files
             }
@@ -957,7 +964,7 @@ impl<C: Catalog> IcebergSink<C> {
                 };
                 match found {
                     Ok(found) => {
-                        files.delete_files.extend(found.file.iter().cloned());
+                        files.delete_files.extend(found.files.iter().cloned());
                         files.based_on = Some(found.based_on);
                         positional = Some(found);
                         continue;
