@@ -1835,7 +1835,8 @@ async fn deletes_bench(root: &Path, args: &Args) {
         transaction.expect("begin");
         let n = client
             .execute(
-                "DELETE FROM orders WHERE order_id % 2 = 0 AND order_id >= $1 AND order_id < $2",
+                "DELETE FROM orders WHERE order_id % 2 = 0 AND order_id >= $1::bigint \
+                 AND order_id < $2::bigint",
                 &[&from, &(from + step)],
             )
             .await

@@ -552,7 +552,10 @@ async fn a_partitioned_table_takes_position_deletes_in_each_partition_through_ki
     support::writer::crash_and_restart(&db, &[], 6, 4, 2500).await;
     read_by_every_engine(&db, "after kill -9").await;
     let counts = delete_file_counts(&db);
-    assert_ne!(counts, "0 0", "the workload's updates wrote no position deletes");
+    assert_ne!(
+        counts, "0 0",
+        "the workload's updates wrote no position deletes"
+    );
     let partitions = pyiceberg(
         &db,
         "orders",
