@@ -44,6 +44,7 @@ use crate::lsn::Lsn;
 use crate::masking::Masking;
 use crate::pipeline::reduce::Entry;
 use crate::pipeline::spill::Spill;
+use crate::progress::Progress;
 use crate::sink::{Sink, TableLayout};
 use crate::source::stream::SourceEvent;
 use crate::table::{TableId, TableSchema};
@@ -214,6 +215,8 @@ pub struct Pipeline<S: Sink> {
     masking: Arc<Masking>,
     /// The chunks read for chunked copies, waiting for their high watermarks.
     chunk_inbox: chunks::ChunkInbox,
+    /// Where chunked copies report their progress.
+    progress: Progress,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -227,7 +230,6 @@ impl<S: Sink> Pipeline<S> {
     ) -> Self {
         let received = *durable.borrow();
         Pipeline {
-            config,
             sink,
             tables,
             open: None,
@@ -240,6 +242,8 @@ impl<S: Sink> Pipeline<S> {
             discovered: Vec::new(),
             masking: Masking::none(),
             chunk_inbox: Default::default(),
+            progress: Progress::new(config.metrics.progress_interval.get()),
+            config,
         }
     }
 
@@ -505,6 +509,7 @@ impl<S: Sink> Pipeline<S> {
         self.flush_due(false).await?;
         self.acknowledge();
         self.report_metrics();
+        self.report_copies();
         Ok(())
     }
 
