@@ -334,7 +334,8 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// `table` starts a chunked copy: the lake holds it empty as of `lsn` (committed by the
-    /// caller), the stream applies its changes after that, and the chunks add the rest.
+    /// caller), the stream applies its changes after that, and the chunks add the rest. A
+    /// resync request the table waited on is taken up: the acknowledgement may pass it.
     pub(super) fn start_chunked(
         &mut self,
         table: &TableId,
@@ -346,6 +347,8 @@ impl<S: Sink> Pipeline<S> {
             state.checkpoint = Some(lsn);
             state.prepared = Some(target);
             state.awaiting_copy = false;
+            // the emptying commit is past the request: a restart no longer needs it
+            state.resync = None;
             state.clear_buffer();
             state.copy = Some(copy);
         }
