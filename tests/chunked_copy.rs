@@ -23,7 +23,11 @@ use support::writer::{
 const ROWS: i64 = 120_000;
 const CHUNK_ROWS: i64 = 2_000;
 
-const SETTINGS: &[(&str, &str)] = &[("SOURCE__SNAPSHOT_CHUNK_ROWS", "2000")];
+/// Chunks of `CHUNK_ROWS`, and the copy's progress in the log every second.
+const SETTINGS: &[(&str, &str)] = &[
+    ("SOURCE__SNAPSHOT_CHUNK_ROWS", "2000"),
+    ("METRICS__PROGRESS_INTERVAL", "1s"),
+];
 
 /// The low watermarks of `joined`'s chunks in the WAL, by chunk number, and the chunk read
 /// last: read (and consumed) from the test's `test_decoding` slot.
@@ -112,6 +116,24 @@ fn workload(
     })
 }
 
+/// The lake table `joined` is written to, as `status` names it.
+fn lake_name(db: &TestDb) -> String {
+    format!("{}.joined", db.namespace)
+}
+
+/// `52 300`: as `status` writes a rate.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(d);
+    }
+    out
+}
+
 async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
     db.client()
         .await
@@ -161,8 +183,10 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
     let stop_workload = Arc::new(AtomicBool::new(false));
     let running = workload(&db, watch.clone(), reads.clone(), stop_workload.clone());
 
-    // SIGKILL once a few chunks are committed, well before the last
-    let (writer, killed_at) = wait_for_chunks(&db, writer, "joined", 3).await;
+    // SIGKILL once a few chunks are committed, in two commits at least (the pace needs two),
+    // well before the last
+    let (writer, seen) = wait_for_chunks(&db, writer, "joined", 3).await;
+    let (writer, killed_at) = wait_for_chunks(&db, writer, "joined", seen + 1).await;
     let first_log = log_of(writer);
     assert!(
         first_log.contains("copying the table in chunks beside the stream"),
@@ -179,12 +203,35 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
         .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
         .and_then(|p| p["chunks"].as_u64())
         .expect("the lake holds the copy's progress after the kill");
-    let expected = format!("(chunk {committed}/{})", ROWS / CHUNK_ROWS);
+    let expected = format!("(chunk {committed}/{}, ", ROWS / CHUNK_ROWS);
     assert!(
         status
             .lines()
             .any(|l| l.contains("joined: copying") && l.contains("% ") && l.contains(&expected)),
         "status does not show the copy's progress ({expected}): {status}"
+    );
+    // with its pace and the time it has left, the same in JSON, from the lake alone
+    let report: serde_json::Value =
+        serde_json::from_str(&command_ok(&db, &["status", "--json"], &[])).expect("status JSON");
+    let joined = report["tables"]
+        .as_array()
+        .and_then(|t| {
+            t.iter()
+                .find(|t| t["table"].as_str() == Some(&lake_name(&db)))
+        })
+        .unwrap_or_else(|| panic!("no joined table in status --json: {report}"));
+    let rate = joined["copy_rows_per_second"].as_f64().unwrap_or(0.0);
+    let eta = joined["copy_eta_seconds"].as_u64();
+    assert!(
+        rate > 0.0 && eta.is_some(),
+        "status --json gives no pace or ETA for the copy: {joined}"
+    );
+    let rate_text = format!("{} rows/s, ETA ", grouped(rate.round() as u64));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("joined: copying") && l.contains(&rate_text)),
+        "status does not show the copy's pace as --json gives it ({rate_text}): {status}"
     );
 
     // a compaction mid-copy keeps the progress (it reads as the head of lakewriter's commits)
@@ -225,6 +272,12 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
     assert!(
         log.contains("copied the table in chunks while streaming"),
         "{log}"
+    );
+    // the run says the copy's progress and pace as it goes, every second
+    assert!(
+        log.lines()
+            .any(|l| l.contains("copy progress") && l.contains("rows/s, ETA ")),
+        "the log never gave the copy's pace: {log}"
     );
 
     let by_chunk = reads.lock().expect("reads").by_chunk.clone();

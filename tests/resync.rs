@@ -160,9 +160,12 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
     );
     let killed_at = copy_chunks(&db, "big").expect("the lake keeps the copy's progress");
     let status = command_ok(&db, &["status"], &[]);
+    // with its pace: chunks were committed at least twice apart
     assert!(
-        status.lines().any(|l| l.contains("big: copying")),
-        "status does not show the copy: {status}"
+        status
+            .lines()
+            .any(|l| l.contains("big: copying") && l.contains(" rows/s, ETA ")),
+        "status does not show the copy with its pace: {status}"
     );
 
     // a request with no writer running waits for the next start, which also resumes the copy

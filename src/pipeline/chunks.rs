@@ -16,6 +16,9 @@
 //! read), so a restart resumes after the last committed chunk. The keys the stream changed
 //! before the restart are not known then, so a resumed copy writes its rows as upserts (each
 //! row deletes its key first).
+//!
+//! The copy's pace is measured from when its chunks were committed (as `status` measures it
+//! from the lake's snapshots) and reported on the progress interval (or a bar on a terminal).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +34,13 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::masking::Masking;
 use crate::pipeline::reduce::Entry;
+use crate::progress::{CopyTracker, Progress};
 use crate::sink::Sink;
 use crate::source::chunk::{self, Chunk, Mark, Watermark};
 use crate::source::{connection, schema, snapshot};
-use crate::table::{ChangeBatch, CopyProgress, OldRow, Op, TableId, TableSchema};
+use crate::table::{
+    ChangeBatch, ChunkCommit, CopyProgress, OldRow, Op, PACE_CHUNKS, TableId, TableSchema,
+};
 
 /// Chunk reads of one copy that may fail in a row before the run stops.
 const READ_ATTEMPTS: u32 = 8;
@@ -92,6 +98,12 @@ pub(super) struct ChunkedCopy {
     touched: HashSet<Box<[u8]>>,
     failures: u32,
     started: Instant,
+    /// The progress the table's last commit carried (what `status` reads), and the commits
+    /// that brought the latest chunks in, for the pace.
+    committed: CopyProgress,
+    commits: Vec<ChunkCommit>,
+    /// Where the progress is reported; made at the first report.
+    tracker: Option<CopyTracker>,
 }
 
 /// A new copy id: this process's, and counted, so no two copies share one.
@@ -108,7 +120,6 @@ impl ChunkedCopy {
         ChunkedCopy {
             id: copy_id(),
             key,
-            progress,
             attempt: 0,
             in_flight: false,
             low_seen: false,
@@ -117,6 +128,10 @@ impl ChunkedCopy {
             touched: HashSet::new(),
             failures: 0,
             started: Instant::now(),
+            committed: progress.clone(),
+            commits: Vec::new(),
+            tracker: None,
+            progress,
         }
     }
 
@@ -137,6 +152,43 @@ impl ChunkedCopy {
     pub(super) fn done(&self) -> bool {
         self.done
     }
+
+    /// The table's commit carried [`ChunkedCopy::committed_progress`] just now: a commit that
+    /// brought chunks in counts for the pace.
+    pub(super) fn committed(&mut self) {
+        if self.done {
+            return;
+        }
+        self.committed = self.progress.clone();
+        if self
+            .commits
+            .last()
+            .is_some_and(|c| c.chunks == self.progress.chunks)
+        {
+            return;
+        }
+        self.commits.push(ChunkCommit::of(&self.progress, now_ms()));
+        // what the pace reads, and no more
+        let window = self.progress.chunks.saturating_sub(PACE_CHUNKS);
+        self.commits.retain(|c| c.chunks >= window);
+    }
+
+    /// Reports the committed progress and its pace to `progress` (a bar, or a log line when
+    /// one is due).
+    fn report(&mut self, table: &TableId, progress: &Progress) {
+        let pace = self.committed.pace(&self.commits);
+        self.tracker
+            .get_or_insert_with(|| progress.copy(&table.to_string()))
+            .update(&self.committed, pace.as_ref());
+    }
+}
+
+/// Milliseconds since the epoch, now: the clock snapshots' timestamps are taken on.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Whether `table` can be copied in chunks beside the stream; otherwise why not, for the log.
@@ -282,7 +334,8 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// `table` starts a chunked copy: the lake holds it empty as of `lsn` (committed by the
-    /// caller), the stream applies its changes after that, and the chunks add the rest.
+    /// caller), the stream applies its changes after that, and the chunks add the rest. A
+    /// resync request the table waited on is taken up: the acknowledgement may pass it.
     pub(super) fn start_chunked(
         &mut self,
         table: &TableId,
@@ -294,6 +347,8 @@ impl<S: Sink> Pipeline<S> {
             state.checkpoint = Some(lsn);
             state.prepared = Some(target);
             state.awaiting_copy = false;
+            // the emptying commit is past the request: a restart no longer needs it
+            state.resync = None;
             state.clear_buffer();
             state.copy = Some(copy);
         }
@@ -547,6 +602,18 @@ impl<S: Sink> Pipeline<S> {
             m.copied_rows(table, read.data.count);
         }
         Ok(())
+    }
+
+    /// Reports the progress and pace of every chunked copy under way (see [`CopyTracker`]).
+    pub(super) fn report_copies(&mut self) {
+        for (table, state) in &mut self.tables {
+            if state.stopped.is_some() {
+                continue;
+            }
+            if let Some(copy) = state.copy.as_mut() {
+                copy.report(table, &self.progress);
+            }
+        }
     }
 
     /// The table's commit completed its copy: it streams as any other from now on.

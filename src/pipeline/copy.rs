@@ -46,6 +46,9 @@ pub(super) async fn copy_joined<S: Sink>(
             Some(membership) => membership,
             None => copy_discovered(config, control, pipeline, &table).await?,
         };
+        // copied (which lets a resync request go), or gone from the catalog (nothing left to
+        // copy, at the next start either); a copy that failed returned above, holding it
+        pipeline.copy_abandoned(&table);
         if let Some(membership) = membership {
             acknowledger.member(&table, Some(membership)).await?;
         }

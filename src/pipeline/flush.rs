@@ -329,6 +329,7 @@ impl<S: Sink> Pipeline<S> {
         };
         let entries = std::mem::take(&mut state.buffer);
         let copy = state.copy.as_ref().and_then(|c| c.committed_progress());
+        let carries_copy = copy.is_some();
         let lsn = state.last_commit;
         let first = state.first_commit;
         let rows = state.rows;
@@ -365,6 +366,9 @@ impl<S: Sink> Pipeline<S> {
             state.oldest = None;
             state.first_commit = None;
             state.last_commit = None;
+            if let Some(copy) = state.copy.as_mut().filter(|_| carries_copy) {
+                copy.committed();
+            }
         }
         self.copy_committed(table);
         tracing::info!(

@@ -44,6 +44,7 @@ use crate::lsn::Lsn;
 use crate::masking::Masking;
 use crate::pipeline::reduce::Entry;
 use crate::pipeline::spill::Spill;
+use crate::progress::Progress;
 use crate::sink::{Sink, TableLayout};
 use crate::source::stream::SourceEvent;
 use crate::table::{TableId, TableSchema};
@@ -81,6 +82,10 @@ pub struct TableState {
     pub stopped: Option<String>,
     /// Its chunked copy, while one runs beside the stream.
     copy: Option<chunks::ChunkedCopy>,
+    /// The commit LSN of the `lakewriter resync` request the table waits on, until its copy
+    /// has emptied the lake table: the acknowledgement stays below it meanwhile, so a run that
+    /// fails in between leaves the request in the slot for the next start to take up.
+    resync: Option<Lsn>,
 }
 
 /// Whether `error` belongs to one table (a schema the lake cannot take, a row without its key),
@@ -152,6 +157,7 @@ impl TableState {
             awaiting_copy: false,
             stopped: None,
             copy: None,
+            resync: None,
         }
     }
 }
@@ -214,6 +220,8 @@ pub struct Pipeline<S: Sink> {
     masking: Arc<Masking>,
     /// The chunks read for chunked copies, waiting for their high watermarks.
     chunk_inbox: chunks::ChunkInbox,
+    /// Where chunked copies report their progress.
+    progress: Progress,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -227,7 +235,6 @@ impl<S: Sink> Pipeline<S> {
     ) -> Self {
         let received = *durable.borrow();
         Pipeline {
-            config,
             sink,
             tables,
             open: None,
@@ -240,6 +247,8 @@ impl<S: Sink> Pipeline<S> {
             discovered: Vec::new(),
             masking: Masking::none(),
             chunk_inbox: Default::default(),
+            progress: Progress::new(config.metrics.progress_interval.get()),
+            config,
         }
     }
 
@@ -267,7 +276,16 @@ impl<S: Sink> Pipeline<S> {
             state.checkpoint = Some(lsn);
             state.prepared = Some(schema);
             state.awaiting_copy = false;
+            state.resync = None;
             state.clear_buffer();
+        }
+    }
+
+    /// `table` waited for a copy that will not come (it is gone from the catalog): a resync
+    /// request it waited on no longer holds the acknowledgement back.
+    pub(crate) fn copy_abandoned(&mut self, table: &TableId) {
+        if let Some(state) = self.tables.get_mut(table).filter(|s| s.awaiting_copy) {
+            state.resync = None;
         }
     }
 
@@ -364,6 +382,9 @@ impl<S: Sink> Pipeline<S> {
                     "resync requested: the table is copied again beside the stream"
                 );
                 self.recopy(&table);
+                if let Some(state) = self.tables.get_mut(&table) {
+                    state.resync = Some(commit_lsn);
+                }
             }
         }
     }
@@ -505,6 +526,7 @@ impl<S: Sink> Pipeline<S> {
         self.flush_due(false).await?;
         self.acknowledge();
         self.report_metrics();
+        self.report_copies();
         Ok(())
     }
 
@@ -593,12 +615,14 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// Sends the durable LSN: the received position when nothing waits, else just below the
-    /// oldest transaction that is not in the lake yet. Never moves backwards.
+    /// oldest transaction that is not in the lake yet, or the oldest resync request whose
+    /// copy has not emptied its table yet. Never moves backwards.
     fn acknowledge(&mut self) {
         let pending = self
             .tables
             .values()
-            .filter_map(|s| s.first_commit)
+            .flat_map(|s| [s.first_commit, s.resync])
+            .flatten()
             .chain(
                 self.open
                     .as_ref()

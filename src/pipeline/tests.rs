@@ -656,3 +656,81 @@ async fn a_resync_request_is_taken_up_once_above_the_checkpoint_and_not_during_a
     }
     assert!(pipeline.take_discovered().is_empty());
 }
+
+/// Takes a resync request of `u` at LSN 20 and traffic after it, then the emptying commit of
+/// its copy (chunked, or in one piece): the acknowledgement stays below the request until
+/// then, so a run that fails in between leaves it in the slot for the next start.
+async fn resync_held_until_emptied(chunked: bool) {
+    let (mut pipeline, acknowledged) = pipeline();
+    let u = schema("u").table.clone();
+    for event in resync_request("u", 20)
+        .into_iter()
+        .chain(transaction(30, vec![change("c", 30, Op::Insert, 1, "a")]))
+    {
+        pipeline.handle(event).await.expect("handle");
+    }
+    pipeline.flush_all().await.expect("flush");
+    pipeline
+        .handle(SourceEvent::Idle {
+            server_lsn: Lsn(100),
+        })
+        .await
+        .expect("idle");
+    pipeline.tick().await.expect("tick");
+    assert!(
+        pipeline
+            .sink_mut()
+            .commits
+            .iter()
+            .any(|d| d.table.name == "c"),
+        "the other table commits meanwhile"
+    );
+    assert_eq!(pipeline.take_discovered(), vec![u.clone()]);
+    assert_eq!(
+        *acknowledged.borrow(),
+        Lsn(19),
+        "acknowledged past the resync request before its copy emptied the table"
+    );
+    // the copy's emptying commit, as `copy` makes it, lands
+    if chunked {
+        let copy = chunks::ChunkedCopy::start(
+            vec!["id".into()],
+            crate::table::CopyProgress::start(None, 4),
+        );
+        pipeline.start_chunked(&u, Lsn(99), schema("u"), copy);
+    } else {
+        pipeline.copied(&u, Lsn(99), schema("u"));
+    }
+    pipeline.tick().await.expect("tick");
+    assert_eq!(
+        *acknowledged.borrow(),
+        Lsn(100),
+        "the acknowledgement stayed held after the emptying commit"
+    );
+}
+
+#[tokio::test]
+async fn the_acknowledgement_stays_below_a_resync_request_until_its_copy_empties_the_table() {
+    resync_held_until_emptied(true).await;
+    resync_held_until_emptied(false).await;
+}
+
+#[tokio::test]
+async fn a_resync_request_for_a_table_gone_from_the_catalog_holds_nothing() {
+    let (mut pipeline, acknowledged) = pipeline();
+    let u = schema("u").table.clone();
+    for event in resync_request("u", 20) {
+        pipeline.handle(event).await.expect("handle");
+    }
+    pipeline
+        .handle(SourceEvent::Idle {
+            server_lsn: Lsn(100),
+        })
+        .await
+        .expect("idle");
+    assert_eq!(*acknowledged.borrow(), Lsn(19));
+    // the copy found no table to copy
+    pipeline.copy_abandoned(&u);
+    pipeline.tick().await.expect("tick");
+    assert_eq!(*acknowledged.borrow(), Lsn(100));
+}
