@@ -98,6 +98,8 @@ pub struct TableReport {
     /// The seconds the copy has left at that pace, from its last committed chunk; `None`
     /// without a pace or an estimate of the table's rows.
     pub copy_eta_seconds: Option<u64>,
+    /// Iceberg, `delete_mode = "position"`: the size of the table's key index on local disk.
+    pub key_index_bytes: Option<u64>,
 }
 
 /// Past these, a table's state costs every commit and every reader more than it should:
@@ -348,6 +350,7 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
         .await
         .map_err(namespace_error)?;
     let io = file_io(config)?;
+    let settings = crate::sink::iceberg::IcebergSettings::from_config(config)?;
     let tables = catalog
         .list(&config.sink.namespace)
         .await
@@ -413,6 +416,11 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
                 .as_ref()
                 .and_then(|(_, p)| p.map(|p| p.rows_per_second)),
             copy_eta_seconds: copy.and_then(|(_, p)| p.and_then(|p| p.eta_seconds)),
+            key_index_bytes: std::fs::metadata(
+                settings.key_index_path(&table, metadata.location()),
+            )
+            .ok()
+            .map(|m| m.len()),
         });
     }
     Ok(reports)
@@ -495,6 +503,11 @@ fn print_iceberg(report: &Report) {
             println!("{}: {copy}", t.table);
         }
     }
+    for t in &report.tables {
+        if let Some(bytes) = t.key_index_bytes {
+            println!("{}: key index {bytes} bytes on local disk", t.table);
+        }
+    }
     for warning in report.tables.iter().flat_map(growth_warnings) {
         println!("warning: {warning}");
     }
@@ -550,6 +563,7 @@ async fn delta_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<TableR
             copy: None,
             copy_rows_per_second: None,
             copy_eta_seconds: None,
+            key_index_bytes: None,
         });
     }
     Ok(reports)
@@ -604,6 +618,7 @@ mod tests {
             copy: None,
             copy_rows_per_second: None,
             copy_eta_seconds: None,
+            key_index_bytes: None,
         }
     }
 

@@ -476,6 +476,14 @@ async fn position_mode_through_kill_9_a_lost_index_and_a_spark_rewrite_reads_in_
         "the workload's updates wrote no position deletes"
     );
     command_ok(&db, &["verify"], &[]);
+    let status = command_ok(&db, &["status"], &[]);
+    assert!(
+        status.lines().any(
+            |l| l.starts_with(&format!("{}.orders: key index ", db.namespace))
+                && l.ends_with(" bytes on local disk")
+        ),
+        "status does not show the key index's size: {status}"
+    );
 
     let run = |what: &'static str| {
         let db = &db;
