@@ -51,8 +51,9 @@ impl Lake {
             "[source]\ndatabase = \"unused\"\n\n[sink]\nnamespace = \"{namespace}\"\n{}",
             sink(warehouse.path(), &namespace)
         );
-        let config = Config::parse(&text, Path::new("iceberg-sink-test.toml"), Vec::new())
+        let mut config = Config::parse(&text, Path::new("iceberg-sink-test.toml"), Vec::new())
             .expect("a valid config");
+        config.sink.key_index.dir = warehouse.path().join("key-index");
         Lake {
             _warehouse: warehouse,
             namespace,
@@ -401,7 +402,7 @@ async fn a_delete_goes_to_the_partition_of_the_old_row() {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains("-delete-"))
         .count();
-    assert_eq!(january, 1, "the equality delete is in January's partition");
+    assert_eq!(january, 1, "the delete is in January's partition");
 }
 
 #[tokio::test]
@@ -480,8 +481,9 @@ async fn the_checkpoint_round_trips_through_snapshot_summaries() {
         assert_eq!(pair[1].parent_snapshot_id(), Some(pair[0].snapshot_id()));
     }
     let props = &snapshots[2].summary().additional_properties;
-    assert_eq!(props["added-equality-deletes"], "1");
-    assert_eq!(props["total-equality-deletes"], "1");
+    // the delete of a row the lake holds: a position delete (the default delete mode)
+    assert_eq!(props["added-position-deletes"], "1");
+    assert_eq!(props["total-position-deletes"], "1");
     assert_eq!(props["total-records"], "2", "records in data files");
     assert_eq!(props["total-delete-files"], "1");
 

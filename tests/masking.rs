@@ -555,7 +555,9 @@ async fn doctor_checks_the_key_and_suggests_a_column_list_that_keeps_dropped_col
         ),
         vec![format!("1|{}", hashes[0]), format!("2|{}", hashes[1])]
     );
-    let (columns, leaks) = parquet_columns_and_leaks(&db);
+    let (mut columns, leaks) = parquet_columns_and_leaks(&db);
+    // the update's position-delete file names rows by data file path and position
+    columns.retain(|c| c != "file_path" && c != "pos");
     assert_eq!(columns, vec!["email".to_string(), "id".to_string()]);
     assert!(leaks.is_empty(), "{leaks:?}");
 }

@@ -52,7 +52,7 @@ async fn table_bucket(label: &str) -> (String, String) {
 
 /// A config on a local warehouse (the slot record's) with the lake in table bucket `sink`.
 fn config(namespace: &str, warehouse: &Path, sink: &str) -> Config {
-    Config::parse(
+    let mut config = Config::parse(
         &format!(
             "[source]\ndatabase = \"unused\"\n[sink]\nnamespace = \"{namespace}\"\n\
              warehouse = \"{}\"\n{sink}",
@@ -61,7 +61,9 @@ fn config(namespace: &str, warehouse: &Path, sink: &str) -> Config {
         Path::new("s3tables-test.toml"),
         Vec::new(),
     )
-    .expect("a valid config")
+    .expect("a valid config");
+    config.sink.key_index.dir = warehouse.join("key-index");
+    config
 }
 
 /// `query` in DuckDB over moto's S3, `{metadata}` standing for `location`; rows as lines.

@@ -221,6 +221,15 @@ async fn compact_table(
         ..Outcome::default()
     };
     for attempt in 1..=ATTEMPTS {
+        // the last attempt holds the table's turn from its read to its commit: a writer of
+        // this process committing position deletes into the files being rewritten (each
+        // flush names rows of the files it reads) cannot make it lose again; the writer waits
+        // and then finds its rows in the new files
+        let turn = if attempt == ATTEMPTS {
+            Some(sink.hold_turn(lake).await)
+        } else {
+            None
+        };
         let pointer = sink
             .catalog()
             .load(lake)
@@ -336,20 +345,22 @@ async fn compact_table(
         outcome.data_files_out = written.len();
         outcome.bytes_out = written.iter().map(|f| f.file_size_in_bytes()).sum();
         outcome.rows = rows;
-        match sink
-            .commit_rewrite(
-                lake,
-                &pointer,
-                &metadata,
-                written,
-                Rewrite {
-                    data_sequence: snapshot.sequence_number(),
-                    schema_id: metadata.current_schema_id(),
-                    removes,
-                },
-            )
-            .await
-        {
+        let rewrite = Rewrite {
+            data_sequence: snapshot.sequence_number(),
+            schema_id: metadata.current_schema_id(),
+            removes,
+        };
+        let committed = match &turn {
+            Some(turn) => {
+                sink.commit_rewrite_in_turn(turn, lake, &pointer, &metadata, written, rewrite)
+                    .await
+            }
+            None => {
+                sink.commit_rewrite(lake, &pointer, &metadata, written, rewrite)
+                    .await
+            }
+        };
+        match committed {
             Ok(_) => {
                 outcome.duration = started.elapsed();
                 return Ok(outcome);

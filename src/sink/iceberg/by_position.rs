@@ -89,8 +89,18 @@ impl<C: Catalog> IcebergSink<C> {
             tracing::info!(table = %lake, "delete_mode = position: the table has no key (a changelog); nothing to delete");
             return Ok(None);
         }
-        self.open_index_of(lake, &state.metadata, &state.layout.key)
-            .map(Some)
+        match self.open_index_of(lake, &state.metadata, &state.layout.key) {
+            Ok(index) => Ok(Some(index)),
+            // equality deletes need no index: the table is written, the reason logged
+            Err(e) => {
+                tracing::warn!(
+                    table = %lake,
+                    error = %e,
+                    "the key index cannot be opened: this table writes equality deletes"
+                );
+                Ok(None)
+            }
+        }
     }
 
     /// Opens the key index of `lake` (as `metadata` has it) with key columns `key`.
@@ -312,10 +322,18 @@ impl<C: Catalog> IcebergSink<C> {
             groups.entry(partition).or_default().push((path, position));
         }
         let mut files = Vec::with_capacity(groups.len());
+        let schema = state.metadata.current_schema();
+        // beside the data files of its partition, named as the equality deletes are
+        let partitioned = !spec.fields().is_empty() && spec.partition_type(schema).is_ok();
         for (partition, rows) in groups {
             let deleted: DeletedPositions = rows.into_iter().collect();
+            let dir = if partitioned {
+                format!("{}/", spec.partition_to_path(&partition, schema.clone()))
+            } else {
+                String::new()
+            };
             let path = format!(
-                "{}/data/{}-deletes.parquet",
+                "{}/data/{dir}{}-position-delete-00000.parquet",
                 state.metadata.location().trim_end_matches('/'),
                 row_delta::unique_id()
             );

@@ -36,6 +36,13 @@ impl CommitGates {
         CommitGates(Arc::new(Mutex::new(HashMap::new())))
     }
 
+    /// Waits for `lake`'s turn and keeps it until the guard is dropped: a compaction that
+    /// must land holds it from its read to its commit, so this process's writer cannot
+    /// commit in between (see [`IcebergSink::commit_rewrite_in_turn`]).
+    pub async fn hold(&self, lake: &CatalogTable) -> Turn {
+        Turn(self.of(lake).lock_owned().await)
+    }
+
     /// The gate of `lake`.
     fn of(&self, lake: &CatalogTable) -> Arc<tokio::sync::Mutex<()>> {
         self.0
@@ -46,6 +53,10 @@ impl CommitGates {
             .clone()
     }
 }
+
+/// A table's turn to commit, held ([`CommitGates::hold`]).
+#[derive(Debug)]
+pub struct Turn(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
 
 /// Why one commit attempt (inside [`commit_with_retry`]) did not stage metadata.
 pub(super) enum AttemptError {
@@ -178,8 +189,18 @@ impl<C: Catalog> IcebergSink<C> {
         // compaction's, an expiry's. Each commit then stages on the table as the previous one
         // left it, so a compaction beside a writer committing every second lands at its turn
         // instead of losing every compare-and-swap to commits quicker than its staging.
-        let gate = self.settings.commit_gates.of(lake);
-        let _turn = gate.lock().await;
+        let _turn = self.settings.commit_gates.hold(lake).await;
+        self.commit_in_turn(lake, pointer, metadata, change).await
+    }
+
+    /// [`IcebergSink::commit_change`] by a caller that holds `lake`'s turn.
+    pub(super) async fn commit_in_turn(
+        &self,
+        lake: &CatalogTable,
+        pointer: &Pointer,
+        metadata: &TableMetadata,
+        change: Change<'_>,
+    ) -> Result<(Pointer, TableMetadata)> {
         let staged: Mutex<Option<StagedMetadata>> = Mutex::new(None);
         // every attempt's staged file and the snapshot it adds: an attempt whose answer was
         // lost may have landed, and is recognised by either

@@ -17,7 +17,7 @@
 mod by_position;
 mod commit;
 mod expiry;
-pub use self::commit::CommitGates;
+pub use self::commit::{CommitGates, Turn};
 pub use self::expiry::{Expired, ManifestRefs};
 mod files;
 pub mod key_index;
@@ -774,6 +774,39 @@ impl<C: Catalog> IcebergSink<C> {
             based_on: None,
         };
         self.commit_change(lake, pointer, metadata, Change::Rows(&delta))
+            .await
+    }
+
+    /// Waits for `lake`'s turn to commit in this process and holds it (see
+    /// [`IcebergSink::commit_rewrite_in_turn`]).
+    pub async fn hold_turn(&self, lake: &CatalogTable) -> Turn {
+        self.settings.commit_gates.hold(lake).await
+    }
+
+    /// [`IcebergSink::commit_rewrite`] by a compaction that holds `lake`'s turn (`_turn`)
+    /// since before it read the table: no commit of this process's writer lands in between,
+    /// so position deletes the writer found in the rewritten files cannot make it lose; the
+    /// writer, waiting its turn, finds those rows again in the new files.
+    pub async fn commit_rewrite_in_turn(
+        &self,
+        _turn: &Turn,
+        lake: &CatalogTable,
+        pointer: &Pointer,
+        metadata: &TableMetadata,
+        data_files: Vec<DataFile>,
+        rewrite: Rewrite,
+    ) -> Result<(Pointer, TableMetadata)> {
+        let delta = RowDelta {
+            data_files,
+            delete_files: Vec::new(),
+            spec_id: metadata.default_partition_spec_id(),
+            truncate: false,
+            lsn: None,
+            copy: None,
+            rewrite: Some(rewrite),
+            based_on: None,
+        };
+        self.commit_in_turn(lake, pointer, metadata, Change::Rows(&delta))
             .await
     }
 
