@@ -1869,7 +1869,9 @@ async fn deletes_bench(root: &Path, args: &Args) {
         streamed.push(until.run);
     }
     let postgres = postgres_count(&db).await;
-    let sql = "SELECT count(*), sum(amount) FROM lakewriter.orders";
+    let namespace = &lakes[0].config.sink.namespace;
+    let sql = format!("SELECT count(*), sum(total_amount) FROM {namespace}.orders");
+    let sql = sql.as_str();
     let mut queried = Vec::new();
     let mut ducked = Vec::new();
     for (lake, mode) in lakes.iter().zip(["equality", "position"]) {
@@ -1910,7 +1912,7 @@ async fn deletes_bench(root: &Path, args: &Args) {
     let started = Instant::now();
     lakewriter::verify::query::run(
         &position.config,
-        "SELECT count(order_id) FROM lakewriter.orders",
+        &format!("SELECT count(order_id) FROM {namespace}.orders"),
         lakewriter::verify::query::OutputFormat::Csv,
         &mut keys_read,
     )

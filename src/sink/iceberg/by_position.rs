@@ -454,12 +454,15 @@ impl<C: Catalog> IcebergSink<C> {
             update.removed.extend(keys.into_iter().map(|(key, _)| key));
         }
         for data in &files.data_files {
-            let keys =
+            let mut keys =
                 key_index::file_keys(&self.file_io, data.file_path(), &index.key, converter, None)
                     .await
                     .map_err(error)?;
+            // in key order: the B-tree's pages are then written one after another
+            keys.sort_unstable();
             update.added.push((data.file_path().to_string(), keys));
         }
+        update.removed.sort_unstable();
         index
             .store
             .apply(Some(snapshot.snapshot_id()), &update)

@@ -53,12 +53,20 @@ pub struct ExactFor {
     pub layout: String,
 }
 
+/// Every this many updates, one is written durably (fsync); the others are written without
+/// one. A crash loses at most the updates since the last durable one, and the index then
+/// records the older snapshot it is exact for, so it catches up from the lake: the fsync per
+/// flush would buy nothing the lake does not already hold.
+const DURABLE_EVERY: u32 = 16;
+
 /// The key index of one table.
 #[derive(Debug)]
 pub struct KeyIndex {
     db: Database,
     layout: String,
     converter: RowConverter,
+    /// Updates applied by this handle (see [`DURABLE_EVERY`]).
+    updates: std::sync::atomic::AtomicU32,
 }
 
 impl KeyIndex {
@@ -92,6 +100,7 @@ impl KeyIndex {
             db,
             layout,
             converter,
+            updates: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -170,7 +179,15 @@ impl KeyIndex {
     /// none, as while a rebuild is under way), in one transaction: after a crash the index is
     /// as before or as after, never in between.
     pub fn apply(&self, snapshot: Option<i64>, update: &IndexUpdate) -> Result<(), String> {
-        let write = self.db.begin_write().map_err(|e| e.to_string())?;
+        let mut write = self.db.begin_write().map_err(|e| e.to_string())?;
+        let n = self
+            .updates
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % DURABLE_EVERY != DURABLE_EVERY - 1 {
+            write
+                .set_durability(redb::Durability::None)
+                .map_err(|e| e.to_string())?;
+        }
         {
             let mut index = write.open_table(KEYS).map_err(|e| e.to_string())?;
             let mut files = write.open_table(FILES).map_err(|e| e.to_string())?;
@@ -238,6 +255,13 @@ impl KeyIndex {
         Ok(paths)
     }
 
+    /// Writes what the updates so far hold durably (after a rebuild, and when the index is
+    /// closed).
+    pub fn persist(&self) -> Result<(), String> {
+        let write = self.db.begin_write().map_err(|e| e.to_string())?;
+        write.commit().map_err(|e| e.to_string())
+    }
+
     /// Empties the index (before a rebuild), in one transaction.
     pub fn clear(&self) -> Result<(), String> {
         let write = self.db.begin_write().map_err(|e| e.to_string())?;
@@ -261,6 +285,15 @@ impl KeyIndex {
     /// Whether it holds no key.
     pub fn is_empty(&self) -> Result<bool, String> {
         self.len().map(|n| n == 0)
+    }
+}
+
+impl Drop for KeyIndex {
+    fn drop(&mut self) {
+        // a clean stop keeps the last updates; a failure here costs a catch-up at the next start
+        if let Err(e) = self.persist() {
+            tracing::warn!(error = %e, "the key index's last updates were not written durably");
+        }
     }
 }
 
@@ -447,7 +480,7 @@ pub async fn bring_up(
                 removed.get_or_insert_default().extend(rows.iter().copied());
             }
         }
-        let keys: FileKeys = file_keys(file_io, &file.path, key, converter, removed.as_ref())
+        let mut keys: FileKeys = file_keys(file_io, &file.path, key, converter, removed.as_ref())
             .await?
             .into_iter()
             .filter(|(row, _)| {
@@ -456,6 +489,8 @@ pub async fn bring_up(
                     .is_none_or(|&newest| newest <= file.sequence)
             })
             .collect();
+        // in key order: the B-tree's pages are then written one after another
+        keys.sort_unstable();
         rebuilt.files += 1;
         rebuilt.keys += keys.len() as u64;
         index.apply(
@@ -467,6 +502,7 @@ pub async fn bring_up(
         )?;
     }
     index.apply(Some(snapshot), &IndexUpdate::default())?;
+    index.persist()?;
     Ok(rebuilt)
 }
 
