@@ -110,18 +110,7 @@ impl<C: Catalog> IcebergSink<C> {
         metadata: &TableMetadata,
         key: &[String],
     ) -> Result<TableIndex> {
-        let schema = metadata.current_schema();
-        let key_ids = key
-            .iter()
-            .map(|name| {
-                schema.field_by_name(name).map(|f| f.id).ok_or_else(|| {
-                    sink_error(
-                        lake,
-                        format!("key column {name} is not a column of the lake table"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let key_ids = super::key_field_ids(lake, metadata, key)?;
         let key = key_schema(lake, metadata, key)?;
         let path = self.settings.key_index_path(lake, metadata.location());
         let store = KeyIndex::open(&path, &key, self.settings.key_index.1).map_err(|m| {
@@ -284,7 +273,8 @@ impl<C: Catalog> IcebergSink<C> {
     ) -> Result<Positional> {
         self.index_exact(state, index).await?;
         let lake = &state.lake;
-        let mut found: Vec<(String, u64)> = Vec::new();
+        // the rows found, by data file (the path is shared, not copied per row)
+        let mut found: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
         let mut removed = Vec::new();
         for batch in deletes.iter().filter(|b| b.num_rows() > 0) {
             let keys = super::files::conform(batch, &index.key).map_err(|m| sink_error(lake, m))?;
@@ -299,15 +289,15 @@ impl<C: Catalog> IcebergSink<C> {
                 .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
             for (row, at) in rows.iter().zip(located) {
                 if let Some(at) = at {
-                    found.push((at.file, at.position));
+                    found.entry(at.file).or_default().push(at.position);
                     removed.push(row.as_ref().to_vec());
                 }
             }
         }
         // one delete file per partition of the rows found, in the table's current spec
-        let mut groups: HashMap<Struct, Vec<(String, u64)>> = HashMap::new();
+        let mut groups: HashMap<Struct, DeletedPositions> = HashMap::new();
         let spec = state.metadata.default_partition_spec();
-        for (path, position) in found {
+        for (path, positions) in found {
             let (spec_id, partition) = self.partition_of(state, index, &path).await?;
             if spec_id != spec.spec_id() {
                 return Err(sink_error(
@@ -319,14 +309,16 @@ impl<C: Catalog> IcebergSink<C> {
                     ),
                 ));
             }
-            groups.entry(partition).or_default().push((path, position));
+            groups
+                .entry(partition)
+                .or_default()
+                .insert(&path, positions);
         }
         let mut files = Vec::with_capacity(groups.len());
         let schema = state.metadata.current_schema();
         // beside the data files of its partition, named as the equality deletes are
         let partitioned = !spec.fields().is_empty() && spec.partition_type(schema).is_ok();
-        for (partition, rows) in groups {
-            let deleted: DeletedPositions = rows.into_iter().collect();
+        for (partition, deleted) in groups {
             let dir = if partitioned {
                 format!("{}/", spec.partition_to_path(&partition, schema.clone()))
             } else {

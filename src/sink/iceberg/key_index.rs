@@ -38,8 +38,8 @@ const ENCODING: &str = "arrow-58-row";
 /// Where a key's live row is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowLocation {
-    /// The data file's path, as the table's manifests name it.
-    pub file: String,
+    /// The data file's path, as the table's manifests name it (shared by its rows).
+    pub file: std::sync::Arc<str>,
     /// The row's position in the file (0-based).
     pub position: u64,
 }
@@ -146,7 +146,7 @@ impl KeyIndex {
             }
             (Err(e), _) | (_, Err(e)) => return Err(e.to_string()),
         };
-        let mut paths: HashMap<u32, String> = HashMap::new();
+        let mut paths: HashMap<u32, std::sync::Arc<str>> = HashMap::new();
         let mut found = Vec::with_capacity(count);
         for key in keys {
             let Some(entry) = index.get(key).map_err(|e| e.to_string())? else {
@@ -157,12 +157,12 @@ impl KeyIndex {
             let path = match paths.get(&file) {
                 Some(path) => path.clone(),
                 None => {
-                    let path = files
+                    let path: std::sync::Arc<str> = files
                         .get(file)
                         .map_err(|e| e.to_string())?
                         .ok_or_else(|| format!("the key index names file id {file}, unknown"))?
                         .value()
-                        .to_string();
+                        .into();
                     paths.insert(file, path.clone());
                     path
                 }
@@ -420,7 +420,7 @@ pub async fn bring_up(
                 let found =
                     index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
                 for ((row, _), at) in keys.into_iter().zip(found) {
-                    if at.is_some_and(|at| at.file == *path) {
+                    if at.is_some_and(|at| *at.file == **path) {
                         update.removed.push(row);
                     }
                 }
@@ -432,11 +432,12 @@ pub async fn bring_up(
                 let found =
                     index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
                 for ((row, _), at) in keys.into_iter().zip(found) {
-                    let older = at
-                        .and_then(|at| live.get(at.file.as_str()).copied())
-                        .is_some_and(|data| {
-                            data.sequence < delete.sequence && data.partition == delete.partition
-                        });
+                    let older =
+                        at.and_then(|at| live.get(&*at.file).copied())
+                            .is_some_and(|data| {
+                                data.sequence < delete.sequence
+                                    && data.partition == delete.partition
+                            });
                     if older {
                         update.removed.push(row);
                     }
@@ -461,7 +462,7 @@ pub async fn bring_up(
                     let found =
                         index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
                     for ((row, position), at) in keys.into_iter().zip(found) {
-                        if at.is_some_and(|at| at.file == path && at.position == position) {
+                        if at.is_some_and(|at| &*at.file == path && at.position == position) {
                             update.removed.push(row);
                         }
                     }

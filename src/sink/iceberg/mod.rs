@@ -470,20 +470,7 @@ impl<C: Catalog> IcebergSink<C> {
 
     /// The field ids of the key columns: the columns equality deletes compare.
     fn equality_ids(state: &TableState) -> Result<Vec<i32>> {
-        let schema = state.metadata.current_schema();
-        state
-            .layout
-            .key
-            .iter()
-            .map(|name| {
-                schema.field_by_name(name).map(|f| f.id).ok_or_else(|| {
-                    sink_error(
-                        &state.lake,
-                        format!("key column {name} is not a column of the lake table"),
-                    )
-                })
-            })
-            .collect()
+        key_field_ids(&state.lake, &state.metadata, &state.layout.key)
     }
 
     /// `batches` in the layout of the table as it is now ([`files::conform`]), empty ones
@@ -763,16 +750,7 @@ impl<C: Catalog> IcebergSink<C> {
         data_files: Vec<DataFile>,
         rewrite: Rewrite,
     ) -> Result<(Pointer, TableMetadata)> {
-        let delta = RowDelta {
-            data_files,
-            delete_files: Vec::new(),
-            spec_id: metadata.default_partition_spec_id(),
-            truncate: false,
-            lsn: None,
-            copy: None,
-            rewrite: Some(rewrite),
-            based_on: None,
-        };
+        let delta = rewrite_delta(metadata, data_files, rewrite);
         self.commit_change(lake, pointer, metadata, Change::Rows(&delta))
             .await
     }
@@ -796,16 +774,7 @@ impl<C: Catalog> IcebergSink<C> {
         data_files: Vec<DataFile>,
         rewrite: Rewrite,
     ) -> Result<(Pointer, TableMetadata)> {
-        let delta = RowDelta {
-            data_files,
-            delete_files: Vec::new(),
-            spec_id: metadata.default_partition_spec_id(),
-            truncate: false,
-            lsn: None,
-            copy: None,
-            rewrite: Some(rewrite),
-            based_on: None,
-        };
+        let delta = rewrite_delta(metadata, data_files, rewrite);
         self.commit_in_turn(lake, pointer, metadata, Change::Rows(&delta))
             .await
     }
@@ -1058,6 +1027,43 @@ impl<C: Catalog> IcebergSink<C> {
             tracing::warn!(table = %state.lake, error = %e, "the key index missed this commit");
         }
         Ok(())
+    }
+}
+
+/// The field ids of the key columns `key` in `lake`'s current schema.
+fn key_field_ids(
+    lake: &CatalogTable,
+    metadata: &TableMetadata,
+    key: &[String],
+) -> Result<Vec<i32>> {
+    let schema = metadata.current_schema();
+    key.iter()
+        .map(|name| {
+            schema.field_by_name(name).map(|f| f.id).ok_or_else(|| {
+                sink_error(
+                    lake,
+                    format!("key column {name} is not a column of the lake table"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The row delta of a compaction: `data_files` replace what `rewrite` names.
+fn rewrite_delta(
+    metadata: &TableMetadata,
+    data_files: Vec<DataFile>,
+    rewrite: Rewrite,
+) -> RowDelta {
+    RowDelta {
+        data_files,
+        delete_files: Vec::new(),
+        spec_id: metadata.default_partition_spec_id(),
+        truncate: false,
+        lsn: None,
+        copy: None,
+        rewrite: Some(rewrite),
+        based_on: None,
     }
 }
 

@@ -77,6 +77,14 @@ impl DeletedPositions {
         self.files.keys().map(String::as_str)
     }
 
+    /// Adds `positions` of the data file at `path`.
+    pub fn insert(&mut self, path: &str, positions: impl IntoIterator<Item = u64>) {
+        self.files
+            .entry(path.to_string())
+            .or_default()
+            .extend(positions);
+    }
+
     /// Adds what `other` removes.
     pub fn merge(&mut self, other: DeletedPositions) {
         for (path, positions) in other.files {
