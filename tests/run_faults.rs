@@ -405,17 +405,19 @@ async fn joining_copy_terminated(label: &str, keyed: bool) -> String {
     let mut child = start_with(&db, &[("SOURCE__SNAPSHOT_CHUNK_ROWS", "20000")]);
     caught_up(&db, &mut child).await;
 
-    // a table joins the publication with rows enough for its copy to be caught running
+    // a table joins the publication with rows enough for its copy to be caught running: a
+    // COPY of narrow rows ends between two looks at pg_stat_activity on a loaded machine, so
+    // each row carries 300 bytes more to read (about 120 MB for the copy)
     let client = db.client().await;
     let create = if keyed {
-        "CREATE TABLE joined (id int PRIMARY KEY, v int);"
+        "CREATE TABLE joined (id int PRIMARY KEY, v int, pad text);"
     } else {
-        "CREATE TABLE joined (id int, v int); ALTER TABLE joined REPLICA IDENTITY FULL;"
+        "CREATE TABLE joined (id int, v int, pad text); ALTER TABLE joined REPLICA IDENTITY FULL;"
     };
     client
         .batch_execute(&format!(
             "{create}
-             INSERT INTO joined SELECT g, g FROM generate_series(1, 400000) g;"
+             INSERT INTO joined SELECT g, g, repeat('x', 300) FROM generate_series(1, 400000) g;"
         ))
         .await
         .expect("create joined");
