@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use support::TestDb;
 use support::writer::{
-    caught_up, command, command_ok, copy_chunks, duck_query, lake_copy_progress, log_of,
-    start_with, stop, wait_for_chunks, write_config,
+    caught_up, command, command_ok, copy_chunks, duck_query, lake_checkpoint, lake_copy_progress,
+    log_of, start_with, stop, wait_for_chunks, write_config,
 };
 
 /// Rows of the table copied again, in chunks of `CHUNK_ROWS`: a copy of 60 chunks.
@@ -141,9 +141,23 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
         "the copy was over before the other table's commit: make the table larger ({during:?})"
     );
 
-    // a second request while the table is being copied is ignored
-    command_ok(&db, &["resync", "--table", "public.big"], SETTINGS);
-    let (writer, _) = wait_for_chunks(&db, writer, "big", during.unwrap_or(0) + 2).await;
+    // a second request while the table is being copied is ignored: the writer is killed
+    // once the table committed past it (chunks read ahead may be past it already)
+    let again = command_ok(&db, &["resync", "--table", "public.big"], SETTINGS);
+    let request: lakewriter::Lsn = again
+        .split("request at LSN ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|lsn| lsn.parse().ok())
+        .unwrap_or_else(|| panic!("no request LSN in {again:?}"));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while lake_checkpoint(&db, "big").is_none_or(|c| c < request) {
+        assert!(
+            Instant::now() < deadline,
+            "big never committed past {request}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let first_log = log_of(writer); // SIGKILL mid-copy
     assert!(
         first_log.contains("resync requested: the table is copied again beside the stream")

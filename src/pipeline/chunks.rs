@@ -17,10 +17,16 @@
 //! before the restart are not known then, so a resumed copy writes its rows as upserts (each
 //! row deletes its key first).
 //!
+//! One reading task per copy reads the chunks one after the other on one connection, and
+//! reads ahead: up to `source.snapshot_parallelism` chunks may be read and wait for their high
+//! watermark, so reading overlaps the watermarks' way through the stream and the flushes. A
+//! chunk read ahead is still right when it joins: the keys the stream changed since the copy
+//! began, up to its own high watermark, are dropped from it, whenever it was read.
+//!
 //! The copy's pace is measured from when its chunks were committed (as `status` measures it
 //! from the lake's snapshots) and reported on the progress interval (or a bar on a terminal).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -47,7 +53,109 @@ const READ_ATTEMPTS: u32 = 8;
 
 /// What the chunk reads left for the pipeline, by table; taken when the chunk's high
 /// watermark comes through the stream.
-pub(super) type ChunkInbox = Arc<Mutex<HashMap<TableId, ChunkRead>>>;
+pub(super) type ChunkInbox = Arc<Inbox>;
+
+/// The chunks read and waiting for their high watermark, in order, by table; and which read of
+/// each table's copy is current, so that a reading task the pipeline gave up on stops.
+#[derive(Debug, Default)]
+pub(super) struct Inbox {
+    waiting: Mutex<HashMap<TableId, Waiting>>,
+    /// Told whenever a chunk is taken or the current read changes.
+    changed: tokio::sync::Notify,
+}
+
+/// One table's part of the [`Inbox`].
+#[derive(Debug, Default)]
+struct Waiting {
+    /// The read the pipeline waits for: its copy id and attempt.
+    current: Option<(String, u32)>,
+    chunks: VecDeque<ChunkRead>,
+}
+
+impl Inbox {
+    /// `table`'s copy now waits for the reads of `copy` under `attempt` (or none): the chunks
+    /// of any other are dropped, and its reading task stops at its next chunk.
+    pub(super) fn expect(&self, table: &TableId, read: Option<(String, u32)>) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            let entry = waiting.entry(table.clone()).or_default();
+            entry.chunks.clear();
+            entry.current = read;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The tables with a read the pipeline waits for.
+    fn reading(&self) -> Vec<TableId> {
+        self.waiting
+            .lock()
+            .map(|w| {
+                w.iter()
+                    .filter(|(_, w)| w.current.is_some())
+                    .map(|(t, _)| t.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Takes `table`'s oldest chunk read, if any.
+    fn take(&self, table: &TableId) -> Option<ChunkRead> {
+        let read = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.get_mut(table).and_then(|w| w.chunks.pop_front()));
+        self.changed.notify_waiters();
+        read
+    }
+
+    /// Leaves `read` for the pipeline; false when its read is not the current one any more.
+    pub(super) fn put(&self, table: &TableId, read: ChunkRead) -> bool {
+        let Ok(mut waiting) = self.waiting.lock() else {
+            return false;
+        };
+        let Some(entry) = waiting.get_mut(table) else {
+            return false;
+        };
+        if entry.current.as_ref() != Some(&(read.copy.clone(), read.attempt)) {
+            return false;
+        }
+        entry.chunks.push_back(read);
+        true
+    }
+
+    /// Waits until fewer than `window` chunks of `table` wait for the stream; false when the
+    /// read `copy`/`attempt` is not the current one any more (its task stops).
+    pub(super) async fn room(
+        &self,
+        table: &TableId,
+        copy: &str,
+        attempt: u32,
+        window: usize,
+    ) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            {
+                let Ok(waiting) = self.waiting.lock() else {
+                    return false;
+                };
+                let Some(entry) = waiting.get(table) else {
+                    return false;
+                };
+                if entry
+                    .current
+                    .as_ref()
+                    .is_none_or(|(c, a)| c != copy || *a != attempt)
+                {
+                    return false;
+                }
+                if entry.chunks.len() < window {
+                    return true;
+                }
+            }
+            changed.await;
+        }
+    }
+}
 
 /// One chunk read, waiting for its high watermark.
 #[derive(Debug)]
@@ -59,7 +167,8 @@ pub(super) struct ChunkRead {
     pub(super) data: Chunk,
 }
 
-/// A chunk for a reading task to read.
+/// The chunks for a reading task to read: from `chunk` on, after the key `after`, until a
+/// chunk comes back short (the table's end).
 #[derive(Debug, Clone)]
 pub(super) struct ChunkRequest {
     /// The table.
@@ -70,13 +179,15 @@ pub(super) struct ChunkRequest {
     pub(super) chunk: u64,
     pub(super) attempt: u32,
     pub(super) after: Option<Vec<String>>,
-    key: Vec<String>,
-    limit: u64,
+    pub(super) key: Vec<String>,
+    pub(super) limit: u64,
+    /// Chunks read ahead of the stream at most.
+    pub(super) window: usize,
 }
 
-/// One read of one chunk: the copy, the chunk and the attempt.
+/// One reading task of a copy: the copy and the attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ReadId(String, u64, u32);
+pub(super) struct ReadId(String, u32);
 
 /// A table's chunked copy, as the pipeline runs it.
 #[derive(Debug)]
@@ -86,9 +197,9 @@ pub(super) struct ChunkedCopy {
     key: Vec<String>,
     progress: CopyProgress,
     attempt: u32,
-    /// A read of the next chunk is under way.
+    /// A reading task of the current attempt is under way (it reads until the table's end).
     in_flight: bool,
-    /// The low watermark of the read under way came through the stream.
+    /// The low watermark of the next chunk to join came through the stream.
     low_seen: bool,
     /// Rows are written as upserts (a resumed copy does not know the keys changed before).
     upserts: bool,
@@ -209,8 +320,11 @@ pub(super) fn chunkable(
     Ok(())
 }
 
-/// Reads one chunk between its two watermarks and leaves it in `inbox` before the high one is
-/// written, so the pipeline finds it when the watermark comes through.
+/// Reads the chunks `request` asks for, one after the other on one connection, each between
+/// its two watermarks, and leaves each in `inbox` before its high watermark is written, so
+/// the pipeline finds it when the watermark comes through. Reads ahead of the stream by at
+/// most the request's window; stops after the table's last chunk, or when the pipeline gave
+/// up on this read (another attempt, another copy).
 pub(super) async fn read(
     config: Arc<Config>,
     masking: Arc<Masking>,
@@ -219,17 +333,47 @@ pub(super) async fn read(
 ) -> Result<()> {
     let table = &request.table;
     let client = connection::connect_as(&config.source, Some(connection::COPY)).await?;
-    let Some(described) = schema::describe_table(&client, table).await? else {
+    let mut chunk = request.chunk;
+    let mut after = request.after.clone();
+    loop {
+        if !inbox
+            .room(table, &request.copy, request.attempt, request.window)
+            .await
+        {
+            return Ok(());
+        }
+        let data = read_one(&client, &masking, &request, chunk, after.as_deref(), &inbox).await?;
+        match data {
+            Some(last) => after = Some(last),
+            None => return Ok(()),
+        }
+        chunk += 1;
+    }
+}
+
+/// Reads chunk `chunk` of `request`'s copy, the rows after `after`, between its watermarks;
+/// the chunk's last key when the table may hold more, `None` after its last chunk (or when
+/// the pipeline no longer waits for this read).
+async fn read_one(
+    client: &tokio_postgres::Client,
+    masking: &Masking,
+    request: &ChunkRequest,
+    chunk: u64,
+    after: Option<&[String]>,
+    inbox: &Inbox,
+) -> Result<Option<Vec<String>>> {
+    let table = &request.table;
+    let Some(described) = schema::describe_table(client, table).await? else {
         return Err(Error::Source {
             message: format!("table {table}: gone from the catalog during its chunked copy"),
         });
     };
     // the shape now: a column added since the copy began is read with its values
     let shape = snapshot::masked_table_schema(
-        &client,
+        client,
         &described,
         &crate::source::types::TypeOptions::default(),
-        &masking,
+        masking,
     )
     .await?;
     let key = chunk::key_columns(&described, &request.key).ok_or_else(|| Error::Source {
@@ -241,40 +385,35 @@ pub(super) async fn read(
     let mut watermark = Watermark {
         copy: request.copy.clone(),
         table: table.to_string(),
-        chunk: request.chunk,
+        chunk,
         attempt: request.attempt,
         mark: Mark::Low,
     };
-    tracing::info!(
+    tracing::debug!(
         table = %table,
-        chunk = request.chunk,
+        chunk,
         attempt = request.attempt,
         "reading a chunk of the table"
     );
-    chunk::emit(&client, &watermark).await?;
-    let data = chunk::read_chunk(
-        &client,
-        &shape,
-        &key,
-        request.after.as_deref(),
-        request.limit,
-        &masking,
-    )
-    .await?;
-    if let Ok(mut inbox) = inbox.lock() {
-        inbox.insert(
-            table.clone(),
-            ChunkRead {
-                copy: request.copy.clone(),
-                chunk: request.chunk,
-                attempt: request.attempt,
-                schema: shape,
-                data,
-            },
-        );
+    chunk::emit(client, &watermark).await?;
+    let data = chunk::read_chunk(client, &shape, &key, after, request.limit, masking).await?;
+    let next = data
+        .last_key
+        .clone()
+        .filter(|_| data.count >= request.limit);
+    let read = ChunkRead {
+        copy: request.copy.clone(),
+        chunk,
+        attempt: request.attempt,
+        schema: shape,
+        data,
+    };
+    if !inbox.put(table, read) {
+        return Ok(None);
     }
     watermark.mark = Mark::High;
-    chunk::emit(&client, &watermark).await
+    chunk::emit(client, &watermark).await?;
+    Ok(next)
 }
 
 /// The encoded keys of `columns` (key columns of one batch) at each row; `None` where a key
@@ -350,13 +489,26 @@ impl<S: Sink> Pipeline<S> {
             // the emptying commit is past the request: a restart no longer needs it
             state.resync = None;
             state.clear_buffer();
+            self.chunk_inbox.expect(table, None);
             state.copy = Some(copy);
         }
     }
 
-    /// The chunks to read now: the next of every copy with none under way.
+    /// The reads to start now: one of every copy with none under way, from its next chunk.
     pub(super) fn chunk_requests(&mut self) -> Vec<ChunkRequest> {
         let limit = self.config.source.snapshot_chunk_rows;
+        let window = self.config.source.snapshot_parallelism.max(1);
+        // the reads of copies that ended (completed, stopped with their table, replaced) stop
+        for table in self.chunk_inbox.reading() {
+            let reading = self.tables.get(&table).is_some_and(|s| {
+                s.stopped.is_none()
+                    && !s.awaiting_copy
+                    && s.copy.as_ref().is_some_and(|c| c.in_flight)
+            });
+            if !reading {
+                self.chunk_inbox.expect(&table, None);
+            }
+        }
         let mut requests = Vec::new();
         for (table, state) in &mut self.tables {
             if state.stopped.is_some() || state.awaiting_copy {
@@ -370,22 +522,26 @@ impl<S: Sink> Pipeline<S> {
             }
             copy.in_flight = true;
             copy.low_seen = false;
+            self.chunk_inbox
+                .expect(table, Some((copy.id.clone(), copy.attempt)));
             requests.push(ChunkRequest {
                 table: table.clone(),
-                id: ReadId(copy.id.clone(), copy.progress.chunks, copy.attempt),
+                id: ReadId(copy.id.clone(), copy.attempt),
                 copy: copy.id.clone(),
                 chunk: copy.progress.chunks,
                 attempt: copy.attempt,
                 after: copy.progress.after.clone(),
                 key: copy.key.clone(),
                 limit,
+                window,
             });
         }
         requests
     }
 
-    /// A chunk read of `table` failed with `error`: it is read again (under a new attempt,
-    /// so the watermarks of the failed one are passed over), up to a limit.
+    /// A chunk read of `table` failed with `error`: the copy reads on from its next chunk to
+    /// join (under a new attempt, so the watermarks and chunks read ahead of the failed one
+    /// are passed over), up to a limit.
     /// Past the limit, or on an error retrying cannot fix, the table fails as any table
     /// commit does (`[sink] on_table_error`).
     pub(super) async fn chunk_failed(
@@ -401,13 +557,14 @@ impl<S: Sink> Pipeline<S> {
         let Some(copy) = state.copy.as_mut() else {
             return Ok(());
         };
-        // a read the copy has moved past (its chunk came through before the error)
-        if !copy.in_flight || read != ReadId(copy.id.clone(), copy.progress.chunks, copy.attempt) {
+        // a read the copy has moved past (it was read again already)
+        if !copy.in_flight || read != ReadId(copy.id.clone(), copy.attempt) {
             return Ok(());
         }
         copy.in_flight = false;
         copy.attempt += 1;
         copy.failures += 1;
+        self.chunk_inbox.expect(table, None);
         if copy.failures > READ_ATTEMPTS || !error.is_retryable() {
             let error = Error::Source {
                 message: format!(
@@ -488,11 +645,7 @@ impl<S: Sink> Pipeline<S> {
     /// The high watermark of `table`'s chunk came through at `commit_lsn`: its rows, but
     /// those whose key the stream changed, join the buffer there.
     fn chunk_through(&mut self, table: &TableId, commit_lsn: Lsn) -> Result<()> {
-        let read = self
-            .chunk_inbox
-            .lock()
-            .ok()
-            .and_then(|mut inbox| inbox.remove(table));
+        let read = self.chunk_inbox.take(table);
         let Some(state) = self.tables.get_mut(table) else {
             return Ok(());
         };
@@ -504,9 +657,10 @@ impl<S: Sink> Pipeline<S> {
         });
         let Some(read) = read.filter(|_| copy.low_seen) else {
             // the stream brought the watermarks, but not the read's rows (or not in order):
-            // the chunk is read again
+            // the chunk is read again, and the ones read ahead of it
             copy.in_flight = false;
             copy.attempt += 1;
+            self.chunk_inbox.expect(table, None);
             return Ok(());
         };
         let mut kept = 0usize;
@@ -569,7 +723,7 @@ impl<S: Sink> Pipeline<S> {
         let dropped = read.data.count as usize - kept;
         copy.progress.chunks += 1;
         copy.progress.rows += read.data.count;
-        copy.in_flight = false;
+        copy.low_seen = false;
         copy.failures = 0;
         let limit = self.config.source.snapshot_chunk_rows;
         match read.data.last_key {
@@ -579,6 +733,7 @@ impl<S: Sink> Pipeline<S> {
             last => {
                 copy.progress.after = last.or(copy.progress.after.take());
                 copy.done = true;
+                copy.in_flight = false;
             }
         }
         tracing::debug!(

@@ -472,6 +472,17 @@ fn read_chunk(
     rows: &[(i32, &str)],
     last: &str,
 ) {
+    read_chunk_at(pipeline, request, request.chunk, rows, last);
+}
+
+/// [`read_chunk`] of chunk `chunk` of `request`'s read (one read ahead of the stream).
+fn read_chunk_at(
+    pipeline: &Pipeline<RecordingSink>,
+    request: &chunks::ChunkRequest,
+    chunk: u64,
+    rows: &[(i32, &str)],
+    last: &str,
+) {
     let schema = schema("u");
     let batch = RecordBatch::try_new(
         schema.arrow.clone(),
@@ -485,11 +496,11 @@ fn read_chunk(
         ],
     )
     .expect("chunk");
-    pipeline.chunk_inbox().lock().expect("inbox").insert(
-        request.table.clone(),
+    let put = pipeline.chunk_inbox().put(
+        &request.table,
         chunks::ChunkRead {
             copy: request.copy.clone(),
-            chunk: request.chunk,
+            chunk,
             attempt: request.attempt,
             schema,
             data: crate::source::chunk::Chunk {
@@ -499,6 +510,21 @@ fn read_chunk(
             },
         },
     );
+    assert!(put, "the pipeline waits for this read");
+}
+
+/// `request`'s watermark `mark` of chunk `chunk`, in a transaction committing at `lsn`.
+fn watermark_at(
+    lsn: u64,
+    request: &chunks::ChunkRequest,
+    chunk: u64,
+    mark: crate::source::chunk::Mark,
+) -> Vec<SourceEvent> {
+    let request = chunks::ChunkRequest {
+        chunk,
+        ..request.clone()
+    };
+    watermark(lsn, &request, mark)
 }
 
 /// Table `u` copied in chunks of 4 rows from LSN 10 (`resumed`: after a restart).
@@ -542,10 +568,9 @@ async fn a_chunk_joins_at_its_high_watermark_without_the_keys_the_stream_changed
     for event in watermark(130, &request, Mark::High) {
         pipeline.handle(event).await.expect("handle");
     }
-    let next = pipeline.chunk_requests().pop().expect("the next chunk");
-    assert_eq!(
-        (next.chunk, next.after.clone()),
-        (1, Some(vec!["4".to_string()]))
+    assert!(
+        pipeline.chunk_requests().is_empty(),
+        "the reading task reads the next chunks itself"
     );
     pipeline.flush_all().await.expect("flush");
     let sink = pipeline.into_sink();
@@ -572,6 +597,73 @@ async fn a_chunk_joins_at_its_high_watermark_without_the_keys_the_stream_changed
         (progress.chunks, progress.after),
         (1, Some(vec!["4".to_string()]))
     );
+}
+
+#[tokio::test]
+async fn chunks_read_ahead_join_in_order_each_without_the_keys_changed_before_its_high_watermark() {
+    use crate::source::chunk::Mark;
+    let (mut pipeline, request) = copying(false);
+    // two chunks read before the stream brings either's watermarks
+    read_chunk_at(
+        &pipeline,
+        &request,
+        0,
+        &[(1, "chunk"), (2, "chunk"), (3, "chunk"), (4, "chunk")],
+        "4",
+    );
+    read_chunk_at(
+        &pipeline,
+        &request,
+        1,
+        &[(5, "chunk"), (6, "old"), (7, "chunk"), (8, "chunk")],
+        "8",
+    );
+    let mut events = watermark_at(110, &request, 0, Mark::Low);
+    events.extend(watermark_at(120, &request, 0, Mark::High));
+    events.extend(watermark_at(130, &request, 1, Mark::Low));
+    // key 6 changed after chunk 0 joined, before chunk 1's high watermark
+    events.extend(transaction(
+        140,
+        vec![change("u", 140, Op::Update, 6, "stream")],
+    ));
+    events.extend(watermark_at(150, &request, 1, Mark::High));
+    for event in events {
+        pipeline.handle(event).await.expect("handle");
+    }
+    assert!(pipeline.chunk_requests().is_empty(), "still reading");
+    pipeline.flush_all().await.expect("flush");
+    let sink = pipeline.into_sink();
+    let mut rows = committed(&sink, "u");
+    rows.sort();
+    let expected: Vec<(i32, String)> = (1..=8)
+        .map(|k| (k, if k == 6 { "stream" } else { "chunk" }.to_string()))
+        .collect();
+    assert_eq!(rows, expected);
+    let last = sink.commits.last().expect("a commit");
+    let progress = crate::table::CopyProgress::decode(last.copy.as_deref().expect("progress"))
+        .expect("progress");
+    assert_eq!(
+        (progress.chunks, progress.after),
+        (2, Some(vec!["8".to_string()]))
+    );
+}
+
+#[tokio::test]
+async fn a_reading_task_waits_while_its_window_is_full_and_stops_when_replaced() {
+    let (pipeline, request) = copying(false);
+    let inbox = pipeline.chunk_inbox();
+    let (copy, attempt) = (request.copy.clone(), request.attempt);
+    let room = |window| inbox.room(&request.table, &copy, attempt, window);
+    assert!(room(2).await, "room for the first chunk");
+    read_chunk_at(&pipeline, &request, 0, &[(1, "a")], "1");
+    read_chunk_at(&pipeline, &request, 1, &[(2, "b")], "2");
+    let full = tokio::time::timeout(std::time::Duration::from_millis(50), room(2)).await;
+    assert!(full.is_err(), "two chunks wait: no room for a third");
+    assert!(room(3).await, "a wider window has room");
+    // another attempt is expected now: the waiting task is told to stop
+    let waiting = room(2);
+    inbox.expect(&request.table, Some((copy.clone(), attempt + 1)));
+    assert!(!waiting.await, "the replaced read stops");
 }
 
 #[tokio::test]

@@ -200,6 +200,16 @@ for values in con.sql(query).fetchall():
 /// The progress of lake table `name`'s chunked copy as its current snapshot carries it
 /// (`lakewriter.copy`); `None` when no copy is under way (or no such table).
 pub fn lake_copy_progress(db: &TestDb, name: &str) -> Option<String> {
+    lake_summary(db, name, "lakewriter.copy")
+}
+
+/// The checkpoint of lake table `name`'s current snapshot (`lakewriter.lsn`).
+pub fn lake_checkpoint(db: &TestDb, name: &str) -> Option<lakewriter::Lsn> {
+    lake_summary(db, name, "lakewriter.lsn").and_then(|l| l.parse().ok())
+}
+
+/// Property `property` of the summary of lake table `name`'s current snapshot.
+fn lake_summary(db: &TestDb, name: &str, property: &str) -> Option<String> {
     let catalog = db.warehouse.path().join("catalog.db");
     let script = format!(
         r#"
@@ -212,8 +222,8 @@ if row is not None:
     meta = json.load(open(row[0].removeprefix("file://")))
     current = meta.get("current-snapshot-id")
     for s in meta.get("snapshots", []):
-        if s["snapshot-id"] == current and "lakewriter.copy" in s["summary"]:
-            print(s["summary"]["lakewriter.copy"])
+        if s["snapshot-id"] == current and {property:?} in s["summary"]:
+            print(s["summary"][{property:?}])
 "#,
         catalog = catalog.display().to_string(),
         namespace = db.namespace,
