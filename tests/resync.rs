@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use support::TestDb;
 use support::writer::{
-    caught_up, command, command_ok, copy_chunks, duck_query, lake_checkpoint, lake_copy_progress,
-    log_of, start_with, stop, wait_for_chunks, write_config,
+    assert_same_lines, caught_up, command, command_ok, copy_chunks, copy_completed, duck_query,
+    lake_checkpoint, lake_copy_progress, lake_shows, log_of, start_with, stop, wait_for_chunks,
+    write_config,
 };
 
 /// Rows of the table copied again, in chunks of `CHUNK_ROWS`: a copy of 60 chunks.
@@ -237,5 +238,74 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
         lake.len(),
         postgres.len()
     );
+    command_ok(&db, &["verify"], &[]);
+}
+
+#[tokio::test]
+async fn a_table_suspended_while_running_is_copied_again_online_on_resync() {
+    let db = TestDb::new("resync_suspended").await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO a SELECT g, g FROM generate_series(1, 6000) g;
+             CREATE TABLE b (id int PRIMARY KEY, v text);
+             INSERT INTO b VALUES (1, 'one');",
+        )
+        .await
+        .expect("create the tables");
+    let settings: &[(&str, &str)] = &[
+        ("SINK__ON_TABLE_ERROR", "suspend_table"),
+        ("SOURCE__SNAPSHOT_CHUNK_ROWS", "500"),
+    ];
+    let mut writer = start_with(&db, settings);
+    caught_up(&db, &mut writer).await;
+
+    // int to text is no widening: table a is suspended while the writer runs; b goes on
+    client
+        .batch_execute(
+            "ALTER TABLE a ALTER COLUMN v TYPE text USING 'v' || v;
+             UPDATE a SET v = 'ten' WHERE id = 10;
+             DELETE FROM a WHERE id % 100 = 0;
+             INSERT INTO b VALUES (2, 'two');",
+        )
+        .await
+        .expect("change a and b");
+    let b_rows = "SELECT id, v FROM {scan} ORDER BY id";
+    lake_shows(&db, &mut writer, "b", b_rows, &["1|one", "2|two"]).await;
+
+    // the fix: copy it again, online, while b keeps committing
+    let asked = command_ok(&db, &["resync", "--table", "public.a"], settings);
+    assert!(asked.contains("asked to copy public.a again"), "{asked}");
+    client
+        .batch_execute(
+            "UPDATE a SET v = 'changed' WHERE id = 4000; INSERT INTO b VALUES (3, 'three');",
+        )
+        .await
+        .expect("change a and b again");
+    lake_shows(
+        &db,
+        &mut writer,
+        "b",
+        b_rows,
+        &["1|one", "2|two", "3|three"],
+    )
+    .await;
+    caught_up(&db, &mut writer).await;
+    copy_completed(&db, &mut writer, "a").await;
+    let log = stop(writer);
+    assert!(
+        log.contains("suspended"),
+        "the table was not suspended: {log}"
+    );
+    assert!(
+        log.contains("resync requested for a table stopped by an error")
+            && log.contains("copying the table in chunks beside the stream"),
+        "the suspended table was not copied again in chunks: {log}"
+    );
+    let lake = duck_query(&db, "a", "SELECT id || '|' || v FROM {scan} ORDER BY id");
+    let postgres = rows(&db, "SELECT id::text || '|' || v FROM a ORDER BY id").await;
+    assert_same_lines("a", &lake, &postgres, &log);
+    assert_eq!(postgres.len(), 5940);
     command_ok(&db, &["verify"], &[]);
 }

@@ -341,10 +341,12 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// Takes up `lakewriter resync`'s requests to copy `tables` again, made in the transaction
-    /// committed at `commit_lsn`: each waits for a copy like a table that rejoined. A request
-    /// the lake already took up (a restart streams it again, below the checkpoint of the copy
-    /// it started), one for a table being copied (that copy ends equal to PostgreSQL too), and
-    /// one for a table this run does not stream or has stopped are logged and ignored.
+    /// committed at `commit_lsn`: each waits for a copy like a table that rejoined. A table
+    /// `[sink] on_table_error` stopped or suspended is taken up again the same way (the copy
+    /// replaces what the lake holds; a table that fails again stops again). A request the lake
+    /// already took up (a restart streams it again, below the checkpoint of the copy it
+    /// started), one for a table being copied (that copy ends equal to PostgreSQL too), and one
+    /// for a table this run does not stream are logged and ignored.
     fn resync(&mut self, tables: Vec<TableId>, commit_lsn: Lsn) {
         for table in tables {
             let Some(state) = self.tables.get(&table) else {
@@ -361,13 +363,19 @@ impl<S: Sink> Pipeline<S> {
                     lsn = %commit_lsn,
                     "a resync request the lake already took up: skipped"
                 );
-            } else if state.stopped.is_some() {
-                tracing::warn!(
+            } else if let Some(why) = &state.stopped {
+                tracing::info!(
                     table = %table,
                     lsn = %commit_lsn,
-                    "a resync request for a stopped table: ignored (a restart after the fix \
-                     takes it up again)"
+                    stopped = %why,
+                    "resync requested for a table stopped by an error: it is copied again \
+                     beside the stream"
                 );
+                self.recopy(&table);
+                if let Some(state) = self.tables.get_mut(&table) {
+                    state.stopped = None;
+                    state.resync = Some(commit_lsn);
+                }
             } else if state.awaiting_copy || state.copy.is_some() {
                 tracing::info!(
                     table = %table,
