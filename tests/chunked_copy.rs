@@ -148,14 +148,9 @@ async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_postgres() {
-    let db = TestDb::new("chunked_copy").await;
-    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
-    let mut writer = start_with(&db, SETTINGS);
-    caught_up(&db, &mut writer).await;
-
-    let client = db.client().await;
+/// Creates the `joined` table with its `ROWS` rows, and the test's `test_decoding` slot that
+/// counts the chunks' watermarks; the slot's name.
+async fn create_joined(db: &TestDb, client: &tokio_postgres::Client) -> String {
     client
         .batch_execute(&format!(
             "CREATE TABLE joined (id int PRIMARY KEY, v int NOT NULL, note text);
@@ -172,6 +167,18 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
         )
         .await
         .expect("create the watch slot");
+    watch
+}
+
+#[tokio::test]
+async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_postgres() {
+    let db = TestDb::new("chunked_copy").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut writer = start_with(&db, SETTINGS);
+    caught_up(&db, &mut writer).await;
+
+    let client = db.client().await;
+    let watch = create_joined(&db, &client).await;
     client
         .batch_execute(&format!(
             "ALTER PUBLICATION {} ADD TABLE joined",
@@ -179,21 +186,71 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
         ))
         .await
         .expect("publish joined");
+    copied_through_a_workload_and_kill_9(&db, writer, &watch, SETTINGS).await;
+}
+
+#[tokio::test]
+async fn a_first_start_with_initial_copy_chunked_copies_beside_the_stream_through_kill_9() {
+    let db = TestDb::new("chunked_initial").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let client = db.client().await;
+    let watch = create_joined(&db, &client).await;
+    let mut settings = SETTINGS.to_vec();
+    settings.push(("SOURCE__INITIAL_COPY", "chunked"));
+    let writer = start_with(&db, &settings);
+    let (first, _) = copied_through_a_workload_and_kill_9(&db, writer, &watch, &settings).await;
+    assert!(
+        first.contains("initial_copy = \"chunked\""),
+        "the first start did not copy beside the stream: {first}"
+    );
+    // orders was copied in chunks too, at the same start, and completed first
+    assert!(
+        first
+            .lines()
+            .any(|l| l.contains("copied the table in chunks") && l.contains("public.orders")),
+        "{first}"
+    );
+}
+
+/// With `writer` copying `joined` in chunks beside the stream (its watermarks counted through
+/// the slot `watch`): a workload on `joined` and `orders`, SIGKILL mid-copy, `status` and
+/// `compact` while down, a restart that resumes, and the lake then equal to PostgreSQL with
+/// no chunk read more than twice. The killed writer's log and the restarted one's.
+async fn copied_through_a_workload_and_kill_9(
+    db: &TestDb,
+    writer: support::writer::Writer,
+    watch: &str,
+    settings: &[(&str, &str)],
+) -> (String, String) {
+    let client = db.client().await;
+    let watch = watch.to_string();
     let reads = Arc::new(Mutex::new(Reads::default()));
     let stop_workload = Arc::new(AtomicBool::new(false));
     let running = workload(&db, watch.clone(), reads.clone(), stop_workload.clone());
 
     // SIGKILL once a few chunks are committed, in two commits at least (the pace needs two),
     // well before the last
-    let (writer, seen) = wait_for_chunks(&db, writer, "joined", 3).await;
-    let (writer, killed_at) = wait_for_chunks(&db, writer, "joined", seen + 1).await;
+    let (writer, seen) = wait_for_chunks(db, writer, "joined", 3).await;
+    let (writer, killed_at) = wait_for_chunks(db, writer, "joined", seen + 1).await;
     let first_log = log_of(writer);
+    // the stream went on meanwhile: orders took the workload's changes before the copy ended
+    let streamed = duck_query(
+        db,
+        "orders",
+        "SELECT count(*) FROM {scan} WHERE status LIKE 'r%'",
+    );
+    assert!(
+        streamed.first().is_some_and(|n| n != "0"),
+        "orders took no change while joined was being copied: {first_log}"
+    );
     assert!(
         first_log.contains("copying the table in chunks beside the stream"),
         "the table was not copied in chunks: {first_log}"
     );
     assert!(
-        !first_log.contains("copied the table in chunks while streaming"),
+        !first_log.lines().any(|l| {
+            l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
+        }),
         "the copy ended before the kill: make the table larger"
     );
 
@@ -246,7 +303,7 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
 
     // the restarted writer resumes after the last committed chunk, under the same workload
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut writer = start_with(&db, SETTINGS);
+    let mut writer = start_with(db, settings);
     let deadline = Instant::now() + Duration::from_secs(300);
     while lake_copy_progress(&db, "joined").is_some() {
         if let Ok(Some(status)) = writer.try_wait() {
@@ -321,9 +378,10 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
     );
     let postgres = joined_in_postgres(&db).await;
     assert_same_lines("joined", &lake, &postgres, &log);
-    command_ok(&db, &["verify"], &[]);
+    command_ok(db, &["verify"], &[]);
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&watch])
         .await
         .expect("drop the watch slot");
+    (first_log, log)
 }

@@ -123,6 +123,11 @@ pub struct SourceConfig {
     /// are in the table's buffer. Default: `100000`.
     #[serde(default = "defaults::snapshot_chunk_rows")]
     pub snapshot_chunk_rows: u64,
+    /// How the first start (or a start after the slot was lost) copies a table that has a key
+    /// of NOT NULL columns: in one exported snapshot before the stream starts, or in chunks
+    /// beside the stream, which a restart resumes. Default: `snapshot`.
+    #[serde(default)]
+    pub initial_copy: InitialCopy,
     /// Per-table settings, keyed by `schema.table`:
     /// `[source.tables."public.orders"] key = ["order_id"], mode = "changelog"`.
     #[serde(default)]
@@ -230,6 +235,20 @@ pub struct SinkConfig {
     /// The key index of `delete_mode = "position"` tables.
     #[serde(default)]
     pub key_index: KeyIndexConfig,
+}
+
+/// How the tables without a checkpoint are copied at a start (`source.initial_copy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialCopy {
+    /// In the slot's exported snapshot, the fastest; the stream starts after it, and a copy
+    /// interrupted by a crash starts again from the first row.
+    #[default]
+    Snapshot,
+    /// In key-ordered chunks beside the stream, as a table that joins while running: every
+    /// committed chunk is kept across a crash, and the stream starts at once. Tables without
+    /// a key of NOT NULL columns, changelog tables and Delta lakes are copied in the snapshot.
+    Chunked,
 }
 
 /// How an upsert table's changes remove the rows they replace.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, TableErrorPolicy, TableMode};
+use crate::config::{Config, InitialCopy, TableErrorPolicy, TableMode};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::masking::Masking;
@@ -74,6 +74,8 @@ pub async fn run<S: Sink>(
     let mut targets: HashMap<TableId, Arc<TableSchema>> = HashMap::new();
     // suspended by `on_table_error`: copied again at the next start, not while running
     let mut suspended: HashSet<TableId> = HashSet::new();
+    // the tables a copy could take in chunks beside the stream (`source.initial_copy`)
+    let mut chunkable: HashSet<TableId> = HashSet::new();
     for table in &tables {
         let Some(described) = schema::describe_table(client, table).await? else {
             continue;
@@ -197,6 +199,14 @@ pub async fn run<S: Sink>(
         let mut state = TableState::new(shape, layout, mode, checkpoint);
         // a changelog table only appends, but resolves and is folded by its key
         state.row_key = described.key_columns(&config);
+        if config.source.initial_copy == InitialCopy::Chunked {
+            let key = described.key_columns(&config);
+            let key_columns = chunk::key_columns(&described, &key);
+            if chunks::chunkable(sink.keeps_copy_progress(), &state, key_columns.as_deref()).is_ok()
+            {
+                chunkable.insert(table.clone());
+            }
+        }
         // a chunked copy the last run did not finish goes on after its last committed chunk
         if let (Some(_), Some(text)) = (checkpoint, sink.copy_progress(table)) {
             let key = described.key_columns(&config);
@@ -317,6 +327,24 @@ pub async fn run<S: Sink>(
             state.copy = None;
         }
     }
+    // with `initial_copy = "chunked"`, the tables that can be are copied beside the stream
+    // once it runs, like tables that joined; the others in the snapshot as usual
+    let mut beside: Vec<TableId> = Vec::new();
+    if config.source.initial_snapshot {
+        needs_copy.retain(|t| {
+            let chunked = chunkable.contains(t);
+            if chunked {
+                beside.push(t.clone());
+            }
+            !chunked
+        });
+    }
+    if !beside.is_empty() {
+        tracing::info!(
+            tables = beside.len(),
+            "initial_copy = \"chunked\": copying these tables in chunks beside the stream"
+        );
+    }
     if !needs_copy.is_empty() || slot == Readiness::Missing {
         let mut pending = needs_copy.clone();
         pending.sort();
@@ -366,12 +394,21 @@ pub async fn run<S: Sink>(
         }
     }
 
-    // Stream from the lowest checkpoint; each table skips what it already holds.
-    let start = states
+    // Stream from the lowest checkpoint; each table skips what it already holds. Tables copied
+    // beside the stream take every change from where the slot is now.
+    let mut start = states
         .values()
         .filter_map(|s| s.checkpoint)
         .min()
         .unwrap_or(Lsn::ZERO);
+    if !beside.is_empty() {
+        let now = slot_position(control.client().await?, &config).await?;
+        start = if start == Lsn::ZERO {
+            now
+        } else {
+            start.min(now)
+        };
+    }
     // The record first: the slot is let go only up to the position it names.
     let mut acknowledger = {
         let previous = record
@@ -419,6 +456,9 @@ pub async fn run<S: Sink>(
     });
     let mut pipeline = Pipeline::new(config.clone(), sink, states, durable_tx.clone());
     pipeline.set_masking(masking.clone());
+    for table in &beside {
+        pipeline.recopy(table);
+    }
     let tick = (config.shortest_max_latency() / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
