@@ -4,14 +4,18 @@
 //! the TOAST lookups ([`super::lookup`]) and the lake's merge-on-read (`query`, `verify`,
 //! `compact`, `export`) both go through it.
 //!
-//! A data file is read with a Parquet row selection built from the positions, so the rows
-//! left out are never decoded, and its batches are decoded as they are consumed.
+//! A data file whose positions form long runs is read with a Parquet row selection built from
+//! them, so the rows left out are never decoded; one whose positions are scattered (every
+//! other row, as a delete of every other key leaves) is decoded whole and filtered batch by
+//! batch with a mask, which is far cheaper than a selection of millions of one-row runs.
+//! Either way its batches are decoded as they are consumed.
 
 use std::collections::{BTreeSet, HashMap};
 
-use arrow::array::{Array, StringArray, UInt64Array};
-use arrow::compute::cast;
+use arrow::array::{Array, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::DataType;
+use arrow::error::ArrowError;
 use bytes::Bytes;
 use iceberg::io::FileIO;
 use parquet::arrow::arrow_reader::{
@@ -199,6 +203,12 @@ pub enum Keep {
     Only,
 }
 
+/// Batches of a data file's rows, decoded as they are consumed.
+pub type DataRows = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + Send>;
+
+/// A row selection of more runs than one per this many rows is read as a filter instead.
+const ROWS_PER_RUN: u64 = 64;
+
 /// The rows of the data file at `path` that `keep` picks by `positions`, as a reader that
 /// decodes them batch by batch (in the file's own schema).
 pub async fn read_data_file(
@@ -206,14 +216,82 @@ pub async fn read_data_file(
     path: &str,
     positions: &BTreeSet<u64>,
     keep: Keep,
-) -> Result<ParquetRecordBatchReader, String> {
+) -> Result<DataRows, String> {
     let builder = open(file_io, path).await?;
     let rows = u64::try_from(builder.metadata().file_metadata().num_rows())
         .map_err(|_| format!("{path}: a negative row count"))?;
-    builder
-        .with_row_selection(selection(positions, rows, keep))
-        .build()
-        .map_err(|e| format!("{path}: {e}"))
+    if runs(positions, rows) * ROWS_PER_RUN <= rows {
+        let reader: ParquetRecordBatchReader = builder
+            .with_row_selection(selection(positions, rows, keep))
+            .build()
+            .map_err(|e| format!("{path}: {e}"))?;
+        return Ok(Box::new(reader));
+    }
+    let reader = builder.build().map_err(|e| format!("{path}: {e}"))?;
+    Ok(Box::new(Filtered {
+        reader,
+        positions: positions.range(..rows).copied().collect(),
+        next: 0,
+        offset: 0,
+        keep,
+    }))
+}
+
+/// How many runs (of rows kept or left out) `positions` cut a file of `rows` rows into.
+fn runs(positions: &BTreeSet<u64>, rows: u64) -> u64 {
+    if rows == 0 {
+        return 0;
+    }
+    let mut boundaries = 0u64;
+    let mut previous: Option<u64> = None;
+    for &position in positions.range(..rows) {
+        if previous.is_none_or(|p| p + 1 != position) {
+            // a run of listed rows starts here: after unlisted rows, unless at the start; and
+            // the run of listed rows before it (if any) ended with unlisted rows after it
+            boundaries += u64::from(position > 0) + u64::from(previous.is_some());
+        }
+        previous = Some(position);
+    }
+    if previous.is_some_and(|p| p + 1 < rows) {
+        boundaries += 1;
+    }
+    boundaries + 1
+}
+
+/// A whole data file's batches, each filtered by the positions that fall in it.
+struct Filtered {
+    reader: ParquetRecordBatchReader,
+    /// The positions, sorted, and the first not yet passed.
+    positions: Vec<u64>,
+    next: usize,
+    /// The file row the next batch starts at.
+    offset: u64,
+    keep: Keep,
+}
+
+impl Iterator for Filtered {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = match self.reader.next()? {
+            Ok(batch) => batch,
+            Err(e) => return Some(Err(e)),
+        };
+        let rows = batch.num_rows() as u64;
+        let listed = self.keep == Keep::Only;
+        let mut mask = vec![!listed; batch.num_rows()];
+        while let Some(&position) = self.positions.get(self.next) {
+            if position >= self.offset + rows {
+                break;
+            }
+            // positions are file rows at or past this batch's first (sorted, passed ones
+            // skipped): the difference fits the batch
+            mask[(position - self.offset) as usize] = listed;
+            self.next += 1;
+        }
+        self.offset += rows;
+        Some(filter_record_batch(&batch, &BooleanArray::from(mask)))
+    }
 }
 
 /// The Parquet file at `path`, ready to read.
@@ -261,6 +339,72 @@ fn selection(positions: &BTreeSet<u64>, rows: u64, keep: Keep) -> RowSelection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows 0..`rows` as a one-column Parquet file at `path`.
+    fn numbers_file(path: &std::path::Path, rows: i64) {
+        use arrow::array::Int64Array;
+        let batch = RecordBatch::try_from_iter([(
+            "n",
+            std::sync::Arc::new(Int64Array::from_iter_values(0..rows)) as arrow::array::ArrayRef,
+        )])
+        .expect("a batch");
+        let file = std::fs::File::create(path).expect("create");
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_size(1000)
+            .build();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(properties))
+                .expect("a writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+    }
+
+    async fn numbers_read(path: &str, positions: &BTreeSet<u64>, keep: Keep) -> Vec<i64> {
+        use arrow::array::Int64Array;
+        let io = FileIO::new_with_fs();
+        let mut out = Vec::new();
+        for batch in read_data_file(&io, path, positions, keep)
+            .await
+            .expect("read")
+        {
+            let batch = batch.expect("a batch");
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("numbers")
+                .clone();
+            out.extend(column.values().iter().copied());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn scattered_and_clustered_positions_read_the_same_rows_either_way() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("numbers.parquet");
+        numbers_file(&path, 5000);
+        let path = path.display().to_string();
+        // every other row (a filter), a few runs (a selection), a position past the end
+        let scattered: BTreeSet<u64> = (0..5000).filter(|n| n % 2 == 0).chain([9999]).collect();
+        let clustered: BTreeSet<u64> = (100..400).chain(4990..5000).collect();
+        assert!(runs(&scattered, 5000) * ROWS_PER_RUN > 5000);
+        assert!(runs(&clustered, 5000) * ROWS_PER_RUN <= 5000);
+        for positions in [&scattered, &clustered] {
+            let kept: Vec<i64> = (0..5000)
+                .filter(|n| !positions.contains(&(*n as u64)))
+                .collect();
+            let listed: Vec<i64> = (0..5000)
+                .filter(|n| positions.contains(&(*n as u64)))
+                .collect();
+            assert_eq!(numbers_read(&path, positions, Keep::AllBut).await, kept);
+            assert_eq!(numbers_read(&path, positions, Keep::Only).await, listed);
+        }
+        assert_eq!(runs(&BTreeSet::new(), 10), 1);
+        assert_eq!(runs(&BTreeSet::from([0]), 10), 2);
+        assert_eq!(runs(&BTreeSet::from([0, 1, 5]), 10), 4);
+        assert_eq!(runs(&BTreeSet::from([9]), 10), 2);
+    }
 
     fn rows_of(selection: &RowSelection) -> Vec<(bool, usize)> {
         selection
