@@ -226,7 +226,7 @@ async fn copied_through_a_workload_and_kill_9(
     let watch = watch.to_string();
     let reads = Arc::new(Mutex::new(Reads::default()));
     let stop_workload = Arc::new(AtomicBool::new(false));
-    let running = workload(&db, watch.clone(), reads.clone(), stop_workload.clone());
+    let running = workload(db, watch.clone(), reads.clone(), stop_workload.clone());
 
     // SIGKILL once a few chunks are committed, in two commits at least (the pace needs two),
     // well before the last
@@ -255,8 +255,8 @@ async fn copied_through_a_workload_and_kill_9(
     );
 
     // the lake says how far the copy got, with the writer down as well
-    let status = command_ok(&db, &["status"], &[]);
-    let committed = lake_copy_progress(&db, "joined")
+    let status = command_ok(db, &["status"], &[]);
+    let committed = lake_copy_progress(db, "joined")
         .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
         .and_then(|p| p["chunks"].as_u64())
         .expect("the lake holds the copy's progress after the kill");
@@ -269,12 +269,12 @@ async fn copied_through_a_workload_and_kill_9(
     );
     // with its pace and the time it has left, the same in JSON, from the lake alone
     let report: serde_json::Value =
-        serde_json::from_str(&command_ok(&db, &["status", "--json"], &[])).expect("status JSON");
+        serde_json::from_str(&command_ok(db, &["status", "--json"], &[])).expect("status JSON");
     let joined = report["tables"]
         .as_array()
         .and_then(|t| {
             t.iter()
-                .find(|t| t["table"].as_str() == Some(&lake_name(&db)))
+                .find(|t| t["table"].as_str() == Some(&lake_name(db)))
         })
         .unwrap_or_else(|| panic!("no joined table in status --json: {report}"));
     let rate = joined["copy_rows_per_second"].as_f64().unwrap_or(0.0);
@@ -292,11 +292,11 @@ async fn copied_through_a_workload_and_kill_9(
     );
 
     // a compaction mid-copy keeps the progress (it reads as the head of lakewriter's commits)
-    let before = lake_copy_progress(&db, "joined");
-    let compacted = command_ok(&db, &["compact"], &[]);
+    let before = lake_copy_progress(db, "joined");
+    let compacted = command_ok(db, &["compact"], &[]);
     println!("compact mid-copy: {compacted}");
     assert_eq!(
-        lake_copy_progress(&db, "joined"),
+        lake_copy_progress(db, "joined"),
         before,
         "compact dropped the copy's progress: {compacted}"
     );
@@ -305,7 +305,7 @@ async fn copied_through_a_workload_and_kill_9(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut writer = start_with(db, settings);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while lake_copy_progress(&db, "joined").is_some() {
+    while lake_copy_progress(db, "joined").is_some() {
         if let Ok(Some(status)) = writer.try_wait() {
             panic!("lakewriter exited early with {status}: {}", log_of(writer));
         }
@@ -320,7 +320,7 @@ async fn copied_through_a_workload_and_kill_9(
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop_workload.store(true, Ordering::Relaxed);
     let rounds = running.await.expect("the workload");
-    caught_up(&db, &mut writer).await;
+    caught_up(db, &mut writer).await;
     let log = stop(writer);
     assert!(
         log.contains("resuming the table's chunked copy after its last committed chunk"),
@@ -364,7 +364,7 @@ async fn copied_through_a_workload_and_kill_9(
 
     assert_eq!(
         duck_query(
-            &db,
+            db,
             "joined",
             "SELECT count(*) - count(DISTINCT id) FROM {scan}"
         ),
@@ -372,11 +372,11 @@ async fn copied_through_a_workload_and_kill_9(
         "duplicated keys in the lake"
     );
     let lake = duck_query(
-        &db,
+        db,
         "joined",
         "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
     );
-    let postgres = joined_in_postgres(&db).await;
+    let postgres = joined_in_postgres(db).await;
     assert_same_lines("joined", &lake, &postgres, &log);
     command_ok(db, &["verify"], &[]);
     client

@@ -350,7 +350,7 @@ mod tests {
         .expect("a batch");
         let file = std::fs::File::create(path).expect("create");
         let properties = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_size(1000)
+            .set_max_row_group_row_count(Some(1000))
             .build();
         let mut writer =
             parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(properties))
