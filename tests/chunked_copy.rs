@@ -231,18 +231,26 @@ async fn copied_through_a_workload_and_kill_9(
     // SIGKILL once a few chunks are committed, in two commits at least (the pace needs two),
     // well before the last
     let (writer, seen) = wait_for_chunks(db, writer, "joined", 3).await;
-    let (writer, killed_at) = wait_for_chunks(db, writer, "joined", seen + 1).await;
-    let first_log = log_of(writer);
-    // the stream went on meanwhile: orders took the workload's changes before the copy ended
-    let streamed = duck_query(
+    // the stream goes on meanwhile: orders takes the workload's changes while joined is being
+    // copied (the copy still under way at the kill below is asserted after it)
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while duck_query(
         db,
         "orders",
         "SELECT count(*) FROM {scan} WHERE status LIKE 'r%'",
-    );
-    assert!(
-        streamed.first().is_some_and(|n| n != "0"),
-        "orders took no change while joined was being copied: {first_log}"
-    );
+    )
+    .first()
+    .is_none_or(|n| n == "0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "orders took no change while joined was being copied: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (writer, killed_at) = wait_for_chunks(db, writer, "joined", seen + 1).await;
+    let first_log = log_of(writer);
     assert!(
         first_log.contains("copying the table in chunks beside the stream"),
         "the table was not copied in chunks: {first_log}"

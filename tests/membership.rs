@@ -78,10 +78,7 @@ async fn lake_equals_postgres(db: &TestDb, writer: &mut Writer, table: &str) {
         if Instant::now() >= deadline {
             let lake = lake_rows(db, table);
             let _ = writer.kill();
-            let mut log = String::new();
-            if let Some(mut stderr) = writer.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
-            }
+            let log = writer.log();
             panic!(
                 "lake table {table} never equalled PostgreSQL: lake {lake:?}, PostgreSQL \
                  {expected:?}; the writer's log:\n{log}"

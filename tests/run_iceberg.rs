@@ -265,15 +265,8 @@ async fn a_schema_change_the_lake_cannot_take_stops_that_table_only() {
 
     // with stop_all, the same change stops the run, and nothing of a or b is lost
     let child = start_with(&db, &[("SINK__ON_TABLE_ERROR", "stop_all")]);
-    let output = child
-        .into_child()
-        .wait_with_output()
-        .expect("wait for lakewriter");
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "stop_all must fail the run: {log}"
-    );
+    let (status, log) = child.wait_with_log();
+    assert!(!status.success(), "stop_all must fail the run: {log}");
     assert!(log.contains("column v"), "{log}");
     assert_eq!(
         duck_query(&db, "a", "SELECT id, v FROM {scan} ORDER BY id"),

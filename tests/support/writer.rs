@@ -27,38 +27,69 @@ pub fn write_config(db: &TestDb, extra: &str) -> std::path::PathBuf {
 }
 
 /// A running `lakewriter run`, killed if the test panics before stopping it (so no writer
-/// outlives its test).
+/// outlives its test). Its log goes to a file of its own: a pipe nobody reads until the end
+/// fills (64 KiB) and stops a writer that logs more in the middle of its line.
 #[derive(Debug)]
-pub struct Writer(Option<Child>);
+pub struct Writer {
+    child: Option<Child>,
+    log: Option<tempfile::NamedTempFile>,
+}
 
 impl Writer {
     /// Takes care of `child`: it is killed if the test panics before stopping it.
     pub fn from_child(child: Child) -> Self {
-        Writer(Some(child))
+        Writer {
+            child: Some(child),
+            log: None,
+        }
     }
 
-    /// The process, no longer killed on drop.
+    /// The process, no longer killed on drop (its log, if in a file, is not in its output).
     pub fn into_child(mut self) -> Child {
-        self.0.take().expect("the writer is running")
+        self.child.take().expect("the writer is running")
+    }
+
+    /// What the writer logged so far (from its log file; empty for a writer whose stderr the
+    /// caller set up).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|f| std::fs::read(f.path()).ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits for the writer to exit: its exit status and everything it logged.
+    pub fn wait_with_log(mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("the writer is running");
+        if self.log.is_none() {
+            let output = child.wait_with_output().expect("wait for lakewriter");
+            return (
+                output.status,
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            );
+        }
+        let status = child.wait().expect("wait for lakewriter");
+        (status, self.log())
     }
 }
 
 impl Deref for Writer {
     type Target = Child;
     fn deref(&self) -> &Child {
-        self.0.as_ref().expect("the writer is running")
+        self.child.as_ref().expect("the writer is running")
     }
 }
 
 impl DerefMut for Writer {
     fn deref_mut(&mut self) -> &mut Child {
-        self.0.as_mut().expect("the writer is running")
+        self.child.as_mut().expect("the writer is running")
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
+        if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -102,12 +133,10 @@ pub fn command_ok(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> Stri
 /// Stops the writer the way a service manager does (SIGTERM), asserts it exited 0, and
 /// returns its log.
 pub fn stop(child: Writer) -> String {
-    let child = child.into_child();
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
-    let output = child.wait_with_output().expect("wait for lakewriter");
-    let log = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "lakewriter run failed: {log}");
+    let (status, log) = child.wait_with_log();
+    assert!(status.success(), "lakewriter run failed: {log}");
     log
 }
 
@@ -288,7 +317,9 @@ pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Writer {
 
 /// [`start_with`], with the environment variables `env` set too (secrets a config names).
 pub fn start_with_env(db: &TestDb, settings: &[(&str, &str)], env: &[(&str, &str)]) -> Writer {
-    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+    let log = tempfile::NamedTempFile::new().expect("a log file for lakewriter run");
+    let stderr = log.reopen().expect("open the log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
         .args(["run", "--config"])
         .arg(config_path(db))
         .envs(
@@ -300,10 +331,13 @@ pub fn start_with_env(db: &TestDb, settings: &[(&str, &str)], env: &[(&str, &str
         // the default filter, as a user runs it
         .env_remove("LAKEWRITER_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
-        .map(|child| Writer(Some(child)))
-        .expect("start lakewriter run")
+        .expect("start lakewriter run");
+    Writer {
+        child: Some(child),
+        log: Some(log),
+    }
 }
 
 /// Waits until DuckDB reads `expected` from `query` over lake table `name`.
@@ -412,10 +446,9 @@ pub async fn crash_and_restart_env(
         let wait = 300 + random.next(wait_ms);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         if let Ok(Some(status)) = child.try_wait() {
-            let output = child.into_child().wait_with_output().expect("output");
             panic!(
                 "round {round}: lakewriter exited by itself with {status}: {}",
-                String::from_utf8_lossy(&output.stderr)
+                child.wait_with_log().1
             );
         }
         child.kill().expect("SIGKILL");
@@ -430,11 +463,9 @@ pub async fn crash_and_restart_env(
 }
 
 /// Kills `writer` (if still running) and returns what it logged.
-pub fn log_of(writer: Writer) -> String {
-    let mut child = writer.into_child();
-    let _ = child.kill();
-    let output = child.wait_with_output().expect("wait for lakewriter");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+pub fn log_of(mut writer: Writer) -> String {
+    let _ = writer.kill();
+    writer.wait_with_log().1
 }
 
 /// Panics, naming up to ten rows only the lake holds and ten only PostgreSQL holds, and the
