@@ -586,10 +586,7 @@ async fn a_glue_outage_after_a_delta_commit_keeps_the_commit_and_a_restart_regis
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
-    let mut log = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
-    }
+    let log = child.log();
     drop(child);
     let Some(status) = status else {
         panic!("lakewriter kept running without Glue: {}", plain(&log));
