@@ -356,6 +356,13 @@ struct Lake {
 }
 
 impl Lake {
+    /// Writes this lake with `delete_mode = "position"`, its key index beside it.
+    fn position_deletes(&mut self) {
+        let mut config = (*self.config).clone();
+        config.sink.delete_mode = Some(lakewriter::config::DeleteMode::Position);
+        config.sink.key_index.dir = self.warehouse.join("key-index");
+        self.config = Arc::new(config);
+    }
     /// A lake of `db` in `root/name`, streaming `slot`; `extra` is appended to the config.
     fn new(db: &TestDb, root: &Path, name: &str, slot: &str, extra: &str) -> Lake {
         let warehouse = root.join(name);
@@ -807,10 +814,7 @@ impl Workload {
             );
             // the position-delete lakes come last, each with its key index beside it
             if run >= args.runs * masked_sides {
-                let mut config = (*lake.config).clone();
-                config.sink.delete_mode = Some(lakewriter::config::DeleteMode::Position);
-                config.sink.key_index.dir = lake.warehouse.join("key-index");
-                lake.config = Arc::new(config);
+                lake.position_deletes();
             }
             let copied = run_until(
                 &lake,
@@ -1838,10 +1842,7 @@ async fn deletes_bench(root: &Path, args: &Args) {
             "[flush]\nmax_latency = \"1s\"\n",
         );
         if position {
-            let mut config = (*lake.config).clone();
-            config.sink.delete_mode = Some(lakewriter::config::DeleteMode::Position);
-            config.sink.key_index.dir = lake.warehouse.join("key-index");
-            lake.config = Arc::new(config);
+            lake.position_deletes();
         }
         run_until(
             &lake,
@@ -2046,10 +2047,7 @@ async fn rebuild_bench(root: &Path, rows: u64) {
         &format!("{}_rebuild", db.slot),
         "[flush]\nmax_latency = \"1s\"\n",
     );
-    let mut config = (*lake.config).clone();
-    config.sink.delete_mode = Some(lakewriter::config::DeleteMode::Position);
-    config.sink.key_index.dir = lake.warehouse.join("key-index");
-    lake.config = Arc::new(config);
+    lake.position_deletes();
     let copied = run_until(
         &lake,
         "the initial snapshot",

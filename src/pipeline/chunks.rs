@@ -75,7 +75,7 @@ struct Waiting {
 impl Inbox {
     /// `table`'s copy now waits for the reads of `copy` under `attempt` (or none): the chunks
     /// of any other are dropped, and its reading task stops at its next chunk.
-    pub(super) fn expect(&self, table: &TableId, read: Option<(String, u32)>) {
+    pub(super) fn wait_for(&self, table: &TableId, read: Option<(String, u32)>) {
         if let Ok(mut waiting) = self.waiting.lock() {
             let entry = waiting.entry(table.clone()).or_default();
             entry.chunks.clear();
@@ -489,7 +489,7 @@ impl<S: Sink> Pipeline<S> {
             // the emptying commit is past the request: a restart no longer needs it
             state.resync = None;
             state.clear_buffer();
-            self.chunk_inbox.expect(table, None);
+            self.chunk_inbox.wait_for(table, None);
             state.copy = Some(copy);
         }
     }
@@ -506,7 +506,7 @@ impl<S: Sink> Pipeline<S> {
                     && s.copy.as_ref().is_some_and(|c| c.in_flight)
             });
             if !reading {
-                self.chunk_inbox.expect(&table, None);
+                self.chunk_inbox.wait_for(&table, None);
             }
         }
         let mut requests = Vec::new();
@@ -523,7 +523,7 @@ impl<S: Sink> Pipeline<S> {
             copy.in_flight = true;
             copy.low_seen = false;
             self.chunk_inbox
-                .expect(table, Some((copy.id.clone(), copy.attempt)));
+                .wait_for(table, Some((copy.id.clone(), copy.attempt)));
             requests.push(ChunkRequest {
                 table: table.clone(),
                 id: ReadId(copy.id.clone(), copy.attempt),
@@ -564,7 +564,7 @@ impl<S: Sink> Pipeline<S> {
         copy.in_flight = false;
         copy.attempt += 1;
         copy.failures += 1;
-        self.chunk_inbox.expect(table, None);
+        self.chunk_inbox.wait_for(table, None);
         if copy.failures > READ_ATTEMPTS || !error.is_retryable() {
             let error = Error::Source {
                 message: format!(
@@ -660,7 +660,7 @@ impl<S: Sink> Pipeline<S> {
             // the chunk is read again, and the ones read ahead of it
             copy.in_flight = false;
             copy.attempt += 1;
-            self.chunk_inbox.expect(table, None);
+            self.chunk_inbox.wait_for(table, None);
             return Ok(());
         };
         let mut kept = 0usize;

@@ -662,7 +662,7 @@ async fn a_reading_task_waits_while_its_window_is_full_and_stops_when_replaced()
     assert!(room(3).await, "a wider window has room");
     // another attempt is expected now: the waiting task is told to stop
     let waiting = room(2);
-    inbox.expect(&request.table, Some((copy.clone(), attempt + 1)));
+    inbox.wait_for(&request.table, Some((copy.clone(), attempt + 1)));
     assert!(!waiting.await, "the replaced read stops");
 }
 
