@@ -19,15 +19,39 @@ use support::writer::{
     stop, wait_for_chunks,
 };
 
-/// Rows of the joining table, and rows per chunk: a copy of 60 chunks.
-const ROWS: i64 = 120_000;
-const CHUNK_ROWS: i64 = 2_000;
+/// Rows of the joining table, and rows per chunk: a copy of 60 chunks in the suite. A longer
+/// run by hand sets both, e.g. `LAKEWRITER_TEST_COPY_ROWS=2000000
+/// LAKEWRITER_TEST_CHUNK_ROWS=20000` (100 chunks of the issue's 2 M rows).
+fn rows() -> i64 {
+    knob("LAKEWRITER_TEST_COPY_ROWS", 120_000)
+}
 
-/// Chunks of `CHUNK_ROWS`, and the copy's progress in the log every second.
-const SETTINGS: &[(&str, &str)] = &[
-    ("SOURCE__SNAPSHOT_CHUNK_ROWS", "2000"),
-    ("METRICS__PROGRESS_INTERVAL", "1s"),
-];
+fn chunk_rows() -> i64 {
+    knob("LAKEWRITER_TEST_CHUNK_ROWS", 2_000)
+}
+
+fn knob(name: &str, default: i64) -> i64 {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("{name}={value}: not a positive number")),
+        Err(_) => default,
+    }
+}
+
+/// Chunks of `chunk_rows()`, and the copy's progress in the log every second.
+fn settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("SOURCE__SNAPSHOT_CHUNK_ROWS", chunk_rows().to_string()),
+        ("METRICS__PROGRESS_INTERVAL", "1s".to_string()),
+    ]
+}
+
+fn as_pairs<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    settings.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
 
 /// The low watermarks of `joined`'s chunks in the WAL, by chunk number, and the chunk read
 /// last: read (and consumed) from the test's `test_decoding` slot.
@@ -81,7 +105,7 @@ fn workload(
             drain_watermarks(&client, &watch, &reads).await;
             let chunk = reads.lock().expect("reads").latest.unwrap_or(0) as i64;
             // the keys of the chunk being read, and of the next (deletes shift the bounds)
-            let low = chunk * CHUNK_ROWS;
+            let low = chunk * chunk_rows();
             let sql = format!(
                 "BEGIN;
                  UPDATE joined SET v = v + 1, note = 'u{round}'
@@ -104,8 +128,8 @@ fn workload(
                    ON CONFLICT (id) DO NOTHING;
                  UPDATE orders SET status = 'r{round}' WHERE order_id = 1 + {round} % 500;
                  COMMIT;",
-                span = 2 * CHUNK_ROWS,
-                all = ROWS,
+                span = 2 * chunk_rows(),
+                all = rows(),
             );
             client.batch_execute(&sql).await.expect("a workload round");
             round += 1;
@@ -148,14 +172,15 @@ async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
-/// Creates the `joined` table with its `ROWS` rows, and the test's `test_decoding` slot that
+/// Creates the `joined` table with its `rows()` rows, and the test's `test_decoding` slot that
 /// counts the chunks' watermarks; the slot's name.
 async fn create_joined(db: &TestDb, client: &tokio_postgres::Client) -> String {
     client
         .batch_execute(&format!(
             "CREATE TABLE joined (id int PRIMARY KEY, v int NOT NULL, note text);
-             INSERT INTO joined SELECT g, g, 'n' || g FROM generate_series(1, {ROWS}) g;
-             ANALYZE joined;"
+             INSERT INTO joined SELECT g, g, 'n' || g FROM generate_series(1, {rows}) g;
+             ANALYZE joined;",
+            rows = rows()
         ))
         .await
         .expect("create joined");
@@ -174,7 +199,8 @@ async fn create_joined(db: &TestDb, client: &tokio_postgres::Client) -> String {
 async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_postgres() {
     let db = TestDb::new("chunked_copy").await;
     db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
-    let mut writer = start_with(&db, SETTINGS);
+    let settings = settings();
+    let mut writer = start_with(&db, &as_pairs(&settings));
     caught_up(&db, &mut writer).await;
 
     let client = db.client().await;
@@ -186,7 +212,7 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
         ))
         .await
         .expect("publish joined");
-    copied_through_a_workload_and_kill_9(&db, writer, &watch, SETTINGS).await;
+    copied_through_a_workload_and_kill_9(&db, writer, &watch, &as_pairs(&settings)).await;
 }
 
 #[tokio::test]
@@ -195,7 +221,8 @@ async fn a_first_start_with_initial_copy_chunked_copies_beside_the_stream_throug
     db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
     let client = db.client().await;
     let watch = create_joined(&db, &client).await;
-    let mut settings = SETTINGS.to_vec();
+    let settings = settings();
+    let mut settings = as_pairs(&settings);
     settings.push(("SOURCE__INITIAL_COPY", "chunked"));
     let writer = start_with(&db, &settings);
     let (first, _) = copied_through_a_workload_and_kill_9(&db, writer, &watch, &settings).await;
@@ -268,7 +295,7 @@ async fn copied_through_a_workload_and_kill_9(
         .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
         .and_then(|p| p["chunks"].as_u64())
         .expect("the lake holds the copy's progress after the kill");
-    let expected = format!("(chunk {committed}/{}, ", ROWS / CHUNK_ROWS);
+    let expected = format!("(chunk {committed}/{}, ", rows() / chunk_rows());
     assert!(
         status
             .lines()
@@ -312,7 +339,7 @@ async fn copied_through_a_workload_and_kill_9(
     // the restarted writer resumes after the last committed chunk, under the same workload
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut writer = start_with(db, settings);
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(300 + rows() as u64 / 2_000);
     while lake_copy_progress(db, "joined").is_some() {
         if let Ok(Some(status)) = writer.try_wait() {
             panic!("lakewriter exited early with {status}: {}", log_of(writer));
@@ -361,7 +388,7 @@ async fn copied_through_a_workload_and_kill_9(
         .expect("count joined")
         .get(0);
     assert!(
-        chunks >= (left / CHUNK_ROWS) as u64
+        chunks >= (left / chunk_rows()) as u64
             && chunks > killed_at
             && by_chunk.keys().copied().eq(0..chunks),
         "the WAL shows {chunks} chunks read, {left} rows left: {by_chunk:?}"
