@@ -442,6 +442,7 @@ async fn deleted_keys(
     deleted: &DeletedPositions,
 ) -> Result<(DataFrame, usize)> {
     let schema = key_schema(name, table)?;
+    let keys: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let mut batches = Vec::new();
     let mut files = 0;
     for data in deleted.data_files() {
@@ -449,7 +450,7 @@ async fn deleted_keys(
             continue;
         };
         files += 1;
-        let reader = read_data_file(io, data, rows, Keep::Only)
+        let reader = read_data_file(io, data, rows, Keep::Only, Some(&keys))
             .await
             .map_err(|e| sink_error(name, format!("read the rows position deletes name: {e}")))?;
         for batch in reader {

@@ -17,17 +17,21 @@
 //! column name: columns added since a file was written read as null, widened ones are cast.
 //! It reads through the catalog, never around it: the file list is the snapshot's manifests.
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use datafusion::catalog::MemorySchemaProvider;
-use datafusion::catalog::streaming::StreamingTable;
+use async_trait::async_trait;
+use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
 use datafusion::common::{DataFusionError, JoinType};
+use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::LexOrdering;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, col, lit};
 use futures::TryStreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
@@ -368,22 +372,20 @@ async fn read_without(
     files: Vec<(&LiveFile, Arc<BTreeSet<u64>>)>,
     schema: &SchemaRef,
 ) -> Result<Option<DataFrame>> {
-    let mut groups: BTreeMap<(i64, &str), Vec<Arc<dyn PartitionStream>>> = BTreeMap::new();
+    let mut groups: BTreeMap<(i64, &str), Vec<(String, Arc<BTreeSet<u64>>)>> = BTreeMap::new();
     for (file, removed) in files {
         groups
             .entry((file.sequence, file.partition.as_str()))
             .or_default()
-            .push(Arc::new(LiveRows {
-                io: io.clone(),
-                path: file.path.clone(),
-                removed,
-                schema: schema.clone(),
-            }));
+            .push((file.path.clone(), removed));
     }
     let mut frame: Option<DataFrame> = None;
-    for ((sequence, partition), streams) in groups {
-        let table = StreamingTable::try_new(schema.clone(), streams)
-            .map_err(|e| df_error(name, "plan the files with position deletes", e))?;
+    for ((sequence, partition), files) in groups {
+        let table = WithoutPositions {
+            io: io.clone(),
+            files,
+            schema: schema.clone(),
+        };
         let group = ctx
             .read_table(Arc::new(table))
             .map_err(|e| df_error(name, "read data files", e))?
@@ -400,8 +402,68 @@ async fn read_without(
     Ok(frame)
 }
 
+/// Data files with the rows at their positions left out, as one table: a scan reads only the
+/// columns the query projects, each file a partition of its own (read side by side).
+#[derive(Debug)]
+struct WithoutPositions {
+    io: FileIO,
+    /// Each file's path and the positions left out of it.
+    files: Vec<(String, Arc<BTreeSet<u64>>)>,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for WithoutPositions {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let schema = match projection {
+            Some(columns) => Arc::new(self.schema.project(columns)?),
+            None => self.schema.clone(),
+        };
+        let streams = self
+            .files
+            .iter()
+            .map(|(path, removed)| {
+                Arc::new(LiveRows {
+                    io: self.io.clone(),
+                    path: path.clone(),
+                    removed: removed.clone(),
+                    schema: schema.clone(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        let plan = StreamingTableExec::try_new(
+            schema,
+            streams,
+            None,
+            Vec::<LexOrdering>::new(),
+            false,
+            limit,
+        )?;
+        Ok(Arc::new(plan))
+    }
+}
+
 /// The live rows of one data file that position deletes apply to, read by column name into
-/// the table's current schema as DataFusion consumes them.
+/// `schema` (the table's current schema, or the part of it a query projects) as DataFusion
+/// consumes them: only those columns are decoded.
 #[derive(Debug)]
 struct LiveRows {
     io: FileIO,
@@ -423,7 +485,8 @@ impl PartitionStream for LiveRows {
             self.schema.clone(),
         );
         let open = async move {
-            let reader = read_data_file(&io, &path, &removed, Keep::AllBut)
+            let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+            let reader = read_data_file(&io, &path, &removed, Keep::AllBut, Some(&columns))
                 .await
                 .map_err(DataFusionError::Execution)?;
             let batches = reader.map(move |batch| {

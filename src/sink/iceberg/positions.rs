@@ -18,6 +18,7 @@ use arrow::datatypes::DataType;
 use arrow::error::ArrowError;
 use bytes::Bytes;
 use iceberg::io::FileIO;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
@@ -61,11 +62,18 @@ impl DeletedPositions {
                 if files.is_null(row) || positions.is_null(row) {
                     return Err(format!("{path}: row {row} has no file_path or no pos"));
                 }
-                deleted
-                    .files
-                    .entry(files.value(row).to_string())
-                    .or_default()
-                    .insert(positions.value(row));
+                // rows come sorted by path: an allocation per data file, not per row
+                let (file, position) = (files.value(row), positions.value(row));
+                match deleted.files.get_mut(file) {
+                    Some(set) => {
+                        set.insert(position);
+                    }
+                    None => {
+                        deleted
+                            .files
+                            .insert(file.to_string(), BTreeSet::from([position]));
+                    }
+                }
             }
         }
         Ok(deleted)
@@ -210,14 +218,28 @@ pub type DataRows = Box<dyn Iterator<Item = Result<RecordBatch, ArrowError>> + S
 const ROWS_PER_RUN: u64 = 64;
 
 /// The rows of the data file at `path` that `keep` picks by `positions`, as a reader that
-/// decodes them batch by batch (in the file's own schema).
+/// decodes them batch by batch (in the file's own schema). With `columns`, only the top-level
+/// columns of those names that the file has are decoded (none at all reads only row counts).
 pub async fn read_data_file(
     file_io: &FileIO,
     path: &str,
     positions: &BTreeSet<u64>,
     keep: Keep,
+    columns: Option<&[String]>,
 ) -> Result<DataRows, String> {
-    let builder = open(file_io, path).await?;
+    let mut builder = open(file_io, path).await?;
+    if let Some(columns) = columns {
+        let roots: Vec<usize> = builder
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| columns.iter().any(|c| c == f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder = builder.with_projection(mask);
+    }
     let rows = u64::try_from(builder.metadata().file_metadata().num_rows())
         .map_err(|_| format!("{path}: a negative row count"))?;
     if runs(positions, rows) * ROWS_PER_RUN <= rows {
@@ -363,7 +385,7 @@ mod tests {
         use arrow::array::Int64Array;
         let io = FileIO::new_with_fs();
         let mut out = Vec::new();
-        for batch in read_data_file(&io, path, positions, keep)
+        for batch in read_data_file(&io, path, positions, keep, None)
             .await
             .expect("read")
         {
@@ -404,6 +426,37 @@ mod tests {
         assert_eq!(runs(&BTreeSet::from([0]), 10), 2);
         assert_eq!(runs(&BTreeSet::from([0, 1, 5]), 10), 4);
         assert_eq!(runs(&BTreeSet::from([9]), 10), 2);
+    }
+
+    #[tokio::test]
+    async fn a_projection_decodes_only_its_columns_and_keeps_the_row_counts() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("numbers.parquet");
+        numbers_file(&path, 5000);
+        let path = path.display().to_string();
+        let io = FileIO::new_with_fs();
+        let scattered: BTreeSet<u64> = (0..5000).filter(|n| n % 3 == 0).collect();
+        let clustered: BTreeSet<u64> = (1000..1500).collect();
+        for positions in [&scattered, &clustered] {
+            let kept = 5000 - positions.len();
+            // no column (what `count(*)` asks for), a column the file lacks, and `n`
+            for (columns, width) in [
+                (vec![], 0),
+                (vec!["gone".to_string()], 0),
+                (vec!["n".to_string()], 1),
+            ] {
+                let mut rows = 0;
+                for batch in read_data_file(&io, &path, positions, Keep::AllBut, Some(&columns))
+                    .await
+                    .expect("read")
+                {
+                    let batch = batch.expect("a batch");
+                    assert_eq!(batch.num_columns(), width, "{columns:?}");
+                    rows += batch.num_rows();
+                }
+                assert_eq!(rows, kept, "{columns:?}");
+            }
+        }
     }
 
     fn rows_of(selection: &RowSelection) -> Vec<(bool, usize)> {
