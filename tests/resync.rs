@@ -5,7 +5,8 @@
 //! streamed again, is not taken up twice); a second request during the copy is ignored; and
 //! the lake then equals PostgreSQL (`verify`, DuckDB). `resync` refuses a table the writer
 //! does not stream and one without a key, naming it, and with no writer running says the
-//! next start takes the request up.
+//! next start takes the request up. A table `on_table_error = "suspend_table"` set aside,
+//! while running or at the start, is copied again online by a resync.
 
 mod support;
 
@@ -300,6 +301,98 @@ async fn a_table_suspended_while_running_is_copied_again_online_on_resync() {
     );
     assert!(
         log.contains("resync requested for a table stopped by an error")
+            && log.contains("copying the table in chunks beside the stream"),
+        "the suspended table was not copied again in chunks: {log}"
+    );
+    let lake = duck_query(&db, "a", "SELECT id || '|' || v FROM {scan} ORDER BY id");
+    let postgres = rows(&db, "SELECT id::text || '|' || v FROM a ORDER BY id").await;
+    assert_same_lines("a", &lake, &postgres, &log);
+    assert_eq!(postgres.len(), 5940);
+    command_ok(&db, &["verify"], &[]);
+}
+
+#[tokio::test]
+async fn a_table_suspended_at_the_start_is_copied_again_online_on_resync() {
+    let db = TestDb::new("resync_suspended_start").await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO a SELECT g, g FROM generate_series(1, 6000) g;
+             CREATE TABLE b (id int PRIMARY KEY, v text);
+             INSERT INTO b VALUES (1, 'one');",
+        )
+        .await
+        .expect("create the tables");
+    let settings: &[(&str, &str)] = &[
+        ("SINK__ON_TABLE_ERROR", "suspend_table"),
+        ("SOURCE__SNAPSHOT_CHUNK_ROWS", "500"),
+    ];
+    let mut writer = start_with(&db, settings);
+    caught_up(&db, &mut writer).await;
+    stop(writer);
+
+    // int to text while the writer is down: its next start cannot prepare table a and
+    // suspends it; b goes on
+    client
+        .batch_execute(
+            "ALTER TABLE a ALTER COLUMN v TYPE text USING 'v' || v;
+             UPDATE a SET v = 'ten' WHERE id = 10;
+             DELETE FROM a WHERE id % 100 = 0;",
+        )
+        .await
+        .expect("change a");
+    let mut writer = start_with(&db, settings);
+    client
+        .batch_execute("INSERT INTO b VALUES (2, 'two');")
+        .await
+        .expect("change b");
+    let b_rows = "SELECT id, v FROM {scan} ORDER BY id";
+    lake_shows(&db, &mut writer, "b", b_rows, &["1|one", "2|two"]).await;
+    assert_eq!(
+        lake_checkpoint(&db, "a"),
+        None,
+        "the suspended table is not marked incomplete"
+    );
+
+    // the fix: copy it again, online, without a restart, while b keeps committing
+    let asked = command_ok(&db, &["resync", "--table", "public.a"], settings);
+    assert!(asked.contains("asked to copy public.a again"), "{asked}");
+    client
+        .batch_execute(
+            "UPDATE a SET v = 'changed' WHERE id = 4000; INSERT INTO b VALUES (3, 'three');",
+        )
+        .await
+        .expect("change a and b again");
+    lake_shows(
+        &db,
+        &mut writer,
+        "b",
+        b_rows,
+        &["1|one", "2|two", "3|three"],
+    )
+    .await;
+    // copied: the lake table has a checkpoint again and no copy under way
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while lake_checkpoint(&db, "a").is_none() || lake_copy_progress(&db, "a").is_some() {
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "table a was never copied again: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    caught_up(&db, &mut writer).await;
+    let log = stop(writer);
+    assert!(
+        log.contains("the table is suspended"),
+        "the table was not suspended at the start: {log}"
+    );
+    assert!(
+        log.contains("resync requested for a table suspended at the start")
             && log.contains("copying the table in chunks beside the stream"),
         "the suspended table was not copied again in chunks: {log}"
     );

@@ -5,7 +5,7 @@
 //! from the periodic membership check, a table that rejoined the publication or was created
 //! again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::lsn::Lsn;
 use crate::masking::Masking;
 use crate::pipeline::acknowledge::Acknowledger;
 use crate::pipeline::chunks::{self, ChunkedCopy};
+use crate::pipeline::is_table_error;
 use crate::pipeline::membership;
 use crate::pipeline::{Pipeline, TableState, changelog};
 use crate::progress::Progress;
@@ -42,9 +43,23 @@ pub(super) async fn copy_joined<S: Sink>(
         return Ok(());
     }
     for table in pipeline.take_discovered() {
-        let membership = match start_chunked(config, control, pipeline, &table).await? {
-            Some(membership) => membership,
-            None => copy_discovered(config, control, pipeline, &table).await?,
+        let copied = match start_chunked(config, control, pipeline, &table).await {
+            Ok(Some(membership)) => Ok(membership),
+            Ok(None) => copy_discovered(config, control, pipeline, &table).await,
+            Err(e) => Err(e),
+        };
+        let membership = match copied {
+            Ok(membership) => membership,
+            Err(e) if is_table_error(&e) => {
+                // the lake refused the table (its preparation or copy failed): stopped or
+                // suspended as `[sink] on_table_error` says, or the run stops; a resync
+                // after the fix takes it up again
+                let at = pipeline.received();
+                pipeline.table_failed(&table, at, e).await?;
+                pipeline.copy_abandoned(&table);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         // copied (which lets a resync request go), or gone from the catalog (nothing left to
         // copy, at the next start either); a copy that failed returned above, holding it
@@ -173,7 +188,6 @@ pub(super) async fn check_membership<S: Sink>(
     control: &mut connection::Session,
     pipeline: &mut Pipeline<S>,
     acknowledger: &mut Acknowledger,
-    suspended: &HashSet<TableId>,
 ) -> Result<()> {
     // a session the server ended is reopened here only briefly: a long outage is the
     // stream's to wait out, and the check comes again
@@ -224,7 +238,7 @@ pub(super) async fn check_membership<S: Sink>(
     }
     let mut joined: Vec<TableId> = now
         .keys()
-        .filter(|t| !pipeline.tables().contains_key(*t) && !suspended.contains(*t))
+        .filter(|t| !pipeline.tables().contains_key(*t) && !pipeline.suspended().contains(*t))
         .cloned()
         .collect();
     joined.sort();

@@ -32,7 +32,7 @@ pub mod spill;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -222,6 +222,10 @@ pub struct Pipeline<S: Sink> {
     chunk_inbox: chunks::ChunkInbox,
     /// Where chunked copies report their progress.
     progress: Progress,
+    /// Tables `[sink] on_table_error = "suspend_table"` set aside at the start (their
+    /// preparation failed): not streamed. A resync request takes one up as a table that
+    /// joins the publication.
+    suspended: HashSet<TableId>,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -248,8 +252,20 @@ impl<S: Sink> Pipeline<S> {
             masking: Masking::none(),
             chunk_inbox: Default::default(),
             progress: Progress::new(config.metrics.progress_interval.get()),
+            suspended: HashSet::new(),
             config,
         }
+    }
+
+    /// Sets the tables suspended at the start (see [`Pipeline::suspended`]).
+    pub fn set_suspended(&mut self, tables: HashSet<TableId>) {
+        self.suspended = tables;
+    }
+
+    /// Tables suspended at the start and not taken up since: the membership check leaves
+    /// them out.
+    pub fn suspended(&self) -> &HashSet<TableId> {
+        &self.suspended
     }
 
     /// Sets the column masking policies the copies of joining tables apply.
@@ -346,9 +362,20 @@ impl<S: Sink> Pipeline<S> {
     /// replaces what the lake holds; a table that fails again stops again). A request the lake
     /// already took up (a restart streams it again, below the checkpoint of the copy it
     /// started), one for a table being copied (that copy ends equal to PostgreSQL too), and one
-    /// for a table this run does not stream are logged and ignored.
+    /// for a table this run does not stream are logged and ignored. A table suspended at the
+    /// start leaves [`Pipeline::suspended`], so the next membership check takes it up as a
+    /// table that joined (a restart before then copies it anyway: it is marked incomplete).
     fn resync(&mut self, tables: Vec<TableId>, commit_lsn: Lsn) {
         for table in tables {
+            if !self.tables.contains_key(&table) && self.suspended.remove(&table) {
+                tracing::info!(
+                    table = %table,
+                    lsn = %commit_lsn,
+                    "resync requested for a table suspended at the start: it joins the stream \
+                     again and is copied beside it"
+                );
+                continue;
+            }
             let Some(state) = self.tables.get(&table) else {
                 tracing::warn!(
                     table = %table,
@@ -586,6 +613,9 @@ impl<S: Sink> Pipeline<S> {
         let table = schema.table.clone();
         match self.tables.get_mut(&table) {
             Some(state) => state.schema = schema,
+            // suspended at the start: its changes are not streamed until a resync or a
+            // restart takes it up, as for a table suspended while running
+            None if self.suspended.contains(&table) => {}
             None => self.join(schema),
         }
         Ok(())

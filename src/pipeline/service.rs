@@ -72,7 +72,7 @@ pub async fn run<S: Sink>(
     // Each table: its shape, layout and lake checkpoint.
     let mut states: HashMap<TableId, TableState> = HashMap::new();
     let mut targets: HashMap<TableId, Arc<TableSchema>> = HashMap::new();
-    // suspended by `on_table_error`: copied again at the next start, not while running
+    // suspended by `on_table_error`: copied again at the next start, or by a resync
     let mut suspended: HashSet<TableId> = HashSet::new();
     // the tables a copy could take in chunks beside the stream (`source.initial_copy`)
     let mut chunkable: HashSet<TableId> = HashSet::new();
@@ -181,8 +181,8 @@ pub async fn run<S: Sink>(
                     tracing::error!(
                         table = %table,
                         error = %e,
-                        "the table is suspended: its WAL is released and the next start copies \
-                         it again"
+                        "the table is suspended: its WAL is released and the next start (or a \
+                         `lakewriter resync` of it) copies it again"
                     );
                     sink.mark_incomplete(table).await?;
                     suspended.insert(table.clone());
@@ -456,6 +456,7 @@ pub async fn run<S: Sink>(
     });
     let mut pipeline = Pipeline::new(config.clone(), sink, states, durable_tx.clone());
     pipeline.set_masking(masking.clone());
+    pipeline.set_suspended(suspended);
     for table in &beside {
         pipeline.recopy(table);
     }
@@ -531,7 +532,6 @@ pub async fn run<S: Sink>(
                         &mut control,
                         &mut pipeline,
                         &mut acknowledger,
-                        &suspended,
                     )
                     .await?;
                 }
