@@ -49,6 +49,13 @@
 //!    the same merge-on-read; with `--rebuild-rows N`, then the key index of a table of N
 //!    rows of its own copied into a position lake, rebuilt.
 //!
+//! 6. Key index (only with `--only index`, no PostgreSQL work): the key index of
+//!    `--index-keys` `bigint` keys (default 100 000 000) built directly in flushes of 100 000
+//!    inserts, with a cache of `--index-cache-mib` (default 256, as `[sink]
+//!    key_index_cache`); then 100 flushes of 10 000 updates of random keys (lookup, remove,
+//!    add). The build and update rates, the file's size per key, and this process's peak RSS
+//!    against the budget. 100 M keys take a few minutes and about 20 GB of disk.
+//!
 //! Each side of 1 and 3 runs `--runs` times (default 2), alternating, and keeps its best run;
 //! the CPU seconds shown are this process's (the writer runs in it) or pg_recvlogical's. Rate
 //! ratios are the measured side's rate over the reference's; freshness and memory ratios are
@@ -60,6 +67,7 @@
 //!                             [--spacing SECONDS] [--only LIST] [--format iceberg|delta]
 //!                             [--metrics 1] [--masking 1] [--position 1]
 //!                             [--delete-rows N] [--rebuild-rows N]
+//!                             [--index-keys N] [--index-cache-mib N]
 //! ```
 //!
 //! or the same through `LAKEWRITER_BENCH_SEED_ROWS`, `…_ROUNDS`, `…_BATCH`, `…_SNAPSHOT_ROWS`,
@@ -130,7 +138,14 @@ const MEMORY_SEED_ROWS: u64 = 10_000;
 /// The parts, in the order they run.
 const PARTS: [&str; 4] = ["stream", "freshness", "snapshot", "memory"];
 /// Every part, those run only when `--only` names them included.
-const ALL_PARTS: [&str; 5] = ["stream", "freshness", "snapshot", "memory", "deletes"];
+const ALL_PARTS: [&str; 6] = [
+    "stream",
+    "freshness",
+    "snapshot",
+    "memory",
+    "deletes",
+    "index",
+];
 
 /// Sizes and choices, from arguments or the environment.
 #[derive(Debug, Clone)]
@@ -171,6 +186,11 @@ struct Args {
     /// Rows of a table of its own whose key index the deletes part rebuilds last
     /// (`--rebuild-rows`; 0: none).
     rebuild_rows: u64,
+    /// Keys of the index part's key index (`--index-keys`).
+    index_keys: u64,
+    /// The index part's cache budget, MiB (`--index-cache-mib`; the default of
+    /// `[sink] key_index_cache`).
+    index_cache_mib: u64,
 }
 
 impl Args {
@@ -194,6 +214,8 @@ impl Args {
                 "position",
                 "delete-rows",
                 "rebuild-rows",
+                "index-keys",
+                "index-cache-mib",
             ],
         );
         let only = match options.text("only") {
@@ -230,6 +252,8 @@ impl Args {
             position: options.number("position", 0) > 0,
             delete_rows: options.number("delete-rows", 2_000_000).max(2),
             rebuild_rows: options.number("rebuild-rows", 0),
+            index_keys: options.number("index-keys", 100_000_000).max(1_000_000),
+            index_cache_mib: options.number("index-cache-mib", 256).max(1),
         }
     }
 
@@ -277,6 +301,9 @@ async fn main() {
     }
     if args.runs_part("memory") {
         memory_bench(root.path(), &args).await;
+    }
+    if args.runs_part("index") {
+        index_bench(root.path(), &args);
     }
     println!(
         "\ntotal time {:.1} s; load average {}",
@@ -2076,4 +2103,169 @@ async fn rebuild_bench(root: &Path, rows: u64) {
     drop(sink);
     lake.drop_slot(&db).await;
     lake.remove();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. The key index at scale
+
+/// Keys the index part adds per update: one flush of inserts.
+const INDEX_FLUSH_KEYS: u64 = 100_000;
+/// Rows per data file the index part's keys are spread over.
+const INDEX_FILE_ROWS: u64 = 1_000_000;
+/// Keys per flush of updates in the index part's lookups.
+const INDEX_UPDATE_KEYS: usize = 10_000;
+
+/// The key index of `--index-keys` `bigint` keys (as `orders.order_id`) built directly, in
+/// flushes of 100 000 inserts over data files of 1 000 000 rows, with the cache budget
+/// `--index-cache-mib`; then flushes of 10 000 updates of random keys (each key looked up,
+/// its old row removed, its new one added in a new file), as a stream of updates makes
+/// them. Prints the build and update rates, the file's size, and this process's peak RSS
+/// against the budget.
+fn index_bench(root: &Path, args: &Args) {
+    use arrow::array::{ArrayRef, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use lakewriter::sink::iceberg::key_index::{IndexUpdate, KeyIndex};
+
+    let keys = args.index_keys;
+    let budget = args.index_cache_mib * 1024 * 1024;
+    println!(
+        "\n== The key index of {keys} keys, cache {} MiB ==",
+        args.index_cache_mib
+    );
+    let own = std::process::id();
+    let (_, before) = memory_of(own).unwrap_or_default();
+    let path = root.join("index").join("orders.redb");
+    let key = Arc::new(Schema::new(vec![Field::new(
+        "order_id",
+        DataType::Int64,
+        false,
+    )]));
+    let index = KeyIndex::open(&path, &key, budget as usize).expect("open the key index");
+    let file_name = |n: u64| {
+        format!(
+            "s3://lakewriter-bench/warehouse/sales/orders/data/00000-{n}-3f2c1e4a-7b9d-4e21-\
+             a8c5-2d9e8f1b6c70-00001.parquet"
+        )
+    };
+    let encode = |values: Vec<i64>| {
+        let column: ArrayRef = Arc::new(Int64Array::from(values));
+        let rows = index
+            .converter()
+            .convert_columns(&[column])
+            .expect("encode keys");
+        rows.iter().map(|r| r.data().to_vec()).collect::<Vec<_>>()
+    };
+
+    let started = Instant::now();
+    let cpu_before = cpu_seconds().0;
+    let mut snapshot = 0i64;
+    let mut next = 0u64;
+    while next < keys {
+        let count = INDEX_FLUSH_KEYS.min(keys - next);
+        let encoded = encode((next..next + count).map(|k| k as i64 + 1).collect());
+        let file = next / INDEX_FILE_ROWS;
+        let first = next % INDEX_FILE_ROWS;
+        let update = IndexUpdate {
+            removed: Vec::new(),
+            added: vec![(
+                file_name(file),
+                encoded
+                    .into_iter()
+                    .zip(first..)
+                    .collect::<Vec<(Vec<u8>, u64)>>(),
+            )],
+            removed_files: Vec::new(),
+        };
+        snapshot += 1;
+        index
+            .apply(Some(snapshot), &update)
+            .expect("apply a flush of inserts");
+        next += count;
+        if next % (10 * INDEX_FILE_ROWS) == 0 || next == keys {
+            let (rss, _) = memory_of(own).unwrap_or_default();
+            println!(
+                "  {next:>11} keys  {:>6.1} s  RSS {:>6.0} MiB",
+                started.elapsed().as_secs_f64(),
+                rss as f64 / 1024.0
+            );
+        }
+    }
+    index.persist().expect("write the index durably");
+    let build = started.elapsed().as_secs_f64();
+    let build_cpu = cpu_seconds().0 - cpu_before;
+    let disk = std::fs::metadata(&path).map_or(0, |m| m.len());
+
+    // updates of random keys: each looked up, then moved to a new file
+    let started = Instant::now();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move || {
+        // xorshift64*: a spread of keys without a dependency
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let flushes = 100usize;
+    let mut found = 0usize;
+    let mut lookup_seconds = 0.0;
+    for flush in 0..flushes {
+        let values: Vec<i64> = (0..INDEX_UPDATE_KEYS)
+            .map(|_| (random() % keys) as i64 + 1)
+            .collect();
+        let mut encoded = encode(values);
+        // in key order, as a flush hands them to the index
+        encoded.sort_unstable();
+        let looked = Instant::now();
+        let locations = index
+            .lookup_encoded(encoded.iter().map(Vec::as_slice), encoded.len())
+            .expect("look the keys up");
+        lookup_seconds += looked.elapsed().as_secs_f64();
+        found += locations.iter().filter(|l| l.is_some()).count();
+        let update = IndexUpdate {
+            removed: encoded.clone(),
+            added: vec![(
+                file_name(keys / INDEX_FILE_ROWS + 1 + flush as u64),
+                encoded.into_iter().zip(0..).collect(),
+            )],
+            removed_files: Vec::new(),
+        };
+        snapshot += 1;
+        index
+            .apply(Some(snapshot), &update)
+            .expect("apply a flush of updates");
+    }
+    let updates = started.elapsed().as_secs_f64();
+    let looked_up = (flushes * INDEX_UPDATE_KEYS) as f64;
+    assert_eq!(
+        found,
+        flushes * INDEX_UPDATE_KEYS,
+        "every key updated was found"
+    );
+    let (rss, peak) = memory_of(own).unwrap_or_default();
+    assert_eq!(
+        index.len().expect("count the keys"),
+        keys,
+        "every key indexed"
+    );
+    drop(index);
+    let budget_mib = args.index_cache_mib as f64;
+    println!(
+        "  built: {keys} keys in {build:.1} s ({build_cpu:.1} CPU s) = {:.0} keys/s\n  \
+         file: {:.0} MiB, {:.1} bytes per key\n  \
+         updates: {} flushes of {INDEX_UPDATE_KEYS} random keys in {updates:.1} s = {:.0} keys/s \
+         (lookups alone {:.0} keys/s)\n  \
+         peak RSS (VmHWM) {:.0} MiB, {:.0} MiB before the index opened, RSS now {:.0} MiB: \
+         peak over budget {:.2}",
+        keys as f64 / build,
+        disk as f64 / MIB,
+        disk as f64 / keys as f64,
+        flushes,
+        looked_up / updates,
+        looked_up / lookup_seconds,
+        peak as f64 / 1024.0,
+        before as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        (peak.saturating_sub(before)) as f64 / 1024.0 / budget_mib
+    );
+    let _ = std::fs::remove_file(&path);
 }
