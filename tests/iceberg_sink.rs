@@ -684,6 +684,96 @@ fn sink_futures_are_send(sink: &mut IcebergSink, delta: TableDelta, keys: &Recor
 }
 
 #[tokio::test]
+async fn a_key_widened_while_running_keeps_position_deletes() {
+    let lake = Lake::new("key_widened");
+    let table = TableId::new("public", "widened");
+    let layout = keyed(&["id"], &[]);
+    let v1 = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("n", DataType::Int32, 23, false),
+        ],
+        &[],
+    );
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &v1, &layout).await.expect("create");
+    let rows = RecordBatch::try_new(
+        v1.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![1, 2, 3])),
+            Arc::new(Int32Array::from(vec![10, 20, 30])),
+        ],
+    )
+    .expect("v1 rows");
+    sink.commit(delta(&v1, vec![], vec![rows], 10))
+        .await
+        .expect("v1 rows");
+
+    // ALTER TABLE … ALTER id TYPE bigint: the change comes with the next delta (the key
+    // index then holds keys encoded as int), which deletes key 1 and updates key 2
+    let v2 = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int64, 20, true),
+            ("n", DataType::Int32, 23, false),
+        ],
+        &[],
+    );
+    let keys = |ids: Vec<i64>| {
+        let n = ids.len();
+        RecordBatch::try_new(
+            v2.arrow_nullable.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids)),
+                Arc::new(Int32Array::from(vec![None::<i32>; n])),
+            ],
+        )
+        .expect("keys")
+    };
+    let rows = RecordBatch::try_new(
+        v2.arrow_nullable.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![2, 5_000_000_000])),
+            Arc::new(Int32Array::from(vec![21, 50])),
+        ],
+    )
+    .expect("v2 rows");
+    sink.commit(delta(&v2, vec![keys(vec![1, 2])], vec![rows], 20))
+        .await
+        .expect("the widened key's delta");
+    // and one more after it, through the prepare the pipeline makes on a schema change
+    sink.prepare(&table, &v2, &layout).await.expect("prepare");
+    sink.commit(delta(&v2, vec![keys(vec![3])], vec![], 30))
+        .await
+        .expect("a delete by the widened key");
+
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    let mut snapshots: Vec<_> = metadata.snapshots().cloned().collect();
+    snapshots.sort_by_key(|s| s.sequence_number());
+    for snapshot in &snapshots[snapshots.len() - 2..] {
+        let props = &snapshot.summary().additional_properties;
+        assert!(
+            props.get("added-equality-deletes").is_none_or(|n| n == "0"),
+            "the widened key went to equality deletes: {props:?}"
+        );
+        assert!(
+            props
+                .get("added-position-deletes")
+                .is_some_and(|n| n != "0"),
+            "no position delete after the key widened: {props:?}"
+        );
+    }
+    assert_eq!(
+        duck_rows(&location, "id, n"),
+        vec![
+            vec![Some("2".into()), Some("21".into())],
+            vec![Some("5000000000".into()), Some("50".into())],
+        ]
+    );
+}
+
+#[tokio::test]
 async fn schema_evolution_adds_columns_and_widens_types() {
     let lake = Lake::new("evolution");
     let table = TableId::new("public", "counters");

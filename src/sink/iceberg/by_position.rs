@@ -103,6 +103,30 @@ impl<C: Catalog> IcebergSink<C> {
         }
     }
 
+    /// Opens the key index again when the lake's key column types changed (a key widened by
+    /// a schema change while running): it holds keys encoded for the old types. Opened for
+    /// the new ones, it is exact for no snapshot, so it is rebuilt from the lake before its
+    /// next use and the table keeps writing position deletes.
+    pub(super) fn refit_index(&self, table: &TableId, state: &mut TableState) -> Result<()> {
+        let Some(index) = &state.index else {
+            return Ok(());
+        };
+        let key = key_schema(&state.lake, &state.metadata, &state.layout.key)?;
+        if key == index.key {
+            return Ok(());
+        }
+        tracing::info!(
+            table = %state.lake,
+            from = ?index.key.fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>(),
+            to = ?key.fields().iter().map(|f| f.data_type().to_string()).collect::<Vec<_>>(),
+            "the key's types changed: the key index is rebuilt for them from the lake"
+        );
+        // redb opens the file for one handle at a time: the old one is closed first
+        state.index = None;
+        state.index = self.open_index(table, state)?;
+        Ok(())
+    }
+
     /// Opens the key index of `lake` (as `metadata` has it) with key columns `key`.
     fn open_index_of(
         &self,

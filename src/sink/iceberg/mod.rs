@@ -580,6 +580,10 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             self.tables.insert(table.clone(), state);
             return Err(e);
         }
+        if let Err(e) = self.refit_index(table, &mut state) {
+            self.tables.insert(table.clone(), state);
+            return Err(e);
+        }
         if !table::same_partitioning(&state.metadata, layout) {
             tracing::warn!(
                 table = %state.lake,
@@ -786,6 +790,7 @@ impl<C: Catalog> IcebergSink<C> {
             self.close_open_rows(state).await?;
             self.evolve(state, &part.schema, false).await?;
             state.source = part.schema.clone();
+            self.refit_index(&part.table, state)?;
         }
         if state
             .open_rows
@@ -873,6 +878,14 @@ impl<C: Catalog> IcebergSink<C> {
     }
 
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
+        // a schema change that comes with the delta, before the index is taken: a key it
+        // widens needs the index opened for the new types
+        self.close_open_rows(state).await?;
+        if !delta.schema.same_shape(&state.source) {
+            self.evolve(state, &delta.schema, false).await?;
+            state.source = delta.schema.clone();
+            self.refit_index(&delta.table, state)?;
+        }
         let index = state.index.take();
         let result = self.commit_indexed(state, delta, index.as_ref()).await;
         state.index = index;
