@@ -1567,3 +1567,60 @@ async fn a_compaction_beside_a_writer_committing_back_to_back_lands_at_its_turn(
     let (location, _) = current_metadata(&sink, &table).await;
     assert_eq!(duck_rows(&location, "id, name"), text_rows(&expected));
 }
+
+#[tokio::test]
+async fn a_large_transactions_staged_position_deletes_survive_a_compaction_landing_first() {
+    let lake = Lake::new("staged_positions");
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let layout = keyed(&["id"], &[]);
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &layout)
+        .await
+        .expect("create");
+    let mut expected = commit_one_row_each(&mut sink, &schema, 30).await;
+
+    // a transaction too large for memory stages its parts: keys 1 to 10 deleted (their rows
+    // found in the key index), 1 to 5 written again
+    let deleted: Vec<(i32, Option<&str>)> = (1..=10).map(|id| (id, None)).collect();
+    let written: Vec<(i32, Option<&str>)> = (1..=5).map(|id| (id, Some("s"))).collect();
+    let mut part = delta(
+        &schema,
+        vec![items(&schema, &deleted)],
+        vec![items(&schema, &written)],
+        0,
+    );
+    part.lsn = None;
+    sink.stage(part).await.expect("stage a part");
+
+    // a compaction lands before the transaction's commit: every row the staged position
+    // deletes name moves to a new file
+    let outcomes = lakewriter::maintenance::compact::run(&lake.config, None)
+        .await
+        .expect("compact");
+    let outcome = outcomes.first().expect("one table compacted");
+    assert_eq!(outcome.failed, None);
+    assert!(outcome.data_files_in > 0, "nothing was rewritten");
+
+    sink.commit(delta(&schema, vec![], vec![], 40))
+        .await
+        .expect("the transaction's commit");
+    for id in 1..=10 {
+        expected.retain(|(e, _)| *e != id);
+    }
+    expected.extend(written.iter().copied());
+    expected.sort();
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    assert_eq!(duck_rows(&location, "id, name"), text_rows(&expected));
+    // the rows were found again in the compacted file: still no equality delete
+    let props = &metadata
+        .current_snapshot()
+        .expect("a snapshot")
+        .summary()
+        .additional_properties;
+    assert!(
+        props.get("total-equality-deletes").is_none_or(|n| n == "0"),
+        "{props:?}"
+    );
+    assert_eq!(props["added-position-deletes"], "10", "{props:?}");
+}

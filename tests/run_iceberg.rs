@@ -13,7 +13,7 @@ use support::TestDb;
 use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
 use support::writer::{
     acknowledged, caught_up, command_ok, config_path, crash_and_restart, duck_query, lake_shows,
-    lake_shows_now, start, start_with, stop,
+    lake_shows_now, pyiceberg, start, start_with, stop,
 };
 
 /// The lines of `postgres_lines` from the lake, read by DuckDB's iceberg extension through the
@@ -319,11 +319,6 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_the_lake_whole() {
         .await
         .expect("one large transaction");
     caught_up(&db, &mut child).await;
-    let log = stop(child);
-    assert!(
-        log.contains("spilling"),
-        "the transaction was not spilled: {log}"
-    );
     assert_eq!(
         lake_lines(&db),
         postgres_lines(&db).await,
@@ -335,6 +330,83 @@ async fn a_transaction_larger_than_the_memory_budget_reaches_the_lake_whole() {
         count(duck_query(&db, "orders", snapshots)),
         count(copied) + 1
     );
+    // in position mode (the default) its deletes are position deletes too: pyiceberg, which
+    // refuses equality deletes, reads it without a compaction
+    let (equality, ids) = pyiceberg_read(&db);
+    assert_eq!(
+        equality, "0",
+        "the spilled transaction wrote equality deletes"
+    );
+    assert_eq!(
+        ids,
+        postgres_ids(&db).await,
+        "pyiceberg after the spilled transaction"
+    );
+
+    // the next flush updates and deletes rows the large transaction wrote and kept: the key
+    // index catches up with that commit first, and its deletes stay positional
+    db.client()
+        .await
+        .batch_execute(
+            "UPDATE orders SET status = 'late' WHERE order_id % 5 = 0;
+             DELETE FROM orders WHERE order_id % 13 = 0;",
+        )
+        .await
+        .expect("changes after the large transaction");
+    caught_up(&db, &mut child).await;
+    let log = stop(child);
+    assert!(
+        log.contains("spilling"),
+        "the transaction was not spilled: {log}"
+    );
+    assert_eq!(
+        lake_lines(&db),
+        postgres_lines(&db).await,
+        "after the flush that followed a spilled transaction the lake differs: {log}"
+    );
+    let (equality, ids) = pyiceberg_read(&db);
+    assert_eq!(
+        equality, "0",
+        "equality deletes after the spilled transaction: {log}"
+    );
+    assert_eq!(
+        ids,
+        postgres_ids(&db).await,
+        "pyiceberg after the next flush"
+    );
+}
+
+/// Live equality-delete files of `orders` and its order ids, as pyiceberg reads them
+/// (without a compaction): `(count, "id,id,…")`.
+fn pyiceberg_read(db: &TestDb) -> (String, String) {
+    let out = pyiceberg(
+        db,
+        "orders",
+        r#"
+table = catalog.load_table(ident)
+print(sum(f["content"] == 2 for f in table.inspect.files().to_pylist()))
+ids = sorted(table.scan().to_arrow().column("order_id").to_pylist())
+print(",".join(str(i) for i in ids))
+"#,
+        &[],
+    );
+    let mut lines = out.lines().map(str::to_string);
+    (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    )
+}
+
+async fn postgres_ids(db: &TestDb) -> String {
+    db.client()
+        .await
+        .query_one(
+            "SELECT coalesce(string_agg(order_id::text, ',' ORDER BY order_id), '') FROM orders",
+            &[],
+        )
+        .await
+        .expect("read order ids")
+        .get(0)
 }
 
 #[tokio::test]

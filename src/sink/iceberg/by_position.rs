@@ -103,6 +103,40 @@ impl<C: Catalog> IcebergSink<C> {
         }
     }
 
+    /// The rows that `delete_files` (position deletes not committed) name, as their data
+    /// files hold them: what the staged parts of a large transaction deleted, read back to be
+    /// found again (or deleted by key) after another commit landed first.
+    pub(super) async fn rows_at_positions(
+        &self,
+        lake: &CatalogTable,
+        delete_files: &[DataFile],
+    ) -> Result<Vec<RecordBatch>> {
+        let mut rows = Vec::new();
+        for delete in delete_files {
+            let removes = DeletedPositions::load(&self.file_io, delete.file_path())
+                .await
+                .map_err(|m| sink_error(lake, format!("read staged position deletes: {m}")))?;
+            for path in removes.data_files() {
+                let Some(positions) = removes.of(path) else {
+                    continue;
+                };
+                let reader = positions::read_data_file(
+                    &self.file_io,
+                    path,
+                    positions,
+                    positions::Keep::Only,
+                    None,
+                )
+                .await
+                .map_err(|m| sink_error(lake, format!("read the rows staged deletes name: {m}")))?;
+                for batch in reader {
+                    rows.push(batch.map_err(|e| sink_error(lake, format!("{path}: {e}")))?);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
     /// Opens the key index again when the lake's key column types changed (a key widened by
     /// a schema change while running): it holds keys encoded for the old types. Opened for
     /// the new ones, it is exact for no snapshot, so it is rebuilt from the lake before its

@@ -262,6 +262,9 @@ struct TableState {
     layout: TableLayout,
     /// Files written for the next commit (parts of a transaction too large for memory).
     staged: Vec<RowDelta>,
+    /// The snapshot the staged position deletes name rows of, when there are some: the
+    /// commit is staged only on it, like a flush's own position deletes.
+    staged_positions: Option<i64>,
     /// The data-file writer staged rows go to, left open until the commit so they fill files
     /// of the target size.
     open_rows: Option<files::OpenRows>,
@@ -560,6 +563,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             source: Arc::new(schema.clone()),
             layout: layout.clone(),
             staged: Vec::new(),
+            staged_positions: None,
             open_rows: None,
             commits: 0,
             manifest_refs: expiry::ManifestRefs::default(),
@@ -567,6 +571,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
         };
         if let Some(earlier) = self.tables.remove(table) {
             state.staged = earlier.staged;
+            state.staged_positions = earlier.staged_positions;
             state.open_rows = earlier.open_rows;
             // the index file stays open (redb takes it for one handle at a time)
             state.index = earlier.index;
@@ -690,6 +695,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
     fn discard_staged(&mut self, table: &TableId) {
         if let Some(state) = self.tables.get_mut(table) {
             state.staged.clear();
+            state.staged_positions = None;
             // its files, unreferenced, are orphans for cleanup
             state.open_rows = None;
         }
@@ -821,6 +827,27 @@ impl<C: Catalog> IcebergSink<C> {
             }
         }
         if !part.deletes.is_empty() {
+            // in position mode, the part's old rows found in the key index now (every part is
+            // looked up in the same snapshot: nothing commits until the transaction's end)
+            if let Some(positional) = self.stage_positions(state, part).await {
+                tracing::debug!(
+                    table = %state.lake,
+                    delete_files = positional.files.len(),
+                    "staged position deletes for the transaction's commit"
+                );
+                state.staged_positions = Some(positional.based_on);
+                state.staged.push(RowDelta {
+                    data_files: Vec::new(),
+                    delete_files: positional.files,
+                    spec_id: state.metadata.default_partition_spec_id(),
+                    truncate: false,
+                    lsn: None,
+                    copy: None,
+                    rewrite: None,
+                    based_on: None,
+                });
+                return Ok(());
+            }
             let deletes = TableDelta {
                 rows: Vec::new(),
                 ..part.clone()
@@ -834,6 +861,35 @@ impl<C: Catalog> IcebergSink<C> {
             state.staged.push(files);
         }
         Ok(())
+    }
+
+    /// The position deletes of a staged part's old rows, when the table is in position mode
+    /// and its index serves them in the snapshot of the parts staged before; `None` for
+    /// equality deletes (logged when the index cannot serve).
+    async fn stage_positions(
+        &self,
+        state: &mut TableState,
+        part: &TableDelta,
+    ) -> Option<by_position::Positional> {
+        if part.truncate || !part.deletes.iter().any(|b| b.num_rows() > 0) {
+            return None;
+        }
+        let index = state.index.take()?;
+        let found = self.position_deletes(state, &index, &part.deletes).await;
+        state.index = Some(index);
+        match found {
+            Ok(found) if state.staged_positions.is_none_or(|s| s == found.based_on) => Some(found),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(
+                    table = %state.lake,
+                    error = %e,
+                    "the key index cannot serve this part of a large transaction: it stages \
+                     equality deletes"
+                );
+                None
+            }
+        }
     }
 
     /// Reads `state`'s table again from the catalog (after another writer's commit).
@@ -900,11 +956,7 @@ impl<C: Catalog> IcebergSink<C> {
         delta: &TableDelta,
         index: Option<&by_position::TableIndex>,
     ) -> Result<()> {
-        self.close_open_rows(state).await?;
-        if !delta.schema.same_shape(&state.source) {
-            self.evolve(state, &delta.schema, false).await?;
-            state.source = delta.schema.clone();
-        }
+        // (the open rows closed and the schema evolved by `commit_prepared`)
         // a truncating delta removes every row anyway: nothing to find
         let positional = match index {
             Some(index) if !delta.truncate && delta.deletes.iter().any(|b| b.num_rows() > 0) => {
@@ -936,11 +988,25 @@ impl<C: Catalog> IcebergSink<C> {
             }
             None => self.write_files(state, delta).await?,
         };
+        // the parts of a large transaction staged before, their position deletes found in
+        // the same snapshot as this delta's (nothing of the table committed in between)
+        let mut staged_positions = state.staged_positions.take();
+        if staged_positions.is_some() && index.is_none() {
+            return Err(sink_error(
+                &state.lake,
+                "position deletes were staged without the key index that found them",
+            ));
+        }
         for part in state.staged.drain(..) {
             files.data_files.extend(part.data_files);
             files.delete_files.extend(part.delete_files);
         }
+        if let Some(snapshot) = staged_positions {
+            files.based_on = Some(files.based_on.unwrap_or(snapshot));
+        }
         let mut positional = positional;
+        // the rows deleted by key on a retry: this delta's, and those of the staged parts
+        let mut deletes = delta.deletes.clone();
         // another commit landing on the snapshot the rows were found in (a compaction, another
         // engine) may have moved them: the table is read again, the index brought up to it and
         // the rows found again, once; losing again, the flush deletes by key, which needs no
@@ -958,10 +1024,26 @@ impl<C: Catalog> IcebergSink<C> {
             let (Err(e), Some(index)) = (&committed, index) else {
                 break committed;
             };
-            if positional.is_none() || !is_conflict(e) {
+            if (positional.is_none() && staged_positions.is_none()) || !is_conflict(e) {
                 break committed;
             }
             attempts += 1;
+            if staged_positions.take().is_some() {
+                // the staged parts' deleted rows, read back from their position deletes (in
+                // the files of the snapshot they were found in), to find or delete again
+                let staged: Vec<iceberg::spec::DataFile> = files
+                    .delete_files
+                    .iter()
+                    .filter(|f| {
+                        f.content_type() == iceberg::spec::DataContentType::PositionDeletes
+                            && positional.as_ref().is_none_or(|p| {
+                                !p.files.iter().any(|o| o.file_path() == f.file_path())
+                            })
+                    })
+                    .cloned()
+                    .collect();
+                deletes.extend(self.rows_at_positions(&state.lake, &staged).await?);
+            }
             files
                 .delete_files
                 .retain(|f| f.content_type() != iceberg::spec::DataContentType::PositionDeletes);
@@ -974,7 +1056,7 @@ impl<C: Catalog> IcebergSink<C> {
                     "another commit landed first: finding the deleted rows again"
                 );
                 let found = match self.reload(state).await {
-                    Ok(()) => self.position_deletes(state, index, &delta.deletes).await,
+                    Ok(()) => self.position_deletes(state, index, &deletes).await,
                     Err(e) => Err(e),
                 };
                 match found {
@@ -999,6 +1081,7 @@ impl<C: Catalog> IcebergSink<C> {
             }
             let deletes_only = TableDelta {
                 rows: Vec::new(),
+                deletes: deletes.clone(),
                 ..delta.clone()
             };
             let by_key = self.write_files(state, &deletes_only).await?;
@@ -1030,7 +1113,15 @@ impl<C: Catalog> IcebergSink<C> {
         );
         state.pointer = pointer;
         state.metadata = metadata;
-        if let Some(index) = index
+        if staged_positions.is_some() {
+            // the staged parts' deleted keys are not held in memory (the transaction was too
+            // large for it): the index, still exact for the snapshot before this commit,
+            // catches up from the lake before its next use, reading the position deletes
+            tracing::debug!(
+                table = %state.lake,
+                "the key index catches up with a large transaction's commit before its next use"
+            );
+        } else if let Some(index) = index
             && let Err(e) = self
                 .index_committed(state, index, &files, positional.as_ref())
                 .await
