@@ -44,9 +44,9 @@
 //! 5. Deletes (only with `--only deletes`, Iceberg): `--delete-rows` rows (default 2 000 000)
 //!    copied into two lakes, `delete_mode` equality and position; half the keys deleted in
 //!    transactions of 100 000; each lake's writer timed to the last delete; a query over
-//!    each lake (lakewriter's and DuckDB's, the latter given up after five minutes); the
-//!    position lake's key index rebuilt from scratch against a read of the key column through
-//!    the same merge-on-read; with `--rebuild-rows N`, then the key index of a table of N
+//!    each lake (lakewriter's and DuckDB's, the latter given up after `--duck-limit`
+//!    seconds, 300 by default); the position lake's key index rebuilt from scratch against a
+//!    read of the key column through the same merge-on-read; with `--rebuild-rows N`, then the key index of a table of N
 //!    rows of its own copied into a position lake, rebuilt.
 //!
 //! 6. Key index (only with `--only index`, no PostgreSQL work): the key index of
@@ -67,7 +67,7 @@
 //!                             [--spacing SECONDS] [--only LIST] [--format iceberg|delta]
 //!                             [--metrics 1] [--masking 1] [--position 1]
 //!                             [--delete-rows N] [--rebuild-rows N]
-//!                             [--index-keys N] [--index-cache-mib N]
+//!                             [--duck-limit SECONDS] [--index-keys N] [--index-cache-mib N]
 //! ```
 //!
 //! or the same through `LAKEWRITER_BENCH_SEED_ROWS`, `…_ROUNDS`, `…_BATCH`, `…_SNAPSHOT_ROWS`,
@@ -128,10 +128,6 @@ fn format_name() -> &'static str {
 /// How often the lake's checkpoint is read while waiting for it.
 const POLL: Duration = Duration::from_millis(50);
 
-/// How long DuckDB may take to count a lake in the deletes part (merge-on-read of a million
-/// equality deletes takes it minutes) before the bench gives up on that figure.
-const DUCK_LIMIT: Duration = Duration::from_secs(300);
-
 /// Rows of the small table the memory measurement's writer copies first.
 const MEMORY_SEED_ROWS: u64 = 10_000;
 
@@ -186,6 +182,10 @@ struct Args {
     /// Rows of a table of its own whose key index the deletes part rebuilds last
     /// (`--rebuild-rows`; 0: none).
     rebuild_rows: u64,
+    /// How long DuckDB may take to count a lake in the deletes part before the bench gives
+    /// up on that figure (`--duck-limit` seconds, default 300: its merge-on-read of a million
+    /// equality deletes takes it longer).
+    duck_limit: Duration,
     /// Keys of the index part's key index (`--index-keys`).
     index_keys: u64,
     /// The index part's cache budget, MiB (`--index-cache-mib`; the default of
@@ -216,6 +216,7 @@ impl Args {
                 "rebuild-rows",
                 "index-keys",
                 "index-cache-mib",
+                "duck-limit",
             ],
         );
         let only = match options.text("only") {
@@ -252,6 +253,7 @@ impl Args {
             position: options.number("position", 0) > 0,
             delete_rows: options.number("delete-rows", 2_000_000).max(2),
             rebuild_rows: options.number("rebuild-rows", 0),
+            duck_limit: Duration::from_secs(options.number("duck-limit", 300)),
             index_keys: options.number("index-keys", 100_000_000).max(1_000_000),
             index_cache_mib: options.number("index-cache-mib", 256).max(1),
         }
@@ -1966,7 +1968,7 @@ async fn deletes_bench(root: &Path, args: &Args) {
             .await
             .expect("the lake table");
         let started = Instant::now();
-        let counted = duck_count_within(&state.scan, Some(DUCK_LIMIT));
+        let counted = duck_count_within(&state.scan, Some(args.duck_limit));
         ducked.push(started.elapsed().as_secs_f64());
         if counted.is_some() {
             print_check(&format!("{mode} lake"), counted, postgres);
@@ -2034,7 +2036,7 @@ async fn deletes_bench(root: &Path, args: &Args) {
         "  DuckDB count(*), count(DISTINCT order_id): equality {:.3} s{}, position {:.3} s \
          (process start included)",
         ducked[0],
-        if ducked[0] > DUCK_LIMIT.as_secs_f64() {
+        if ducked[0] > args.duck_limit.as_secs_f64() {
             " (given up)"
         } else {
             ""

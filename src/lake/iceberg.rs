@@ -128,7 +128,11 @@ fn removed_from(data: &LiveFile, positions: &[PositionDeleteFile]) -> Option<BTr
     let mut removed: Option<BTreeSet<u64>> = None;
     for delete in positions.iter().filter(|d| d.applies_to(data)) {
         if let Some(rows) = delete.removes.of(&data.path) {
-            removed.get_or_insert_default().extend(rows.iter().copied());
+            match &mut removed {
+                // the first delete file's set copied whole (a linear clone of the tree)
+                None => removed = Some(rows.clone()),
+                Some(removed) => removed.extend(rows.iter().copied()),
+            }
         }
     }
     removed

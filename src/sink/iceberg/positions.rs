@@ -33,7 +33,9 @@ pub struct DeletedPositions {
 impl DeletedPositions {
     /// What the position-delete file at `path` removes.
     pub async fn load(file_io: &FileIO, path: &str) -> Result<Self, String> {
-        let mut deleted = DeletedPositions::default();
+        // positions gathered in lists first, then each list built into its set at once (the
+        // spec sorts them: the build is linear, where inserting one by one searches the tree)
+        let mut lists: HashMap<String, Vec<u64>> = HashMap::new();
         for batch in open(file_io, path)
             .await?
             .build()
@@ -62,21 +64,22 @@ impl DeletedPositions {
                 if files.is_null(row) || positions.is_null(row) {
                     return Err(format!("{path}: row {row} has no file_path or no pos"));
                 }
-                // rows come sorted by path: an allocation per data file, not per row
+                // an allocation per data file, not per row
                 let (file, position) = (files.value(row), positions.value(row));
-                match deleted.files.get_mut(file) {
-                    Some(set) => {
-                        set.insert(position);
-                    }
+                match lists.get_mut(file) {
+                    Some(list) => list.push(position),
                     None => {
-                        deleted
-                            .files
-                            .insert(file.to_string(), BTreeSet::from([position]));
+                        lists.insert(file.to_string(), vec![position]);
                     }
                 }
             }
         }
-        Ok(deleted)
+        Ok(DeletedPositions {
+            files: lists
+                .into_iter()
+                .map(|(file, list)| (file, list.into_iter().collect()))
+                .collect(),
+        })
     }
 
     /// The positions removed from the data file at `data_path`, if any.
