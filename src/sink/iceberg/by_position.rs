@@ -37,7 +37,10 @@ const NO_SNAPSHOT: i64 = 0;
 
 /// The key index of one table in position mode.
 pub(super) struct TableIndex {
-    store: KeyIndex,
+    store: Arc<KeyIndex>,
+    /// The last commit's update of the store, applied on a blocking thread while the writer
+    /// goes on: awaited ([`TableIndex::settled`]) before the store is read or changed again.
+    pending: Mutex<Option<tokio::task::JoinHandle<std::result::Result<(), String>>>>,
     /// The key columns, in the lake's Arrow types (the index's encoding is of these).
     key: SchemaRef,
     /// Identifier field ids of the key (equality deletes on them can be indexed).
@@ -53,6 +56,28 @@ impl std::fmt::Debug for TableIndex {
         f.debug_struct("TableIndex")
             .field("key", &self.key)
             .finish()
+    }
+}
+
+impl TableIndex {
+    /// Waits for the update of the last commit, if one is still being applied. One that
+    /// failed leaves the index exact for the snapshot before that commit: it catches up from
+    /// the lake before its next use (logged).
+    pub(super) async fn settled(&self, lake: &CatalogTable) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(pending) = pending else {
+            return;
+        };
+        let error = match pending.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(table = %lake, error = %error, "the key index missed a commit: it catches up before its next use");
     }
 }
 
@@ -141,10 +166,12 @@ impl<C: Catalog> IcebergSink<C> {
     /// a schema change while running): it holds keys encoded for the old types. Opened for
     /// the new ones, it is exact for no snapshot, so it is rebuilt from the lake before its
     /// next use and the table keeps writing position deletes.
-    pub(super) fn refit_index(&self, table: &TableId, state: &mut TableState) -> Result<()> {
+    pub(super) async fn refit_index(&self, table: &TableId, state: &mut TableState) -> Result<()> {
         let Some(index) = &state.index else {
             return Ok(());
         };
+        // an update still being applied holds the file open
+        index.settled(&state.lake).await;
         let key = key_schema(&state.lake, &state.metadata, &state.layout.key)?;
         if key == index.key {
             return Ok(());
@@ -181,7 +208,8 @@ impl<C: Catalog> IcebergSink<C> {
             )
         })?;
         Ok(TableIndex {
-            store,
+            store: Arc::new(store),
+            pending: Mutex::new(None),
             key,
             key_ids,
             partitions: Mutex::new(HashMap::new()),
@@ -229,6 +257,7 @@ impl<C: Catalog> IcebergSink<C> {
         metadata: &TableMetadata,
         index: &TableIndex,
     ) -> Result<Option<Rebuilt>> {
+        index.settled(lake).await;
         let snapshot = snapshot_of(metadata);
         let holds = index
             .store
@@ -456,6 +485,7 @@ impl<C: Catalog> IcebergSink<C> {
     ) -> Result<()> {
         let lake = &state.lake;
         let error = |m: String| sink_error(lake, format!("key index: {m}"));
+        index.settled(lake).await;
         let Some(snapshot) = state.metadata.current_snapshot() else {
             return Ok(());
         };
@@ -513,10 +543,13 @@ impl<C: Catalog> IcebergSink<C> {
             update.added.push((data.file_path().to_string(), keys));
         }
         update.removed.sort_unstable();
-        index
-            .store
-            .apply(Some(snapshot.snapshot_id()), &update)
-            .map_err(error)
+        // applied beside the writer's next work (the next chunk's or flush's files); the next
+        // use of the index waits for it
+        let store = index.store.clone();
+        let snapshot = snapshot.snapshot_id();
+        let applying = tokio::task::spawn_blocking(move || store.apply(Some(snapshot), &update));
+        *index.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(applying);
+        Ok(())
     }
 }
 

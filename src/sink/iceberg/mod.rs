@@ -585,7 +585,7 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             self.tables.insert(table.clone(), state);
             return Err(e);
         }
-        if let Err(e) = self.refit_index(table, &mut state) {
+        if let Err(e) = self.refit_index(table, &mut state).await {
             self.tables.insert(table.clone(), state);
             return Err(e);
         }
@@ -796,7 +796,7 @@ impl<C: Catalog> IcebergSink<C> {
             self.close_open_rows(state).await?;
             self.evolve(state, &part.schema, false).await?;
             state.source = part.schema.clone();
-            self.refit_index(&part.table, state)?;
+            self.refit_index(&part.table, state).await?;
         }
         if state
             .open_rows
@@ -940,7 +940,7 @@ impl<C: Catalog> IcebergSink<C> {
         if !delta.schema.same_shape(&state.source) {
             self.evolve(state, &delta.schema, false).await?;
             state.source = delta.schema.clone();
-            self.refit_index(&delta.table, state)?;
+            self.refit_index(&delta.table, state).await?;
         }
         let index = state.index.take();
         let result = self.commit_indexed(state, delta, index.as_ref()).await;
