@@ -2183,7 +2183,7 @@ fn index_bench(root: &Path, args: &Args) {
             .apply(Some(snapshot), &update)
             .expect("apply a flush of inserts");
         next += count;
-        if next % (10 * INDEX_FILE_ROWS) == 0 || next == keys {
+        if next.is_multiple_of(10 * INDEX_FILE_ROWS) || next == keys {
             let (rss, _) = memory_of(own).unwrap_or_default();
             println!(
                 "  {next:>11} keys  {:>6.1} s  RSS {:>6.0} MiB",

@@ -376,7 +376,7 @@ async fn read_without(
     files: Vec<(&LiveFile, Arc<BTreeSet<u64>>)>,
     schema: &SchemaRef,
 ) -> Result<Option<DataFrame>> {
-    let mut groups: BTreeMap<(i64, &str), Vec<(String, Arc<BTreeSet<u64>>)>> = BTreeMap::new();
+    let mut groups: BTreeMap<(i64, &str), Vec<FileWithout>> = BTreeMap::new();
     for (file, removed) in files {
         groups
             .entry((file.sequence, file.partition.as_str()))
@@ -406,13 +406,15 @@ async fn read_without(
     Ok(frame)
 }
 
+/// A data file's path and the positions left out of it.
+type FileWithout = (String, Arc<BTreeSet<u64>>);
+
 /// Data files with the rows at their positions left out, as one table: a scan reads only the
 /// columns the query projects, each file a partition of its own (read side by side).
 #[derive(Debug)]
 struct WithoutPositions {
     io: FileIO,
-    /// Each file's path and the positions left out of it.
-    files: Vec<(String, Arc<BTreeSet<u64>>)>,
+    files: Vec<FileWithout>,
     schema: SchemaRef,
 }
 
