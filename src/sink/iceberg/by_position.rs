@@ -512,45 +512,61 @@ impl<C: Catalog> IcebergSink<C> {
                 )
             }));
         }
-        let converter = index.store.converter();
-        let mut update = IndexUpdate::default();
-        if let Some(positional) = positional {
-            update.removed.extend(positional.removed.iter().cloned());
-        }
-        for delete in files
+        // read (the new files' keys) and applied beside the writer's next work (the next
+        // chunk's or flush's files); the next use of the index waits for it
+        let removed: Vec<Vec<u8>> = positional.map(|p| p.removed.clone()).unwrap_or_default();
+        let equality: Vec<String> = files
             .delete_files
             .iter()
             .filter(|f| f.content_type() == iceberg::spec::DataContentType::EqualityDeletes)
-        {
-            let keys = key_index::file_keys(
-                &self.file_io,
-                delete.file_path(),
-                &index.key,
-                converter,
-                None,
-            )
-            .await
-            .map_err(error)?;
-            update.removed.extend(keys.into_iter().map(|(key, _)| key));
-        }
-        for data in &files.data_files {
-            let mut keys =
-                key_index::file_keys(&self.file_io, data.file_path(), &index.key, converter, None)
-                    .await
-                    .map_err(error)?;
-            // in key order: the B-tree's pages are then written one after another
-            keys.sort_unstable();
-            update.added.push((data.file_path().to_string(), keys));
-        }
-        update.removed.sort_unstable();
-        // applied beside the writer's next work (the next chunk's or flush's files); the next
-        // use of the index waits for it
-        let store = index.store.clone();
+            .map(|f| f.file_path().to_string())
+            .collect();
+        let data: Vec<String> = files
+            .data_files
+            .iter()
+            .map(|f| f.file_path().to_string())
+            .collect();
+        let (store, file_io, key) = (index.store.clone(), self.file_io.clone(), index.key.clone());
         let snapshot = snapshot.snapshot_id();
-        let applying = tokio::task::spawn_blocking(move || store.apply(Some(snapshot), &update));
+        let applying = tokio::spawn(async move {
+            let update =
+                committed_update(&store, &file_io, &key, removed, &equality, &data).await?;
+            tokio::task::spawn_blocking(move || store.apply(Some(snapshot), &update))
+                .await
+                .map_err(|e| e.to_string())?
+        });
         *index.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(applying);
         Ok(())
     }
+}
+
+/// The index's update for a commit: the keys its position deletes removed (`removed`), those
+/// its equality-delete files name, and the keys of its new data files with their positions
+/// (sorted: the B-tree's pages are then written one after another).
+async fn committed_update(
+    store: &KeyIndex,
+    file_io: &iceberg::io::FileIO,
+    key: &SchemaRef,
+    removed: Vec<Vec<u8>>,
+    equality: &[String],
+    data: &[String],
+) -> std::result::Result<IndexUpdate, String> {
+    let converter = store.converter();
+    let mut update = IndexUpdate {
+        removed,
+        ..IndexUpdate::default()
+    };
+    for path in equality {
+        let keys = key_index::file_keys(file_io, path, key, converter, None).await?;
+        update.removed.extend(keys.into_iter().map(|(key, _)| key));
+    }
+    for path in data {
+        let mut keys = key_index::file_keys(file_io, path, key, converter, None).await?;
+        keys.sort_unstable();
+        update.added.push((path.clone(), keys));
+    }
+    update.removed.sort_unstable();
+    Ok(update)
 }
 
 /// The sequence number of snapshot `held` when it is the current snapshot's ancestor in
