@@ -543,6 +543,8 @@ pub async fn run<S: Sink>(
         Ok(true) => pipeline.flush_all().await,
         _ => Ok(()),
     };
+    // what the last commits left to finish beside the writer (the key indexes' updates)
+    pipeline.sink_mut().settle().await;
     // the stream reports the last position to the slot as it stops: let it through first
     let position = *durable_tx.borrow();
     let passed = acknowledger.pass(position, true).await;

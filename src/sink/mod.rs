@@ -162,6 +162,10 @@ pub trait Sink {
     /// The current rows of `keys` (a batch of key columns), for values the source did not
     /// send (unchanged TOAST): returns the matching rows in the table's current layout.
     async fn lookup(&mut self, table: &TableId, keys: &RecordBatch) -> Result<Vec<RecordBatch>>;
+
+    /// Waits for the work it runs beside the writer after its commits (the key indexes'
+    /// updates), so that a clean stop leaves nothing to catch up at the next start.
+    async fn settle(&mut self) {}
 }
 
 #[cfg(test)]

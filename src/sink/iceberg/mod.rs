@@ -701,6 +701,14 @@ impl<C: Catalog> Sink for IcebergSink<C> {
         }
     }
 
+    async fn settle(&mut self) {
+        for state in self.tables.values() {
+            if let Some(index) = &state.index {
+                index.settled(&state.lake).await;
+            }
+        }
+    }
+
     async fn lookup(&mut self, table: &TableId, keys: &RecordBatch) -> Result<Vec<RecordBatch>> {
         let state = self.tables.get(table).ok_or_else(|| {
             sink_error(
