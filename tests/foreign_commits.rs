@@ -15,7 +15,9 @@ use lakewriter::catalog::Catalog;
 use lakewriter::sink::iceberg::{IcebergSink, Rewrite, file_io, is_conflict, lake_table};
 use lakewriter::table::TableId;
 use support::delta::delta_query;
-use support::orders::{LAKE_DUPLICATES, LAKE_LINES, postgres_lines};
+use support::orders::{
+    LAKE_DUPLICATES, LAKE_LINES, delete_file_counts, postgres_ids, postgres_lines, pyiceberg_ids,
+};
 use support::writer::{
     caught_up, command, command_ok, config_path, duck_query, pyiceberg, start_with, stop,
 };
@@ -396,49 +398,6 @@ print(rows.num_rows)
 
 async fn expected_rows(db: &TestDb) -> usize {
     postgres_lines(db).await.len()
-}
-
-/// The order ids of `orders` in PostgreSQL, sorted, as one line.
-async fn postgres_ids(db: &TestDb) -> String {
-    db.client()
-        .await
-        .query_one(
-            "SELECT string_agg(order_id::text, ',' ORDER BY order_id) FROM orders",
-            &[],
-        )
-        .await
-        .expect("read order ids")
-        .get(0)
-}
-
-/// The order ids pyiceberg reads from the lake (no compaction first), sorted, as one line.
-fn pyiceberg_ids(db: &TestDb) -> String {
-    pyiceberg(
-        db,
-        "orders",
-        r#"
-ids = sorted(catalog.load_table(ident).scan().to_arrow().column("order_id").to_pylist())
-print(",".join(str(i) for i in ids))
-"#,
-        &[],
-    )
-    .trim()
-    .to_string()
-}
-
-/// Counts of the live delete files of `orders`, as pyiceberg lists them: `equality position`.
-fn delete_file_counts(db: &TestDb) -> String {
-    pyiceberg(
-        db,
-        "orders",
-        r#"
-files = catalog.load_table(ident).inspect.files().to_pylist()
-print(sum(f["content"] == 2 for f in files), sum(f["content"] == 1 for f in files))
-"#,
-        &[],
-    )
-    .trim()
-    .to_string()
 }
 
 /// What a user checks after each phase: DuckDB and pyiceberg (which refuses equality deletes)

@@ -242,9 +242,14 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
     command_ok(&db, &["verify"], &[]);
 }
 
-#[tokio::test]
-async fn a_table_suspended_while_running_is_copied_again_online_on_resync() {
-    let db = TestDb::new("resync_suspended").await;
+/// A table error suspends the table; chunks of 500 rows.
+const SUSPENDING: &[(&str, &str)] = &[
+    ("SINK__ON_TABLE_ERROR", "suspend_table"),
+    ("SOURCE__SNAPSHOT_CHUNK_ROWS", "500"),
+];
+
+/// Table `a` (6 000 rows, `v int`) to be suspended, and `b` (one row) that goes on beside it.
+async fn tables_a_and_b(db: &TestDb) -> tokio_postgres::Client {
     let client = db.client().await;
     client
         .batch_execute(
@@ -255,10 +260,14 @@ async fn a_table_suspended_while_running_is_copied_again_online_on_resync() {
         )
         .await
         .expect("create the tables");
-    let settings: &[(&str, &str)] = &[
-        ("SINK__ON_TABLE_ERROR", "suspend_table"),
-        ("SOURCE__SNAPSHOT_CHUNK_ROWS", "500"),
-    ];
+    client
+}
+
+#[tokio::test]
+async fn a_table_suspended_while_running_is_copied_again_online_on_resync() {
+    let db = TestDb::new("resync_suspended").await;
+    let client = tables_a_and_b(&db).await;
+    let settings = SUSPENDING;
     let mut writer = start_with(&db, settings);
     caught_up(&db, &mut writer).await;
 
@@ -314,20 +323,8 @@ async fn a_table_suspended_while_running_is_copied_again_online_on_resync() {
 #[tokio::test]
 async fn a_table_suspended_at_the_start_is_copied_again_online_on_resync() {
     let db = TestDb::new("resync_suspended_start").await;
-    let client = db.client().await;
-    client
-        .batch_execute(
-            "CREATE TABLE a (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO a SELECT g, g FROM generate_series(1, 6000) g;
-             CREATE TABLE b (id int PRIMARY KEY, v text);
-             INSERT INTO b VALUES (1, 'one');",
-        )
-        .await
-        .expect("create the tables");
-    let settings: &[(&str, &str)] = &[
-        ("SINK__ON_TABLE_ERROR", "suspend_table"),
-        ("SOURCE__SNAPSHOT_CHUNK_ROWS", "500"),
-    ];
+    let client = tables_a_and_b(&db).await;
+    let settings = SUSPENDING;
     let mut writer = start_with(&db, settings);
     caught_up(&db, &mut writer).await;
     stop(writer);

@@ -32,9 +32,7 @@ use super::table::LakeTable;
 use crate::catalog::{Catalog, CatalogTable, LakeCatalog};
 use crate::config::{Config, TableFormat};
 use crate::error::{Error, Result};
-use crate::sink::iceberg::{
-    DeletedPositions, Keep, catalog_error, conform, file_io, read_data_file,
-};
+use crate::sink::iceberg::{DeletedPositions, catalog_error, conform, file_io};
 
 /// A version of a lake table: an Iceberg snapshot or a Delta table version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -443,23 +441,18 @@ async fn deleted_keys(
 ) -> Result<(DataFrame, usize)> {
     let schema = key_schema(name, table)?;
     let keys: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let mut batches = Vec::new();
-    let mut files = 0;
-    for data in deleted.data_files() {
-        let Some(rows) = deleted.of(data) else {
-            continue;
-        };
-        files += 1;
-        let reader = read_data_file(io, data, rows, Keep::Only, Some(&keys))
-            .await
-            .map_err(|e| sink_error(name, format!("read the rows position deletes name: {e}")))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| sink_error(name, format!("{data}: {e}")))?;
-            batches.push(
-                conform(&batch, &schema).map_err(|e| sink_error(name, format!("{data}: {e}")))?,
-            );
-        }
-    }
+    let files = deleted.data_files().count();
+    let batches = deleted
+        .read_rows(io, Some(&keys))
+        .await
+        .map_err(|e| sink_error(name, format!("read the rows position deletes name: {e}")))?
+        .iter()
+        .map(|batch| {
+            conform(batch, &schema).map_err(|e| {
+                sink_error(name, format!("the keys of rows position deletes name: {e}"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let frame = if batches.is_empty() {
         ctx.read_batch(RecordBatch::new_empty(schema))
     } else {

@@ -12,6 +12,7 @@ use arrow::array::{
 use lakewriter::source::changes::{ChangeBatch, OldRow, Op};
 
 use super::TestDb;
+use super::writer::pyiceberg;
 
 /// One `orders` row, in units both sides compute independently.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +171,49 @@ pub async fn postgres_lines(db: &TestDb) -> Vec<String> {
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// The order ids of `orders` in PostgreSQL, sorted, as one line (`1,2,…`).
+pub async fn postgres_ids(db: &TestDb) -> String {
+    db.client()
+        .await
+        .query_one(
+            "SELECT coalesce(string_agg(order_id::text, ',' ORDER BY order_id), '') FROM orders",
+            &[],
+        )
+        .await
+        .expect("read order ids")
+        .get(0)
+}
+
+/// The order ids pyiceberg reads from the lake (no compaction first), sorted, as one line.
+pub fn pyiceberg_ids(db: &TestDb) -> String {
+    pyiceberg(
+        db,
+        "orders",
+        r#"
+ids = sorted(catalog.load_table(ident).scan().to_arrow().column("order_id").to_pylist())
+print(",".join(str(i) for i in ids))
+"#,
+        &[],
+    )
+    .trim()
+    .to_string()
+}
+
+/// Counts of the live delete files of `orders`, as pyiceberg lists them: `equality position`.
+pub fn delete_file_counts(db: &TestDb) -> String {
+    pyiceberg(
+        db,
+        "orders",
+        r#"
+files = catalog.load_table(ident).inspect.files().to_pylist()
+print(sum(f["content"] == 2 for f in files), sum(f["content"] == 1 for f in files))
+"#,
+        &[],
+    )
+    .trim()
+    .to_string()
 }
 
 /// DuckDB's query for the lines of [`postgres_lines`] over `{scan}`, a lake table's scan.

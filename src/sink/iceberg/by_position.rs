@@ -141,23 +141,9 @@ impl<C: Catalog> IcebergSink<C> {
             let removes = DeletedPositions::load(&self.file_io, delete.file_path())
                 .await
                 .map_err(|m| sink_error(lake, format!("read staged position deletes: {m}")))?;
-            for path in removes.data_files() {
-                let Some(positions) = removes.of(path) else {
-                    continue;
-                };
-                let reader = positions::read_data_file(
-                    &self.file_io,
-                    path,
-                    positions,
-                    positions::Keep::Only,
-                    None,
-                )
-                .await
-                .map_err(|m| sink_error(lake, format!("read the rows staged deletes name: {m}")))?;
-                for batch in reader {
-                    rows.push(batch.map_err(|e| sink_error(lake, format!("{path}: {e}")))?);
-                }
-            }
+            rows.extend(removes.read_rows(&self.file_io, None).await.map_err(|m| {
+                sink_error(lake, format!("read the rows staged deletes name: {m}"))
+            })?);
         }
         Ok(rows)
     }

@@ -198,12 +198,17 @@ impl KeyIndex {
                 }
             }
             // a key removed and added again (an update) is only overwritten: half the B-tree's
-            // page writes of an update-heavy flush
-            let readded: HashSet<&[u8]> = update
-                .added
-                .iter()
-                .flat_map(|(_, keys)| keys.iter().map(|(key, _)| key.as_slice()))
-                .collect();
+            // page writes of an update-heavy flush (an insert-only one, a copy's chunk, has
+            // nothing removed and builds no set)
+            let readded: HashSet<&[u8]> = if update.removed.is_empty() {
+                HashSet::new()
+            } else {
+                update
+                    .added
+                    .iter()
+                    .flat_map(|(_, keys)| keys.iter().map(|(key, _)| key.as_slice()))
+                    .collect()
+            };
             for key in &update.removed {
                 if !readded.contains(key.as_slice()) {
                     index.remove(key.as_slice()).map_err(|e| e.to_string())?;

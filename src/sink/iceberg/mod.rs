@@ -666,16 +666,11 @@ impl<C: Catalog> Sink for IcebergSink<C> {
                 "mark incomplete before prepare: the sink does not know the table yet",
             ));
         };
-        let empty = RowDelta {
-            data_files: Vec::new(),
-            delete_files: Vec::new(),
-            spec_id: state.metadata.default_partition_spec_id(),
-            truncate: false,
-            lsn: None,
-            copy: None,
-            rewrite: None,
-            based_on: None,
-        };
+        let empty = RowDelta::files(
+            state.metadata.default_partition_spec_id(),
+            Vec::new(),
+            Vec::new(),
+        );
         let (pointer, metadata) = self
             .commit_change(
                 &state.lake,
@@ -800,12 +795,7 @@ impl<C: Catalog> IcebergSink<C> {
     /// Writes `part`'s rows into the table's open data-file writer and its deletes into
     /// files of their own, all for the next commit.
     async fn stage_prepared(&self, state: &mut TableState, part: &TableDelta) -> Result<()> {
-        if !part.schema.same_shape(&state.source) {
-            self.close_open_rows(state).await?;
-            self.evolve(state, &part.schema, false).await?;
-            state.source = part.schema.clone();
-            self.refit_index(&part.table, state).await?;
-        }
+        self.follow_schema(&part.table, state, &part.schema).await?;
         if state
             .open_rows
             .as_ref()
@@ -844,16 +834,11 @@ impl<C: Catalog> IcebergSink<C> {
                     "staged position deletes for the transaction's commit"
                 );
                 state.staged_positions = Some(positional.based_on);
-                state.staged.push(RowDelta {
-                    data_files: Vec::new(),
-                    delete_files: positional.files,
-                    spec_id: state.metadata.default_partition_spec_id(),
-                    truncate: false,
-                    lsn: None,
-                    copy: None,
-                    rewrite: None,
-                    based_on: None,
-                });
+                state.staged.push(RowDelta::files(
+                    state.metadata.default_partition_spec_id(),
+                    Vec::new(),
+                    positional.files,
+                ));
                 return Ok(());
             }
             let deletes = TableDelta {
@@ -869,6 +854,25 @@ impl<C: Catalog> IcebergSink<C> {
             state.staged.push(files);
         }
         Ok(())
+    }
+
+    /// Takes a source schema that changed since the table's last part or commit (it came with
+    /// the part or delta, without a prepare): the rows written so far are closed in their
+    /// layout, the lake's schema evolved, and the key index opened again if the key's types
+    /// changed.
+    async fn follow_schema(
+        &self,
+        table: &TableId,
+        state: &mut TableState,
+        schema: &Arc<TableSchema>,
+    ) -> Result<()> {
+        if schema.same_shape(&state.source) {
+            return Ok(());
+        }
+        self.close_open_rows(state).await?;
+        self.evolve(state, schema, false).await?;
+        state.source = schema.clone();
+        self.refit_index(table, state).await
     }
 
     /// The position deletes of a staged part's old rows, when the table is in position mode
@@ -928,28 +932,20 @@ impl<C: Catalog> IcebergSink<C> {
             data_files = data_files.len(),
             "staged data files for the transaction's commit"
         );
-        state.staged.push(RowDelta {
+        state.staged.push(RowDelta::files(
+            state.metadata.default_partition_spec_id(),
             data_files,
-            delete_files: Vec::new(),
-            spec_id: state.metadata.default_partition_spec_id(),
-            truncate: false,
-            lsn: None,
-            copy: None,
-            rewrite: None,
-            based_on: None,
-        });
+            Vec::new(),
+        ));
         Ok(())
     }
 
     async fn commit_prepared(&self, state: &mut TableState, delta: &TableDelta) -> Result<()> {
         // a schema change that comes with the delta, before the index is taken: a key it
         // widens needs the index opened for the new types
+        self.follow_schema(&delta.table, state, &delta.schema)
+            .await?;
         self.close_open_rows(state).await?;
-        if !delta.schema.same_shape(&state.source) {
-            self.evolve(state, &delta.schema, false).await?;
-            state.source = delta.schema.clone();
-            self.refit_index(&delta.table, state).await?;
-        }
         let index = state.index.take();
         let result = self.commit_indexed(state, delta, index.as_ref()).await;
         state.index = index;
@@ -1168,14 +1164,8 @@ fn rewrite_delta(
     rewrite: Rewrite,
 ) -> RowDelta {
     RowDelta {
-        data_files,
-        delete_files: Vec::new(),
-        spec_id: metadata.default_partition_spec_id(),
-        truncate: false,
-        lsn: None,
-        copy: None,
         rewrite: Some(rewrite),
-        based_on: None,
+        ..RowDelta::files(metadata.default_partition_spec_id(), data_files, Vec::new())
     }
 }
 

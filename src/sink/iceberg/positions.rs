@@ -107,6 +107,22 @@ impl DeletedPositions {
         }
     }
 
+    /// The rows it names, read from their data files (only `columns` of them when given, as
+    /// [`read_data_file`] reads), file by file.
+    pub async fn read_rows(
+        &self,
+        file_io: &FileIO,
+        columns: Option<&[String]>,
+    ) -> Result<Vec<RecordBatch>, String> {
+        let mut rows = Vec::new();
+        for (path, positions) in &self.files {
+            for batch in read_data_file(file_io, path, positions, Keep::Only, columns).await? {
+                rows.push(batch.map_err(|e| format!("{path}: {e}"))?);
+            }
+        }
+        Ok(rows)
+    }
+
     /// Whether it removes nothing.
     pub fn is_empty(&self) -> bool {
         self.files.values().all(BTreeSet::is_empty)

@@ -49,6 +49,23 @@ pub(super) struct RowDelta {
     pub based_on: Option<i64>,
 }
 
+impl RowDelta {
+    /// Files to add in spec `spec_id`, nothing else: no checkpoint, no truncate, no rewrite,
+    /// staged on no particular snapshot.
+    pub fn files(spec_id: i32, data_files: Vec<DataFile>, delete_files: Vec<DataFile>) -> Self {
+        RowDelta {
+            data_files,
+            delete_files,
+            spec_id,
+            truncate: false,
+            lsn: None,
+            copy: None,
+            rewrite: None,
+            based_on: None,
+        }
+    }
+}
+
 /// What a compaction replaces, and what it read (DESIGN.md invariant 8).
 #[derive(Debug, Clone)]
 pub struct Rewrite {
