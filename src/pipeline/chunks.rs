@@ -422,6 +422,16 @@ fn encode_keys(columns: &[ArrayRef]) -> Result<Vec<Option<Box<[u8]>>>> {
     let Some(first) = columns.first() else {
         return Ok(Vec::new());
     };
+    let rows = key_rows(columns)?;
+    Ok((0..first.len())
+        .map(|i| {
+            (!columns.iter().any(|c| c.is_null(i))).then(|| Box::<[u8]>::from(rows.row(i).as_ref()))
+        })
+        .collect())
+}
+
+/// `columns` (a key's) encoded as comparable bytes, row by row.
+fn key_rows(columns: &[ArrayRef]) -> Result<arrow::row::Rows> {
     let converter = RowConverter::new(
         columns
             .iter()
@@ -431,16 +441,11 @@ fn encode_keys(columns: &[ArrayRef]) -> Result<Vec<Option<Box<[u8]>>>> {
     .map_err(|e| Error::Source {
         message: format!("encode the keys of a chunked copy: {e}"),
     })?;
-    let rows = converter
+    converter
         .convert_columns(columns)
         .map_err(|e| Error::Source {
             message: format!("encode the keys of a chunked copy: {e}"),
-        })?;
-    Ok((0..first.len())
-        .map(|i| {
-            (!columns.iter().any(|c| c.is_null(i))).then(|| Box::<[u8]>::from(rows.row(i).as_ref()))
         })
-        .collect())
 }
 
 /// The key columns named `key` of `batch` (laid out as `schema`); `None` when one is missing.
@@ -666,12 +671,20 @@ impl<S: Sink> Pipeline<S> {
         let mut kept = 0usize;
         let mut batches = Vec::new();
         for batch in &read.data.rows {
+            if copy.touched.is_empty() {
+                kept += batch.num_rows();
+                batches.push(batch.clone());
+                continue;
+            }
             let columns = key_arrays(batch, &copy.key).ok_or_else(|| Error::Source {
                 message: format!("table {table}: a chunk without its key columns"),
             })?;
-            let keep: BooleanArray = encode_keys(&columns)?
-                .iter()
-                .map(|k| Some(k.as_ref().is_none_or(|k| !copy.touched.contains(k))))
+            let rows = key_rows(&columns)?;
+            let keep: BooleanArray = (0..batch.num_rows())
+                .map(|i| {
+                    let null = columns.iter().any(|c| c.is_null(i));
+                    Some(null || !copy.touched.contains(rows.row(i).as_ref()))
+                })
                 .collect();
             let filtered =
                 arrow::compute::filter_record_batch(batch, &keep).map_err(|e| Error::Source {

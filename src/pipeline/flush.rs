@@ -19,7 +19,7 @@ pub(super) struct Reduced {
     target: Arc<TableSchema>,
     truncate: bool,
     deletes: Option<arrow::array::RecordBatch>,
-    rows: Option<arrow::array::RecordBatch>,
+    rows: Vec<arrow::array::RecordBatch>,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -140,7 +140,7 @@ impl<S: Sink> Pipeline<S> {
             }
             let reduced = self.reduce(table, &entries).await?;
             self.prepare_for(table, &reduced.target).await?;
-            written += reduced.rows.as_ref().map_or(0, |b| b.num_rows());
+            written += reduced.rows.iter().map(|b| b.num_rows()).sum::<usize>();
             deleted += reduced.deletes.as_ref().map_or(0, |b| b.num_rows());
             self.sink
                 .stage(TableDelta {
@@ -149,7 +149,7 @@ impl<S: Sink> Pipeline<S> {
                     truncate: spill.truncates(table),
                     adds_only: spill.adds_only(table),
                     deletes: reduced.deletes.into_iter().collect(),
-                    rows: reduced.rows.into_iter().collect(),
+                    rows: reduced.rows,
                     lsn: None,
                     copy: None,
                 })
@@ -242,7 +242,7 @@ impl<S: Sink> Pipeline<S> {
                     target,
                     truncate: false,
                     deletes: None,
-                    rows,
+                    rows: rows.into_iter().collect(),
                 })
             }
         }

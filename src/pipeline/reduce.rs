@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow::compute::{cast, interleave};
 use arrow::datatypes::SchemaRef;
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
@@ -63,6 +63,8 @@ pub struct Plan {
     sources: Vec<RecordBatch>,
     /// Keys in order of first appearance, with their fold.
     keys: Vec<(OwnedRow, KeyState)>,
+    /// Batches of inserts whose keys nothing else in the flush touches: final rows as they are.
+    fresh: Vec<RecordBatch>,
     /// The encoder of keys: rows of one encoder can only be decoded by it.
     converter: RowConverter,
 }
@@ -75,12 +77,27 @@ pub struct Reduced {
     /// Old rows whose keys must be deleted.
     pub deletes: Option<RecordBatch>,
     /// Final rows.
-    pub rows: Option<RecordBatch>,
+    pub rows: Vec<RecordBatch>,
 }
+
+/// Batches of at least this many plain inserts (no old row, no unchanged TOAST) are checked
+/// for keys that no other change of the flush touches: those rows are final as they are and
+/// skip the fold (a chunked copy's chunk, a bulk insert).
+const FRESH_MIN_ROWS: usize = 1024;
 
 /// Folds `entries` (one table's changes in stream order) into a plan, in the layout of
 /// `schema` (the table's latest shape; older batches are conformed to it by column name).
 pub fn plan(schema: Arc<TableSchema>, key: &[String], entries: &[Entry]) -> Result<Plan> {
+    plan_with(schema, key, entries, FRESH_MIN_ROWS)
+}
+
+/// [`plan`], taking batches of `fresh_min` plain inserts or more as fresh candidates.
+fn plan_with(
+    schema: Arc<TableSchema>,
+    key: &[String],
+    entries: &[Entry],
+    fresh_min: usize,
+) -> Result<Plan> {
     let table = schema.table.clone();
     let target = schema.arrow_nullable.clone();
     let key_columns: Vec<usize> = key
@@ -98,135 +115,261 @@ pub fn plan(schema: Arc<TableSchema>, key: &[String], entries: &[Entry]) -> Resu
             .collect(),
     )
     .map_err(|e| arrow_error(&schema, e))?;
-
-    let mut sources = Vec::new();
-    let mut index: HashMap<OwnedRow, usize> = HashMap::new();
-    let mut keys: Vec<(OwnedRow, KeyState)> = Vec::new();
-    let mut truncate = false;
-    for entry in entries {
-        let batch = match entry {
-            Entry::Truncate(_) => {
-                truncate = true;
-                index.clear();
-                keys.clear();
-                continue;
-            }
-            Entry::Changes(batch) => batch,
-        };
-        let new_source = sources.len();
-        let old_source = new_source + 1;
-        let new = conform(&batch.new, &target, &schema)?;
-        let old = conform(&batch.old, &target, &schema)?;
-        let key_of = |rows: &RecordBatch| {
-            converter
-                .convert_columns(
-                    &key_columns
-                        .iter()
-                        .map(|&i| rows.column(i).clone())
-                        .collect::<Vec<_>>(),
-                )
-                .map_err(|e| arrow_error(&schema, e))
-        };
-        let new_keys = key_of(&new)?;
-        let old_keys = key_of(&old)?;
-        // unchanged TOAST values of this batch, by row, as columns of the target layout
-        let mut toast: HashMap<usize, Vec<usize>> = HashMap::new();
-        for &(row, column) in &batch.unchanged_toast {
-            let name = batch
-                .schema
-                .arrow_nullable
-                .fields()
-                .get(usize::from(column))
-                .map(|f| f.name().clone());
-            if let Some(target_column) = name.and_then(|n| target.index_of(&n).ok()) {
-                toast.entry(row as usize).or_default().push(target_column);
-            }
-        }
-        let key_nulls = |rows: &RecordBatch, row: usize| {
-            key_columns.iter().any(|&i| rows.column(i).is_null(row))
-        };
-        for (row, op) in batch.ops.iter().enumerate() {
-            let has_old =
-                batch.old_rows.get(row).copied().unwrap_or(OldRow::Absent) != OldRow::Absent;
-            match op {
-                Op::Insert => {
-                    if key_nulls(&new, row) {
-                        return Err(null_key(&schema, batch, "an insert"));
-                    }
-                    let key = new_keys.row(row).owned();
-                    let state = fold_state(&mut index, &mut keys, key.clone(), false);
-                    let previous = Previous::of(state, key);
-                    set_last(state, (new_source, row), toast.get(&row), None, previous);
-                }
-                Op::Update => {
-                    if key_nulls(&new, row) {
-                        return Err(null_key(&schema, batch, "an update"));
-                    }
-                    let new_key = new_keys.row(row).owned();
-                    let (old_key, delete_from) = if has_old && !key_nulls(&old, row) {
-                        (old_keys.row(row).owned(), (old_source, row))
-                    } else {
-                        (new_key.clone(), (new_source, row))
-                    };
-                    let full_old = (batch.old_rows.get(row) == Some(&OldRow::Full))
-                        .then_some((old_source, row));
-                    if old_key != new_key {
-                        // the key changed: the old key goes, the new one is new to the lake;
-                        // values the update did not send come from the old key's row
-                        let old_state = fold_state(&mut index, &mut keys, old_key.clone(), true);
-                        if old_state.in_lake {
-                            old_state.delete_from.get_or_insert(delete_from);
-                        }
-                        let previous = Previous::of(old_state, old_key);
-                        old_state.last = None;
-                        old_state.patched.clear();
-                        let state = fold_state(&mut index, &mut keys, new_key, false);
-                        set_last(
-                            state,
-                            (new_source, row),
-                            toast.get(&row),
-                            full_old,
-                            previous,
-                        );
-                    } else {
-                        let state = fold_state(&mut index, &mut keys, new_key.clone(), true);
-                        if state.in_lake {
-                            state.delete_from.get_or_insert(delete_from);
-                        }
-                        let previous = Previous::of(state, new_key);
-                        set_last(
-                            state,
-                            (new_source, row),
-                            toast.get(&row),
-                            full_old,
-                            previous,
-                        );
-                    }
-                }
-                Op::Delete => {
-                    if !has_old || key_nulls(&old, row) {
-                        return Err(null_key(&schema, batch, "a delete"));
-                    }
-                    let state = fold_state(&mut index, &mut keys, old_keys.row(row).owned(), true);
-                    if state.in_lake {
-                        state.delete_from.get_or_insert((old_source, row));
-                    }
-                    state.last = None;
-                    state.patched.clear();
-                }
-            }
-        }
-        sources.push(new);
-        sources.push(old);
-    }
-    Ok(Plan {
+    let mut plan = Plan {
         schema,
         key_columns,
-        truncate,
-        sources,
-        keys,
+        truncate: false,
+        sources: Vec::new(),
+        keys: Vec::new(),
+        fresh: Vec::new(),
         converter,
-    })
+    };
+    let fresh = plan.fresh_candidates(entries, fresh_min)?;
+    let skip: Vec<usize> = fresh.iter().map(|f| f.entry).collect();
+    let index = plan.fold(entries, &skip)?;
+    if fresh.iter().any(|f| index.keys().any(|k| f.contains(k.row()))) {
+        // a candidate's key is changed elsewhere in the flush: every row takes the fold
+        plan.sources.clear();
+        plan.keys.clear();
+        plan.truncate = false;
+        plan.fold(entries, &[])?;
+    } else {
+        plan.fresh = fresh.into_iter().map(|f| f.rows).collect();
+    }
+    Ok(plan)
+}
+
+/// A batch of plain inserts whose keys are unique in it, with them in key order.
+struct Fresh {
+    /// Its place among the entries.
+    entry: usize,
+    /// Its rows, in the plan's layout.
+    rows: RecordBatch,
+    keys: Rows,
+    /// The rows in key order, when they are not in it already.
+    order: Option<Vec<usize>>,
+}
+
+impl Fresh {
+    /// The `i`-th key in key order.
+    fn key(&self, i: usize) -> Row<'_> {
+        self.keys
+            .row(self.order.as_ref().map_or(i, |order| order[i]))
+    }
+
+    fn first(&self) -> Row<'_> {
+        self.key(0)
+    }
+
+    fn last(&self) -> Row<'_> {
+        self.key(self.keys.num_rows() - 1)
+    }
+
+    fn contains(&self, key: Row<'_>) -> bool {
+        if key < self.first() || key > self.last() {
+            return false;
+        }
+        let (mut low, mut high) = (0, self.keys.num_rows());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.key(middle).cmp(&key) {
+                std::cmp::Ordering::Less => low = middle + 1,
+                std::cmp::Ordering::Greater => high = middle,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+}
+
+impl Plan {
+    /// The batches after the last TRUNCATE that may skip the fold: `fresh_min` or more plain
+    /// inserts, no NULL in the key, every key once, and no key in another candidate's range.
+    fn fresh_candidates(&self, entries: &[Entry], fresh_min: usize) -> Result<Vec<Fresh>> {
+        let start = entries
+            .iter()
+            .rposition(|e| matches!(e, Entry::Truncate(_)))
+            .map_or(0, |i| i + 1);
+        let mut candidates = Vec::new();
+        for (entry, item) in entries.iter().enumerate().skip(start) {
+            let Entry::Changes(batch) = item else {
+                continue;
+            };
+            let plain = batch.len() >= fresh_min.max(1)
+                && batch.unchanged_toast.is_empty()
+                && batch.ops.iter().all(|op| *op == Op::Insert)
+                && batch.old_rows.iter().all(|o| *o == OldRow::Absent);
+            if !plain {
+                continue;
+            }
+            let rows = conform(&batch.new, &self.schema.arrow_nullable, &self.schema)?;
+            if self
+                .key_columns
+                .iter()
+                .any(|&c| rows.column(c).null_count() > 0)
+            {
+                continue;
+            }
+            let keys = self.keys_of(&rows)?;
+            let sorted = (1..keys.num_rows()).all(|i| keys.row(i - 1) < keys.row(i));
+            let order = if sorted {
+                None
+            } else {
+                let mut order: Vec<usize> = (0..keys.num_rows()).collect();
+                order.sort_unstable_by(|&a, &b| keys.row(a).cmp(&keys.row(b)));
+                if order.windows(2).any(|w| keys.row(w[0]) == keys.row(w[1])) {
+                    continue;
+                }
+                Some(order)
+            };
+            candidates.push(Fresh {
+                entry,
+                rows,
+                keys,
+                order,
+            });
+        }
+        // candidates whose key ranges overlap an earlier-kept one's take the fold
+        candidates.sort_by(|a, b| a.first().cmp(&b.first()));
+        let mut kept: Vec<Fresh> = Vec::with_capacity(candidates.len());
+        for candidate in candidates {
+            if kept.last().is_none_or(|k| k.last() < candidate.first()) {
+                kept.push(candidate);
+            }
+        }
+        Ok(kept)
+    }
+
+    fn keys_of(&self, rows: &RecordBatch) -> Result<Rows> {
+        self.converter
+            .convert_columns(
+                &self
+                    .key_columns
+                    .iter()
+                    .map(|&i| rows.column(i).clone())
+                    .collect::<Vec<_>>(),
+            )
+            .map_err(|e| arrow_error(&self.schema, e))
+    }
+
+    /// Folds every entry but those at `skip` into the plan; returns where each key is.
+    fn fold(&mut self, entries: &[Entry], skip: &[usize]) -> Result<HashMap<OwnedRow, usize>> {
+        let schema = self.schema.clone();
+        let target = schema.arrow_nullable.clone();
+        let mut index: HashMap<OwnedRow, usize> = HashMap::new();
+        for (at, entry) in entries.iter().enumerate() {
+            if skip.contains(&at) {
+                continue;
+            }
+            let batch = match entry {
+                Entry::Truncate(_) => {
+                    self.truncate = true;
+                    index.clear();
+                    self.keys.clear();
+                    continue;
+                }
+                Entry::Changes(batch) => batch,
+            };
+            let new_source = self.sources.len();
+            let old_source = new_source + 1;
+            let new = conform(&batch.new, &target, &schema)?;
+            let old = conform(&batch.old, &target, &schema)?;
+            let new_keys = self.keys_of(&new)?;
+            let old_keys = self.keys_of(&old)?;
+            let keys = &mut self.keys;
+            let key_columns = &self.key_columns;
+            // unchanged TOAST values of this batch, by row, as columns of the target layout
+            let mut toast: HashMap<usize, Vec<usize>> = HashMap::new();
+            for &(row, column) in &batch.unchanged_toast {
+                let name = batch
+                    .schema
+                    .arrow_nullable
+                    .fields()
+                    .get(usize::from(column))
+                    .map(|f| f.name().clone());
+                if let Some(target_column) = name.and_then(|n| target.index_of(&n).ok()) {
+                    toast.entry(row as usize).or_default().push(target_column);
+                }
+            }
+            let key_nulls = |rows: &RecordBatch, row: usize| {
+                key_columns.iter().any(|&i| rows.column(i).is_null(row))
+            };
+            for (row, op) in batch.ops.iter().enumerate() {
+                let has_old =
+                    batch.old_rows.get(row).copied().unwrap_or(OldRow::Absent) != OldRow::Absent;
+                match op {
+                    Op::Insert => {
+                        if key_nulls(&new, row) {
+                            return Err(null_key(&schema, batch, "an insert"));
+                        }
+                        let key = new_keys.row(row).owned();
+                        let state = fold_state(&mut index, keys, key.clone(), false);
+                        let previous = Previous::of(state, key);
+                        set_last(state, (new_source, row), toast.get(&row), None, previous);
+                    }
+                    Op::Update => {
+                        if key_nulls(&new, row) {
+                            return Err(null_key(&schema, batch, "an update"));
+                        }
+                        let new_key = new_keys.row(row).owned();
+                        let (old_key, delete_from) = if has_old && !key_nulls(&old, row) {
+                            (old_keys.row(row).owned(), (old_source, row))
+                        } else {
+                            (new_key.clone(), (new_source, row))
+                        };
+                        let full_old = (batch.old_rows.get(row) == Some(&OldRow::Full))
+                            .then_some((old_source, row));
+                        if old_key != new_key {
+                            // the key changed: the old key goes, the new one is new to the lake;
+                            // values the update did not send come from the old key's row
+                            let old_state = fold_state(&mut index, keys, old_key.clone(), true);
+                            if old_state.in_lake {
+                                old_state.delete_from.get_or_insert(delete_from);
+                            }
+                            let previous = Previous::of(old_state, old_key);
+                            old_state.last = None;
+                            old_state.patched.clear();
+                            let state = fold_state(&mut index, keys, new_key, false);
+                            set_last(
+                                state,
+                                (new_source, row),
+                                toast.get(&row),
+                                full_old,
+                                previous,
+                            );
+                        } else {
+                            let state = fold_state(&mut index, keys, new_key.clone(), true);
+                            if state.in_lake {
+                                state.delete_from.get_or_insert(delete_from);
+                            }
+                            let previous = Previous::of(state, new_key);
+                            set_last(
+                                state,
+                                (new_source, row),
+                                toast.get(&row),
+                                full_old,
+                                previous,
+                            );
+                        }
+                    }
+                    Op::Delete => {
+                        if !has_old || key_nulls(&old, row) {
+                            return Err(null_key(&schema, batch, "a delete"));
+                        }
+                        let state = fold_state(&mut index, keys, old_keys.row(row).owned(), true);
+                        if state.in_lake {
+                            state.delete_from.get_or_insert((old_source, row));
+                        }
+                        state.last = None;
+                        state.patched.clear();
+                    }
+                }
+            }
+            self.sources.push(new);
+            self.sources.push(old);
+        }
+        Ok(index)
+    }
 }
 
 /// The state of `key`, created on first sight: `seen_in_lake` says whether that first sight
@@ -404,14 +547,14 @@ impl Plan {
             }
             columns.push(self.take_column(column, &at, &extra)?);
         }
-        let rows = if survivors.is_empty() {
-            None
-        } else {
-            Some(
+        let mut rows = Vec::with_capacity(1 + self.fresh.len());
+        if !survivors.is_empty() {
+            rows.push(
                 RecordBatch::try_new(target.clone(), columns)
                     .map_err(|e| arrow_error(&self.schema, e))?,
-            )
-        };
+            );
+        }
+        rows.extend(self.fresh.iter().cloned());
         let deletes = if deletes.is_empty() {
             None
         } else {
@@ -626,9 +769,9 @@ mod tests {
 
     type Lake = BTreeMap<i32, Option<String>>;
 
-    fn ids(batch: &Option<RecordBatch>) -> Vec<i32> {
-        let mut ids: Vec<i32> = batch
-            .iter()
+    fn ids<'a>(batches: impl IntoIterator<Item = &'a RecordBatch>) -> Vec<i32> {
+        let mut ids: Vec<i32> = batches
+            .into_iter()
             .flat_map(|b| b.column(0).as_primitive::<Int32Type>().values().to_vec())
             .collect();
         ids.sort();
@@ -644,7 +787,7 @@ mod tests {
         for id in ids(&reduced.deletes) {
             lake.remove(&id);
         }
-        if let Some(rows) = &reduced.rows {
+        for rows in &reduced.rows {
             let id = rows.column(0).as_primitive::<Int32Type>();
             let v = rows.column(1).as_string::<i32>();
             for i in 0..rows.num_rows() {
@@ -658,8 +801,9 @@ mod tests {
         }
     }
 
+    /// Reduces as a flush does, with every batch of plain inserts a fresh candidate.
     fn reduce(entries: &[Entry], lake: &Lake) -> Result<Reduced> {
-        let plan = plan(schema(), &["id".to_string()], entries)?;
+        let plan = plan_with(schema(), &["id".to_string()], entries, 1)?;
         let looked_up = match plan.lookup_keys()? {
             None => Vec::new(),
             Some(keys) => {
@@ -695,6 +839,58 @@ mod tests {
         Ok(())
     }
 
+    fn inserts(ids: &[i32]) -> Entry {
+        batch(&ids.iter().map(|&id| ins(id, "v")).collect::<Vec<_>>())
+    }
+
+    /// How many rows took the fold and how many batches skipped it.
+    fn folded(entries: &[Entry]) -> Result<(usize, usize)> {
+        let plan = plan_with(schema(), &["id".to_string()], entries, 1)?;
+        Ok((plan.keys.len(), plan.fresh.len()))
+    }
+
+    #[test]
+    fn inserts_no_other_change_touches_skip_the_fold() -> Result<()> {
+        // a chunk in key order, one out of order, and a change to other keys
+        let entries = [
+            inserts(&[10, 11, 12]),
+            inserts(&[22, 20, 21]),
+            batch(&[upd(1, "x"), del(2)]),
+        ];
+        assert_eq!(folded(&entries)?, (2, 2));
+        let reduced = reduce(&entries, &[(1, None), (2, None)].into())?;
+        assert_eq!(ids(&reduced.rows), vec![1, 10, 11, 12, 20, 21, 22]);
+        assert_eq!(ids(&reduced.deletes), vec![1, 2]);
+        Ok(())
+    }
+
+    #[test]
+    fn inserts_whose_keys_change_elsewhere_in_the_flush_take_the_fold() -> Result<()> {
+        // changed after
+        let entries = [inserts(&[1, 2, 3]), batch(&[upd(2, "x"), del(3)])];
+        assert_eq!(folded(&entries)?, (3, 0));
+        let reduced = reduce(&entries, &Lake::new())?;
+        assert_eq!(ids(&reduced.rows), vec![1, 2]);
+        assert!(reduced.deletes.is_none());
+        // deleted before, inserted again
+        let entries = [batch(&[del(5)]), inserts(&[4, 5])];
+        assert_eq!(folded(&entries)?, (2, 0));
+        let reduced = reduce(&entries, &[(5, None)].into())?;
+        assert_eq!(ids(&reduced.rows), vec![4, 5]);
+        assert_eq!(ids(&reduced.deletes), vec![5]);
+        // a key twice in one batch, and two batches with overlapping ranges
+        assert_eq!(folded(&[inserts(&[7, 6, 7])])?, (2, 0));
+        let entries = [inserts(&[1, 5, 9]), inserts(&[3, 4])];
+        assert_eq!(folded(&entries)?, (2, 1));
+        let entries = [inserts(&[1, 5, 9]), inserts(&[3, 5])];
+        assert_eq!(folded(&entries)?, (4, 0));
+        // before a truncate
+        let entries = [inserts(&[1, 2]), Entry::Truncate(Lsn(1)), inserts(&[3])];
+        assert_eq!(folded(&entries)?, (0, 1));
+        assert_eq!(ids(&reduce(&entries, &Lake::new())?.rows), vec![3]);
+        Ok(())
+    }
+
     #[test]
     fn a_truncate_drops_everything_before_it() -> Result<()> {
         let reduced = reduce(
@@ -717,7 +913,7 @@ mod tests {
         let value = |reduced: &Reduced| {
             reduced
                 .rows
-                .as_ref()
+                .first()
                 .map(|r| r.column(1).as_string::<i32>().value(0).to_string())
         };
         // from an earlier version in the same flush
@@ -908,7 +1104,7 @@ mod tests {
             let merged = Reduced {
                 truncate: spill.truncates(&table),
                 deletes: concat(parts.iter().filter_map(|p| p.deletes.clone()).collect()),
-                rows: concat(parts.iter().filter_map(|p| p.rows.clone()).collect()),
+                rows: parts.iter().flat_map(|p| p.rows.clone()).collect(),
             };
             commit(&mut lake, &merged);
             prop_assert_eq!(lake, expected);

@@ -823,7 +823,7 @@ mod tests {
             assert!(plan.lookup_keys()?.is_none());
             let reduced = plan.materialize(&[])?;
             assert!(reduced.deletes.is_none(), "an inserted key needs no delete");
-            if let Some(rows) = reduced.rows {
+            for rows in reduced.rows {
                 let v = rows.column(1).as_string::<i32>();
                 finals.extend((0..rows.num_rows()).map(|r| v.value(r).to_string()));
             }
