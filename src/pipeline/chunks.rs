@@ -309,7 +309,7 @@ pub(super) fn chunkable(
     key: Option<&[chunk::KeyColumn]>,
 ) -> std::result::Result<(), &'static str> {
     if !keeps_progress {
-        return Err("the sink's format does not record a copy's progress (Delta)");
+        return Err("the sink's format does not record a copy's progress");
     }
     if state.mode != crate::config::TableMode::Upsert {
         return Err("changelog tables are copied whole");
@@ -588,13 +588,18 @@ impl<S: Sink> Pipeline<S> {
         Ok(())
     }
 
-    /// Remembers the keys `batch` changes, when its table is being copied in chunks.
-    pub(super) fn note_touched(&mut self, batch: &ChangeBatch) -> Result<()> {
-        let Some(copy) = self
-            .tables
-            .get_mut(&batch.schema.table)
-            .and_then(|s| s.copy.as_mut())
-        else {
+    /// Remembers the keys `batch` (of the transaction committed at `commit_lsn`) changes,
+    /// when its table is being copied in chunks. A transaction at or below the table's
+    /// checkpoint is not: the lake holds it already (the emptying commit is above it, or a
+    /// restart streams it again), so the stream will not bring its rows, and the chunks must.
+    pub(super) fn note_touched(&mut self, batch: &ChangeBatch, commit_lsn: Lsn) -> Result<()> {
+        let Some(state) = self.tables.get_mut(&batch.schema.table) else {
+            return Ok(());
+        };
+        if state.checkpoint.is_some_and(|c| commit_lsn <= c) {
+            return Ok(());
+        }
+        let Some(copy) = state.copy.as_mut() else {
             return Ok(());
         };
         for side in [&batch.new, &batch.old] {

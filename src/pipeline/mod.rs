@@ -496,7 +496,7 @@ impl<S: Sink> Pipeline<S> {
                 observe::changes(&table, &batch.ops);
                 if let Some(open) = &self.open {
                     if !open.replay {
-                        self.note_touched(&batch)?;
+                        self.note_touched(&batch, open.commit_lsn)?;
                     }
                     let bytes =
                         batch.new.get_array_memory_size() + batch.old.get_array_memory_size();

@@ -545,6 +545,47 @@ fn copying(resumed: bool) -> (Pipeline<RecordingSink>, chunks::ChunkRequest) {
     (pipeline, request)
 }
 
+/// A transaction committed below the copy's start (the stream lagging behind the copy's
+/// emptying commit, or a restart streaming from an older checkpoint) is in the lake's past:
+/// the table skips it, so its keys must not be dropped from the chunks, which then bring the
+/// rows as PostgreSQL holds them.
+#[tokio::test]
+async fn a_change_below_the_copys_start_keeps_its_key_in_the_chunk() {
+    use crate::source::chunk::Mark;
+    let (mut pipeline, request) = copying(false);
+    let mut events = transaction(5, vec![change("u", 5, Op::Update, 2, "before the copy")]);
+    events.extend(watermark(110, &request, Mark::Low));
+    for event in events {
+        pipeline.handle(event).await.expect("handle");
+    }
+    read_chunk(
+        &pipeline,
+        &request,
+        &[
+            (1, "chunk"),
+            (2, "before the copy"),
+            (3, "chunk"),
+            (4, "chunk"),
+        ],
+        "4",
+    );
+    for event in watermark(130, &request, Mark::High) {
+        pipeline.handle(event).await.expect("handle");
+    }
+    pipeline.flush_all().await.expect("flush");
+    let mut rows = committed(&pipeline.into_sink(), "u");
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "chunk".to_string()),
+            (2, "before the copy".to_string()),
+            (3, "chunk".to_string()),
+            (4, "chunk".to_string())
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_chunk_joins_at_its_high_watermark_without_the_keys_the_stream_changed() {
     use crate::source::chunk::Mark;
