@@ -546,6 +546,16 @@ async fn delta_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<TableR
             .and_then(|c| c.timestamp)
             .or_else(|| snapshot.version_timestamp(version));
         let (lag_bytes, lag_seconds) = lag(server, lsn, committed_ms);
+        let copy =
+            tables::copy_state(&name, &table).await?.map(|state| {
+                match CopyProgress::decode(&state.progress) {
+                    Ok(progress) => {
+                        let pace = progress.pace(&state.commits);
+                        (progress.describe(pace.as_ref()), pace)
+                    }
+                    Err(e) => (format!("copying ({e})"), None),
+                }
+            });
         reports.push(TableReport {
             table: name.to_string(),
             table_durable_lsn: lsn.map(Lsn::get),
@@ -560,9 +570,11 @@ async fn delta_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<TableR
             data_files: Some(files),
             delete_files: None,
             rows,
-            copy: None,
-            copy_rows_per_second: None,
-            copy_eta_seconds: None,
+            copy: copy.as_ref().map(|(text, _)| text.clone()),
+            copy_rows_per_second: copy
+                .as_ref()
+                .and_then(|(_, p)| p.map(|p| p.rows_per_second)),
+            copy_eta_seconds: copy.and_then(|(_, p)| p.and_then(|p| p.eta_seconds)),
             key_index_bytes: None,
         });
     }
@@ -593,6 +605,11 @@ fn print_delta(report: &Report) {
             or_dash(t.rows),
             last_commit,
         );
+    }
+    for t in &report.tables {
+        if let Some(copy) = &t.copy {
+            println!("{}: {copy}", t.table);
+        }
     }
 }
 

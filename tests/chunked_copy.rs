@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::TestDb;
+use support::delta::{delta_copy_progress, delta_query};
 use support::writer::{
     assert_same_lines, caught_up, command_ok, duck_query, lake_copy_progress, log_of, start_with,
     stop, wait_for_chunks,
@@ -237,6 +238,143 @@ async fn a_first_start_with_initial_copy_chunked_copies_beside_the_stream_throug
             .any(|l| l.contains("copied the table in chunks") && l.contains("public.orders")),
         "{first}"
     );
+}
+
+/// The chunks committed so far of the chunked copy of Delta table `joined`, from its log.
+fn delta_chunks(db: &TestDb) -> Option<u64> {
+    delta_copy_progress(&delta_location(db), &lake_name(db))
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok())
+        .and_then(|p| p["chunks"].as_u64())
+}
+
+fn delta_location(db: &TestDb) -> std::path::PathBuf {
+    db.warehouse.path().join(&db.namespace).join("joined")
+}
+
+#[tokio::test]
+async fn a_table_joining_a_delta_lake_is_copied_in_chunks_through_a_workload_and_kill_9() {
+    let db = TestDb::new("chunked_delta").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut settings = settings();
+    settings.push(("SINK__FORMAT", "delta".to_string()));
+    let settings = as_pairs(&settings);
+    let delta = [("SINK__FORMAT", "delta")];
+    let mut writer = start_with(&db, &settings);
+    caught_up(&db, &mut writer).await;
+
+    let client = db.client().await;
+    let watch = create_joined(&db, &client).await;
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE joined",
+            db.publication
+        ))
+        .await
+        .expect("publish joined");
+    let reads = Arc::new(Mutex::new(Reads::default()));
+    let stop_workload = Arc::new(AtomicBool::new(false));
+    let running = workload(&db, watch.clone(), reads.clone(), stop_workload.clone());
+
+    // SIGKILL once a few chunks are committed, well before the last
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let killed_at = loop {
+        if let Some(chunks) = delta_chunks(&db).filter(|c| *c >= 3) {
+            break chunks;
+        }
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy committed no 3 chunks: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first_log = log_of(writer);
+    assert!(
+        first_log.contains("copying the table in chunks beside the stream"),
+        "the table was not copied in chunks into Delta: {first_log}"
+    );
+    assert!(
+        !first_log.lines().any(|l| {
+            l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
+        }),
+        "the copy ended before the kill: make the table larger"
+    );
+
+    // the log says how far the copy got, with the writer down, through status too; a
+    // compaction mid-copy keeps it
+    let committed = delta_chunks(&db).expect("the log holds the copy's progress after the kill");
+    let status = command_ok(&db, &["status"], &delta);
+    let expected = format!("(chunk {committed}/{}", rows() / chunk_rows());
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("joined: copying") && l.contains(&expected)),
+        "status does not show the Delta copy's progress ({expected}): {status}"
+    );
+    let before = delta_copy_progress(&delta_location(&db), &lake_name(&db));
+    let compacted = command_ok(&db, &["compact"], &delta);
+    assert_eq!(
+        delta_copy_progress(&delta_location(&db), &lake_name(&db)),
+        before,
+        "compact dropped the copy's progress: {compacted}"
+    );
+
+    // the restarted writer resumes after the last committed chunk, under the same workload
+    let mut writer = start_with(&db, &settings);
+    let deadline = Instant::now() + Duration::from_secs(300 + rows() as u64 / 2_000);
+    while delta_chunks(&db).is_some() {
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy never completed: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_workload.store(true, Ordering::Relaxed);
+    let rounds = running.await.expect("the workload");
+    caught_up(&db, &mut writer).await;
+    let log = stop(writer);
+    assert!(
+        log.contains("resuming the table's chunked copy after its last committed chunk"),
+        "the copy did not resume: {log}"
+    );
+    assert!(
+        log.contains("copied the table in chunks while streaming"),
+        "{log}"
+    );
+    let by_chunk = reads.lock().expect("reads").by_chunk.clone();
+    println!("{rounds} workload rounds; killed after {killed_at} chunks; reads: {by_chunk:?}");
+    let thrice: Vec<(&u64, &u32)> = by_chunk.iter().filter(|(_, n)| **n > 2).collect();
+    assert!(thrice.is_empty(), "chunks read more than twice: {thrice:?}");
+    assert!(rounds > 20, "the workload ran only {rounds} rounds");
+
+    let location = delta_location(&db);
+    assert_eq!(
+        delta_query(
+            &location,
+            "SELECT count(*) - count(DISTINCT id) FROM {scan}"
+        ),
+        vec!["0".to_string()],
+        "duplicated keys in the Delta table"
+    );
+    let lake = delta_query(
+        &location,
+        "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
+    );
+    let postgres = joined_in_postgres(&db).await;
+    assert_same_lines("joined", &lake, &postgres, &log);
+    command_ok(&db, &["verify"], &delta);
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&watch])
+        .await
+        .expect("drop the watch slot");
 }
 
 /// With `writer` copying `joined` in chunks beside the stream (its watermarks counted through

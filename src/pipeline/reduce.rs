@@ -127,7 +127,10 @@ fn plan_with(
     let fresh = plan.fresh_candidates(entries, fresh_min)?;
     let skip: Vec<usize> = fresh.iter().map(|f| f.entry).collect();
     let index = plan.fold(entries, &skip)?;
-    if fresh.iter().any(|f| index.keys().any(|k| f.contains(k.row()))) {
+    if fresh
+        .iter()
+        .any(|f| index.keys().any(|k| f.contains(k.row())))
+    {
         // a candidate's key is changed elsewhere in the flush: every row takes the fold
         plan.sources.clear();
         plan.keys.clear();

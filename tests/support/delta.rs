@@ -63,6 +63,38 @@ pub fn txn_version(location: &Path, app_id: &str) -> Option<i64> {
     latest
 }
 
+/// The progress of the chunked copy of the Delta table at `location` (lake name `lake`,
+/// `<namespace>.<name>`) as its log carries it: while the copy's `txn` marker is set, the
+/// `lakewriter.copy` of the newest commit holding one; `None` with no copy under way (or no
+/// table yet).
+pub fn delta_copy_progress(location: &Path, lake: &str) -> Option<String> {
+    if !location.join("_delta_log").is_dir() {
+        return None;
+    }
+    if txn_version(location, &format!("lakewriter.copy:{lake}")) != Some(1) {
+        return None;
+    }
+    let log = location.join("_delta_log");
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
+        .unwrap_or_else(|e| panic!("read {}: {e}", log.display()))
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    commits.iter().rev().find_map(|commit| {
+        let text = std::fs::read_to_string(commit).expect("read a commit");
+        text.lines().find_map(|line| {
+            let action: serde_json::Value = serde_json::from_str(line).expect("a JSON action");
+            action
+                .get("commitInfo")
+                .and_then(|info| info.get("lakewriter.copy"))
+                .and_then(|copy| copy.as_str())
+                .map(str::to_string)
+        })
+    })
+}
+
 /// The rows of the Delta table at `uri` (a local path or `s3://…`, reached with the
 /// `storage_options` deltalake's Python package takes), read by that package — a reader
 /// independent of DuckDB and of the Rust crate — as sorted lines of `columns`.

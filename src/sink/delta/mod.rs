@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::pipeline::sealed::Sealer;
 use crate::sink::iceberg::lake_table;
-use crate::sink::{CHECKPOINT_PROPERTY, Sink, TableDelta, TableLayout};
+use crate::sink::{CHECKPOINT_PROPERTY, COPY_PROPERTY, Sink, TableDelta, TableLayout};
 use crate::table::{TableId, TableSchema};
 
 /// The application id of `table`'s checkpoint in its `txn` actions:
@@ -60,6 +60,15 @@ use crate::table::{TableId, TableSchema};
 /// different tables of one warehouse from reading each other's positions.
 pub fn checkpoint_app_id(table: &CatalogTable) -> String {
     format!("{CHECKPOINT_PROPERTY}:{table}")
+}
+
+/// The application id of the marker of `table`'s chunked copy in its `txn` actions:
+/// `lakewriter.copy:<namespace>.<name>`, version 1 while a copy is under way (its progress is
+/// then in the `commitInfo` of lakewriter's latest commit, as `lakewriter.copy`), -1 when
+/// none is. The marker is in the table's state (checkpoints keep it), so a start reads the
+/// log's history only for a table whose copy is under way.
+pub fn copy_app_id(table: &CatalogTable) -> String {
+    format!("{COPY_PROPERTY}:{table}")
 }
 
 /// The `txn` version a commit writes: the LSN, or -1 for "no checkpoint".
@@ -224,6 +233,8 @@ struct TableState {
     /// The identity of the commit being made, in its `commitInfo` (`lakewriter.commit`): a
     /// commit whose answer was lost is recognised by it in the log.
     commit_id: String,
+    /// The progress of the table's chunked copy as the table held it when prepared.
+    copy: Option<String>,
 }
 
 impl TableState {
@@ -617,6 +628,9 @@ impl Sink for DeltaSink {
             self.create(&lake, &opened, schema, layout).await?
         };
         let checkpoint = Self::read_checkpoint(&lake, &delta_table).await?;
+        let copy = tables::copy_state(&lake, &delta_table)
+            .await?
+            .map(|c| c.progress);
         let partition_columns = delta_table
             .snapshot()
             .map_err(|e| delta_error(&lake, "read the metadata", e))?
@@ -641,6 +655,7 @@ impl Sink for DeltaSink {
             staged: Vec::new(),
             pending: PendingFiles::default(),
             commit_id: String::new(),
+            copy,
         };
         if let Some(before) = self.tables.remove(table) {
             state.staged = before.staged;
@@ -705,6 +720,14 @@ impl Sink for DeltaSink {
 
     fn known_checkpoint(&self, table: &TableId) -> Option<Lsn> {
         self.tables.get(table).and_then(|s| s.checkpoint)
+    }
+
+    fn keeps_copy_progress(&self) -> bool {
+        true
+    }
+
+    fn copy_progress(&self, table: &TableId) -> Option<String> {
+        self.tables.get(table).and_then(|s| s.copy.clone())
     }
 
     async fn mark_incomplete(&mut self, table: &TableId) -> Result<()> {

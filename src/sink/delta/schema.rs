@@ -205,7 +205,7 @@ impl DeltaSink {
             .with_save_mode(SaveMode::Overwrite)
             .with_schema_mode(SchemaMode::Overwrite)
             .with_partition_columns(partition_columns)
-            .with_commit_properties(write::checkpoint_properties(&lake, None, ""))
+            .with_commit_properties(write::checkpoint_properties(&lake, None, None, ""))
             .await
             .map_err(|e| delta_error(&lake, "replace the incomplete table's schema", e))?;
         tracing::info!(

@@ -8,7 +8,14 @@ use std::path::PathBuf;
 
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
-use super::{DeltaSettings, checkpoint_app_id, checkpoint_of, delta_error, sink_error};
+use crate::sink::COPY_PROPERTY;
+use crate::table::{ChunkCommit, CopyProgress, PACE_CHUNKS};
+
+use super::write;
+
+use super::{
+    DeltaSettings, checkpoint_app_id, checkpoint_of, copy_app_id, delta_error, sink_error,
+};
 use crate::catalog::{CatalogTable, SqliteCatalog};
 use crate::cloud::S3Location;
 use crate::config::{CatalogKind, Config};
@@ -208,4 +215,94 @@ pub async fn checkpoint(lake: &CatalogTable, table: &DeltaTable) -> Result<Optio
         .await
         .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
     Ok(checkpoint_of(version))
+}
+
+/// How many of the latest commits are searched for a chunked copy's progress: lakewriter
+/// commits the table at every flush while it copies, so only foreign commits (`compact`,
+/// another engine) come between.
+const COPY_WINDOW: usize = 2000;
+
+/// A chunked copy under way, as the log holds it.
+#[derive(Debug, Clone)]
+pub struct CopyState {
+    /// The progress lakewriter's latest commit carries (`lakewriter.copy`).
+    pub progress: String,
+    /// The commits that brought its latest chunks in, newest first, for its pace.
+    pub commits: Vec<ChunkCommit>,
+}
+
+/// `table`'s chunked copy under way; `None` when there is none. A copy whose progress is not
+/// among the latest [`COPY_WINDOW`] commits (the log cleaned up under it) starts again from
+/// the first row.
+pub async fn copy_state(lake: &CatalogTable, table: &DeltaTable) -> Result<Option<CopyState>> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| delta_error(lake, "read the copy's progress", e))?;
+    let marker = snapshot
+        .transaction_version(table.log_store().as_ref(), copy_app_id(lake))
+        .await
+        .map_err(|e| delta_error(lake, "read the copy's progress", e))?;
+    if marker.is_none_or(|v| v < 0) {
+        return Ok(None);
+    }
+    // lakewriter commits the table at every flush while it copies: the latest commits
+    // nearly always hold the progress, and a longer history is read only when not
+    let mut state = None;
+    for window in [COPY_WINDOW / 10, COPY_WINDOW] {
+        let history = table
+            .history(Some(window))
+            .await
+            .map_err(|e| delta_error(lake, "read the history for the copy's progress", e))?;
+        state = copy_in(history);
+        if state.is_some() {
+            break;
+        }
+    }
+    if state.is_none() {
+        tracing::warn!(
+            table = %lake,
+            window = COPY_WINDOW,
+            "a chunked copy is under way but its progress is not in the latest commits: it \
+             starts again from the first row"
+        );
+        return Ok(Some(CopyState {
+            progress: CopyProgress::start(None, 1).encode(),
+            commits: Vec::new(),
+        }));
+    }
+    Ok(state)
+}
+
+/// The copy the commits of `history` (newest first) carry.
+fn copy_in(history: impl Iterator<Item = deltalake::kernel::CommitInfo>) -> Option<CopyState> {
+    let mut state: Option<CopyState> = None;
+    for commit in history {
+        let Some(text) = commit.info.get(COPY_PROPERTY).and_then(|v| v.as_str()) else {
+            // a commit of lakewriter's without progress is before this copy
+            if commit.info.contains_key(write::COMMIT_ID) && state.is_some() {
+                break;
+            }
+            continue;
+        };
+        let Ok(progress) = CopyProgress::decode(text) else {
+            break;
+        };
+        let state = state.get_or_insert_with(|| CopyState {
+            progress: text.to_string(),
+            commits: Vec::new(),
+        });
+        let newest = state.commits.first().map_or(progress.chunks, |c| c.chunks);
+        let newer = state.commits.last().map_or(progress.chunks, |c| c.chunks);
+        // an earlier copy's, or older than the pace needs
+        if progress.chunks > newer || progress.chunks + PACE_CHUNKS < newest {
+            break;
+        }
+        if let Some(at_ms) = commit.timestamp {
+            state.commits.push(ChunkCommit::of(&progress, at_ms));
+        }
+        if progress.chunks == 0 {
+            break;
+        }
+    }
+    state
 }

@@ -30,11 +30,13 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use futures::StreamExt;
 
 use super::staging::{StagedFile, StagedPart};
-use super::{DeltaSettings, Failure, TableState, checkpoint_app_id, txn_version, types};
+use super::{
+    DeltaSettings, Failure, TableState, checkpoint_app_id, copy_app_id, txn_version, types,
+};
 use crate::catalog::CatalogTable;
 use crate::error::Result;
 use crate::lsn::Lsn;
-use crate::sink::TableDelta;
+use crate::sink::{COPY_PROPERTY, TableDelta};
 
 /// The MERGE source's column saying what a row does (`U` replace or insert, `D` remove).
 const OP: &str = "__lakewriter_op";
@@ -85,8 +87,13 @@ async fn commit_inner(
     } else {
         None
     };
-    let properties = checkpoint_properties(&state.lake, delta.lsn, &state.commit_id)
-        .with_cleanup_expired_logs(log_cleanup(state));
+    let properties = checkpoint_properties(
+        &state.lake,
+        delta.lsn,
+        delta.copy.as_deref(),
+        &state.commit_id,
+    )
+    .with_cleanup_expired_logs(log_cleanup(state));
 
     let table = state.table.clone();
     let written = match (rows, deletes) {
@@ -160,7 +167,7 @@ async fn commit_inner(
     }
     if state.table.version() == before {
         // nothing changed a file: the checkpoint still has to move
-        commit_checkpoint_inner(state, delta.lsn).await?;
+        commit_checkpoint_inner(state, delta.lsn, delta.copy.as_deref()).await?;
     }
     Ok(state.table.version().unwrap_or_default())
 }
@@ -201,8 +208,13 @@ async fn commit_files_inner(
         predicate: None,
     };
     let committed = CommitBuilder::from(
-        checkpoint_properties(&state.lake, delta.lsn, &state.commit_id)
-            .with_cleanup_expired_logs(log_cleanup(state)),
+        checkpoint_properties(
+            &state.lake,
+            delta.lsn,
+            delta.copy.as_deref(),
+            &state.commit_id,
+        )
+        .with_cleanup_expired_logs(log_cleanup(state)),
     )
     .with_actions(actions)
     .build(Some(snapshot), state.table.log_store(), operation)
@@ -211,16 +223,20 @@ async fn commit_files_inner(
     Ok(committed.version())
 }
 
-/// An empty commit carrying only `lsn` (or "no checkpoint" for `None`).
+/// An empty commit carrying only `lsn` (or "no checkpoint" for `None`), and no copy under way.
 pub async fn commit_checkpoint(state: &mut TableState, lsn: Option<Lsn>) -> Result<()> {
     let lake = state.lake.clone();
-    commit_checkpoint_inner(state, lsn)
+    commit_checkpoint_inner(state, lsn, None)
         .await
         .map_err(|e| e.about(&lake, "commit the checkpoint"))
 }
 
-async fn commit_checkpoint_inner(state: &mut TableState, lsn: Option<Lsn>) -> Result<(), Failure> {
-    let properties = checkpoint_properties(&state.lake, lsn, &state.commit_id)
+async fn commit_checkpoint_inner(
+    state: &mut TableState,
+    lsn: Option<Lsn>,
+    copy: Option<&str>,
+) -> Result<(), Failure> {
+    let properties = checkpoint_properties(&state.lake, lsn, copy, &state.commit_id)
         .with_cleanup_expired_logs(log_cleanup(state));
     let snapshot = state.table.snapshot()?;
     CommitBuilder::from(properties)
@@ -262,22 +278,38 @@ fn log_cleanup(state: &TableState) -> Option<bool> {
 /// The `commitInfo` key of a commit's identity.
 pub const COMMIT_ID: &str = "lakewriter.commit";
 
-/// Commit properties carrying `lsn` as `lake`'s checkpoint (`None`: "no checkpoint") and the
-/// commit's identity `commit_id` (none when empty).
+/// Commit properties carrying `lsn` as `lake`'s checkpoint (`None`: "no checkpoint"), the
+/// progress of the table's chunked copy (`None`: no copy under way, see [`copy_app_id`]) and
+/// the commit's identity `commit_id` (none when empty).
 pub fn checkpoint_properties(
     lake: &CatalogTable,
     lsn: Option<Lsn>,
+    copy: Option<&str>,
     commit_id: &str,
 ) -> CommitProperties {
     let properties = CommitProperties::default()
-        .with_application_transaction(Transaction::new(checkpoint_app_id(lake), txn_version(lsn)));
-    if commit_id.is_empty() {
+        .with_application_transaction(Transaction::new(checkpoint_app_id(lake), txn_version(lsn)))
+        .with_application_transaction(Transaction::new(
+            copy_app_id(lake),
+            if copy.is_some() { 1 } else { -1 },
+        ));
+    let mut metadata = Vec::new();
+    if !commit_id.is_empty() {
+        metadata.push((
+            COMMIT_ID.to_string(),
+            serde_json::Value::String(commit_id.to_string()),
+        ));
+    }
+    if let Some(copy) = copy {
+        metadata.push((
+            COPY_PROPERTY.to_string(),
+            serde_json::Value::String(copy.to_string()),
+        ));
+    }
+    if metadata.is_empty() {
         return properties;
     }
-    properties.with_metadata([(
-        COMMIT_ID.to_string(),
-        serde_json::Value::String(commit_id.to_string()),
-    )])
+    properties.with_metadata(metadata)
 }
 
 /// The rows of `batches` (source layout) and of the staged `files` (lake layout, maybe of an
