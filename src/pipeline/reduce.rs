@@ -61,8 +61,8 @@ pub struct Plan {
     truncate: bool,
     /// Batch sides as sources: `2 * i` = new rows of batch `i`, `2 * i + 1` = its old rows.
     sources: Vec<RecordBatch>,
-    /// Keys in order of first appearance, with their fold.
-    keys: Vec<(OwnedRow, KeyState)>,
+    /// The keys' folds, in order of their first appearance.
+    keys: Vec<KeyState>,
     /// Batches of inserts whose keys nothing else in the flush touches: final rows as they are.
     fresh: Vec<RecordBatch>,
     /// The encoder of keys: rows of one encoder can only be decoded by it.
@@ -127,10 +127,7 @@ fn plan_with(
     let fresh = plan.fresh_candidates(entries, fresh_min)?;
     let skip: Vec<usize> = fresh.iter().map(|f| f.entry).collect();
     let index = plan.fold(entries, &skip)?;
-    if fresh
-        .iter()
-        .any(|f| index.keys().any(|k| f.contains(k.row())))
-    {
+    if fresh.iter().any(|f| index.keys().any(|k| f.contains(k))) {
         // a candidate's key is changed elsewhere in the flush: every row takes the fold
         plan.sources.clear();
         plan.keys.clear();
@@ -168,14 +165,15 @@ impl Fresh {
         self.key(self.keys.num_rows() - 1)
     }
 
-    fn contains(&self, key: Row<'_>) -> bool {
-        if key < self.first() || key > self.last() {
+    /// Whether it holds `key` (row-format bytes, which order as the keys do).
+    fn contains(&self, key: &[u8]) -> bool {
+        if key < self.first().as_ref() || key > self.last().as_ref() {
             return false;
         }
         let (mut low, mut high) = (0, self.keys.num_rows());
         while low < high {
             let middle = low + (high - low) / 2;
-            match self.key(middle).cmp(&key) {
+            match self.key(middle).as_ref().cmp(key) {
                 std::cmp::Ordering::Less => low = middle + 1,
                 std::cmp::Ordering::Greater => high = middle,
                 std::cmp::Ordering::Equal => return true,
@@ -256,10 +254,10 @@ impl Plan {
     }
 
     /// Folds every entry but those at `skip` into the plan; returns where each key is.
-    fn fold(&mut self, entries: &[Entry], skip: &[usize]) -> Result<HashMap<OwnedRow, usize>> {
+    fn fold(&mut self, entries: &[Entry], skip: &[usize]) -> Result<KeyPlaces> {
         let schema = self.schema.clone();
         let target = schema.arrow_nullable.clone();
-        let mut index: HashMap<OwnedRow, usize> = HashMap::new();
+        let mut index = KeyPlaces::default();
         for (at, entry) in entries.iter().enumerate() {
             if skip.contains(&at) {
                 continue;
@@ -305,61 +303,78 @@ impl Plan {
                         if key_nulls(&new, row) {
                             return Err(null_key(&schema, batch, "an insert"));
                         }
-                        let key = new_keys.row(row).owned();
-                        let state = fold_state(&mut index, keys, key.clone(), false);
-                        let previous = Previous::of(state, key);
-                        set_last(state, (new_source, row), toast.get(&row), None, previous);
+                        let key = new_keys.row(row);
+                        let state = fold_state(&mut index, keys, key.as_ref(), false);
+                        match toast.get(&row) {
+                            // every value sent: no earlier version is needed
+                            None => state.set_whole((new_source, row)),
+                            unchanged => {
+                                let previous = Previous::of(state, key.owned());
+                                set_last(state, (new_source, row), unchanged, None, previous);
+                            }
+                        }
                     }
                     Op::Update => {
                         if key_nulls(&new, row) {
                             return Err(null_key(&schema, batch, "an update"));
                         }
-                        let new_key = new_keys.row(row).owned();
+                        let new_key = new_keys.row(row);
                         let (old_key, delete_from) = if has_old && !key_nulls(&old, row) {
-                            (old_keys.row(row).owned(), (old_source, row))
+                            (old_keys.row(row), (old_source, row))
                         } else {
-                            (new_key.clone(), (new_source, row))
+                            (new_key, (new_source, row))
                         };
                         let full_old = (batch.old_rows.get(row) == Some(&OldRow::Full))
                             .then_some((old_source, row));
+                        let unchanged = toast.get(&row);
                         if old_key != new_key {
                             // the key changed: the old key goes, the new one is new to the lake;
                             // values the update did not send come from the old key's row
-                            let old_state = fold_state(&mut index, keys, old_key.clone(), true);
+                            let old_state = fold_state(&mut index, keys, old_key.as_ref(), true);
                             if old_state.in_lake {
                                 old_state.delete_from.get_or_insert(delete_from);
                             }
-                            let previous = Previous::of(old_state, old_key);
+                            let previous = unchanged
+                                .is_some()
+                                .then(|| Previous::of(old_state, old_key.owned()));
                             old_state.last = None;
                             old_state.patched.clear();
-                            let state = fold_state(&mut index, keys, new_key, false);
-                            set_last(
-                                state,
-                                (new_source, row),
-                                toast.get(&row),
-                                full_old,
-                                previous,
-                            );
+                            let state = fold_state(&mut index, keys, new_key.as_ref(), false);
+                            match previous {
+                                None => state.set_whole((new_source, row)),
+                                Some(previous) => set_last(
+                                    state,
+                                    (new_source, row),
+                                    unchanged,
+                                    full_old,
+                                    previous,
+                                ),
+                            }
                         } else {
-                            let state = fold_state(&mut index, keys, new_key.clone(), true);
+                            let state = fold_state(&mut index, keys, new_key.as_ref(), true);
                             if state.in_lake {
                                 state.delete_from.get_or_insert(delete_from);
                             }
-                            let previous = Previous::of(state, new_key);
-                            set_last(
-                                state,
-                                (new_source, row),
-                                toast.get(&row),
-                                full_old,
-                                previous,
-                            );
+                            match unchanged {
+                                None => state.set_whole((new_source, row)),
+                                unchanged => {
+                                    let previous = Previous::of(state, new_key.owned());
+                                    set_last(
+                                        state,
+                                        (new_source, row),
+                                        unchanged,
+                                        full_old,
+                                        previous,
+                                    );
+                                }
+                            }
                         }
                     }
                     Op::Delete => {
                         if !has_old || key_nulls(&old, row) {
                             return Err(null_key(&schema, batch, "a delete"));
                         }
-                        let state = fold_state(&mut index, keys, old_keys.row(row).owned(), true);
+                        let state = fold_state(&mut index, keys, old_keys.row(row).as_ref(), true);
                         if state.in_lake {
                             state.delete_from.get_or_insert((old_source, row));
                         }
@@ -375,32 +390,41 @@ impl Plan {
     }
 }
 
-/// The state of `key`, created on first sight: `seen_in_lake` says whether that first sight
-/// implies the key is already in the lake.
+/// Where each key of a fold is among its states, by the key's row-format bytes.
+type KeyPlaces = HashMap<Box<[u8]>, usize, foldhash::fast::RandomState>;
+
+/// The state of `key` (its row-format bytes), created on first sight: `seen_in_lake` says
+/// whether that first sight implies the key is already in the lake.
 fn fold_state<'a>(
-    index: &mut HashMap<OwnedRow, usize>,
-    keys: &'a mut Vec<(OwnedRow, KeyState)>,
-    key: OwnedRow,
+    index: &mut KeyPlaces,
+    keys: &'a mut Vec<KeyState>,
+    key: &[u8],
     seen_in_lake: bool,
 ) -> &'a mut KeyState {
-    let at = match index.get(&key) {
+    let at = match index.get(key) {
         Some(&at) => at,
         None => {
-            index.insert(key.clone(), keys.len());
-            keys.push((
-                key,
-                KeyState {
-                    in_lake: seen_in_lake,
-                    delete_from: None,
-                    last: None,
-                    patched: Vec::new(),
-                    lake_key: None,
-                },
-            ));
+            index.insert(key.into(), keys.len());
+            keys.push(KeyState {
+                in_lake: seen_in_lake,
+                delete_from: None,
+                last: None,
+                patched: Vec::new(),
+                lake_key: None,
+            });
             keys.len() - 1
         }
     };
-    &mut keys[at].1
+    &mut keys[at]
+}
+
+impl KeyState {
+    /// Makes `row`, which carries every value, the key's final state.
+    fn set_whole(&mut self, row: At) {
+        self.last = Some(row);
+        self.patched.clear();
+        self.lake_key = None;
+    }
 }
 
 /// Where a key's values were before a change: its final row in the flush so far (with its
@@ -470,8 +494,8 @@ impl Plan {
         let wanted: Vec<&OwnedRow> = self
             .keys
             .iter()
-            .filter(|(_, s)| s.last.is_some() && s.patched.iter().any(|(_, f)| f.is_none()))
-            .filter_map(|(_, s)| s.lake_key.as_ref())
+            .filter(|s| s.last.is_some() && s.patched.iter().any(|(_, f)| f.is_none()))
+            .filter_map(|s| s.lake_key.as_ref())
             .collect();
         if wanted.is_empty() {
             return Ok(None);
@@ -520,15 +544,14 @@ impl Plan {
         let deletes: Vec<At> = self
             .keys
             .iter()
-            .filter(|(_, s)| s.in_lake)
-            .filter_map(|(_, s)| s.delete_from)
+            .filter(|s| s.in_lake)
+            .filter_map(|s| s.delete_from)
             .collect();
-        let survivors: Vec<&(OwnedRow, KeyState)> =
-            self.keys.iter().filter(|(_, s)| s.last.is_some()).collect();
+        let survivors: Vec<&KeyState> = self.keys.iter().filter(|s| s.last.is_some()).collect();
         let mut columns = Vec::with_capacity(target.fields().len());
         for column in 0..target.fields().len() {
             let mut at = Vec::with_capacity(survivors.len());
-            for (_, state) in &survivors {
+            for state in &survivors {
                 let Some(last) = state.last else { continue };
                 let from = match state.patched.iter().find(|(c, _)| *c == column) {
                     None => last,
