@@ -18,7 +18,7 @@ use crate::sink::COPY_PROPERTY;
 use crate::sink::delta::{DeltaSettings, tables};
 use crate::sink::iceberg::{catalog_error, checkpoint, file_io};
 use crate::source::connection;
-use crate::table::{ChunkCommit, CopyProgress, PACE_CHUNKS};
+use crate::table::{ChunkCommit, CopyProgress, LatestChunkCommits};
 
 /// What `status` reports: the source's positions and each lake table.
 #[derive(Debug, Clone, Serialize)]
@@ -428,12 +428,12 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
 
 /// The commits of the table's chunked copy under way that brought its latest chunks in,
 /// with their snapshots' timestamps, for its pace: from the current snapshot of `main` back
-/// to the copy's emptying commit, or [`PACE_CHUNKS`] chunks back. Snapshots of other engines
+/// to the copy's emptying commit, or [`crate::table::PACE_CHUNKS`] chunks back. Snapshots of other engines
 /// are passed over; a snapshot of lakewriter's without a copy's progress, or with more chunks
 /// than a later one, belongs to before this copy. Expired snapshots shorten the history, and
 /// the pace with it.
 fn copy_commits(metadata: &TableMetadata) -> Vec<ChunkCommit> {
-    let mut commits: Vec<ChunkCommit> = Vec::new();
+    let mut commits = LatestChunkCommits::default();
     let mut next = metadata.snapshot_for_ref(MAIN_BRANCH);
     // a parent id that loops back is a corrupt table, not a reason to spin
     let mut seen = std::collections::HashSet::new();
@@ -445,19 +445,8 @@ fn copy_commits(metadata: &TableMetadata) -> Vec<ChunkCommit> {
             .get(COPY_PROPERTY)
             .map(|t| CopyProgress::decode(t))
         {
-            Some(Ok(progress)) => {
-                let newest = commits.first().map_or(progress.chunks, |c| c.chunks);
-                let newer = commits.last().map_or(progress.chunks, |c| c.chunks);
-                // an earlier copy's, or older than the pace needs (its window's first chunk
-                // is found at its earliest commit once an older one is seen)
-                if progress.chunks > newer || progress.chunks + PACE_CHUNKS < newest {
-                    break;
-                }
-                commits.push(ChunkCommit::of(&progress, snapshot.timestamp_ms()));
-                if progress.chunks == 0 {
-                    break;
-                }
-            }
+            Some(Ok(progress)) if !commits.take(&progress, Some(snapshot.timestamp_ms())) => break,
+            Some(Ok(_)) => {}
             Some(Err(_)) => break,
             None if properties.keys().any(|k| k.starts_with("lakewriter.")) => break,
             None => {}
@@ -466,7 +455,7 @@ fn copy_commits(metadata: &TableMetadata) -> Vec<ChunkCommit> {
             .parent_snapshot_id()
             .and_then(|id| metadata.snapshot_by_id(id));
     }
-    commits
+    commits.into_commits()
 }
 
 fn print_iceberg(report: &Report) {

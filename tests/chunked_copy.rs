@@ -240,6 +240,51 @@ async fn a_first_start_with_initial_copy_chunked_copies_beside_the_stream_throug
     );
 }
 
+/// The restarted writer's `log` resumed the copy after its last committed chunk and
+/// completed it; the WAL's watermarks (`reads`) show every chunk the rows left in `joined`
+/// fill read, more than the `killed_at` committed before the kill, none more than twice;
+/// and the workload ran its `rounds`.
+async fn assert_resumed_reading_each_chunk_at_most_twice(
+    db: &TestDb,
+    log: &str,
+    reads: &Mutex<Reads>,
+    rounds: u32,
+    killed_at: u64,
+) {
+    assert!(
+        log.contains("resuming the table's chunked copy after its last committed chunk"),
+        "the copy did not resume: {log}"
+    );
+    assert!(
+        log.contains("copied the table in chunks while streaming"),
+        "{log}"
+    );
+    let by_chunk = reads.lock().expect("reads").by_chunk.clone();
+    let chunks = by_chunk.len() as u64;
+    println!(
+        "{rounds} workload rounds; killed after {killed_at} committed chunks; reads by chunk: \
+         {by_chunk:?}"
+    );
+    // the workload deletes more rows than it adds, so the copy needed at least as many
+    // chunks as the rows left now fill, every one of them read, none skipped
+    let left: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM joined", &[])
+        .await
+        .expect("count joined")
+        .get(0);
+    assert!(
+        chunks >= (left / chunk_rows()) as u64
+            && chunks > killed_at
+            && by_chunk.keys().copied().eq(0..chunks),
+        "the WAL shows {chunks} chunks read, {left} rows left: {by_chunk:?}"
+    );
+    let thrice: Vec<(&u64, &u32)> = by_chunk.iter().filter(|(_, n)| **n > 2).collect();
+    assert!(thrice.is_empty(), "chunks read more than twice: {thrice:?}");
+    assert!(rounds > 20, "the workload ran only {rounds} rounds");
+}
+
 /// The chunks committed so far of the chunked copy of Delta table `joined`, from its log.
 fn delta_chunks(db: &TestDb) -> Option<u64> {
     delta_copy_progress(&delta_location(db), &lake_name(db))
@@ -341,19 +386,7 @@ async fn a_table_joining_a_delta_lake_is_copied_in_chunks_through_a_workload_and
     let rounds = running.await.expect("the workload");
     caught_up(&db, &mut writer).await;
     let log = stop(writer);
-    assert!(
-        log.contains("resuming the table's chunked copy after its last committed chunk"),
-        "the copy did not resume: {log}"
-    );
-    assert!(
-        log.contains("copied the table in chunks while streaming"),
-        "{log}"
-    );
-    let by_chunk = reads.lock().expect("reads").by_chunk.clone();
-    println!("{rounds} workload rounds; killed after {killed_at} chunks; reads: {by_chunk:?}");
-    let thrice: Vec<(&u64, &u32)> = by_chunk.iter().filter(|(_, n)| **n > 2).collect();
-    assert!(thrice.is_empty(), "chunks read more than twice: {thrice:?}");
-    assert!(rounds > 20, "the workload ran only {rounds} rounds");
+    assert_resumed_reading_each_chunk_at_most_twice(&db, &log, &reads, rounds, killed_at).await;
 
     let location = delta_location(&db);
     assert_eq!(
@@ -495,45 +528,13 @@ async fn copied_through_a_workload_and_kill_9(
     let rounds = running.await.expect("the workload");
     caught_up(db, &mut writer).await;
     let log = stop(writer);
-    assert!(
-        log.contains("resuming the table's chunked copy after its last committed chunk"),
-        "the copy did not resume: {log}"
-    );
-    assert!(
-        log.contains("copied the table in chunks while streaming"),
-        "{log}"
-    );
     // the run says the copy's progress and pace as it goes, every second
     assert!(
         log.lines()
             .any(|l| l.contains("copy progress") && l.contains("rows/s, ETA ")),
         "the log never gave the copy's pace: {log}"
     );
-
-    let by_chunk = reads.lock().expect("reads").by_chunk.clone();
-    let chunks = by_chunk.len() as u64;
-    println!(
-        "{rounds} workload rounds; killed after {killed_at} committed chunks; reads by chunk: \
-         {by_chunk:?}"
-    );
-    // the workload deletes more rows than it adds, so the copy needed at least as many
-    // chunks as the rows left now fill, every one of them read, none skipped
-    let left: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM joined", &[])
-        .await
-        .expect("count joined")
-        .get(0);
-    assert!(
-        chunks >= (left / chunk_rows()) as u64
-            && chunks > killed_at
-            && by_chunk.keys().copied().eq(0..chunks),
-        "the WAL shows {chunks} chunks read, {left} rows left: {by_chunk:?}"
-    );
-    let thrice: Vec<(&u64, &u32)> = by_chunk.iter().filter(|(_, n)| **n > 2).collect();
-    assert!(thrice.is_empty(), "chunks read more than twice: {thrice:?}");
-    assert!(rounds > 20, "the workload ran only {rounds} rounds");
+    assert_resumed_reading_each_chunk_at_most_twice(db, &log, &reads, rounds, killed_at).await;
 
     assert_eq!(
         duck_query(

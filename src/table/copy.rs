@@ -105,6 +105,35 @@ impl ChunkCommit {
     }
 }
 
+/// The commits of a copy under way that brought its latest chunks in, gathered from the
+/// newest commit back (lake snapshots, log entries), for its pace.
+#[derive(Debug, Default)]
+pub struct LatestChunkCommits {
+    commits: Vec<ChunkCommit>,
+}
+
+impl LatestChunkCommits {
+    /// Takes the next older commit carrying `progress`, landed at `at_ms` when known; `false`
+    /// when the walk back should stop: this one is an earlier copy's (more chunks than a later
+    /// one), older than the pace needs ([`PACE_CHUNKS`] back), or the copy's emptying commit.
+    pub fn take(&mut self, progress: &CopyProgress, at_ms: Option<i64>) -> bool {
+        let newest = self.commits.first().map_or(progress.chunks, |c| c.chunks);
+        let newer = self.commits.last().map_or(progress.chunks, |c| c.chunks);
+        if progress.chunks > newer || progress.chunks + PACE_CHUNKS < newest {
+            return false;
+        }
+        if let Some(at_ms) = at_ms {
+            self.commits.push(ChunkCommit::of(progress, at_ms));
+        }
+        progress.chunks != 0
+    }
+
+    /// The commits taken, newest first.
+    pub fn into_commits(self) -> Vec<ChunkCommit> {
+        self.commits
+    }
+}
+
 /// How many of a copy's latest chunks its pace is measured over: long enough to smooth out
 /// one slow chunk, short enough that it follows the copy as it speeds up or slows down (the
 /// stream's load, wider rows in a key range) and that an outage the copy was resumed after

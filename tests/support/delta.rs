@@ -40,16 +40,8 @@ for values in con.sql(query).fetchall():
 /// The latest `txn` version the Delta log of the table at `location` holds for `app_id`, read
 /// from the JSON commit files themselves (`None` when no commit has one).
 pub fn txn_version(location: &Path, app_id: &str) -> Option<i64> {
-    let log = location.join("_delta_log");
-    let mut commits: Vec<_> = std::fs::read_dir(&log)
-        .unwrap_or_else(|e| panic!("read {}: {e}", log.display()))
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    commits.sort();
     let mut latest = None;
-    for commit in commits {
+    for commit in commit_files(location) {
         let text = std::fs::read_to_string(&commit).expect("read a commit");
         for line in text.lines() {
             let action: serde_json::Value = serde_json::from_str(line).expect("a JSON action");
@@ -74,15 +66,7 @@ pub fn delta_copy_progress(location: &Path, lake: &str) -> Option<String> {
     if txn_version(location, &format!("lakewriter.copy:{lake}")) != Some(1) {
         return None;
     }
-    let log = location.join("_delta_log");
-    let mut commits: Vec<_> = std::fs::read_dir(&log)
-        .unwrap_or_else(|e| panic!("read {}: {e}", log.display()))
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    commits.sort();
-    commits.iter().rev().find_map(|commit| {
+    commit_files(location).iter().rev().find_map(|commit| {
         let text = std::fs::read_to_string(commit).expect("read a commit");
         text.lines().find_map(|line| {
             let action: serde_json::Value = serde_json::from_str(line).expect("a JSON action");
@@ -148,10 +132,18 @@ os._exit(0)
 
 /// How many commits the Delta log of the table at `location` holds (its JSON commit files).
 pub fn commit_count(location: &Path) -> usize {
+    commit_files(location).len()
+}
+
+/// The JSON commit files of the Delta log of the table at `location`, oldest first.
+fn commit_files(location: &Path) -> Vec<std::path::PathBuf> {
     let log = location.join("_delta_log");
-    std::fs::read_dir(&log)
+    let mut commits: Vec<_> = std::fs::read_dir(&log)
         .unwrap_or_else(|e| panic!("read {}: {e}", log.display()))
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .count()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    commits
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
 use crate::sink::COPY_PROPERTY;
-use crate::table::{ChunkCommit, CopyProgress, PACE_CHUNKS};
+use crate::table::{ChunkCommit, CopyProgress, LatestChunkCommits};
 
 use super::write;
 
@@ -195,25 +195,28 @@ pub async fn open_existing(settings: &DeltaSettings, lake: &CatalogTable) -> Res
 /// Whether lakewriter writes `table`: its log holds lakewriter's `txn` for the table (a
 /// checkpoint, or -1 for an incomplete copy).
 pub async fn written_by_lakewriter(lake: &CatalogTable, table: &DeltaTable) -> Result<bool> {
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| delta_error(lake, "read the log", e))?;
-    let version = snapshot
-        .transaction_version(table.log_store().as_ref(), checkpoint_app_id(lake))
-        .await
-        .map_err(|e| delta_error(lake, "read the log", e))?;
+    let version = txn_version(lake, table, checkpoint_app_id(lake), "read the log").await?;
     Ok(version.is_some())
+}
+
+/// The version of the latest `txn` of `app_id` in `table`'s state (`what` names the read in
+/// an error).
+async fn txn_version(
+    lake: &CatalogTable,
+    table: &DeltaTable,
+    app_id: String,
+    what: &str,
+) -> Result<Option<i64>> {
+    let snapshot = table.snapshot().map_err(|e| delta_error(lake, what, e))?;
+    snapshot
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(|e| delta_error(lake, what, e))
 }
 
 /// The checkpoint the latest commit of `table` carries (its `txn` for the table's app id).
 pub async fn checkpoint(lake: &CatalogTable, table: &DeltaTable) -> Result<Option<Lsn>> {
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
-    let version = snapshot
-        .transaction_version(table.log_store().as_ref(), checkpoint_app_id(lake))
-        .await
-        .map_err(|e| delta_error(lake, "read the checkpoint", e))?;
+    let version = txn_version(lake, table, checkpoint_app_id(lake), "read the checkpoint").await?;
     Ok(checkpoint_of(version))
 }
 
@@ -235,13 +238,7 @@ pub struct CopyState {
 /// among the latest [`COPY_WINDOW`] commits (the log cleaned up under it) starts again from
 /// the first row.
 pub async fn copy_state(lake: &CatalogTable, table: &DeltaTable) -> Result<Option<CopyState>> {
-    let snapshot = table
-        .snapshot()
-        .map_err(|e| delta_error(lake, "read the copy's progress", e))?;
-    let marker = snapshot
-        .transaction_version(table.log_store().as_ref(), copy_app_id(lake))
-        .await
-        .map_err(|e| delta_error(lake, "read the copy's progress", e))?;
+    let marker = txn_version(lake, table, copy_app_id(lake), "read the copy's progress").await?;
     if marker.is_none_or(|v| v < 0) {
         return Ok(None);
     }
@@ -275,11 +272,12 @@ pub async fn copy_state(lake: &CatalogTable, table: &DeltaTable) -> Result<Optio
 
 /// The copy the commits of `history` (newest first) carry.
 fn copy_in(history: impl Iterator<Item = deltalake::kernel::CommitInfo>) -> Option<CopyState> {
-    let mut state: Option<CopyState> = None;
+    let mut progress_text: Option<String> = None;
+    let mut commits = LatestChunkCommits::default();
     for commit in history {
         let Some(text) = commit.info.get(COPY_PROPERTY).and_then(|v| v.as_str()) else {
             // a commit of lakewriter's without progress is before this copy
-            if commit.info.contains_key(write::COMMIT_ID) && state.is_some() {
+            if commit.info.contains_key(write::COMMIT_ID) && progress_text.is_some() {
                 break;
             }
             continue;
@@ -287,22 +285,13 @@ fn copy_in(history: impl Iterator<Item = deltalake::kernel::CommitInfo>) -> Opti
         let Ok(progress) = CopyProgress::decode(text) else {
             break;
         };
-        let state = state.get_or_insert_with(|| CopyState {
-            progress: text.to_string(),
-            commits: Vec::new(),
-        });
-        let newest = state.commits.first().map_or(progress.chunks, |c| c.chunks);
-        let newer = state.commits.last().map_or(progress.chunks, |c| c.chunks);
-        // an earlier copy's, or older than the pace needs
-        if progress.chunks > newer || progress.chunks + PACE_CHUNKS < newest {
-            break;
-        }
-        if let Some(at_ms) = commit.timestamp {
-            state.commits.push(ChunkCommit::of(&progress, at_ms));
-        }
-        if progress.chunks == 0 {
+        progress_text.get_or_insert_with(|| text.to_string());
+        if !commits.take(&progress, commit.timestamp) {
             break;
         }
     }
-    state
+    progress_text.map(|progress| CopyState {
+        progress,
+        commits: commits.into_commits(),
+    })
 }
