@@ -664,11 +664,12 @@ fn watch_sent(
     end: Lsn,
     started: Instant,
     limit: Duration,
-) -> tokio::task::JoinHandle<Option<f64>> {
+) -> tokio::task::JoinHandle<Sent> {
     tokio::spawn(async move {
         let client = support::connect(&url).await;
+        let mut sent = Sent::default();
         while started.elapsed() < limit {
-            let sent = client
+            let row = client
                 .query_opt(
                     "SELECT r.sent_lsn::text FROM pg_stat_replication r \
                      JOIN pg_replication_slots s ON s.active_pid = r.pid \
@@ -676,16 +677,29 @@ fn watch_sent(
                     &[&slot],
                 )
                 .await
-                .expect("read pg_stat_replication")
+                .expect("read pg_stat_replication");
+            if row.is_some() && sent.streaming.is_none() {
+                sent.streaming = Some(started.elapsed().as_secs_f64());
+            }
+            let lsn = row
                 .and_then(|row| row.get::<_, Option<String>>(0))
                 .and_then(|text| text.parse::<Lsn>().ok());
-            if sent.is_some_and(|sent| sent >= end) {
-                return Some(started.elapsed().as_secs_f64());
+            if lsn.is_some_and(|lsn| lsn >= end) {
+                sent.end = Some(started.elapsed().as_secs_f64());
+                return sent;
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        None
+        sent
     })
+}
+
+/// When [`watch_sent`] first saw the slot's walsender, and when it had sent the workload's end
+/// (seconds from the writer's start; 10 ms polls).
+#[derive(Default, Clone, Copy)]
+struct Sent {
+    streaming: Option<f64>,
+    end: Option<f64>,
 }
 
 /// `SELECT count(*), count(DISTINCT order_id)` of a lake table by DuckDB (an independent
@@ -986,17 +1000,21 @@ async fn stream_bench(db: &TestDb, root: &Path, args: &Args) {
         })
         .await;
         sent.abort();
-        let sent = sent.await.ok().flatten();
+        let sent = sent.await.unwrap_or_default();
         println!(
             "  run {}: service::run {:.3} s, {:.2} CPU s (received {} changes in {} \
-             transactions; {} lake commits; the walsender had sent the end after {})",
+             transactions; {} lake commits; the walsender streamed from {} and had sent the \
+             end after {})",
             run + 1,
             until.run.seconds,
             until.run.cpu,
             until.stats.changes,
             until.stats.transactions,
             until.stats.commits,
-            sent.map_or_else(|| "-".to_string(), |s| format!("{s:.3} s")),
+            sent.streaming
+                .map_or_else(|| "-".to_string(), |s| format!("{s:.3} s")),
+            sent.end
+                .map_or_else(|| "-".to_string(), |s| format!("{s:.3} s")),
         );
         ours.push(until.run);
         lake_states.push(until.state);

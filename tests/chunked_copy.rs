@@ -410,6 +410,144 @@ async fn a_table_joining_a_delta_lake_is_copied_in_chunks_through_a_workload_and
         .expect("drop the watch slot");
 }
 
+/// A Delta copy whose progress the log no longer holds (another engine committed to the table,
+/// checkpointed it and cleaned the log up to the checkpoint, while the writer was down) cannot
+/// resume: the restarted writer says so and copies the table again from its first row, and
+/// the lake still equals PostgreSQL.
+#[tokio::test]
+async fn a_delta_copy_whose_progress_the_cleaned_log_lost_starts_again_from_the_first_row() {
+    let db = TestDb::new("chunked_delta_cleaned").await;
+    db.psql(&["-v", "rows=200", "-f", "sql/orders.sql"]);
+    let mut settings = settings();
+    settings.push(("SINK__FORMAT", "delta".to_string()));
+    let settings = as_pairs(&settings);
+    let delta = [("SINK__FORMAT", "delta")];
+    let mut writer = start_with(&db, &settings);
+    caught_up(&db, &mut writer).await;
+
+    let client = db.client().await;
+    let watch = create_joined(&db, &client).await;
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE joined",
+            db.publication
+        ))
+        .await
+        .expect("publish joined");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while delta_chunks(&db).is_none_or(|c| c < 3) {
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy committed no 3 chunks: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_log = log_of(writer);
+    assert!(
+        !first_log.lines().any(|l| {
+            l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
+        }),
+        "the copy ended before the kill: make the table larger"
+    );
+
+    // another engine (deltalake's Python package) shortens the log's retention and
+    // checkpoints the table, and the log is cleaned up to that checkpoint (as after the
+    // retention passed): the commits that carried the copy's progress are gone, its `txn`
+    // marker is kept by the checkpoint
+    let location = delta_location(&db);
+    let cleaned = support::stack().python_lines(
+        "compact, checkpoint and clean the Delta log",
+        r#"
+import os, sys
+from deltalake import DeltaTable
+path = sys.argv[1]
+table = DeltaTable(path)
+before = table.version()
+table.alter.set_table_properties({"delta.logRetentionDuration": "interval 1 days"})
+table = DeltaTable(path)
+assert table.version() > before, "the property change committed nothing"
+table.create_checkpoint()
+log = os.path.join(path, "_delta_log")
+removed = 0
+for name in os.listdir(log):
+    if name.endswith(".json") and int(name.split(".")[0]) < table.version():
+        os.remove(os.path.join(log, name))
+        removed += 1
+print(removed)
+"#,
+        &[&location.display().to_string()],
+    );
+    assert!(
+        cleaned
+            .last()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+            > 0,
+        "the log was not cleaned: {cleaned:?}"
+    );
+
+    let mut writer = start_with(&db, &settings);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let log = writer.log();
+        if log.lines().any(|l| {
+            l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
+        }) {
+            break;
+        }
+        if let Ok(Some(status)) = writer.try_wait() {
+            panic!("lakewriter exited early with {status}: {}", log_of(writer));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the copy never completed: {}",
+            log_of(writer)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+        .execute(
+            "UPDATE joined SET v = -v, note = 'after' WHERE id % 1000 = 7",
+            &[],
+        )
+        .await
+        .expect("update joined");
+    caught_up(&db, &mut writer).await;
+    let log = stop(writer);
+    assert!(
+        log.contains("starts again from the first row"),
+        "the restarted writer did not say the copy starts again: {log}"
+    );
+    assert_eq!(
+        delta_chunks(&db),
+        None,
+        "the copy is still marked under way"
+    );
+    assert_eq!(
+        delta_query(
+            &location,
+            "SELECT count(*) - count(DISTINCT id) FROM {scan}"
+        ),
+        vec!["0".to_string()],
+        "duplicated keys in the Delta table"
+    );
+    let lake = delta_query(
+        &location,
+        "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
+    );
+    let postgres = joined_in_postgres(&db).await;
+    assert_same_lines("joined", &lake, &postgres, &log);
+    command_ok(&db, &["verify"], &delta);
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&watch])
+        .await
+        .expect("drop the watch slot");
+}
+
 /// With `writer` copying `joined` in chunks beside the stream (its watermarks counted through
 /// the slot `watch`): a workload on `joined` and `orders`, SIGKILL mid-copy, `status` and
 /// `compact` while down, a restart that resumes, and the lake then equal to PostgreSQL with
