@@ -17,7 +17,7 @@ use support::TestDb;
 use support::delta::{delta_copy_progress, delta_query};
 use support::writer::{
     assert_same_lines, caught_up, command_ok, duck_query, lake_copy_progress, log_of, start_with,
-    stop, wait_for_chunks,
+    stop, wait_for_chunks, wait_until_chunks,
 };
 
 /// Rows of the joining table, and rows per chunk: a copy of 60 chunks in the suite. A longer
@@ -173,6 +173,24 @@ async fn joined_in_postgres(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
+/// Whether the writer's `log` says the chunked copy of `joined` completed.
+fn copied_joined(log: &str) -> bool {
+    log.lines().any(|l| {
+        l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
+    })
+}
+
+/// Adds `joined` to the test's publication.
+async fn publish_joined(db: &TestDb, client: &tokio_postgres::Client) {
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE joined",
+            db.publication
+        ))
+        .await
+        .expect("publish joined");
+}
+
 /// Creates the `joined` table with its `rows()` rows, and the test's `test_decoding` slot that
 /// counts the chunks' watermarks; the slot's name.
 async fn create_joined(db: &TestDb, client: &tokio_postgres::Client) -> String {
@@ -206,13 +224,7 @@ async fn a_joining_table_copied_in_chunks_through_a_workload_and_kill_9_equals_p
 
     let client = db.client().await;
     let watch = create_joined(&db, &client).await;
-    client
-        .batch_execute(&format!(
-            "ALTER PUBLICATION {} ADD TABLE joined",
-            db.publication
-        ))
-        .await
-        .expect("publish joined");
+    publish_joined(&db, &client).await;
     copied_through_a_workload_and_kill_9(&db, writer, &watch, &as_pairs(&settings)).await;
 }
 
@@ -296,62 +308,67 @@ fn delta_location(db: &TestDb) -> std::path::PathBuf {
     db.warehouse.path().join(&db.namespace).join("joined")
 }
 
+const DELTA: [(&str, &str); 1] = [("SINK__FORMAT", "delta")];
+
+/// [`settings`] for a Delta lake.
+fn delta_settings() -> Vec<(&'static str, String)> {
+    let mut settings = settings();
+    settings.push((DELTA[0].0, DELTA[0].1.to_string()));
+    settings
+}
+
+/// The Delta table `joined` holds PostgreSQL's rows, each key once, and `verify` agrees.
+async fn assert_delta_joined_equals_postgres(db: &TestDb, log: &str) {
+    let location = delta_location(db);
+    assert_eq!(
+        delta_query(
+            &location,
+            "SELECT count(*) - count(DISTINCT id) FROM {scan}"
+        ),
+        vec!["0".to_string()],
+        "duplicated keys in the Delta table"
+    );
+    let lake = delta_query(
+        &location,
+        "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
+    );
+    let postgres = joined_in_postgres(db).await;
+    assert_same_lines("joined", &lake, &postgres, log);
+    command_ok(db, &["verify"], &DELTA);
+}
+
 #[tokio::test]
 async fn a_table_joining_a_delta_lake_is_copied_in_chunks_through_a_workload_and_kill_9() {
     let db = TestDb::new("chunked_delta").await;
     db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
-    let mut settings = settings();
-    settings.push(("SINK__FORMAT", "delta".to_string()));
+    let settings = delta_settings();
     let settings = as_pairs(&settings);
-    let delta = [("SINK__FORMAT", "delta")];
     let mut writer = start_with(&db, &settings);
     caught_up(&db, &mut writer).await;
 
     let client = db.client().await;
     let watch = create_joined(&db, &client).await;
-    client
-        .batch_execute(&format!(
-            "ALTER PUBLICATION {} ADD TABLE joined",
-            db.publication
-        ))
-        .await
-        .expect("publish joined");
+    publish_joined(&db, &client).await;
     let reads = Arc::new(Mutex::new(Reads::default()));
     let stop_workload = Arc::new(AtomicBool::new(false));
     let running = workload(&db, watch.clone(), reads.clone(), stop_workload.clone());
 
     // SIGKILL once a few chunks are committed, well before the last
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let killed_at = loop {
-        if let Some(chunks) = delta_chunks(&db).filter(|c| *c >= 3) {
-            break chunks;
-        }
-        if let Ok(Some(status)) = writer.try_wait() {
-            panic!("lakewriter exited early with {status}: {}", log_of(writer));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the copy committed no 3 chunks: {}",
-            log_of(writer)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (writer, killed_at) = wait_until_chunks(writer, "joined", 3, || delta_chunks(&db)).await;
     let first_log = log_of(writer);
     assert!(
         first_log.contains("copying the table in chunks beside the stream"),
         "the table was not copied in chunks into Delta: {first_log}"
     );
     assert!(
-        !first_log.lines().any(|l| {
-            l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
-        }),
+        !copied_joined(&first_log),
         "the copy ended before the kill: make the table larger"
     );
 
     // the log says how far the copy got, with the writer down, through status too; a
     // compaction mid-copy keeps it
     let committed = delta_chunks(&db).expect("the log holds the copy's progress after the kill");
-    let status = command_ok(&db, &["status"], &delta);
+    let status = command_ok(&db, &["status"], &DELTA);
     let expected = format!("(chunk {committed}/{}", rows() / chunk_rows());
     assert!(
         status
@@ -360,7 +377,7 @@ async fn a_table_joining_a_delta_lake_is_copied_in_chunks_through_a_workload_and
         "status does not show the Delta copy's progress ({expected}): {status}"
     );
     let before = delta_copy_progress(&delta_location(&db), &lake_name(&db));
-    let compacted = command_ok(&db, &["compact"], &delta);
+    let compacted = command_ok(&db, &["compact"], &DELTA);
     assert_eq!(
         delta_copy_progress(&delta_location(&db), &lake_name(&db)),
         before,
@@ -388,22 +405,7 @@ async fn a_table_joining_a_delta_lake_is_copied_in_chunks_through_a_workload_and
     let log = stop(writer);
     assert_resumed_reading_each_chunk_at_most_twice(&db, &log, &reads, rounds, killed_at).await;
 
-    let location = delta_location(&db);
-    assert_eq!(
-        delta_query(
-            &location,
-            "SELECT count(*) - count(DISTINCT id) FROM {scan}"
-        ),
-        vec!["0".to_string()],
-        "duplicated keys in the Delta table"
-    );
-    let lake = delta_query(
-        &location,
-        "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
-    );
-    let postgres = joined_in_postgres(&db).await;
-    assert_same_lines("joined", &lake, &postgres, &log);
-    command_ok(&db, &["verify"], &delta);
+    assert_delta_joined_equals_postgres(&db, &log).await;
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&watch])
         .await
@@ -418,39 +420,18 @@ async fn a_table_joining_a_delta_lake_is_copied_in_chunks_through_a_workload_and
 async fn a_delta_copy_whose_progress_the_cleaned_log_lost_starts_again_from_the_first_row() {
     let db = TestDb::new("chunked_delta_cleaned").await;
     db.psql(&["-v", "rows=200", "-f", "sql/orders.sql"]);
-    let mut settings = settings();
-    settings.push(("SINK__FORMAT", "delta".to_string()));
+    let settings = delta_settings();
     let settings = as_pairs(&settings);
-    let delta = [("SINK__FORMAT", "delta")];
     let mut writer = start_with(&db, &settings);
     caught_up(&db, &mut writer).await;
 
     let client = db.client().await;
     let watch = create_joined(&db, &client).await;
-    client
-        .batch_execute(&format!(
-            "ALTER PUBLICATION {} ADD TABLE joined",
-            db.publication
-        ))
-        .await
-        .expect("publish joined");
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while delta_chunks(&db).is_none_or(|c| c < 3) {
-        if let Ok(Some(status)) = writer.try_wait() {
-            panic!("lakewriter exited early with {status}: {}", log_of(writer));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the copy committed no 3 chunks: {}",
-            log_of(writer)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    publish_joined(&db, &client).await;
+    let (writer, _) = wait_until_chunks(writer, "joined", 3, || delta_chunks(&db)).await;
     let first_log = log_of(writer);
     assert!(
-        !first_log.lines().any(|l| {
-            l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
-        }),
+        !copied_joined(&first_log),
         "the copy ended before the kill: make the table larger"
     );
 
@@ -460,7 +441,7 @@ async fn a_delta_copy_whose_progress_the_cleaned_log_lost_starts_again_from_the_
     // marker is kept by the checkpoint
     let location = delta_location(&db);
     let cleaned = support::stack().python_lines(
-        "compact, checkpoint and clean the Delta log",
+        "commit, checkpoint and clean the Delta log",
         r#"
 import os, sys
 from deltalake import DeltaTable
@@ -493,10 +474,7 @@ print(removed)
     let mut writer = start_with(&db, &settings);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let log = writer.log();
-        if log.lines().any(|l| {
-            l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
-        }) {
+        if copied_joined(&writer.log()) {
             break;
         }
         if let Ok(Some(status)) = writer.try_wait() {
@@ -527,21 +505,7 @@ print(removed)
         None,
         "the copy is still marked under way"
     );
-    assert_eq!(
-        delta_query(
-            &location,
-            "SELECT count(*) - count(DISTINCT id) FROM {scan}"
-        ),
-        vec!["0".to_string()],
-        "duplicated keys in the Delta table"
-    );
-    let lake = delta_query(
-        &location,
-        "SELECT id || '|' || v || '|' || note FROM {scan} ORDER BY id",
-    );
-    let postgres = joined_in_postgres(&db).await;
-    assert_same_lines("joined", &lake, &postgres, &log);
-    command_ok(&db, &["verify"], &delta);
+    assert_delta_joined_equals_postgres(&db, &log).await;
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&watch])
         .await
@@ -592,9 +556,7 @@ async fn copied_through_a_workload_and_kill_9(
         "the table was not copied in chunks: {first_log}"
     );
     assert!(
-        !first_log.lines().any(|l| {
-            l.contains("copied the table in chunks while streaming") && l.contains("public.joined")
-        }),
+        !copied_joined(&first_log),
         "the copy ended before the kill: make the table larger"
     );
 

@@ -501,10 +501,22 @@ pub async fn wait_for_chunks(
     name: &str,
     chunks: u64,
 ) -> (Writer, u64) {
+    wait_until_chunks(writer, name, chunks, || copy_chunks(db, name)).await
+}
+
+/// Waits (three minutes at most) until the copy of `name` has committed `chunks` chunks, as
+/// `committed` reads them from the lake (Iceberg's summary, Delta's log); the writer back, and
+/// the count seen.
+pub async fn wait_until_chunks(
+    writer: Writer,
+    name: &str,
+    chunks: u64,
+    committed: impl Fn() -> Option<u64>,
+) -> (Writer, u64) {
     let mut writer = writer;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        if let Some(seen) = copy_chunks(db, name).filter(|c| *c >= chunks) {
+        if let Some(seen) = committed().filter(|c| *c >= chunks) {
             return (writer, seen);
         }
         if let Ok(Some(status)) = writer.try_wait() {
