@@ -12,18 +12,22 @@
 //!   landing first (a compaction moving the rows, another engine adding a row of the key)
 //!   is a conflict, and that flush writes equality deletes instead, which need no index;
 //! - after a commit made on the index's snapshot, the index takes the commit's changes (its
-//!   new data files' keys read back with their positions, the keys it deleted) and records
-//!   the new snapshot, in one redb transaction.
+//!   new data files' keys with their positions, kept by the file writers as they wrote the
+//!   rows or else read back; the keys it deleted) and records the new snapshot, in one redb
+//!   transaction.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, Struct, TableMetadata};
 
-use super::key_index::{self, IndexUpdate, KeyIndex, Rebuilt, SnapshotFile, SnapshotFiles};
+use super::key_index::{
+    self, FileKeys, IndexUpdate, KeyIndex, Rebuilt, SnapshotFile, SnapshotFiles,
+};
+use super::parquet::{KeyCapture, WrittenKeys};
 use super::positions::{self, DeletedPositions};
 use super::row_delta::{self, RowDelta};
 use super::{IcebergSink, TableState, iceberg_error, sink_error};
@@ -49,6 +53,9 @@ pub(super) struct TableIndex {
     /// position delete goes in its data file's partition. Filled from the manifests at the
     /// first need after a start, then by each commit's new files.
     partitions: Mutex<HashMap<String, (i32, Struct)>>,
+    /// The key columns of the data files written for the next commit, kept by their writers
+    /// ([`TableIndex::capture`]); taken by each commit ([`TableIndex::take_written`]).
+    written: Arc<Mutex<WrittenKeys>>,
 }
 
 impl std::fmt::Debug for TableIndex {
@@ -60,6 +67,20 @@ impl std::fmt::Debug for TableIndex {
 }
 
 impl TableIndex {
+    /// Where the data files written for the next commit keep their rows' key columns.
+    pub(super) fn capture(&self) -> KeyCapture {
+        KeyCapture {
+            names: self.key.fields().iter().map(|f| f.name().clone()).collect(),
+            into: self.written.clone(),
+        }
+    }
+
+    /// The key columns kept for the files written since the last commit, taken: the commit's
+    /// files are among them, the rest (files of a failed or discarded commit) are dropped.
+    pub(super) fn take_written(&self) -> WrittenKeys {
+        std::mem::take(&mut *self.written.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Waits for the update of the last commit, if one is still being applied. One that
     /// failed leaves the index exact for the snapshot before that commit: it catches up from
     /// the lake before its next use (logged).
@@ -199,6 +220,7 @@ impl<C: Catalog> IcebergSink<C> {
             key,
             key_ids,
             partitions: Mutex::new(HashMap::new()),
+            written: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -462,12 +484,15 @@ impl<C: Catalog> IcebergSink<C> {
     /// After `files` were committed as the snapshot `state` now knows: when the index was
     /// exact for its parent, the index takes the commit's changes and becomes exact for it;
     /// otherwise (another commit came between) it is left to be rebuilt before its next use.
+    /// `written` holds the key columns of data files as their writers kept them (the others
+    /// are read back).
     pub(super) async fn index_committed(
         &self,
         state: &TableState,
         index: &TableIndex,
         files: &RowDelta,
         positional: Option<&Positional>,
+        mut written: WrittenKeys,
     ) -> Result<()> {
         let lake = &state.lake;
         let error = |m: String| sink_error(lake, format!("key index: {m}"));
@@ -507,16 +532,19 @@ impl<C: Catalog> IcebergSink<C> {
             .filter(|f| f.content_type() == iceberg::spec::DataContentType::EqualityDeletes)
             .map(|f| f.file_path().to_string())
             .collect();
-        let data: Vec<String> = files
+        let data: Vec<(String, Option<Vec<Vec<ArrayRef>>>)> = files
             .data_files
             .iter()
-            .map(|f| f.file_path().to_string())
+            .map(|f| {
+                let path = f.file_path().to_string();
+                let kept = written.remove(&path);
+                (path, kept)
+            })
             .collect();
         let (store, file_io, key) = (index.store.clone(), self.file_io.clone(), index.key.clone());
         let snapshot = snapshot.snapshot_id();
         let applying = tokio::spawn(async move {
-            let update =
-                committed_update(&store, &file_io, &key, removed, &equality, &data).await?;
+            let update = committed_update(&store, &file_io, &key, removed, &equality, data).await?;
             tokio::task::spawn_blocking(move || store.apply(Some(snapshot), &update))
                 .await
                 .map_err(|e| e.to_string())?
@@ -528,14 +556,15 @@ impl<C: Catalog> IcebergSink<C> {
 
 /// The index's update for a commit: the keys its position deletes removed (`removed`), those
 /// its equality-delete files name, and the keys of its new data files with their positions
-/// (sorted: the B-tree's pages are then written one after another).
+/// (sorted: the B-tree's pages are then written one after another), from the key columns
+/// their writers kept or else read back.
 async fn committed_update(
     store: &KeyIndex,
     file_io: &iceberg::io::FileIO,
     key: &SchemaRef,
     removed: Vec<Vec<u8>>,
     equality: &[String],
-    data: &[String],
+    data: Vec<(String, Option<Vec<Vec<ArrayRef>>>)>,
 ) -> std::result::Result<IndexUpdate, String> {
     let converter = store.converter();
     let mut update = IndexUpdate {
@@ -546,13 +575,42 @@ async fn committed_update(
         let keys = key_index::file_keys(file_io, path, key, converter, None).await?;
         update.removed.extend(keys.into_iter().map(|(key, _)| key));
     }
-    for path in data {
-        let mut keys = key_index::file_keys(file_io, path, key, converter, None).await?;
+    for (path, kept) in data {
+        let mut keys = match kept {
+            Some(batches) => written_keys(&path, &batches, converter)?,
+            None => key_index::file_keys(file_io, &path, key, converter, None).await?,
+        };
         keys.sort_unstable();
-        update.added.push((path.clone(), keys));
+        update.added.push((path, keys));
     }
     update.removed.sort_unstable();
     Ok(update)
+}
+
+/// The keys of the rows a data file's writer kept (`batches`: the key columns of each batch
+/// it wrote, in order), each with its position in the file.
+fn written_keys(
+    path: &str,
+    batches: &[Vec<ArrayRef>],
+    converter: &arrow::row::RowConverter,
+) -> std::result::Result<FileKeys, String> {
+    let mut keys = Vec::with_capacity(
+        batches
+            .iter()
+            .map(|b| b.first().map_or(0, |c| c.len()))
+            .sum(),
+    );
+    let mut position = 0u64;
+    for columns in batches {
+        let rows = converter
+            .convert_columns(columns)
+            .map_err(|e| format!("{path}: the keys of the written rows: {e}"))?;
+        for row in rows.iter() {
+            keys.push((row.as_ref().to_vec(), position));
+            position += 1;
+        }
+    }
+    Ok(keys)
 }
 
 /// The sequence number of snapshot `held` when it is the current snapshot's ancestor in
@@ -587,4 +645,117 @@ fn key_schema(lake: &CatalogTable, metadata: &TableMetadata, key: &[String]) -> 
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(ArrowSchema::new(fields)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
+    use iceberg::spec::{
+        FormatVersion, NestedField, PartitionSpec, PrimitiveType, Schema, SortOrder,
+        TableMetadataBuilder, Type,
+    };
+
+    use super::super::files::{FileWriter, conform};
+    use super::super::parquet::KeyCapture;
+    use super::*;
+
+    /// The positions the file writers keep for the index are the rows' positions in the files
+    /// they wrote, file by file, also when a flush's rows roll over several files.
+    #[tokio::test]
+    async fn the_keys_kept_while_writing_are_the_keys_read_back_from_the_files() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let schema = Schema::builder()
+            .with_fields([
+                NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                NestedField::required(2, "region", Type::Primitive(PrimitiveType::String)).into(),
+                NestedField::optional(3, "note", Type::Primitive(PrimitiveType::String)).into(),
+            ])
+            .with_identifier_field_ids([1, 2])
+            .build()
+            .expect("a valid schema");
+        let metadata = TableMetadataBuilder::new(
+            schema,
+            PartitionSpec::unpartition_spec(),
+            SortOrder::unsorted_order(),
+            dir.path().display().to_string(),
+            FormatVersion::V2,
+            HashMap::new(),
+        )
+        .expect("a valid table")
+        .build()
+        .expect("a valid table")
+        .metadata;
+        let lake =
+            Arc::new(schema_to_arrow_schema(metadata.current_schema()).expect("an Arrow schema"));
+        let key: SchemaRef = Arc::new(ArrowSchema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("region", DataType::Utf8, false),
+        ]));
+        let index =
+            KeyIndex::open(&dir.path().join("index.redb"), &key, 1 << 20).expect("an index");
+        let written = Arc::new(Mutex::new(HashMap::new()));
+        let file_io = iceberg::io::FileIO::new_with_fs();
+        let writer = FileWriter {
+            file_io: &file_io,
+            metadata: &metadata,
+            target_file_size: 64 * 1024,
+            commit_id: "test",
+            keys: Some(KeyCapture {
+                names: vec!["id".to_string(), "region".to_string()],
+                into: written.clone(),
+            }),
+        };
+        // keys in no particular order (an update-heavy flush), notes that do not compress
+        let batches = (0..3)
+            .map(|b| {
+                let ids: Vec<i64> = (0..20_000).map(|i| (i * 7919 + b) % 60_001).collect();
+                let source = RecordBatch::try_from_iter([
+                    (
+                        "note",
+                        Arc::new(StringArray::from_iter_values(ids.iter().map(|i| {
+                            format!("{:x}", (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                        }))) as ArrayRef,
+                    ),
+                    (
+                        "region",
+                        Arc::new(StringArray::from_iter_values(
+                            ids.iter().map(|i| ["eu", "us", "ap"][(*i % 3) as usize]),
+                        )) as ArrayRef,
+                    ),
+                    ("id", Arc::new(Int64Array::from(ids)) as ArrayRef),
+                ])
+                .expect("a batch");
+                conform(&source, &lake).expect("conforms")
+            })
+            .collect();
+        let files = writer.write_rows(batches).await.expect("written");
+        assert!(
+            files.len() > 2,
+            "the rows roll over several files: {}",
+            files.len()
+        );
+
+        let mut kept = written.lock().expect("not poisoned").clone();
+        let mut total = 0;
+        for file in &files {
+            let path = file.file_path();
+            let batches = kept.remove(path).expect("the writer kept the file's keys");
+            let from_writer = written_keys(path, &batches, index.converter()).expect("encoded");
+            let read_back = key_index::file_keys(&file_io, path, &key, index.converter(), None)
+                .await
+                .expect("read back");
+            assert_eq!(from_writer.len() as u64, file.record_count());
+            assert!(
+                from_writer == read_back,
+                "{path}: kept keys differ from the file's"
+            );
+            total += from_writer.len();
+        }
+        assert_eq!(total, 60_000);
+        assert!(kept.is_empty(), "only written files are kept");
+    }
 }

@@ -26,7 +26,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::parquet::ParquetFileBuilder;
+use super::parquet::{KeyCapture, ParquetFileBuilder};
 
 /// Where and how a commit writes its files.
 pub(super) struct FileWriter<'a> {
@@ -38,6 +38,8 @@ pub(super) struct FileWriter<'a> {
     pub target_file_size: usize,
     /// A name unique to this commit, prefixed to every file it writes.
     pub commit_id: &'a str,
+    /// Where data files keep their rows' key columns for the key index, if anywhere.
+    pub keys: Option<KeyCapture>,
 }
 
 impl FileWriter<'_> {
@@ -54,7 +56,8 @@ impl FileWriter<'_> {
     /// calls.
     pub async fn open_rows(&self) -> iceberg::Result<OpenRows> {
         let schema = self.metadata.current_schema().clone();
-        let parquet = ParquetFileBuilder::new(self.writer_properties(), &schema)?;
+        let parquet = ParquetFileBuilder::new(self.writer_properties(), &schema)?
+            .capturing(self.keys.clone());
         let builder = DataFileWriterBuilder::new(self.rolling(parquet, "data")?);
         Ok(OpenRows {
             writer: Mutex::new(Partitioned::new(builder, self.metadata, &schema).await?),

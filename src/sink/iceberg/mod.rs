@@ -494,27 +494,37 @@ impl<C: Catalog> IcebergSink<C> {
             .collect()
     }
 
-    /// A writer of files against `metadata`, named after `commit_id`.
+    /// A writer of files against `metadata`, named after `commit_id`, its data files keeping
+    /// their rows' key columns into `keys` (for the key index) when given.
     fn file_writer<'a>(
         &'a self,
         metadata: &'a TableMetadata,
         commit_id: &'a str,
+        keys: Option<self::parquet::KeyCapture>,
     ) -> FileWriter<'a> {
         FileWriter {
             file_io: &self.file_io,
             metadata,
             target_file_size: self.settings.target_file_size,
             commit_id,
+            keys,
         }
     }
 
-    /// Writes the delta's files against the table as it is now.
-    async fn write_files(&self, state: &TableState, delta: &TableDelta) -> Result<RowDelta> {
+    /// Writes the delta's files against the table as it is now; the data files keep their
+    /// key columns for `index`, when given.
+    async fn write_files(
+        &self,
+        state: &TableState,
+        delta: &TableDelta,
+        index: Option<&by_position::TableIndex>,
+    ) -> Result<RowDelta> {
         let lake = &state.lake;
         let rows = self.conformed(state, &delta.rows)?;
         let deletes = self.conformed(state, &delta.deletes)?;
         let commit_id = row_delta::unique_id();
-        let writer = self.file_writer(&state.metadata, &commit_id);
+        let keys = index.map(by_position::TableIndex::capture);
+        let writer = self.file_writer(&state.metadata, &commit_id, keys);
         let data_files = writer
             .write_rows(rows)
             .await
@@ -693,6 +703,9 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             state.staged_positions = None;
             // its files, unreferenced, are orphans for cleanup
             state.open_rows = None;
+            if let Some(index) = &state.index {
+                index.take_written();
+            }
         }
     }
 
@@ -743,7 +756,7 @@ impl<C: Catalog> IcebergSink<C> {
             .map(|b| files::conform(b, &arrow).map_err(|m| sink_error(lake, m)))
             .collect::<Result<Vec<_>>>()?;
         let commit_id = row_delta::unique_id();
-        self.file_writer(metadata, &commit_id)
+        self.file_writer(metadata, &commit_id, None)
             .write_rows(rows)
             .await
             .map_err(|e| iceberg_error(lake, "write data files", e))
@@ -810,7 +823,8 @@ impl<C: Catalog> IcebergSink<C> {
                 Some(open) => open,
                 None => {
                     let commit_id = row_delta::unique_id();
-                    let writer = self.file_writer(&state.metadata, &commit_id);
+                    let keys = state.index.as_ref().map(by_position::TableIndex::capture);
+                    let writer = self.file_writer(&state.metadata, &commit_id, keys);
                     let open = writer
                         .open_rows()
                         .await
@@ -845,7 +859,7 @@ impl<C: Catalog> IcebergSink<C> {
                 rows: Vec::new(),
                 ..part.clone()
             };
-            let files = self.write_files(state, &deletes).await?;
+            let files = self.write_files(state, &deletes, None).await?;
             tracing::debug!(
                 table = %state.lake,
                 delete_files = files.delete_files.len(),
@@ -985,12 +999,12 @@ impl<C: Catalog> IcebergSink<C> {
                     deletes: Vec::new(),
                     ..delta.clone()
                 };
-                let mut files = self.write_files(state, &rows_only).await?;
+                let mut files = self.write_files(state, &rows_only, index).await?;
                 files.delete_files.extend(positional.files.iter().cloned());
                 files.based_on = Some(positional.based_on);
                 files
             }
-            None => self.write_files(state, delta).await?,
+            None => self.write_files(state, delta, index).await?,
         };
         // the parts of a large transaction staged before, their position deletes found in
         // the same snapshot as this delta's (nothing of the table committed in between)
@@ -1088,9 +1102,14 @@ impl<C: Catalog> IcebergSink<C> {
                 deletes: deletes.clone(),
                 ..delta.clone()
             };
-            let by_key = self.write_files(state, &deletes_only).await?;
+            let by_key = self.write_files(state, &deletes_only, None).await?;
             files.delete_files.extend(by_key.delete_files);
         };
+        // the key columns the commit's data files kept, taken whatever the outcome: files of
+        // a commit that failed are never committed
+        let written = index
+            .map(by_position::TableIndex::take_written)
+            .unwrap_or_default();
         let (pointer, metadata) = committed?;
         if let Some(m) = crate::metrics::installed() {
             let bytes = files
@@ -1127,7 +1146,7 @@ impl<C: Catalog> IcebergSink<C> {
             );
         } else if let Some(index) = index
             && let Err(e) = self
-                .index_committed(state, index, &files, positional.as_ref())
+                .index_committed(state, index, &files, positional.as_ref(), written)
                 .await
         {
             // the commit stands; the index, still exact for the snapshot before it, is

@@ -3,11 +3,14 @@
 //! columns as Parquet UUIDs, and DuckDB fails on such files. This writer annotates them and
 //! computes the Iceberg metrics of each file (sizes, value, null and NaN counts, bounds) from
 //! its Parquet footer; it plugs into iceberg's rolling, data and equality-delete writers.
+//! A data file's writer can also keep the key columns of the rows it writes, in order
+//! ([`KeyCapture`]): the key index then learns each new row's position without reading the
+//! file back.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use arrow::array::{Array, Float32Array, Float64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, Float32Array, Float64Array, RecordBatch};
 use arrow::datatypes::SchemaRef as ArrowSchemaRef;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -50,11 +53,33 @@ struct Shared {
     columns: HashMap<i32, Column>,
 }
 
+/// The key columns of each written data file's rows, by file path: one entry per batch
+/// written, in the order of the rows in the file (the first batch's first row is position 0).
+pub(super) type WrittenKeys = HashMap<String, Vec<Vec<ArrayRef>>>;
+
+/// Where data-file writers keep the key columns of the rows they write, for the key index.
+#[derive(Debug, Clone)]
+pub(super) struct KeyCapture {
+    /// The key columns, by name, in the index's order.
+    pub names: Vec<String>,
+    /// Filled as each file is closed.
+    pub into: Arc<Mutex<WrittenKeys>>,
+}
+
+/// A [`KeyCapture`] resolved against the written schema.
+#[derive(Debug)]
+struct Capture {
+    /// Top-level column indices of the key columns, in the index's order.
+    columns: Vec<usize>,
+    into: Arc<Mutex<WrittenKeys>>,
+}
+
 /// Builds a [`ParquetFile`] per output file, for one Iceberg schema (the table's, or an
 /// equality-delete file's key columns).
 #[derive(Debug, Clone)]
 pub(super) struct ParquetFileBuilder {
     shared: Arc<Shared>,
+    capture: Option<Arc<Capture>>,
 }
 
 impl ParquetFileBuilder {
@@ -82,7 +107,25 @@ impl ParquetFileBuilder {
                 parquet: SchemaDescriptor::new(root),
                 columns,
             }),
+            capture: None,
         })
+    }
+
+    /// Files that keep their rows' key columns into `keys` when closed. A key column the
+    /// schema lacks captures nothing (the index then reads the files back).
+    pub fn capturing(mut self, keys: Option<KeyCapture>) -> Self {
+        self.capture = keys.and_then(|keys| {
+            let columns = keys
+                .names
+                .iter()
+                .map(|name| self.shared.arrow.index_of(name).ok())
+                .collect::<Option<Vec<usize>>>()?;
+            Some(Arc::new(Capture {
+                columns,
+                into: keys.into,
+            }))
+        });
+        self
     }
 }
 
@@ -168,6 +211,7 @@ impl FileWriterBuilder for ParquetFileBuilder {
             writer: None,
             rows: 0,
             nan_counts: HashMap::new(),
+            keys: self.capture.clone().map(|c| (c, Vec::new())),
         })
     }
 }
@@ -203,6 +247,8 @@ pub(super) struct ParquetFile {
     writer: Option<AsyncArrowWriter<Upload>>,
     rows: usize,
     nan_counts: HashMap<i32, u64>,
+    /// The key columns of each batch written, when capturing.
+    keys: Option<(Arc<Capture>, Vec<Vec<ArrayRef>>)>,
 }
 
 impl ParquetFile {
@@ -346,6 +392,16 @@ impl FileWriter for ParquetFile {
                 .map_err(|e| parquet_error("write rows", e))?;
         }
         self.rows += batch.num_rows();
+        if let Some((capture, batches)) = self.keys.as_mut() {
+            // the arrays share the batch's buffers: only the key columns stay in memory
+            batches.push(
+                capture
+                    .columns
+                    .iter()
+                    .map(|&c| batch.column(c).clone())
+                    .collect(),
+            );
+        }
         Ok(())
     }
 
@@ -358,7 +414,16 @@ impl FileWriter for ParquetFile {
             .await
             .map_err(|e| parquet_error("finish the file", e))?;
         let size = writer.bytes_written() as u64;
-        Ok(vec![self.data_file(&metadata, size)?])
+        let file = self.data_file(&metadata, size)?;
+        // kept only once the file is complete: a file that failed is never committed
+        if let Some((capture, batches)) = self.keys.take() {
+            capture
+                .into
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(self.output.location().to_string(), batches);
+        }
+        Ok(vec![file])
     }
 }
 
