@@ -544,28 +544,43 @@ impl<C: Catalog> IcebergSink<C> {
         let (store, file_io, key) = (index.store.clone(), self.file_io.clone(), index.key.clone());
         let snapshot = snapshot.snapshot_id();
         let applying = tokio::spawn(async move {
-            let update = committed_update(&store, &file_io, &key, removed, &equality, data).await?;
-            tokio::task::spawn_blocking(move || store.apply(Some(snapshot), &update))
-                .await
-                .map_err(|e| e.to_string())?
+            let (mut update, kept) =
+                read_back_update(&store, &file_io, &key, removed, &equality, data).await?;
+            // the encoding and sorting of the kept keys is CPU work: off the runtime's
+            // workers, which run the pipeline
+            tokio::task::spawn_blocking(move || {
+                let converter = store.converter();
+                for (path, batches) in kept {
+                    let keys = written_keys(&path, &batches, converter)?;
+                    update.added.push((path, keys));
+                }
+                for (_, keys) in &mut update.added {
+                    keys.sort_unstable();
+                }
+                update.removed.sort_unstable();
+                store.apply(Some(snapshot), &update)
+            })
+            .await
+            .map_err(|e| e.to_string())?
         });
         *index.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(applying);
         Ok(())
     }
 }
 
-/// The index's update for a commit: the keys its position deletes removed (`removed`), those
-/// its equality-delete files name, and the keys of its new data files with their positions
-/// (sorted: the B-tree's pages are then written one after another), from the key columns
-/// their writers kept or else read back.
-async fn committed_update(
+/// The index's update for a commit, as far as the lake must be read for it: the keys its
+/// position deletes removed (`removed`), those its equality-delete files name, and the keys
+/// of its new data files with their positions, read back for the files whose writers kept
+/// none; the kept key columns of the others are returned as they are (not yet encoded, and
+/// nothing sorted).
+async fn read_back_update(
     store: &KeyIndex,
     file_io: &iceberg::io::FileIO,
     key: &SchemaRef,
     removed: Vec<Vec<u8>>,
     equality: &[String],
     data: Vec<(String, Option<Vec<Vec<ArrayRef>>>)>,
-) -> std::result::Result<IndexUpdate, String> {
+) -> std::result::Result<(IndexUpdate, Vec<(String, Vec<Vec<ArrayRef>>)>), String> {
     let converter = store.converter();
     let mut update = IndexUpdate {
         removed,
@@ -575,16 +590,17 @@ async fn committed_update(
         let keys = key_index::file_keys(file_io, path, key, converter, None).await?;
         update.removed.extend(keys.into_iter().map(|(key, _)| key));
     }
-    for (path, kept) in data {
-        let mut keys = match kept {
-            Some(batches) => written_keys(&path, &batches, converter)?,
-            None => key_index::file_keys(file_io, &path, key, converter, None).await?,
-        };
-        keys.sort_unstable();
-        update.added.push((path, keys));
+    let mut kept = Vec::new();
+    for (path, batches) in data {
+        match batches {
+            Some(batches) => kept.push((path, batches)),
+            None => {
+                let keys = key_index::file_keys(file_io, &path, key, converter, None).await?;
+                update.added.push((path, keys));
+            }
+        }
     }
-    update.removed.sort_unstable();
-    Ok(update)
+    Ok((update, kept))
 }
 
 /// The keys of the rows a data file's writer kept (`batches`: the key columns of each batch
