@@ -621,10 +621,7 @@ fn written_keys(
         let rows = converter
             .convert_columns(columns)
             .map_err(|e| format!("{path}: the keys of the written rows: {e}"))?;
-        for row in rows.iter() {
-            keys.push((row.as_ref().to_vec(), position));
-            position += 1;
-        }
+        key_index::push_keys(&rows, &mut position, None, &mut keys);
     }
     Ok(keys)
 }

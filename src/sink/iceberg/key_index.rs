@@ -350,14 +350,26 @@ pub async fn file_keys(
         let rows = converter
             .convert_columns(batch.columns())
             .map_err(|e| format!("{path}: {e}"))?;
-        for row in rows.iter() {
-            if !deleted.is_some_and(|d| d.contains(&position)) {
-                keys.push((row.as_ref().to_vec(), position));
-            }
-            position += 1;
-        }
+        push_keys(&rows, &mut position, deleted, &mut keys);
     }
     Ok(keys)
+}
+
+/// Appends `rows` (encoded keys of consecutive rows of one data file, the first at
+/// `position`) to `keys` with their positions, the rows `deleted` names left out; advances
+/// `position` past them.
+pub fn push_keys(
+    rows: &Rows,
+    position: &mut u64,
+    deleted: Option<&BTreeSet<u64>>,
+    keys: &mut FileKeys,
+) {
+    for row in rows.iter() {
+        if !deleted.is_some_and(|d| d.contains(position)) {
+            keys.push((row.as_ref().to_vec(), *position));
+        }
+        *position += 1;
+    }
 }
 
 /// A file of the snapshot a rebuild reads.
