@@ -1631,10 +1631,10 @@ async fn memory_bench(root: &Path, args: &Args) {
     let budget = config.flush.memory_budget.bytes();
     let log_path = root.join("memory.log");
     let log = File::create(&log_path).expect("create the writer's log file");
-    let binary = env!("CARGO_BIN_EXE_lakewriter");
+    let binary = support::writer::binary();
     let started = Instant::now();
     let mut writer = Writer(
-        Command::new(binary)
+        Command::new(&binary)
             .args(["run", "--config"])
             .arg(&path)
             .env("LAKEWRITER_LOG", "lakewriter=info")
@@ -1657,8 +1657,9 @@ async fn memory_bench(root: &Path, args: &Args) {
         .await;
     let after_snapshot = memory_of(pid).expect("the writer's memory after its snapshot");
     println!(
-        "\nmemory: {binary} run, [flush] memory_budget = {}, max_bytes = {}, max_rows = {}; \
+        "\nmemory: {} run, [flush] memory_budget = {}, max_bytes = {}, max_rows = {}; \
          initial snapshot of {MEMORY_SEED_ROWS} rows committed in {:.1} s, RSS then {:.1} MiB",
+        binary.display(),
         config.flush.memory_budget,
         config.flush.max_bytes,
         config.flush.max_rows,

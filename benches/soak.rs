@@ -181,7 +181,7 @@ async fn soak(args: Args) {
         .status();
     let status = writer.wait().expect("wait for lakewriter");
     assert!(status.success(), "lakewriter run: {}", tail(&log_path));
-    let verify = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+    let verify = Command::new(support::writer::binary())
         .args(["verify", "--config"])
         .arg(&config)
         .output()
@@ -201,7 +201,7 @@ async fn soak(args: Args) {
 
 fn start_writer(config: &Path, log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("create the writer's log");
-    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+    Command::new(support::writer::binary())
         .args(["run", "--config"])
         .arg(config)
         .env_remove("LAKEWRITER_LOG")
@@ -338,7 +338,7 @@ fn sample(
         .lines()
         .filter(|l| l.contains("committed") && l.contains("public.orders"))
         .count() as u64;
-    let status = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+    let status = Command::new(support::writer::binary())
         .args(["status", "--json", "--config"])
         .arg(config)
         .output()

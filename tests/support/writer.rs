@@ -101,10 +101,18 @@ pub fn start(db: &TestDb) -> Writer {
     start_with(db, &[])
 }
 
+/// The lakewriter binary the tests and benchmarks run: this build's, or the one
+/// `LAKEWRITER_BINARY` names (a benchmark comparing two builds runs each in turn).
+pub fn binary() -> std::path::PathBuf {
+    std::env::var_os("LAKEWRITER_BINARY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_lakewriter").into())
+}
+
 /// Runs the command `args[0]` of the binary on the test config with `args[1..]` and settings
 /// as environment overrides (`SECTION__KEY`); its output, whatever the exit.
 pub fn command(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+    Command::new(binary())
         .args(&args[..1])
         .arg("--config")
         .arg(config_path(db))
@@ -319,7 +327,7 @@ pub fn start_with(db: &TestDb, settings: &[(&str, &str)]) -> Writer {
 pub fn start_with_env(db: &TestDb, settings: &[(&str, &str)], env: &[(&str, &str)]) -> Writer {
     let log = tempfile::NamedTempFile::new().expect("a log file for lakewriter run");
     let stderr = log.reopen().expect("open the log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_lakewriter"))
+    let child = Command::new(binary())
         .args(["run", "--config"])
         .arg(config_path(db))
         .envs(

@@ -1,7 +1,7 @@
-//! The key index of an upsert table (issue 17, work in progress: nothing writes through it
-//! yet): primary key → (data file, row position) of the key's live row, in an embedded redb
-//! file on local disk, so that an update or delete of a key already in the lake can become a
-//! position delete instead of an equality delete.
+//! The key index of an upsert table in `delete_mode = "position"`: primary key → (data file,
+//! row position) of the key's live row, in an embedded redb file on local disk, so that an
+//! update or delete of a key already in the lake becomes a position delete instead of an
+//! equality delete (the sink's use of it: `by_position`).
 //!
 //! It is a cache (DESIGN.md invariant 14): it records the snapshot it is exact for, and one that
 //! does not match the table's current snapshot is brought up to it from the lake ([`bring_up`]) before it
@@ -214,6 +214,14 @@ impl KeyIndex {
                     index.remove(key.as_slice()).map_err(|e| e.to_string())?;
                 }
             }
+            // keys above every key the index holds (a copy's chunks, rows of a serial key)
+            // are appended in one ascending run through a cursor, which redb splices into
+            // the B-tree's right edge a leaf at a time; the others are inserted one by one
+            let last: Option<Vec<u8>> = index
+                .last()
+                .map_err(|e| e.to_string())?
+                .map(|(key, _)| key.value().to_vec());
+            let mut tail: Vec<(&[u8], (u32, u64))> = Vec::new();
             for (path, keys) in &update.added {
                 let known = ids
                     .get(path.as_str())
@@ -234,10 +242,33 @@ impl KeyIndex {
                     }
                 };
                 for (key, position) in keys {
-                    index
-                        .insert(key.as_slice(), (id, *position))
+                    if last.as_deref().is_none_or(|last| key.as_slice() > last) {
+                        tail.push((key.as_slice(), (id, *position)));
+                    } else {
+                        index
+                            .insert(key.as_slice(), (id, *position))
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            if !tail.is_sorted_by(|a, b| a.0 < b.0) {
+                // stable: of a key added twice, the later one is inserted last and kept
+                tail.sort_by(|a, b| a.0.cmp(b.0));
+            }
+            if tail.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+                for (key, location) in &tail {
+                    index.insert(*key, location).map_err(|e| e.to_string())?;
+                }
+            } else if !tail.is_empty() {
+                let mut cursor = index
+                    .upper_bound_mut(std::ops::Bound::<&[u8]>::Unbounded)
+                    .map_err(|e| e.to_string())?;
+                for (key, location) in &tail {
+                    cursor
+                        .insert_before(*key, location)
                         .map_err(|e| e.to_string())?;
                 }
+                cursor.close().map_err(|e| e.to_string())?;
             }
             let mut meta = write.open_table(META).map_err(|e| e.to_string())?;
             meta.insert("layout", self.layout.as_bytes())
@@ -498,7 +529,16 @@ pub async fn bring_up(
             known
         }
     };
-    for file in files.data.iter().filter(|f| !known.contains(&f.path)) {
+    // the oldest files first: a table whose keys grow with time (a copy's key-ordered chunks,
+    // a serial key) then adds each file's keys above the ones before, which the index
+    // appends in one run instead of inserting one by one (the manifests list the newest first)
+    let mut unknown: Vec<&SnapshotFile> = files
+        .data
+        .iter()
+        .filter(|f| !known.contains(&f.path))
+        .collect();
+    unknown.sort_by(|a, b| (a.sequence, &a.path).cmp(&(b.sequence, &b.path)));
+    for file in unknown {
         let mut removed: Option<BTreeSet<u64>> = None;
         for (delete, rows) in &files.positions {
             if file.sequence <= delete.sequence
@@ -535,6 +575,7 @@ pub async fn bring_up(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use arrow::array::{ArrayRef, Int32Array, StringArray};
@@ -727,6 +768,99 @@ mod tests {
         assert_eq!(
             caught.files().expect("files"),
             rebuilt.files().expect("files")
+        );
+    }
+
+    /// Updates that append keys above the greatest (in order, shuffled, one key added
+    /// twice), insert keys between others and remove keys leave the index where a plain map
+    /// of the same updates is, across flushes and a reopen.
+    #[test]
+    fn appended_and_inserted_keys_are_found_where_a_map_finds_them() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("orders.redb");
+        let index = KeyIndex::open(&path, &key_schema(), 1 << 20).expect("open");
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move |bound: u64| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x9e37_79b9_7f4a_7c15) % bound
+        };
+        let regions = ["eu", "us", "ap"];
+        let mut model: BTreeMap<(i32, &str), (String, u64)> = BTreeMap::new();
+        let mut top = 0i32;
+        for flush in 0..40u64 {
+            let mut added: Vec<(String, Vec<(i32, &str)>)> = Vec::new();
+            let below = top;
+            // new keys above every key so far, in order or not
+            let mut fresh: Vec<(i32, &str)> = (0..random(300) as i32)
+                .map(|i| (top + 1 + i / 3, regions[i as usize % 3]))
+                .collect();
+            top += fresh.len() as i32 / 3 + 1;
+            if flush % 3 == 1 {
+                fresh.reverse();
+            }
+            // keys between the others: updates of keys held, and new ones in the gaps
+            let between: Vec<(i32, &str)> = (0..random(50))
+                .map(|_| (random(below as u64 + 1) as i32, regions[random(3) as usize]))
+                .collect();
+            if flush % 5 == 4 && !fresh.is_empty() {
+                // one key added twice in the flush: the later file holds it
+                let again = fresh[0];
+                added.push((format!("f{flush}-a.parquet"), fresh.clone()));
+                added.push((format!("f{flush}-b.parquet"), vec![again]));
+            } else {
+                added.push((format!("f{flush}-a.parquet"), fresh));
+            }
+            added.push((format!("f{flush}-c.parquet"), between));
+            let removed: Vec<(i32, &str)> =
+                model.keys().filter(|_| random(10) == 0).copied().collect();
+
+            for key in &removed {
+                model.remove(key);
+            }
+            let mut update = IndexUpdate {
+                removed: removed
+                    .iter()
+                    .map(|k| encode(&index, &[*k]).row(0).as_ref().to_vec())
+                    .collect(),
+                ..IndexUpdate::default()
+            };
+            for (file, keys) in &added {
+                let mut encoded = Vec::new();
+                for (position, key) in keys.iter().enumerate() {
+                    model.insert(*key, (file.clone(), position as u64));
+                    encoded.push((
+                        encode(&index, &[*key]).row(0).as_ref().to_vec(),
+                        position as u64,
+                    ));
+                }
+                update.added.push((file.clone(), encoded));
+            }
+            index.apply(Some(flush as i64), &update).expect("apply");
+
+            let universe: Vec<(i32, &str)> = (0..=top)
+                .flat_map(|id| regions.iter().map(move |r| (id, *r)))
+                .collect();
+            let expected: Vec<Option<RowLocation>> = universe
+                .iter()
+                .map(|k| model.get(k).and_then(|(f, p)| at(f, *p)))
+                .collect();
+            assert_eq!(
+                index.lookup(&encode(&index, &universe)).expect("lookup"),
+                expected,
+                "after flush {flush}"
+            );
+            assert_eq!(index.len().expect("len"), model.len() as u64);
+        }
+        drop(index);
+        let index = KeyIndex::open(&path, &key_schema(), 1 << 20).expect("reopen");
+        assert_eq!(index.exact_for().expect("read"), Some(39));
+        let held: Vec<(i32, &str)> = model.keys().copied().collect();
+        let expected: Vec<Option<RowLocation>> = model.values().map(|(f, p)| at(f, *p)).collect();
+        assert_eq!(
+            index.lookup(&encode(&index, &held)).expect("lookup"),
+            expected
         );
     }
 
