@@ -10,7 +10,7 @@
 //!    99th percentile as the bucket bound that holds it, against `max_latency` + 1 s.
 //!
 //! At the end the writer catches up and stops, and `verify` must find the lake equal to
-//! PostgreSQL.
+//! PostgreSQL; the count and size of the copied table's Parquet files are printed.
 //!
 //! ```text
 //! cargo bench --bench chunked_copy -- [--rows N] [--chunk-rows N] [--runs N]
@@ -211,6 +211,34 @@ async fn bench(options: Options) {
         "the lake differs from PostgreSQL: {verified}"
     );
     println!("verify: {}", verified.trim().replace('\n', "; "));
+    let (files, bytes) = parquet_files(db.warehouse.path(), "big");
+    println!(
+        "the copied table's Parquet files: {files}, {:.1} MB",
+        bytes as f64 / 1e6
+    );
+}
+
+/// The count and total size of the Parquet files under `dir` whose path names the table
+/// `table` (a directory of that name).
+fn parquet_files(dir: &std::path::Path, table: &str) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            let (f, b) = parquet_files(&path, table);
+            files += f;
+            bytes += b;
+        } else if path.extension().is_some_and(|e| e == "parquet")
+            && path.components().any(|c| c.as_os_str() == table)
+        {
+            files += 1;
+            bytes += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
+    (files, bytes)
 }
 
 /// `text` (a TOML config) with the sections of `extra` merged in: a key of a section both have

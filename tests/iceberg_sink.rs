@@ -648,7 +648,7 @@ async fn large_commits_roll_files_at_the_target_size() {
         schema.arrow_nullable.clone(),
         vec![
             Arc::new(Int32Array::from(ids)),
-            Arc::new(StringArray::from(names)),
+            Arc::new(StringArray::from(names.clone())),
         ],
     )
     .expect("a large batch");
@@ -664,12 +664,37 @@ async fn large_commits_roll_files_at_the_target_size() {
     let files: u64 = summary["added-data-files"].parse().expect("a count");
     assert!(files > 1, "one file for {rows} rows: {summary:?}");
     assert_eq!(summary["added-records"], rows.to_string());
+    let (first, last) = (names.iter().min(), names.iter().max());
     assert_eq!(
         duck(
-            &format!("SELECT count(*), count(DISTINCT id) FROM iceberg_scan('{location}')"),
+            &format!(
+                "SELECT count(*), count(DISTINCT id), sum(id), count(DISTINCT name), \
+                 min(name), max(name) FROM iceberg_scan('{location}')"
+            ),
             &[]
         ),
-        vec![vec![Some(rows.to_string()), Some(rows.to_string())]]
+        vec![vec![
+            Some(rows.to_string()),
+            Some(rows.to_string()),
+            Some((0..i64::from(rows)).sum::<i64>().to_string()),
+            Some(rows.to_string()),
+            first.cloned(),
+            last.cloned(),
+        ]]
+    );
+    // the first file's dictionaries did not pay for these distinct values: the files after it
+    // leave them out (plain encoding), and read the same
+    let plain = duck(
+        &format!(
+            "SELECT DISTINCT path_in_schema FROM parquet_metadata('{}/data/*.parquet') \
+             WHERE dictionary_page_offset IS NULL ORDER BY 1",
+            metadata.location()
+        ),
+        &[],
+    );
+    assert_eq!(
+        plain,
+        vec![vec![Some("id".to_string())], vec![Some("name".to_string())]]
     );
 }
 

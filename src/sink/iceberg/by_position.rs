@@ -721,6 +721,7 @@ mod tests {
                 names: vec!["id".to_string(), "region".to_string()],
                 into: written.clone(),
             }),
+            dictionaries: None,
         };
         // keys in no particular order (an update-heavy flush), notes that do not compress
         let batches = (0..3)

@@ -26,7 +26,7 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use super::parquet::{KeyCapture, ParquetFileBuilder};
+use super::parquet::{KeyCapture, ParquetFileBuilder, TableDictionaries};
 
 /// Where and how a commit writes its files.
 pub(super) struct FileWriter<'a> {
@@ -40,6 +40,8 @@ pub(super) struct FileWriter<'a> {
     pub commit_id: &'a str,
     /// Where data files keep their rows' key columns for the key index, if anywhere.
     pub keys: Option<KeyCapture>,
+    /// What the table's data files learned about dictionary encoding, if kept.
+    pub dictionaries: Option<TableDictionaries>,
 }
 
 impl FileWriter<'_> {
@@ -57,7 +59,8 @@ impl FileWriter<'_> {
     pub async fn open_rows(&self) -> iceberg::Result<OpenRows> {
         let schema = self.metadata.current_schema().clone();
         let parquet = ParquetFileBuilder::new(self.writer_properties(), &schema)?
-            .capturing(self.keys.clone());
+            .capturing(self.keys.clone())
+            .learning(self.dictionaries.clone());
         let builder = DataFileWriterBuilder::new(self.rolling(parquet, "data")?);
         Ok(OpenRows {
             writer: Mutex::new(Partitioned::new(builder, self.metadata, &schema).await?),

@@ -274,6 +274,8 @@ struct TableState {
     manifest_refs: expiry::ManifestRefs,
     /// The key index, when the table is in `delete_mode = "position"` (see `by_position`).
     index: Option<by_position::TableIndex>,
+    /// Which columns the table's data files write without a dictionary (see `parquet`).
+    dictionaries: self::parquet::TableDictionaries,
 }
 
 /// The Iceberg [`Sink`] over catalog `C` (Glue, SQLite, S3 Tables or REST: [`LakeCatalog`]
@@ -495,12 +497,14 @@ impl<C: Catalog> IcebergSink<C> {
     }
 
     /// A writer of files against `metadata`, named after `commit_id`, its data files keeping
-    /// their rows' key columns into `keys` (for the key index) when given.
+    /// their rows' key columns into `keys` (for the key index) and learning which columns a
+    /// dictionary pays for in `dictionaries` (the table's), when given.
     fn file_writer<'a>(
         &'a self,
         metadata: &'a TableMetadata,
         commit_id: &'a str,
         keys: Option<self::parquet::KeyCapture>,
+        dictionaries: Option<self::parquet::TableDictionaries>,
     ) -> FileWriter<'a> {
         FileWriter {
             file_io: &self.file_io,
@@ -508,6 +512,7 @@ impl<C: Catalog> IcebergSink<C> {
             target_file_size: self.settings.target_file_size,
             commit_id,
             keys,
+            dictionaries,
         }
     }
 
@@ -524,7 +529,12 @@ impl<C: Catalog> IcebergSink<C> {
         let deletes = self.conformed(state, &delta.deletes)?;
         let commit_id = row_delta::unique_id();
         let keys = index.map(by_position::TableIndex::capture);
-        let writer = self.file_writer(&state.metadata, &commit_id, keys);
+        let writer = self.file_writer(
+            &state.metadata,
+            &commit_id,
+            keys,
+            Some(state.dictionaries.clone()),
+        );
         let data_files = writer
             .write_rows(rows)
             .await
@@ -578,8 +588,10 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             commits: 0,
             manifest_refs: expiry::ManifestRefs::default(),
             index: None,
+            dictionaries: Default::default(),
         };
         if let Some(earlier) = self.tables.remove(table) {
+            state.dictionaries = earlier.dictionaries;
             state.staged = earlier.staged;
             state.staged_positions = earlier.staged_positions;
             state.open_rows = earlier.open_rows;
@@ -756,7 +768,7 @@ impl<C: Catalog> IcebergSink<C> {
             .map(|b| files::conform(b, &arrow).map_err(|m| sink_error(lake, m)))
             .collect::<Result<Vec<_>>>()?;
         let commit_id = row_delta::unique_id();
-        self.file_writer(metadata, &commit_id, None)
+        self.file_writer(metadata, &commit_id, None, None)
             .write_rows(rows)
             .await
             .map_err(|e| iceberg_error(lake, "write data files", e))
@@ -824,7 +836,12 @@ impl<C: Catalog> IcebergSink<C> {
                 None => {
                     let commit_id = row_delta::unique_id();
                     let keys = state.index.as_ref().map(by_position::TableIndex::capture);
-                    let writer = self.file_writer(&state.metadata, &commit_id, keys);
+                    let writer = self.file_writer(
+                        &state.metadata,
+                        &commit_id,
+                        keys,
+                        Some(state.dictionaries.clone()),
+                    );
                     let open = writer
                         .open_rows()
                         .await

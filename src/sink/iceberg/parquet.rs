@@ -5,7 +5,8 @@
 //! its Parquet footer; it plugs into iceberg's rolling, data and equality-delete writers.
 //! A data file's writer can also keep the key columns of the rows it writes, in order
 //! ([`KeyCapture`]): the key index then learns each new row's position without reading the
-//! file back.
+//! file back. A table's data files also learn from each other which columns a Parquet
+//! dictionary does not pay for ([`Dictionaries`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,12 +27,12 @@ use iceberg::{Error as IcebergError, ErrorKind};
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::arrow::{ArrowSchemaConverter, AsyncArrowWriter};
-use parquet::basic::{LogicalType, Type as PhysicalType};
+use parquet::basic::{Encoding, LogicalType, PageType, Type as PhysicalType};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::ParquetMetaData;
+use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 use parquet::file::properties::WriterProperties;
 use parquet::file::statistics::Statistics;
-use parquet::schema::types::{SchemaDescriptor, Type as ParquetType, TypePtr};
+use parquet::schema::types::{ColumnPath, SchemaDescriptor, Type as ParquetType, TypePtr};
 
 /// Bounds longer than this (in characters or bytes) are truncated, as Iceberg's default
 /// metrics mode (`truncate(16)`) does, so long text does not bloat the manifests.
@@ -74,12 +75,119 @@ struct Capture {
     into: Arc<Mutex<WrittenKeys>>,
 }
 
+/// Every this many files of a table, one is written with a dictionary for every column, to
+/// learn again which columns it pays for (a column's values may change).
+const RELEARN_EVERY: u64 = 16;
+
+/// A column chunk of fewer values teaches nothing about its column: a few values are too few
+/// for a dictionary to pay, whatever the column.
+const LEARN_FROM_VALUES: i64 = 10_000;
+
+/// What a table's data files taught about each column's encoding. Parquet's writer
+/// dictionary-encodes every column until the dictionary outgrows its page limit: for a column
+/// of distinct values (a key, a timestamp) that is a hash lookup and an insert per value for a
+/// dictionary larger than the values, or one given up half-way. Like parquet-mr, which drops a
+/// dictionary that does not make the first page smaller than plain encoding, the table's next
+/// files leave the dictionary out of the columns where a complete file's dictionary did not
+/// pay. Shared by the table's writers (one per commit) while the sink runs.
+#[derive(Debug, Default)]
+pub(super) struct Dictionaries {
+    /// Leaf columns written without a dictionary.
+    plain: HashSet<ColumnPath>,
+    /// Files opened.
+    files: u64,
+}
+
+/// The [`Dictionaries`] of one table, shared by its writers.
+pub(super) type TableDictionaries = Arc<Mutex<Dictionaries>>;
+
+impl Dictionaries {
+    /// The properties of the next file, from `base`: whether it relearns (dictionaries
+    /// everywhere), and its properties.
+    fn next_file(&mut self, base: &WriterProperties) -> (bool, WriterProperties) {
+        let relearn = self.files.is_multiple_of(RELEARN_EVERY);
+        self.files += 1;
+        if relearn || self.plain.is_empty() {
+            return (relearn, base.clone());
+        }
+        let mut builder = base.clone().into_builder();
+        for column in &self.plain {
+            builder = builder.set_column_dictionary_enabled(column.clone(), false);
+        }
+        (false, builder.build())
+    }
+
+    /// Learns from a complete file: its columns whose dictionary did not pay are written
+    /// plain from now on (after a file that relearned: only those).
+    fn learn(&mut self, metadata: &ParquetMetaData, relearned: bool) {
+        if relearned {
+            self.plain.clear();
+        }
+        for group in metadata.row_groups() {
+            for column in group.columns() {
+                if column.num_values() >= LEARN_FROM_VALUES && !dictionary_pays(column) {
+                    self.plain.insert(column.column_path().clone());
+                }
+            }
+        }
+    }
+
+    /// The columns written without a dictionary.
+    #[cfg(test)]
+    pub fn plain(&self) -> &HashSet<ColumnPath> {
+        &self.plain
+    }
+}
+
+/// Whether a column chunk written with a dictionary is smaller for it: `false` when the
+/// writer gave the dictionary up (it outgrew its page) or when dictionary and indices take
+/// more bytes than the values plainly encoded. A chunk without a dictionary says nothing.
+fn dictionary_pays(column: &ColumnChunkMetaData) -> bool {
+    if column.dictionary_page_offset().is_none() {
+        return true;
+    }
+    let dictionary =
+        |e: &Encoding| matches!(e, Encoding::PLAIN_DICTIONARY | Encoding::RLE_DICTIONARY);
+    let all_pages = match (
+        column.page_encoding_stats(),
+        column.page_encoding_stats_mask(),
+    ) {
+        (Some(stats), _) => stats
+            .iter()
+            .filter(|s| matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2))
+            .all(|s| dictionary(&s.encoding)),
+        (None, Some(mask)) => {
+            mask.is_only(Encoding::PLAIN_DICTIONARY) || mask.is_only(Encoding::RLE_DICTIONARY)
+        }
+        (None, None) => return true,
+    };
+    if !all_pages {
+        return false;
+    }
+    let values = column.num_values();
+    let plain = match column.column_type() {
+        PhysicalType::INT32 | PhysicalType::FLOAT => 4 * values,
+        PhysicalType::INT64 | PhysicalType::DOUBLE => 8 * values,
+        PhysicalType::INT96 => 12 * values,
+        PhysicalType::FIXED_LEN_BYTE_ARRAY => {
+            i64::from(column.column_descr().type_length()) * values
+        }
+        PhysicalType::BYTE_ARRAY => match column.unencoded_byte_array_data_bytes() {
+            Some(bytes) => bytes + 4 * values,
+            None => return true,
+        },
+        PhysicalType::BOOLEAN => return true,
+    };
+    column.uncompressed_size() < plain
+}
+
 /// Builds a [`ParquetFile`] per output file, for one Iceberg schema (the table's, or an
 /// equality-delete file's key columns).
 #[derive(Debug, Clone)]
 pub(super) struct ParquetFileBuilder {
     shared: Arc<Shared>,
     capture: Option<Arc<Capture>>,
+    dictionaries: Option<TableDictionaries>,
 }
 
 impl ParquetFileBuilder {
@@ -108,7 +216,15 @@ impl ParquetFileBuilder {
                 columns,
             }),
             capture: None,
+            dictionaries: None,
         })
+    }
+
+    /// Files that leave the dictionary out of the columns `dictionaries` found it does not
+    /// pay for, and teach it from each file completed.
+    pub fn learning(mut self, dictionaries: Option<TableDictionaries>) -> Self {
+        self.dictionaries = dictionaries;
+        self
     }
 
     /// Files that keep their rows' key columns into `keys` when closed. A key column the
@@ -212,6 +328,7 @@ impl FileWriterBuilder for ParquetFileBuilder {
             rows: 0,
             nan_counts: HashMap::new(),
             keys: self.capture.clone().map(|c| (c, Vec::new())),
+            dictionaries: self.dictionaries.clone().map(|d| (d, false)),
         })
     }
 }
@@ -249,6 +366,8 @@ pub(super) struct ParquetFile {
     nan_counts: HashMap<i32, u64>,
     /// The key columns of each batch written, when capturing.
     keys: Option<(Arc<Capture>, Vec<Vec<ArrayRef>>)>,
+    /// The table's dictionaries, and whether this file relearns them.
+    dictionaries: Option<(TableDictionaries, bool)>,
 }
 
 impl ParquetFile {
@@ -377,8 +496,19 @@ impl FileWriter for ParquetFile {
         self.count_nans(batch);
         if self.writer.is_none() {
             let upload = Upload(self.output.writer().await?);
+            let props = match self.dictionaries.as_mut() {
+                Some((dictionaries, relearn)) => {
+                    let (again, props) = dictionaries
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .next_file(&self.shared.props);
+                    *relearn = again;
+                    props
+                }
+                None => self.shared.props.clone(),
+            };
             let options = ArrowWriterOptions::new()
-                .with_properties(self.shared.props.clone())
+                .with_properties(props)
                 .with_parquet_schema(self.shared.parquet.clone());
             let writer =
                 AsyncArrowWriter::try_new_with_options(upload, self.shared.arrow.clone(), options)
@@ -415,6 +545,12 @@ impl FileWriter for ParquetFile {
             .map_err(|e| parquet_error("finish the file", e))?;
         let size = writer.bytes_written() as u64;
         let file = self.data_file(&metadata, size)?;
+        if let Some((dictionaries, relearned)) = &self.dictionaries {
+            dictionaries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .learn(&metadata, *relearned);
+        }
         // kept only once the file is complete: a file that failed is never committed
         if let Some((capture, batches)) = self.keys.take() {
             capture
@@ -571,6 +707,146 @@ fn datum_bytes(datum: &Datum) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table's second data file leaves the dictionary out of the columns of distinct values
+    /// the first file's dictionary did not pay for, keeps it for a column of few values, and
+    /// holds the same values; every 16th file writes dictionaries everywhere again.
+    #[tokio::test]
+    async fn columns_whose_dictionary_did_not_pay_are_written_plain_in_the_next_files() {
+        use arrow::array::{Int32Array, Int64Array, StringArray};
+        use iceberg::spec::{
+            FormatVersion, NestedField, PartitionSpec, SortOrder, TableMetadataBuilder,
+        };
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let schema = Schema::builder()
+            .with_fields([
+                NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                NestedField::required(2, "customer", Type::Primitive(PrimitiveType::Int)).into(),
+                NestedField::optional(3, "note", Type::Primitive(PrimitiveType::String)).into(),
+            ])
+            .build()
+            .expect("a valid schema");
+        let metadata = TableMetadataBuilder::new(
+            schema,
+            PartitionSpec::unpartition_spec(),
+            SortOrder::unsorted_order(),
+            dir.path().display().to_string(),
+            FormatVersion::V2,
+            HashMap::new(),
+        )
+        .expect("a valid table")
+        .build()
+        .expect("a valid table")
+        .metadata;
+        let arrow =
+            Arc::new(schema_to_arrow_schema(metadata.current_schema()).expect("an Arrow schema"));
+        let file_io = iceberg::io::FileIO::new_with_fs();
+        let dictionaries = TableDictionaries::default();
+        let batch = |first: i64| {
+            let ids: Vec<i64> = (first..first + 20_000).collect();
+            RecordBatch::try_new(
+                arrow.clone(),
+                vec![
+                    Arc::new(Int64Array::from(ids.clone())) as ArrayRef,
+                    Arc::new(Int32Array::from_iter_values(
+                        ids.iter().map(|i| (i % 10) as i32),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        ids.iter().map(|i| format!("note {i}")),
+                    )),
+                ],
+            )
+            .expect("a batch")
+        };
+        let mut files = Vec::new();
+        for commit in 0..2 {
+            let writer = super::super::files::FileWriter {
+                file_io: &file_io,
+                metadata: &metadata,
+                target_file_size: 512 << 20,
+                commit_id: &format!("test{commit}"),
+                keys: None,
+                dictionaries: Some(dictionaries.clone()),
+            };
+            let written = writer
+                .write_rows(vec![batch(commit * 20_000)])
+                .await
+                .expect("written");
+            files.extend(written.iter().map(|f| f.file_path().to_string()));
+        }
+        let plain: HashSet<String> = dictionaries
+            .lock()
+            .expect("not poisoned")
+            .plain()
+            .iter()
+            .map(|c| c.string())
+            .collect();
+        assert_eq!(plain, HashSet::from(["id".to_string(), "note".to_string()]));
+
+        let with_dictionary = |path: &str| -> Vec<(String, bool)> {
+            let file = std::fs::File::open(path).expect("the file");
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("a reader");
+            reader.metadata().row_groups()[0]
+                .columns()
+                .iter()
+                .map(|c| {
+                    (
+                        c.column_path().string(),
+                        c.dictionary_page_offset().is_some(),
+                    )
+                })
+                .collect()
+        };
+        let read = |path: &str| -> Vec<RecordBatch> {
+            let file = std::fs::File::open(path).expect("the file");
+            ParquetRecordBatchReaderBuilder::try_new(file)
+                .expect("a reader")
+                .build()
+                .expect("a reader")
+                .collect::<Result<_, _>>()
+                .expect("read")
+        };
+        let everywhere = vec![
+            ("id".to_string(), true),
+            ("customer".to_string(), true),
+            ("note".to_string(), true),
+        ];
+        assert_eq!(with_dictionary(&files[0]), everywhere);
+        assert_eq!(
+            with_dictionary(&files[1]),
+            vec![
+                ("id".to_string(), false),
+                ("customer".to_string(), true),
+                ("note".to_string(), false),
+            ]
+        );
+        for (n, path) in files.iter().enumerate() {
+            let expected = batch(n as i64 * 20_000);
+            let rows = read(path);
+            let got = arrow::compute::concat_batches(&rows[0].schema(), &rows).expect("concat");
+            for c in 0..3 {
+                assert_eq!(
+                    got.column(c).as_ref(),
+                    expected.column(c).as_ref(),
+                    "{path}"
+                );
+            }
+        }
+
+        // the 17th file relearns: dictionaries everywhere, and only what it finds stays plain
+        let mut learned = dictionaries.lock().expect("not poisoned");
+        learned.files = RELEARN_EVERY;
+        let base = WriterProperties::default();
+        let (relearn, props) = learned.next_file(&base);
+        assert!(relearn);
+        assert!(props.dictionary_enabled(&ColumnPath::from("id")));
+        let (relearn, props) = learned.next_file(&base);
+        assert!(!relearn);
+        assert!(!props.dictionary_enabled(&ColumnPath::from("id")));
+        assert!(props.dictionary_enabled(&ColumnPath::from("customer")));
+    }
 
     #[test]
     fn long_bounds_are_truncated_and_stay_bounds() {
