@@ -667,10 +667,7 @@ mod tests {
 
     use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
-    use iceberg::spec::{
-        FormatVersion, NestedField, PartitionSpec, PrimitiveType, Schema, SortOrder,
-        TableMetadataBuilder, Type,
-    };
+    use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
 
     use super::super::files::{FileWriter, conform};
     use super::super::parquet::KeyCapture;
@@ -690,18 +687,15 @@ mod tests {
             .with_identifier_field_ids([1, 2])
             .build()
             .expect("a valid schema");
-        let metadata = TableMetadataBuilder::new(
+        let metadata = super::super::table::new_table_metadata(
+            &dir.path().display().to_string(),
             schema,
-            PartitionSpec::unpartition_spec(),
-            SortOrder::unsorted_order(),
-            dir.path().display().to_string(),
-            FormatVersion::V2,
-            HashMap::new(),
+            &crate::sink::TableLayout {
+                key: vec!["id".to_string(), "region".to_string()],
+                partition_by: Vec::new(),
+            },
         )
-        .expect("a valid table")
-        .build()
-        .expect("a valid table")
-        .metadata;
+        .expect("a valid table");
         let lake =
             Arc::new(schema_to_arrow_schema(metadata.current_schema()).expect("an Arrow schema"));
         let key: SchemaRef = Arc::new(ArrowSchema::new(vec![

@@ -714,9 +714,7 @@ mod tests {
     #[tokio::test]
     async fn columns_whose_dictionary_did_not_pay_are_written_plain_in_the_next_files() {
         use arrow::array::{Int32Array, Int64Array, StringArray};
-        use iceberg::spec::{
-            FormatVersion, NestedField, PartitionSpec, SortOrder, TableMetadataBuilder,
-        };
+        use iceberg::spec::NestedField;
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -728,18 +726,15 @@ mod tests {
             ])
             .build()
             .expect("a valid schema");
-        let metadata = TableMetadataBuilder::new(
+        let metadata = super::super::table::new_table_metadata(
+            &dir.path().display().to_string(),
             schema,
-            PartitionSpec::unpartition_spec(),
-            SortOrder::unsorted_order(),
-            dir.path().display().to_string(),
-            FormatVersion::V2,
-            HashMap::new(),
+            &crate::sink::TableLayout {
+                key: vec!["id".to_string()],
+                partition_by: Vec::new(),
+            },
         )
-        .expect("a valid table")
-        .build()
-        .expect("a valid table")
-        .metadata;
+        .expect("a valid table");
         let arrow =
             Arc::new(schema_to_arrow_schema(metadata.current_schema()).expect("an Arrow schema"));
         let file_io = iceberg::io::FileIO::new_with_fs();
