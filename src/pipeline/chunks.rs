@@ -363,6 +363,7 @@ async fn read_one(
     inbox: &Inbox,
 ) -> Result<Option<Vec<String>>> {
     let table = &request.table;
+    let started = Instant::now();
     let Some(described) = schema::describe_table(client, table).await? else {
         return Err(Error::Source {
             message: format!("table {table}: gone from the catalog during its chunked copy"),
@@ -395,8 +396,17 @@ async fn read_one(
         attempt = request.attempt,
         "reading a chunk of the table"
     );
+    let described_in = started.elapsed();
     chunk::emit(client, &watermark).await?;
     let data = chunk::read_chunk(client, &shape, &key, after, request.limit, masking).await?;
+    tracing::debug!(
+        table = %table,
+        chunk,
+        rows = data.count,
+        describe_ms = described_in.as_millis() as u64,
+        read_ms = (started.elapsed() - described_in).as_millis() as u64,
+        "read a chunk of the table"
+    );
     let next = data
         .last_key
         .clone()

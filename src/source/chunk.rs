@@ -6,9 +6,11 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use bytes::BytesMut;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use crate::config::ColumnPolicy;
 use crate::error::{Error, Result};
@@ -17,6 +19,7 @@ use crate::source::changes::TableSchema;
 use crate::source::copy_binary::{BinaryCopyReader, BinaryRow};
 use crate::source::schema::SourceTable;
 use crate::source::snapshot::{self, RowBatch};
+use crate::source::types::Wire;
 use crate::table::{TableId, quote_ident, quote_literal};
 
 /// The prefix of lakewriter's logical decoding messages (`pg_logical_emit_message`).
@@ -119,8 +122,10 @@ pub struct Chunk {
 }
 
 /// Reads the next `limit` rows of `schema`'s table in key order, those whose key is above
-/// `after` (all from the start when `None`), in one snapshot: the chunk's last key first (an
-/// index-only scan on the key), then its rows with binary COPY. Masked columns are read
+/// `after` (all from the start when `None`), with one binary COPY of an index scan on the key.
+/// The chunk's last key is taken from its last row; the key columns read in binary are
+/// turned into their text form by PostgreSQL itself (one short query), so the bound of the
+/// next chunk casts back to exactly that key, whatever its type. Masked columns are read
 /// masked, as the initial copy reads them.
 pub async fn read_chunk(
     client: &Client,
@@ -134,52 +139,6 @@ pub async fn read_chunk(
     let fail = |what: &str, e: tokio_postgres::Error| {
         Error::postgres(format!("{what} a chunk of table {table}"), e)
     };
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| fail("begin", e))?;
-    let columns: Vec<String> = key.iter().map(|k| quote_ident(&k.name)).collect();
-    let tuple = columns.join(", ");
-    let above = match after {
-        Some(values) => bound(key, values, ">", table)?,
-        None => "true".to_string(),
-    };
-    // qualified: a bare name in ORDER BY would be the text output column of that name
-    let descending: Vec<String> = columns.iter().map(|c| format!("c.{c} DESC")).collect();
-    let texts: Vec<String> = columns.iter().map(|c| format!("c.{c}::text")).collect();
-    let last = format!(
-        "SELECT {} FROM (SELECT {tuple} FROM {} WHERE {above} ORDER BY {tuple} LIMIT {limit}) c \
-         ORDER BY {} LIMIT 1",
-        texts.join(", "),
-        table.quoted(),
-        descending.join(", ")
-    );
-    let row = client
-        .query_opt(&last, &[])
-        .await
-        .map_err(|e| fail("find the end of", e))?;
-    let Some(row) = row else {
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| fail("end", e))?;
-        return Ok(Chunk {
-            rows: Vec::new(),
-            count: 0,
-            last_key: None,
-        });
-    };
-    let mut last_key = Vec::with_capacity(key.len());
-    for (i, column) in key.iter().enumerate() {
-        let value: Option<String> = row.try_get(i).map_err(|e| fail("read the end of", e))?;
-        last_key.push(value.ok_or_else(|| Error::Source {
-            message: format!(
-                "table {table}, key column {}: a NULL in a key a chunked copy orders by",
-                column.name
-            ),
-        })?);
-    }
-    let upto = bound(key, &last_key, "<=", table)?;
     let wires = snapshot::wires(schema);
     let masks = snapshot::masks(schema);
     if masks.contains(&Some(ColumnPolicy::Hash)) && masking.hasher().is_none() {
@@ -189,11 +148,22 @@ pub async fn read_chunk(
             ),
         });
     }
+    let fields = key_fields(schema, key, &wires, &masks)?;
+    let above = match after {
+        Some(values) => bound(key, values, ">", table)?,
+        None => "true".to_string(),
+    };
+    // qualified: a bare name in ORDER BY could be an output column of that name
+    let order: Vec<String> = key
+        .iter()
+        .map(|k| format!("src.{}", quote_ident(&k.name)))
+        .collect();
     let select = snapshot::masked_select_list(schema, &wires, &masks);
     let query = format!(
-        "COPY (SELECT {select} FROM {} WHERE {above} AND {upto} ORDER BY {tuple}) TO STDOUT \
-         (FORMAT binary)",
-        table.quoted()
+        "COPY (SELECT {select} FROM {} AS src WHERE {above} ORDER BY {} LIMIT {limit}) TO \
+         STDOUT (FORMAT binary)",
+        table.quoted(),
+        order.join(", ")
     );
     let stream = client
         .copy_out(query.as_str())
@@ -207,10 +177,13 @@ pub async fn read_chunk(
     let mut reader = BinaryCopyReader::new(schema.columns.len());
     let mut rows = Vec::new();
     let mut count = 0u64;
+    // the key fields of the last row read, one after the other
+    let mut last = LastKey::default();
     while let Some(data) = stream.next().await {
         let data = data.map_err(|e| fail("copy", e))?;
         let mut full = Vec::new();
         reader.push(&data, |row: BinaryRow<'_>| -> Result<()> {
+            last.keep(&row, &fields);
             batch.append(row, &wires)?;
             if batch.len() >= batch_rows {
                 full.push(batch.finish()?);
@@ -230,15 +203,167 @@ pub async fn read_chunk(
         count += done.num_rows() as u64;
         rows.push(done);
     }
-    client
-        .batch_execute("COMMIT")
-        .await
-        .map_err(|e| fail("end", e))?;
+    let last_key = if count == 0 {
+        None
+    } else {
+        Some(last.text(client, table, key, &fields).await?)
+    };
     Ok(Chunk {
         rows,
         count,
-        last_key: Some(last_key),
+        last_key,
     })
+}
+
+/// How a key column comes in a chunk's COPY: its field, and whether the field is the
+/// column's text output (text-like types, types read as text, hashed columns) or its binary
+/// form.
+#[derive(Debug, Clone, Copy)]
+struct KeyField {
+    index: usize,
+    text: bool,
+}
+
+/// Where each of `key`'s columns is in `schema`'s COPY, and in which form: as
+/// [`snapshot::masked_select_list`] selects it (a hashed column, whose Arrow type is a
+/// string, and a column read as text both bring their text output).
+fn key_fields(
+    schema: &TableSchema,
+    key: &[KeyColumn],
+    wires: &[Wire],
+    masks: &[Option<ColumnPolicy>],
+) -> Result<Vec<KeyField>> {
+    key.iter()
+        .map(|k| {
+            let index = schema
+                .columns
+                .iter()
+                .position(|c| c.name == k.name)
+                .ok_or_else(|| Error::Source {
+                    message: format!(
+                        "table {}: key column {} is not a column of the table",
+                        schema.table, k.name
+                    ),
+                })?;
+            let text = wires.get(index) == Some(&Wire::Text)
+                || masks.get(index) == Some(&Some(ColumnPolicy::Hash));
+            Ok(KeyField { index, text })
+        })
+        .collect()
+}
+
+/// The key fields of the last row a chunk read, kept as the rows go by.
+#[derive(Debug, Default)]
+struct LastKey {
+    /// The fields' bytes, one after the other.
+    bytes: Vec<u8>,
+    /// Where each field ends in `bytes`; `None` for a NULL.
+    ends: Vec<Option<usize>>,
+}
+
+impl LastKey {
+    fn keep(&mut self, row: &BinaryRow<'_>, fields: &[KeyField]) {
+        self.bytes.clear();
+        self.ends.clear();
+        for field in fields {
+            let value = row.get(field.index);
+            if let Some(value) = value {
+                self.bytes.extend_from_slice(value);
+            }
+            self.ends.push(value.map(|_| self.bytes.len()));
+        }
+    }
+
+    /// The kept key in text form, each column as PostgreSQL prints it.
+    async fn text(
+        &self,
+        client: &Client,
+        table: &TableId,
+        key: &[KeyColumn],
+        fields: &[KeyField],
+    ) -> Result<Vec<String>> {
+        let mut start = 0;
+        let mut values: Vec<&[u8]> = Vec::with_capacity(key.len());
+        for (column, end) in key.iter().zip(&self.ends) {
+            let end = end.ok_or_else(|| Error::Source {
+                message: format!(
+                    "table {table}, key column {}: a NULL in a key a chunked copy orders by",
+                    column.name
+                ),
+            })?;
+            values.push(&self.bytes[start..end]);
+            start = end;
+        }
+        let mut text = vec![String::new(); key.len()];
+        let mut casts = Vec::new();
+        let mut params: Vec<BinaryValue<'_>> = Vec::new();
+        for (i, ((column, field), value)) in key.iter().zip(fields).zip(&values).enumerate() {
+            if field.text {
+                text[i] = String::from_utf8(value.to_vec()).map_err(|_| Error::Source {
+                    message: format!(
+                        "table {table}, key column {}: the last key of a chunk is not UTF-8",
+                        column.name
+                    ),
+                })?;
+            } else {
+                params.push(BinaryValue(value));
+                casts.push((
+                    i,
+                    format!("(${}::{})::text", params.len(), column.type_name),
+                ));
+            }
+        }
+        if casts.is_empty() {
+            return Ok(text);
+        }
+        let query = format!(
+            "SELECT {}",
+            casts
+                .iter()
+                .map(|(_, c)| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let args: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let row = client.query_one(&query, &args).await.map_err(|e| {
+            Error::postgres(format!("print the last key of a chunk of table {table}"), e)
+        })?;
+        for (n, (i, _)) in casts.iter().enumerate() {
+            let value: Option<String> = row.try_get(n).map_err(|e| {
+                Error::postgres(format!("read the last key of a chunk of table {table}"), e)
+            })?;
+            text[*i] = value.ok_or_else(|| Error::Source {
+                message: format!(
+                    "table {table}, key column {}: a NULL in a key a chunked copy orders by",
+                    key[*i].name
+                ),
+            })?;
+        }
+        Ok(text)
+    }
+}
+
+/// A value in PostgreSQL's binary form, sent as is as a parameter of whatever type the
+/// statement gives it (the type of the column it was read from).
+#[derive(Debug)]
+struct BinaryValue<'a>(&'a [u8]);
+
+impl ToSql for BinaryValue<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
 }
 
 /// `(k1, k2) <op> ('v1'::t1, 'v2'::t2)`: the row comparison PostgreSQL orders the key by
