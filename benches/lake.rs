@@ -2145,7 +2145,7 @@ const INDEX_UPDATE_KEYS: usize = 10_000;
 fn index_bench(root: &Path, args: &Args) {
     use arrow::array::{ArrayRef, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
-    use lakewriter::sink::iceberg::key_index::{IndexUpdate, KeyIndex};
+    use lakewriter::sink::iceberg::key_index::{FileKeys, IndexUpdate, KeyIndex};
 
     let keys = args.index_keys;
     let budget = args.index_cache_mib * 1024 * 1024;
@@ -2190,10 +2190,7 @@ fn index_bench(root: &Path, args: &Args) {
             removed: Vec::new(),
             added: vec![(
                 file_name(file),
-                encoded
-                    .into_iter()
-                    .zip(first..)
-                    .collect::<Vec<(Vec<u8>, u64)>>(),
+                encoded.into_iter().zip(first..).collect::<FileKeys>(),
             )],
             removed_files: Vec::new(),
         };

@@ -555,7 +555,7 @@ impl<C: Catalog> IcebergSink<C> {
                     update.added.push((path, keys));
                 }
                 for (_, keys) in &mut update.added {
-                    keys.sort_unstable();
+                    keys.sort();
                 }
                 update.removed.sort_unstable();
                 store.apply(Some(snapshot), &update)
@@ -588,7 +588,9 @@ async fn read_back_update(
     };
     for path in equality {
         let keys = key_index::file_keys(file_io, path, key, converter, None).await?;
-        update.removed.extend(keys.into_iter().map(|(key, _)| key));
+        update
+            .removed
+            .extend(keys.iter().map(|(key, _)| key.to_vec()));
     }
     let mut kept = Vec::new();
     for (path, batches) in data {
@@ -610,17 +612,22 @@ fn written_keys(
     batches: &[Vec<ArrayRef>],
     converter: &arrow::row::RowConverter,
 ) -> std::result::Result<FileKeys, String> {
-    let mut keys = Vec::with_capacity(
-        batches
-            .iter()
-            .map(|b| b.first().map_or(0, |c| c.len()))
-            .sum(),
-    );
+    let mut keys = FileKeys::default();
     let mut position = 0u64;
     for columns in batches {
         let rows = converter
             .convert_columns(columns)
             .map_err(|e| format!("{path}: the keys of the written rows: {e}"))?;
+        if keys.is_empty() {
+            // the first batch's encoded size, for every batch: one allocation, or a few
+            let rows_in_file: usize = batches
+                .iter()
+                .map(|b| b.first().map_or(0, |c| c.len()))
+                .sum();
+            let encoded: usize = rows.iter().map(|r| r.as_ref().len()).sum();
+            let bytes = encoded / rows.num_rows().max(1) * rows_in_file;
+            keys = FileKeys::with_capacity(rows_in_file, bytes);
+        }
         key_index::push_keys(&rows, &mut position, None, &mut keys);
     }
     Ok(keys)

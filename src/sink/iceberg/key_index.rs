@@ -206,7 +206,7 @@ impl KeyIndex {
                 update
                     .added
                     .iter()
-                    .flat_map(|(_, keys)| keys.iter().map(|(key, _)| key.as_slice()))
+                    .flat_map(|(_, keys)| keys.iter().map(|(key, _)| key))
                     .collect()
             };
             for key in &update.removed {
@@ -241,12 +241,12 @@ impl KeyIndex {
                         next
                     }
                 };
-                for (key, position) in keys {
-                    if last.as_deref().is_none_or(|last| key.as_slice() > last) {
-                        tail.push((key.as_slice(), (id, *position)));
+                for (key, position) in keys.iter() {
+                    if last.as_deref().is_none_or(|last| key > last) {
+                        tail.push((key, (id, position)));
                     } else {
                         index
-                            .insert(key.as_slice(), (id, *position))
+                            .insert(key, (id, position))
                             .map_err(|e| e.to_string())?;
                     }
                 }
@@ -342,8 +342,94 @@ impl Drop for KeyIndex {
     }
 }
 
-/// The keys (encoded) of one data file's live rows, each with its position.
-pub type FileKeys = Vec<(Vec<u8>, u64)>;
+/// The keys (encoded) of one data file's live rows, each with its position: the keys back to
+/// back in one buffer (a file's keys are a copy's chunk, 100 000 and more: one allocation for
+/// them all, not one each).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FileKeys {
+    bytes: Vec<u8>,
+    /// Where each key ends in `bytes`.
+    ends: Vec<usize>,
+    positions: Vec<u64>,
+}
+
+impl FileKeys {
+    /// Room for `keys` keys of `bytes` bytes in all.
+    pub fn with_capacity(keys: usize, bytes: usize) -> Self {
+        FileKeys {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(keys),
+            positions: Vec::with_capacity(keys),
+        }
+    }
+
+    /// Adds `key` at `position`.
+    pub fn push(&mut self, key: &[u8], position: u64) {
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len());
+        self.positions.push(position);
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    /// Each key with its position, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], u64)> + '_ {
+        (0..self.len()).map(|i| (self.key(i), self.positions[i]))
+    }
+
+    /// Only the keys `keep` says yes to.
+    pub fn filtered(self, mut keep: impl FnMut(&[u8], u64) -> bool) -> FileKeys {
+        let mut kept = FileKeys::with_capacity(self.len(), self.bytes.len());
+        for (key, position) in self.iter() {
+            if keep(key, position) {
+                kept.push(key, position);
+            }
+        }
+        kept
+    }
+
+    /// In key order (then position order); nothing moves when they are already (a copy's
+    /// chunk, rows of a serial key).
+    pub fn sort(&mut self) {
+        let sorted = (1..self.len())
+            .all(|i| (self.key(i - 1), self.positions[i - 1]) <= (self.key(i), self.positions[i]));
+        if sorted {
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            (self.key(a), self.positions[a]).cmp(&(self.key(b), self.positions[b]))
+        });
+        let mut sorted = FileKeys::with_capacity(self.len(), self.bytes.len());
+        for i in order {
+            sorted.push(self.key(i), self.positions[i]);
+        }
+        *self = sorted;
+    }
+}
+
+impl<K: AsRef<[u8]>> FromIterator<(K, u64)> for FileKeys {
+    fn from_iter<I: IntoIterator<Item = (K, u64)>>(iter: I) -> Self {
+        let mut keys = FileKeys::default();
+        for (key, position) in iter {
+            keys.push(key.as_ref(), position);
+        }
+        keys
+    }
+}
 
 /// One change of the index: keys whose row is gone, rows added (per data file, each key with
 /// its position), data files no longer live.
@@ -373,7 +459,7 @@ pub async fn file_keys(
         .with_projection(mask)
         .build()
         .map_err(|e| format!("{path}: {e}"))?;
-    let mut keys = Vec::new();
+    let mut keys = FileKeys::default();
     let mut position = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| format!("{path}: {e}"))?;
@@ -397,7 +483,7 @@ pub fn push_keys(
 ) {
     for row in rows.iter() {
         if !deleted.is_some_and(|d| d.contains(position)) {
-            keys.push((row.as_ref().to_vec(), *position));
+            keys.push(row.as_ref(), *position);
         }
         *position += 1;
     }
@@ -453,8 +539,13 @@ pub async fn bring_up(
     // the newest equality delete of each key, per partition
     let mut deleted: HashMap<(&str, Vec<u8>), i64> = HashMap::new();
     for delete in &files.equality {
-        for (row, _) in file_keys(file_io, &delete.path, key, converter, None).await? {
-            let newest = deleted.entry((delete.partition.as_str(), row)).or_default();
+        for (row, _) in file_keys(file_io, &delete.path, key, converter, None)
+            .await?
+            .iter()
+        {
+            let newest = deleted
+                .entry((delete.partition.as_str(), row.to_vec()))
+                .or_default();
             *newest = (*newest).max(delete.sequence);
         }
     }
@@ -474,11 +565,10 @@ pub async fn bring_up(
             for path in known.iter().filter(|p| !live.contains_key(p.as_str())) {
                 let keys = file_keys(file_io, path, key, converter, None).await?;
                 rebuilt.files += 1;
-                let found =
-                    index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
-                for ((row, _), at) in keys.into_iter().zip(found) {
+                let found = index.lookup_encoded(keys.iter().map(|(k, _)| k), keys.len())?;
+                for ((row, _), at) in keys.iter().zip(found) {
                     if at.is_some_and(|at| *at.file == **path) {
-                        update.removed.push(row);
+                        update.removed.push(row.to_vec());
                     }
                 }
                 update.removed_files.push(path.clone());
@@ -486,9 +576,8 @@ pub async fn bring_up(
             // equality deletes since: the keys whose indexed row is older
             for delete in files.equality.iter().filter(|d| d.sequence > since) {
                 let keys = file_keys(file_io, &delete.path, key, converter, None).await?;
-                let found =
-                    index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
-                for ((row, _), at) in keys.into_iter().zip(found) {
+                let found = index.lookup_encoded(keys.iter().map(|(k, _)| k), keys.len())?;
+                for ((row, _), at) in keys.iter().zip(found) {
                     let older =
                         at.and_then(|at| live.get(&*at.file).copied())
                             .is_some_and(|data| {
@@ -496,7 +585,7 @@ pub async fn bring_up(
                                     && data.partition == delete.partition
                             });
                     if older {
-                        update.removed.push(row);
+                        update.removed.push(row.to_vec());
                     }
                 }
             }
@@ -512,15 +601,12 @@ pub async fn bring_up(
                     };
                     let keys: FileKeys = file_keys(file_io, path, key, converter, None)
                         .await?
-                        .into_iter()
-                        .filter(|(_, position)| positions.contains(position))
-                        .collect();
+                        .filtered(|_, position| positions.contains(&position));
                     rebuilt.files += 1;
-                    let found =
-                        index.lookup_encoded(keys.iter().map(|k| k.0.as_slice()), keys.len())?;
-                    for ((row, position), at) in keys.into_iter().zip(found) {
+                    let found = index.lookup_encoded(keys.iter().map(|(k, _)| k), keys.len())?;
+                    for ((row, position), at) in keys.iter().zip(found) {
                         if at.is_some_and(|at| &*at.file == path && at.position == position) {
-                            update.removed.push(row);
+                            update.removed.push(row.to_vec());
                         }
                     }
                 }
@@ -547,17 +633,17 @@ pub async fn bring_up(
                 removed.get_or_insert_default().extend(rows.iter().copied());
             }
         }
-        let mut keys: FileKeys = file_keys(file_io, &file.path, key, converter, removed.as_ref())
-            .await?
-            .into_iter()
-            .filter(|(row, _)| {
+        let mut keys: FileKeys =
+            file_keys(file_io, &file.path, key, converter, removed.as_ref()).await?;
+        if !deleted.is_empty() {
+            keys = keys.filtered(|row, _| {
                 deleted
-                    .get(&(file.partition.as_str(), row.clone()))
+                    .get(&(file.partition.as_str(), row.to_vec()))
                     .is_none_or(|&newest| newest <= file.sequence)
-            })
-            .collect();
+            });
+        }
         // in key order: the B-tree's pages are then written one after another
-        keys.sort_unstable();
+        keys.sort();
         rebuilt.files += 1;
         rebuilt.keys += keys.len() as u64;
         index.apply(
@@ -827,13 +913,10 @@ mod tests {
                 ..IndexUpdate::default()
             };
             for (file, keys) in &added {
-                let mut encoded = Vec::new();
+                let mut encoded = FileKeys::default();
                 for (position, key) in keys.iter().enumerate() {
                     model.insert(*key, (file.clone(), position as u64));
-                    encoded.push((
-                        encode(&index, &[*key]).row(0).as_ref().to_vec(),
-                        position as u64,
-                    ));
+                    encoded.push(encode(&index, &[*key]).row(0).as_ref(), position as u64);
                 }
                 update.added.push((file.clone(), encoded));
             }
@@ -865,6 +948,40 @@ mod tests {
     }
 
     #[test]
+    fn file_keys_sort_and_filter_as_a_list_of_pairs_does() {
+        // keys of several lengths, out of order, a key twice at two positions
+        let pairs: Vec<(Vec<u8>, u64)> = vec![
+            (b"m".to_vec(), 0),
+            (b"abc".to_vec(), 1),
+            (b"".to_vec(), 2),
+            (b"zz".to_vec(), 3),
+            (b"abc".to_vec(), 4),
+            (b"ab".to_vec(), 5),
+            (b"m".to_vec(), 6),
+        ];
+        let mut keys: FileKeys = pairs.iter().map(|(k, p)| (k, *p)).collect();
+        assert_eq!(keys.len(), pairs.len());
+        let listed: Vec<(Vec<u8>, u64)> = keys.iter().map(|(k, p)| (k.to_vec(), p)).collect();
+        assert_eq!(listed, pairs);
+        let mut expected = pairs.clone();
+        expected.sort();
+        // the same positions again, reversed: the later position of a key sorts after
+        let mut reversed: FileKeys = pairs.iter().rev().map(|(k, p)| (k, *p)).collect();
+        for keys in [&mut keys, &mut reversed] {
+            keys.sort();
+            let sorted: Vec<(Vec<u8>, u64)> = keys.iter().map(|(k, p)| (k.to_vec(), p)).collect();
+            assert_eq!(sorted, expected);
+        }
+        let even = keys.filtered(|_, p| p % 2 == 0);
+        let kept: Vec<u64> = even.iter().map(|(_, p)| p).collect();
+        assert_eq!(kept, vec![2, 4, 0, 6]);
+        assert_eq!(
+            even.iter().map(|(k, _)| k.to_vec()).collect::<Vec<_>>(),
+            vec![b"".to_vec(), b"abc".to_vec(), b"m".to_vec(), b"m".to_vec()]
+        );
+    }
+
+    #[test]
     fn updates_are_looked_up_and_survive_a_reopen() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("orders.redb");
@@ -879,9 +996,9 @@ mod tests {
                     added: vec![
                         (
                             "a.parquet".into(),
-                            vec![(owned[0].clone(), 0), (owned[1].clone(), 1)],
+                            [(&owned[0], 0), (&owned[1], 1)].into_iter().collect(),
                         ),
-                        ("b.parquet".into(), vec![(owned[2].clone(), 0)]),
+                        ("b.parquet".into(), [(&owned[2], 0)].into_iter().collect()),
                     ],
                     ..IndexUpdate::default()
                 },
@@ -894,7 +1011,7 @@ mod tests {
                 Some(11),
                 &IndexUpdate {
                     removed: vec![owned[0].clone(), owned[1].clone()],
-                    added: vec![("c.parquet".into(), vec![(owned[0].clone(), 4)])],
+                    added: vec![("c.parquet".into(), [(&owned[0], 4)].into_iter().collect())],
                     ..IndexUpdate::default()
                 },
             )
