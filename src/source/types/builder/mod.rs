@@ -54,8 +54,6 @@ enum Values {
         values: Vec<i128>,
         precision: u8,
         scale: u8,
-        /// A binary numeric's digits as text, reused from value to value.
-        digits: Vec<u8>,
     },
     Utf8(ByteValues),
     Binary(ByteValues),
@@ -280,7 +278,6 @@ impl ColumnBuilder {
                     values: Vec::with_capacity(capacity),
                     precision: *precision,
                     scale: scale.unsigned_abs(),
-                    digits: Vec::new(),
                 }
             }
             DataType::Utf8 => Values::Utf8(ByteValues::with_capacity(capacity)),
@@ -562,13 +559,10 @@ impl Values {
                     values,
                     precision,
                     scale,
-                    digits,
+                    ..
                 },
                 Wire::Numeric,
-            ) => {
-                text::numeric_binary_to_text(value, digits)?;
-                values.push(text::parse_decimal(digits, *precision, *scale)?);
-            }
+            ) => values.push(text::numeric_binary_to_decimal(value, *precision, *scale)?),
             _ => return Err(WRONG),
         }
         Ok(())

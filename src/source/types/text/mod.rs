@@ -184,90 +184,82 @@ pub(super) fn parse_decimal(text: &[u8], precision: u8, scale: u8) -> Result<i12
     Ok(if negative { -value } else { value })
 }
 
-/// Writes `numeric`'s binary form (as `numeric_send` makes it: digit count, weight, sign,
-/// display scale, then base-10000 digits, all big-endian 16-bit) into `out` as the text
-/// [`parse_decimal`] reads, so both formats are held to the same rules.
-pub(super) fn numeric_binary_to_text(binary: &[u8], out: &mut Vec<u8>) -> Result<(), Reason> {
+/// Reads `numeric`'s binary form straight into the unscaled integer of a decimal of
+/// `precision` and `scale`, held to [`parse_decimal`]'s rules and giving its errors for the
+/// same values as its text output would (the tests hold it to that): a malformed form first,
+/// then too many integer digits, then non-zero digits past `scale`.
+pub(super) fn numeric_binary_to_decimal(
+    binary: &[u8],
+    precision: u8,
+    scale: u8,
+) -> Result<i128, Reason> {
     const MALFORMED: Reason = "a malformed binary numeric";
-    let word = |i: usize| -> Result<u16, Reason> {
+    const PRECISION: Reason = "value exceeds the precision of the decimal";
+    let word = |i: usize| -> Option<u16> {
         binary
             .get(2 * i..2 * i + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or(MALFORMED)
     };
-    let digits = usize::from(word(0)?);
-    let weight = i32::from(word(1)? as i16);
-    let sign = word(2)?;
+    let (Some(digits), Some(weight), Some(sign)) = (word(0), word(1), word(2)) else {
+        return Err(MALFORMED);
+    };
+    let digits = usize::from(digits);
+    let weight = i32::from(weight as i16);
     if binary.len() != 8 + 2 * digits {
         return Err(MALFORMED);
     }
-    out.clear();
-    match sign {
-        0x0000 => {}
-        0x4000 => out.push(b'-'),
-        0xC000 => {
-            out.extend_from_slice(b"NaN");
-            return Ok(());
-        }
-        0xD000 => {
-            out.extend_from_slice(b"Infinity");
-            return Ok(());
-        }
-        0xF000 => {
-            out.extend_from_slice(b"-Infinity");
-            return Ok(());
-        }
+    let negative = match sign {
+        0x0000 => false,
+        0x4000 => true,
+        0xC000 => return Err("NaN cannot be stored in a decimal"),
+        0xD000 | 0xF000 => return Err("infinity cannot be stored in a decimal"),
         _ => return Err(MALFORMED),
-    }
-    // the digit of base-10000 exponent `e` (weight down to below zero), 0 where none is sent
-    let digit = |e: i32| -> Result<u16, Reason> {
-        let index = weight - e;
-        if index < 0 || index as usize >= digits {
-            return Ok(0);
-        }
-        let d = word(4 + index as usize)?;
-        if d > 9999 {
-            return Err(MALFORMED);
-        }
-        Ok(d)
     };
-    if weight < 0 {
-        out.push(b'0');
-    } else {
-        let mut leading = true;
-        for e in (0..=weight).rev() {
-            let d = digit(e)?;
-            if leading {
-                if d == 0 && e > 0 {
-                    continue;
-                }
-                let padded = four_digits(d);
-                let first = padded.iter().position(|&b| b != b'0').unwrap_or(3);
-                out.extend_from_slice(&padded[first..]);
-                leading = false;
-            } else {
-                out.extend_from_slice(&four_digits(d));
+    let mut groups = Vec::with_capacity(digits);
+    for i in 0..digits {
+        match word(4 + i) {
+            Some(d) if d <= 9999 => groups.push(d),
+            _ => return Err(MALFORMED),
+        }
+    }
+    // the base-10000 digit of exponent `e`, 0 where none is sent
+    let digit = |e: i32| -> u16 {
+        usize::try_from(weight - e)
+            .ok()
+            .and_then(|i| groups.get(i).copied())
+            .unwrap_or(0)
+    };
+    // the integer part, below 10^(precision - scale)
+    let limit = 10u128.pow(u32::from(precision.saturating_sub(scale)));
+    let mut integer: u128 = 0;
+    for e in (0..=weight).rev() {
+        integer = integer
+            .checked_mul(10_000)
+            .and_then(|v| v.checked_add(u128::from(digit(e))))
+            .filter(|v| *v < limit)
+            .ok_or(PRECISION)?;
+    }
+    // the fraction: `scale` decimal digits kept, the ones past it must be zeros
+    let scale = u32::from(scale);
+    let mut fraction: u128 = 0;
+    let lowest = weight - digits as i32 + 1;
+    let groups_after_point = (-lowest).max(0) as u32;
+    for g in 0..groups_after_point.max(scale.div_ceil(4)) {
+        let d = digit(-(g as i32) - 1);
+        for (k, place) in [1000u16, 100, 10, 1].into_iter().enumerate() {
+            let position = 4 * g + k as u32;
+            let decimal = d / place % 10;
+            if position < scale {
+                fraction = fraction * 10 + u128::from(decimal);
+            } else if decimal != 0 {
+                return Err("more fractional digits than the decimal's scale holds");
             }
         }
     }
-    let lowest = weight - digits as i32 + 1;
-    if lowest < 0 {
-        out.push(b'.');
-        for e in (lowest..0).rev() {
-            out.extend_from_slice(&four_digits(digit(e)?));
-        }
-    }
-    Ok(())
-}
-
-/// `d` (below 10000) as four decimal digits, zero-padded.
-fn four_digits(d: u16) -> [u8; 4] {
-    [
-        b'0' + (d / 1000) as u8,
-        b'0' + (d / 100 % 10) as u8,
-        b'0' + (d / 10 % 10) as u8,
-        b'0' + (d % 10) as u8,
-    ]
+    // integer < 10^(precision - scale), so the value is below 10^precision <= 10^38
+    let value = integer * 10u128.pow(scale) + fraction;
+    let value = i128::try_from(value).map_err(|_| PRECISION)?;
+    Ok(if negative { -value } else { value })
 }
 
 /// The value of one hexadecimal digit.

@@ -682,3 +682,187 @@ fn binary_numerics_become_the_text_parse_decimal_reads() {
     assert!(numeric_binary_to_text(&[0, 1, 0, 0, 0, 0, 0, 0], &mut out).is_err());
     assert!(numeric_binary_to_text(&[0, 1, 0, 0, 0, 0, 0, 0, 0x27, 0x10], &mut out).is_err());
 }
+
+/// Writes `numeric`'s binary form (as `numeric_send` makes it: digit count, weight, sign,
+/// display scale, then base-10000 digits, all big-endian 16-bit) into `out` as the text
+/// [`parse_decimal`] reads: the reference [`numeric_binary_to_decimal`] is held to.
+fn numeric_binary_to_text(binary: &[u8], out: &mut Vec<u8>) -> Result<(), Reason> {
+    const MALFORMED: Reason = "a malformed binary numeric";
+    let word = |i: usize| -> Result<u16, Reason> {
+        binary
+            .get(2 * i..2 * i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or(MALFORMED)
+    };
+    let digits = usize::from(word(0)?);
+    let weight = i32::from(word(1)? as i16);
+    let sign = word(2)?;
+    if binary.len() != 8 + 2 * digits {
+        return Err(MALFORMED);
+    }
+    out.clear();
+    match sign {
+        0x0000 => {}
+        0x4000 => out.push(b'-'),
+        0xC000 => {
+            out.extend_from_slice(b"NaN");
+            return Ok(());
+        }
+        0xD000 => {
+            out.extend_from_slice(b"Infinity");
+            return Ok(());
+        }
+        0xF000 => {
+            out.extend_from_slice(b"-Infinity");
+            return Ok(());
+        }
+        _ => return Err(MALFORMED),
+    }
+    // the digit of base-10000 exponent `e` (weight down to below zero), 0 where none is sent
+    let digit = |e: i32| -> Result<u16, Reason> {
+        let index = weight - e;
+        if index < 0 || index as usize >= digits {
+            return Ok(0);
+        }
+        let d = word(4 + index as usize)?;
+        if d > 9999 {
+            return Err(MALFORMED);
+        }
+        Ok(d)
+    };
+    if weight < 0 {
+        out.push(b'0');
+    } else {
+        let mut leading = true;
+        for e in (0..=weight).rev() {
+            let d = digit(e)?;
+            if leading {
+                if d == 0 && e > 0 {
+                    continue;
+                }
+                let padded = four_digits(d);
+                let first = padded.iter().position(|&b| b != b'0').unwrap_or(3);
+                out.extend_from_slice(&padded[first..]);
+                leading = false;
+            } else {
+                out.extend_from_slice(&four_digits(d));
+            }
+        }
+    }
+    let lowest = weight - digits as i32 + 1;
+    if lowest < 0 {
+        out.push(b'.');
+        for e in (lowest..0).rev() {
+            out.extend_from_slice(&four_digits(digit(e)?));
+        }
+    }
+    Ok(())
+}
+
+/// `d` (below 10000) as four decimal digits, zero-padded.
+fn four_digits(d: u16) -> [u8; 4] {
+    [
+        b'0' + (d / 1000) as u8,
+        b'0' + (d / 100 % 10) as u8,
+        b'0' + (d / 10 % 10) as u8,
+        b'0' + (d % 10) as u8,
+    ]
+}
+
+/// A `numeric` in binary form from its parts (`numeric_send`'s layout); `cut` drops that many
+/// bytes from the end (a malformed form).
+fn numeric_send(weight: i16, sign: u16, dscale: u16, groups: &[u16], cut: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(groups.len() as u16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&dscale.to_be_bytes());
+    for g in groups {
+        out.extend_from_slice(&g.to_be_bytes());
+    }
+    out.truncate(out.len().saturating_sub(cut));
+    out
+}
+
+/// The binary numeric read through its text form, as the copy read it before.
+fn through_text(binary: &[u8], precision: u8, scale: u8) -> Result<i128, Reason> {
+    let mut text = Vec::new();
+    numeric_binary_to_text(binary, &mut text)?;
+    parse_decimal(&text, precision, scale)
+}
+
+#[test]
+fn binary_numerics_read_straight_as_through_their_text() {
+    let cases: &[(i16, u16, &[u16], u8, u8)] = &[
+        // 1234.5678 into (8, 4), (10, 2) (digits past the scale), (6, 4) (too large)
+        (0, 0, &[1234, 5678], 8, 4),
+        (0, 0, &[1234, 5678], 10, 2),
+        (0, 0, &[1234, 5600], 10, 2),
+        (0, 0, &[1234, 5678], 6, 4),
+        // -0.0001, 0, 10^36, 10^38 - 1 at (38, 0)
+        (-1, 0x4000, &[1], 10, 4),
+        (0, 0, &[], 10, 2),
+        (9, 0, &[1], 38, 0),
+        (
+            9,
+            0,
+            &[99, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999, 9999],
+            38,
+            0,
+        ),
+        (9, 0, &[100], 38, 0),
+        // trailing zero groups past the scale, and a group of zeros before the digits
+        (-2, 0, &[12], 38, 8),
+        (1, 0, &[0, 7], 10, 0),
+        // NaN, infinities, a bad sign
+        (0, 0xC000, &[], 10, 2),
+        (0, 0xD000, &[], 10, 2),
+        (0, 0xF000, &[], 10, 2),
+        (0, 0x1234, &[], 10, 2),
+        // a group above 9999
+        (0, 0, &[10000], 10, 2),
+    ];
+    for &(weight, sign, groups, precision, scale) in cases {
+        let binary = numeric_send(weight, sign, 4, groups, 0);
+        assert_eq!(
+            numeric_binary_to_decimal(&binary, precision, scale),
+            through_text(&binary, precision, scale),
+            "{weight} {sign:x} {groups:?} ({precision}, {scale})"
+        );
+    }
+    // 12.0034 and -12.34
+    assert_eq!(
+        numeric_binary_to_decimal(&numeric_send(0, 0, 4, &[12, 34], 0), 10, 4),
+        Ok(12_0034)
+    );
+    assert_eq!(
+        numeric_binary_to_decimal(&numeric_send(0, 0x4000, 2, &[12, 3400], 0), 10, 4),
+        Ok(-12_3400)
+    );
+    let short = numeric_send(0, 0, 0, &[1, 2], 1);
+    assert_eq!(
+        numeric_binary_to_decimal(&short, 10, 2),
+        Err("a malformed binary numeric")
+    );
+}
+
+proptest! {
+    #[test]
+    fn binary_numerics_read_straight_as_through_their_text_for_any(
+        weight in prop_oneof![-12i16..12, Just(i16::MIN), Just(i16::MAX), -40i16..40],
+        sign in prop_oneof![Just(0u16), Just(0x4000u16), Just(0xC000u16), Just(0xD000u16),
+                            Just(0xF000u16), Just(0x0001u16)],
+        groups in prop::collection::vec(prop_oneof![0u16..=9999, Just(0u16), Just(10_000u16)], 0..12),
+        dscale in 0u16..40,
+        cut in prop_oneof![Just(0usize), Just(0usize), Just(0usize), 1usize..3],
+        precision in 1u8..=38,
+        scale_part in 0u8..=38,
+    ) {
+        let scale = scale_part.min(precision);
+        let binary = numeric_send(weight, sign, dscale, &groups, cut);
+        prop_assert_eq!(
+            numeric_binary_to_decimal(&binary, precision, scale),
+            through_text(&binary, precision, scale)
+        );
+    }
+}
