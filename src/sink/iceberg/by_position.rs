@@ -612,22 +612,16 @@ fn written_keys(
     batches: &[Vec<ArrayRef>],
     converter: &arrow::row::RowConverter,
 ) -> std::result::Result<FileKeys, String> {
-    let mut keys = FileKeys::default();
+    let rows_in_file = batches
+        .iter()
+        .map(|b| b.first().map_or(0, |c| c.len()))
+        .sum();
+    let mut keys = FileKeys::with_capacity(rows_in_file, 0);
     let mut position = 0u64;
     for columns in batches {
         let rows = converter
             .convert_columns(columns)
             .map_err(|e| format!("{path}: the keys of the written rows: {e}"))?;
-        if keys.is_empty() {
-            // the first batch's encoded size, for every batch: one allocation, or a few
-            let rows_in_file: usize = batches
-                .iter()
-                .map(|b| b.first().map_or(0, |c| c.len()))
-                .sum();
-            let encoded: usize = rows.iter().map(|r| r.as_ref().len()).sum();
-            let bytes = encoded / rows.num_rows().max(1) * rows_in_file;
-            keys = FileKeys::with_capacity(rows_in_file, bytes);
-        }
         key_index::push_keys(&rows, &mut position, None, &mut keys);
     }
     Ok(keys)

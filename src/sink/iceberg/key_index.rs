@@ -251,11 +251,12 @@ impl KeyIndex {
                     }
                 }
             }
-            if !tail.is_sorted_by(|a, b| a.0 < b.0) {
+            let ascending = tail.is_sorted_by(|a, b| a.0 < b.0);
+            if !ascending {
                 // stable: of a key added twice, the later one is inserted last and kept
                 tail.sort_by(|a, b| a.0.cmp(b.0));
             }
-            if tail.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+            if !ascending && tail.windows(2).any(|pair| pair[0].0 == pair[1].0) {
                 for (key, location) in &tail {
                     index.insert(*key, location).map_err(|e| e.to_string())?;
                 }
@@ -537,15 +538,12 @@ pub async fn bring_up(
 ) -> Result<Rebuilt, String> {
     let converter = index.converter();
     // the newest equality delete of each key, per partition
-    let mut deleted: HashMap<(&str, Vec<u8>), i64> = HashMap::new();
+    let mut deleted: HashMap<&str, HashMap<Vec<u8>, i64>> = HashMap::new();
     for delete in &files.equality {
-        for (row, _) in file_keys(file_io, &delete.path, key, converter, None)
-            .await?
-            .iter()
-        {
-            let newest = deleted
-                .entry((delete.partition.as_str(), row.to_vec()))
-                .or_default();
+        let keys = file_keys(file_io, &delete.path, key, converter, None).await?;
+        let partition = deleted.entry(delete.partition.as_str()).or_default();
+        for (row, _) in keys.iter() {
+            let newest = partition.entry(row.to_vec()).or_default();
             *newest = (*newest).max(delete.sequence);
         }
     }
@@ -635,10 +633,10 @@ pub async fn bring_up(
         }
         let mut keys: FileKeys =
             file_keys(file_io, &file.path, key, converter, removed.as_ref()).await?;
-        if !deleted.is_empty() {
+        if let Some(deleted) = deleted.get(file.partition.as_str()) {
             keys = keys.filtered(|row, _| {
                 deleted
-                    .get(&(file.partition.as_str(), row.to_vec()))
+                    .get(row)
                     .is_none_or(|&newest| newest <= file.sequence)
             });
         }

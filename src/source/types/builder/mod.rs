@@ -559,7 +559,6 @@ impl Values {
                     values,
                     precision,
                     scale,
-                    ..
                 },
                 Wire::Numeric,
             ) => values.push(text::numeric_binary_to_decimal(value, *precision, *scale)?),

@@ -120,6 +120,13 @@ pub(super) fn check_utf8(text: &[u8]) -> Result<(), Reason> {
 /// The largest precision of an Arrow (and Iceberg) decimal.
 pub(super) const MAX_DECIMAL_PRECISION: u8 = 38;
 
+/// A numeric with more integer digits than a decimal's precision leaves room for.
+const DECIMAL_PRECISION: Reason = "value exceeds the precision of the decimal";
+/// A numeric with non-zero digits past a decimal's scale (nothing is rounded).
+const DECIMAL_SCALE: Reason = "more fractional digits than the decimal's scale holds";
+const DECIMAL_NAN: Reason = "NaN cannot be stored in a decimal";
+const DECIMAL_INFINITY: Reason = "infinity cannot be stored in a decimal";
+
 /// Parses `numeric` output (`-123.4500`) into the unscaled integer of a decimal with `scale`
 /// fractional digits and at most `precision` digits in all (`precision` ≤ 38, `scale` ≤
 /// `precision`). Fractional digits past `scale` are accepted only when they are zeros: nothing is
@@ -127,8 +134,8 @@ pub(super) const MAX_DECIMAL_PRECISION: u8 = 38;
 pub(super) fn parse_decimal(text: &[u8], precision: u8, scale: u8) -> Result<i128, Reason> {
     const SYNTAX: Reason = "not a numeric";
     match text {
-        b"NaN" => return Err("NaN cannot be stored in a decimal"),
-        b"Infinity" | b"-Infinity" => return Err("infinity cannot be stored in a decimal"),
+        b"NaN" => return Err(DECIMAL_NAN),
+        b"Infinity" | b"-Infinity" => return Err(DECIMAL_INFINITY),
         _ => {}
     }
     let (negative, body) = match text {
@@ -160,7 +167,7 @@ pub(super) fn parse_decimal(text: &[u8], precision: u8, scale: u8) -> Result<i12
         }
         significant += 1;
         if significant > integer_room {
-            return Err("value exceeds the precision of the decimal");
+            return Err(DECIMAL_PRECISION);
         }
         value = value * 10 + u128::from(digit);
     }
@@ -173,14 +180,14 @@ pub(super) fn parse_decimal(text: &[u8], precision: u8, scale: u8) -> Result<i12
         if index < scale {
             value = value * 10 + u128::from(digit);
         } else if digit != 0 {
-            return Err("more fractional digits than the decimal's scale holds");
+            return Err(DECIMAL_SCALE);
         }
     }
     for _ in fraction.len()..scale {
         value *= 10;
     }
     // value < 10^38 < i128::MAX.
-    let value = i128::try_from(value).map_err(|_| "value exceeds the precision of the decimal")?;
+    let value = i128::try_from(value).map_err(|_| DECIMAL_PRECISION)?;
     Ok(if negative { -value } else { value })
 }
 
@@ -194,7 +201,6 @@ pub(super) fn numeric_binary_to_decimal(
     scale: u8,
 ) -> Result<i128, Reason> {
     const MALFORMED: Reason = "a malformed binary numeric";
-    const PRECISION: Reason = "value exceeds the precision of the decimal";
     let word = |i: usize| -> Option<u16> {
         binary
             .get(2 * i..2 * i + 2)
@@ -211,22 +217,20 @@ pub(super) fn numeric_binary_to_decimal(
     let negative = match sign {
         0x0000 => false,
         0x4000 => true,
-        0xC000 => return Err("NaN cannot be stored in a decimal"),
-        0xD000 | 0xF000 => return Err("infinity cannot be stored in a decimal"),
+        0xC000 => return Err(DECIMAL_NAN),
+        0xD000 | 0xF000 => return Err(DECIMAL_INFINITY),
         _ => return Err(MALFORMED),
     };
-    let mut groups = Vec::with_capacity(digits);
-    for i in 0..digits {
-        match word(4 + i) {
-            Some(d) if d <= 9999 => groups.push(d),
-            _ => return Err(MALFORMED),
-        }
+    // every digit checked first: a malformed form is reported before any other error
+    if (0..digits).any(|i| word(4 + i).is_none_or(|d| d > 9999)) {
+        return Err(MALFORMED);
     }
     // the base-10000 digit of exponent `e`, 0 where none is sent
     let digit = |e: i32| -> u16 {
         usize::try_from(weight - e)
             .ok()
-            .and_then(|i| groups.get(i).copied())
+            .filter(|&i| i < digits)
+            .and_then(|i| word(4 + i))
             .unwrap_or(0)
     };
     // the integer part, below 10^(precision - scale)
@@ -237,7 +241,7 @@ pub(super) fn numeric_binary_to_decimal(
             .checked_mul(10_000)
             .and_then(|v| v.checked_add(u128::from(digit(e))))
             .filter(|v| *v < limit)
-            .ok_or(PRECISION)?;
+            .ok_or(DECIMAL_PRECISION)?;
     }
     // the fraction: `scale` decimal digits kept, the ones past it must be zeros
     let scale = u32::from(scale);
@@ -252,13 +256,13 @@ pub(super) fn numeric_binary_to_decimal(
             if position < scale {
                 fraction = fraction * 10 + u128::from(decimal);
             } else if decimal != 0 {
-                return Err("more fractional digits than the decimal's scale holds");
+                return Err(DECIMAL_SCALE);
             }
         }
     }
     // integer < 10^(precision - scale), so the value is below 10^precision <= 10^38
     let value = integer * 10u128.pow(scale) + fraction;
-    let value = i128::try_from(value).map_err(|_| PRECISION)?;
+    let value = i128::try_from(value).map_err(|_| DECIMAL_PRECISION)?;
     Ok(if negative { -value } else { value })
 }
 
