@@ -179,6 +179,97 @@ impl SpillWatch {
     }
 }
 
+/// PostgreSQL's `accounts` as the lake must hold them, `hmac(email)|balance` sorted; the HMAC
+/// by Python.
+async fn masked_accounts(db: &TestDb) -> Vec<String> {
+    let client = db.client().await;
+    let rows = client
+        .query("SELECT email, balance FROM accounts", &[])
+        .await
+        .expect("read accounts");
+    let emails: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let hashes = python_hmac(&emails);
+    let mut expected: Vec<String> = hashes
+        .iter()
+        .zip(&rows)
+        .map(|(h, r)| format!("{h}|{}", r.get::<_, i32>(1)))
+        .collect();
+    expected.sort();
+    expected
+}
+
+/// The lake's `accounts`, `email|balance` sorted (DuckDB).
+fn lake_accounts(db: &TestDb) -> Vec<String> {
+    duck_query(
+        db,
+        "accounts",
+        "SELECT email || '|' || balance FROM {scan} ORDER BY 1",
+    )
+}
+
+/// A table keyed on a hashed column, copied in chunks beside the stream: every commit of the
+/// copy carries its last key so a restart resumes after it, and the plaintext of the hashed
+/// key column is sealed there, so no file of the lake (metadata included) holds an email;
+/// the lake ends equal to PostgreSQL's table, masked.
+#[tokio::test]
+async fn a_chunked_copy_keyed_on_a_hashed_column_commits_its_last_keys_sealed() {
+    let db = TestDb::new("masking_chunked").await;
+    let (_secrets, key, spill) = secrets();
+    db.psql(&[
+        "-c",
+        "CREATE TABLE customers (id int PRIMARY KEY, email text, ssn text, notes text, city text);\
+         CREATE TABLE accounts (email text PRIMARY KEY, balance int);\
+         INSERT INTO accounts SELECT 'acct-' || i || '@plain.example', i \
+           FROM generate_series(1, 50) i;",
+    ]);
+    masked_config(&db, &key, &spill);
+    let settings = [
+        ("SOURCE__INITIAL_COPY", "chunked"),
+        ("SOURCE__SNAPSHOT_CHUNK_ROWS", "7"),
+        // each chunk committed as it joins (the stream is idle): commits mid-copy
+        ("FLUSH__IDLE_ROWS", "1"),
+    ];
+    let mut child = start_with(&db, &settings);
+    caught_up(&db, &mut child).await;
+    db.psql(&[
+        "-c",
+        "UPDATE accounts SET balance = -1 WHERE email = 'acct-9@plain.example';",
+    ]);
+    let expected = masked_accounts(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while lake_accounts(&db) != expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunked copy did not complete: {:?}",
+            lake_accounts(&db)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let log = stop(child);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("copied the table in chunks") && l.contains("public.accounts")),
+        "accounts was not copied in chunks: {log}"
+    );
+    let leaks = files_with_markers(db.warehouse.path());
+    assert!(leaks.is_empty(), "unmasked values in lake files: {leaks:?}");
+    for marker in MARKERS {
+        assert!(!log.contains(marker), "the log holds {marker}: {log}");
+    }
+    // the commits mid-copy carried its last key, sealed (else the check above proves nothing)
+    let sealed = duck_query(
+        &db,
+        "accounts",
+        "SELECT count(*) FROM (SELECT unnest(snapshots) AS s FROM read_json_auto('{metadata}')) \
+         WHERE s.summary['lakewriter.copy'] LIKE '%\"sealed:%'",
+    );
+    assert_ne!(
+        sealed,
+        vec!["0".to_string()],
+        "no commit carried a sealed last key"
+    );
+}
+
 fn masked_config(db: &TestDb, key: &Path, spill: &Path) {
     write_config(
         db,
@@ -274,26 +365,9 @@ async fn masked_columns_never_leave_masked_form_and_hashed_keys_stay_exact() {
     );
 
     // the table keyed on a hashed column equals PostgreSQL's, masked by an independent HMAC
-    let client = db.client().await;
-    let rows = client
-        .query("SELECT email, balance FROM accounts", &[])
-        .await
-        .expect("read accounts");
-    let emails: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let hashes = python_hmac(&emails);
-    let mut expected: Vec<String> = hashes
-        .iter()
-        .zip(&rows)
-        .map(|(h, r)| format!("{h}|{}", r.get::<_, i32>(1)))
-        .collect();
-    expected.sort();
+    let expected = masked_accounts(&db).await;
     assert_eq!(expected.len(), 50);
-    let lake = duck_query(
-        &db,
-        "accounts",
-        "SELECT email || '|' || balance FROM {scan} ORDER BY 1",
-    );
-    assert_eq!(lake, expected, "the lake's accounts, masked");
+    assert_eq!(lake_accounts(&db), expected, "the lake's accounts, masked");
 
     // customers: the hash of the new email, a redacted ssn, no notes; every row there
     let expected_5 = python_hmac(&["changed-5@plain.example".to_string()]);

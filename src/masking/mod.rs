@@ -27,18 +27,95 @@ pub const MIN_KEY_BYTES: usize = 32;
 /// `"redact"`), so a COPY of that shape selects and stores the column masked.
 pub const MASK_METADATA_KEY: &str = "lakewriter.masking";
 
-/// The keyed hash of the `hash` policy. Its key never prints.
+/// The keyed hash of the `hash` policy, and the sealing of the few plaintext values of hashed
+/// columns lakewriter must keep (a chunked copy's key bounds). Its key never prints.
 #[derive(Clone)]
 pub struct Hasher {
     key: Arc<ring::hmac::Key>,
+    /// AES-256-GCM, keyed with the HMAC of [`SEALING_LABEL`] under the masking key: one secret
+    /// to keep, and a sealing key that is no hash a column holds.
+    sealing: Arc<ring::aead::LessSafeKey>,
 }
+
+/// What the sealing key is derived from (with the masking key).
+const SEALING_LABEL: &[u8] = b"lakewriter sealing key v1";
+
+/// The prefix of a sealed value: `sealed:` and the nonce, ciphertext and tag in hex.
+pub const SEALED_PREFIX: &str = "sealed:";
 
 impl Hasher {
     /// A hasher keyed with `secret`.
     pub fn new(secret: &[u8]) -> Self {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+        let derived = ring::hmac::sign(&key, SEALING_LABEL);
+        // 32 bytes: the length AES-256 takes
+        let sealing = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, derived.as_ref())
+            .map(ring::aead::LessSafeKey::new)
+            .unwrap_or_else(|_| unreachable!("an HMAC-SHA-256 tag is an AES-256 key"));
         Hasher {
-            key: Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)),
+            key: Arc::new(key),
+            sealing: Arc::new(sealing),
         }
+    }
+
+    /// `plain` encrypted and authenticated under the masking key, as `sealed:` and hex: for a
+    /// plaintext value of a hashed column lakewriter must keep in the lake (a chunked copy's
+    /// last key), which nobody without the key can read. A random nonce each time.
+    pub fn seal(&self, plain: &str) -> Result<String> {
+        use ring::rand::SecureRandom;
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| Error::Source {
+                message: "no random nonce to seal a value of a hashed column".into(),
+            })?;
+        let mut data = plain.as_bytes().to_vec();
+        self.sealing
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(SEALED_PREFIX.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| Error::Source {
+                message: "seal a value of a hashed column".into(),
+            })?;
+        let mut out = String::with_capacity(SEALED_PREFIX.len() + 2 * (nonce.len() + data.len()));
+        out.push_str(SEALED_PREFIX);
+        for byte in nonce.iter().chain(&data) {
+            out.push_str(&format!("{byte:02x}"));
+        }
+        Ok(out)
+    }
+
+    /// The plaintext of what [`Hasher::seal`] made; `None` when it is not sealed text, or was
+    /// sealed under another key, or altered.
+    pub fn open(&self, sealed: &str) -> Option<String> {
+        let hex = sealed.strip_prefix(SEALED_PREFIX)?;
+        if !hex.len().is_multiple_of(2) {
+            return None;
+        }
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|d| u8::from_str_radix(d, 16).ok())
+            })
+            .collect::<Option<_>>()?;
+        if bytes.len() < ring::aead::NONCE_LEN {
+            return None;
+        }
+        let (nonce, data) = bytes.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = data.to_vec();
+        let plain = self
+            .sealing
+            .open_in_place(
+                nonce,
+                ring::aead::Aad::from(SEALED_PREFIX.as_bytes()),
+                &mut data,
+            )
+            .ok()?;
+        String::from_utf8(plain.to_vec()).ok()
     }
 
     /// HMAC-SHA-256 of `value`, as 64 lowercase hex digits.
@@ -350,6 +427,31 @@ mod tests {
             hasher.hex(b"what do ya want for nothing?")
         );
         assert!(!format!("{hasher:?}").contains("Jefe"));
+    }
+
+    #[test]
+    fn sealed_values_open_under_their_key_only_and_show_nothing() -> Result<()> {
+        let hasher = Hasher::new(b"a masking key of thirty-two bytes");
+        let plain = "acct-41@plain.example, l'été";
+        let sealed = hasher.seal(plain)?;
+        assert!(sealed.starts_with(SEALED_PREFIX), "{sealed}");
+        assert!(!sealed.contains("plain"), "{sealed}");
+        assert_eq!(hasher.open(&sealed).as_deref(), Some(plain));
+        // a random nonce: the same value seals differently, and both open
+        let again = hasher.seal(plain)?;
+        assert_ne!(again, sealed);
+        assert_eq!(hasher.open(&again).as_deref(), Some(plain));
+        // another key, an altered digit, a cut, a plain value: nothing opens
+        let other = Hasher::new(b"another masking key, also long..");
+        assert_eq!(other.open(&sealed), None);
+        let last = sealed.len() - 1;
+        let flipped = if sealed.ends_with('0') { "1" } else { "0" };
+        assert_eq!(hasher.open(&format!("{}{flipped}", &sealed[..last])), None);
+        assert_eq!(hasher.open(&sealed[..last]), None);
+        assert_eq!(hasher.open(&sealed[..SEALED_PREFIX.len() + 10]), None);
+        assert_eq!(hasher.open(plain), None);
+        assert_eq!(hasher.open(""), None);
+        Ok(())
     }
 
     fn config(text: &str) -> Result<Config> {

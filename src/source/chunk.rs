@@ -150,7 +150,12 @@ pub async fn read_chunk(
     }
     let fields = key_fields(schema, key, &wires, &masks)?;
     let above = match after {
-        Some(values) => bound(key, values, ">", table)?,
+        Some(values) => bound(
+            key,
+            &open_bound(values, key, &fields, masking, table)?,
+            ">",
+            table,
+        )?,
         None => "true".to_string(),
     };
     // qualified: a bare name in ORDER BY could be an output column of that name
@@ -206,7 +211,7 @@ pub async fn read_chunk(
     let last_key = if count == 0 {
         None
     } else {
-        Some(last.text(client, table, key, &fields).await?)
+        Some(last.text(client, table, key, &fields, masking).await?)
     };
     Ok(Chunk {
         rows,
@@ -222,6 +227,43 @@ pub async fn read_chunk(
 struct KeyField {
     index: usize,
     text: bool,
+    /// A hashed column: its plaintext in a key bound is sealed ([`Hasher::seal`]), as the
+    /// bound is committed to the lake with the copy's progress.
+    ///
+    /// [`Hasher::seal`]: crate::masking::Hasher::seal
+    hashed: bool,
+}
+
+/// `values` (a key bound as committed: a hashed column's value sealed) in plain text, for the
+/// query. A hashed column's value that is not sealed is taken as it is (progress committed
+/// before bounds were sealed).
+fn open_bound(
+    values: &[String],
+    key: &[KeyColumn],
+    fields: &[KeyField],
+    masking: &Masking,
+    table: &TableId,
+) -> Result<Vec<String>> {
+    values
+        .iter()
+        .zip(fields.iter().zip(key))
+        .map(|(value, (field, column))| {
+            if !field.hashed || !value.starts_with(crate::masking::SEALED_PREFIX) {
+                return Ok(value.clone());
+            }
+            masking
+                .hasher()
+                .and_then(|h| h.open(value))
+                .ok_or_else(|| Error::Source {
+                    message: format!(
+                        "table {table}, key column {}: the chunked copy's last key was sealed \
+                         under another masking key; copy the table again (`lakewriter resync \
+                         --table {table}`)",
+                        column.name
+                    ),
+                })
+        })
+        .collect()
 }
 
 /// Where each of `key`'s columns is in `schema`'s COPY, and in which form: as
@@ -245,9 +287,13 @@ fn key_fields(
                         schema.table, k.name
                     ),
                 })?;
-            let text = wires.get(index) == Some(&Wire::Text)
-                || masks.get(index) == Some(&Some(ColumnPolicy::Hash));
-            Ok(KeyField { index, text })
+            let hashed = masks.get(index) == Some(&Some(ColumnPolicy::Hash));
+            let text = wires.get(index) == Some(&Wire::Text) || hashed;
+            Ok(KeyField {
+                index,
+                text,
+                hashed,
+            })
         })
         .collect()
 }
@@ -274,13 +320,15 @@ impl LastKey {
         }
     }
 
-    /// The kept key in text form, each column as PostgreSQL prints it.
+    /// The kept key in text form, each column as PostgreSQL prints it; a hashed column's
+    /// sealed.
     async fn text(
         &self,
         client: &Client,
         table: &TableId,
         key: &[KeyColumn],
         fields: &[KeyField],
+        masking: &Masking,
     ) -> Result<Vec<String>> {
         let mut start = 0;
         let mut values: Vec<&[u8]> = Vec::with_capacity(key.len());
@@ -299,12 +347,25 @@ impl LastKey {
         let mut params: Vec<BinaryValue<'_>> = Vec::new();
         for (i, ((column, field), value)) in key.iter().zip(fields).zip(&values).enumerate() {
             if field.text {
-                text[i] = String::from_utf8(value.to_vec()).map_err(|_| Error::Source {
+                let plain = String::from_utf8(value.to_vec()).map_err(|_| Error::Source {
                     message: format!(
                         "table {table}, key column {}: the last key of a chunk is not UTF-8",
                         column.name
                     ),
                 })?;
+                text[i] = match (field.hashed, masking.hasher()) {
+                    (false, _) => plain,
+                    (true, Some(hasher)) => hasher.seal(&plain)?,
+                    (true, None) => {
+                        return Err(Error::Source {
+                            message: format!(
+                                "table {table}, key column {}: hashed, but no masking key is \
+                                 loaded",
+                                column.name
+                            ),
+                        });
+                    }
+                };
             } else {
                 params.push(BinaryValue(value));
                 casts.push((
