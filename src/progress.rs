@@ -234,11 +234,9 @@ mod tests {
     #[test]
     fn a_copy_is_logged_at_most_once_an_interval_with_its_figures() {
         let progress = CopyProgress {
-            after: None,
             chunks: 3,
             rows: 3000,
-            estimate: Some(10_000),
-            chunk_rows: 1000,
+            ..CopyProgress::start(Some(10_000), 1000)
         };
         let pace = CopyPace {
             rows_per_second: 1000.0,

@@ -54,12 +54,12 @@ fn as_pairs<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'
     settings.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-/// The low watermarks of `joined`'s chunks in the WAL, by chunk number, and the chunk read
-/// last: read (and consumed) from the test's `test_decoding` slot.
+/// The low watermarks of `joined`'s chunks in the WAL, by key range and chunk number, and the
+/// chunk of each range read last: read (and consumed) from the test's `test_decoding` slot.
 #[derive(Debug, Default)]
 struct Reads {
-    by_chunk: BTreeMap<u64, u32>,
-    latest: Option<u64>,
+    by_chunk: BTreeMap<(u64, u64), u32>,
+    latest: BTreeMap<u64, u64>,
 }
 
 async fn drain_watermarks(client: &tokio_postgres::Client, watch: &str, reads: &Mutex<Reads>) {
@@ -82,16 +82,17 @@ async fn drain_watermarks(client: &tokio_postgres::Client, watch: &str, reads: &
         };
         if mark["table"] == "public.joined" && mark["mark"] == "low" {
             let chunk = mark["chunk"].as_u64().expect("a chunk number");
-            *reads.by_chunk.entry(chunk).or_default() += 1;
-            reads.latest = Some(chunk);
+            let range = mark["range"].as_u64().unwrap_or(0);
+            *reads.by_chunk.entry((range, chunk)).or_default() += 1;
+            reads.latest.insert(range, chunk);
         }
     }
 }
 
 /// Until `stop`: rounds of changes to `joined`, each one transaction that updates, deletes
-/// and re-inserts keys of the chunk being read (the latest low watermark's) and of the next
-/// one, deletes and re-inserts keys anywhere, and adds keys past the end; between rounds the
-/// watermarks are counted.
+/// and re-inserts keys of the chunks being read (each key range's latest low watermark's,
+/// the ranges taken as equal parts of the keys) and of the next ones, deletes and re-inserts
+/// keys anywhere, and adds keys past the end; between rounds the watermarks are counted.
 fn workload(
     db: &TestDb,
     watch: String,
@@ -104,19 +105,43 @@ fn workload(
         let mut round = 0u32;
         while !stop.load(Ordering::Relaxed) {
             drain_watermarks(&client, &watch, &reads).await;
-            let chunk = reads.lock().expect("reads").latest.unwrap_or(0) as i64;
-            // the keys of the chunk being read, and of the next (deletes shift the bounds)
-            let low = chunk * chunk_rows();
+            // the keys of the chunks being read, and of the next (deletes shift the bounds)
+            let lows: Vec<i64> = {
+                let reads = reads.lock().expect("reads");
+                let ranges = reads.latest.len().max(1) as i64;
+                let mut lows: Vec<i64> = reads
+                    .latest
+                    .iter()
+                    .map(|(&range, &chunk)| {
+                        range as i64 * rows() / ranges + chunk as i64 * chunk_rows()
+                    })
+                    .collect();
+                if lows.is_empty() {
+                    lows.push(0);
+                }
+                lows
+            };
+            let around: String = lows
+                .iter()
+                .map(|low| {
+                    format!(
+                        "UPDATE joined SET v = v + 1, note = 'u{round}'
+                           WHERE id IN (SELECT {low} + (random() * {span})::int
+                                        FROM generate_series(1, 20));
+                         DELETE FROM joined
+                           WHERE id IN (SELECT {low} + (random() * {span})::int
+                                        FROM generate_series(1, 8));
+                         INSERT INTO joined (id, v, note)
+                           SELECT DISTINCT {low} + (random() * {span})::int, {round}, 'r{round}'
+                           FROM generate_series(1, 8)
+                           ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v, note = EXCLUDED.note;",
+                        span = 2 * chunk_rows(),
+                    )
+                })
+                .collect();
             let sql = format!(
                 "BEGIN;
-                 UPDATE joined SET v = v + 1, note = 'u{round}'
-                   WHERE id IN (SELECT {low} + (random() * {span})::int FROM generate_series(1, 20));
-                 DELETE FROM joined
-                   WHERE id IN (SELECT {low} + (random() * {span})::int FROM generate_series(1, 8));
-                 INSERT INTO joined (id, v, note)
-                   SELECT DISTINCT {low} + (random() * {span})::int, {round}, 'r{round}'
-                   FROM generate_series(1, 8)
-                   ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v, note = EXCLUDED.note;
+                 {around}
                  UPDATE joined SET v = -v
                    WHERE id IN (SELECT 1 + (random() * {all})::int FROM generate_series(1, 10));
                  DELETE FROM joined
@@ -129,7 +154,6 @@ fn workload(
                    ON CONFLICT (id) DO NOTHING;
                  UPDATE orders SET status = 'r{round}' WHERE order_id = 1 + {round} % 500;
                  COMMIT;",
-                span = 2 * chunk_rows(),
                 all = rows(),
             );
             client.batch_execute(&sql).await.expect("a workload round");
@@ -273,6 +297,14 @@ async fn assert_resumed_reading_each_chunk_at_most_twice(
     );
     let by_chunk = reads.lock().expect("reads").by_chunk.clone();
     let chunks = by_chunk.len() as u64;
+    // per key range, its chunks' numbers from 0 without a gap
+    let mut per_range: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &(range, chunk) in by_chunk.keys() {
+        per_range.entry(range).or_default().push(chunk);
+    }
+    let gapless = per_range
+        .values()
+        .all(|chunks| chunks.iter().copied().eq(0..chunks.len() as u64));
     println!(
         "{rounds} workload rounds; killed after {killed_at} committed chunks; reads by chunk: \
          {by_chunk:?}"
@@ -287,12 +319,16 @@ async fn assert_resumed_reading_each_chunk_at_most_twice(
         .expect("count joined")
         .get(0);
     assert!(
-        chunks >= (left / chunk_rows()) as u64
-            && chunks > killed_at
-            && by_chunk.keys().copied().eq(0..chunks),
+        chunks >= (left / chunk_rows()) as u64 && chunks > killed_at && gapless,
         "the WAL shows {chunks} chunks read, {left} rows left: {by_chunk:?}"
     );
-    let thrice: Vec<(&u64, &u32)> = by_chunk.iter().filter(|(_, n)| **n > 2).collect();
+    // `source.snapshot_parallelism` (2 by default) key ranges, read side by side
+    assert_eq!(
+        per_range.keys().copied().collect::<Vec<_>>(),
+        vec![0, 1],
+        "the copy was not split in two key ranges: {by_chunk:?}"
+    );
+    let thrice: Vec<(&(u64, u64), &u32)> = by_chunk.iter().filter(|(_, n)| **n > 2).collect();
     assert!(thrice.is_empty(), "chunks read more than twice: {thrice:?}");
     assert!(rounds > 20, "the workload ran only {rounds} rounds");
 }

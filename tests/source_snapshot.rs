@@ -325,9 +325,10 @@ async fn chunks_over_a_key_of_many_types_read_every_row_once_in_key_order() {
         let mut after: Option<Vec<String>> = None;
         let mut chunks = 0;
         loop {
-            let data = chunk::read_chunk(&client, &schema, &key, after.as_deref(), 7, &masking)
-                .await
-                .expect("a chunk");
+            let data =
+                chunk::read_chunk(&client, &schema, &key, after.as_deref(), None, 7, &masking)
+                    .await
+                    .expect("a chunk");
             assert!(data.count <= 7, "a chunk holds at most its limit");
             let Some(last) = data.last_key else {
                 assert_eq!(data.count, 0, "only an empty chunk has no last key");
@@ -356,5 +357,53 @@ async fn chunks_over_a_key_of_many_types_read_every_row_once_in_key_order() {
         }
         assert_eq!(chunks, 200_usize.div_ceil(7));
         assert_eq!(read, expected, "every row once, in the key's order");
+
+        // split in three key ranges at sampled keys (a hashed column's sealed), each read
+        // in chunks up to its last key: the ranges together hold every row once, in order
+        let points = chunk::split_points(&client, &schema, &key, 200, 3, &masking)
+            .await
+            .expect("split points");
+        assert_eq!(points.len(), 2, "{points:?}");
+        let mut bounds: Vec<Option<Vec<String>>> = vec![None];
+        bounds.extend(points.into_iter().map(Some));
+        bounds.push(None);
+        let mut ranged = Vec::new();
+        let mut sizes = Vec::new();
+        for pair in bounds.windows(2) {
+            let (mut after, upto) = (pair[0].clone(), pair[1].clone());
+            let before = ranged.len();
+            loop {
+                let data = chunk::read_chunk(
+                    &client,
+                    &schema,
+                    &key,
+                    after.as_deref(),
+                    upto.as_deref(),
+                    7,
+                    &masking,
+                )
+                .await
+                .expect("a chunk of a range");
+                for batch in &data.rows {
+                    let values = batch
+                        .column(v)
+                        .as_primitive::<arrow::datatypes::Int32Type>();
+                    ranged.extend(values.iter().flatten());
+                }
+                match data.last_key {
+                    Some(last) if data.count >= 7 => after = Some(last),
+                    _ => break,
+                }
+            }
+            sizes.push(ranged.len() - before);
+        }
+        assert_eq!(
+            ranged, expected,
+            "every row once across the ranges: {sizes:?}"
+        );
+        assert!(
+            sizes.iter().all(|&n| n >= 40),
+            "the sampled keys split the rows about evenly: {sizes:?}"
+        );
     }
 }

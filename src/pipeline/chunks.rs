@@ -17,11 +17,15 @@
 //! before the restart are not known then, so a resumed copy writes its rows as upserts (each
 //! row deletes its key first).
 //!
-//! One reading task per copy reads the chunks one after the other on one connection, and
-//! reads ahead: up to `source.snapshot_parallelism` chunks may be read and wait for their high
-//! watermark, so reading overlaps the watermarks' way through the stream and the flushes. A
-//! chunk read ahead is still right when it joins: the keys the stream changed since the copy
-//! began, up to its own high watermark, are dropped from it, whenever it was read.
+//! A table of more than a few chunks is split into `source.snapshot_parallelism` key ranges
+//! of about equal rows (from a sample of its keys, `chunk::split_points`), each read by a task
+//! of its own on its own connection, chunk after chunk, so PostgreSQL's index scans and the
+//! decoding of several chunks run side by side. Each range reads ahead: up to
+//! [`READ_AHEAD`] of its chunks may be read and wait for their high watermark, so reading
+//! overlaps the watermarks' way through the stream and the flushes. A chunk read ahead (or
+//! in another range) is still right when it joins: the keys the stream changed since the copy
+//! began, up to its own high watermark, are dropped from it, whenever it was read; the ranges
+//! hold disjoint keys, so their chunks join in whatever order their watermarks come.
 //!
 //! The copy's pace is measured from when its chunks were committed (as `status` measures it
 //! from the lake's snapshots) and reported on the progress interval (or a bar on a terminal).
@@ -50,6 +54,12 @@ use crate::table::{
 
 /// Chunk reads of one copy that may fail in a row before the run stops.
 const READ_ATTEMPTS: u32 = 8;
+
+/// Chunks of one key range that may be read and wait for their high watermark.
+pub(super) const READ_AHEAD: usize = 2;
+
+/// Chunks a key range should hold at least for a table to be split into ranges.
+const CHUNKS_PER_RANGE: u64 = 2;
 
 /// What the chunk reads left for the pipeline, by table; taken when the chunk's high
 /// watermark comes through the stream.
@@ -97,13 +107,13 @@ impl Inbox {
             .unwrap_or_default()
     }
 
-    /// Takes `table`'s oldest chunk read, if any.
-    fn take(&self, table: &TableId) -> Option<ChunkRead> {
-        let read = self
-            .waiting
-            .lock()
-            .ok()
-            .and_then(|mut w| w.get_mut(table).and_then(|w| w.chunks.pop_front()));
+    /// Takes the oldest chunk read of `table`'s key range `range`, if any.
+    fn take(&self, table: &TableId, range: usize) -> Option<ChunkRead> {
+        let read = self.waiting.lock().ok().and_then(|mut w| {
+            let chunks = &mut w.get_mut(table)?.chunks;
+            let at = chunks.iter().position(|c| c.range == range)?;
+            chunks.remove(at)
+        });
         self.changed.notify_waiters();
         read
     }
@@ -123,13 +133,15 @@ impl Inbox {
         true
     }
 
-    /// Waits until fewer than `window` chunks of `table` wait for the stream; false when the
-    /// read `copy`/`attempt` is not the current one any more (its task stops).
+    /// Waits until fewer than `window` chunks of `table`'s key range `range` wait for the
+    /// stream; false when the read `copy`/`attempt` is not the current one any more (its task
+    /// stops).
     pub(super) async fn room(
         &self,
         table: &TableId,
         copy: &str,
         attempt: u32,
+        range: usize,
         window: usize,
     ) -> bool {
         loop {
@@ -148,7 +160,7 @@ impl Inbox {
                 {
                     return false;
                 }
-                if entry.chunks.len() < window {
+                if entry.chunks.iter().filter(|c| c.range == range).count() < window {
                     return true;
                 }
             }
@@ -161,14 +173,15 @@ impl Inbox {
 #[derive(Debug)]
 pub(super) struct ChunkRead {
     pub(super) copy: String,
+    pub(super) range: usize,
     pub(super) chunk: u64,
     pub(super) attempt: u32,
     pub(super) schema: Arc<TableSchema>,
     pub(super) data: Chunk,
 }
 
-/// The chunks for a reading task to read: from `chunk` on, after the key `after`, until a
-/// chunk comes back short (the table's end).
+/// The chunks for a reading task to read: of key range `range`, from its chunk `chunk` on,
+/// after the key `after` up to `upto`, until a chunk comes back short (the range's end).
 #[derive(Debug, Clone)]
 pub(super) struct ChunkRequest {
     /// The table.
@@ -176,16 +189,18 @@ pub(super) struct ChunkRequest {
     /// Which read this is ([`ReadId`]).
     pub id: ReadId,
     pub(super) copy: String,
+    pub(super) range: usize,
     pub(super) chunk: u64,
     pub(super) attempt: u32,
     pub(super) after: Option<Vec<String>>,
+    pub(super) upto: Option<Vec<String>>,
     pub(super) key: Vec<String>,
     pub(super) limit: u64,
-    /// Chunks read ahead of the stream at most.
+    /// Chunks of the range read ahead of the stream at most.
     pub(super) window: usize,
 }
 
-/// One reading task of a copy: the copy and the attempt.
+/// The reading tasks of a copy's attempt: the copy and the attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ReadId(String, u32);
 
@@ -197,10 +212,8 @@ pub(super) struct ChunkedCopy {
     key: Vec<String>,
     progress: CopyProgress,
     attempt: u32,
-    /// A reading task of the current attempt is under way (it reads until the table's end).
-    in_flight: bool,
-    /// The low watermark of the next chunk to join came through the stream.
-    low_seen: bool,
+    /// The reads of the key ranges, as `progress.ranges`.
+    reads: Vec<RangeRead>,
     /// Rows are written as upserts (a resumed copy does not know the keys changed before).
     upserts: bool,
     /// The last chunk is in the buffer: the next commit completes the copy.
@@ -215,6 +228,15 @@ pub(super) struct ChunkedCopy {
     commits: Vec<ChunkCommit>,
     /// Where the progress is reported; made at the first report.
     tracker: Option<CopyTracker>,
+}
+
+/// The read of one key range of a copy.
+#[derive(Debug, Clone, Copy, Default)]
+struct RangeRead {
+    /// A reading task of the current attempt is under way (it reads until the range's end).
+    in_flight: bool,
+    /// The low watermark of the range's next chunk to join came through the stream.
+    low_seen: bool,
 }
 
 /// A new copy id: this process's, and counted, so no two copies share one.
@@ -232,10 +254,9 @@ impl ChunkedCopy {
             id: copy_id(),
             key,
             attempt: 0,
-            in_flight: false,
-            low_seen: false,
+            reads: vec![RangeRead::default(); progress.ranges.len()],
             upserts: false,
-            done: false,
+            done: progress.complete(),
             touched: HashSet::new(),
             failures: 0,
             started: Instant::now(),
@@ -284,6 +305,18 @@ impl ChunkedCopy {
         self.commits.retain(|c| c.chunks >= window);
     }
 
+    /// Every range is read again from its next chunk to join, under a new attempt (the
+    /// watermarks and chunks of the current one are passed over).
+    fn read_again(&mut self) {
+        self.attempt += 1;
+        self.reads.fill(RangeRead::default());
+    }
+
+    /// Whether a reading task of the current attempt is under way.
+    fn reading(&self) -> bool {
+        self.reads.iter().any(|r| r.in_flight)
+    }
+
     /// Reports the committed progress and its pace to `progress` (a bar, or a log line when
     /// one is due).
     fn report(&mut self, table: &TableId, progress: &Progress) {
@@ -300,6 +333,19 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// How many key ranges a table of `estimate` rows is split into to be copied in chunks of
+/// `chunk_rows`: `parallelism`, or fewer so that each holds [`CHUNKS_PER_RANGE`] chunks or
+/// more; one without an estimate.
+pub(super) fn key_ranges(estimate: Option<u64>, chunk_rows: u64, parallelism: usize) -> usize {
+    let Some(estimate) = estimate else {
+        return 1;
+    };
+    let most = estimate / (chunk_rows.max(1) * CHUNKS_PER_RANGE);
+    usize::try_from(most)
+        .unwrap_or(usize::MAX)
+        .clamp(1, parallelism.max(1))
 }
 
 /// Whether `table` can be copied in chunks beside the stream; otherwise why not, for the log.
@@ -320,11 +366,11 @@ pub(super) fn chunkable(
     Ok(())
 }
 
-/// Reads the chunks `request` asks for, one after the other on one connection, each between
-/// its two watermarks, and leaves each in `inbox` before its high watermark is written, so
-/// the pipeline finds it when the watermark comes through. Reads ahead of the stream by at
-/// most the request's window; stops after the table's last chunk, or when the pipeline gave
-/// up on this read (another attempt, another copy).
+/// Reads the chunks of the key range `request` asks for, one after the other on one
+/// connection, each between its two watermarks, and leaves each in `inbox` before its high
+/// watermark is written, so the pipeline finds it when the watermark comes through. Reads
+/// ahead of the stream by at most the request's window; stops after the range's last chunk,
+/// or when the pipeline gave up on this read (another attempt, another copy).
 pub(super) async fn read(
     config: Arc<Config>,
     masking: Arc<Masking>,
@@ -337,7 +383,13 @@ pub(super) async fn read(
     let mut after = request.after.clone();
     loop {
         if !inbox
-            .room(table, &request.copy, request.attempt, request.window)
+            .room(
+                table,
+                &request.copy,
+                request.attempt,
+                request.range,
+                request.window,
+            )
             .await
         {
             return Ok(());
@@ -351,9 +403,9 @@ pub(super) async fn read(
     }
 }
 
-/// Reads chunk `chunk` of `request`'s copy, the rows after `after`, between its watermarks;
-/// the chunk's last key when the table may hold more, `None` after its last chunk (or when
-/// the pipeline no longer waits for this read).
+/// Reads chunk `chunk` of `request`'s key range, the rows after `after`, between its
+/// watermarks; the chunk's last key when the range may hold more, `None` after its last chunk
+/// (or when the pipeline no longer waits for this read).
 async fn read_one(
     client: &tokio_postgres::Client,
     masking: &Masking,
@@ -386,21 +438,33 @@ async fn read_one(
     let mut watermark = Watermark {
         copy: request.copy.clone(),
         table: table.to_string(),
+        range: u32::try_from(request.range).unwrap_or(u32::MAX),
         chunk,
         attempt: request.attempt,
         mark: Mark::Low,
     };
     tracing::debug!(
         table = %table,
+        range = request.range,
         chunk,
         attempt = request.attempt,
         "reading a chunk of the table"
     );
     let described_in = started.elapsed();
     chunk::emit(client, &watermark).await?;
-    let data = chunk::read_chunk(client, &shape, &key, after, request.limit, masking).await?;
+    let data = chunk::read_chunk(
+        client,
+        &shape,
+        &key,
+        after,
+        request.upto.as_deref(),
+        request.limit,
+        masking,
+    )
+    .await?;
     tracing::debug!(
         table = %table,
+        range = request.range,
         chunk,
         rows = data.count,
         describe_ms = described_in.as_millis() as u64,
@@ -413,6 +477,7 @@ async fn read_one(
         .filter(|_| data.count >= request.limit);
     let read = ChunkRead {
         copy: request.copy.clone(),
+        range: request.range,
         chunk,
         attempt: request.attempt,
         schema: shape,
@@ -509,16 +574,16 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
-    /// The reads to start now: one of every copy with none under way, from its next chunk.
+    /// The reads to start now: one per key range not read to its end of every copy with none
+    /// under way, each from the range's next chunk.
     pub(super) fn chunk_requests(&mut self) -> Vec<ChunkRequest> {
         let limit = self.config.source.snapshot_chunk_rows;
-        let window = self.config.source.snapshot_parallelism.max(1);
         // the reads of copies that ended (completed, stopped with their table, replaced) stop
         for table in self.chunk_inbox.reading() {
             let reading = self.tables.get(&table).is_some_and(|s| {
                 s.stopped.is_none()
                     && !s.awaiting_copy
-                    && s.copy.as_ref().is_some_and(|c| c.in_flight)
+                    && s.copy.as_ref().is_some_and(ChunkedCopy::reading)
             });
             if !reading {
                 self.chunk_inbox.wait_for(&table, None);
@@ -532,24 +597,35 @@ impl<S: Sink> Pipeline<S> {
             let Some(copy) = state.copy.as_mut() else {
                 continue;
             };
-            if copy.in_flight || copy.done {
+            // an attempt's ranges start together: none is under way, or all that are not
+            // read to their end are
+            if copy.reading() || copy.done {
                 continue;
             }
-            copy.in_flight = true;
-            copy.low_seen = false;
             self.chunk_inbox
                 .wait_for(table, Some((copy.id.clone(), copy.attempt)));
-            requests.push(ChunkRequest {
-                table: table.clone(),
-                id: ReadId(copy.id.clone(), copy.attempt),
-                copy: copy.id.clone(),
-                chunk: copy.progress.chunks,
-                attempt: copy.attempt,
-                after: copy.progress.after.clone(),
-                key: copy.key.clone(),
-                limit,
-                window,
-            });
+            for (r, range) in copy.progress.ranges.iter().enumerate() {
+                let Some(read) = copy.reads.get_mut(r).filter(|_| !range.done) else {
+                    continue;
+                };
+                *read = RangeRead {
+                    in_flight: true,
+                    low_seen: false,
+                };
+                requests.push(ChunkRequest {
+                    table: table.clone(),
+                    id: ReadId(copy.id.clone(), copy.attempt),
+                    copy: copy.id.clone(),
+                    range: r,
+                    chunk: range.chunks,
+                    attempt: copy.attempt,
+                    after: range.after.clone(),
+                    upto: range.upto.clone(),
+                    key: copy.key.clone(),
+                    limit,
+                    window: READ_AHEAD,
+                });
+            }
         }
         requests
     }
@@ -573,11 +649,10 @@ impl<S: Sink> Pipeline<S> {
             return Ok(());
         };
         // a read the copy has moved past (it was read again already)
-        if !copy.in_flight || read != ReadId(copy.id.clone(), copy.attempt) {
+        if !copy.reading() || read != ReadId(copy.id.clone(), copy.attempt) {
             return Ok(());
         }
-        copy.in_flight = false;
-        copy.attempt += 1;
+        copy.read_again();
         copy.failures += 1;
         self.chunk_inbox.wait_for(table, None);
         if copy.failures > READ_ATTEMPTS || !error.is_retryable() {
@@ -647,39 +722,53 @@ impl<S: Sink> Pipeline<S> {
             let Some(copy) = self.tables.get_mut(&table).and_then(|s| s.copy.as_mut()) else {
                 continue;
             };
-            let current = copy.in_flight
-                && watermark.copy == copy.id
-                && watermark.chunk == copy.progress.chunks
-                && watermark.attempt == copy.attempt;
+            let range = watermark.range as usize;
+            let current = watermark.copy == copy.id
+                && watermark.attempt == copy.attempt
+                && copy.reads.get(range).is_some_and(|r| r.in_flight)
+                && copy
+                    .progress
+                    .ranges
+                    .get(range)
+                    .is_some_and(|r| r.chunks == watermark.chunk);
             if !current {
                 continue;
             }
             match watermark.mark {
-                Mark::Low => copy.low_seen = true,
-                Mark::High => self.chunk_through(&table, commit_lsn)?,
+                Mark::Low => {
+                    if let Some(read) = copy.reads.get_mut(range) {
+                        read.low_seen = true;
+                    }
+                }
+                Mark::High => self.chunk_through(&table, range, commit_lsn)?,
             }
         }
         Ok(())
     }
 
-    /// The high watermark of `table`'s chunk came through at `commit_lsn`: its rows, but
-    /// those whose key the stream changed, join the buffer there.
-    fn chunk_through(&mut self, table: &TableId, commit_lsn: Lsn) -> Result<()> {
-        let read = self.chunk_inbox.take(table);
+    /// The high watermark of the next chunk of `table`'s key range `range` came through at
+    /// `commit_lsn`: its rows, but those whose key the stream changed, join the buffer there.
+    fn chunk_through(&mut self, table: &TableId, range: usize, commit_lsn: Lsn) -> Result<()> {
+        let read = self.chunk_inbox.take(table, range);
         let Some(state) = self.tables.get_mut(table) else {
             return Ok(());
         };
         let Some(copy) = state.copy.as_mut() else {
             return Ok(());
         };
+        let (Some(next), Some(reading)) = (
+            copy.progress.ranges.get(range).map(|r| r.chunks),
+            copy.reads.get(range).copied(),
+        ) else {
+            return Ok(());
+        };
         let read = read.filter(|r| {
-            r.copy == copy.id && r.chunk == copy.progress.chunks && r.attempt == copy.attempt
+            r.copy == copy.id && r.range == range && r.chunk == next && r.attempt == copy.attempt
         });
-        let Some(read) = read.filter(|_| copy.low_seen) else {
+        let Some(read) = read.filter(|_| reading.low_seen) else {
             // the stream brought the watermarks, but not the read's rows (or not in order):
-            // the chunk is read again, and the ones read ahead of it
-            copy.in_flight = false;
-            copy.attempt += 1;
+            // the chunk is read again, and the ones read ahead of it (every range's)
+            copy.read_again();
             self.chunk_inbox.wait_for(table, None);
             return Ok(());
         };
@@ -751,21 +840,32 @@ impl<S: Sink> Pipeline<S> {
         let dropped = read.data.count as usize - kept;
         copy.progress.chunks += 1;
         copy.progress.rows += read.data.count;
-        copy.low_seen = false;
         copy.failures = 0;
         let limit = self.config.source.snapshot_chunk_rows;
+        let (Some(progress), Some(reading)) = (
+            copy.progress.ranges.get_mut(range),
+            copy.reads.get_mut(range),
+        ) else {
+            return Ok(());
+        };
+        progress.chunks += 1;
+        reading.low_seen = false;
         match read.data.last_key {
-            Some(last) if read.data.count >= limit => copy.progress.after = Some(last),
-            // fewer rows than asked for: the table has no more (rows added since come
+            Some(last) if read.data.count >= limit => progress.after = Some(last),
+            // fewer rows than asked for: the range has no more (rows added since come
             // through the stream)
             last => {
-                copy.progress.after = last.or(copy.progress.after.take());
-                copy.done = true;
-                copy.in_flight = false;
+                if let Some(last) = last {
+                    progress.after = Some(last);
+                }
+                progress.done = true;
+                reading.in_flight = false;
             }
         }
+        copy.done = copy.progress.complete();
         tracing::debug!(
             table = %table,
+            range,
             chunk = copy.progress.chunks,
             rows = read.data.count,
             dropped,

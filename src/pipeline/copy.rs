@@ -149,6 +149,18 @@ async fn start_chunked_once<S: Sink>(
     let lsn = Lsn(pipeline.received().get().saturating_sub(1))
         .max(holds.map_or(Lsn::ZERO, |h| Lsn(h.get().saturating_add(1))));
     let progress = CopyProgress::start(estimate, config.source.snapshot_chunk_rows);
+    let parts = chunks::key_ranges(
+        estimate,
+        config.source.snapshot_chunk_rows,
+        config.source.snapshot_parallelism,
+    );
+    let points = match (&key_columns, estimate) {
+        (Some(key_columns), Some(estimate)) if parts > 1 => {
+            chunk::split_points(client, &shape, key_columns, estimate, parts, &masking).await?
+        }
+        _ => Vec::new(),
+    };
+    let progress = progress.split(points);
     pipeline
         .sink_mut()
         .commit(TableDelta {
@@ -171,6 +183,7 @@ async fn start_chunked_once<S: Sink>(
         key = %key.join(", "),
         chunk_rows = config.source.snapshot_chunk_rows,
         estimate = ?estimate,
+        key_ranges = progress.ranges.len(),
         "copying the table in chunks beside the stream"
     );
     pipeline.start_chunked(table, lsn, shape, ChunkedCopy::start(key, progress));

@@ -458,6 +458,7 @@ fn watermark(
         vec![SourceEvent::Watermark(crate::source::chunk::Watermark {
             copy: request.copy.clone(),
             table: request.table.to_string(),
+            range: request.range as u32,
             chunk: request.chunk,
             attempt: request.attempt,
             mark,
@@ -500,6 +501,7 @@ fn read_chunk_at(
         &request.table,
         chunks::ChunkRead {
             copy: request.copy.clone(),
+            range: request.range,
             chunk,
             attempt: request.attempt,
             schema,
@@ -635,7 +637,7 @@ async fn a_chunk_joins_at_its_high_watermark_without_the_keys_the_stream_changed
     let progress = crate::table::CopyProgress::decode(last.copy.as_deref().expect("progress"))
         .expect("progress");
     assert_eq!(
-        (progress.chunks, progress.after),
+        (progress.chunks, progress.ranges[0].after.clone()),
         (1, Some(vec!["4".to_string()]))
     );
 }
@@ -684,7 +686,7 @@ async fn chunks_read_ahead_join_in_order_each_without_the_keys_changed_before_it
     let progress = crate::table::CopyProgress::decode(last.copy.as_deref().expect("progress"))
         .expect("progress");
     assert_eq!(
-        (progress.chunks, progress.after),
+        (progress.chunks, progress.ranges[0].after.clone()),
         (2, Some(vec!["8".to_string()]))
     );
 }
@@ -694,7 +696,7 @@ async fn a_reading_task_waits_while_its_window_is_full_and_stops_when_replaced()
     let (pipeline, request) = copying(false);
     let inbox = pipeline.chunk_inbox();
     let (copy, attempt) = (request.copy.clone(), request.attempt);
-    let room = |window| inbox.room(&request.table, &copy, attempt, window);
+    let room = |window| inbox.room(&request.table, &copy, attempt, request.range, window);
     assert!(room(2).await, "room for the first chunk");
     read_chunk_at(&pipeline, &request, 0, &[(1, "a")], "1");
     read_chunk_at(&pipeline, &request, 1, &[(2, "b")], "2");
@@ -754,6 +756,146 @@ async fn a_resumed_copy_writes_its_rows_as_upserts_and_the_last_chunk_completes_
         "the resumed copy's row deletes its key first"
     );
     assert_eq!(committed(&sink, "u"), vec![(5, "chunk".to_string())]);
+}
+
+/// Table `u`, of 16 rows, copied in chunks of 4 rows from LSN 10 in two key ranges split
+/// after key 8; the requests of the two ranges, in key order.
+fn copying_in_two_ranges() -> (Pipeline<RecordingSink>, Vec<chunks::ChunkRequest>) {
+    let mut config = (*config()).clone();
+    config.source.snapshot_chunk_rows = 4;
+    let (mut pipeline, _) = pipeline_with(Arc::new(config));
+    let table = TableId::new("public", "u");
+    let progress = crate::table::CopyProgress::start(Some(16), 4).split(vec![vec!["8".into()]]);
+    let copy = chunks::ChunkedCopy::start(vec!["id".into()], progress);
+    pipeline.start_chunked(&table, Lsn(10), schema("u"), copy);
+    let requests = pipeline.chunk_requests();
+    assert!(
+        pipeline.chunk_requests().is_empty(),
+        "each range is read once"
+    );
+    (pipeline, requests)
+}
+
+/// The key ranges of a split copy are read side by side: each request bounds its keys, their
+/// chunks join at their own watermarks in whatever order those come, the commits carry each
+/// range's progress, and the copy completes when the last range's last chunk is in. A failed
+/// read starts every range not read to its end again, each from its own next chunk.
+#[tokio::test]
+async fn the_key_ranges_of_a_split_copy_join_in_any_order_and_complete_together() {
+    use crate::source::chunk::Mark;
+    let (mut pipeline, requests) = copying_in_two_ranges();
+    let [first, second] = &requests[..] else {
+        panic!("two ranges: {requests:?}");
+    };
+    let key = |k: &str| Some(vec![k.to_string()]);
+    assert_eq!(
+        (first.range, first.after.clone(), first.upto.clone()),
+        (0, None, key("8"))
+    );
+    assert_eq!(
+        (second.range, second.after.clone(), second.upto.clone()),
+        (1, key("8"), None)
+    );
+    // the second range's first chunk joins before the first range's; key 10 changed in the
+    // stream meanwhile
+    read_chunk(
+        &pipeline,
+        second,
+        &[(9, "chunk"), (10, "old"), (11, "chunk"), (12, "chunk")],
+        "12",
+    );
+    read_chunk(
+        &pipeline,
+        first,
+        &[(1, "chunk"), (2, "chunk"), (3, "chunk"), (4, "chunk")],
+        "4",
+    );
+    let mut events = watermark(110, second, Mark::Low);
+    events.extend(watermark(115, first, Mark::Low));
+    events.extend(transaction(
+        120,
+        vec![change("u", 120, Op::Update, 10, "stream")],
+    ));
+    events.extend(watermark(130, second, Mark::High));
+    events.extend(watermark(140, first, Mark::High));
+    for event in events {
+        pipeline.handle(event).await.expect("handle");
+    }
+    pipeline.flush_all().await.expect("flush");
+    // the first range's next chunk fails to read: both ranges are read again, from their
+    // own next chunks, under a new attempt
+    pipeline
+        .chunk_failed(
+            &first.table,
+            first.id.clone(),
+            Error::Io {
+                path: "chunk".into(),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            },
+        )
+        .await
+        .expect("a retryable failure");
+    let again = pipeline.chunk_requests();
+    let resumed: Vec<_> = again
+        .iter()
+        .map(|r| (r.range, r.chunk, r.attempt, r.after.clone()))
+        .collect();
+    assert_eq!(
+        resumed,
+        vec![(0, 1, 1, key("4")), (1, 1, 1, key("12"))],
+        "each range from its own next chunk"
+    );
+    let [first, second] = &again[..] else {
+        panic!("two ranges again: {again:?}");
+    };
+    // the first range ends (a short chunk); the copy is not complete until the second does
+    read_chunk(&pipeline, first, &[(5, "chunk"), (7, "chunk")], "7");
+    let mut events = watermark(150, first, Mark::Low);
+    events.extend(watermark(160, first, Mark::High));
+    for event in events {
+        pipeline.handle(event).await.expect("handle");
+    }
+    pipeline.flush_all().await.expect("flush");
+    read_chunk(&pipeline, second, &[(13, "chunk")], "13");
+    let mut events = watermark(170, second, Mark::Low);
+    events.extend(watermark(180, second, Mark::High));
+    for event in events {
+        pipeline.handle(event).await.expect("handle");
+    }
+    assert!(pipeline.chunk_requests().is_empty(), "the copy is done");
+    pipeline.flush_all().await.expect("flush");
+    let sink = pipeline.into_sink();
+    let progress: Vec<_> = sink
+        .commits
+        .iter()
+        .map(|c| {
+            c.copy.as_deref().map(|text| {
+                let p = crate::table::CopyProgress::decode(text).expect("progress");
+                let ranges: Vec<_> = p
+                    .ranges
+                    .iter()
+                    .map(|r| (r.chunks, r.after.clone(), r.done))
+                    .collect();
+                (p.chunks, p.rows, ranges)
+            })
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        vec![
+            Some((2, 8, vec![(1, key("4"), false), (1, key("12"), false)])),
+            Some((3, 10, vec![(2, key("7"), true), (1, key("12"), false)])),
+            None,
+        ],
+        "each commit carries every range's progress; the last completes the copy"
+    );
+    let mut rows = committed(&sink, "u");
+    rows.sort();
+    let expected: Vec<(i32, String)> = [1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13]
+        .into_iter()
+        .map(|k| (k, if k == 10 { "stream" } else { "chunk" }.to_string()))
+        .collect();
+    assert_eq!(rows, expected);
 }
 
 /// A resync request of `table` in a transaction of its own committing at `lsn`.

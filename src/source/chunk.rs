@@ -43,7 +43,10 @@ pub struct Watermark {
     pub copy: String,
     /// The table (`schema.table`).
     pub table: String,
-    /// The chunk's number in its copy (0 first).
+    /// The key range of the copy the chunk is in (0 first; one unless the table was split).
+    #[serde(default)]
+    pub range: u32,
+    /// The chunk's number in its key range (0 first).
     pub chunk: u64,
     /// The read's attempt at this chunk (a failed read is made again under the next).
     pub attempt: u32,
@@ -122,7 +125,8 @@ pub struct Chunk {
 }
 
 /// Reads the next `limit` rows of `schema`'s table in key order, those whose key is above
-/// `after` (all from the start when `None`), with one binary COPY of an index scan on the key.
+/// `after` (all from the start when `None`) and at most `upto` (to the end when `None`), with
+/// one binary COPY of an index scan on the key.
 /// The chunk's last key is taken from its last row; the key columns read in binary are
 /// turned into their text form by PostgreSQL itself (one short query), so the bound of the
 /// next chunk casts back to exactly that key, whatever its type. Masked columns are read
@@ -132,6 +136,7 @@ pub async fn read_chunk(
     schema: &Arc<TableSchema>,
     key: &[KeyColumn],
     after: Option<&[String]>,
+    upto: Option<&[String]>,
     limit: u64,
     masking: &Masking,
 ) -> Result<Chunk> {
@@ -158,6 +163,15 @@ pub async fn read_chunk(
         )?,
         None => "true".to_string(),
     };
+    let below = match upto {
+        Some(values) => bound(
+            key,
+            &open_bound(values, key, &fields, masking, table)?,
+            "<=",
+            table,
+        )?,
+        None => "true".to_string(),
+    };
     // qualified: a bare name in ORDER BY could be an output column of that name
     let order: Vec<String> = key
         .iter()
@@ -165,8 +179,8 @@ pub async fn read_chunk(
         .collect();
     let select = snapshot::masked_select_list(schema, &wires, &masks);
     let query = format!(
-        "COPY (SELECT {select} FROM {} AS src WHERE {above} ORDER BY {} LIMIT {limit}) TO \
-         STDOUT (FORMAT binary)",
+        "COPY (SELECT {select} FROM {} AS src WHERE {above} AND {below} ORDER BY {} \
+         LIMIT {limit}) TO STDOUT (FORMAT binary)",
         table.quoted(),
         order.join(", ")
     );
@@ -218,6 +232,109 @@ pub async fn read_chunk(
         count,
         last_key,
     })
+}
+
+/// Rows sampled per key range to split a table at.
+const SAMPLE_ROWS_PER_RANGE: f64 = 1000.0;
+
+/// The keys that split `schema`'s table, of about `estimate` rows, into `parts` key ranges of
+/// about as many rows each: the last key of every range but the last, in key order, each key
+/// column in PostgreSQL's text form (a hashed column's sealed, as a chunk's last key is). Found
+/// in a sample of the table's pages (`TABLESAMPLE SYSTEM`, about a thousand rows per range),
+/// so a skewed key splits where its rows are. Fewer points (none) when the sample is too
+/// small to tell.
+pub async fn split_points(
+    client: &Client,
+    schema: &Arc<TableSchema>,
+    key: &[KeyColumn],
+    estimate: u64,
+    parts: usize,
+    masking: &Masking,
+) -> Result<Vec<Vec<String>>> {
+    let table = &schema.table;
+    if parts < 2 || estimate == 0 {
+        return Ok(Vec::new());
+    }
+    let wires = snapshot::wires(schema);
+    let masks = snapshot::masks(schema);
+    let fields = key_fields(schema, key, &wires, &masks)?;
+    let percent =
+        (100.0 * SAMPLE_ROWS_PER_RANGE * parts as f64 / estimate as f64).clamp(1e-4, 100.0);
+    let columns: Vec<String> = key
+        .iter()
+        .map(|k| format!("src.{}", quote_ident(&k.name)))
+        .collect();
+    let texts: Vec<String> = columns.iter().map(|c| format!("{c}::text")).collect();
+    let query = format!(
+        "SELECT {} FROM {} AS src TABLESAMPLE SYSTEM ({percent}) ORDER BY {}",
+        texts.join(", "),
+        table.quoted(),
+        columns.join(", ")
+    );
+    let rows = client.query(query.as_str(), &[]).await.map_err(|e| {
+        Error::postgres(
+            format!("sample the keys of table {table} to split its copy"),
+            e,
+        )
+    })?;
+    if rows.len() < parts {
+        return Ok(Vec::new());
+    }
+    let mut points: Vec<Vec<String>> = Vec::with_capacity(parts - 1);
+    for part in 1..parts {
+        let row = &rows[part * rows.len() / parts];
+        let mut point = Vec::with_capacity(key.len());
+        for (i, (column, field)) in key.iter().zip(&fields).enumerate() {
+            let value: Option<String> = row
+                .try_get(i)
+                .map_err(|e| Error::postgres(format!("read a sampled key of table {table}"), e))?;
+            let value = value.ok_or_else(|| Error::Source {
+                message: format!(
+                    "table {table}, key column {}: a NULL in a key a chunked copy orders by",
+                    column.name
+                ),
+            })?;
+            point.push(if field.hashed {
+                seal(masking, table, column, &value)?
+            } else {
+                value
+            });
+        }
+        // a repeated sample row splits nothing
+        if points
+            .last()
+            .is_none_or(|p| !same_key(p, &point, &fields, masking))
+        {
+            points.push(point);
+        }
+    }
+    Ok(points)
+}
+
+/// Whether two split points (hashed columns sealed, each time with another nonce) are the
+/// same key.
+fn same_key(a: &[String], b: &[String], fields: &[KeyField], masking: &Masking) -> bool {
+    a.iter().zip(b).zip(fields).all(|((x, y), field)| {
+        if field.hashed {
+            let hasher = masking.hasher();
+            hasher.and_then(|h| h.open(x)) == hasher.and_then(|h| h.open(y))
+        } else {
+            x == y
+        }
+    })
+}
+
+/// `plain`, a value of the hashed key column `column`, sealed under the masking key.
+fn seal(masking: &Masking, table: &TableId, column: &KeyColumn, plain: &str) -> Result<String> {
+    match masking.hasher() {
+        Some(hasher) => hasher.seal(plain),
+        None => Err(Error::Source {
+            message: format!(
+                "table {table}, key column {}: hashed, but no masking key is loaded",
+                column.name
+            ),
+        }),
+    }
 }
 
 /// How a key column comes in a chunk's COPY: its field, and whether the field is the
@@ -353,18 +470,10 @@ impl LastKey {
                         column.name
                     ),
                 })?;
-                text[i] = match (field.hashed, masking.hasher()) {
-                    (false, _) => plain,
-                    (true, Some(hasher)) => hasher.seal(&plain)?,
-                    (true, None) => {
-                        return Err(Error::Source {
-                            message: format!(
-                                "table {table}, key column {}: hashed, but no masking key is \
-                                 loaded",
-                                column.name
-                            ),
-                        });
-                    }
+                text[i] = if field.hashed {
+                    seal(masking, table, column, &plain)?
+                } else {
+                    plain
                 };
             } else {
                 params.push(BinaryValue(value));
@@ -488,6 +597,7 @@ mod tests {
         let mark = Watermark {
             copy: "c1".into(),
             table: "public.t".into(),
+            range: 1,
             chunk: 3,
             attempt: 1,
             mark: Mark::High,

@@ -8,11 +8,9 @@ use serde::{Deserialize, Serialize};
 
 /// The progress of a table's chunked copy, as its lake commits carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredProgress")]
 pub struct CopyProgress {
-    /// The key of the last row the committed chunks read, each key column in PostgreSQL's
-    /// text form (key order); `None` before the first chunk.
-    pub after: Option<Vec<String>>,
-    /// Chunks committed so far.
+    /// Chunks committed so far, in all key ranges.
     pub chunks: u64,
     /// Rows the committed chunks read.
     pub rows: u64,
@@ -20,18 +18,104 @@ pub struct CopyProgress {
     pub estimate: Option<u64>,
     /// Rows per chunk (`source.snapshot_chunk_rows` when the copy began).
     pub chunk_rows: u64,
+    /// The key ranges the table is read in, side by side, in key order: one unless the copy
+    /// split the table (`source.snapshot_parallelism`). Never empty.
+    pub ranges: Vec<KeyRange>,
+}
+
+/// One key range of a chunked copy, read chunk after chunk on a connection of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// The key the range's next chunk reads after: the last row its committed chunks read,
+    /// or the key the range begins after; `None`: from the table's first key. Each key
+    /// column in PostgreSQL's text form (a hashed column's sealed).
+    pub after: Option<Vec<String>>,
+    /// The range's last key (it reads up to it, inclusive); `None`: to the table's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<Vec<String>>,
+    /// The range's chunks committed.
+    #[serde(default)]
+    pub chunks: u64,
+    /// The range's last chunk is committed.
+    #[serde(default)]
+    pub done: bool,
+}
+
+impl KeyRange {
+    /// A range after `after` up to `upto`, none of it read.
+    fn new(after: Option<Vec<String>>, upto: Option<Vec<String>>) -> Self {
+        KeyRange {
+            after,
+            upto,
+            chunks: 0,
+            done: false,
+        }
+    }
+}
+
+/// A [`CopyProgress`] as committed: also as versions before key ranges wrote it (one range,
+/// its last key in `after`).
+#[derive(Deserialize)]
+struct StoredProgress {
+    #[serde(default)]
+    after: Option<Vec<String>>,
+    chunks: u64,
+    rows: u64,
+    estimate: Option<u64>,
+    chunk_rows: u64,
+    #[serde(default)]
+    ranges: Vec<KeyRange>,
+}
+
+impl From<StoredProgress> for CopyProgress {
+    fn from(stored: StoredProgress) -> Self {
+        let ranges = if stored.ranges.is_empty() {
+            vec![KeyRange {
+                chunks: stored.chunks,
+                ..KeyRange::new(stored.after, None)
+            }]
+        } else {
+            stored.ranges
+        };
+        CopyProgress {
+            chunks: stored.chunks,
+            rows: stored.rows,
+            estimate: stored.estimate,
+            chunk_rows: stored.chunk_rows,
+            ranges,
+        }
+    }
 }
 
 impl CopyProgress {
-    /// A copy about to read its first chunk.
+    /// A copy about to read its first chunk, of one key range.
     pub fn start(estimate: Option<u64>, chunk_rows: u64) -> Self {
         CopyProgress {
-            after: None,
             chunks: 0,
             rows: 0,
             estimate,
             chunk_rows: chunk_rows.max(1),
+            ranges: vec![KeyRange::new(None, None)],
         }
+    }
+
+    /// The copy about to start, split at `points` (keys in key order, each the last of its
+    /// range): one range more than points.
+    pub fn split(mut self, points: Vec<Vec<String>>) -> Self {
+        let mut after = None;
+        let mut ranges = Vec::with_capacity(points.len() + 1);
+        for point in points {
+            ranges.push(KeyRange::new(after, Some(point.clone())));
+            after = Some(point);
+        }
+        ranges.push(KeyRange::new(after, None));
+        self.ranges = ranges;
+        self
+    }
+
+    /// Whether every range's last chunk is committed.
+    pub fn complete(&self) -> bool {
+        self.ranges.iter().all(|r| r.done)
     }
 
     /// The text a commit carries.
@@ -231,16 +315,39 @@ mod tests {
     #[test]
     fn progress_round_trips_and_reads_as_a_percentage() {
         let progress = CopyProgress {
-            after: Some(vec!["41000".into(), "it's".into()]),
             chunks: 812,
             rows: 812_000,
             estimate: Some(1_970_000),
             chunk_rows: 1000,
+            ranges: vec![KeyRange {
+                chunks: 812,
+                ..KeyRange::new(Some(vec!["41000".into(), "it's".into()]), None)
+            }],
         };
         assert_eq!(
             CopyProgress::decode(&progress.encode()),
             Ok(progress.clone())
         );
+        // as a version before key ranges committed it
+        assert_eq!(
+            CopyProgress::decode(
+                r#"{"after":["41000","it's"],"chunks":812,"rows":812000,"estimate":1970000,"chunk_rows":1000}"#
+            ),
+            Ok(progress.clone())
+        );
+        let split = CopyProgress::start(None, 10).split(vec![vec!["7".into()], vec!["9".into()]]);
+        let bounds: Vec<_> = split
+            .ranges
+            .iter()
+            .map(|r| (r.after.clone(), r.upto.clone()))
+            .collect();
+        let key = |k: &str| Some(vec![k.to_string()]);
+        assert_eq!(
+            bounds,
+            vec![(None, key("7")), (key("7"), key("9")), (key("9"), None)]
+        );
+        assert_eq!(CopyProgress::decode(&split.encode()), Ok(split.clone()));
+        assert!(!split.complete());
         assert_eq!(progress.describe(None), "copying 41 % (chunk 812/1970)");
         let unknown = CopyProgress::start(None, 1000);
         assert_eq!(unknown.describe(None), "copying (chunk 0)");
@@ -258,11 +365,11 @@ mod tests {
     #[test]
     fn the_pace_is_rows_between_the_first_and_latest_chunk_commits_over_their_time_apart() {
         let mut progress = CopyProgress {
-            after: Some(vec!["812000".into()]),
             chunks: 812,
             rows: 812_000,
             estimate: Some(1_970_000),
             chunk_rows: 1000,
+            ranges: vec![KeyRange::new(Some(vec!["812000".into()]), None)],
         };
         // chunk 792 in at t = 0 s, chunk 812 (20 000 rows later) at t = 20 s; the stream
         // commits and the compaction after them carry 812 on, later, and do not count

@@ -8,7 +8,7 @@ use std::fmt;
 mod copy;
 mod model;
 
-pub use copy::{ChunkCommit, CopyPace, CopyProgress, LatestChunkCommits, PACE_CHUNKS};
+pub use copy::{ChunkCommit, CopyPace, CopyProgress, KeyRange, LatestChunkCommits, PACE_CHUNKS};
 
 pub use model::{
     ChangeBatch, ColumnSchema, Oid, OldRow, Op, RelationId, ReplicaIdentity, TableSchema,
