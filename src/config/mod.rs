@@ -115,7 +115,9 @@ pub struct SourceConfig {
     /// copied again). Default: `true`.
     #[serde(default = "defaults::yes")]
     pub initial_snapshot: bool,
-    /// How many COPY streams one large table's snapshot uses at once. Default: `2`.
+    /// How many COPY streams one large table's snapshot uses at once, and how many key
+    /// ranges (each read on its own connection) a table copied in chunks beside the stream is
+    /// split into when it holds two chunks or more per range. Default: `2`.
     #[serde(default = "defaults::snapshot_parallelism")]
     pub snapshot_parallelism: usize,
     /// Rows per chunk when a table that joins the publication while `run` streams is copied

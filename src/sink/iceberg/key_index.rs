@@ -200,13 +200,15 @@ impl KeyIndex {
             // a key removed and added again (an update) is only overwritten: half the B-tree's
             // page writes of an update-heavy flush (an insert-only one, a copy's chunk, has
             // nothing removed and builds no set)
-            let readded: HashSet<&[u8]> = if update.removed.is_empty() {
+            let removed: HashSet<&[u8]> = update.removed.iter().map(Vec::as_slice).collect();
+            let readded: HashSet<&[u8]> = if removed.is_empty() {
                 HashSet::new()
             } else {
                 update
                     .added
                     .iter()
                     .flat_map(|(_, keys)| keys.iter().map(|(key, _)| key))
+                    .filter(|key| removed.contains(key))
                     .collect()
             };
             for key in &update.removed {
@@ -214,14 +216,8 @@ impl KeyIndex {
                     index.remove(key.as_slice()).map_err(|e| e.to_string())?;
                 }
             }
-            // keys above every key the index holds (a copy's chunks, rows of a serial key)
-            // are appended in one ascending run through a cursor, which redb splices into
-            // the B-tree's right edge a leaf at a time; the others are inserted one by one
-            let last: Option<Vec<u8>> = index
-                .last()
-                .map_err(|e| e.to_string())?
-                .map(|(key, _)| key.value().to_vec());
-            let mut tail: Vec<(&[u8], (u32, u64))> = Vec::new();
+            // the keys new to the index, spliced in ascending runs
+            let mut fresh: Vec<(&[u8], (u32, u64))> = Vec::new();
             for (path, keys) in &update.added {
                 let known = ids
                     .get(path.as_str())
@@ -242,35 +238,16 @@ impl KeyIndex {
                     }
                 };
                 for (key, position) in keys.iter() {
-                    if last.as_deref().is_none_or(|last| key > last) {
-                        tail.push((key, (id, position)));
-                    } else {
+                    if readded.contains(key) {
                         index
                             .insert(key, (id, position))
                             .map_err(|e| e.to_string())?;
+                    } else {
+                        fresh.push((key, (id, position)));
                     }
                 }
             }
-            let ascending = tail.is_sorted_by(|a, b| a.0 < b.0);
-            if !ascending {
-                // stable: of a key added twice, the later one is inserted last and kept
-                tail.sort_by(|a, b| a.0.cmp(b.0));
-            }
-            if !ascending && tail.windows(2).any(|pair| pair[0].0 == pair[1].0) {
-                for (key, location) in &tail {
-                    index.insert(*key, location).map_err(|e| e.to_string())?;
-                }
-            } else if !tail.is_empty() {
-                let mut cursor = index
-                    .upper_bound_mut(std::ops::Bound::<&[u8]>::Unbounded)
-                    .map_err(|e| e.to_string())?;
-                for (key, location) in &tail {
-                    cursor
-                        .insert_before(*key, location)
-                        .map_err(|e| e.to_string())?;
-                }
-                cursor.close().map_err(|e| e.to_string())?;
-            }
+            splice(&mut index, fresh)?;
             let mut meta = write.open_table(META).map_err(|e| e.to_string())?;
             meta.insert("layout", self.layout.as_bytes())
                 .map_err(|e| e.to_string())?;
@@ -442,6 +419,58 @@ pub struct IndexUpdate {
     pub added: Vec<(String, FileKeys)>,
     /// Data files no longer live (rewritten, truncated).
     pub removed_files: Vec<String>,
+}
+
+/// Puts `entries` into `index`: a key the index holds already is overwritten; the others are
+/// sorted, and each run of them that falls into one gap between the index's keys (a copy's
+/// chunk, within its key range or past the last key; rows of a serial key) is spliced in
+/// through one cursor, which redb builds a leaf at a time, where one insert per key would
+/// search the tree and copy its path each time. Of a key given twice, the later is kept.
+fn splice(
+    index: &mut redb::Table<'_, &'static [u8], (u32, u64)>,
+    mut entries: Vec<(&[u8], (u32, u64))>,
+) -> Result<(), String> {
+    // stable: of a key given twice, the later sorts last, and is the one kept
+    if !entries.is_sorted_by(|a, b| a.0 < b.0) {
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        let mut kept: Vec<(&[u8], (u32, u64))> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => kept.push(entry),
+            }
+        }
+        entries = kept;
+    }
+    let mut i = 0;
+    while let Some(&(first, location)) = entries.get(i) {
+        let mut cursor = index
+            .lower_bound_mut(std::ops::Bound::Included(first))
+            .map_err(|e| e.to_string())?;
+        // the gap's upper end: the least key held at or above `first`
+        let next: Option<Vec<u8>> = cursor
+            .peek_next()
+            .map_err(|e| e.to_string())?
+            .map(|(key, _)| key.value().to_vec());
+        let mut end = i;
+        while let Some(&(key, location)) = entries.get(end) {
+            if next.as_deref().is_some_and(|next| key >= next) {
+                break;
+            }
+            cursor
+                .insert_before(key, location)
+                .map_err(|e| e.to_string())?;
+            end += 1;
+        }
+        cursor.close().map_err(|e| e.to_string())?;
+        if end == i {
+            // `first` is held already: overwritten
+            index.insert(first, location).map_err(|e| e.to_string())?;
+            end += 1;
+        }
+        i = end;
+    }
+    Ok(())
 }
 
 /// The keys of the data file at `path` with their positions, the rows `deleted` names left
@@ -856,8 +885,9 @@ mod tests {
     }
 
     /// Updates that append keys above the greatest (in order, shuffled, one key added
-    /// twice), insert keys between others and remove keys leave the index where a plain map
-    /// of the same updates is, across flushes and a reopen.
+    /// twice), add runs of keys into one gap (a copy's second key range, above the first),
+    /// insert keys between others and remove keys leave the index where a plain map of the
+    /// same updates is, across flushes and a reopen.
     #[test]
     fn appended_and_inserted_keys_are_found_where_a_map_finds_them() {
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -873,6 +903,8 @@ mod tests {
         let regions = ["eu", "us", "ap"];
         let mut model: BTreeMap<(i32, &str), (String, u64)> = BTreeMap::new();
         let mut top = 0i32;
+        const UPPER: i32 = 1_000_000;
+        let mut upper_top = UPPER;
         for flush in 0..40u64 {
             let mut added: Vec<(String, Vec<(i32, &str)>)> = Vec::new();
             let below = top;
@@ -897,6 +929,12 @@ mod tests {
                 added.push((format!("f{flush}-a.parquet"), fresh));
             }
             added.push((format!("f{flush}-c.parquet"), between));
+            // a run above everything else, so the run of `fresh` goes into the gap below it
+            let upper: Vec<(i32, &str)> = (0..random(60) as i32)
+                .map(|i| (upper_top + 1 + i / 3, regions[i as usize % 3]))
+                .collect();
+            upper_top += upper.len() as i32 / 3 + 1;
+            added.push((format!("f{flush}-d.parquet"), upper));
             let removed: Vec<(i32, &str)> =
                 model.keys().filter(|_| random(10) == 0).copied().collect();
 
@@ -921,6 +959,7 @@ mod tests {
             index.apply(Some(flush as i64), &update).expect("apply");
 
             let universe: Vec<(i32, &str)> = (0..=top)
+                .chain(UPPER..=upper_top)
                 .flat_map(|id| regions.iter().map(move |r| (id, *r)))
                 .collect();
             let expected: Vec<Option<RowLocation>> = universe
