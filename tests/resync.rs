@@ -21,9 +21,11 @@ use support::writer::{
     write_config,
 };
 
-/// Rows of the table copied again, in chunks of `CHUNK_ROWS`: a copy of 60 chunks.
+/// Rows of the table copied again, in chunks of `CHUNK_ROWS`: a copy of 120 chunks, in two
+/// key ranges of 60 read side by side (long enough for another table to commit meanwhile).
 const ROWS: i64 = 120_000;
-const SETTINGS: &[(&str, &str)] = &[("SOURCE__SNAPSHOT_CHUNK_ROWS", "2000")];
+const CHUNK_ROWS: i64 = 1_000;
+const SETTINGS: &[(&str, &str)] = &[("SOURCE__SNAPSHOT_CHUNK_ROWS", "1000")];
 
 /// Until `stop`: updates, deletes and re-inserts of `big`'s keys, one transaction a round.
 fn workload(db: &TestDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u32> {
@@ -139,7 +141,7 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
     }
     let during = copy_chunks(&db, "big");
     assert!(
-        during.is_some_and(|c| c < (ROWS / 2000) as u64),
+        during.is_some_and(|c| c < (ROWS / CHUNK_ROWS) as u64),
         "the copy was over before the other table's commit: make the table larger ({during:?})"
     );
 
