@@ -128,6 +128,14 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
         "{asked}"
     );
     let (writer, _) = wait_for_chunks(&db, writer, "big", 2).await;
+    // the copy is held while the other table commits and a second request comes (its chunk
+    // reads wait for this lock; the stream does not), so the copy outlasts both on any
+    // machine however fast its ranges read
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock big");
 
     // the other table commits while the copy goes on
     client
@@ -154,6 +162,7 @@ async fn resync_copies_one_table_again_beside_the_stream_through_kill_9() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|lsn| lsn.parse().ok())
         .unwrap_or_else(|| panic!("no request LSN in {again:?}"));
+    holder.batch_execute("COMMIT").await.expect("unlock big");
     let deadline = Instant::now() + Duration::from_secs(180);
     while lake_checkpoint(&db, "big").is_none_or(|c| c < request) {
         assert!(
