@@ -538,3 +538,257 @@ print(len({str(f["partition"]) for f in files if f["content"] == 1}))
     );
     command_ok(&db, &["verify"], &[]);
 }
+
+/// The live delete files of `orders` as pyiceberg lists them, sorted, one `content format
+/// path` line each (`1 PUFFIN …` a deletion vector, `1 PARQUET …` a position-delete file,
+/// `2 PARQUET …` an equality-delete file; a Puffin file holding the vectors of several data
+/// files shows once per vector).
+fn live_delete_files(db: &TestDb) -> Vec<String> {
+    pyiceberg(
+        db,
+        "orders",
+        r#"
+files = catalog.load_table(ident).inspect.files().to_pylist()
+lines = [f"{f['content']} {f['file_format']} {f['file_path']}" for f in files if f["content"] != 0]
+for line in sorted(lines):
+    print(line)
+"#,
+        &[],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+/// What Spark reads from the lake's orders table in one session: its order ids, sorted, as
+/// one line (as [`postgres_ids`] prints them), and its live delete files as counts:
+/// `[deletion vectors, data files they name, delete files of other kinds]`.
+fn spark_ids_and_deletion_vectors(db: &TestDb) -> (String, [u64; 3]) {
+    let table = format!("lakewriter.{}.orders", db.namespace);
+    let blocks = spark_sql(
+        db,
+        &[
+            format!(
+                "SELECT concat_ws(',', collect_list(CAST(order_id AS STRING))) FROM \
+                 (SELECT order_id FROM {table} ORDER BY order_id)"
+            ),
+            format!(
+                "SELECT count(*) FILTER (WHERE file_format = 'PUFFIN'), \
+                 count(DISTINCT referenced_data_file) FILTER (WHERE file_format = 'PUFFIN'), \
+                 count(*) FILTER (WHERE file_format <> 'PUFFIN') FROM {table}.delete_files"
+            ),
+        ],
+    );
+    let counts: Vec<u64> = blocks
+        .get(1)
+        .map(|b| b.trim().split('|').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    let counts: [u64; 3] = counts
+        .try_into()
+        .unwrap_or_else(|_| panic!("no counts of delete files in {blocks:?}"));
+    (blocks[0].trim().to_string(), counts)
+}
+
+/// Spark upgrades a table lakewriter created (format v2, position deletes) to Iceberg format
+/// v3 and deletes and updates rows in it as merge-on-read: deletion vectors, in Puffin files.
+/// `query` and `verify` read them, as DuckDB does, and `export` exports them; the writer
+/// streams on into the v3 table, its own deletes there deletion vectors (v3 takes no new
+/// position-delete files), so pyiceberg and Spark read PostgreSQL's rows without `compact`;
+/// the table stays v3, and `compact` applies every deletion vector.
+#[tokio::test]
+async fn spark_deletion_vectors_in_a_v3_table_are_read_exported_streamed_over_and_compacted() {
+    let db = TestDb::new("foreign_vectors").await;
+    let destination = TestDb::new("foreign_vectors_dst").await;
+    db.psql(&["-v", "rows=2000", "-f", "sql/orders.sql"]);
+    let mut child = start_with(&db, &[]);
+    db.workload(1, 300);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert_eq!(
+        orders_metadata(&db)["format-version"],
+        2,
+        "the writer's new table in the default delete mode"
+    );
+
+    // One change, made twice: in PostgreSQL while the writer is stopped, and by Spark in the
+    // lake once it upgraded the table to v3, as merge-on-read: deletion vectors (which take in
+    // the writer's position deletes of the data files they name)
+    let change = "DELETE FROM {t} WHERE order_id % 7 = 0; \
+                  UPDATE {t} SET status = 'spark' WHERE order_id % 7 = 1";
+    db.psql(&["-c", &change.replace("{t}", "orders")]);
+    let table = format!("lakewriter.{}.orders", db.namespace);
+    let mut statements = vec![format!(
+        "ALTER TABLE {table} SET TBLPROPERTIES ('format-version' = '3', \
+         'write.delete.mode' = 'merge-on-read', 'write.update.mode' = 'merge-on-read')"
+    )];
+    statements.extend(
+        change
+            .replace("{t}", &table)
+            .split("; ")
+            .map(str::to_string),
+    );
+    statements.push(format!(
+        "SELECT count(*) FROM {table}.delete_files WHERE file_format = 'PUFFIN'"
+    ));
+    let blocks = spark_sql(&db, &statements);
+    let vectors: u64 = blocks
+        .last()
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count of deletion vectors in {blocks:?}"));
+    assert!(vectors > 0, "Spark wrote no deletion vectors");
+    assert_eq!(orders_metadata(&db)["format-version"], 3, "Spark's upgrade");
+
+    // DuckDB, an independent reader, reads the deletion vectors; query and verify agree
+    let expected = postgres_lines(&db).await;
+    assert!(
+        duck_query(&db, "orders", LAKE_LINES) == expected,
+        "DuckDB: the lake differs from PostgreSQL after Spark's change"
+    );
+    let verify = command(&db, &["verify", "--table", "public.orders"], &[]);
+    assert!(
+        verify.status.success(),
+        "verify over Spark's deletion vectors: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let counted = command_ok(
+        &db,
+        &[
+            "query",
+            "--format",
+            "csv",
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'spark') FROM {}.orders",
+                db.namespace
+            ),
+        ],
+        &[],
+    );
+    let in_postgres: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*)::text || ',' || (count(*) FILTER (WHERE status = 'spark'))::text \
+             FROM orders",
+            &[],
+        )
+        .await
+        .expect("count orders")
+        .get(0);
+    assert_eq!(
+        counted.lines().last(),
+        Some(in_postgres.as_str()),
+        "query: {counted}"
+    );
+    export_equal(&db, &destination, "of Spark's deletion vectors").await;
+
+    // The writer streams on (PostgreSQL's copy of the change, then more changes) into the v3
+    // table: every delete file it adds is a deletion vector, never a position-delete file
+    let before = live_delete_files(&db);
+    let mut child = start_with(&db, &[]);
+    db.workload(1, 300);
+    caught_up(&db, &mut child).await;
+    stop(child);
+    assert_lake_equal(&db).await;
+    let after = live_delete_files(&db);
+    let added: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
+    assert!(
+        !added.is_empty(),
+        "the writer's updates added no delete file: {after:?}"
+    );
+    assert!(
+        added.iter().all(|f| f.starts_with("1 PUFFIN ")),
+        "the writer added delete files other than deletion vectors to a v3 table: {added:?}"
+    );
+    assert_eq!(
+        orders_metadata(&db)["format-version"],
+        3,
+        "the writer's commits"
+    );
+
+    // pyiceberg and Spark read PostgreSQL's rows without a compaction, one deletion vector
+    // per data file at most
+    let ids = postgres_ids(&db).await;
+    assert_eq!(
+        pyiceberg_ids(&db),
+        ids,
+        "pyiceberg over the deletion vectors"
+    );
+    let (spark, [vectors, named, _]) = spark_ids_and_deletion_vectors(&db);
+    assert_eq!(spark, ids, "Spark over the deletion vectors");
+    assert!(vectors > 0, "Spark finds no deletion vector");
+    assert_eq!(
+        vectors, named,
+        "two deletion vectors name one data file, or one names none"
+    );
+    command_ok(&db, &["verify"], &[]);
+    export_equal(&db, &destination, "after the writer's deletion vectors").await;
+
+    // compact applies the deletion vectors and drops them: pyiceberg reads PostgreSQL's rows
+    // and finds no delete file, in a table still v3
+    let report = command_ok(&db, &["compact"], &[]);
+    let read = pyiceberg(
+        &db,
+        "orders",
+        r#"
+table = catalog.load_table(ident)
+files = table.inspect.files()
+print(sum(1 for c in files.column("content").to_pylist() if c != 0))
+print(table.scan().to_arrow().num_rows)
+"#,
+        &[],
+    );
+    let mut lines = read.lines();
+    assert_eq!(
+        lines.next(),
+        Some("0"),
+        "delete files left after compact: {report}"
+    );
+    assert_eq!(
+        lines.next().and_then(|n| n.parse::<usize>().ok()),
+        Some(expected_rows(&db).await),
+        "pyiceberg's rows after compact"
+    );
+    assert_eq!(orders_metadata(&db)["format-version"], 3, "the compaction");
+    assert_lake_equal(&db).await;
+    command_ok(&db, &["verify"], &[]);
+}
+
+/// `delete_mode = "deletion_vector"`: the writer creates its tables as Iceberg format v3, and
+/// through SIGKILLs at random moments its updates and deletes of rows in the lake are
+/// deletion vectors only (no equality deletes, no position-delete files), at most one live
+/// per data file; DuckDB, pyiceberg and Spark read PostgreSQL's rows without `compact`.
+#[tokio::test]
+async fn deletion_vector_mode_through_kill_9_writes_v3_tables_every_engine_reads() {
+    let db = TestDb::new("vector_mode").await;
+    db.psql(&["-v", "rows=3000", "-f", "sql/orders.sql"]);
+    let settings = [("SINK__DELETE_MODE", "deletion_vector")];
+    support::writer::crash_and_restart(&db, &settings, 8, 6, 2500).await;
+    assert_eq!(
+        orders_metadata(&db)["format-version"],
+        3,
+        "a new table in deletion-vector mode"
+    );
+    read_by_every_engine(&db, "after kill -9").await;
+    let files = live_delete_files(&db);
+    assert!(
+        !files.is_empty(),
+        "the workload's updates wrote no deletion vectors"
+    );
+    assert!(
+        files.iter().all(|f| f.starts_with("1 PUFFIN ")),
+        "delete files other than deletion vectors: {files:?}"
+    );
+    let (spark, [vectors, named, others]) = spark_ids_and_deletion_vectors(&db);
+    assert_eq!(spark, postgres_ids(&db).await, "Spark after kill -9");
+    assert_eq!(
+        others, 0,
+        "Spark finds delete files other than deletion vectors"
+    );
+    assert!(vectors > 0, "Spark finds no deletion vector");
+    assert_eq!(
+        vectors, named,
+        "two deletion vectors name one data file, or one names none"
+    );
+    command_ok(&db, &["verify"], &[]);
+}

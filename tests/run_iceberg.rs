@@ -87,6 +87,7 @@ async fn schema_changes_truncates_and_unchanged_toast_values_reach_the_lake() {
         .await
         .batch_execute(
             "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+             ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
              INSERT INTO docs SELECT i, repeat(md5(i::text), 400), i FROM generate_series(1, 20) i;",
         )
         .await
@@ -439,4 +440,66 @@ async fn toast_under_replica_identity_full_and_a_transaction_across_tables() {
         duck_query(&db, "notes", "SELECT id, note FROM {scan}"),
         vec!["1|second".to_string()]
     );
+}
+
+/// `delete_mode = "deletion_vector"`: an unchanged TOAST value is found in the lake past the
+/// deletion vectors of earlier updates (the old rows of a key they removed are not taken for
+/// its current row), in a format-3 table.
+#[tokio::test]
+async fn unchanged_toast_values_are_found_past_deletion_vectors() {
+    let db = TestDb::new("run_toast_vectors").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+             ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+             INSERT INTO docs SELECT i, repeat(md5(i::text), 400), i FROM generate_series(1, 20) i;",
+        )
+        .await
+        .expect("schema");
+    let mut child = start_with(&db, &[("SINK__DELETE_MODE", "deletion_vector")]);
+    caught_up(&db, &mut child).await;
+    // each update in its own flush: the second finds the rows of ids 3 to 5 the first wrote,
+    // their old rows removed by deletion vectors
+    for statement in [
+        "UPDATE docs SET n = n + 100 WHERE id <= 5",
+        "UPDATE docs SET n = n + 1000 WHERE id BETWEEN 3 AND 8",
+        "UPDATE docs SET body = repeat(md5('new' || id), 400) WHERE id = 4",
+        "UPDATE docs SET n = n + 1 WHERE id BETWEEN 4 AND 5",
+    ] {
+        db.client()
+            .await
+            .batch_execute(statement)
+            .await
+            .expect(statement);
+        caught_up(&db, &mut child).await;
+    }
+    stop(child);
+    let expected: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT id || '|' || md5(body) || '|' || n FROM docs ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        duck_query(
+            &db,
+            "docs",
+            "SELECT id, md5(body), n FROM {scan} ORDER BY id"
+        ),
+        expected
+    );
+    let formats = duck_query(
+        &db,
+        "docs",
+        "SELECT DISTINCT file_format FROM iceberg_metadata('{metadata}') \
+         WHERE manifest_content = 'DELETE' AND status <> 'DELETED' ORDER BY 1",
+    );
+    assert_eq!(formats, vec!["PUFFIN".to_string()], "deletion vectors only");
 }

@@ -228,8 +228,9 @@ pub struct SinkConfig {
     #[serde(default)]
     pub masking: MaskingConfig,
     /// How an Iceberg upsert table's updates and deletes remove the old rows: `"equality"`
-    /// (equality deletes by key; no local state) or `"position"` (position deletes of the rows
-    /// a local key index finds, readable by engines that refuse equality deletes). Per table:
+    /// (equality deletes by key; no local state), `"position"` (position deletes of the rows
+    /// a local key index finds, readable by engines that refuse equality deletes) or
+    /// `"deletion_vector"` (the same rows as deletion vectors, in format-3 tables). Per table:
     /// `[sink.tables."…"] delete_mode`. Default: `"position"` (Iceberg; Delta tables take
     /// deletes by rewriting files).
     #[serde(default)]
@@ -260,8 +261,13 @@ pub enum DeleteMode {
     /// An equality delete of each changed key: no local state; every reader joins.
     Equality,
     /// A position delete (data file, row) of each changed key's live row, found in the
-    /// table's key index; a key not in the lake needs none.
+    /// table's key index; a key not in the lake needs none. In a format-3 table (upgraded by
+    /// another engine), these are deletion vectors: v3 takes no new position-delete files.
     Position,
+    /// As `Position`, in Iceberg format-3 tables, as deletion vectors (one Puffin blob of
+    /// positions per data file): new tables are created in format 3, and a format-2 table is
+    /// upgraded at the start (engines that read only format 2 then no longer read it).
+    DeletionVector,
 }
 
 /// `[sink.key_index]`: where the key indexes of `delete_mode = "position"` tables live.
@@ -863,17 +869,24 @@ impl Config {
             return fail("sink.namespace is empty".into());
         }
         if self.sink.format == TableFormat::Delta {
-            let position = (self.sink.delete_mode == Some(DeleteMode::Position))
-                .then(|| "sink.delete_mode".to_string())
+            let by_index = |mode: Option<DeleteMode>| {
+                mode.filter(|m| *m != DeleteMode::Equality)
+                    .map(|m| match m {
+                        DeleteMode::DeletionVector => "deletion_vector",
+                        _ => "position",
+                    })
+            };
+            let position = by_index(self.sink.delete_mode)
+                .map(|m| ("sink.delete_mode".to_string(), m))
                 .or_else(|| {
                     self.sink.tables.iter().find_map(|(name, t)| {
-                        (t.delete_mode == Some(DeleteMode::Position))
-                            .then(|| format!("sink.tables.\"{name}\".delete_mode"))
+                        by_index(t.delete_mode)
+                            .map(|m| (format!("sink.tables.\"{name}\".delete_mode"), m))
                     })
                 });
-            if let Some(key) = position {
+            if let Some((key, mode)) = position {
                 return fail(format!(
-                    "{key} = \"position\" is for Iceberg tables; Delta tables are written \
+                    "{key} = \"{mode}\" is for Iceberg tables; Delta tables are written \
                      copy-on-write (remove it, or use sink.format = \"iceberg\")"
                 ));
             }

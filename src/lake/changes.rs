@@ -25,7 +25,7 @@ use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, c
 use iceberg::spec::{Operation, TableMetadata};
 
 use super::iceberg::{
-    ManifestCache, df_error, file_url, live_files_at, quoted, register_location,
+    LiveFile, ManifestCache, df_error, file_url, live_files_at, quoted, register_location,
     register_object_store, sink_error, table_frame,
 };
 use super::table::LakeTable;
@@ -229,7 +229,7 @@ async fn iceberg_changes(
     let mut removed_data = false;
     // rows named by the position deletes added after `since`: their keys are touched
     let mut deleted_rows = DeletedPositions::default();
-    let mut position_files: BTreeSet<String> = BTreeSet::new();
+    let mut position_files: BTreeSet<(String, Option<u64>)> = BTreeSet::new();
     for snapshot in &chain {
         if snapshot.summary().operation == Operation::Replace {
             continue;
@@ -275,16 +275,16 @@ async fn iceberg_changes(
                 touched.insert(file.path.clone());
             }
         }
-        let before_positions: BTreeSet<&str> =
-            before.positions.iter().map(|f| f.path.as_str()).collect();
+        // a deletion vector is one blob of its Puffin file: known by both
+        let entry = |f: &LiveFile| (f.path.clone(), f.vector.as_ref().map(|v| v.offset));
+        let before_positions: BTreeSet<(String, Option<u64>)> =
+            before.positions.iter().map(entry).collect();
         for file in &after.positions {
-            if before_positions.contains(file.path.as_str())
-                || !position_files.insert(file.path.clone())
-            {
+            if before_positions.contains(&entry(file)) || !position_files.insert(entry(file)) {
                 continue;
             }
             deleted_rows.merge(
-                DeletedPositions::load(&io, &file.path)
+                DeletedPositions::load_entry(&io, &file.path, file.vector.as_ref())
                     .await
                     .map_err(|e| sink_error(name, format!("read position deletes: {e}")))?,
             );

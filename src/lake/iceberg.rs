@@ -45,7 +45,7 @@ use crate::cloud::S3Location;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::sink::iceberg::{
-    DeletedPositions, Keep, catalog_error, checkpoint, conform, file_io, read_data_file,
+    DeletedPositions, Keep, VectorAt, catalog_error, checkpoint, conform, file_io, read_data_file,
 };
 
 use super::table::LakeTable;
@@ -68,8 +68,11 @@ pub(crate) struct LiveFile {
     pub spec_id: i32,
     pub partition_value: iceberg::spec::Struct,
     pub size: u64,
-    /// Rows it holds (before any delete).
+    /// Rows it holds (before any delete); of a deletion vector, the rows it removes.
     pub records: u64,
+    /// Of a deletion vector (format v3): where in its Puffin file `path` it is, and the data
+    /// file it removes rows of. Several vectors share one file.
+    pub vector: Option<VectorAt>,
 }
 
 /// The files of a table's current snapshot.
@@ -78,7 +81,7 @@ pub(crate) struct LiveFiles {
     pub data: Vec<LiveFile>,
     /// Equality deletes, by their equality field ids.
     pub deletes: BTreeMap<Vec<i32>, Vec<LiveFile>>,
-    /// Position deletes (Parquet files of `file_path`, `pos`).
+    /// Position deletes: Parquet files of `file_path`, `pos`, and deletion vectors.
     pub positions: Vec<LiveFile>,
 }
 
@@ -112,7 +115,7 @@ pub(crate) async fn load_positions(
 ) -> Result<Vec<PositionDeleteFile>> {
     let mut loaded = Vec::with_capacity(files.len());
     for file in files {
-        let removes = DeletedPositions::load(io, &file.path)
+        let removes = DeletedPositions::load_entry(io, &file.path, file.vector.as_ref())
             .await
             .map_err(|e| sink_error(name, format!("read position deletes: {e}")))?;
         loaded.push(PositionDeleteFile {
@@ -553,8 +556,7 @@ pub(crate) struct ManifestCache {
     manifests: std::collections::HashMap<String, Arc<LiveFiles>>,
 }
 
-/// The live files of `snapshot`, with their data sequence numbers and partitions. Deletion
-/// vectors (format v3, written by other engines) are refused, naming the file.
+/// The live files of `snapshot`, with their data sequence numbers and partitions.
 pub(crate) async fn live_files_at(
     io: &FileIO,
     name: &CatalogTable,
@@ -620,6 +622,7 @@ async fn manifest_live_files(
             partition_value: file.partition().clone(),
             size: file.file_size_in_bytes(),
             records: file.record_count(),
+            vector: VectorAt::of(file).map_err(|m| sink_error(name, m))?,
         };
         match (manifest_file.content, file.content_type()) {
             (ManifestContentType::Data, _) => files.data.push(live),
@@ -628,7 +631,7 @@ async fn manifest_live_files(
                 files.deletes.entry(ids).or_default().push(live);
             }
             (ManifestContentType::Deletes, DataContentType::PositionDeletes)
-                if file.file_format() == DataFileFormat::Parquet =>
+                if file.file_format() == DataFileFormat::Parquet || live.vector.is_some() =>
             {
                 files.positions.push(live);
             }
@@ -636,9 +639,8 @@ async fn manifest_live_files(
                 return Err(sink_error(
                     name,
                     format!(
-                        "{}: {:?} deletes in {} files (deletion vectors, written by another \
-                         engine) are not supported; compact the table with that engine to \
-                         apply them",
+                        "{}: {:?} deletes in {} files are not supported; compact the table \
+                         with the engine that wrote them to apply them",
                         file.file_path(),
                         file.content_type(),
                         file.file_format()

@@ -337,7 +337,13 @@ async fn compact_table(
             .copied()
             .chain(plan.obsolete_deletes.iter())
             .collect();
-        let removes: HashSet<String> = replaced.iter().map(|f| f.path.clone()).collect();
+        // a deletion vector goes with its data file (one Puffin file may hold the vectors of
+        // files kept too): only the other files are removed by name
+        let removes: HashSet<String> = replaced
+            .iter()
+            .filter(|f| f.vector.is_none())
+            .map(|f| f.path.clone())
+            .collect();
         outcome.data_files_in = chosen.len();
         outcome.delete_files_in = plan.obsolete_deletes.len();
         outcome.bytes_in = replaced.iter().map(|f| f.size).sum();
@@ -509,6 +515,7 @@ mod tests {
             partition_value: iceberg::spec::Struct::empty(),
             size,
             records: size,
+            vector: None,
         }
     }
 

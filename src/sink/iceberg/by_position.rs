@@ -16,13 +16,13 @@
 //!   rows or else read back; the keys it deleted) and records the new snapshot, in one redb
 //!   transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use iceberg::arrow::schema_to_arrow_schema;
-use iceberg::spec::{DataFile, Struct, TableMetadata};
+use iceberg::spec::{DataFile, FormatVersion, Struct, TableMetadata};
 
 use super::key_index::{
     self, FileKeys, IndexUpdate, KeyIndex, Rebuilt, SnapshotFile, SnapshotFiles,
@@ -30,6 +30,7 @@ use super::key_index::{
 use super::parquet::{KeyCapture, WrittenKeys};
 use super::positions::{self, DeletedPositions};
 use super::row_delta::{self, RowDelta};
+use super::vectors::{self, VectorAt};
 use super::{IcebergSink, TableState, iceberg_error, sink_error};
 use crate::catalog::{Catalog, CatalogTable};
 use crate::config::DeleteMode;
@@ -56,6 +57,20 @@ pub(super) struct TableIndex {
     /// The key columns of the data files written for the next commit, kept by their writers
     /// ([`TableIndex::capture`]); taken by each commit ([`TableIndex::take_written`]).
     written: Arc<Mutex<WrittenKeys>>,
+    /// Of a format-3 table: the live deletion vectors as of one snapshot, which the next
+    /// vector of each data file must take in (filled at the first need, kept by each commit).
+    vectors: Mutex<Option<LiveVectors>>,
+}
+
+/// The deletes a format-3 table's next deletion vectors must take in, as of `snapshot`.
+#[derive(Debug, Default)]
+struct LiveVectors {
+    snapshot: i64,
+    /// The live vector of each data file that has one: its Puffin file and place there.
+    vectors: HashMap<String, (String, VectorAt)>,
+    /// What the live Parquet position-delete files remove (written before the table was
+    /// upgraded to format 3, which takes no new ones).
+    legacy: DeletedPositions,
 }
 
 impl std::fmt::Debug for TableIndex {
@@ -110,6 +125,8 @@ pub(super) struct Positional {
     removed: Vec<Vec<u8>>,
     /// The snapshot the rows were found in.
     pub based_on: i64,
+    /// Of a format-3 table: the data files whose live deletion vector `files` replace.
+    pub replaced_vectors: HashSet<String>,
 }
 
 /// The current snapshot id of `metadata`, as the index records it.
@@ -127,7 +144,7 @@ impl<C: Catalog> IcebergSink<C> {
         table: &TableId,
         state: &TableState,
     ) -> Result<Option<TableIndex>> {
-        if self.settings.delete_mode(table) != DeleteMode::Position {
+        if self.settings.delete_mode(table) == DeleteMode::Equality {
             return Ok(None);
         }
         let lake = &state.lake;
@@ -221,6 +238,7 @@ impl<C: Catalog> IcebergSink<C> {
             key_ids,
             partitions: Mutex::new(HashMap::new()),
             written: Arc::new(Mutex::new(HashMap::new())),
+            vectors: Mutex::new(None),
         })
     }
 
@@ -409,8 +427,15 @@ impl<C: Catalog> IcebergSink<C> {
                 .or_default()
                 .insert(&path, positions);
         }
+        let based_on = snapshot_of(&state.metadata);
         let mut files = Vec::with_capacity(groups.len());
+        let mut replaced_vectors = HashSet::new();
         let schema = state.metadata.current_schema();
+        let v3 = state.metadata.format_version() >= FormatVersion::V3;
+        let live = match v3 {
+            true => Some(self.live_vectors(state, index).await?),
+            false => None,
+        };
         // beside the data files of its partition, named as the equality deletes are
         let partitioned = !spec.fields().is_empty() && spec.partition_type(schema).is_ok();
         for (partition, deleted) in groups {
@@ -419,28 +444,105 @@ impl<C: Catalog> IcebergSink<C> {
             } else {
                 String::new()
             };
-            let path = format!(
-                "{}/data/{dir}{}-position-delete-00000.parquet",
-                state.metadata.location().trim_end_matches('/'),
-                row_delta::unique_id()
+            let location = state.metadata.location().trim_end_matches('/');
+            let unique = row_delta::unique_id();
+            let Some(live) = &live else {
+                let path = format!("{location}/data/{dir}{unique}-position-delete-00000.parquet");
+                files.push(
+                    positions::write_position_deletes(
+                        &self.file_io,
+                        &path,
+                        &deleted,
+                        partition,
+                        spec.spec_id(),
+                    )
+                    .await
+                    .map_err(|m| sink_error(lake, format!("write position deletes: {m}")))?,
+                );
+                continue;
+            };
+            // format 3: one vector per data file, holding what its live vector and any older
+            // position-delete file removed besides the rows found now
+            let mut merged: Vec<(String, BTreeSet<u64>)> = Vec::new();
+            for data in deleted.data_files() {
+                let mut positions = deleted.of(data).cloned().unwrap_or_default();
+                if let Some((puffin, at)) = live.vectors.get(data) {
+                    let before = vectors::load(&self.file_io, puffin, at)
+                        .await
+                        .map_err(|m| sink_error(lake, format!("read a deletion vector: {m}")))?;
+                    positions.extend(before);
+                    replaced_vectors.insert(data.to_string());
+                }
+                if let Some(before) = live.legacy.of(data) {
+                    positions.extend(before.iter().copied());
+                }
+                merged.push((data.to_string(), positions));
+            }
+            merged.sort_by(|a, b| a.0.cmp(&b.0));
+            let path = format!("{location}/data/{dir}{unique}-deletion-vectors.puffin");
+            files.extend(
+                vectors::write(&self.file_io, &path, &merged, &partition, spec.spec_id())
+                    .await
+                    .map_err(|m| sink_error(lake, format!("write deletion vectors: {m}")))?,
             );
-            files.push(
-                positions::write_position_deletes(
-                    &self.file_io,
-                    &path,
-                    &deleted,
-                    partition,
-                    spec.spec_id(),
-                )
-                .await
-                .map_err(|m| sink_error(lake, format!("write position deletes: {m}")))?,
-            );
+        }
+        if let Some(live) = live {
+            self.keep_vectors(index, live);
         }
         Ok(Positional {
             files,
             removed,
-            based_on: snapshot_of(&state.metadata),
+            based_on,
+            replaced_vectors,
         })
+    }
+
+    /// The live deletion vectors of the snapshot `state` knows (format 3), read from its
+    /// manifests unless kept from the last commit; taken out of `index` while in use.
+    async fn live_vectors(&self, state: &TableState, index: &TableIndex) -> Result<LiveVectors> {
+        let snapshot = snapshot_of(&state.metadata);
+        let kept = index
+            .vectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(kept) = kept.filter(|k| k.snapshot == snapshot) {
+            return Ok(kept);
+        }
+        let lake = &state.lake;
+        let live = crate::lake::iceberg::live_files(&self.file_io, lake, &state.metadata).await?;
+        let mut found = LiveVectors {
+            snapshot,
+            ..LiveVectors::default()
+        };
+        for file in live.positions {
+            match file.vector {
+                Some(at) => {
+                    if let Some((other, _)) = found.vectors.get(&at.referenced) {
+                        return Err(sink_error(
+                            lake,
+                            format!(
+                                "{} has two live deletion vectors ({other} and {}): the table \
+                                 breaks the format; compact it",
+                                at.referenced, file.path
+                            ),
+                        ));
+                    }
+                    found.vectors.insert(at.referenced.clone(), (file.path, at));
+                }
+                None => found.legacy.merge(
+                    DeletedPositions::load(&self.file_io, &file.path)
+                        .await
+                        .map_err(|m| sink_error(lake, format!("read position deletes: {m}")))?,
+                ),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Puts the live vectors back into `index` for the next flush.
+    fn keep_vectors(&self, index: &TableIndex, live: LiveVectors) {
+        *index.vectors.lock().unwrap_or_else(PoisonError::into_inner) = Some(live);
     }
 
     /// The partition spec and tuple of data file `path`, read from the manifests of the
@@ -507,6 +609,22 @@ impl<C: Catalog> IcebergSink<C> {
         }
         if files.truncate {
             index.store.clear().map_err(error)?;
+        }
+        {
+            // the live vectors kept for the parent become the new snapshot's
+            let mut kept = index.vectors.lock().unwrap_or_else(PoisonError::into_inner);
+            match kept.as_mut() {
+                Some(live) if live.snapshot == parent && !files.truncate => {
+                    for file in &files.delete_files {
+                        if let Ok(Some(at)) = VectorAt::of(file) {
+                            live.vectors
+                                .insert(at.referenced.clone(), (file.file_path().to_string(), at));
+                        }
+                    }
+                    live.snapshot = snapshot.snapshot_id();
+                }
+                _ => *kept = None,
+            }
         }
         {
             let mut partitions = index
@@ -695,6 +813,7 @@ mod tests {
                 key: vec!["id".to_string(), "region".to_string()],
                 partition_by: Vec::new(),
             },
+            iceberg::spec::FormatVersion::V2,
         )
         .expect("a valid table");
         let lake =

@@ -84,6 +84,8 @@ pub(super) enum Change<'a> {
     /// Remove the snapshots older than `older_than_ms`, except the current one and the
     /// newest `keep`.
     Expire { older_than_ms: i64, keep: usize },
+    /// Raise the table's format version to this one (nothing when it is there already).
+    Upgrade(iceberg::spec::FormatVersion),
 }
 
 impl<C: Catalog> IcebergSink<C> {
@@ -121,6 +123,21 @@ impl<C: Catalog> IcebergSink<C> {
             }
             Change::Rows(delta) => {
                 row_delta::stage(&self.file_io, &pointer.metadata_location, metadata, delta)
+                    .await
+                    .map(Ok)
+                    .map_err(|e| stage_error(lake, e))
+            }
+            Change::Upgrade(version) => {
+                if metadata.format_version() >= *version {
+                    return Ok(Err(metadata));
+                }
+                let updated = metadata
+                    .into_builder(Some(pointer.metadata_location.clone()))
+                    .upgrade_format_version(*version)
+                    .and_then(|b| b.build())
+                    .map_err(|e| iceberg_error(lake, "upgrade the format version", e))?
+                    .metadata;
+                row_delta::write_next_metadata(&self.file_io, &pointer.metadata_location, updated)
                     .await
                     .map(Ok)
                     .map_err(|e| stage_error(lake, e))

@@ -26,6 +26,7 @@ mod parquet;
 mod positions;
 mod row_delta;
 mod table;
+mod vectors;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,6 +50,7 @@ pub use self::positions::DeletedPositions;
 pub(crate) use self::positions::{Keep, read_data_file};
 pub use self::row_delta::Rewrite;
 use self::row_delta::{RowDelta, StageError};
+pub(crate) use self::vectors::VectorAt;
 use crate::catalog::{Catalog, CatalogError, CatalogTable, LakeCatalog, Pointer, RetryPolicy};
 use crate::config::{Config, DeleteMode, ServerSideEncryption};
 use crate::error::{Error, Result};
@@ -377,6 +379,7 @@ impl<C: Catalog> IcebergSink<C> {
         lake: &CatalogTable,
         schema: &TableSchema,
         layout: &TableLayout,
+        version: iceberg::spec::FormatVersion,
     ) -> Result<(Pointer, TableMetadata)> {
         if !self.namespace_ready {
             self.catalog
@@ -405,7 +408,7 @@ impl<C: Catalog> IcebergSink<C> {
         };
         let iceberg_schema =
             table::new_schema(&schema.arrow, &layout.key).map_err(|m| sink_error(lake, m))?;
-        let metadata = table::new_table_metadata(&location, iceberg_schema, layout)
+        let metadata = table::new_table_metadata(&location, iceberg_schema, layout, version)
             .map_err(|m| sink_error(lake, m))?;
         let first = iceberg::MetadataLocation::new_with_metadata(&location, &metadata);
         metadata
@@ -563,6 +566,7 @@ impl<C: Catalog> IcebergSink<C> {
             copy: delta.copy.clone(),
             rewrite: None,
             based_on: None,
+            replaced_vectors: std::collections::HashSet::new(),
         })
     }
 }
@@ -575,7 +579,13 @@ impl<C: Catalog> Sink for IcebergSink<C> {
         layout: &TableLayout,
     ) -> Result<Option<Lsn>> {
         let lake = self.lake_table(table);
-        let (pointer, metadata) = self.load_or_create(&lake, schema, layout).await?;
+        // deletion vectors are of format 3
+        let vectors = self.settings.delete_mode(table) == DeleteMode::DeletionVector;
+        let version = match vectors {
+            true => iceberg::spec::FormatVersion::V3,
+            false => iceberg::spec::FormatVersion::V2,
+        };
+        let (pointer, metadata) = self.load_or_create(&lake, schema, layout, version).await?;
         let mut state = TableState {
             lake,
             pointer,
@@ -620,6 +630,31 @@ impl<C: Catalog> Sink for IcebergSink<C> {
             );
         }
         Self::equality_ids(&state)?;
+        if vectors && state.metadata.format_version() < version {
+            match self
+                .commit_change(
+                    &state.lake,
+                    &state.pointer,
+                    &state.metadata,
+                    Change::Upgrade(version),
+                )
+                .await
+            {
+                Ok((pointer, metadata)) => {
+                    tracing::warn!(
+                        table = %state.lake,
+                        "delete_mode = deletion_vector: the table is upgraded to Iceberg format \
+                         3 (engines that read only format 2 no longer read it)"
+                    );
+                    state.pointer = pointer;
+                    state.metadata = metadata;
+                }
+                Err(e) => {
+                    self.tables.insert(table.clone(), state);
+                    return Err(e);
+                }
+            }
+        }
         if state.index.is_none() {
             state.index = self.open_index(table, &state)?;
         }
@@ -917,6 +952,11 @@ impl<C: Catalog> IcebergSink<C> {
         if part.truncate || !part.deletes.iter().any(|b| b.num_rows() > 0) {
             return None;
         }
+        // a format-3 table takes one deletion vector per data file and commit: the parts of
+        // a transaction, each finding rows of the same files, delete by key
+        if state.metadata.format_version() >= iceberg::spec::FormatVersion::V3 {
+            return None;
+        }
         let index = state.index.take()?;
         let found = self.position_deletes(state, &index, &part.deletes).await;
         state.index = Some(index);
@@ -1019,6 +1059,7 @@ impl<C: Catalog> IcebergSink<C> {
                 let mut files = self.write_files(state, &rows_only, index).await?;
                 files.delete_files.extend(positional.files.iter().cloned());
                 files.based_on = Some(positional.based_on);
+                files.replaced_vectors = positional.replaced_vectors.clone();
                 files
             }
             None => self.write_files(state, delta, index).await?,
@@ -1083,6 +1124,7 @@ impl<C: Catalog> IcebergSink<C> {
                 .delete_files
                 .retain(|f| f.content_type() != iceberg::spec::DataContentType::PositionDeletes);
             files.based_on = None;
+            files.replaced_vectors.clear();
             positional = None;
             if attempts == 1 {
                 tracing::info!(
@@ -1098,6 +1140,7 @@ impl<C: Catalog> IcebergSink<C> {
                     Ok(found) => {
                         files.delete_files.extend(found.files.iter().cloned());
                         files.based_on = Some(found.based_on);
+                        files.replaced_vectors = found.replaced_vectors.clone();
                         positional = Some(found);
                         continue;
                     }

@@ -733,6 +733,7 @@ mod tests {
                 key: vec!["id".to_string()],
                 partition_by: Vec::new(),
             },
+            iceberg::spec::FormatVersion::V2,
         )
         .expect("a valid table");
         let arrow =

@@ -19,6 +19,8 @@ use arrow::error::ArrowError;
 use bytes::Bytes;
 use iceberg::io::FileIO;
 use parquet::arrow::ProjectionMask;
+
+use super::vectors::{self, VectorAt};
 use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
@@ -31,16 +33,28 @@ pub struct DeletedPositions {
 }
 
 impl DeletedPositions {
-    /// What the position-delete file at `path` removes.
+    /// What the position-delete file at `path` removes: a Parquet file of `file_path` and
+    /// `pos`, or a Puffin file of deletion vectors (all of them).
     pub async fn load(file_io: &FileIO, path: &str) -> Result<Self, String> {
+        let bytes = file_io
+            .new_input(path)
+            .map_err(|e| format!("{path}: {e}"))?
+            .read()
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        if vectors::is_puffin(&bytes) {
+            return Ok(DeletedPositions {
+                files: vectors::read_all(&bytes, path)?,
+            });
+        }
+        let rows = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| format!("{path}: {e}"))?
+            .build()
+            .map_err(|e| format!("{path}: {e}"))?;
         // positions gathered in lists first, then each list built into its set at once (the
         // spec sorts them: the build is linear, where inserting one by one searches the tree)
         let mut lists: HashMap<String, Vec<u64>> = HashMap::new();
-        for batch in open(file_io, path)
-            .await?
-            .build()
-            .map_err(|e| format!("{path}: {e}"))?
-        {
+        for batch in rows {
             let batch = batch.map_err(|e| format!("{path}: {e}"))?;
             let files = batch
                 .column_by_name("file_path")
@@ -80,6 +94,24 @@ impl DeletedPositions {
                 .map(|(file, list)| (file, list.into_iter().collect()))
                 .collect(),
         })
+    }
+
+    /// What the delete file at `path` removes, as its manifest entry describes it: the one
+    /// deletion vector at `vector`, else the whole file.
+    pub async fn load_entry(
+        file_io: &FileIO,
+        path: &str,
+        vector: Option<&VectorAt>,
+    ) -> Result<Self, String> {
+        match vector {
+            Some(at) => Ok(DeletedPositions {
+                files: HashMap::from([(
+                    at.referenced.clone(),
+                    vectors::load(file_io, path, at).await?,
+                )]),
+            }),
+            None => Self::load(file_io, path).await,
+        }
     }
 
     /// The positions removed from the data file at `data_path`, if any.

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use iceberg::MetadataLocation;
 use iceberg::io::FileIO;
 use iceberg::spec::{
-    DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile,
-    ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, Summary,
-    TableMetadata, UNASSIGNED_SEQUENCE_NUMBER,
+    DataContentType, DataFile, DataFileFormat, FormatVersion, MAIN_BRANCH, ManifestContentType,
+    ManifestFile, ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
+    Summary, TableMetadata, UNASSIGNED_SEQUENCE_NUMBER,
 };
 
 use crate::catalog::StagedMetadata;
@@ -47,6 +47,10 @@ pub(super) struct RowDelta {
     /// any other, a row they name may have moved (a compaction, another engine's rewrite) or
     /// another row of the key been added, so that is a conflict.
     pub based_on: Option<i64>,
+    /// The data files whose live deletion vector a new one in `delete_files` replaces (it
+    /// holds every position of the old): the old vectors are removed by the same snapshot,
+    /// so a data file never has two (format 3).
+    pub replaced_vectors: HashSet<String>,
 }
 
 impl RowDelta {
@@ -62,6 +66,7 @@ impl RowDelta {
             copy: None,
             rewrite: None,
             based_on: None,
+            replaced_vectors: HashSet::new(),
         }
     }
 }
@@ -112,10 +117,22 @@ pub(super) async fn stage(
     metadata: TableMetadata,
     delta: &RowDelta,
 ) -> Result<StagedMetadata, StageError> {
-    if metadata.format_version() != FormatVersion::V2 {
+    let version = metadata.format_version();
+    if version < FormatVersion::V2 {
         return Err(StageError::Invalid(format!(
-            "the table is Iceberg format {}; lakewriter writes equality deletes to v2 tables only",
-            metadata.format_version()
+            "the table is Iceberg format {version}; row-level deletes need format 2 or 3"
+        )));
+    }
+    if version >= FormatVersion::V3
+        && let Some(file) = delta.delete_files.iter().find(|f| {
+            f.content_type() == DataContentType::PositionDeletes
+                && f.file_format() != DataFileFormat::Puffin
+        })
+    {
+        return Err(StageError::Invalid(format!(
+            "{}: a position-delete file cannot be added to a format {version} table (deletion \
+             vectors only)",
+            file.file_path()
         )));
     }
     if let (Ok(Some(holds)), Some(lsn)) = (super::table::checkpoint(&metadata), delta.lsn)
@@ -192,10 +209,7 @@ pub(super) async fn stage(
             schema.clone(),
             spec.clone(),
         );
-        let mut writer = match content {
-            ManifestContentType::Data => builder.build_v2_data(),
-            ManifestContentType::Deletes => builder.build_v2_deletes(),
-        };
+        let mut writer = manifest_writer(builder, content, version);
         for file in files {
             metrics.add(file);
             // Unassigned: the entry inherits the snapshot's sequence number from the manifest
@@ -220,15 +234,33 @@ pub(super) async fn stage(
                 // Only removals of an earlier snapshot: nothing for this one to carry.
                 continue;
             }
-            // a truncate removes every live file, a rewrite the files it replaces
-            let removes = |path: &str| {
-                delta.truncate
-                    || delta
-                        .rewrite
-                        .as_ref()
-                        .is_some_and(|r| r.removes.contains(path))
+            // a truncate removes every live file, a rewrite the files it replaces (and the
+            // deletion vectors of those, which go with their data file), a new deletion vector
+            // the one before it of its data file
+            let replaces = |path: &str| {
+                delta
+                    .rewrite
+                    .as_ref()
+                    .is_some_and(|r| r.removes.contains(path))
             };
-            if !delta.truncate && delta.rewrite.is_none() {
+            let removes = |file: &DataFile| {
+                if delta.truncate || replaces(file.file_path()) {
+                    return Removal::Named;
+                }
+                match file.referenced_data_file() {
+                    Some(data) if file.file_format() == DataFileFormat::Puffin => {
+                        if replaces(&data) || delta.replaced_vectors.contains(&data) {
+                            Removal::Follows
+                        } else {
+                            Removal::Kept
+                        }
+                    }
+                    _ => Removal::Kept,
+                }
+            };
+            let vectors_replaced = manifest.content == ManifestContentType::Deletes
+                && !delta.replaced_vectors.is_empty();
+            if !delta.truncate && delta.rewrite.is_none() && !vectors_replaced {
                 carried.push(manifest);
                 continue;
             }
@@ -239,6 +271,7 @@ pub(super) async fn stage(
                 file_io,
                 &manifest,
                 snapshot_id,
+                version,
                 removes,
                 &mut next_manifest_path,
                 &mut removed,
@@ -263,6 +296,7 @@ pub(super) async fn stage(
                     file_io,
                     carried,
                     snapshot_id,
+                    version,
                     &mut next_manifest_path,
                     &mut counts,
                 )
@@ -286,13 +320,25 @@ pub(super) async fn stage(
     }
 
     let manifest_list = format!("{metadata_dir}/snap-{snapshot_id}-1-{commit_id}.avro");
-    let mut list_writer = ManifestListWriter::v2(
-        file_io.new_output(&manifest_list)?.writer().await?,
-        snapshot_id,
-        parent.as_ref().map(|p| p.snapshot_id()),
-        sequence_number,
-    );
+    let list_output = file_io.new_output(&manifest_list)?.writer().await?;
+    let parent_id = parent.as_ref().map(|p| p.snapshot_id());
+    // format 3: the rows each data manifest adds or carries get the next row ids (row lineage)
+    let first_row_id = metadata.next_row_id();
+    let mut list_writer = if version >= FormatVersion::V3 {
+        ManifestListWriter::v3(
+            list_output,
+            snapshot_id,
+            parent_id,
+            sequence_number,
+            Some(first_row_id),
+        )
+    } else {
+        ManifestListWriter::v2(list_output, snapshot_id, parent_id, sequence_number)
+    };
     list_writer.add_manifests(manifests.into_iter())?;
+    let row_range = list_writer
+        .next_row_id()
+        .map(|next| (first_row_id, next.saturating_sub(first_row_id)));
     list_writer.close().await?;
 
     let operation = if delta.rewrite.is_some() {
@@ -318,6 +364,10 @@ pub(super) async fn stage(
     // clock that went back does not stop commits.
     let timestamp_ms = now_ms().max(metadata.last_updated_ms());
     let snapshot = Snapshot::builder()
+        .with_row_range(
+            row_range.map_or(0, |(first, _)| first),
+            row_range.map_or(0, |(_, added)| added),
+        )
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(parent.as_ref().map(|p| p.snapshot_id()))
         .with_sequence_number(sequence_number)
@@ -405,11 +455,13 @@ pub(super) async fn write_next_metadata(
 /// `snapshot_id` (a truncate, a rewrite), counted in `removed`: readers of the new snapshot no
 /// longer see them, readers of older snapshots still do. Unchanged (the same file) when it
 /// picks none.
+#[allow(clippy::too_many_arguments)]
 async fn remove_from(
     file_io: &FileIO,
     manifest: &ManifestFile,
     snapshot_id: i64,
-    removes: impl Fn(&str) -> bool,
+    version: FormatVersion,
+    removes: impl Fn(&DataFile) -> Removal,
     next_path: &mut impl FnMut() -> String,
     removed: &mut usize,
     metrics: &mut Metrics,
@@ -418,7 +470,7 @@ async fn remove_from(
     let (entries, manifest_metadata) = loaded.into_parts();
     if !entries
         .iter()
-        .any(|e| e.is_alive() && removes(e.file_path()))
+        .any(|e| e.is_alive() && removes(e.data_file()) != Removal::Kept)
     {
         return Ok(manifest.clone());
     }
@@ -428,11 +480,10 @@ async fn remove_from(
         manifest_metadata.schema().clone(),
         manifest_metadata.partition_spec().clone(),
     );
-    let mut writer = match manifest.content {
-        ManifestContentType::Data => builder.build_v2_data(),
-        ManifestContentType::Deletes => builder.build_v2_deletes(),
-    };
-    for entry in entries.iter().filter(|e| e.is_alive()) {
+    let mut writer = manifest_writer(builder, manifest.content, version);
+    let row_ids = inherited_row_ids(manifest, &entries);
+    for (entry, row_id) in entries.iter().zip(row_ids).filter(|(e, _)| e.is_alive()) {
+        let file = with_row_id(entry.data_file(), row_id, manifest.partition_spec_id)?;
         let sequence_number = entry.sequence_number().ok_or_else(|| {
             StageError::Invalid(format!(
                 "manifest {}: entry {} has no sequence number",
@@ -441,21 +492,105 @@ async fn remove_from(
             ))
         })?;
         let file_sequence = Some(entry.file_sequence_number.unwrap_or(sequence_number));
-        if removes(entry.file_path()) {
-            *removed += 1;
+        let removal = removes(entry.data_file());
+        if removal != Removal::Kept {
+            if removal == Removal::Named {
+                *removed += 1;
+            }
             metrics.remove(entry.data_file());
-            writer.add_delete_file(entry.data_file().clone(), sequence_number, file_sequence)?;
+            writer.add_delete_file(file, sequence_number, file_sequence)?;
         } else {
             let added_by = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
-            writer.add_existing_file(
-                entry.data_file().clone(),
-                added_by,
-                sequence_number,
-                file_sequence,
-            )?;
+            writer.add_existing_file(file, added_by, sequence_number, file_sequence)?;
         }
     }
     Ok(writer.write_manifest_file().await?)
+}
+
+/// The first row id each entry of `manifest` (a format-3 data manifest) inherits: its own when
+/// it has one, else the manifest's plus the rows of the entries before it without their own
+/// (row lineage). Written into an entry carried into another manifest, its rows keep their
+/// ids. `None` throughout for a manifest without row ids (delete manifests, format 2).
+fn inherited_row_ids(
+    manifest: &ManifestFile,
+    entries: &[iceberg::spec::ManifestEntryRef],
+) -> Vec<Option<i64>> {
+    let mut next = manifest
+        .first_row_id
+        .filter(|_| manifest.content == ManifestContentType::Data)
+        .and_then(|id| i64::try_from(id).ok());
+    entries
+        .iter()
+        .map(|entry| {
+            let file = entry.data_file();
+            file.first_row_id().or_else(|| {
+                let id = next?;
+                next = id.checked_add(i64::try_from(file.record_count()).ok()?);
+                Some(id)
+            })
+        })
+        .collect()
+}
+
+/// `file` with the first row id `row_id` written in (when it inherited one; unchanged else),
+/// in partition spec `spec_id`.
+fn with_row_id(file: &DataFile, row_id: Option<i64>, spec_id: i32) -> Result<DataFile, StageError> {
+    let Some(row_id) = row_id.filter(|_| file.first_row_id().is_none()) else {
+        return Ok(file.clone());
+    };
+    let mut builder = iceberg::spec::DataFileBuilder::default();
+    builder
+        .content(file.content_type())
+        .file_path(file.file_path().to_string())
+        .file_format(file.file_format())
+        .partition(file.partition().clone())
+        .partition_spec_id(spec_id)
+        .record_count(file.record_count())
+        .file_size_in_bytes(file.file_size_in_bytes())
+        .column_sizes(file.column_sizes().clone())
+        .value_counts(file.value_counts().clone())
+        .null_value_counts(file.null_value_counts().clone())
+        .nan_value_counts(file.nan_value_counts().clone())
+        .lower_bounds(file.lower_bounds().clone())
+        .upper_bounds(file.upper_bounds().clone())
+        .key_metadata(file.key_metadata().map(<[u8]>::to_vec))
+        .split_offsets(file.split_offsets().map(<[i64]>::to_vec))
+        .equality_ids(file.equality_ids())
+        .first_row_id(Some(row_id))
+        .referenced_data_file(file.referenced_data_file())
+        .content_offset(file.content_offset())
+        .content_size_in_bytes(file.content_size_in_bytes());
+    if let Some(order) = file.sort_order_id() {
+        builder.sort_order_id(order);
+    }
+    builder.build().map_err(|e| {
+        StageError::Invalid(format!("{}: write its first row id: {e}", file.file_path()))
+    })
+}
+
+/// Whether a staged snapshot keeps a live entry of its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Kept,
+    /// Removed by name: a rewrite's replaced file (counted against what it replaces), or any
+    /// file under a truncate.
+    Named,
+    /// A deletion vector removed with its data file, or replaced by a new vector of that file.
+    Follows,
+}
+
+/// The manifest writer of `content` in the table's format `version` (2 or 3).
+fn manifest_writer(
+    builder: ManifestWriterBuilder,
+    content: ManifestContentType,
+    version: FormatVersion,
+) -> iceberg::spec::ManifestWriter {
+    match (content, version >= FormatVersion::V3) {
+        (ManifestContentType::Data, false) => builder.build_v2_data(),
+        (ManifestContentType::Deletes, false) => builder.build_v2_deletes(),
+        (ManifestContentType::Data, true) => builder.build_v3_data(),
+        (ManifestContentType::Deletes, true) => builder.build_v3_deletes(),
+    }
 }
 
 /// How a commit merges the small manifests it carries from its parent, so that the current
@@ -515,6 +650,7 @@ impl MergePolicy {
         file_io: &FileIO,
         carried: Vec<ManifestFile>,
         snapshot_id: i64,
+        version: FormatVersion,
         next_path: &mut impl FnMut() -> String,
         counts: &mut ManifestCounts,
     ) -> Result<Vec<ManifestFile>, StageError> {
@@ -566,7 +702,7 @@ impl MergePolicy {
                 }
                 counts.replaced += bin.len();
                 counts.created += 1;
-                out.push(merge_manifests(file_io, bin, snapshot_id, next_path()).await?);
+                out.push(merge_manifests(file_io, bin, snapshot_id, version, next_path()).await?);
             }
         }
         Ok(out)
@@ -581,6 +717,7 @@ async fn merge_manifests(
     file_io: &FileIO,
     inputs: Vec<(ManifestFile, iceberg::spec::Manifest)>,
     snapshot_id: i64,
+    version: FormatVersion,
     path: String,
 ) -> Result<ManifestFile, StageError> {
     let Some((first, first_loaded)) = inputs.first() else {
@@ -592,12 +729,13 @@ async fn merge_manifests(
         first_loaded.metadata().schema().clone(),
         first_loaded.metadata().partition_spec().clone(),
     );
-    let mut writer = match first.content {
-        ManifestContentType::Data => builder.build_v2_data(),
-        ManifestContentType::Deletes => builder.build_v2_deletes(),
-    };
+    let mut writer = manifest_writer(builder, first.content, version);
     for (manifest, loaded) in &inputs {
-        for entry in loaded.entries().iter().filter(|e| e.is_alive()) {
+        let row_ids = inherited_row_ids(manifest, loaded.entries());
+        for (entry, row_id) in loaded.entries().iter().zip(row_ids) {
+            if !entry.is_alive() {
+                continue;
+            }
             let sequence_number = entry.sequence_number().ok_or_else(|| {
                 StageError::Invalid(format!(
                     "manifest {}: entry {} has no sequence number",
@@ -608,7 +746,7 @@ async fn merge_manifests(
             let file_sequence = Some(entry.file_sequence_number.unwrap_or(sequence_number));
             let added_by = entry.snapshot_id().unwrap_or(manifest.added_snapshot_id);
             writer.add_existing_file(
-                entry.data_file().clone(),
+                with_row_id(entry.data_file(), row_id, manifest.partition_spec_id)?,
                 added_by,
                 sequence_number,
                 file_sequence,
@@ -872,5 +1010,116 @@ mod tests {
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| unique_id()).collect();
         assert_eq!(ids.len(), 1000);
         assert!(ids.iter().all(|id| id.len() == 32));
+    }
+}
+
+#[cfg(test)]
+mod lineage_tests {
+    use arrow::datatypes::{DataType, Field, Schema as ArrowSchema};
+    use iceberg::spec::DataFileBuilder;
+
+    use super::*;
+
+    fn data_file(dir: &str, name: &str, rows: u64) -> DataFile {
+        DataFileBuilder::default()
+            .content(DataContentType::Data)
+            .file_path(format!("{dir}/data/{name}.parquet"))
+            .file_format(DataFileFormat::Parquet)
+            .record_count(rows)
+            .file_size_in_bytes(100)
+            .build()
+            .expect("a data file")
+    }
+
+    /// The first row id each live data file of `metadata`'s current snapshot inherits.
+    async fn row_ids(io: &FileIO, metadata: &TableMetadata) -> HashMap<String, i64> {
+        let snapshot = metadata.current_snapshot().expect("a snapshot");
+        let bytes = io
+            .new_input(snapshot.manifest_list())
+            .expect("input")
+            .read()
+            .await
+            .expect("read the list");
+        let list =
+            ManifestList::parse_with_version(&bytes, metadata.format_version()).expect("a list");
+        let mut ids = HashMap::new();
+        for manifest in list.entries() {
+            let loaded = manifest.load_manifest(io).await.expect("a manifest");
+            for (entry, id) in loaded
+                .entries()
+                .iter()
+                .zip(inherited_row_ids(manifest, loaded.entries()))
+            {
+                if entry.is_alive() {
+                    let name = entry.file_path().rsplit('/').next().expect("a name");
+                    ids.insert(name.to_string(), id.expect("a row id"));
+                }
+            }
+        }
+        ids
+    }
+
+    /// Format 3: rows keep their ids (`_row_id`, row lineage) when the manifest listing their
+    /// file is written again (a rewrite removing another file of it); new rows take the next.
+    #[tokio::test]
+    async fn a_rewritten_manifest_keeps_the_row_ids_of_the_files_it_carries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = dir.path().display().to_string();
+        let io = FileIO::new_with_fs();
+        let arrow = ArrowSchema::new(vec![Field::new("id", DataType::Int64, false)]);
+        let schema = super::super::table::new_schema(&arrow, &["id".to_string()]).expect("schema");
+        let layout = crate::sink::TableLayout {
+            key: vec!["id".to_string()],
+            partition_by: Vec::new(),
+        };
+        let metadata =
+            super::super::table::new_table_metadata(&location, schema, &layout, FormatVersion::V3)
+                .expect("metadata");
+        let first = MetadataLocation::new_with_metadata(&location, &metadata);
+        metadata.write_to(&io, &first).await.expect("write");
+        let mut current = first.to_string();
+        let mut metadata = metadata;
+        let deltas = [
+            vec![data_file(&location, "a", 10), data_file(&location, "b", 5)],
+            vec![data_file(&location, "c", 3)],
+        ];
+        for files in deltas {
+            let staged = stage(
+                &io,
+                &current,
+                metadata,
+                &RowDelta::files(0, files, Vec::new()),
+            )
+            .await
+            .expect("stage");
+            (current, metadata) = (staged.location, staged.metadata);
+        }
+        let before = row_ids(&io, &metadata).await;
+        assert_eq!(before["a.parquet"], 0);
+        assert_eq!(before["b.parquet"], 10);
+        assert_eq!(before["c.parquet"], 15);
+        assert_eq!(metadata.next_row_id(), 18);
+
+        let rewrite = Rewrite {
+            data_sequence: metadata
+                .current_snapshot()
+                .expect("a snapshot")
+                .sequence_number(),
+            schema_id: metadata.current_schema_id(),
+            removes: HashSet::from([format!("{location}/data/a.parquet")]),
+        };
+        let delta = RowDelta {
+            rewrite: Some(rewrite),
+            ..RowDelta::files(0, vec![data_file(&location, "d", 10)], Vec::new())
+        };
+        let staged = stage(&io, &current, metadata, &delta).await.expect("stage");
+        let after = row_ids(&io, &staged.metadata).await;
+        assert!(!after.contains_key("a.parquet"));
+        assert_eq!(after["b.parquet"], 10, "b's rows keep their ids");
+        assert_eq!(after["c.parquet"], 15, "c's rows keep their ids");
+        assert!(after["d.parquet"] >= 18, "new rows take new ids: {after:?}");
+        let snapshot = staged.metadata.current_snapshot().expect("a snapshot");
+        assert_eq!(snapshot.first_row_id(), Some(18));
+        assert!(staged.metadata.next_row_id() >= 28);
     }
 }

@@ -441,12 +441,13 @@ pub(super) fn same_partitioning(metadata: &TableMetadata, layout: &TableLayout) 
     current == wanted
 }
 
-/// The metadata of a new table at `location`: format v2, `schema`, the partition spec of
-/// `layout`, unsorted, [`TABLE_PROPERTIES`].
+/// The metadata of a new table at `location`: format `version` (2, or 3 for deletion
+/// vectors), `schema`, the partition spec of `layout`, unsorted, [`TABLE_PROPERTIES`].
 pub(super) fn new_table_metadata(
     location: &str,
     schema: Schema,
     layout: &TableLayout,
+    version: FormatVersion,
 ) -> Result<TableMetadata, String> {
     let spec = partition_spec(&schema, layout)?;
     let properties = TABLE_PROPERTIES
@@ -458,7 +459,7 @@ pub(super) fn new_table_metadata(
         spec,
         SortOrder::unsorted_order(),
         location.to_string(),
-        FormatVersion::V2,
+        version,
         properties,
     )
     .and_then(TableMetadataBuilder::build)
@@ -691,8 +692,8 @@ mod tests {
             partition_by: vec!["day(nope)".into()],
         };
         assert!(partition_spec(&schema, &missing).is_err());
-        let metadata =
-            new_table_metadata("/tmp/t", schema, &layout).expect("metadata of a new table");
+        let metadata = new_table_metadata("/tmp/t", schema, &layout, FormatVersion::V2)
+            .expect("metadata of a new table");
         assert!(same_partitioning(&metadata, &layout));
         assert!(!same_partitioning(&metadata, &missing));
         assert_eq!(checkpoint(&metadata), Ok(None));
