@@ -42,7 +42,8 @@
 //!    `total-records`, and DuckDB) is compared with PostgreSQL's. This part takes minutes.
 //!
 //! 5. Deletes (only with `--only deletes`, Iceberg): `--delete-rows` rows (default 2 000 000)
-//!    copied into two lakes, `delete_mode` equality and position; half the keys deleted in
+//!    copied into three lakes, `delete_mode` equality, position and deletion_vector (a
+//!    format-3 table); half the keys deleted in
 //!    transactions of 100 000; each lake's writer timed to the last delete; a query over
 //!    each lake (lakewriter's and DuckDB's, the latter given up after `--duck-limit`
 //!    seconds, 300 by default); the position lake's key index rebuilt from scratch against a
@@ -387,8 +388,13 @@ struct Lake {
 impl Lake {
     /// Writes this lake with `delete_mode = "position"`, its key index beside it.
     fn position_deletes(&mut self) {
+        self.delete_mode(lakewriter::config::DeleteMode::Position);
+    }
+
+    /// Writes this lake with `mode` (its key index beside it).
+    fn delete_mode(&mut self, mode: lakewriter::config::DeleteMode) {
         let mut config = (*self.config).clone();
-        config.sink.delete_mode = Some(lakewriter::config::DeleteMode::Position);
+        config.sink.delete_mode = Some(mode);
         config.sink.key_index.dir = self.warehouse.join("key-index");
         self.config = Arc::new(config);
     }
@@ -1857,7 +1863,15 @@ fn strip_ansi(line: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // 5. Deletes in each delete mode
 
-/// `--delete-rows` rows copied into two lakes, one per `[sink] delete_mode`; half their keys
+/// The delete modes the deletes part compares, one lake each, and their names.
+const DELETE_MODES: [lakewriter::config::DeleteMode; 3] = [
+    lakewriter::config::DeleteMode::Equality,
+    lakewriter::config::DeleteMode::Position,
+    lakewriter::config::DeleteMode::DeletionVector,
+];
+const MODE_NAMES: [&str; 3] = ["equality", "position", "deletion_vector"];
+
+/// `--delete-rows` rows copied into three lakes, one per `[sink] delete_mode`; half their keys
 /// deleted in PostgreSQL (transactions of 100 000, so none spills); each lake's writer timed
 /// to the last delete; then a query over each (lakewriter's DataFusion and DuckDB), and the
 /// position lake's key index rebuilt from scratch, against reading the key column of the
@@ -1881,7 +1895,7 @@ async fn deletes_bench(root: &Path, args: &Args) {
         .await
         .expect("vacuum orders");
     let mut lakes = Vec::new();
-    for (i, position) in [false, true].into_iter().enumerate() {
+    for (i, mode) in DELETE_MODES.into_iter().enumerate() {
         let mut lake = Lake::new(
             &db,
             root,
@@ -1889,9 +1903,7 @@ async fn deletes_bench(root: &Path, args: &Args) {
             &format!("{}_deletes{i}", db.slot),
             "[flush]\nmax_latency = \"1s\"\n",
         );
-        if position {
-            lake.position_deletes();
-        }
+        lake.delete_mode(mode);
         run_until(
             &lake,
             "the initial snapshot",
@@ -1937,12 +1949,12 @@ async fn deletes_bench(root: &Path, args: &Args) {
         from += step;
     }
     println!(
-        "\ndeletes: {} rows copied into an equality lake and a position lake; {deleted} of them \
-         deleted in PostgreSQL",
+        "\ndeletes: {} rows copied into an equality, a position and a deletion-vector lake; \
+         {deleted} of them deleted in PostgreSQL",
         args.delete_rows
     );
     let mut streamed = Vec::new();
-    for (lake, mode) in lakes.iter().zip(["equality", "position"]) {
+    for (lake, mode) in lakes.iter().zip(MODE_NAMES) {
         let until = run_until(lake, "the last delete", Duration::from_secs(3600), |s| {
             s.reached(bound)
         })
@@ -1959,7 +1971,7 @@ async fn deletes_bench(root: &Path, args: &Args) {
     let sql = sql.as_str();
     let mut queried = Vec::new();
     let mut ducked = Vec::new();
-    for (lake, mode) in lakes.iter().zip(["equality", "position"]).rev() {
+    for (lake, mode) in lakes.iter().zip(MODE_NAMES).rev() {
         let mut best = f64::MAX;
         let mut printed = Vec::new();
         for _ in 0..args.runs {
@@ -2039,28 +2051,34 @@ async fn deletes_bench(root: &Path, args: &Args) {
         args.delete_rows, args.runs
     );
     println!(
-        "  streaming the deletes: equality {:.3} s, position {:.3} s: position's rate over \
-         equality's {:.3} (target ≥ 0.9)",
+        "  streaming the deletes: equality {:.3} s, position {:.3} s, deletion vectors {:.3} s: \
+         rate over equality's {:.3} and {:.3} (target ≥ 0.9)",
         streamed[0].seconds,
         streamed[1].seconds,
-        streamed[0].seconds / streamed[1].seconds
+        streamed[2].seconds,
+        streamed[0].seconds / streamed[1].seconds,
+        streamed[0].seconds / streamed[2].seconds
     );
     println!(
-        "  `{sql}`: equality {:.3} s, position {:.3} s: position {:.2}× as fast",
+        "  `{sql}`: equality {:.3} s, position {:.3} s, deletion vectors {:.3} s: {:.2}× and \
+         {:.2}× as fast",
         queried[0],
         queried[1],
-        queried[0] / queried[1]
+        queried[2],
+        queried[0] / queried[1],
+        queried[0] / queried[2]
     );
     println!(
-        "  DuckDB count(*), count(DISTINCT order_id): equality {:.3} s{}, position {:.3} s \
-         (process start included)",
+        "  DuckDB count(*), count(DISTINCT order_id): equality {:.3} s{}, position {:.3} s, \
+         deletion vectors {:.3} s (process start included)",
         ducked[0],
         if ducked[0] > args.duck_limit.as_secs_f64() {
             " (given up)"
         } else {
             ""
         },
-        ducked[1]
+        ducked[1],
+        ducked[2]
     );
     println!(
         "  key index rebuilt from {} files: {} keys in {rebuild:.3} s = {:.0} keys/s ({:.1} MB \

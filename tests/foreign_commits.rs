@@ -779,6 +779,14 @@ async fn deletion_vector_mode_through_kill_9_writes_v3_tables_every_engine_reads
         files.iter().all(|f| f.starts_with("1 PUFFIN ")),
         "delete files other than deletion vectors: {files:?}"
     );
+    // one vector per Puffin file (DuckDB applies a file's first vector to every data file it
+    // holds a vector of)
+    let paths: std::collections::HashSet<&String> = files.iter().collect();
+    assert_eq!(
+        paths.len(),
+        files.len(),
+        "Puffin files holding several vectors: {files:?}"
+    );
     let (spark, [vectors, named, others]) = spark_ids_and_deletion_vectors(&db);
     assert_eq!(spark, postgres_ids(&db).await, "Spark after kill -9");
     assert_eq!(

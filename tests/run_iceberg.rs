@@ -502,4 +502,18 @@ async fn unchanged_toast_values_are_found_past_deletion_vectors() {
          WHERE manifest_content = 'DELETE' AND status <> 'DELETED' ORDER BY 1",
     );
     assert_eq!(formats, vec!["PUFFIN".to_string()], "deletion vectors only");
+    // one vector per Puffin file: DuckDB applies a file's first vector to every data file
+    // it holds a vector of
+    let shared = duck_query(
+        &db,
+        "docs",
+        "SELECT count(*) FROM (SELECT file_path FROM iceberg_metadata('{metadata}') \
+         WHERE manifest_content = 'DELETE' AND status <> 'DELETED' GROUP BY file_path \
+         HAVING count(*) > 1)",
+    );
+    assert_eq!(
+        shared,
+        vec!["0".to_string()],
+        "Puffin files holding several vectors"
+    );
 }

@@ -60,7 +60,8 @@ impl TableChange {
                 staged.uuid()
             ));
         }
-        if base.format_version() != staged.format_version() {
+        // a format version only goes up (`delete_mode = "deletion_vector"` upgrades 2 to 3)
+        if base.format_version() > staged.format_version() {
             return refuse(format!(
                 "the format version (from {} to {})",
                 base.format_version(),
@@ -77,6 +78,11 @@ impl TableChange {
 
         let mut requirements = vec![TableRequirement::UuidMatch { uuid: base.uuid() }];
         let mut updates = Vec::new();
+        if staged.format_version() > base.format_version() {
+            updates.push(TableUpdate::UpgradeFormatVersion {
+                format_version: staged.format_version(),
+            });
+        }
 
         // schemas
         let added_schemas: Vec<_> = sorted_by_key(
@@ -526,6 +532,27 @@ mod tests {
         assert_eq!(json["updates"][1]["ref-name"], "main");
         assert_eq!(json["updates"][1]["type"], "branch");
         same_table(&apply(&base, &change), &staged);
+    }
+
+    #[test]
+    fn an_upgrade_to_format_3_is_sent_and_a_downgrade_refused() {
+        let base = commit(&table(), 11, "0/10");
+        let staged = base
+            .clone()
+            .into_builder(None)
+            .upgrade_format_version(FormatVersion::V3)
+            .and_then(|b| b.build())
+            .expect("an upgrade")
+            .metadata;
+        let change = TableChange::between(&base, &staged).expect("expressible");
+        assert_eq!(
+            wire(&change)["updates"][0],
+            serde_json::json!({"action": "upgrade-format-version", "format-version": 3})
+        );
+        let applied = apply(&base, &change);
+        assert_eq!(applied.format_version(), FormatVersion::V3);
+        same_table(&applied, &staged);
+        assert!(TableChange::between(&staged, &base).is_err());
     }
 
     #[test]

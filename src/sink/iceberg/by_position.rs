@@ -479,12 +479,17 @@ impl<C: Catalog> IcebergSink<C> {
                 merged.push((data.to_string(), positions));
             }
             merged.sort_by(|a, b| a.0.cmp(&b.0));
-            let path = format!("{location}/data/{dir}{unique}-deletion-vectors.puffin");
-            files.extend(
-                vectors::write(&self.file_io, &path, &merged, &partition, spec.spec_id())
-                    .await
-                    .map_err(|m| sink_error(lake, format!("write deletion vectors: {m}")))?,
-            );
+            // one Puffin file per vector: DuckDB 1.5 applies the first vector of a Puffin
+            // file to every data file whose vector the file holds (measured: a lake of two
+            // vectors in one file read with duplicate keys)
+            for (n, vector) in merged.chunks(1).enumerate() {
+                let path = format!("{location}/data/{dir}{unique}-{n:05}-deletion-vector.puffin");
+                files.extend(
+                    vectors::write(&self.file_io, &path, vector, &partition, spec.spec_id())
+                        .await
+                        .map_err(|m| sink_error(lake, format!("write deletion vectors: {m}")))?,
+                );
+            }
         }
         if let Some(live) = live {
             self.keep_vectors(index, live);

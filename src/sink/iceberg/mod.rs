@@ -1,4 +1,5 @@
-//! The Iceberg sink: Iceberg v2 tables, upserts as equality deletes, one snapshot per commit
+//! The Iceberg sink: Iceberg v2 and v3 tables, upserts as position deletes (deletion vectors in
+//! v3, `vectors`) of the rows a key index finds or as equality deletes, one snapshot per commit
 //! carrying its checkpoint (`lakewriter.lsn`), committed by a compare-and-swap of the catalog
 //! pointer (Glue, SQLite, S3 Tables or REST, [`crate::catalog`]).
 //!
