@@ -207,6 +207,79 @@ async fn commits_are_applied_by_the_reference_server_and_duckdb_reads_them() {
     assert!(!catalog.drop_table(&lake).await.expect("drop again"));
 }
 
+/// `delete_mode = "deletion_vector"` on a format-2 table of a REST catalog: the upgrade to
+/// format 3 is applied by the reference server, and so is each commit of deletion vectors with
+/// its row lineage; DuckDB reads the rows they leave.
+#[tokio::test]
+async fn an_upgrade_to_format_3_and_deletion_vectors_are_applied_by_the_reference_server() {
+    let server = RestServer::start();
+    let warehouse = tempfile::tempdir().expect("a warehouse");
+    let config = config("lake", warehouse.path(), &server);
+    let schema = items_schema();
+    let table = schema.table.clone();
+    let lake = CatalogTable::new("lake", "items");
+    let mut sink = IcebergSink::from_config(&config).await.expect("the sink");
+    sink.prepare(&table, &schema, &keyed(&["id"], &[]))
+        .await
+        .expect("register the table");
+    sink.commit(delta(
+        &schema,
+        vec![],
+        vec![items(
+            &schema,
+            &[(1, Some("a")), (2, Some("b")), (3, Some("c"))],
+        )],
+        10,
+    ))
+    .await
+    .expect("insert");
+    drop(sink);
+    assert_eq!(
+        current(&config, &lake).await.1.format_version(),
+        iceberg::spec::FormatVersion::V2
+    );
+
+    let mut vectors = config.clone();
+    vectors.sink.delete_mode = Some(lakewriter::config::DeleteMode::DeletionVector);
+    let mut sink = IcebergSink::from_config(&vectors).await.expect("the sink");
+    sink.prepare(&table, &schema, &keyed(&["id"], &[]))
+        .await
+        .expect("prepare, upgrading the table");
+    for (n, lsn) in [(Some("b2"), 20), (Some("b3"), 30)] {
+        sink.commit(delta(
+            &schema,
+            vec![items(&schema, &[(2, None), (3, None)])],
+            vec![items(&schema, &[(2, n)])],
+            lsn,
+        ))
+        .await
+        .expect("update and delete");
+    }
+    let (pointer, metadata) = current(&config, &lake).await;
+    assert_eq!(metadata.format_version(), iceberg::spec::FormatVersion::V3);
+    assert_eq!(metadata.snapshots().len(), 3);
+    assert!(
+        metadata.next_row_id() >= 5,
+        "row lineage: {}",
+        metadata.next_row_id()
+    );
+    assert_eq!(
+        duck(
+            &pointer.metadata_location,
+            "SELECT id, name FROM iceberg_scan('{metadata}') ORDER BY 1"
+        ),
+        ["1|a", "2|b3"]
+    );
+    assert_eq!(
+        duck(
+            &pointer.metadata_location,
+            "SELECT DISTINCT file_format FROM iceberg_metadata('{metadata}') \
+             WHERE manifest_content = 'DELETE' AND status <> 'DELETED'"
+        ),
+        ["PUFFIN"]
+    );
+}
+
 #[tokio::test]
 async fn schema_changes_and_truncates_are_applied_by_the_reference_server() {
     let server = RestServer::start();
