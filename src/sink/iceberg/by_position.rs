@@ -16,13 +16,14 @@
 //!   rows or else read back; the keys it deleted) and records the new snapshot, in one redb
 //!   transaction.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Schema as ArrowSchema, SchemaRef};
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::{DataFile, FormatVersion, Struct, TableMetadata};
+use roaring::RoaringTreemap;
 
 use super::key_index::{
     self, FileKeys, IndexUpdate, KeyIndex, Rebuilt, SnapshotFile, SnapshotFiles,
@@ -463,14 +464,14 @@ impl<C: Catalog> IcebergSink<C> {
             };
             // format 3: one vector per data file, holding what its live vector and any older
             // position-delete file removed besides the rows found now
-            let mut merged: Vec<(String, BTreeSet<u64>)> = Vec::new();
+            let mut merged: Vec<(String, RoaringTreemap)> = Vec::new();
             for data in deleted.data_files() {
-                let mut positions = deleted.of(data).cloned().unwrap_or_default();
+                let mut positions: RoaringTreemap =
+                    deleted.of(data).into_iter().flatten().copied().collect();
                 if let Some((puffin, at)) = live.vectors.get(data) {
-                    let before = vectors::load(&self.file_io, puffin, at)
+                    positions |= vectors::load_bitmap(&self.file_io, puffin, at)
                         .await
                         .map_err(|m| sink_error(lake, format!("read a deletion vector: {m}")))?;
-                    positions.extend(before);
                     replaced_vectors.insert(data.to_string());
                 }
                 if let Some(before) = live.legacy.of(data) {
@@ -482,10 +483,11 @@ impl<C: Catalog> IcebergSink<C> {
             // one Puffin file per vector: DuckDB 1.5 applies the first vector of a Puffin
             // file to every data file whose vector the file holds (measured: a lake of two
             // vectors in one file read with duplicate keys)
-            for (n, vector) in merged.chunks(1).enumerate() {
+            for (n, vector) in merged.iter().enumerate() {
                 let path = format!("{location}/data/{dir}{unique}-{n:05}-deletion-vector.puffin");
+                let one = std::slice::from_ref(vector);
                 files.extend(
-                    vectors::write(&self.file_io, &path, vector, &partition, spec.spec_id())
+                    vectors::write(&self.file_io, &path, one, &partition, spec.spec_id())
                         .await
                         .map_err(|m| sink_error(lake, format!("write deletion vectors: {m}")))?,
                 );

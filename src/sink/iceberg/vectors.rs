@@ -65,10 +65,8 @@ impl VectorAt {
     }
 }
 
-/// The blob of a vector removing `positions`.
-pub fn encode(positions: &BTreeSet<u64>) -> Result<Vec<u8>, String> {
-    let bitmap = RoaringTreemap::from_sorted_iter(positions.iter().copied())
-        .map_err(|e| format!("deletion vector: {e}"))?;
+/// The blob of a vector removing the positions of `bitmap`.
+pub fn encode(bitmap: &RoaringTreemap) -> Result<Vec<u8>, String> {
     let mut body = Vec::with_capacity(4 + bitmap.serialized_size());
     body.extend_from_slice(&VECTOR_MAGIC);
     bitmap
@@ -85,6 +83,11 @@ pub fn encode(positions: &BTreeSet<u64>) -> Result<Vec<u8>, String> {
 
 /// The positions the vector blob `blob` removes; `what` names it in errors.
 pub fn decode(blob: &[u8], what: &str) -> Result<BTreeSet<u64>, String> {
+    Ok(decode_bitmap(blob, what)?.iter().collect())
+}
+
+/// [`decode`], as the bitmap itself.
+pub fn decode_bitmap(blob: &[u8], what: &str) -> Result<RoaringTreemap, String> {
     let bad = |why: &str| format!("{what}: not a deletion vector ({why})");
     if blob.len() < 12 {
         return Err(bad("shorter than its framing"));
@@ -104,12 +107,20 @@ pub fn decode(blob: &[u8], what: &str) -> Result<BTreeSet<u64>, String> {
     if crc32fast::hash(body).to_be_bytes() != crc {
         return Err(bad("its checksum does not match"));
     }
-    let bitmap = RoaringTreemap::deserialize_from(&body[4..]).map_err(|e| bad(&e.to_string()))?;
-    Ok(bitmap.iter().collect())
+    RoaringTreemap::deserialize_from(&body[4..]).map_err(|e| bad(&e.to_string()))
 }
 
 /// The vector at `at` in the Puffin file at `path`: the positions it removes.
 pub async fn load(file_io: &FileIO, path: &str, at: &VectorAt) -> Result<BTreeSet<u64>, String> {
+    Ok(load_bitmap(file_io, path, at).await?.iter().collect())
+}
+
+/// [`load`], as the bitmap itself.
+pub async fn load_bitmap(
+    file_io: &FileIO,
+    path: &str,
+    at: &VectorAt,
+) -> Result<RoaringTreemap, String> {
     let input = file_io
         .new_input(path)
         .map_err(|e| format!("{path}: {e}"))?;
@@ -118,7 +129,7 @@ pub async fn load(file_io: &FileIO, path: &str, at: &VectorAt) -> Result<BTreeSe
         .read(at.offset..at.offset + at.length)
         .await
         .map_err(|e| format!("{path}: {e}"))?;
-    decode(&blob, &format!("{path} at {}", at.offset))
+    decode_bitmap(&blob, &format!("{path} at {}", at.offset))
 }
 
 /// Whether `bytes` are a Puffin file's (else a Parquet file's).
@@ -185,7 +196,7 @@ pub fn read_all(bytes: &[u8], path: &str) -> Result<HashMap<String, BTreeSet<u64
 pub async fn write(
     file_io: &FileIO,
     path: &str,
-    vectors: &[(String, BTreeSet<u64>)],
+    vectors: &[(String, RoaringTreemap)],
     partition: &Struct,
     spec_id: i32,
 ) -> Result<Vec<DataFile>, String> {
@@ -208,12 +219,7 @@ pub async fn write(
                 CARDINALITY: positions.len().to_string(),
             },
         }));
-        placed.push((
-            referenced,
-            positions.len() as u64,
-            offset,
-            blob.len() as u64,
-        ));
+        placed.push((referenced, positions.len(), offset, blob.len() as u64));
     }
     let payload = serde_json::to_vec(&serde_json::json!({
         "blobs": described,
@@ -264,12 +270,16 @@ mod tests {
         values.iter().copied().collect()
     }
 
+    fn bitmap(values: &BTreeSet<u64>) -> RoaringTreemap {
+        values.iter().copied().collect()
+    }
+
     #[test]
     fn a_vector_decodes_to_its_positions_and_refuses_a_damaged_blob() {
         // positions in three 32-bit buckets, one of them a run
         let mut removed = positions(&[0, 7, 1 << 33, (1 << 33) + 5]);
         removed.extend(1000..5000);
-        let blob = encode(&removed).expect("encode");
+        let blob = encode(&bitmap(&removed)).expect("encode");
         assert_eq!(decode(&blob, "t").expect("decode"), removed);
         // the length is of magic and bitmap, big-endian
         assert_eq!(
@@ -287,7 +297,7 @@ mod tests {
         assert!(decode(&blob[..blob.len() - 1], "t").is_err());
         assert!(decode(&[0; 12], "t").is_err());
         assert_eq!(
-            decode(&encode(&BTreeSet::new()).expect("empty"), "t").expect("e"),
+            decode(&encode(&RoaringTreemap::new()).expect("empty"), "t").expect("e"),
             BTreeSet::new()
         );
     }
@@ -301,7 +311,11 @@ mod tests {
             ("file:///a.parquet".to_string(), positions(&[1, 2, 3])),
             ("file:///b.parquet".to_string(), positions(&[0, 1 << 40])),
         ];
-        let entries = write(&io, &path, &vectors, &Struct::empty(), 0)
+        let bitmaps: Vec<(String, RoaringTreemap)> = vectors
+            .iter()
+            .map(|(file, removed)| (file.clone(), bitmap(removed)))
+            .collect();
+        let entries = write(&io, &path, &bitmaps, &Struct::empty(), 0)
             .await
             .expect("write");
         assert_eq!(entries.len(), 2);
