@@ -1649,3 +1649,137 @@ async fn a_large_transactions_staged_position_deletes_survive_a_compaction_landi
     );
     assert_eq!(props["added-position-deletes"], "10", "{props:?}");
 }
+
+/// The live delete files of `metadata`'s current snapshot: (content, format, referenced data
+/// file) of each.
+async fn live_deletes(
+    config: &Config,
+    metadata: &TableMetadata,
+) -> Vec<(
+    iceberg::spec::DataContentType,
+    iceberg::spec::DataFileFormat,
+    Option<String>,
+)> {
+    let io = file_io(config).expect("file io");
+    let snapshot = metadata.current_snapshot().expect("a snapshot");
+    let bytes = io
+        .new_input(snapshot.manifest_list())
+        .expect("the manifest list")
+        .read()
+        .await
+        .expect("read the manifest list");
+    let list = iceberg::spec::ManifestList::parse_with_version(&bytes, metadata.format_version())
+        .expect("a manifest list");
+    let mut deletes = Vec::new();
+    for manifest in list.entries() {
+        let loaded = manifest.load_manifest(&io).await.expect("a manifest");
+        for entry in loaded.entries().iter().filter(|e| e.is_alive()) {
+            let file = entry.data_file();
+            if file.content_type() != iceberg::spec::DataContentType::Data {
+                deletes.push((
+                    file.content_type(),
+                    file.file_format(),
+                    file.referenced_data_file(),
+                ));
+            }
+        }
+    }
+    deletes
+}
+
+/// `delete_mode = "deletion_vector"`: a transaction too large for memory stages parts whose old
+/// rows are found in the key index, some in the same data files; its commit holds one vector
+/// per data file (the parts' rows, the commit's own and the file's live vector, merged), and
+/// no equality delete, also when a compaction lands before the commit (the parts' rows read
+/// back from what they staged, found again).
+#[tokio::test]
+async fn a_large_transactions_parts_commit_one_deletion_vector_per_data_file() {
+    for compaction_first in [false, true] {
+        let mut lake = Lake::new("staged_vectors");
+        lake.config.sink.delete_mode = Some(lakewriter::config::DeleteMode::DeletionVector);
+        let schema = items_schema();
+        let table = schema.table.clone();
+        let mut sink = lake.sink().await;
+        sink.prepare(&table, &schema, &keyed(&["id"], &[]))
+            .await
+            .expect("create");
+        let all: Vec<(i32, Option<&str>)> = (1..=20).map(|id| (id, Some("v"))).collect();
+        sink.commit(delta(&schema, vec![], vec![items(&schema, &all)], 10))
+            .await
+            .expect("insert");
+        let first: Vec<(i32, Option<&str>)> = (1..=3).map(|id| (id, None)).collect();
+        let updated: Vec<(i32, Option<&str>)> = (1..=3).map(|id| (id, Some("u"))).collect();
+        sink.commit(delta(
+            &schema,
+            vec![items(&schema, &first)],
+            vec![items(&schema, &updated)],
+            20,
+        ))
+        .await
+        .expect("update: a live vector");
+
+        // two parts and the commit, their old rows in both data files
+        let mut expected: std::collections::BTreeMap<i32, &str> = (1..=20)
+            .map(|id| (id, if id <= 3 { "u" } else { "v" }))
+            .collect();
+        for ids in [vec![4, 5, 6, 7, 8], vec![2, 9, 10, 11, 12]] {
+            let old: Vec<(i32, Option<&str>)> = ids.iter().map(|&id| (id, None)).collect();
+            let new: Vec<(i32, Option<&str>)> = ids.iter().map(|&id| (id, Some("s"))).collect();
+            let mut part = delta(
+                &schema,
+                vec![items(&schema, &old)],
+                vec![items(&schema, &new)],
+                0,
+            );
+            part.lsn = None;
+            sink.stage(part).await.expect("stage a part");
+            for id in ids {
+                expected.insert(id, "s");
+            }
+        }
+        if compaction_first {
+            let outcomes = lakewriter::maintenance::compact::run(&lake.config, None)
+                .await
+                .expect("compact");
+            assert_eq!(outcomes.first().and_then(|o| o.failed.clone()), None);
+        }
+        // the commit's own old row in the other file only: the first file's live vector
+        // reaches its new vector through the parts' alone
+        sink.commit(delta(
+            &schema,
+            vec![items(&schema, &[(3, None)])],
+            vec![items(&schema, &[(3, Some("c")), (21, Some("c"))])],
+            40,
+        ))
+        .await
+        .expect("the transaction's commit");
+        expected.insert(3, "c");
+        expected.insert(21, "c");
+
+        let (location, metadata) = current_metadata(&sink, &table).await;
+        let rows: Vec<(i32, Option<&str>)> =
+            expected.iter().map(|(&id, &n)| (id, Some(n))).collect();
+        assert_eq!(
+            duck_rows(&location, "id, name"),
+            text_rows(&rows),
+            "compaction first: {compaction_first}"
+        );
+        let deletes = live_deletes(&lake.config, &metadata).await;
+        assert!(!deletes.is_empty());
+        assert!(
+            deletes.iter().all(|(content, format, referenced)| {
+                *content == iceberg::spec::DataContentType::PositionDeletes
+                    && *format == iceberg::spec::DataFileFormat::Puffin
+                    && referenced.is_some()
+            }),
+            "deletion vectors only (compaction first: {compaction_first}): {deletes:?}"
+        );
+        let named: std::collections::HashSet<&Option<String>> =
+            deletes.iter().map(|(_, _, r)| r).collect();
+        assert_eq!(
+            named.len(),
+            deletes.len(),
+            "one vector per data file (compaction first: {compaction_first}): {deletes:?}"
+        );
+    }
+}

@@ -130,6 +130,12 @@ pub(super) struct Positional {
     pub replaced_vectors: HashSet<String>,
 }
 
+/// Where a commit's `n`-th deletion vector goes: in the table's `location`, beside the data
+/// files of its partition (`dir`), named after the commit (`unique`).
+fn vector_path(location: &str, dir: &str, unique: &str, n: usize) -> String {
+    format!("{location}/data/{dir}{unique}-{n:05}-deletion-vector.puffin")
+}
+
 /// The current snapshot id of `metadata`, as the index records it.
 fn snapshot_of(metadata: &TableMetadata) -> i64 {
     metadata.current_snapshot_id().unwrap_or(NO_SNAPSHOT)
@@ -378,12 +384,15 @@ impl<C: Catalog> IcebergSink<C> {
     }
 
     /// Finds the live rows of the keys of `deletes` (old rows, source layout) and writes
-    /// the position-delete file removing them.
+    /// the position-delete file removing them. In a format-3 table, deletion vectors: with
+    /// `merge_live`, each holding its data file's live vector too (else only the rows found,
+    /// a large transaction's part, merged by [`IcebergSink::merge_staged_vectors`]).
     pub(super) async fn position_deletes(
         &self,
         state: &TableState,
         index: &TableIndex,
         deletes: &[RecordBatch],
+        merge_live: bool,
     ) -> Result<Positional> {
         self.index_exact(state, index).await?;
         let lake = &state.lake;
@@ -433,9 +442,10 @@ impl<C: Catalog> IcebergSink<C> {
         let mut replaced_vectors = HashSet::new();
         let schema = state.metadata.current_schema();
         let v3 = state.metadata.format_version() >= FormatVersion::V3;
-        let live = match v3 {
-            true => Some(self.live_vectors(state, index).await?),
-            false => None,
+        let live = match (v3, merge_live) {
+            (true, true) => Some(self.live_vectors(state, index).await?),
+            (true, false) => Some(LiveVectors::default()),
+            (false, _) => None,
         };
         // beside the data files of its partition, named as the equality deletes are
         let partitioned = !spec.fields().is_empty() && spec.partition_type(schema).is_ok();
@@ -484,7 +494,7 @@ impl<C: Catalog> IcebergSink<C> {
             // file to every data file whose vector the file holds (measured: a lake of two
             // vectors in one file read with duplicate keys)
             for (n, vector) in merged.iter().enumerate() {
-                let path = format!("{location}/data/{dir}{unique}-{n:05}-deletion-vector.puffin");
+                let path = vector_path(location, &dir, &unique, n);
                 let one = std::slice::from_ref(vector);
                 files.extend(
                     vectors::write(&self.file_io, &path, one, &partition, spec.spec_id())
@@ -493,7 +503,7 @@ impl<C: Catalog> IcebergSink<C> {
                 );
             }
         }
-        if let Some(live) = live {
+        if let Some(live) = live.filter(|_| merge_live) {
             self.keep_vectors(index, live);
         }
         Ok(Positional {
@@ -550,6 +560,87 @@ impl<C: Catalog> IcebergSink<C> {
     /// Puts the live vectors back into `index` for the next flush.
     fn keep_vectors(&self, index: &TableIndex, live: LiveVectors) {
         *index.vectors.lock().unwrap_or_else(PoisonError::into_inner) = Some(live);
+    }
+
+    /// A large transaction's commit in a format-3 table: `files` with the deletion vectors
+    /// of its staged parts (each of the rows that part found) and of its last delta merged
+    /// into one vector per data file, which holds the file's live vector (and any older
+    /// position-delete file's rows of it) too; the live vectors it replaces named.
+    pub(super) async fn merge_staged_vectors(
+        &self,
+        state: &TableState,
+        index: &TableIndex,
+        files: &RowDelta,
+    ) -> Result<RowDelta> {
+        let live = self.live_vectors(state, index).await?;
+        let merged = self.merge_vectors(state, &live, files).await;
+        self.keep_vectors(index, live);
+        merged
+    }
+
+    async fn merge_vectors(
+        &self,
+        state: &TableState,
+        live: &LiveVectors,
+        files: &RowDelta,
+    ) -> Result<RowDelta> {
+        let lake = &state.lake;
+        let read = |m: String| sink_error(lake, format!("read a deletion vector: {m}"));
+        let mut by_file: std::collections::BTreeMap<String, (RoaringTreemap, Struct)> =
+            std::collections::BTreeMap::new();
+        let mut out = RowDelta {
+            delete_files: Vec::new(),
+            replaced_vectors: HashSet::new(),
+            ..files.clone()
+        };
+        for file in &files.delete_files {
+            match VectorAt::of(file).map_err(read)? {
+                Some(at) => {
+                    let positions = vectors::load_bitmap(&self.file_io, file.file_path(), &at)
+                        .await
+                        .map_err(read)?;
+                    by_file
+                        .entry(at.referenced)
+                        .or_insert_with(|| (RoaringTreemap::new(), file.partition().clone()))
+                        .0 |= positions;
+                }
+                None => out.delete_files.push(file.clone()),
+            }
+        }
+        let spec = state.metadata.default_partition_spec();
+        let schema = state.metadata.current_schema();
+        let partitioned = !spec.fields().is_empty() && spec.partition_type(schema).is_ok();
+        let location = state.metadata.location().trim_end_matches('/');
+        let unique = row_delta::unique_id();
+        for (n, (data, (mut positions, partition))) in by_file.into_iter().enumerate() {
+            if let Some((puffin, at)) = live.vectors.get(&data) {
+                positions |= vectors::load_bitmap(&self.file_io, puffin, at)
+                    .await
+                    .map_err(read)?;
+                out.replaced_vectors.insert(data.clone());
+            }
+            if let Some(before) = live.legacy.of(&data) {
+                positions.extend(before.iter().copied());
+            }
+            let dir = if partitioned {
+                format!("{}/", spec.partition_to_path(&partition, schema.clone()))
+            } else {
+                String::new()
+            };
+            let path = vector_path(location, &dir, &unique, n);
+            out.delete_files.extend(
+                vectors::write(
+                    &self.file_io,
+                    &path,
+                    &[(data, positions)],
+                    &partition,
+                    files.spec_id,
+                )
+                .await
+                .map_err(|m| sink_error(lake, format!("write deletion vectors: {m}")))?,
+            );
+        }
+        Ok(out)
     }
 
     /// The partition spec and tuple of data file `path`, read from the manifests of the

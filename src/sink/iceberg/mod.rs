@@ -953,13 +953,12 @@ impl<C: Catalog> IcebergSink<C> {
         if part.truncate || !part.deletes.iter().any(|b| b.num_rows() > 0) {
             return None;
         }
-        // a format-3 table takes one deletion vector per data file and commit: the parts of
-        // a transaction, each finding rows of the same files, delete by key
-        if state.metadata.format_version() >= iceberg::spec::FormatVersion::V3 {
-            return None;
-        }
         let index = state.index.take()?;
-        let found = self.position_deletes(state, &index, &part.deletes).await;
+        // (a format-3 table's vector of a part holds only the rows it found: the commit
+        // merges the parts' vectors of each data file, with the file's live one)
+        let found = self
+            .position_deletes(state, &index, &part.deletes, false)
+            .await;
         state.index = Some(index);
         match found {
             Ok(found) if state.staged_positions.is_none_or(|s| s == found.based_on) => Some(found),
@@ -1036,7 +1035,10 @@ impl<C: Catalog> IcebergSink<C> {
         // a truncating delta removes every row anyway: nothing to find
         let positional = match index {
             Some(index) if !delta.truncate && delta.deletes.iter().any(|b| b.num_rows() > 0) => {
-                match self.position_deletes(state, index, &delta.deletes).await {
+                match self
+                    .position_deletes(state, index, &delta.deletes, true)
+                    .await
+                {
                     Ok(positional) => Some(positional),
                     // equality deletes need no index: the flush goes on with them
                     Err(e) => {
@@ -1089,13 +1091,25 @@ impl<C: Catalog> IcebergSink<C> {
         // the rows found again, once; losing again, the flush deletes by key, which needs no
         // index (its position-delete files, never committed, are orphans for cleanup)
         let mut attempts = 0;
+        let vectors = state.metadata.format_version() >= iceberg::spec::FormatVersion::V3;
         let committed = loop {
+            // a format-3 table: the staged parts' vectors (each of the rows it found) merged
+            // with this delta's and the live ones, one per data file; `files` keeps them apart
+            // for a read-back after a lost race
+            let merged;
+            let change = match (index, staged_positions.is_some() && vectors) {
+                (Some(index), true) => {
+                    merged = self.merge_staged_vectors(state, index, &files).await?;
+                    &merged
+                }
+                _ => &files,
+            };
             let committed = self
                 .commit_change(
                     &state.lake,
                     &state.pointer,
                     &state.metadata,
-                    Change::Rows(&files),
+                    Change::Rows(change),
                 )
                 .await;
             let (Err(e), Some(index)) = (&committed, index) else {
@@ -1134,7 +1148,7 @@ impl<C: Catalog> IcebergSink<C> {
                     "another commit landed first: finding the deleted rows again"
                 );
                 let found = match self.reload(state).await {
-                    Ok(()) => self.position_deletes(state, index, &deletes).await,
+                    Ok(()) => self.position_deletes(state, index, &deletes, true).await,
                     Err(e) => Err(e),
                 };
                 match found {
