@@ -220,6 +220,52 @@ fn orders_metadata(db: &TestDb) -> serde_json::Value {
         .expect("metadata JSON")
 }
 
+/// After Spark's change (rows deleted, and updated to status `spark`, with `deletes`):
+/// DuckDB reads PostgreSQL's rows, `verify` passes, and `query` counts the rows and the updated
+/// ones as PostgreSQL does.
+async fn spark_change_read_right(db: &TestDb, deletes: &str) {
+    assert!(
+        duck_query(db, "orders", LAKE_LINES) == postgres_lines(db).await,
+        "DuckDB: the lake differs from PostgreSQL after Spark's {deletes}"
+    );
+    let verify = command(db, &["verify", "--table", "public.orders"], &[]);
+    assert!(
+        verify.status.success(),
+        "verify over Spark's {deletes}: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let counted = command_ok(
+        db,
+        &[
+            "query",
+            "--format",
+            "csv",
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'spark') FROM {}.orders",
+                db.namespace
+            ),
+        ],
+        &[],
+    );
+    let in_postgres: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*)::text || ',' || (count(*) FILTER (WHERE status = 'spark'))::text \
+             FROM orders",
+            &[],
+        )
+        .await
+        .expect("count orders")
+        .get(0);
+    assert_eq!(
+        counted.lines().last(),
+        Some(in_postgres.as_str()),
+        "query over Spark's {deletes}: {counted}"
+    );
+}
+
 #[tokio::test]
 async fn spark_position_deletes_are_read_compacted_exported_and_streamed_over() {
     let db = TestDb::new("foreign_positions").await;
@@ -309,49 +355,7 @@ async fn spark_position_deletes_are_read_compacted_exported_and_streamed_over() 
     assert!(is_conflict(&err), "{err}");
 
     // query and verify see Spark's change; DuckDB, an independent reader, agrees
-    let expected = postgres_lines(&db).await;
-    assert!(
-        duck_query(&db, "orders", LAKE_LINES) == expected,
-        "DuckDB: the lake differs from PostgreSQL after Spark's change"
-    );
-    let verify = command(&db, &["verify", "--table", "public.orders"], &[]);
-    assert!(
-        verify.status.success(),
-        "verify over Spark's position deletes: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let counted = command_ok(
-        &db,
-        &[
-            "query",
-            "--format",
-            "csv",
-            &format!(
-                "SELECT count(*), count(*) FILTER (WHERE status = 'spark') FROM {}.orders",
-                db.namespace
-            ),
-        ],
-        &[],
-    );
-    let in_postgres: Vec<String> = db
-        .client()
-        .await
-        .query(
-            "SELECT count(*)::text || ',' || (count(*) FILTER (WHERE status = 'spark'))::text \
-             FROM orders",
-            &[],
-        )
-        .await
-        .expect("count orders")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(
-        counted.lines().last().map(str::to_string),
-        in_postgres.first().cloned(),
-        "query: {counted}"
-    );
+    spark_change_read_right(&db, "position deletes").await;
     // export takes the keys of the rows Spark deleted and updated
     export_equal(&db, &destination, "of Spark's snapshots").await;
 
@@ -639,47 +643,7 @@ async fn spark_deletion_vectors_in_a_v3_table_are_read_exported_streamed_over_an
     assert_eq!(orders_metadata(&db)["format-version"], 3, "Spark's upgrade");
 
     // DuckDB, an independent reader, reads the deletion vectors; query and verify agree
-    let expected = postgres_lines(&db).await;
-    assert!(
-        duck_query(&db, "orders", LAKE_LINES) == expected,
-        "DuckDB: the lake differs from PostgreSQL after Spark's change"
-    );
-    let verify = command(&db, &["verify", "--table", "public.orders"], &[]);
-    assert!(
-        verify.status.success(),
-        "verify over Spark's deletion vectors: {}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    let counted = command_ok(
-        &db,
-        &[
-            "query",
-            "--format",
-            "csv",
-            &format!(
-                "SELECT count(*), count(*) FILTER (WHERE status = 'spark') FROM {}.orders",
-                db.namespace
-            ),
-        ],
-        &[],
-    );
-    let in_postgres: String = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*)::text || ',' || (count(*) FILTER (WHERE status = 'spark'))::text \
-             FROM orders",
-            &[],
-        )
-        .await
-        .expect("count orders")
-        .get(0);
-    assert_eq!(
-        counted.lines().last(),
-        Some(in_postgres.as_str()),
-        "query: {counted}"
-    );
+    spark_change_read_right(&db, "deletion vectors").await;
     export_equal(&db, &destination, "of Spark's deletion vectors").await;
 
     // The writer streams on (PostgreSQL's copy of the change, then more changes) into the v3

@@ -16,7 +16,7 @@
 //!   rows or else read back; the keys it deleted) and records the new snapshot, in one redb
 //!   transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow::array::{ArrayRef, RecordBatch};
@@ -130,10 +130,15 @@ pub(super) struct Positional {
     pub replaced_vectors: HashSet<String>,
 }
 
-/// Where a commit's `n`-th deletion vector goes: in the table's `location`, beside the data
-/// files of its partition (`dir`), named after the commit (`unique`).
-fn vector_path(location: &str, dir: &str, unique: &str, n: usize) -> String {
-    format!("{location}/data/{dir}{unique}-{n:05}-deletion-vector.puffin")
+/// The directory (with its trailing `/`, empty when unpartitioned) of `partition` under the
+/// table's `data/`, where its delete files go beside its data files, as the equality deletes'.
+fn partition_dir(metadata: &TableMetadata, partition: &Struct) -> String {
+    let spec = metadata.default_partition_spec();
+    let schema = metadata.current_schema();
+    if spec.fields().is_empty() || spec.partition_type(schema).is_err() {
+        return String::new();
+    }
+    format!("{}/", spec.partition_to_path(partition, schema.clone()))
 }
 
 /// The current snapshot id of `metadata`, as the index records it.
@@ -417,9 +422,9 @@ impl<C: Catalog> IcebergSink<C> {
                 }
             }
         }
-        // one delete file per partition of the rows found, in the table's current spec
-        let mut groups: HashMap<Struct, DeletedPositions> = HashMap::new();
+        // each data file's rows with its partition, in the table's current spec
         let spec = state.metadata.default_partition_spec();
+        let mut by_file: Vec<(Arc<str>, Vec<u64>, Struct)> = Vec::with_capacity(found.len());
         for (path, positions) in found {
             let (spec_id, partition) = self.partition_of(state, index, &path).await?;
             if spec_id != spec.spec_id() {
@@ -432,86 +437,117 @@ impl<C: Catalog> IcebergSink<C> {
                     ),
                 ));
             }
+            by_file.push((path, positions, partition));
+        }
+        let based_on = snapshot_of(&state.metadata);
+        if state.metadata.format_version() >= FormatVersion::V3 {
+            // format 3: one vector per data file; with `merge_live`, holding what its live
+            // vector and any older position-delete file removed besides the rows found now
+            let rows = by_file
+                .into_iter()
+                .map(|(path, positions, partition)| {
+                    (
+                        path.to_string(),
+                        (positions.into_iter().collect(), partition),
+                    )
+                })
+                .collect();
+            let live = match merge_live {
+                true => Some(self.live_vectors(state, index).await?),
+                false => None,
+            };
+            let written = self
+                .write_vectors(state, live.as_ref(), rows, spec.spec_id())
+                .await;
+            if let Some(live) = live {
+                self.keep_vectors(index, live);
+            }
+            let (files, replaced_vectors) = written?;
+            return Ok(Positional {
+                files,
+                removed,
+                based_on,
+                replaced_vectors,
+            });
+        }
+        // one position-delete file per partition of the rows found
+        let mut groups: HashMap<Struct, DeletedPositions> = HashMap::new();
+        for (path, positions, partition) in by_file {
             groups
                 .entry(partition)
                 .or_default()
                 .insert(&path, positions);
         }
-        let based_on = snapshot_of(&state.metadata);
         let mut files = Vec::with_capacity(groups.len());
-        let mut replaced_vectors = HashSet::new();
-        let schema = state.metadata.current_schema();
-        let v3 = state.metadata.format_version() >= FormatVersion::V3;
-        let live = match (v3, merge_live) {
-            (true, true) => Some(self.live_vectors(state, index).await?),
-            (true, false) => Some(LiveVectors::default()),
-            (false, _) => None,
-        };
-        // beside the data files of its partition, named as the equality deletes are
-        let partitioned = !spec.fields().is_empty() && spec.partition_type(schema).is_ok();
+        let location = state.metadata.location().trim_end_matches('/');
         for (partition, deleted) in groups {
-            let dir = if partitioned {
-                format!("{}/", spec.partition_to_path(&partition, schema.clone()))
-            } else {
-                String::new()
-            };
-            let location = state.metadata.location().trim_end_matches('/');
+            let dir = partition_dir(&state.metadata, &partition);
             let unique = row_delta::unique_id();
-            let Some(live) = &live else {
-                let path = format!("{location}/data/{dir}{unique}-position-delete-00000.parquet");
-                files.push(
-                    positions::write_position_deletes(
-                        &self.file_io,
-                        &path,
-                        &deleted,
-                        partition,
-                        spec.spec_id(),
-                    )
-                    .await
-                    .map_err(|m| sink_error(lake, format!("write position deletes: {m}")))?,
-                );
-                continue;
-            };
-            // format 3: one vector per data file, holding what its live vector and any older
-            // position-delete file removed besides the rows found now
-            let mut merged: Vec<(String, RoaringTreemap)> = Vec::new();
-            for data in deleted.data_files() {
-                let mut positions: RoaringTreemap =
-                    deleted.of(data).into_iter().flatten().copied().collect();
-                if let Some((puffin, at)) = live.vectors.get(data) {
-                    positions |= vectors::load_bitmap(&self.file_io, puffin, at)
-                        .await
-                        .map_err(|m| sink_error(lake, format!("read a deletion vector: {m}")))?;
-                    replaced_vectors.insert(data.to_string());
-                }
-                if let Some(before) = live.legacy.of(data) {
-                    positions.extend(before.iter().copied());
-                }
-                merged.push((data.to_string(), positions));
-            }
-            merged.sort_by(|a, b| a.0.cmp(&b.0));
-            // one Puffin file per vector: DuckDB 1.5 applies the first vector of a Puffin
-            // file to every data file whose vector the file holds (measured: a lake of two
-            // vectors in one file read with duplicate keys)
-            for (n, vector) in merged.iter().enumerate() {
-                let path = vector_path(location, &dir, &unique, n);
-                let one = std::slice::from_ref(vector);
-                files.extend(
-                    vectors::write(&self.file_io, &path, one, &partition, spec.spec_id())
-                        .await
-                        .map_err(|m| sink_error(lake, format!("write deletion vectors: {m}")))?,
-                );
-            }
-        }
-        if let Some(live) = live.filter(|_| merge_live) {
-            self.keep_vectors(index, live);
+            let path = format!("{location}/data/{dir}{unique}-position-delete-00000.parquet");
+            files.push(
+                positions::write_position_deletes(
+                    &self.file_io,
+                    &path,
+                    &deleted,
+                    partition,
+                    spec.spec_id(),
+                )
+                .await
+                .map_err(|m| sink_error(lake, format!("write position deletes: {m}")))?,
+            );
         }
         Ok(Positional {
             files,
             removed,
             based_on,
-            replaced_vectors,
+            replaced_vectors: HashSet::new(),
         })
+    }
+
+    /// Writes a deletion vector per data file of `rows` (its rows' positions and partition,
+    /// in spec `spec_id`), each a Puffin file of its own: DuckDB 1.5 applies the first
+    /// vector of a Puffin file to every data file the file holds a vector of (measured: a lake
+    /// of two vectors in one file read with duplicate keys). With `live`, each vector takes in
+    /// its data file's live vector and older position-delete rows. Returns the vectors' entries
+    /// and the data files whose live vector they replace.
+    async fn write_vectors(
+        &self,
+        state: &TableState,
+        live: Option<&LiveVectors>,
+        rows: BTreeMap<String, (RoaringTreemap, Struct)>,
+        spec_id: i32,
+    ) -> Result<(Vec<DataFile>, HashSet<String>)> {
+        let lake = &state.lake;
+        let location = state.metadata.location().trim_end_matches('/');
+        let unique = row_delta::unique_id();
+        let (mut files, mut replaced) = (Vec::with_capacity(rows.len()), HashSet::new());
+        for (n, (data, (mut positions, partition))) in rows.into_iter().enumerate() {
+            if let Some(live) = live {
+                if let Some((puffin, at)) = live.vectors.get(&data) {
+                    positions |= vectors::load_bitmap(&self.file_io, puffin, at)
+                        .await
+                        .map_err(|m| sink_error(lake, format!("read a deletion vector: {m}")))?;
+                    replaced.insert(data.clone());
+                }
+                if let Some(before) = live.legacy.of(&data) {
+                    positions.extend(before.iter().copied());
+                }
+            }
+            let dir = partition_dir(&state.metadata, &partition);
+            let path = format!("{location}/data/{dir}{unique}-{n:05}-deletion-vector.puffin");
+            files.extend(
+                vectors::write(
+                    &self.file_io,
+                    &path,
+                    &[(data, positions)],
+                    &partition,
+                    spec_id,
+                )
+                .await
+                .map_err(|m| sink_error(lake, format!("write deletion vectors: {m}")))?,
+            );
+        }
+        Ok((files, replaced))
     }
 
     /// The live deletion vectors of the snapshot `state` knows (format 3), read from its
@@ -584,63 +620,31 @@ impl<C: Catalog> IcebergSink<C> {
         live: &LiveVectors,
         files: &RowDelta,
     ) -> Result<RowDelta> {
-        let lake = &state.lake;
-        let read = |m: String| sink_error(lake, format!("read a deletion vector: {m}"));
-        let mut by_file: std::collections::BTreeMap<String, (RoaringTreemap, Struct)> =
-            std::collections::BTreeMap::new();
-        let mut out = RowDelta {
-            delete_files: Vec::new(),
-            replaced_vectors: HashSet::new(),
-            ..files.clone()
-        };
+        let read = |m: String| sink_error(&state.lake, format!("read a deletion vector: {m}"));
+        let mut rows: BTreeMap<String, (RoaringTreemap, Struct)> = BTreeMap::new();
+        let mut others = Vec::new();
         for file in &files.delete_files {
             match VectorAt::of(file).map_err(read)? {
                 Some(at) => {
                     let positions = vectors::load_bitmap(&self.file_io, file.file_path(), &at)
                         .await
                         .map_err(read)?;
-                    by_file
-                        .entry(at.referenced)
+                    rows.entry(at.referenced)
                         .or_insert_with(|| (RoaringTreemap::new(), file.partition().clone()))
                         .0 |= positions;
                 }
-                None => out.delete_files.push(file.clone()),
+                None => others.push(file.clone()),
             }
         }
-        let spec = state.metadata.default_partition_spec();
-        let schema = state.metadata.current_schema();
-        let partitioned = !spec.fields().is_empty() && spec.partition_type(schema).is_ok();
-        let location = state.metadata.location().trim_end_matches('/');
-        let unique = row_delta::unique_id();
-        for (n, (data, (mut positions, partition))) in by_file.into_iter().enumerate() {
-            if let Some((puffin, at)) = live.vectors.get(&data) {
-                positions |= vectors::load_bitmap(&self.file_io, puffin, at)
-                    .await
-                    .map_err(read)?;
-                out.replaced_vectors.insert(data.clone());
-            }
-            if let Some(before) = live.legacy.of(&data) {
-                positions.extend(before.iter().copied());
-            }
-            let dir = if partitioned {
-                format!("{}/", spec.partition_to_path(&partition, schema.clone()))
-            } else {
-                String::new()
-            };
-            let path = vector_path(location, &dir, &unique, n);
-            out.delete_files.extend(
-                vectors::write(
-                    &self.file_io,
-                    &path,
-                    &[(data, positions)],
-                    &partition,
-                    files.spec_id,
-                )
-                .await
-                .map_err(|m| sink_error(lake, format!("write deletion vectors: {m}")))?,
-            );
-        }
-        Ok(out)
+        let (vectors, replaced_vectors) = self
+            .write_vectors(state, Some(live), rows, files.spec_id)
+            .await?;
+        others.extend(vectors);
+        Ok(RowDelta {
+            delete_files: others,
+            replaced_vectors,
+            ..files.clone()
+        })
     }
 
     /// The partition spec and tuple of data file `path`, read from the manifests of the

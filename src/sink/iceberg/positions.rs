@@ -19,11 +19,11 @@ use arrow::error::ArrowError;
 use bytes::Bytes;
 use iceberg::io::FileIO;
 use parquet::arrow::ProjectionMask;
-
-use super::vectors::{self, VectorAt};
 use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
+
+use super::vectors::{self, VectorAt};
 
 /// The rows position-delete files remove: per data file path, the positions (0-based, in the
 /// file's row order).
@@ -36,12 +36,7 @@ impl DeletedPositions {
     /// What the position-delete file at `path` removes: a Parquet file of `file_path` and
     /// `pos`, or a Puffin file of deletion vectors (all of them).
     pub async fn load(file_io: &FileIO, path: &str) -> Result<Self, String> {
-        let bytes = file_io
-            .new_input(path)
-            .map_err(|e| format!("{path}: {e}"))?
-            .read()
-            .await
-            .map_err(|e| format!("{path}: {e}"))?;
+        let bytes = read_bytes(file_io, path).await?;
         if vectors::is_puffin(&bytes) {
             return Ok(DeletedPositions {
                 files: vectors::read_all(&bytes, path)?,
@@ -230,12 +225,7 @@ pub async fn write_position_deletes(
     writer.write(&batch).map_err(|e| format!("{path}: {e}"))?;
     writer.close().map_err(|e| format!("{path}: {e}"))?;
     let size = bytes.len() as u64;
-    file_io
-        .new_output(path)
-        .map_err(|e| format!("{path}: {e}"))?
-        .write(Bytes::from(bytes))
-        .await
-        .map_err(|e| format!("{path}: {e}"))?;
+    write_bytes(file_io, path, bytes).await?;
     let referenced = match files.as_slice() {
         [(only, _)] => Some((*only).clone()),
         _ => None,
@@ -372,13 +362,32 @@ pub async fn open(
     file_io: &FileIO,
     path: &str,
 ) -> Result<ParquetRecordBatchReaderBuilder<Bytes>, String> {
-    let bytes = file_io
+    ParquetRecordBatchReaderBuilder::try_new(read_bytes(file_io, path).await?)
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// The whole file at `path`.
+pub(super) async fn read_bytes(file_io: &FileIO, path: &str) -> Result<Bytes, String> {
+    file_io
         .new_input(path)
         .map_err(|e| format!("{path}: {e}"))?
         .read()
         .await
-        .map_err(|e| format!("{path}: {e}"))?;
-    ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| format!("{path}: {e}"))
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// Writes `bytes` as the file at `path`.
+pub(super) async fn write_bytes(
+    file_io: &FileIO,
+    path: &str,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
+    file_io
+        .new_output(path)
+        .map_err(|e| format!("{path}: {e}"))?
+        .write(Bytes::from(bytes))
+        .await
+        .map_err(|e| format!("{path}: {e}"))
 }
 
 /// The row selection over a file of `rows` rows that `keep` makes of `positions` (positions

@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use bytes::Bytes;
 use iceberg::io::FileIO;
 use iceberg::spec::{DataContentType, DataFile, DataFileBuilder, DataFileFormat, Struct};
 use roaring::RoaringTreemap;
@@ -236,12 +235,7 @@ pub async fn write(
     bytes.extend_from_slice(&[0; 4]);
     bytes.extend_from_slice(&PUFFIN_MAGIC);
     let size = bytes.len() as u64;
-    file_io
-        .new_output(path)
-        .map_err(|e| format!("{path}: {e}"))?
-        .write(Bytes::from(bytes))
-        .await
-        .map_err(|e| format!("{path}: {e}"))?;
+    super::positions::write_bytes(file_io, path, bytes).await?;
     placed
         .into_iter()
         .map(|(referenced, cardinality, offset, length)| {
