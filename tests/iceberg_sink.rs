@@ -798,6 +798,88 @@ async fn a_key_widened_while_running_keeps_position_deletes() {
     );
 }
 
+/// A replica identity changed from (id, region) to (id) while the lake holds equality deletes
+/// on the old key: the key index cannot stand for them, so each flush finds no rows and
+/// deletes by the new key instead, its rows written as usual.
+#[tokio::test]
+async fn a_flush_the_key_index_cannot_serve_deletes_by_key_and_writes_its_rows() {
+    let lake = Lake::new("unserved");
+    let table = TableId::new("public", "rekeyed");
+    let schema = table_schema(
+        &table,
+        &[
+            ("id", DataType::Int32, 23, true),
+            ("region", DataType::Utf8, 25, true),
+            ("n", DataType::Int32, 23, false),
+        ],
+        &[],
+    );
+    let batch = |ids: Vec<i32>, regions: Vec<&str>, n: Vec<Option<i32>>| {
+        RecordBatch::try_new(
+            schema.arrow_nullable.clone(),
+            vec![
+                Arc::new(Int32Array::from(ids)),
+                Arc::new(StringArray::from(regions)),
+                Arc::new(Int32Array::from(n)),
+            ],
+        )
+        .expect("a batch")
+    };
+    // written by key (id, region) with equality deletes
+    let mut by_pair = lake.config.clone();
+    by_pair.sink.delete_mode = Some(lakewriter::config::DeleteMode::Equality);
+    let mut sink = IcebergSink::from_config(&by_pair)
+        .await
+        .expect("open the sink");
+    let pair = keyed(&["id", "region"], &[]);
+    sink.prepare(&table, &schema, &pair).await.expect("create");
+    let rows = batch(
+        vec![1, 2, 3, 4],
+        vec!["eu"; 4],
+        vec![Some(10), Some(20), Some(30), Some(40)],
+    );
+    sink.commit(delta(&schema, vec![], vec![rows], 10))
+        .await
+        .expect("rows");
+    let gone = batch(vec![4], vec!["eu"], vec![None]);
+    sink.commit(delta(&schema, vec![gone], vec![], 20))
+        .await
+        .expect("a delete by (id, region)");
+    drop(sink);
+
+    // then by key (id), in position mode: deletes key 1, updates key 2, inserts key 5
+    let mut sink = lake.sink().await;
+    sink.prepare(&table, &schema, &keyed(&["id"], &[]))
+        .await
+        .expect("prepare by the new key");
+    let old = batch(vec![1, 2], vec!["eu", "eu"], vec![None, None]);
+    let new = batch(vec![2, 5], vec!["eu", "us"], vec![Some(21), Some(50)]);
+    sink.commit(delta(&schema, vec![old], vec![new], 30))
+        .await
+        .expect("a flush by the new key");
+
+    let (location, metadata) = current_metadata(&sink, &table).await;
+    let props = &metadata
+        .current_snapshot()
+        .expect("a snapshot")
+        .summary()
+        .additional_properties;
+    assert!(
+        props
+            .get("added-equality-deletes")
+            .is_some_and(|n| n == "2"),
+        "the flush did not delete by key: {props:?}"
+    );
+    assert_eq!(
+        duck_rows(&location, "id, region, n"),
+        vec![
+            vec![Some("2".into()), Some("eu".into()), Some("21".into())],
+            vec![Some("3".into()), Some("eu".into()), Some("30".into())],
+            vec![Some("5".into()), Some("us".into()), Some("50".into())],
+        ]
+    );
+}
+
 #[tokio::test]
 async fn schema_evolution_adds_columns_and_widens_types() {
     let lake = Lake::new("evolution");

@@ -401,27 +401,18 @@ impl<C: Catalog> IcebergSink<C> {
     ) -> Result<Positional> {
         self.index_exact(state, index).await?;
         let lake = &state.lake;
-        // the rows found, by data file (the path is shared, not copied per row)
-        let mut found: HashMap<Arc<str>, Vec<u64>> = HashMap::new();
-        let mut removed = Vec::new();
-        for batch in deletes.iter().filter(|b| b.num_rows() > 0) {
-            let keys = super::files::conform(batch, &index.key).map_err(|m| sink_error(lake, m))?;
-            let rows = index
-                .store
-                .converter()
-                .convert_columns(keys.columns())
-                .map_err(|e| sink_error(lake, format!("key index: encode keys: {e}")))?;
-            let located = index
-                .store
-                .lookup(&rows)
+        // the lookups are CPU work: off the runtime's workers, beside the flush's data files
+        let (store, key) = (index.store.clone(), index.key.clone());
+        let batches: Vec<RecordBatch> = deletes
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .cloned()
+            .collect();
+        let (found, removed) =
+            tokio::task::spawn_blocking(move || find_rows(&store, &key, &batches))
+                .await
+                .map_err(|e| sink_error(lake, format!("key index: lookups: {e}")))?
                 .map_err(|m| sink_error(lake, format!("key index: {m}")))?;
-            for (row, at) in rows.iter().zip(located) {
-                if let Some(at) = at {
-                    found.entry(at.file).or_default().push(at.position);
-                    removed.push(row.as_ref().to_vec());
-                }
-            }
-        }
         // each data file's rows with its partition, in the table's current spec
         let spec = state.metadata.default_partition_spec();
         let mut by_file: Vec<(Arc<str>, Vec<u64>, Struct)> = Vec::with_capacity(found.len());
@@ -786,6 +777,34 @@ impl<C: Catalog> IcebergSink<C> {
         *index.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(applying);
         Ok(())
     }
+}
+
+/// Row positions by data file (the path shared, not copied per row).
+type RowsByFile = HashMap<Arc<str>, Vec<u64>>;
+
+/// The rows of the keys of `deletes` that `store` (of key columns `key`) holds, by data file,
+/// and those keys, encoded.
+fn find_rows(
+    store: &KeyIndex,
+    key: &SchemaRef,
+    deletes: &[RecordBatch],
+) -> std::result::Result<(RowsByFile, Vec<Vec<u8>>), String> {
+    let mut found = RowsByFile::new();
+    let mut removed = Vec::new();
+    for batch in deletes {
+        let keys = super::files::conform(batch, key)?;
+        let rows = store
+            .converter()
+            .convert_columns(keys.columns())
+            .map_err(|e| format!("encode keys: {e}"))?;
+        for (row, at) in rows.iter().zip(store.lookup(&rows)?) {
+            if let Some(at) = at {
+                found.entry(at.file).or_default().push(at.position);
+                removed.push(row.as_ref().to_vec());
+            }
+        }
+    }
+    Ok((found, removed))
 }
 
 /// The index's update for a commit, as far as the lake must be read for it: the keys its

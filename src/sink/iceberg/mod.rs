@@ -1033,13 +1033,25 @@ impl<C: Catalog> IcebergSink<C> {
     ) -> Result<()> {
         // (the open rows closed and the schema evolved by `commit_prepared`)
         // a truncating delta removes every row anyway: nothing to find
-        let positional = match index {
+        let (positional, mut files) = match index {
             Some(index) if !delta.truncate && delta.deletes.iter().any(|b| b.num_rows() > 0) => {
-                match self
-                    .position_deletes(state, index, &delta.deletes, true)
-                    .await
-                {
-                    Ok(positional) => Some(positional),
+                // the old rows are found while the new ones are written
+                let rows_only = TableDelta {
+                    deletes: Vec::new(),
+                    ..delta.clone()
+                };
+                let (found, written) = tokio::join!(
+                    self.position_deletes(state, index, &delta.deletes, true),
+                    self.write_files(state, &rows_only, Some(index)),
+                );
+                let mut files = written?;
+                match found {
+                    Ok(positional) => {
+                        files.delete_files.extend(positional.files.iter().cloned());
+                        files.based_on = Some(positional.based_on);
+                        files.replaced_vectors = positional.replaced_vectors.clone();
+                        (Some(positional), files)
+                    }
                     // equality deletes need no index: the flush goes on with them
                     Err(e) => {
                         tracing::warn!(
@@ -1047,25 +1059,17 @@ impl<C: Catalog> IcebergSink<C> {
                             error = %e,
                             "the key index cannot serve this flush: it writes equality deletes"
                         );
-                        None
+                        let deletes_only = TableDelta {
+                            rows: Vec::new(),
+                            ..delta.clone()
+                        };
+                        let by_key = self.write_files(state, &deletes_only, None).await?;
+                        files.delete_files.extend(by_key.delete_files);
+                        (None, files)
                     }
                 }
             }
-            _ => None,
-        };
-        let mut files = match &positional {
-            Some(positional) => {
-                let rows_only = TableDelta {
-                    deletes: Vec::new(),
-                    ..delta.clone()
-                };
-                let mut files = self.write_files(state, &rows_only, index).await?;
-                files.delete_files.extend(positional.files.iter().cloned());
-                files.based_on = Some(positional.based_on);
-                files.replaced_vectors = positional.replaced_vectors.clone();
-                files
-            }
-            None => self.write_files(state, delta, index).await?,
+            _ => (None, self.write_files(state, delta, index).await?),
         };
         // the parts of a large transaction staged before, their position deletes found in
         // the same snapshot as this delta's (nothing of the table committed in between)
