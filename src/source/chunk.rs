@@ -154,24 +154,20 @@ pub async fn read_chunk(
         });
     }
     let fields = key_fields(schema, key, &wires, &masks)?;
-    let above = match after {
-        Some(values) => bound(
-            key,
-            &open_bound(values, key, &fields, masking, table)?,
-            ">",
-            table,
-        )?,
-        None => "true".to_string(),
+    // a bound given (sealed key columns opened), or none
+    let range_bound = |values: Option<&[String]>, op: &str| -> Result<String> {
+        match values {
+            Some(values) => bound(
+                key,
+                &open_bound(values, key, &fields, masking, table)?,
+                op,
+                table,
+            ),
+            None => Ok("true".to_string()),
+        }
     };
-    let below = match upto {
-        Some(values) => bound(
-            key,
-            &open_bound(values, key, &fields, masking, table)?,
-            "<=",
-            table,
-        )?,
-        None => "true".to_string(),
-    };
+    let above = range_bound(after, ">")?;
+    let below = range_bound(upto, "<=")?;
     // qualified: a bare name in ORDER BY could be an output column of that name
     let order: Vec<String> = key
         .iter()
@@ -281,47 +277,38 @@ pub async fn split_points(
         return Ok(Vec::new());
     }
     let mut points: Vec<Vec<String>> = Vec::with_capacity(parts - 1);
+    // the plain key of the last point: a repeated sample row splits nothing
+    let mut previous: Option<Vec<String>> = None;
     for part in 1..parts {
         let row = &rows[part * rows.len() / parts];
-        let mut point = Vec::with_capacity(key.len());
-        for (i, (column, field)) in key.iter().zip(&fields).enumerate() {
+        let mut plain = Vec::with_capacity(key.len());
+        for (i, column) in key.iter().enumerate() {
             let value: Option<String> = row
                 .try_get(i)
                 .map_err(|e| Error::postgres(format!("read a sampled key of table {table}"), e))?;
-            let value = value.ok_or_else(|| Error::Source {
+            plain.push(value.ok_or_else(|| Error::Source {
                 message: format!(
                     "table {table}, key column {}: a NULL in a key a chunked copy orders by",
                     column.name
                 ),
-            })?;
-            point.push(if field.hashed {
-                seal(masking, table, column, &value)?
-            } else {
-                value
-            });
+            })?);
         }
-        // a repeated sample row splits nothing
-        if points
-            .last()
-            .is_none_or(|p| !same_key(p, &point, &fields, masking))
-        {
-            points.push(point);
+        if previous.as_ref() == Some(&plain) {
+            continue;
         }
+        // hashed columns sealed, as a chunk's last key is
+        let point = plain
+            .iter()
+            .zip(key.iter().zip(&fields))
+            .map(|(value, (column, field))| match field.hashed {
+                true => seal(masking, table, column, value),
+                false => Ok(value.clone()),
+            })
+            .collect::<Result<Vec<String>>>()?;
+        points.push(point);
+        previous = Some(plain);
     }
     Ok(points)
-}
-
-/// Whether two split points (hashed columns sealed, each time with another nonce) are the
-/// same key.
-fn same_key(a: &[String], b: &[String], fields: &[KeyField], masking: &Masking) -> bool {
-    a.iter().zip(b).zip(fields).all(|((x, y), field)| {
-        if field.hashed {
-            let hasher = masking.hasher();
-            hasher.and_then(|h| h.open(x)) == hasher.and_then(|h| h.open(y))
-        } else {
-            x == y
-        }
-    })
 }
 
 /// `plain`, a value of the hashed key column `column`, sealed under the masking key.

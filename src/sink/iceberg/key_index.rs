@@ -197,27 +197,9 @@ impl KeyIndex {
                     files.remove(id.value()).map_err(|e| e.to_string())?;
                 }
             }
-            // a key removed and added again (an update) is only overwritten: half the B-tree's
-            // page writes of an update-heavy flush (an insert-only one, a copy's chunk, has
-            // nothing removed and builds no set)
-            let removed: HashSet<&[u8]> = update.removed.iter().map(Vec::as_slice).collect();
-            let readded: HashSet<&[u8]> = if removed.is_empty() {
-                HashSet::new()
-            } else {
-                update
-                    .added
-                    .iter()
-                    .flat_map(|(_, keys)| keys.iter().map(|(key, _)| key))
-                    .filter(|key| removed.contains(key))
-                    .collect()
-            };
-            for key in &update.removed {
-                if !readded.contains(key.as_slice()) {
-                    index.remove(key.as_slice()).map_err(|e| e.to_string())?;
-                }
-            }
-            // the keys new to the index, spliced in ascending runs
-            let mut fresh: Vec<(&[u8], (u32, u64))> = Vec::new();
+            // every key added, with its location; of a key given twice, the later is kept
+            let mut entries: Vec<(&[u8], (u32, u64))> =
+                Vec::with_capacity(update.added.iter().map(|(_, keys)| keys.len()).sum());
             for (path, keys) in &update.added {
                 let known = ids
                     .get(path.as_str())
@@ -237,15 +219,31 @@ impl KeyIndex {
                         next
                     }
                 };
-                for (key, position) in keys.iter() {
-                    if readded.contains(key) {
-                        index
-                            .insert(key, (id, position))
-                            .map_err(|e| e.to_string())?;
-                    } else {
-                        fresh.push((key, (id, position)));
-                    }
+                entries.extend(keys.iter().map(|(key, position)| (key, (id, position))));
+            }
+            sort_unique(&mut entries);
+            let mut removed: Vec<&[u8]> = update.removed.iter().map(Vec::as_slice).collect();
+            if !removed.is_sorted() {
+                removed.sort_unstable();
+            }
+            // one walk of both in key order: a key removed and added again (an update) is
+            // only overwritten, half the B-tree's page writes of an update-heavy flush; a key
+            // only removed goes; the keys new to the index are spliced in ascending runs
+            let mut removed = removed.into_iter().peekable();
+            let mut fresh: Vec<(&[u8], (u32, u64))> = Vec::with_capacity(entries.len());
+            for (key, location) in entries {
+                while let Some(gone) = removed.next_if(|gone| *gone < key) {
+                    index.remove(gone).map_err(|e| e.to_string())?;
                 }
+                if removed.next_if_eq(&key).is_some() {
+                    while removed.next_if_eq(&key).is_some() {}
+                    index.insert(key, location).map_err(|e| e.to_string())?;
+                } else {
+                    fresh.push((key, location));
+                }
+            }
+            for gone in removed {
+                index.remove(gone).map_err(|e| e.to_string())?;
             }
             splice(&mut index, fresh)?;
             let mut meta = write.open_table(META).map_err(|e| e.to_string())?;
@@ -421,27 +419,35 @@ pub struct IndexUpdate {
     pub removed_files: Vec<String>,
 }
 
-/// Puts `entries` into `index`: a key the index holds already is overwritten; the others are
-/// sorted, and each run of them that falls into one gap between the index's keys (a copy's
-/// chunk, within its key range or past the last key; rows of a serial key) is spliced in
-/// through one cursor, which redb builds a leaf at a time, where one insert per key would
-/// search the tree and copy its path each time. Of a key given twice, the later is kept.
+/// Of `entries` (keys with their locations), one per key in key order: of a key given twice,
+/// the later.
+fn sort_unique(entries: &mut Vec<(&[u8], (u32, u64))>) {
+    if entries.is_sorted_by(|a, b| a.0 < b.0) {
+        return;
+    }
+    // stable: of a key given twice, the later sorts last, and is the one kept
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let mut write = 0;
+    for read in 0..entries.len() {
+        if write > 0 && entries[write - 1].0 == entries[read].0 {
+            entries[write - 1] = entries[read];
+        } else {
+            entries[write] = entries[read];
+            write += 1;
+        }
+    }
+    entries.truncate(write);
+}
+
+/// Puts `entries` (in key order, one per key: [`sort_unique`]) into `index`: a key the index
+/// holds already is overwritten; each run of the others that falls into one gap between the
+/// index's keys (a copy's chunk, within its key range or past the last key; rows of a serial
+/// key) is spliced in through one cursor, which redb builds a leaf at a time, where one insert
+/// per key would search the tree and copy its path each time.
 fn splice(
     index: &mut redb::Table<'_, &'static [u8], (u32, u64)>,
-    mut entries: Vec<(&[u8], (u32, u64))>,
+    entries: Vec<(&[u8], (u32, u64))>,
 ) -> Result<(), String> {
-    // stable: of a key given twice, the later sorts last, and is the one kept
-    if !entries.is_sorted_by(|a, b| a.0 < b.0) {
-        entries.sort_by(|a, b| a.0.cmp(b.0));
-        let mut kept: Vec<(&[u8], (u32, u64))> = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match kept.last_mut() {
-                Some(last) if last.0 == entry.0 => *last = entry,
-                _ => kept.push(entry),
-            }
-        }
-        entries = kept;
-    }
     let mut i = 0;
     while let Some(&(first, location)) = entries.get(i) {
         let mut cursor = index
@@ -935,8 +941,14 @@ mod tests {
                 .collect();
             upper_top += upper.len() as i32 / 3 + 1;
             added.push((format!("f{flush}-d.parquet"), upper));
-            let removed: Vec<(i32, &str)> =
+            let mut removed: Vec<(i32, &str)> =
                 model.keys().filter(|_| random(10) == 0).copied().collect();
+            // half of them updated (removed and added again, out of order), the rest deleted
+            let updated: Vec<(i32, &str)> = removed.iter().rev().step_by(2).copied().collect();
+            added.push((format!("f{flush}-e.parquet"), updated));
+            if flush % 2 == 1 {
+                removed.reverse();
+            }
 
             for key in &removed {
                 model.remove(key);
