@@ -130,6 +130,16 @@ pub(super) struct Positional {
     pub replaced_vectors: HashSet<String>,
 }
 
+impl Positional {
+    /// Makes `files` (a flush's data files) delete by these positions: their delete files,
+    /// the snapshot they were found in, the live vectors they replace.
+    pub(super) fn add_to(&self, files: &mut RowDelta) {
+        files.delete_files.extend(self.files.iter().cloned());
+        files.based_on = Some(self.based_on);
+        files.replaced_vectors = self.replaced_vectors.clone();
+    }
+}
+
 /// The directory (with its trailing `/`, empty when unpartitioned) of `partition` under the
 /// table's `data/`, where its delete files go beside its data files, as the equality deletes'.
 fn partition_dir(metadata: &TableMetadata, partition: &Struct) -> String {
@@ -686,7 +696,7 @@ impl<C: Catalog> IcebergSink<C> {
         state: &TableState,
         index: &TableIndex,
         files: &RowDelta,
-        positional: Option<&Positional>,
+        positional: Option<Positional>,
         mut written: WrittenKeys,
     ) -> Result<()> {
         let lake = &state.lake;
@@ -736,7 +746,7 @@ impl<C: Catalog> IcebergSink<C> {
         }
         // read (the new files' keys) and applied beside the writer's next work (the next
         // chunk's or flush's files); the next use of the index waits for it
-        let removed: Vec<Vec<u8>> = positional.map(|p| p.removed.clone()).unwrap_or_default();
+        let removed: Vec<Vec<u8>> = positional.map(|p| p.removed).unwrap_or_default();
         let equality: Vec<String> = files
             .delete_files
             .iter()
@@ -765,10 +775,7 @@ impl<C: Catalog> IcebergSink<C> {
                     let keys = written_keys(&path, &batches, converter)?;
                     update.added.push((path, keys));
                 }
-                for (_, keys) in &mut update.added {
-                    keys.sort();
-                }
-                update.removed.sort_unstable();
+                // (put in key order by `apply`, once for the removed and the added keys)
                 store.apply(Some(snapshot), &update)
             })
             .await

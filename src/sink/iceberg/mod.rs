@@ -1023,6 +1023,25 @@ impl<C: Catalog> IcebergSink<C> {
         result
     }
 
+    /// The equality-delete files of `deletes` (old rows of `delta`'s table): a flush's deletes
+    /// by key, where the key index cannot serve it.
+    async fn by_key(
+        &self,
+        state: &TableState,
+        delta: &TableDelta,
+        deletes: Vec<RecordBatch>,
+    ) -> Result<Vec<DataFile>> {
+        let deletes_only = TableDelta {
+            rows: Vec::new(),
+            deletes,
+            ..delta.clone()
+        };
+        Ok(self
+            .write_files(state, &deletes_only, None)
+            .await?
+            .delete_files)
+    }
+
     /// Commits `delta`, its deletes as position deletes of the rows `index` finds when there
     /// is one, and brings the index along.
     async fn commit_indexed(
@@ -1047,9 +1066,7 @@ impl<C: Catalog> IcebergSink<C> {
                 let mut files = written?;
                 match found {
                     Ok(positional) => {
-                        files.delete_files.extend(positional.files.iter().cloned());
-                        files.based_on = Some(positional.based_on);
-                        files.replaced_vectors = positional.replaced_vectors.clone();
+                        positional.add_to(&mut files);
                         (Some(positional), files)
                     }
                     // equality deletes need no index: the flush goes on with them
@@ -1059,12 +1076,9 @@ impl<C: Catalog> IcebergSink<C> {
                             error = %e,
                             "the key index cannot serve this flush: it writes equality deletes"
                         );
-                        let deletes_only = TableDelta {
-                            rows: Vec::new(),
-                            ..delta.clone()
-                        };
-                        let by_key = self.write_files(state, &deletes_only, None).await?;
-                        files.delete_files.extend(by_key.delete_files);
+                        files
+                            .delete_files
+                            .extend(self.by_key(state, delta, delta.deletes.clone()).await?);
                         (None, files)
                     }
                 }
@@ -1157,9 +1171,7 @@ impl<C: Catalog> IcebergSink<C> {
                 };
                 match found {
                     Ok(found) => {
-                        files.delete_files.extend(found.files.iter().cloned());
-                        files.based_on = Some(found.based_on);
-                        files.replaced_vectors = found.replaced_vectors.clone();
+                        found.add_to(&mut files);
                         positional = Some(found);
                         continue;
                     }
@@ -1176,13 +1188,9 @@ impl<C: Catalog> IcebergSink<C> {
                     "another commit landed first again: this flush writes equality deletes"
                 );
             }
-            let deletes_only = TableDelta {
-                rows: Vec::new(),
-                deletes: deletes.clone(),
-                ..delta.clone()
-            };
-            let by_key = self.write_files(state, &deletes_only, None).await?;
-            files.delete_files.extend(by_key.delete_files);
+            files
+                .delete_files
+                .extend(self.by_key(state, delta, deletes.clone()).await?);
         };
         // the key columns the commit's data files kept, taken whatever the outcome: files of
         // a commit that failed are never committed
@@ -1225,7 +1233,7 @@ impl<C: Catalog> IcebergSink<C> {
             );
         } else if let Some(index) = index
             && let Err(e) = self
-                .index_committed(state, index, &files, positional.as_ref(), written)
+                .index_committed(state, index, &files, positional, written)
                 .await
         {
             // the commit stands; the index, still exact for the snapshot before it, is
