@@ -24,7 +24,7 @@ use super::files::conform;
 use super::positions::{DeletedPositions, open};
 
 /// Key (row format) → (file id, row position).
-const KEYS: TableDefinition<&[u8], (u32, u64)> = TableDefinition::new("keys");
+const KEYS: TableDefinition<&[u8], At> = TableDefinition::new("keys");
 /// File id → data file path.
 const FILES: TableDefinition<u32, &str> = TableDefinition::new("files");
 /// Data file path → file id.
@@ -32,8 +32,53 @@ const FILE_IDS: TableDefinition<&str, u32> = TableDefinition::new("file_ids");
 /// What the index is exact for: `snapshot` (i64, big-endian) and `layout` (text).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// The key encoding: bumped when the Arrow major version (and so its row format) changes.
-const ENCODING: &str = "arrow-58-row";
+/// The key encoding: bumped when the Arrow major version (and so its row format) changes, or
+/// the stored value's type does (an index of another layout is rebuilt).
+const ENCODING: &str = "arrow-58-row;at-12";
+
+/// Where [`KEYS`] has a key's row: a file id of [`FILES`] and the row's position, stored as 12
+/// bytes (the id's 4, then the position's 8, little-endian). redb's tuples allocate a buffer
+/// for every value they write; this writes none, which a copy's millions of inserts notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct At {
+    file: u32,
+    position: u64,
+}
+
+impl redb::Value for At {
+    type SelfType<'a> = At;
+    type AsBytes<'a> = [u8; 12];
+
+    fn fixed_width() -> Option<usize> {
+        Some(12)
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> At
+    where
+        Self: 'a,
+    {
+        // redb hands a fixed-width value its 12 bytes
+        let (file, position) = data.split_at(4.min(data.len()));
+        At {
+            file: file.try_into().map_or(u32::MAX, u32::from_le_bytes),
+            position: position.try_into().map_or(u64::MAX, u64::from_le_bytes),
+        }
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a At) -> [u8; 12]
+    where
+        Self: 'b,
+    {
+        let mut bytes = [0; 12];
+        bytes[..4].copy_from_slice(&value.file.to_le_bytes());
+        bytes[4..].copy_from_slice(&value.position.to_le_bytes());
+        bytes
+    }
+
+    fn type_name() -> redb::TypeName {
+        redb::TypeName::new("lakewriter::key_index::At")
+    }
+}
 
 /// Where a key's live row is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +198,7 @@ impl KeyIndex {
                 found.push(None);
                 continue;
             };
-            let (file, position) = entry.value();
+            let At { file, position } = entry.value();
             let path = match paths.get(&file) {
                 Some(path) => path.clone(),
                 None => {
@@ -198,7 +243,7 @@ impl KeyIndex {
                 }
             }
             // every key added, with its location; of a key given twice, the later is kept
-            let mut entries: Vec<(&[u8], (u32, u64))> =
+            let mut entries: Vec<(&[u8], At)> =
                 Vec::with_capacity(update.added.iter().map(|(_, keys)| keys.len()).sum());
             for (path, keys) in &update.added {
                 let known = ids
@@ -219,7 +264,10 @@ impl KeyIndex {
                         next
                     }
                 };
-                entries.extend(keys.iter().map(|(key, position)| (key, (id, position))));
+                entries.extend(
+                    keys.iter()
+                        .map(|(key, position)| (key, At { file: id, position })),
+                );
             }
             sort_unique(&mut entries);
             let mut removed: Vec<&[u8]> = update.removed.iter().map(Vec::as_slice).collect();
@@ -230,7 +278,7 @@ impl KeyIndex {
             // only overwritten, half the B-tree's page writes of an update-heavy flush; a key
             // only removed goes; the keys new to the index are spliced in ascending runs
             let mut removed = removed.into_iter().peekable();
-            let mut fresh: Vec<(&[u8], (u32, u64))> = Vec::with_capacity(entries.len());
+            let mut fresh: Vec<(&[u8], At)> = Vec::with_capacity(entries.len());
             for (key, location) in entries {
                 while let Some(gone) = removed.next_if(|gone| *gone < key) {
                     index.remove(gone).map_err(|e| e.to_string())?;
@@ -421,7 +469,7 @@ pub struct IndexUpdate {
 
 /// Of `entries` (keys with their locations), one per key in key order: of a key given twice,
 /// the later.
-fn sort_unique(entries: &mut Vec<(&[u8], (u32, u64))>) {
+fn sort_unique(entries: &mut Vec<(&[u8], At)>) {
     if entries.is_sorted_by(|a, b| a.0 < b.0) {
         return;
     }
@@ -443,38 +491,41 @@ fn sort_unique(entries: &mut Vec<(&[u8], (u32, u64))>) {
 /// holds already is overwritten; each run of the others that falls into one gap between the
 /// index's keys (a copy's chunk, within its key range or past the last key; rows of a serial
 /// key) is spliced in through one cursor, which redb builds a leaf at a time, where one insert
-/// per key would search the tree and copy its path each time.
+/// per key would search the tree and copy its path each time. A run goes in from its last key
+/// down, each key before the one put in just before it: upward, redb keeps a copy of every
+/// key it is given (the bound for the next), one allocation per key.
 fn splice(
-    index: &mut redb::Table<'_, &'static [u8], (u32, u64)>,
-    entries: Vec<(&[u8], (u32, u64))>,
+    index: &mut redb::Table<'_, &'static [u8], At>,
+    entries: Vec<(&[u8], At)>,
 ) -> Result<(), String> {
     let mut i = 0;
     while let Some(&(first, location)) = entries.get(i) {
         let mut cursor = index
             .lower_bound_mut(std::ops::Bound::Included(first))
             .map_err(|e| e.to_string())?;
-        // the gap's upper end: the least key held at or above `first`
+        // the gap's upper end: the least key held at or above `first`; the run, the entries
+        // below it
         let next: Option<Vec<u8>> = cursor
             .peek_next()
             .map_err(|e| e.to_string())?
             .map(|(key, _)| key.value().to_vec());
-        let mut end = i;
-        while let Some(&(key, location)) = entries.get(end) {
-            if next.as_deref().is_some_and(|next| key >= next) {
-                break;
-            }
+        let end = match next.as_deref() {
+            Some(next) => i + entries[i..].partition_point(|(key, _)| *key < next),
+            None => entries.len(),
+        };
+        for &(key, location) in entries[i..end].iter().rev() {
             cursor
-                .insert_before(key, location)
+                .insert_after(key, location)
                 .map_err(|e| e.to_string())?;
-            end += 1;
         }
         cursor.close().map_err(|e| e.to_string())?;
         if end == i {
             // `first` is held already: overwritten
             index.insert(first, location).map_err(|e| e.to_string())?;
-            end += 1;
+            i += 1;
+        } else {
+            i = end;
         }
-        i = end;
     }
     Ok(())
 }
@@ -1084,5 +1135,49 @@ mod tests {
         assert_eq!(index.exact_for().expect("read"), None);
         index.clear().expect("clear");
         assert!(index.is_empty().expect("len"));
+    }
+
+    /// An index written before the value type was [`At`] (redb's `(u32, u64)` tuples, layout
+    /// `arrow-58-row:…`) is exact for nothing, so the sink rebuilds it: it empties without
+    /// opening the old table as the new type (which redb refuses) and takes keys again.
+    #[test]
+    fn an_index_of_the_tuple_layout_is_rebuilt() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("old.redb");
+        {
+            let old: TableDefinition<&[u8], (u32, u64)> = TableDefinition::new("keys");
+            let db = Database::create(&path).expect("create");
+            let write = db.begin_write().expect("write");
+            write
+                .open_table(old)
+                .expect("open")
+                .insert(b"k".as_slice(), (0, 7))
+                .expect("insert");
+            write
+                .open_table(META)
+                .expect("meta")
+                .insert("layout", b"arrow-58-row:id=Int32,region=Utf8".as_slice())
+                .expect("layout");
+            write.commit().expect("commit");
+        }
+        let index = KeyIndex::open(&path, &key_schema(), 1 << 20).expect("reopen");
+        assert_eq!(index.exact_for().expect("read"), None);
+        index.clear().expect("clear");
+        let keys = encode(&index, &[(1, "eu")]);
+        let owned = keys.row(0).as_ref().to_vec();
+        index
+            .apply(
+                Some(3),
+                &IndexUpdate {
+                    added: vec![("a.parquet".into(), [(&owned, 5)].into_iter().collect())],
+                    ..IndexUpdate::default()
+                },
+            )
+            .expect("apply");
+        assert_eq!(index.exact_for().expect("read"), Some(3));
+        assert_eq!(
+            index.lookup(&keys).expect("lookup"),
+            vec![at("a.parquet", 5)]
+        );
     }
 }
