@@ -7,18 +7,17 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use iceberg::spec::{MAIN_BRANCH, TableMetadata};
+use iceberg::spec::TableMetadata;
 use serde::Serialize;
 
 use crate::catalog::{Catalog, LakeCatalog};
 use crate::config::{Config, TableFormat};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::sink::COPY_PROPERTY;
 use crate::sink::delta::{DeltaSettings, tables};
-use crate::sink::iceberg::{catalog_error, checkpoint, file_io};
+use crate::sink::iceberg::{catalog_error, checkpoint, copy_commits, file_io};
 use crate::source::connection;
-use crate::table::{ChunkCommit, CopyProgress, LatestChunkCommits};
+use crate::table::CopyProgress;
 
 /// What `status` reports: the source's positions and each lake table.
 #[derive(Debug, Clone, Serialize)]
@@ -424,38 +423,6 @@ async fn iceberg_tables(config: &Config, server: Option<Lsn>) -> Result<Vec<Tabl
         });
     }
     Ok(reports)
-}
-
-/// The commits of the table's chunked copy under way that brought its latest chunks in,
-/// with their snapshots' timestamps, for its pace: from the current snapshot of `main` back
-/// to the copy's emptying commit, or [`crate::table::PACE_CHUNKS`] chunks back. Snapshots of other engines
-/// are passed over; a snapshot of lakewriter's without a copy's progress, or with more chunks
-/// than a later one, belongs to before this copy. Expired snapshots shorten the history, and
-/// the pace with it.
-fn copy_commits(metadata: &TableMetadata) -> Vec<ChunkCommit> {
-    let mut commits = LatestChunkCommits::default();
-    let mut next = metadata.snapshot_for_ref(MAIN_BRANCH);
-    // a parent id that loops back is a corrupt table, not a reason to spin
-    let mut seen = std::collections::HashSet::new();
-    while let Some(snapshot) = next
-        && seen.insert(snapshot.snapshot_id())
-    {
-        let properties = &snapshot.summary().additional_properties;
-        match properties
-            .get(COPY_PROPERTY)
-            .map(|t| CopyProgress::decode(t))
-        {
-            Some(Ok(progress)) if !commits.take(&progress, Some(snapshot.timestamp_ms())) => break,
-            Some(Ok(_)) => {}
-            Some(Err(_)) => break,
-            None if properties.keys().any(|k| k.starts_with("lakewriter.")) => break,
-            None => {}
-        }
-        next = snapshot
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id));
-    }
-    commits.into_commits()
 }
 
 fn print_iceberg(report: &Report) {

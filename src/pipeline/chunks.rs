@@ -267,12 +267,27 @@ impl ChunkedCopy {
         }
     }
 
-    /// A copy resumed after the chunks `progress` says are committed.
-    pub(super) fn resume(key: Vec<String>, progress: CopyProgress) -> Self {
+    /// A copy resumed after the chunks `progress` says are committed; `commits`, the lake's
+    /// commits that brought its latest chunks in (when each landed), give its pace until
+    /// its own commits take over (an outage between them slows the figure down until
+    /// [`PACE_CHUNKS`] chunks were committed since, as `status` shows it).
+    pub(super) fn resume(
+        key: Vec<String>,
+        progress: CopyProgress,
+        commits: Vec<ChunkCommit>,
+    ) -> Self {
+        let window = progress.chunks.saturating_sub(PACE_CHUNKS);
         ChunkedCopy {
             upserts: true,
+            commits: commits.into_iter().filter(|c| c.chunks >= window).collect(),
             ..ChunkedCopy::start(key, progress)
         }
+    }
+
+    /// The committed progress and its pace, as the copy's reports give them.
+    pub(super) fn describe(&self) -> String {
+        self.committed
+            .describe(self.committed.pace(&self.commits).as_ref())
     }
 
     /// The progress the table's next commit carries; `None` once the last chunk is in.

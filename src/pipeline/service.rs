@@ -215,13 +215,16 @@ pub async fn run<S: Sink>(
                 chunks::chunkable(sink.keeps_copy_progress(), &state, key_columns.as_deref());
             match (CopyProgress::decode(&text), usable) {
                 (Ok(progress), Ok(())) => {
+                    let (chunks, rows) = (progress.chunks, progress.rows);
+                    let copy = ChunkedCopy::resume(key, progress, sink.copy_commits(table));
                     tracing::info!(
                         table = %table,
-                        chunks = progress.chunks,
-                        rows = progress.rows,
+                        chunks,
+                        rows,
+                        progress = %copy.describe(),
                         "resuming the table's chunked copy after its last committed chunk"
                     );
-                    state.copy = Some(ChunkedCopy::resume(key, progress));
+                    state.copy = Some(copy);
                 }
                 (progress, usable) => {
                     tracing::warn!(

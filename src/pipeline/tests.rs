@@ -537,7 +537,7 @@ fn copying(resumed: bool) -> (Pipeline<RecordingSink>, chunks::ChunkRequest) {
     let table = TableId::new("public", "u");
     let progress = crate::table::CopyProgress::start(Some(8), 4);
     let copy = if resumed {
-        chunks::ChunkedCopy::resume(vec!["id".into()], progress)
+        chunks::ChunkedCopy::resume(vec!["id".into()], progress, Vec::new())
     } else {
         chunks::ChunkedCopy::start(vec!["id".into()], progress)
     };
@@ -545,6 +545,35 @@ fn copying(resumed: bool) -> (Pipeline<RecordingSink>, chunks::ChunkRequest) {
     let request = pipeline.chunk_requests().pop().expect("a chunk to read");
     assert!(pipeline.chunk_requests().is_empty(), "one read at a time");
     (pipeline, request)
+}
+
+/// A copy resumed after a stop has its pace from the lake's commits of its latest chunks
+/// before any commit of its own: its first report gives a rate and the time left. Without
+/// them (none kept, or all older than the pace's window) it has none until it commits twice.
+#[test]
+fn a_resumed_copy_reports_its_pace_from_the_lakes_commits_at_once() {
+    let commit = |chunks: u64, seconds: i64| crate::table::ChunkCommit {
+        chunks,
+        rows: chunks * 1000,
+        at_ms: 1_700_000_000_000 + seconds * 1000,
+    };
+    let mut progress = crate::table::CopyProgress::start(Some(100_000), 1000);
+    progress.chunks = 30;
+    progress.rows = 30_000;
+    // newest first, as the lake's history gives them: 1000 rows/s over chunks 10 to 30
+    let commits: Vec<_> = (0..30u64).rev().map(|c| commit(c + 1, c as i64)).collect();
+    let key = vec!["id".to_string()];
+    let resumed = chunks::ChunkedCopy::resume(key.clone(), progress.clone(), commits.clone());
+    assert_eq!(
+        resumed.describe(),
+        "copying 30 % (chunk 30/100, 1 000 rows/s, ETA 1 min)"
+    );
+    let unseeded = chunks::ChunkedCopy::resume(key.clone(), progress.clone(), Vec::new());
+    assert_eq!(unseeded.describe(), "copying 30 % (chunk 30/100)");
+    // commits of another copy's earlier chunks (more than 20 back) give no pace
+    let old: Vec<_> = commits.iter().filter(|c| c.chunks < 5).copied().collect();
+    let stale = chunks::ChunkedCopy::resume(key, progress, old);
+    assert_eq!(stale.describe(), "copying 30 % (chunk 30/100)");
 }
 
 /// A transaction committed below the copy's start (the stream lagging behind the copy's

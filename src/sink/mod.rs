@@ -155,6 +155,13 @@ pub trait Sink {
         None
     }
 
+    /// The commits that brought the latest chunks of that copy in, with when each landed
+    /// (newest first): a copy resumed after a stop measures its pace from them until its own
+    /// commits take over, so its first progress report has a rate and an ETA.
+    fn copy_commits(&self, _table: &TableId) -> Vec<crate::table::ChunkCommit> {
+        Vec::new()
+    }
+
     /// Marks `table` incomplete, so the next start copies it again: a commit without a
     /// checkpoint and without rows. Works after a failed [`Sink::prepare`] too.
     async fn mark_incomplete(&mut self, table: &TableId) -> Result<()>;

@@ -233,8 +233,9 @@ struct TableState {
     /// The identity of the commit being made, in its `commitInfo` (`lakewriter.commit`): a
     /// commit whose answer was lost is recognised by it in the log.
     commit_id: String,
-    /// The progress of the table's chunked copy as the table held it when prepared.
-    copy: Option<String>,
+    /// The table's chunked copy under way as the table held it when prepared: its progress
+    /// and the commits that brought its latest chunks in.
+    copy: Option<tables::CopyState>,
 }
 
 impl TableState {
@@ -628,9 +629,7 @@ impl Sink for DeltaSink {
             self.create(&lake, &opened, schema, layout).await?
         };
         let checkpoint = Self::read_checkpoint(&lake, &delta_table).await?;
-        let copy = tables::copy_state(&lake, &delta_table)
-            .await?
-            .map(|c| c.progress);
+        let copy = tables::copy_state(&lake, &delta_table).await?;
         let partition_columns = delta_table
             .snapshot()
             .map_err(|e| delta_error(&lake, "read the metadata", e))?
@@ -727,7 +726,18 @@ impl Sink for DeltaSink {
     }
 
     fn copy_progress(&self, table: &TableId) -> Option<String> {
-        self.tables.get(table).and_then(|s| s.copy.clone())
+        self.tables
+            .get(table)
+            .and_then(|s| s.copy.as_ref())
+            .map(|c| c.progress.clone())
+    }
+
+    fn copy_commits(&self, table: &TableId) -> Vec<crate::table::ChunkCommit> {
+        self.tables
+            .get(table)
+            .and_then(|s| s.copy.as_ref())
+            .map(|c| c.commits.clone())
+            .unwrap_or_default()
     }
 
     async fn mark_incomplete(&mut self, table: &TableId) -> Result<()> {

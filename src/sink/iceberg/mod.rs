@@ -76,6 +76,12 @@ pub fn copy_progress(metadata: &TableMetadata) -> Option<String> {
     table::copy_progress(metadata)
 }
 
+/// The commits that brought the latest chunks of the table's copy under way in, with their
+/// snapshots' timestamps: the copy's pace, for `status` and for a copy resumed after a stop.
+pub fn copy_commits(metadata: &TableMetadata) -> Vec<crate::table::ChunkCommit> {
+    table::copy_commits(metadata)
+}
+
 /// The checkpoint a table's metadata holds: the `lakewriter.lsn` of its current snapshot
 /// (`None` when it has none), for `status` and `compact` (which carries it forward).
 pub fn checkpoint(table: &CatalogTable, metadata: &TableMetadata) -> Result<Option<Lsn>> {
@@ -715,6 +721,13 @@ impl<C: Catalog> Sink for IcebergSink<C> {
     fn copy_progress(&self, table: &TableId) -> Option<String> {
         let state = self.tables.get(table)?;
         table::copy_progress(&state.metadata)
+    }
+
+    fn copy_commits(&self, table: &TableId) -> Vec<crate::table::ChunkCommit> {
+        self.tables
+            .get(table)
+            .map(|state| table::copy_commits(&state.metadata))
+            .unwrap_or_default()
     }
 
     async fn mark_incomplete(&mut self, table: &TableId) -> Result<()> {

@@ -14,6 +14,7 @@ use iceberg::spec::{
 
 use crate::lsn::Lsn;
 use crate::sink::{CHECKPOINT_PROPERTY, COPY_PROPERTY, TableLayout};
+use crate::table::{ChunkCommit, CopyProgress, LatestChunkCommits};
 
 /// Table properties every lake table is created with: readers and other writers (Spark,
 /// Athena, compaction) then write the same format and codec, and every writer removes the
@@ -503,6 +504,38 @@ pub(crate) fn copy_progress(metadata: &TableMetadata) -> Option<String> {
         .additional_properties
         .get(COPY_PROPERTY)
         .cloned()
+}
+
+/// The commits of the table's chunked copy under way that brought its latest chunks in,
+/// with their snapshots' timestamps, for its pace: from the current snapshot of `main` back
+/// to the copy's emptying commit, or [`crate::table::PACE_CHUNKS`] chunks back. Snapshots of other engines
+/// are passed over; a snapshot of lakewriter's without a copy's progress, or with more chunks
+/// than a later one, belongs to before this copy. Expired snapshots shorten the history, and
+/// the pace with it.
+pub(crate) fn copy_commits(metadata: &TableMetadata) -> Vec<ChunkCommit> {
+    let mut commits = LatestChunkCommits::default();
+    let mut next = metadata.snapshot_for_ref(MAIN_BRANCH);
+    // a parent id that loops back is a corrupt table, not a reason to spin
+    let mut seen = std::collections::HashSet::new();
+    while let Some(snapshot) = next
+        && seen.insert(snapshot.snapshot_id())
+    {
+        let properties = &snapshot.summary().additional_properties;
+        match properties
+            .get(COPY_PROPERTY)
+            .map(|t| CopyProgress::decode(t))
+        {
+            Some(Ok(progress)) if !commits.take(&progress, Some(snapshot.timestamp_ms())) => break,
+            Some(Ok(_)) => {}
+            Some(Err(_)) => break,
+            None if properties.keys().any(|k| k.starts_with("lakewriter.")) => break,
+            None => {}
+        }
+        next = snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id));
+    }
+    commits.into_commits()
 }
 
 /// The newest snapshot in the ancestry of `main` that lakewriter committed (carrying its
