@@ -276,23 +276,29 @@ impl KeyIndex {
             }
             // one walk of both in key order: a key removed and added again (an update) is
             // only overwritten, half the B-tree's page writes of an update-heavy flush; a key
-            // only removed goes; the keys new to the index are spliced in ascending runs
-            let mut removed = removed.into_iter().peekable();
-            let mut fresh: Vec<(&[u8], At)> = Vec::with_capacity(entries.len());
-            for (key, location) in entries {
-                while let Some(gone) = removed.next_if(|gone| *gone < key) {
+            // only removed goes; the keys new to the index are spliced in ascending runs. With
+            // nothing removed (a copy's chunk, inserts) every key goes to the splice as it is
+            let fresh = if removed.is_empty() {
+                entries
+            } else {
+                let mut removed = removed.into_iter().peekable();
+                let mut fresh: Vec<(&[u8], At)> = Vec::with_capacity(entries.len());
+                for (key, location) in entries {
+                    while let Some(gone) = removed.next_if(|gone| *gone < key) {
+                        index.remove(gone).map_err(|e| e.to_string())?;
+                    }
+                    if removed.next_if_eq(&key).is_some() {
+                        while removed.next_if_eq(&key).is_some() {}
+                        index.insert(key, location).map_err(|e| e.to_string())?;
+                    } else {
+                        fresh.push((key, location));
+                    }
+                }
+                for gone in removed {
                     index.remove(gone).map_err(|e| e.to_string())?;
                 }
-                if removed.next_if_eq(&key).is_some() {
-                    while removed.next_if_eq(&key).is_some() {}
-                    index.insert(key, location).map_err(|e| e.to_string())?;
-                } else {
-                    fresh.push((key, location));
-                }
-            }
-            for gone in removed {
-                index.remove(gone).map_err(|e| e.to_string())?;
-            }
+                fresh
+            };
             splice(&mut index, fresh)?;
             let mut meta = write.open_table(META).map_err(|e| e.to_string())?;
             meta.insert("layout", self.layout.as_bytes())
