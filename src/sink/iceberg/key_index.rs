@@ -276,8 +276,9 @@ impl KeyIndex {
             }
             // one walk of both in key order: a key removed and added again (an update) is
             // only overwritten, half the B-tree's page writes of an update-heavy flush; a key
-            // only removed goes; the keys new to the index are spliced in ascending runs. With
-            // nothing removed (a copy's chunk, inserts) every key goes to the splice as it is
+            // only removed goes; the keys new to the index are spliced in runs, one per gap
+            // between its keys. With nothing removed (a copy's chunk, inserts) every key goes
+            // to the splice as it is
             let fresh = if removed.is_empty() {
                 entries
             } else {
