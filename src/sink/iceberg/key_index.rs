@@ -1187,4 +1187,69 @@ mod tests {
             vec![at("a.parquet", 5)]
         );
     }
+
+    /// A run of new keys larger than redb's cursor buffers at once (about 1 MiB), into a gap
+    /// between held keys and past the last: redb splices it in several parts, and every key
+    /// is found where it was put, with the keys around the gap untouched.
+    #[test]
+    fn a_run_larger_than_the_cursors_buffer_is_found_whole() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let index =
+            KeyIndex::open(&dir.path().join("big.redb"), &key_schema(), 4 << 20).expect("open");
+        let encoded = |keys: &[(i32, &str)]| -> Vec<Vec<u8>> {
+            encode(&index, keys)
+                .iter()
+                .map(|r| r.as_ref().to_vec())
+                .collect()
+        };
+        let file = |name: &str, keys: &[Vec<u8>]| -> (String, FileKeys) {
+            (
+                name.to_string(),
+                keys.iter().zip(0u64..).map(|(k, p)| (k, p)).collect(),
+            )
+        };
+        let edges = encoded(&[(0, "eu"), (300_000, "eu")]);
+        index
+            .apply(
+                Some(1),
+                &IndexUpdate {
+                    added: vec![file("edges.parquet", &edges)],
+                    ..IndexUpdate::default()
+                },
+            )
+            .expect("apply the edges");
+        // 120 000 keys into the gap between the edges, 60 000 past the last
+        let gap: Vec<(i32, &str)> = (1..=120_000).map(|i| (i, "eu")).collect();
+        let past: Vec<(i32, &str)> = (300_001..=360_000).map(|i| (i, "eu")).collect();
+        let (gap, past) = (encoded(&gap), encoded(&past));
+        index
+            .apply(
+                Some(2),
+                &IndexUpdate {
+                    added: vec![file("gap.parquet", &gap), file("past.parquet", &past)],
+                    ..IndexUpdate::default()
+                },
+            )
+            .expect("apply the runs");
+        assert_eq!(index.len().expect("len"), 2 + 120_000 + 60_000);
+        for (name, keys) in [
+            ("edges.parquet", &edges),
+            ("gap.parquet", &gap),
+            ("past.parquet", &past),
+        ] {
+            let found = index
+                .lookup_encoded(keys.iter().map(Vec::as_slice), keys.len())
+                .expect("lookup");
+            for (position, at) in found.into_iter().enumerate() {
+                assert_eq!(
+                    at,
+                    Some(RowLocation {
+                        file: name.into(),
+                        position: position as u64,
+                    }),
+                    "key {position} of {name}"
+                );
+            }
+        }
+    }
 }
