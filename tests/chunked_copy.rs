@@ -24,7 +24,9 @@ use support::writer::{
 /// run by hand sets both, e.g. `LAKEWRITER_TEST_COPY_ROWS=2000000
 /// LAKEWRITER_TEST_CHUNK_ROWS=20000` (100 chunks of the 2 M rows).
 fn rows() -> i64 {
-    knob("LAKEWRITER_TEST_COPY_ROWS", 120_000)
+    // large enough that the copy outlasts the test's reads of the lake mid-copy on a loaded
+    // machine (at 120 000 it once ended before them)
+    knob("LAKEWRITER_TEST_COPY_ROWS", 300_000)
 }
 
 fn chunk_rows() -> i64 {

@@ -215,9 +215,11 @@ pub fn duck_query(db: &TestDb, name: &str, query: &str) -> Vec<String> {
     let catalog = db.warehouse.path().join("catalog.db");
     let script = format!(
         r#"
-import sqlite3, sys
+import pathlib, sqlite3, sys
 import duck
-row = sqlite3.connect({catalog:?}).execute(
+# read-only: a reader never creates the catalog the writer is about to make
+catalog = sqlite3.connect(pathlib.Path({catalog:?}).as_uri() + "?mode=ro", uri=True)
+row = catalog.execute(
     "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
     ({namespace:?}, {name:?}),
 ).fetchone()
@@ -250,11 +252,17 @@ fn lake_summary(db: &TestDb, name: &str, property: &str) -> Option<String> {
     let catalog = db.warehouse.path().join("catalog.db");
     let script = format!(
         r#"
-import json, sqlite3
-row = sqlite3.connect({catalog:?}).execute(
-    "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
-    ({namespace:?}, {name:?}),
-).fetchone()
+import json, pathlib, sqlite3
+# read-only: a reader never creates the catalog the writer is about to make; before the
+# writer has made it (no file, or no table yet) there is no such lake table
+try:
+    catalog = sqlite3.connect(pathlib.Path({catalog:?}).as_uri() + "?mode=ro", uri=True)
+    row = catalog.execute(
+        "SELECT metadata_location FROM iceberg_tables WHERE table_namespace = ? AND table_name = ?",
+        ({namespace:?}, {name:?}),
+    ).fetchone()
+except sqlite3.OperationalError:
+    row = None
 if row is not None:
     meta = json.load(open(row[0].removeprefix("file://")))
     current = meta.get("current-snapshot-id")
@@ -523,10 +531,20 @@ pub async fn wait_until_chunks(
 ) -> (Writer, u64) {
     let mut writer = writer;
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut under_way = false;
     loop {
-        if let Some(seen) = committed().filter(|c| *c >= chunks) {
+        let now = committed();
+        if let Some(seen) = now.filter(|c| *c >= chunks) {
             return (writer, seen);
         }
+        // progress seen and gone: the copy completed, and will not reach `chunks` any more
+        assert!(
+            !(under_way && now.is_none()),
+            "the copy of {name} completed before {chunks} chunks were seen committed (make \
+             the table larger): {}",
+            log_of(writer)
+        );
+        under_way |= now.is_some();
         if let Ok(Some(status)) = writer.try_wait() {
             panic!("lakewriter exited early with {status}: {}", log_of(writer));
         }

@@ -1203,10 +1203,7 @@ mod tests {
                 .collect()
         };
         let file = |name: &str, keys: &[Vec<u8>]| -> (String, FileKeys) {
-            (
-                name.to_string(),
-                keys.iter().zip(0u64..).map(|(k, p)| (k, p)).collect(),
-            )
+            (name.to_string(), keys.iter().zip(0u64..).collect())
         };
         let edges = encoded(&[(0, "eu"), (300_000, "eu")]);
         index
