@@ -666,15 +666,9 @@ async fn copied_through_a_workload_and_kill_9(
     let rounds = running.await.expect("the workload");
     caught_up(db, &mut writer).await;
     let log = stop(writer);
-    // the runs say the copy's progress and pace as it goes, every second; the resumed one
-    // from its first line on, its pace taken from the lake's commits of the chunks before
-    // the kill until its own take over
-    assert!(
-        first_log
-            .lines()
-            .any(|l| l.contains("copy progress") && l.contains("rows/s, ETA ")),
-        "the first run's log never gave the copy's pace: {first_log}"
-    );
+    // the runs say the copy's progress and pace as it goes, every second (the first run may
+    // be killed before its first line); the resumed one from its first line on, its pace
+    // taken from the lake's commits of the chunks before the kill until its own take over
     let resumed: Vec<&str> = log
         .lines()
         .filter(|l| {
@@ -682,8 +676,11 @@ async fn copied_through_a_workload_and_kill_9(
                 || l.contains("resuming the table's chunked copy after its last committed chunk")
         })
         .collect();
+    // (the time left goes once the copy has read more rows than PostgreSQL estimated, which
+    // the workload's inserts may bring about near its end: only the first line must have it)
     assert!(
-        !resumed.is_empty() && resumed.iter().all(|l| l.contains("rows/s, ETA ")),
+        resumed.first().is_some_and(|l| l.contains("rows/s, ETA "))
+            && resumed.iter().all(|l| l.contains(" rows/s")),
         "the resumed run did not give the copy's pace from its first line: {resumed:#?}"
     );
     assert_resumed_reading_each_chunk_at_most_twice(db, &log, &reads, rounds, killed_at).await;
