@@ -49,7 +49,7 @@ use crate::sink::Sink;
 use crate::source::chunk::{self, Chunk, Mark, Watermark};
 use crate::source::{connection, schema, snapshot};
 use crate::table::{
-    ChangeBatch, ChunkCommit, CopyProgress, OldRow, Op, PACE_CHUNKS, TableId, TableSchema,
+    ChangeBatch, ChunkCommit, CopyPace, CopyProgress, OldRow, Op, PACE_CHUNKS, TableId, TableSchema,
 };
 
 /// Chunk reads of one copy that may fail in a row before the run stops.
@@ -276,18 +276,31 @@ impl ChunkedCopy {
         progress: CopyProgress,
         commits: Vec<ChunkCommit>,
     ) -> Self {
-        let window = progress.chunks.saturating_sub(PACE_CHUNKS);
-        ChunkedCopy {
+        let mut copy = ChunkedCopy {
             upserts: true,
-            commits: commits.into_iter().filter(|c| c.chunks >= window).collect(),
             ..ChunkedCopy::start(key, progress)
-        }
+        };
+        // oldest first, as the copy's own commits are appended
+        copy.commits = commits;
+        copy.commits.sort_by_key(|c| (c.chunks, c.at_ms));
+        copy.keep_pace_window();
+        copy
     }
 
     /// The committed progress and its pace, as the copy's reports give them.
     pub(super) fn describe(&self) -> String {
-        self.committed
-            .describe(self.committed.pace(&self.commits).as_ref())
+        self.committed.describe(self.pace().as_ref())
+    }
+
+    /// The pace of the committed chunks.
+    fn pace(&self) -> Option<CopyPace> {
+        self.committed.pace(&self.commits)
+    }
+
+    /// Keeps the commits the pace reads, and no more.
+    fn keep_pace_window(&mut self) {
+        let window = self.progress.chunks.saturating_sub(PACE_CHUNKS);
+        self.commits.retain(|c| c.chunks >= window);
     }
 
     /// The progress the table's next commit carries; `None` once the last chunk is in.
@@ -315,9 +328,7 @@ impl ChunkedCopy {
             return;
         }
         self.commits.push(ChunkCommit::of(&self.progress, now_ms()));
-        // what the pace reads, and no more
-        let window = self.progress.chunks.saturating_sub(PACE_CHUNKS);
-        self.commits.retain(|c| c.chunks >= window);
+        self.keep_pace_window();
     }
 
     /// Every range is read again from its next chunk to join, under a new attempt (the
@@ -335,7 +346,7 @@ impl ChunkedCopy {
     /// Reports the committed progress and its pace to `progress` (a bar, or a log line when
     /// one is due).
     fn report(&mut self, table: &TableId, progress: &Progress) {
-        let pace = self.committed.pace(&self.commits);
+        let pace = self.pace();
         self.tracker
             .get_or_insert_with(|| progress.copy(&table.to_string()))
             .update(&self.committed, pace.as_ref());
