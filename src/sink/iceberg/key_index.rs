@@ -1165,6 +1165,12 @@ mod tests {
                 .expect("meta")
                 .insert("layout", b"arrow-58-row:id=Int32,region=Utf8".as_slice())
                 .expect("layout");
+            // exact for a snapshot under the old layout: only the layout says to rebuild
+            write
+                .open_table(META)
+                .expect("meta")
+                .insert("snapshot", 7i64.to_be_bytes().as_slice())
+                .expect("snapshot");
             write.commit().expect("commit");
         }
         let index = KeyIndex::open(&path, &key_schema(), 1 << 20).expect("reopen");
